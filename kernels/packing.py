@@ -1,0 +1,93 @@
+"""The one definition of deltahub's 1-bit sign layout (DESIGN.md, "BitDelta deltas").
+
+A weight delta ΔW of shape [N, K] (out, in) is stored as int32 bits of shape
+[ceil(K/32), N]: word j of column n holds the signs of ΔW[n, 32j … 32j+31],
+least-significant bit first; bit 1 means ΔW ≥ 0 (decodes to +1), bit 0 means
+ΔW < 0 (decodes to −1); padding bits past K are 0. Words are laid out K-major so a
+GEMM kernel reading a [BLOCK_K/32, BLOCK_N] tile of words reads contiguous memory
+along N, exactly like the BitDelta reference code and GemLite's 1-bit packing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BITS_PER_WORD = 32
+
+# Rows are packed a slab at a time so that the uint8 intermediates stay small
+# (64 rows × 11008 columns ≈ 0.7 MB) whatever the matrix size.
+_ROWS_PER_SLAB = 1024
+
+_BYTE_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+_BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
+def packed_words(k: int) -> int:
+    """Number of int32 words that hold the signs of K columns."""
+    return (k + BITS_PER_WORD - 1) // BITS_PER_WORD
+
+
+def pack_signs(delta: torch.Tensor) -> torch.Tensor:
+    """Pack sign(ΔW) of a [N, K] tensor into int32 bits of shape [ceil(K/32), N]."""
+    if delta.dim() != 2:
+        raise ValueError(f"pack_signs expects a 2-D [N, K] tensor, got shape {tuple(delta.shape)}")
+    n, k = delta.shape
+    words = packed_words(k)
+    # Each int32 word is four little-endian bytes; building bytes and viewing them as
+    # int32 keeps every intermediate at one byte per element.
+    packed_bytes = torch.empty((n, words * 4), dtype=torch.uint8, device=delta.device)
+    weights = _BYTE_WEIGHTS.to(delta.device)
+    for start in range(0, n, _ROWS_PER_SLAB):
+        rows = delta[start : start + _ROWS_PER_SLAB]
+        positive = torch.zeros((rows.shape[0], words * BITS_PER_WORD), dtype=torch.uint8,
+                               device=delta.device)
+        positive[:, :k] = rows >= 0
+        bits8 = positive.view(rows.shape[0], words * 4, 8)
+        packed_bytes[start : start + _ROWS_PER_SLAB] = (bits8 * weights).sum(dim=-1,
+                                                                             dtype=torch.uint8)
+    as_words = _bytes_to_int32(packed_bytes)  # [N, words]
+    return as_words.t().contiguous()
+
+
+def unpack_signs(bits: torch.Tensor, k: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Decode int32 bits [ceil(K/32), N] into a ±1 tensor of shape [N, K] and `dtype`."""
+    if bits.dtype != torch.int32 or bits.dim() != 2:
+        raise ValueError(
+            f"unpack_signs expects int32 bits of shape [ceil(K/32), N], got {bits.dtype} "
+            f"{tuple(bits.shape)}"
+        )
+    if bits.shape[0] != packed_words(k):
+        raise ValueError(
+            f"bits have {bits.shape[0]} words per column but K={k} needs {packed_words(k)}"
+        )
+    n = bits.shape[1]
+    as_bytes = _int32_to_bytes(bits.t().contiguous())  # [N, words*4]
+    shifts = _BIT_SHIFTS.to(bits.device)
+    unpacked = (as_bytes.unsqueeze(-1) >> shifts) & 1  # [N, words*4, 8]
+    signs = unpacked.view(n, -1)[:, :k].to(dtype)
+    return signs * 2 - 1
+
+
+def _bytes_to_int32(packed_bytes: torch.Tensor) -> torch.Tensor:
+    """View [..., 4m] little-endian bytes as [..., m] int32 words, independent of host order."""
+    if _HOST_IS_LITTLE_ENDIAN:
+        return packed_bytes.view(torch.int32)
+    b = packed_bytes.view(*packed_bytes.shape[:-1], -1, 4).to(torch.int64)
+    word = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)
+    return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
+
+
+def _int32_to_bytes(words: torch.Tensor) -> torch.Tensor:
+    if _HOST_IS_LITTLE_ENDIAN:
+        return words.view(torch.uint8)
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    parts = [((w >> shift) & 0xFF) for shift in (0, 8, 16, 24)]
+    return torch.stack(parts, dim=-1).view(*words.shape[:-1], -1).to(torch.uint8)
+
+
+def _host_is_little_endian() -> bool:
+    probe = torch.tensor([1], dtype=torch.int32).view(torch.uint8)
+    return int(probe[0]) == 1
+
+
+_HOST_IS_LITTLE_ENDIAN = _host_is_little_endian()
