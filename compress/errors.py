@@ -1,0 +1,61 @@
+"""Errors raised by the pure codec layer.
+
+They carry no HTTP status: the registry maps each class to one (registry/errors.py).
+Every message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class CodecError(Exception):
+    """Base of every error the codec layer raises on bad input."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidSafetensors(CodecError):
+    """The bytes are not a well-formed safetensors file."""
+
+
+class PickleRefused(CodecError):
+    """A pickle-based checkpoint was offered; deltahub never unpickles."""
+
+
+class NonFiniteTensor(CodecError):
+    """A tensor holds NaN or Inf values."""
+
+    def __init__(self, tensor_name: str, where: str = "") -> None:
+        self.tensor_name = tensor_name
+        location = f" in {where}" if where else ""
+        super().__init__(
+            f"tensor {tensor_name!r}{location} contains NaN or Inf values; "
+            "fix the checkpoint (it is likely corrupt or diverged) and upload it again"
+        )
+
+
+class InvalidModel(CodecError):
+    """A model directory is unusable (no weights, inconsistent shard index, ...)."""
+
+
+class IncompatibleModels(CodecError):
+    """Two models (or an adapter and its base) do not have matching tensors."""
+
+    def __init__(self, subject: str, mismatches: list[str]) -> None:
+        self.mismatches = mismatches
+        shown = "; ".join(mismatches[:20])
+        more = f"; and {len(mismatches) - 20} more" if len(mismatches) > 20 else ""
+        super().__init__(f"{subject} does not fit its base: {shown}{more}")
+
+
+class InvalidDelta(CodecError):
+    """A compressed delta (BitDelta or LoRA) is malformed or belongs to another format."""
+
+
+class InvalidParameter(CodecError):
+    """A codec parameter is out of range (rank, target error, scale mode, ...)."""
+
+
+class OutputExists(CodecError):
+    """The output directory already holds files; deltahub never overwrites them."""

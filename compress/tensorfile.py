@@ -1,0 +1,254 @@
+"""Safetensors headers: parsing and validation without touching tensor data.
+
+A safetensors file is an 8-byte little-endian header length n, n bytes of JSON
+({name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}), then the data.
+We accept exactly what the reference library accepts and additionally refuse
+duplicate JSON keys (the reference silently keeps one of them, which would let two
+readers disagree about the same bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.errors import InvalidSafetensors, PickleRefused
+
+# The reference implementation refuses headers over 100 MB; so do we.
+MAX_HEADER_BYTES = 100_000_000
+
+DTYPE_BYTES: dict[str, int] = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8,
+    "F8_E5M2": torch.float8_e5m2, "F8_E4M3": torch.float8_e4m3fn,
+    "I16": torch.int16, "U16": torch.uint16, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I32": torch.int32, "U32": torch.uint32, "F32": torch.float32,
+    "I64": torch.int64, "U64": torch.uint64, "F64": torch.float64,
+}
+SAFETENSORS_DTYPES: dict[torch.dtype, str] = {v: k for k, v in TORCH_DTYPES.items()}
+
+FLOAT_DTYPES = frozenset({"F8_E5M2", "F8_E4M3", "F16", "BF16", "F32", "F64"})
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor's header record; offsets are relative to the start of the data section."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated header: the tensors in data order, the metadata, and the layout sizes."""
+
+    tensors: Mapping[str, TensorEntry]
+    metadata: Mapping[str, str]
+    header_len: int  # n, the JSON length, not counting the 8-byte prefix
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_len
+
+    @property
+    def data_len(self) -> int:
+        return max((t.end for t in self.tensors.values()), default=0)
+
+    @property
+    def file_size(self) -> int:
+        return self.data_start + self.data_len
+
+
+def describe_pickle(prefix: bytes) -> str | None:
+    """Name the pickle-based format `prefix` starts with, or None if it looks like none."""
+    if len(prefix) >= 2 and prefix[0] == 0x80 and 2 <= prefix[1] <= 5:
+        return f"a Python pickle (protocol {prefix[1]})"
+    if prefix.startswith(b"PK\x03\x04"):
+        return "a zip archive (the format of torch.save, which holds a pickle)"
+    if prefix.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy file (which may hold a pickle)"
+    return None
+
+
+def pickle_refusal(name: str, what: str) -> PickleRefused:
+    return PickleRefused(
+        f"{name!r} is {what}; pickle checkpoints can run arbitrary code and are never "
+        "loaded. Convert it to safetensors (e.g. `safetensors.torch.save_file` or "
+        "`model.save_pretrained(dir, safe_serialization=True)`) and upload that instead"
+    )
+
+
+def refuse_pickle_name(name: str) -> None:
+    """Refuse files whose name says pickle, before reading a byte of them."""
+    if name.lower().endswith(PICKLE_SUFFIXES):
+        raise pickle_refusal(name, "named like a pickle checkpoint")
+
+
+def parse_length_prefix(prefix: bytes, source: str) -> int:
+    """Decode and bound the 8-byte header length."""
+    what = describe_pickle(prefix)
+    if what is not None:
+        raise pickle_refusal(source, what)
+    if len(prefix) < 8:
+        raise InvalidSafetensors(
+            f"{source}: file is {len(prefix)} bytes, too small for a safetensors header "
+            "(8-byte length prefix)"
+        )
+    (header_len,) = struct.unpack("<Q", prefix[:8])
+    if header_len > MAX_HEADER_BYTES:
+        raise InvalidSafetensors(
+            f"{source}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit; "
+            "the file is corrupt or not safetensors"
+        )
+    return int(header_len)
+
+
+def parse_header_json(header: bytes, header_len: int, source: str) -> SafetensorsHeader:
+    """Validate the JSON header and the data layout it describes (no holes, no overlaps)."""
+    if not header.startswith(b"{"):
+        raise InvalidSafetensors(f"{source}: header does not start with '{{'; not safetensors")
+    try:
+        text = header.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidSafetensors(f"{source}: header is not valid UTF-8 ({exc.reason})") from exc
+    try:
+        raw = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as exc:
+        raise InvalidSafetensors(
+            f"{source}: header has the key {exc.key!r} twice; re-save the file"
+        ) from exc
+    except ValueError as exc:
+        raise InvalidSafetensors(f"{source}: header is not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise InvalidSafetensors(f"{source}: header JSON must be an object")
+
+    metadata = _parse_metadata(raw.pop("__metadata__", None), source)
+    entries = [_parse_entry(name, value, source) for name, value in raw.items()]
+    entries.sort(key=lambda e: (e.start, e.end))
+    expected_start = 0
+    for entry in entries:
+        if entry.start != expected_start:
+            kind = "overlaps the previous tensor" if entry.start < expected_start else (
+                "leaves a gap after the previous tensor")
+            raise InvalidSafetensors(
+                f"{source}: tensor {entry.name!r} starts at byte {entry.start}, which {kind} "
+                f"(expected {expected_start})"
+            )
+        expected_start = entry.end
+    return SafetensorsHeader(
+        tensors={e.name: e for e in entries}, metadata=metadata, header_len=header_len
+    )
+
+
+def check_file_size(header: SafetensorsHeader, file_size: int, source: str) -> None:
+    if file_size < header.file_size:
+        raise InvalidSafetensors(
+            f"{source}: file is truncated: the header describes {header.file_size} bytes "
+            f"but the file has {file_size}"
+        )
+    if file_size > header.file_size:
+        raise InvalidSafetensors(
+            f"{source}: {file_size - header.file_size} trailing bytes after the last tensor; "
+            "the file is corrupt or was appended to"
+        )
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    """Read and fully validate a safetensors file's header without loading tensor data."""
+    source = path.name
+    refuse_pickle_name(source)
+    file_size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        header_len = parse_length_prefix(prefix, source)
+        if 8 + header_len > file_size:
+            raise InvalidSafetensors(
+                f"{source}: header length {header_len} runs past the end of the "
+                f"{file_size}-byte file"
+            )
+        header = parse_header_json(f.read(header_len), header_len, source)
+    check_file_size(header, file_size, source)
+    return header
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _parse_metadata(raw: object, source: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise InvalidSafetensors(f"{source}: __metadata__ must map strings to strings")
+    return dict(raw)
+
+
+def _parse_entry(name: str, value: object, source: str) -> TensorEntry:
+    where = f"{source}: tensor {name!r}"
+    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data_offsets"}:
+        raise InvalidSafetensors(f"{where} must have exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
+    if dtype not in DTYPE_BYTES:
+        raise InvalidSafetensors(
+            f"{where} has unsupported dtype {dtype!r}; supported: {', '.join(DTYPE_BYTES)}"
+        )
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise InvalidSafetensors(f"{where} shape must be a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets) or offsets[0] > offsets[1]):
+        raise InvalidSafetensors(f"{where} data_offsets must be [begin, end] with begin <= end")
+    nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+    if offsets[1] - offsets[0] != nbytes:
+        raise InvalidSafetensors(
+            f"{where} spans {offsets[1] - offsets[0]} bytes but {dtype} {shape} needs {nbytes}"
+        )
+    return TensorEntry(name=name, dtype=dtype, shape=tuple(shape), start=offsets[0],
+                       end=offsets[1])
+
+
+def _is_count(value: object) -> bool:
+    # bool is an int subclass in Python; JSON true/false is not a dimension.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63

@@ -1,0 +1,60 @@
+"""Shared terminal output: progress bars for long codec work and summary tables."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from compress.progress import ProgressFn
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+@contextlib.contextmanager
+def byte_progress(description: str) -> Iterator[ProgressFn]:
+    """A progress bar in bytes, driven by a codec's `progress(done, total, item)` callback."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=False),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[item]}", style="dim"),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=None, item="")
+
+        def update(done: int, total: int, item: str) -> None:
+            bar.update(task, completed=done, total=total, item=item)
+
+        yield update
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print a table to stdout; numbers right-aligned."""
+    table = Table(title=title, title_justify="left")
+    first = rows[0] if rows else [""] * len(columns)
+    for name, sample in zip(columns, first, strict=True):
+        numeric = isinstance(sample, int | float) and not isinstance(sample, bool)
+        table.add_column(name, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row))
+    stdout.print(table)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
