@@ -1,0 +1,215 @@
+"""The PEFT LoRA adapter format, as `peft.save_pretrained` writes it.
+
+Two files: `adapter_config.json` and `adapter_model.safetensors`, with keys
+`base_model.model.<module>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r], where
+`<module>.weight` is the base tensor being adapted. Full tensors kept through
+`modules_to_save` (and biases) are saved under `base_model.model.<module>.weight`.
+What peft writes, deltahub accepts unchanged; what deltahub writes, peft loads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from compress.errors import IncompatibleModels, InvalidDelta
+from compress.manifest import Manifest
+from compress.tensorfile import FLOAT_DTYPES, TensorEntry
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+KEY_PREFIX = "base_model.model."
+
+_LORA_KEY = re.compile(
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
+    r"(?P<suffix>\.weight|\.bias)?$"
+)
+
+
+def lora_key(module: str, part: str) -> str:
+    """The safetensors key peft uses for `part` ("lora_A" or "lora_B") of `module`."""
+    return f"{KEY_PREFIX}{module}.{part}.weight"
+
+
+def saved_module_key(tensor_name: str) -> str:
+    """The key of a full tensor kept through `modules_to_save` (e.g. `lm_head.weight`)."""
+    return KEY_PREFIX + tensor_name
+
+
+def pattern_value(patterns: Mapping[str, Any], module: str) -> Any | None:
+    """The value of the first `rank_pattern`/`alpha_pattern` key matching `module`, as peft does."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class LoraAdapterConfig:
+    r: int
+    lora_alpha: float
+    target_modules: list[str] | str
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    modules_to_save: list[str] = field(default_factory=list)
+    fan_in_fan_out: bool = False
+    lora_bias: bool = False
+
+    def rank_of(self, module: str) -> int:
+        value = pattern_value(self.rank_pattern, module)
+        return int(value) if value is not None else self.r
+
+    def alpha_of(self, module: str) -> float:
+        value = pattern_value(self.alpha_pattern, module)
+        return float(value) if value is not None else self.lora_alpha
+
+
+@dataclass(frozen=True)
+class LoraAdapterSummary:
+    r: int
+    lora_alpha: float
+    target_modules: list[str] | str
+    ranks: dict[str, int]  # adapted module -> its rank
+    saved_tensors: list[str]  # full tensors carried by the adapter (modules_to_save, biases)
+    parameter_count: int
+
+    def to_params(self) -> dict[str, Any]:
+        distinct = sorted(set(self.ranks.values()))
+        return {"r": self.r, "lora_alpha": self.lora_alpha,
+                "target_modules": self.target_modules, "ranks": distinct,
+                "module_count": len(self.ranks), "saved_tensors": self.saved_tensors,
+                "parameter_count": self.parameter_count}
+
+
+def parse_adapter_config(raw: Any) -> LoraAdapterConfig:
+    """Check the fields of an `adapter_config.json` that deltahub relies on."""
+    if not isinstance(raw, dict):
+        raise InvalidDelta(f"{ADAPTER_CONFIG} must hold a JSON object")
+    peft_type = raw.get("peft_type")
+    if peft_type != "LORA":
+        raise InvalidDelta(
+            f"{ADAPTER_CONFIG} has peft_type {peft_type!r}; deltahub registers LoRA adapters "
+            "(peft_type \"LORA\")"
+        )
+    if raw.get("use_dora"):
+        raise InvalidDelta("DoRA adapters (use_dora: true) are not supported; push a plain LoRA")
+    r, alpha, targets = raw.get("r"), raw.get("lora_alpha"), raw.get("target_modules")
+    if not isinstance(r, int) or not _is_positive_int(r):
+        raise InvalidDelta(f"{ADAPTER_CONFIG}: r must be a positive integer, got {r!r}")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or alpha <= 0:
+        raise InvalidDelta(f"{ADAPTER_CONFIG}: lora_alpha must be a positive number, got {alpha!r}")
+    if not (isinstance(targets, str) or (isinstance(targets, list)
+                                         and all(isinstance(t, str) for t in targets))):
+        raise InvalidDelta(f"{ADAPTER_CONFIG}: target_modules must be a list of names or a regex")
+    rank_pattern = raw.get("rank_pattern") or {}
+    alpha_pattern = raw.get("alpha_pattern") or {}
+    if not isinstance(rank_pattern, dict) or not all(_is_positive_int(v)
+                                                     for v in rank_pattern.values()):
+        raise InvalidDelta(f"{ADAPTER_CONFIG}: rank_pattern must map names to positive integers")
+    if not isinstance(alpha_pattern, dict):
+        raise InvalidDelta(f"{ADAPTER_CONFIG}: alpha_pattern must map names to numbers")
+    modules_to_save = raw.get("modules_to_save") or []
+    if not isinstance(modules_to_save, list):
+        raise InvalidDelta(f"{ADAPTER_CONFIG}: modules_to_save must be a list of names")
+    return LoraAdapterConfig(
+        r=int(r), lora_alpha=float(alpha), target_modules=targets, rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern, modules_to_save=modules_to_save,
+        fan_in_fan_out=bool(raw.get("fan_in_fan_out")), lora_bias=bool(raw.get("lora_bias")),
+    )
+
+
+def check_lora_against_base(config: LoraAdapterConfig, tensors: Mapping[str, TensorEntry],
+                            base: Manifest) -> LoraAdapterSummary:
+    """Check every adapter tensor against the base manifest; name each mismatch.
+
+    For each adapted module: `<module>.weight` exists in the base and is 2-D [out, in];
+    lora_A is [r, in], lora_B is [out, r], with r the rank the config gives the module.
+    """
+    problems: list[str] = []
+    parts: dict[str, dict[str, TensorEntry]] = {}
+    saved: list[str] = []
+    for key, entry in sorted(tensors.items()):
+        if not key.startswith(KEY_PREFIX):
+            problems.append(f"{key!r} does not start with {KEY_PREFIX!r} (not a peft key)")
+            continue
+        if entry.dtype not in FLOAT_DTYPES:
+            problems.append(f"{key!r} has dtype {entry.dtype}; adapter weights must be floats")
+            continue
+        name = key[len(KEY_PREFIX):]
+        match = _LORA_KEY.match(name)
+        if match is None:
+            _check_saved_tensor(name, entry, base, problems)
+            saved.append(name)
+            continue
+        part = match["part"] + (match["suffix"] or "")
+        parts.setdefault(match["module"], {})[part] = entry
+    ranks = {module: rank for module, found in sorted(parts.items())
+             if (rank := _check_module(module, found, config, base, problems)) is not None}
+    if problems:
+        raise IncompatibleModels("the LoRA adapter", problems)
+    if not ranks:
+        raise InvalidDelta(f"{ADAPTER_WEIGHTS} has no lora_A/lora_B tensors")
+    return LoraAdapterSummary(
+        r=config.r, lora_alpha=config.lora_alpha, target_modules=config.target_modules,
+        ranks=ranks, saved_tensors=saved,
+        parameter_count=sum(e.numel for e in tensors.values()),
+    )
+
+
+def _check_saved_tensor(name: str, entry: TensorEntry, base: Manifest,
+                        problems: list[str]) -> None:
+    spec = base.get(name)
+    if spec is None:
+        problems.append(f"{name!r} is neither a LoRA factor nor a tensor of the base")
+    elif spec.shape != entry.shape:
+        problems.append(f"{name!r} has shape {list(entry.shape)}, base has {list(spec.shape)}")
+
+
+def _check_module(module: str, found: Mapping[str, TensorEntry], config: LoraAdapterConfig,
+                  base: Manifest, problems: list[str]) -> int | None:
+    spec = base.get(f"{module}.weight")
+    if spec is None:
+        problems.append(f"module {module!r} has LoRA factors but the base has no "
+                        f"{module + '.weight'!r}")
+        return None
+    if len(spec.shape) != 2:
+        problems.append(f"module {module!r}: base weight is {list(spec.shape)}, not a matrix")
+        return None
+    embedding = any(p.startswith("lora_embedding") for p in found)
+    a_name, b_name = ("lora_embedding_A", "lora_embedding_B") if embedding else (
+        "lora_A.weight", "lora_B.weight")
+    a, b = found.get(a_name), found.get(b_name)
+    if a is None or b is None:
+        problems.append(f"module {module!r} needs both {a_name} and {b_name}")
+        return None
+    if embedding:
+        in_features, out_features = spec.shape  # nn.Embedding is [num_embeddings, dim]
+    elif config.fan_in_fan_out:
+        in_features, out_features = spec.shape  # Conv1D stores [in, out]
+    else:
+        out_features, in_features = spec.shape
+    rank = config.rank_of(module)
+    ok = True
+    if a.shape != (rank, in_features):
+        problems.append(f"{module}.{a_name} is {list(a.shape)}, expected {[rank, in_features]} "
+                        f"(r={rank}, in={in_features})")
+        ok = False
+    if b.shape != (out_features, rank):
+        problems.append(f"{module}.{b_name} is {list(b.shape)}, expected "
+                        f"{[out_features, rank]} (out={out_features}, r={rank})")
+        ok = False
+    bias = found.get("lora_B.bias")
+    if bias is not None and bias.shape != (out_features,):
+        problems.append(f"{module}.lora_B.bias is {list(bias.shape)}, expected [{out_features}]")
+        ok = False
+    unknown = set(found) - {a_name, b_name, "lora_B.bias"}
+    if unknown:
+        problems.append(f"module {module!r} has unexpected tensors {sorted(unknown)}")
+        ok = False
+    return rank if ok else None
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
