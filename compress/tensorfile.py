@@ -252,3 +252,23 @@ def _parse_entry(name: str, value: object, source: str) -> TensorEntry:
 def _is_count(value: object) -> bool:
     # bool is an int subclass in Python; JSON true/false is not a dimension.
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def header_to_dict(header: SafetensorsHeader) -> dict[str, Any]:
+    """A JSON-ready copy of a validated header (the registry keeps it beside the blob)."""
+    return {
+        "header_len": header.header_len,
+        "metadata": dict(header.metadata),
+        "tensors": {e.name: {"dtype": e.dtype, "shape": list(e.shape),
+                             "data_offsets": [e.start, e.end]} for e in header.tensors.values()},
+    }
+
+
+def header_from_dict(data: Mapping[str, Any]) -> SafetensorsHeader:
+    entries = [TensorEntry(name=name, dtype=t["dtype"], shape=tuple(t["shape"]),
+                           start=t["data_offsets"][0], end=t["data_offsets"][1])
+               for name, t in data["tensors"].items()]
+    entries.sort(key=lambda e: (e.start, e.end))
+    return SafetensorsHeader(tensors={e.name: e for e in entries},
+                             metadata=dict(data.get("metadata", {})),
+                             header_len=int(data["header_len"]))
