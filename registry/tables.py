@@ -1,0 +1,191 @@
+"""The SQL schema (SQLAlchemy 2.0, typed). Alembic migrations are generated from this."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from registry.db import Base
+
+NAME_LENGTH = 128
+SHA256_LENGTH = 64
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ModelKind(StrEnum):
+    BASE = "base"
+    FINETUNE = "finetune"
+
+
+class AdapterKind(StrEnum):
+    LORA = "lora"
+    BITDELTA = "bitdelta"
+
+
+class Status(StrEnum):
+    PENDING = "pending"  # created; files may be uploaded or replaced
+    READY = "ready"  # finalized: validated and immutable
+
+
+def _enum(enum: type[StrEnum], name: str) -> Enum:
+    # Store the values ("base"), not the member names ("BASE"); a CHECK constraint
+    # instead of a native PostgreSQL enum keeps later additions a plain migration.
+    return Enum(enum, name=name, native_enum=False, length=16, create_constraint=True,
+                values_callable=lambda e: [m.value for m in e])
+
+
+class Timestamped:
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Blob(Base, Timestamped):
+    """A content-addressed object in storage at `blobs/sha256/<sha256>`."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class Model(Base, Timestamped):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    kind: Mapped[ModelKind] = mapped_column(_enum(ModelKind, "model_kind"))
+    base_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="RESTRICT"), index=True
+    )
+    status: Mapped[Status] = mapped_column(_enum(Status, "model_status"), default=Status.PENDING)
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    manifest_digest: Mapped[str | None] = mapped_column(String(SHA256_LENGTH))
+    tensor_count: Mapped[int | None] = mapped_column(Integer)
+    parameter_count: Mapped[int | None] = mapped_column(BigInteger)
+    dtypes: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    base: Mapped[Model | None] = relationship(remote_side=[id], lazy="raise")
+    files: Mapped[list[ModelFile]] = relationship(
+        back_populates="model", lazy="raise", cascade="all, delete-orphan",
+        order_by="ModelFile.filename",
+    )
+
+
+class ModelFile(Base, Timestamped):
+    __tablename__ = "model_files"
+    __table_args__ = (UniqueConstraint("model_id", "filename"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256", ondelete="RESTRICT"),
+                                        index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    # For safetensors files: the validated header ({"tensors": ..., "metadata": ...}),
+    # so finalize can build the manifest without reading the blob back.
+    header: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    model: Mapped[Model] = relationship(back_populates="files", lazy="raise")
+
+
+class Adapter(Base, Timestamped):
+    """One immutable adapter version (or a pending push that has no version yet)."""
+
+    __tablename__ = "adapters"
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        # Pushing identical content under a name again must find the existing version,
+        # even when two pushes race: the database enforces it.
+        UniqueConstraint("name", "content_digest"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), index=True)
+    version: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[AdapterKind] = mapped_column(_enum(AdapterKind, "adapter_kind"))
+    status: Mapped[Status] = mapped_column(_enum(Status, "adapter_status"),
+                                           default=Status.PENDING)
+    base_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"),
+                                         index=True)
+    source_model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", ondelete="RESTRICT"), index=True
+    )
+    content_digest: Mapped[str | None] = mapped_column(String(SHA256_LENGTH))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    compression_ratio: Mapped[float | None] = mapped_column(Float)
+    quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    base: Mapped[Model] = relationship(foreign_keys=[base_id], lazy="raise")
+    source_model: Mapped[Model | None] = relationship(foreign_keys=[source_model_id],
+                                                      lazy="raise")
+    files: Mapped[list[AdapterFile]] = relationship(
+        back_populates="adapter", lazy="raise", cascade="all, delete-orphan",
+        order_by="AdapterFile.filename",
+    )
+    aliases: Mapped[list[AdapterAlias]] = relationship(
+        back_populates="adapter", lazy="raise", cascade="all, delete-orphan",
+        order_by="AdapterAlias.alias",
+    )
+
+
+class AdapterFile(Base, Timestamped):
+    __tablename__ = "adapter_files"
+    __table_args__ = (UniqueConstraint("adapter_id", "filename"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256", ondelete="RESTRICT"),
+                                        index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    header: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    adapter: Mapped[Adapter] = relationship(back_populates="files", lazy="raise")
+
+
+class AdapterAlias(Base):
+    """A movable name (`prod`, `latest`) for one version of an adapter name."""
+
+    __tablename__ = "adapter_aliases"
+    __table_args__ = (UniqueConstraint("adapter_name", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    alias: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"),
+                                            index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    adapter: Mapped[Adapter] = relationship(back_populates="aliases", lazy="raise")
+
+
+class Token(Base, Timestamped):
+    """An API token; only the sha256 of the secret is stored."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    token_hash: Mapped[str] = mapped_column(String(SHA256_LENGTH), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings to tell tokens apart
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
