@@ -1,0 +1,1 @@
+"""API tokens: hashed at rest, scoped (read, push, compress, admin)."""

@@ -1,0 +1,80 @@
+"""Token rules: creation, verification, revocation, and the first admin token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from registry.auth.repository import TokenRepository
+from registry.auth.tokens import (
+    Scope,
+    display_prefix,
+    grants,
+    hash_secret,
+    new_secret,
+    parse_scopes,
+)
+from registry.errors import Forbidden, InvalidRequest, TokenNotFound, Unauthorized
+from registry.names import check_name
+from registry.tables import Token, utcnow
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: Token
+    secret: str  # shown once, never stored
+
+
+def create_token(session: Session, name: str, scopes: Iterable[str]) -> IssuedToken:
+    check_name(name, "token name")
+    try:
+        parsed = parse_scopes(scopes)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    secret = new_secret()
+    token = Token(name=name, token_hash=hash_secret(secret), prefix=display_prefix(secret),
+                  scopes=[s.value for s in parsed])
+    TokenRepository(session).add(token)
+    return IssuedToken(token, secret)
+
+
+def bootstrap_admin(session: Session) -> IssuedToken | None:
+    """Create the first admin token if the registry has no token at all."""
+    if TokenRepository(session).count():
+        return None
+    return create_token(session, "bootstrap-admin", [Scope.ADMIN.value])
+
+
+def authenticate(session: Session, authorization: str | None, needed: Scope) -> Token:
+    if not authorization:
+        raise Unauthorized(
+            "missing token: send 'Authorization: Bearer <token>' (create one with "
+            "`deltahub token create --scopes read,push`)"
+        )
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+    token = TokenRepository(session).by_hash(hash_secret(secret.strip()))
+    if token is None or token.revoked_at is not None:
+        raise Unauthorized("invalid or revoked token; ask an admin for a new one")
+    if not grants(token.scopes, needed):
+        raise Forbidden(
+            f"this token has scopes {sorted(token.scopes)} but this action needs "
+            f"{needed.value!r}; use a token with that scope"
+        )
+    return token
+
+
+def revoke_token(session: Session, token_id: int) -> Token:
+    token = TokenRepository(session).by_id(token_id)
+    if token is None:
+        raise TokenNotFound(f"no token with id {token_id}")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+    return token
+
+
+def list_tokens(session: Session) -> list[Token]:
+    return TokenRepository(session).all()

@@ -1,0 +1,128 @@
+"""API errors: one base class carrying an HTTP status, and one JSON shape for all of them.
+
+Every error response is `{"error": "<Name>", "detail": "<what was wrong and what to do>"}`
+(plus `mismatches` when there is a list of them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from compress.errors import CodecError, IncompatibleModels, PickleRefused
+
+
+class APIError(Exception):
+    status_code: ClassVar[int] = 400
+
+    def __init__(self, detail: str, *, name: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.name = name or type(self).__name__
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.name, "detail": self.detail, **self.extra}
+
+
+class Unauthorized(APIError):
+    status_code = 401
+
+
+class Forbidden(APIError):
+    status_code = 403
+
+
+class NotFound(APIError):
+    status_code = 404
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class AdapterNotFound(NotFound):
+    pass
+
+
+class FileNotFound(NotFound):
+    pass
+
+
+class TokenNotFound(NotFound):
+    pass
+
+
+class Conflict(APIError):
+    status_code = 409
+
+
+class NameTaken(Conflict):
+    pass
+
+
+class NotPending(Conflict):
+    """Files of a finalized model or adapter are immutable."""
+
+
+class NotReady(Conflict):
+    pass
+
+
+class HasDependents(Conflict):
+    pass
+
+
+class PayloadTooLarge(APIError):
+    status_code = 413
+
+
+class UnsupportedFile(APIError):
+    status_code = 415
+
+
+class Unprocessable(APIError):
+    status_code = 422
+
+
+class InvalidName(Unprocessable):
+    pass
+
+
+class InvalidFilename(Unprocessable):
+    pass
+
+
+class InvalidRequest(Unprocessable):
+    pass
+
+
+class ChecksumMismatch(Unprocessable):
+    pass
+
+
+class MissingFiles(Unprocessable):
+    pass
+
+
+class IncompatibleBase(Unprocessable):
+    pass
+
+
+class InvalidPageToken(Unprocessable):
+    pass
+
+
+class StorageUnavailable(APIError):
+    status_code = 503
+
+
+def from_codec_error(exc: CodecError) -> APIError:
+    """Translate a codec's complaint about input into the API error that reports it."""
+    # Keep the codec's own class name ("InvalidSafetensors", "NonFiniteTensor"): it is
+    # the most precise name for what went wrong.
+    name = type(exc).__name__
+    if isinstance(exc, PickleRefused):
+        return UnsupportedFile(exc.detail, name=name)
+    if isinstance(exc, IncompatibleModels):
+        return IncompatibleBase(exc.detail, name=name, mismatches=exc.mismatches)
+    return Unprocessable(exc.detail, name=name)

@@ -1,0 +1,62 @@
+"""Keyset pagination with opaque cursors.
+
+A cursor carries the last id of the page and a fingerprint of the filters, so a token
+from one query cannot be replayed against another. Lists are newest first (id desc).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from registry.errors import InvalidPageToken, InvalidRequest
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str | None
+
+
+def filters_fingerprint(filters: Mapping[str, object]) -> str:
+    canonical = json.dumps(sorted((k, v) for k, v in filters.items() if v is not None),
+                           default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def encode_cursor(last_id: int, filters: Mapping[str, object]) -> str:
+    raw = json.dumps({"id": last_id, "f": filters_fingerprint(filters)}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(token: str, filters: Mapping[str, object]) -> int:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        last_id, fingerprint = data["id"], data["f"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidPageToken(
+            "page_token is not one this server issued; pass the next_page_token of the "
+            "previous page unchanged"
+        ) from exc
+    if not isinstance(last_id, int) or fingerprint != filters_fingerprint(filters):
+        raise InvalidPageToken(
+            "page_token belongs to a query with other filters; repeat the same filters "
+            "or start again without a page_token"
+        )
+    return last_id
+
+
+def check_limit(limit: int | None, default: int, cap: int) -> int:
+    if limit is None:
+        return default
+    if limit < 1 or limit > cap:
+        raise InvalidRequest(f"limit must be between 1 and {cap}, got {limit}; "
+                             "use page_token to fetch further pages")
+    return limit
