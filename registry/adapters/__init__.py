@@ -1,0 +1,1 @@
+"""Adapters (LoRA, BitDelta): pushed or compressed, immutable versions, movable aliases."""

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, selectinload
+
+from registry.tables import Adapter, AdapterAlias, AdapterKind, Status, utcnow
+
+
+class AdapterRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def _query(self) -> Select[Adapter]:
+        return select(Adapter).options(selectinload(Adapter.files),
+                                       selectinload(Adapter.aliases))
+
+    def by_id(self, adapter_id: int, lock: bool = False) -> Adapter | None:
+        query = self._query().where(Adapter.id == adapter_id)
+        if lock:
+            query = query.with_for_update(of=Adapter)
+        return self.session.scalars(query).first()
+
+    def by_version(self, name: str, version: int) -> Adapter | None:
+        return self.session.scalars(self._query().where(
+            Adapter.name == name, Adapter.version == version)).first()
+
+    def by_alias(self, name: str, alias: str) -> Adapter | None:
+        return self.session.scalars(self._query().join(
+            AdapterAlias, AdapterAlias.adapter_id == Adapter.id).where(
+            AdapterAlias.adapter_name == name, AdapterAlias.alias == alias)).first()
+
+    def latest(self, name: str) -> Adapter | None:
+        return self.session.scalars(self._query().where(
+            Adapter.name == name, Adapter.status == Status.READY).order_by(
+            Adapter.version.desc()).limit(1)).first()
+
+    def by_digest(self, name: str, digest: str) -> Adapter | None:
+        return self.session.scalars(self._query().where(
+            Adapter.name == name, Adapter.content_digest == digest)).first()
+
+    def max_version(self, name: str) -> int:
+        value = self.session.scalar(select(func.max(Adapter.version)).where(
+            Adapter.name == name))
+        return int(value or 0)
+
+    def add(self, adapter: Adapter) -> Adapter:
+        self.session.add(adapter)
+        self.session.flush()
+        return adapter
+
+    def delete(self, adapter: Adapter) -> None:
+        self.session.delete(adapter)
+        self.session.flush()
+
+    def set_alias(self, name: str, alias: str, adapter_id: int) -> None:
+        dialect = self.session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        now = utcnow()
+        statement = insert(AdapterAlias).values(adapter_name=name, alias=alias,
+                                                adapter_id=adapter_id, updated_at=now)
+        self.session.execute(statement.on_conflict_do_update(
+            index_elements=["adapter_name", "alias"],
+            set_={"adapter_id": adapter_id, "updated_at": now}))
+        self.session.expire_all()  # loaded aliases lists are stale now
+
+    def page(self, *, base_id: int | None, kind: AdapterKind | None, name: str | None,
+             alias: str | None, after_id: int | None, limit: int) -> list[Adapter]:
+        query = self._query().where(Adapter.status == Status.READY).order_by(
+            Adapter.id.desc()).limit(limit)
+        if base_id is not None:
+            query = query.where(Adapter.base_id == base_id)
+        if kind is not None:
+            query = query.where(Adapter.kind == kind)
+        if name is not None:
+            query = query.where(Adapter.name == name)
+        if alias is not None:
+            query = query.where(Adapter.id.in_(select(AdapterAlias.adapter_id).where(
+                AdapterAlias.alias == alias)))
+        if after_id is not None:
+            query = query.where(Adapter.id < after_id)
+        return list(self.session.scalars(query))

@@ -1,0 +1,150 @@
+"""Rules for adapters: drafts, uploads, finalize (dedupe + versioning), aliases, deletion."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from compress.manifest import Manifest
+from registry.adapters.contents import content_digest, inspect_adapter
+from registry.adapters.repository import AdapterRepository
+from registry.errors import AdapterNotFound, Conflict, InvalidRequest, NotPending, NotReady
+from registry.models.repository import ModelRepository
+from registry.names import check_name
+from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
+from registry.settings import Settings
+from registry.storage.base import BlobStore
+from registry.tables import Adapter, AdapterKind, Model, Status, utcnow
+
+LATEST = "latest"
+_VERSION_REF = re.compile(r"^(?P<name>[^@:]+)@(?P<version>\d+)$")
+_ALIAS_REF = re.compile(r"^(?P<name>[^@:]+):(?P<alias>[^@:]+)$")
+# Finalize retries when a concurrent push of the same name took the version first.
+_FINALIZE_ATTEMPTS = 5
+
+
+def get_adapter(session: Session, ref: str, lock: bool = False) -> Adapter:
+    """Resolve `<id>`, `<name>@<version>`, `<name>:<alias>` or `<name>` (newest version)."""
+    repo = AdapterRepository(session)
+    adapter: Adapter | None
+    if ref.isdigit():
+        adapter = repo.by_id(int(ref), lock=lock)
+    elif match := _VERSION_REF.match(ref):
+        adapter = repo.by_version(match["name"], int(match["version"]))
+    elif match := _ALIAS_REF.match(ref):
+        adapter = repo.by_alias(match["name"], match["alias"])
+    else:
+        adapter = repo.latest(ref)
+    if adapter is None:
+        raise AdapterNotFound(
+            f"no adapter {ref!r}; refer to one as <id>, <name>, <name>@<version> or "
+            "<name>:<alias>, or list them with GET /adapters"
+        )
+    return adapter
+
+
+def create_adapter(session: Session, name: str, base_ref: str, kind: AdapterKind,
+                   source_ref: str | None) -> Adapter:
+    check_name(name, "adapter name")
+    base = _ready_model(session, base_ref, "base")
+    source_id = _ready_model(session, source_ref, "source model").id if source_ref else None
+    return AdapterRepository(session).add(Adapter(
+        name=name, kind=kind, base_id=base.id, source_model_id=source_id,
+        status=Status.PENDING, params={}))
+
+
+def _ready_model(session: Session, ref: str, role: str) -> Model:
+    model = ModelRepository(session).by_ref(ref)
+    if model is None:
+        raise InvalidRequest(f"unknown {role} {ref!r}; register and finalize it first",
+                             name="UnknownBase")
+    if model.status is not Status.READY:
+        raise NotReady(f"{role} {ref!r} is not finalized yet; POST /models/{ref}/finalize first")
+    return model
+
+
+def pending_adapter(session: Session, ref: str) -> Adapter:
+    adapter = get_adapter(session, ref, lock=True)
+    if adapter.status is not Status.PENDING:
+        raise NotPending(f"adapter {adapter.name}@{adapter.version} is finalized and immutable; "
+                         "push again (POST /adapters) to make a new version")
+    return adapter
+
+
+def finalize_adapter(session: Session, store: BlobStore, ref: str) -> tuple[Adapter, bool]:
+    """Validate a pushed adapter and give it a version; (adapter, whether it is new).
+
+    Identical content under the same name returns the existing version and drops the
+    draft. The unique constraints on (name, version) and (name, content_digest) settle
+    races between concurrent pushes: the loser retries and finds the winner's row.
+    """
+    draft = get_adapter(session, ref, lock=True)
+    if draft.status is Status.READY:
+        return draft, False
+    base = ModelRepository(session).by_id(draft.base_id)
+    assert base is not None  # a draft's base was ready when it was created
+    assert base.manifest is not None
+    files = {f.filename: f for f in draft.files}
+    contents = inspect_adapter(draft.kind, files, Manifest.from_dict(base.manifest), store)
+    digest = content_digest(files)
+    size = sum(f.size for f in files.values())
+    repo = AdapterRepository(session)
+    for _ in range(_FINALIZE_ATTEMPTS):
+        existing = repo.by_digest(draft.name, digest)
+        if existing is not None:
+            repo.delete(draft)
+            return existing, False
+        try:
+            with session.begin_nested():
+                draft.version = repo.max_version(draft.name) + 1
+                draft.content_digest = digest
+                draft.params = contents.params
+                draft.quality = contents.quality
+                draft.size_bytes = size
+                draft.status = Status.READY
+                draft.finalized_at = utcnow()
+                session.flush()
+                repo.set_alias(draft.name, LATEST, draft.id)
+        except IntegrityError:
+            continue
+        return get_adapter(session, str(draft.id)), True
+    raise Conflict(f"too many concurrent pushes of {draft.name!r}; retry the finalize")
+
+
+def set_alias(session: Session, ref: str, alias: str) -> Adapter:
+    check_name(alias, "alias")
+    adapter = get_adapter(session, ref)
+    if adapter.status is not Status.READY:
+        raise NotReady("only a finalized adapter version can carry an alias")
+    AdapterRepository(session).set_alias(adapter.name, alias, adapter.id)
+    return get_adapter(session, str(adapter.id))
+
+
+def delete_adapter(session: Session, ref: str) -> None:
+    repo = AdapterRepository(session)
+    adapter = get_adapter(session, ref, lock=True)
+    name, had_latest = adapter.name, any(a.alias == LATEST for a in adapter.aliases)
+    repo.delete(adapter)
+    if had_latest and (newest := repo.latest(name)) is not None:
+        repo.set_alias(name, LATEST, newest.id)
+
+
+def list_adapters(session: Session, settings: Settings, *, base: str | None,
+                  kind: AdapterKind | None, name: str | None, alias: str | None,
+                  limit: int | None, page_token: str | None) -> Page[Adapter]:
+    size = check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
+    filters = {"base": base, "kind": kind, "name": name, "alias": alias}
+    after = decode_cursor(page_token, filters) if page_token else None
+    base_id: int | None = None
+    if base is not None:
+        model = ModelRepository(session).by_ref(base)
+        if model is None:
+            return Page([], None)
+        base_id = model.id
+    rows = AdapterRepository(session).page(base_id=base_id, kind=kind, name=name, alias=alias,
+                                           after_id=after, limit=size + 1)
+    more = len(rows) > size
+    rows = rows[:size]
+    return Page(rows, encode_cursor(rows[-1].id, filters) if more else None)

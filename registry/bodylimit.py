@@ -1,0 +1,44 @@
+"""Refuse oversized request bodies, declared or chunked, before the app buffers them.
+
+File uploads are exempt: they stream through the upload pipeline, which applies the
+per-file limits itself while hashing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry.errors import PayloadTooLarge
+
+_UPLOAD_PATH = re.compile(r"^/(models|adapters)/[^/]+/files/")
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope["method"] == "PUT"
+                                       and _UPLOAD_PATH.match(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # Raised inside the endpoint's body read, so the app's error handler
+                    # renders it like every other error.
+                    raise PayloadTooLarge(
+                        f"request body is over the {self.max_bytes}-byte limit for this "
+                        "endpoint; files go to PUT .../files/<filename>"
+                    )
+            return message
+
+        await self.app(scope, limited_receive, send)

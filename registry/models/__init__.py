@@ -1,0 +1,1 @@
+"""Full-weight models: bases and fine-tunes, their files and manifests."""

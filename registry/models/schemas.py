@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from registry.schemas import FileOut, Schema, UTCDateTime
+from registry.tables import Model
+
+
+class ModelCreate(Schema):
+    name: str = Field(examples=["llama2-7b"])
+    kind: Literal["base", "finetune"]
+    base: str | None = Field(default=None, description="the base model, for a finetune")
+
+
+class ModelOut(Schema):
+    id: int
+    name: str
+    kind: str
+    base: str | None
+    status: str
+    manifest_digest: str | None
+    tensor_count: int | None
+    parameter_count: int | None
+    dtypes: dict[str, int] | None
+    total_bytes: int
+    files: list[FileOut]
+    created_at: UTCDateTime
+    finalized_at: UTCDateTime | None
+
+    @classmethod
+    def of(cls, model: Model, base_name: str | None) -> ModelOut:
+        files = [FileOut(filename=f.filename, sha256=f.sha256, size=f.size) for f in model.files]
+        return cls(
+            id=model.id, name=model.name, kind=model.kind.value, base=base_name,
+            status=model.status.value, manifest_digest=model.manifest_digest,
+            tensor_count=model.tensor_count, parameter_count=model.parameter_count,
+            dtypes=model.dtypes, total_bytes=sum(f.size for f in files), files=files,
+            created_at=model.created_at, finalized_at=model.finalized_at,
+        )

@@ -1,0 +1,155 @@
+"""Rules for models: creation, file uploads while pending, finalize (manifest), deletion."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from compress.errors import CodecError
+from compress.manifest import Manifest, manifest_from_headers, parse_weight_map, shape_mismatches
+from compress.tensorfile import header_from_dict
+from registry.errors import (
+    HasDependents,
+    IncompatibleBase,
+    InvalidRequest,
+    MissingFiles,
+    ModelNotFound,
+    NameTaken,
+    NotPending,
+    NotReady,
+    from_codec_error,
+)
+from registry.models.repository import ModelRepository
+from registry.names import check_name
+from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
+from registry.settings import Settings
+from registry.storage.base import BlobStore
+from registry.tables import Model, ModelKind, Status, utcnow
+
+CONFIG_FILE = "config.json"
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def get_model(session: Session, ref: str, lock: bool = False) -> Model:
+    model = ModelRepository(session).by_ref(ref, lock=lock)
+    if model is None:
+        raise ModelNotFound(f"no model {ref!r}; list models with GET /models")
+    return model
+
+
+def create_model(session: Session, name: str, kind: ModelKind, base_ref: str | None) -> Model:
+    check_name(name, "model name")
+    repo = ModelRepository(session)
+    base_id: int | None = None
+    if kind is ModelKind.BASE and base_ref is not None:
+        raise InvalidRequest("a base model has no base; omit 'base' or use kind 'finetune'")
+    if kind is ModelKind.FINETUNE:
+        if base_ref is None:
+            raise InvalidRequest("a finetune needs 'base': the name of the model it was tuned from")
+        base = repo.by_ref(base_ref)
+        if base is None:
+            raise InvalidRequest(f"unknown base model {base_ref!r}; register it first with "
+                                 "POST /models", name="UnknownBase")
+        if base.kind is not ModelKind.BASE:
+            raise InvalidRequest(f"{base_ref!r} is a finetune; a finetune's base must be a "
+                                 "base model", name="UnknownBase")
+        base_id = base.id
+    if repo.name_exists(name):
+        raise NameTaken(f"a model named {name!r} exists; pick another name")
+    return repo.add(Model(name=name, kind=kind, base_id=base_id, status=Status.PENDING))
+
+
+def pending_model(session: Session, ref: str) -> Model:
+    """The model a file is being uploaded to; it must still accept files."""
+    model = get_model(session, ref, lock=True)
+    if model.status is not Status.PENDING:
+        raise NotPending(f"model {model.name!r} is finalized and its files are immutable; "
+                         "register a new model for new weights")
+    return model
+
+
+def finalize_model(session: Session, store: BlobStore, ref: str) -> Model:
+    model = get_model(session, ref, lock=True)
+    if model.status is Status.READY:
+        return model  # finalize is idempotent
+    manifest = _build_manifest(model, store)
+    if model.kind is ModelKind.FINETUNE:
+        _check_against_base(session, model, manifest)
+    summary = manifest.summary()
+    model.manifest = manifest.to_dict()
+    model.manifest_digest = manifest.digest()
+    model.tensor_count = summary.tensor_count
+    model.parameter_count = summary.parameter_count
+    model.dtypes = summary.dtypes
+    model.status = Status.READY
+    model.finalized_at = utcnow()
+    session.flush()
+    return model
+
+
+def _build_manifest(model: Model, store: BlobStore) -> Manifest:
+    files = {f.filename: f for f in model.files}
+    headers = {name: header_from_dict(f.header) for name, f in files.items()
+               if name.endswith(".safetensors") and f.header is not None}
+    missing = [] if headers else ["at least one .safetensors file"]
+    if CONFIG_FILE not in files:
+        missing.append(CONFIG_FILE)
+    if missing:
+        raise MissingFiles(f"model {model.name!r} cannot be finalized without "
+                           f"{' and '.join(missing)}; upload with PUT /models/{model.name}/files/"
+                           "<filename>")
+    indexes = [name for name in files if name.endswith(INDEX_SUFFIX)]
+    if len(indexes) > 1:
+        raise InvalidRequest(f"model {model.name!r} has several shard indexes {indexes}; "
+                             "keep one")
+    try:
+        weight_map = None
+        if indexes:
+            weight_map = parse_weight_map(_read_json(store, files[indexes[0]].sha256),
+                                          indexes[0])
+        return manifest_from_headers(headers, weight_map)
+    except CodecError as exc:
+        raise from_codec_error(exc) from exc
+
+
+def _check_against_base(session: Session, model: Model, manifest: Manifest) -> None:
+    assert model.base_id is not None
+    base = ModelRepository(session).by_id(model.base_id)
+    if base is None or base.status is not Status.READY or base.manifest is None:
+        raise NotReady(f"the base of {model.name!r} is not finalized yet; finalize it first")
+    problems = shape_mismatches(Manifest.from_dict(base.manifest), manifest)
+    if problems:
+        raise IncompatibleBase(
+            f"finetune {model.name!r} does not match its base {base.name!r}: "
+            + "; ".join(problems[:20]), mismatches=problems)
+
+
+def _read_json(store: BlobStore, sha256: str) -> Any:
+    return json.loads(store.read_bytes(sha256))
+
+
+def list_models(session: Session, settings: Settings, kind: ModelKind | None,
+                base_ref: str | None, limit: int | None, page_token: str | None) -> Page[Model]:
+    size = check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
+    filters = {"kind": kind, "base": base_ref}
+    after = decode_cursor(page_token, filters) if page_token else None
+    base_id = get_model(session, base_ref).id if base_ref else None
+    rows = ModelRepository(session).page(kind, base_id, after, size + 1)
+    more = len(rows) > size
+    rows = rows[:size]
+    token = encode_cursor(rows[-1].id, filters) if more else None
+    return Page(rows, token)
+
+
+def delete_model(session: Session, ref: str) -> None:
+    repo = ModelRepository(session)
+    model = get_model(session, ref, lock=True)
+    finetunes, adapters = repo.dependents(model.id)
+    if finetunes or adapters:
+        raise HasDependents(
+            f"model {model.name!r} still has {finetunes} finetune(s) and {adapters} adapter(s) "
+            "depending on it; delete those first"
+        )
+    repo.delete(model)

@@ -1,0 +1,1 @@
+"""Streamed file uploads: name rules, one-pass hashing + validation + staging, recording."""

@@ -1,0 +1,125 @@
+"""One pass over an upload: count, hash, validate and stage every chunk as it arrives.
+
+Nothing here touches the database. The result is a finished staging object plus its
+sha256 and (for safetensors) its validated header; the caller commits the blob and
+records the row. Any error aborts the staging write, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from compress.errors import CodecError
+from compress.streaming import StreamingValidator
+from compress.tensorfile import describe_pickle, header_to_dict, pickle_refusal
+from registry.errors import ChecksumMismatch, PayloadTooLarge, Unprocessable, from_codec_error
+from registry.storage.base import BlobStore, StagedObject, StagingWriter
+from registry.uploads.rules import ContentKind, FileRule
+
+_SNIFF_BYTES = 8
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    staged: StagedObject
+    sha256: str
+    size: int
+    header: dict[str, Any] | None  # validated safetensors header, JSON-ready
+
+
+class UploadPipeline:
+    def __init__(self, store: BlobStore, filename: str, rule: FileRule,
+                 expected_sha256: str | None = None) -> None:
+        self.filename = filename
+        self.rule = rule
+        self.expected_sha256 = expected_sha256.lower() if expected_sha256 else None
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._head = bytearray()  # first bytes, for pickle sniffing
+        self._buffer = (bytearray() if rule.kind in (ContentKind.JSON, ContentKind.TEXT)
+                        else None)
+        self._validator = (StreamingValidator(filename) if rule.kind is ContentKind.SAFETENSORS
+                           else None)
+        self._writer: StagingWriter = store.start_upload()
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._feed(chunk)
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self) -> UploadResult:
+        try:
+            return self._finish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+    def _feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.rule.max_bytes:
+            raise PayloadTooLarge(
+                f"{self.filename!r} is larger than the {self.rule.max_bytes}-byte limit for "
+                f"{self.rule.kind.value} files"
+            )
+        if len(self._head) < _SNIFF_BYTES:
+            self._head += chunk[: _SNIFF_BYTES - len(self._head)]
+            self._refuse_pickle()
+        self._hash.update(chunk)
+        if self._validator is not None:
+            self._validate(chunk)
+        elif self._buffer is not None:
+            self._buffer += chunk
+        self._writer.write(chunk)
+
+    def _finish(self) -> UploadResult:
+        header = self._check_content()
+        sha256 = self._hash.hexdigest()
+        if self.expected_sha256 is not None and sha256 != self.expected_sha256:
+            raise ChecksumMismatch(
+                f"{self.filename!r}: the body hashes to {sha256} but the client declared "
+                f"{self.expected_sha256}; the upload was corrupted in transit, send it again"
+            )
+        staged = self._writer.finish()
+        return UploadResult(staged=staged, sha256=sha256, size=self.size, header=header)
+
+    def _validate(self, chunk: bytes) -> None:
+        assert self._validator is not None
+        try:
+            self._validator.feed(chunk)
+        except CodecError as exc:
+            raise from_codec_error(exc) from exc
+
+    def _refuse_pickle(self) -> None:
+        what = describe_pickle(bytes(self._head))
+        if what is not None:
+            refusal = pickle_refusal(self.filename, what)
+            raise from_codec_error(refusal)
+
+    def _check_content(self) -> dict[str, Any] | None:
+        if self._validator is not None:
+            try:
+                return header_to_dict(self._validator.finish())
+            except CodecError as exc:
+                raise from_codec_error(exc) from exc
+        if self._buffer is None:  # binary: the pickle sniff was the check
+            return None
+        try:
+            text = bytes(self._buffer).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Unprocessable(f"{self.filename!r} is not UTF-8 text ({exc.reason})",
+                                name="InvalidContent") from exc
+        if self.rule.kind is ContentKind.JSON:
+            try:
+                json.loads(text)
+            except ValueError as exc:
+                raise Unprocessable(f"{self.filename!r} is not valid JSON: {exc}",
+                                    name="InvalidContent") from exc
+        return None

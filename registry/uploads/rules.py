@@ -1,0 +1,81 @@
+"""Which files a model or an adapter accepts, and how each kind of file is checked."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from compress.errors import PickleRefused
+from compress.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from compress.tensorfile import PICKLE_SUFFIXES, pickle_refusal
+from registry.errors import UnsupportedFile
+from registry.names import check_filename
+from registry.settings import Settings
+from registry.tables import AdapterKind
+
+
+class ContentKind(StrEnum):
+    SAFETENSORS = "safetensors"  # header, layout, length and finite floats, while streaming
+    JSON = "json"  # UTF-8 JSON
+    TEXT = "text"  # UTF-8 text (README.md, merges.txt)
+    BINARY = "binary"  # opaque but never a pickle (tokenizer.model)
+
+
+@dataclass(frozen=True)
+class FileRule:
+    kind: ContentKind
+    max_bytes: int
+
+
+_MODEL_TEXT = re.compile(r"^.+\.(txt|md)$")
+_BITDELTA_SHARD = re.compile(r"^delta(-\d{5}-of-\d{5})?\.safetensors$")
+_BITDELTA_JSON = {"delta.safetensors.index.json", "config.json", "report.json"}
+
+
+def model_file_rule(filename: str, settings: Settings) -> FileRule:
+    check_filename(filename)
+    _refuse_pickle(filename)
+    if filename.endswith(".safetensors"):
+        return FileRule(ContentKind.SAFETENSORS, settings.MAX_UPLOAD_BYTES)
+    if filename.endswith(".json"):
+        return FileRule(ContentKind.JSON, settings.MAX_JSON_BYTES)
+    if filename.endswith(".model"):
+        return FileRule(ContentKind.BINARY, settings.MAX_JSON_BYTES)
+    if _MODEL_TEXT.match(filename):
+        return FileRule(ContentKind.TEXT, settings.MAX_JSON_BYTES)
+    raise UnsupportedFile(
+        f"{filename!r}: a model takes .safetensors weights, JSON files (config.json, "
+        "model.safetensors.index.json, tokenizer files), tokenizer.model and .txt/.md text"
+    )
+
+
+def adapter_file_rule(kind: AdapterKind, filename: str, settings: Settings) -> FileRule:
+    check_filename(filename)
+    _refuse_pickle(filename)
+    if filename == "README.md":
+        return FileRule(ContentKind.TEXT, settings.MAX_JSON_BYTES)
+    if kind is AdapterKind.LORA:
+        if filename == ADAPTER_WEIGHTS:
+            return FileRule(ContentKind.SAFETENSORS, settings.MAX_UPLOAD_BYTES)
+        if filename == ADAPTER_CONFIG:
+            return FileRule(ContentKind.JSON, settings.MAX_JSON_BYTES)
+        raise UnsupportedFile(
+            f"{filename!r}: a LoRA adapter takes the files peft writes: {ADAPTER_CONFIG}, "
+            f"{ADAPTER_WEIGHTS} and README.md"
+        )
+    if _BITDELTA_SHARD.match(filename):
+        return FileRule(ContentKind.SAFETENSORS, settings.MAX_UPLOAD_BYTES)
+    if filename in _BITDELTA_JSON:
+        return FileRule(ContentKind.JSON, settings.MAX_JSON_BYTES)
+    raise UnsupportedFile(
+        f"{filename!r}: a BitDelta adapter takes delta.safetensors (or delta-0000i-of-0000N"
+        ".safetensors shards with delta.safetensors.index.json), config.json, report.json "
+        "and README.md"
+    )
+
+
+def _refuse_pickle(filename: str) -> None:
+    if filename.lower().endswith(PICKLE_SUFFIXES):
+        error: PickleRefused = pickle_refusal(filename, "named like a pickle checkpoint")
+        raise UnsupportedFile(error.detail, name="PickleRefused")
