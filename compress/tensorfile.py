@@ -117,7 +117,7 @@ def refuse_pickle_name(name: str) -> None:
 def parse_length_prefix(prefix: bytes, source: str) -> int:
     """Decode and bound the 8-byte header length."""
     what = describe_pickle(prefix)
-    if what is not None:
+    if what is not None and not _is_header_length(prefix):
         raise pickle_refusal(source, what)
     if len(prefix) < 8:
         raise InvalidSafetensors(
@@ -131,6 +131,14 @@ def parse_length_prefix(prefix: bytes, source: str) -> int:
             "the file is corrupt or not safetensors"
         )
     return int(header_len)
+
+
+def _is_header_length(prefix: bytes) -> bool:
+    # b"\x80\x02" (a pickle's start) also begins the length prefix of every file whose
+    # header is 640 bytes long (or 896, 1152, 1408, each plus any multiple of 65536): eight
+    # bytes that read as a length within the limit are parsed as safetensors, and a pickle
+    # that happens to start that way still fails the header checks that follow.
+    return len(prefix) >= 8 and int.from_bytes(prefix[:8], "little") <= MAX_HEADER_BYTES
 
 
 def parse_header_json(header: bytes, header_len: int, source: str) -> SafetensorsHeader:
