@@ -220,8 +220,20 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if key in result:
             raise _DuplicateKey(key)
+        _check_unicode(key)
+        if isinstance(value, str):
+            _check_unicode(value)
         result[key] = value
     return result
+
+
+def _check_unicode(text: str) -> None:
+    # json.loads turns the escape "\ud800" into a lone surrogate, which is not Unicode: the
+    # reference (serde_json) rejects it, and such a name cannot be encoded again.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the string {text!r} holds an unpaired surrogate escape") from exc
 
 
 def _parse_metadata(raw: object, source: str) -> dict[str, str]:
