@@ -85,6 +85,10 @@ class SafetensorsWriter:
         if missing:
             raise ValueError(f"{self.path.name}: closed before writing {missing[:5]}")
 
+    def abort(self) -> None:
+        """Close the file without completing it; the caller discards it."""
+        self._file.close()
+
 
 class ShardedWriter:
     """Write a planned set of tensors as one file, or as shards plus an index past a size."""
@@ -129,6 +133,16 @@ class ShardedWriter:
             (self._out_dir / self.index_name).write_text(json.dumps(index, indent=2) + "\n")
             return [*self.files, self._out_dir / self.index_name]
         return list(self.files)
+
+    def abort(self) -> None:
+        """Close the open shard after a failure, leaving it incomplete.
+
+        For a writer inside `atomic_output_dir`, whose scratch directory is removed on
+        error: without this the open file would only be closed by the garbage collector.
+        """
+        if self._current is not None:
+            self._current.abort()
+            self._current = None
 
     def _open_next(self) -> None:
         if self._current is not None:

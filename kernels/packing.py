@@ -15,8 +15,10 @@ import torch
 BITS_PER_WORD = 32
 
 # Rows are packed a slab at a time so that the uint8 intermediates stay small
-# (64 rows × 11008 columns ≈ 0.7 MB) whatever the matrix size.
-_ROWS_PER_SLAB = 1024
+# (256 rows × 11008 columns ≈ 2.8 MB, cache-resident) whatever the matrix size. On a 2-core
+# AMD EPYC (AVX-512), packing an 11008×4096 fp32 ΔW took 60-70 ms with 256-row slabs,
+# 80-135 ms with 128 or 512, 480 ms with 4096.
+_ROWS_PER_SLAB = 256
 
 _BYTE_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 _BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
@@ -36,17 +38,32 @@ def pack_signs(delta: torch.Tensor) -> torch.Tensor:
     # Each int32 word is four little-endian bytes; building bytes and viewing them as
     # int32 keeps every intermediate at one byte per element.
     packed_bytes = torch.empty((n, words * 4), dtype=torch.uint8, device=delta.device)
-    weights = _BYTE_WEIGHTS.to(delta.device)
     for start in range(0, n, _ROWS_PER_SLAB):
         rows = delta[start : start + _ROWS_PER_SLAB]
-        positive = torch.zeros((rows.shape[0], words * BITS_PER_WORD), dtype=torch.uint8,
-                               device=delta.device)
-        positive[:, :k] = rows >= 0
-        bits8 = positive.view(rows.shape[0], words * 4, 8)
-        packed_bytes[start : start + _ROWS_PER_SLAB] = (bits8 * weights).sum(dim=-1,
-                                                                             dtype=torch.uint8)
+        if k == words * BITS_PER_WORD:
+            positive = (rows >= 0).contiguous().view(torch.uint8)
+        else:
+            positive = torch.zeros((rows.shape[0], words * BITS_PER_WORD), dtype=torch.uint8,
+                                   device=delta.device)
+            positive[:, :k] = rows >= 0
+        packed_bytes[start : start + _ROWS_PER_SLAB] = _flags_to_bytes(positive)
     as_words = _bytes_to_int32(packed_bytes)  # [N, words]
     return as_words.t().contiguous()
+
+
+def _flags_to_bytes(flags: torch.Tensor) -> torch.Tensor:
+    """[R, 8m] uint8 flags (0 or 1) -> [R, m] bytes; flag i of each group of 8 is bit i."""
+    if not _HOST_IS_LITTLE_ENDIAN:
+        bits8 = flags.view(flags.shape[0], -1, 8)
+        return (bits8 * _BYTE_WEIGHTS.to(flags.device)).sum(dim=-1, dtype=torch.uint8)
+    # Eight flag bytes read as one little-endian int64 hold flag i at bit 8i; three
+    # shift-ors gather them into the low byte. About 10x faster than multiplying by the
+    # bit weights and summing groups of 8 (620 -> 65 ms for 11008×4096 on the CPU above).
+    x = flags.reshape(-1).view(torch.int64)  # flat: view() refuses some 1-row strides
+    x = x | (x >> 7)  # byte j: flags j, j+1 in bits 0-1
+    x |= x >> 14  # byte j: flags j..j+3 in bits 0-3
+    x |= x >> 28  # byte 0: flags 0..7 in bits 0-7
+    return (x & 0xFF).to(torch.uint8).view(flags.shape[0], -1)
 
 
 def unpack_signs(bits: torch.Tensor, k: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
