@@ -1,0 +1,264 @@
+"""Blobs in a local directory: the embedded default (`file:` storage URLs).
+
+Layout under the root mirrors the object keys: `staging/<random>` and
+`blobs/sha256/<hex>`. Commit is a rename within one file system, which is atomic, so
+a reader sees either no blob or the whole blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from registry.storage.base import (
+    READ_CHUNK_BYTES,
+    STAGING_PREFIX,
+    BlobNotFound,
+    BlobStore,
+    StagedObject,
+    StagingWriter,
+    StorageError,
+    StoredObject,
+    blob_key,
+    check_key,
+    check_range,
+    new_staging_key,
+)
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full; free space or point DELTAHUB_STORAGE_URL at a larger disk",
+    errno.EDQUOT: "the disk quota is exhausted; free space or raise the quota",
+    errno.EACCES: "the server process may not write there; fix the directory's owner or mode",
+    errno.EPERM: "the server process may not write there; fix the directory's owner or mode",
+    errno.EROFS: "the file system is mounted read-only",
+}
+
+
+def _os_error(op: str, path: Path, exc: OSError) -> StorageError:
+    hint = _HINTS.get(exc.errno or 0, "")
+    reason = exc.strerror or str(exc)
+    return StorageError(f"local storage: cannot {op} {path}: {reason}{'; ' + hint if hint else ''}")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or create in `path` durable (the entry lives in the directory)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # some file systems cannot fsync a directory
+            raise
+    finally:
+        os.close(fd)
+
+
+class LocalBlobStore(BlobStore):
+    def __init__(self, root: Path) -> None:
+        # Resolved once, so the guard in _path compares against the real location.
+        self.root = root.resolve()
+        for sub in ("staging", "blobs/sha256"):
+            try:
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _os_error("create", self.root / sub, exc) from exc
+
+    def __repr__(self) -> str:
+        return f"LocalBlobStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / check_key(key)).resolve()
+        # A symlink inside the root could still lead out of it.
+        if not path.is_relative_to(self.root):
+            raise StorageError(f"local storage: key {key!r} resolves outside {self.root}")
+        return path
+
+    def start_upload(self) -> StagingWriter:
+        key = new_staging_key()
+        return _LocalWriter(key, self._path(key))
+
+    def commit(self, staged: StagedObject, sha256: str) -> None:
+        dest = self._path(blob_key(sha256))
+        src = self._staged_path(staged)
+        try:
+            try:
+                os.utime(dest)  # exists already: refresh its age for gc (see BlobStore.commit)
+            except FileNotFoundError:
+                src.replace(dest)  # rename(2): atomic within the file system
+                _fsync_dir(dest.parent)
+            else:
+                src.unlink(missing_ok=True)
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"local storage: staged object {staged.key} is gone "
+                "(already committed, discarded or collected); upload again"
+            ) from exc
+        except OSError as exc:
+            raise _os_error("commit", dest, exc) from exc
+
+    def discard(self, staged: StagedObject) -> None:
+        self._staged_path(staged)  # refuse a key outside staging/
+        self.delete_key(staged.key)
+
+    def _staged_path(self, staged: StagedObject) -> Path:
+        if not staged.key.startswith(STAGING_PREFIX):
+            raise ValueError(f"not a staging key: {staged.key!r}")
+        return self._path(staged.key)
+
+    def _stat(self, sha256: str) -> os.stat_result:
+        path = self._path(blob_key(sha256))
+        try:
+            return path.stat()
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {sha256} not found") from None
+        except OSError as exc:
+            raise _os_error("stat", path, exc) from exc
+
+    def exists(self, sha256: str) -> bool:
+        try:
+            self._stat(sha256)
+        except BlobNotFound:
+            return False
+        return True
+
+    def size(self, sha256: str) -> int:
+        return self._stat(sha256).st_size
+
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        check_range(start, end)
+        self._stat(sha256)  # BlobNotFound now, not at the first chunk
+        return self._chunks(self._path(blob_key(sha256)), start, end)
+
+    @staticmethod
+    def _chunks(path: Path, start: int, end: int | None) -> Iterator[bytes]:
+        # Opened here rather than in read(): a generator that is never started would
+        # otherwise leak the open file.
+        remaining = None if end is None else end - start
+        try:
+            with path.open("rb") as f:
+                f.seek(start)
+                while remaining is None or remaining > 0:
+                    n = READ_CHUNK_BYTES if remaining is None else min(READ_CHUNK_BYTES, remaining)
+                    chunk = f.read(n)
+                    if not chunk:
+                        return
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                    yield chunk
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {path.name} was deleted while being read") from None
+        except OSError as exc:
+            raise _os_error("read", path, exc) from exc
+
+    def download(self, sha256: str, dest: Path) -> None:
+        self._stat(sha256)
+        src = self._path(blob_key(sha256))
+        # Copy beside the destination, then rename: a failed copy leaves no partial file.
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+        try:
+            shutil.copyfile(src, tmp)
+            tmp.replace(dest)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _os_error("download to", dest, exc) from exc
+
+    def delete(self, sha256: str) -> None:
+        self.delete_key(blob_key(sha256))
+
+    def delete_key(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _os_error("delete", path, exc) from exc
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        # Walk only the deepest directory the prefix names; filter the rest by name.
+        folder = prefix.rpartition("/")[0]
+        top = self._path(folder) if folder else self.root
+        if not top.is_dir():
+            return
+
+        def fail(exc: OSError) -> None:
+            raise _os_error("list", Path(exc.filename or top), exc) from exc
+
+        for dirpath, dirnames, filenames in os.walk(top, onerror=fail):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue  # removed since the directory was read
+                except OSError as exc:
+                    raise _os_error("stat", path, exc) from exc
+                modified = datetime.fromtimestamp(st.st_mtime, UTC)
+                yield StoredObject(key=key, size=st.st_size, modified=modified)
+
+    def check(self) -> None:
+        # A real write, because a directory can exist and still refuse writes.
+        probe = self._path(f"{STAGING_PREFIX}check-{uuid.uuid4().hex}")
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise _os_error("write to", probe.parent, exc) from exc
+
+
+class _LocalWriter(StagingWriter):
+    def __init__(self, key: str, path: Path) -> None:
+        self._key = key
+        self._path = path
+        self._size = 0
+        self._staged: StagedObject | None = None
+        try:
+            # O_EXCL: a key collision (or a planted file) fails instead of being reused.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise _os_error("create", path, exc) from exc
+        self._file = os.fdopen(fd, "wb")
+
+    @property
+    def finished(self) -> bool:
+        return self._staged is not None
+
+    def write(self, data: bytes) -> None:
+        if self._file.closed:
+            raise ValueError("write to an upload that is already finished or aborted")
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise _os_error("write", self._path, exc) from exc
+        self._size += len(data)
+
+    def finish(self) -> StagedObject:
+        if self._staged is not None:
+            return self._staged
+        if self._file.closed:
+            raise ValueError("finish of an upload that was aborted")
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            _fsync_dir(self._path.parent)
+        except OSError as exc:
+            raise _os_error("write", self._path, exc) from exc
+        self._staged = StagedObject(key=self._key, size=self._size)
+        return self._staged
+
+    def abort(self) -> None:
+        # A failed flush (disk full) may be why we are aborting; the unlink still matters.
+        with contextlib.suppress(OSError):
+            self._file.close()
+        try:
+            self._path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _os_error("delete", self._path, exc) from exc
