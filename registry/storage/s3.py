@@ -1,0 +1,424 @@
+"""Blobs in an S3-compatible bucket (AWS S3, MinIO, R2, Ceph) through boto3.
+
+The client is built once by `make_s3_client` (explicit timeouts and retries) and
+handed in, so tests and callers choose their own. Uploads stream as multipart uploads
+to a staging key; commit is a server-side copy to the content address, so a reader
+never sees a partial blob.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from boto3.exceptions import Boto3Error  # type: ignore[import-untyped, unused-ignore]
+from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped, unused-ignore]
+from botocore.config import Config  # type: ignore[import-untyped, unused-ignore]
+from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
+from s3transfer.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+    RetriesExceededError,
+    S3CopyFailedError,
+    S3DownloadFailedError,
+)
+
+from registry.settings import Settings
+from registry.storage.base import (
+    PART_BYTES,
+    READ_CHUNK_BYTES,
+    STAGING_PREFIX,
+    BlobNotFound,
+    BlobStore,
+    StagedObject,
+    StagingWriter,
+    StorageError,
+    StoredObject,
+    blob_key,
+    check_key,
+    check_range,
+    new_staging_key,
+)
+
+# The boto3 S3 client. Typed as Any because boto3 ships no annotations; with
+# boto3-stubs[s3] installed this becomes mypy_boto3_s3.S3Client.
+S3Client = Any
+
+S3_MIN_PART_BYTES = 5 * 1024 * 1024  # S3 refuses smaller parts, except the last
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+_DENIED = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
+# The managed transfers (copy, download_file) raise their own errors besides botocore's.
+_TRANSFER_ERRORS = (
+    BotoCoreError,
+    Boto3Error,
+    RetriesExceededError,
+    S3CopyFailedError,
+    S3DownloadFailedError,
+)
+
+
+def make_s3_client(settings: Settings) -> S3Client:
+    """The one place a boto3 S3 client is configured."""
+    import boto3  # type: ignore[import-untyped, unused-ignore]
+
+    config = Config(
+        region_name=settings.S3_REGION,
+        connect_timeout=settings.S3_CONNECT_TIMEOUT_SECONDS,
+        read_timeout=settings.S3_READ_TIMEOUT_SECONDS,
+        # total_max_attempts counts the first try too ("max_attempts" would count retries only).
+        retries={"total_max_attempts": settings.S3_MAX_ATTEMPTS, "mode": "standard"},
+        # MinIO, Ceph and moto serve buckets by path, not by virtual host name.
+        s3={"addressing_style": "path"} if settings.S3_ENDPOINT_URL else None,
+    )
+    # A session per client: boto3's default session is global and not thread-safe.
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=settings.S3_ENDPOINT_URL,
+        aws_access_key_id=settings.S3_ACCESS_KEY_ID,
+        aws_secret_access_key=settings.S3_SECRET_ACCESS_KEY,
+        config=config,
+    )
+
+
+def _hint(code: str, exc: Exception) -> str:
+    if code in _DENIED:
+        return "; check DELTAHUB_S3_ACCESS_KEY_ID/SECRET_ACCESS_KEY and the bucket policy"
+    if isinstance(exc, EndpointConnectionError):
+        return "; is DELTAHUB_S3_ENDPOINT_URL right and the server up?"
+    if isinstance(exc, NoCredentialsError):
+        return "; set DELTAHUB_S3_ACCESS_KEY_ID and DELTAHUB_S3_SECRET_ACCESS_KEY"
+    return ""
+
+
+class S3BlobStore(BlobStore):
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str = "",
+        *,
+        part_bytes: int = PART_BYTES,
+        transfer_config: TransferConfig | None = None,
+    ) -> None:
+        if part_bytes < S3_MIN_PART_BYTES:
+            raise ValueError(f"part_bytes must be at least {S3_MIN_PART_BYTES} (S3's minimum)")
+        prefix = prefix.strip("/")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = check_key(prefix) if prefix else ""
+        self.part_bytes = part_bytes
+        # Managed copy and download: multipart above the threshold, so blobs over
+        # 5 GB (the limit of a single CopyObject) copy too.
+        self.transfer_config = transfer_config or TransferConfig()
+
+    def __repr__(self) -> str:
+        return f"S3BlobStore(s3://{self.bucket}/{self.prefix})"
+
+    def full_key(self, key: str) -> str:
+        """The bucket key for a store key."""
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _full_prefix(self, prefix: str) -> str:
+        # A listing prefix may be "" (everything) or end in "/" (a folder).
+        if prefix.rstrip("/"):
+            check_key(prefix.rstrip("/"))
+        return f"{self.prefix}/{prefix}" if self.prefix else prefix
+
+    def _store_key(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    @contextmanager
+    def errors(self, op: str, key: str) -> Iterator[None]:
+        """Turn boto3 failures into StorageError (BlobNotFound for a missing key)."""
+        where = f"s3://{self.bucket}/{key}"
+        try:
+            yield
+        except ClientError as exc:
+            error: Mapping[str, str] = exc.response.get("Error", {})
+            code = error.get("Code", "")
+            if code in _NOT_FOUND:
+                raise BlobNotFound(f"s3: {op} {where}: not found") from exc
+            if code == "NoSuchBucket":
+                raise StorageError(
+                    f"s3: {op} {where}: bucket {self.bucket!r} does not exist; "
+                    "create it or fix DELTAHUB_STORAGE_URL"
+                ) from exc
+            message = error.get("Message", str(exc))
+            raise StorageError(f"s3: {op} {where}: {code}: {message}{_hint(code, exc)}") from exc
+        except _TRANSFER_ERRORS as exc:
+            raise StorageError(f"s3: {op} {where}: {exc}{_hint('', exc)}") from exc
+
+    def start_upload(self) -> StagingWriter:
+        return _S3Writer(self, new_staging_key())
+
+    def commit(self, staged: StagedObject, sha256: str) -> None:
+        if not staged.key.startswith(STAGING_PREFIX):
+            raise ValueError(f"not a staging key: {staged.key!r}")
+        src, dest = self.full_key(staged.key), self.full_key(blob_key(sha256))
+        refreshed = False
+        if self._exists(dest):
+            # Copying the blob onto itself refreshes its age for gc without ever
+            # replacing its bytes (see BlobStore.commit); REPLACE makes S3 allow it.
+            try:
+                self._copy(dest, dest, {"MetadataDirective": "REPLACE"})
+                refreshed = True
+            except BlobNotFound:
+                pass  # collected in between: copy the staged bytes instead
+        if not refreshed:
+            try:
+                self._copy(src, dest, {})
+            except BlobNotFound:
+                raise StorageError(
+                    f"s3: commit: staged object {staged.key} is gone "
+                    "(already committed, discarded or collected); upload again"
+                ) from None
+        with self.errors("commit", src):
+            self.client.delete_object(Bucket=self.bucket, Key=src)
+
+    def _copy(self, src: str, dest: str, extra_args: dict[str, str]) -> None:
+        with self.errors("copy", src):
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": src},
+                self.bucket,
+                dest,
+                ExtraArgs=extra_args,
+                Config=self.transfer_config,
+            )
+
+    def discard(self, staged: StagedObject) -> None:
+        if not staged.key.startswith(STAGING_PREFIX):
+            raise ValueError(f"not a staging key: {staged.key!r}")
+        self.delete_key(staged.key)
+
+    def _exists(self, full: str) -> bool:
+        try:
+            self._head(full)
+        except BlobNotFound:
+            return False
+        return True
+
+    def _head(self, full: str) -> dict[str, Any]:
+        with self.errors("head", full):
+            response: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=full)
+            return response
+
+    def exists(self, sha256: str) -> bool:
+        return self._exists(self.full_key(blob_key(sha256)))
+
+    def size(self, sha256: str) -> int:
+        return int(self._head(self.full_key(blob_key(sha256)))["ContentLength"])
+
+    def read(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        check_range(start, end)
+        full = self.full_key(blob_key(sha256))
+        if end == start:
+            self._head(full)  # nothing to read, but a missing blob is still BlobNotFound
+            return iter(())
+        args = {"Bucket": self.bucket, "Key": full}
+        if start or end is not None:
+            args["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        with self.errors("read", full):
+            try:
+                response = self.client.get_object(**args)
+            except ClientError as exc:
+                # The blob exists but the range starts at or past its end (any range
+                # of an empty object does): the contract says that is no bytes.
+                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return iter(())
+                raise
+        return _BodyChunks(response["Body"], f"s3://{self.bucket}/{full}")
+
+    def download(self, sha256: str, dest: Path) -> None:
+        full = self.full_key(blob_key(sha256))
+        # download_file writes a temporary file beside dest and renames it when complete.
+        with self.errors("download", full):
+            self.client.download_file(self.bucket, full, str(dest), Config=self.transfer_config)
+
+    def delete(self, sha256: str) -> None:
+        self.delete_key(blob_key(sha256))
+
+    def delete_key(self, key: str) -> None:
+        full = self.full_key(key)
+        with self.errors("delete", full):
+            self.client.delete_object(Bucket=self.bucket, Key=full)
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        full = self._full_prefix(prefix)
+        with self.errors("list", full):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield StoredObject(
+                        key=self._store_key(obj["Key"]),
+                        size=int(obj["Size"]),
+                        modified=obj["LastModified"].astimezone(UTC),
+                    )
+
+    def abort_incomplete_uploads(self, older_than: datetime) -> int:
+        # A crashed writer leaves a multipart upload that list_objects cannot see but
+        # that S3 bills for until it is aborted.
+        full = self._full_prefix(STAGING_PREFIX)
+        aborted = 0
+        with self.errors("list uploads", full):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < older_than:
+                        _abort_multipart(self, upload["Key"], upload["UploadId"])
+                        aborted += 1
+        return aborted
+
+    def check(self) -> None:
+        with self.errors("check", ""):
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                    raise StorageError(
+                        f"s3: bucket {self.bucket!r} does not exist; "
+                        "create it or fix DELTAHUB_STORAGE_URL"
+                    ) from exc
+                raise
+        # Reachable is not enough for /readyz: a read-only key would fail every upload.
+        probe = self.full_key(f"{STAGING_PREFIX}check-{uuid.uuid4().hex}")
+        with self.errors("check write", probe):
+            self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
+            self.client.delete_object(Bucket=self.bucket, Key=probe)
+
+
+def _abort_multipart(store: S3BlobStore, full: str, upload_id: str) -> None:
+    with store.errors("abort", full):
+        try:
+            store.client.abort_multipart_upload(Bucket=store.bucket, Key=full, UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise  # NoSuchUpload: someone (gc, a retry) aborted it already
+
+
+class _BodyChunks(Iterator[bytes]):
+    """Chunks of a GetObject body; closes the connection when done, failed or dropped."""
+
+    def __init__(self, body: Any, where: str) -> None:
+        self._body: Any = body
+        self._where = where
+
+    def __next__(self) -> bytes:
+        if self._body is None:
+            raise StopIteration
+        try:
+            chunk: bytes = self._body.read(READ_CHUNK_BYTES)
+        except (BotoCoreError, ClientError) as exc:
+            self.close()
+            raise StorageError(f"s3: read {self._where}: {exc}") from exc
+        if not chunk:
+            self.close()
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class _S3Writer(StagingWriter):
+    """Buffers one part at a time; a write smaller than a part becomes one PutObject."""
+
+    def __init__(self, store: S3BlobStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._full = store.full_key(key)
+        self._buffer = bytearray()
+        self._size = 0
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._may_exist = False  # an object may have been created under the key
+        self._closed = False
+        self._staged: StagedObject | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._staged is not None
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise ValueError("write to an upload that is already finished or aborted")
+        self._buffer += data
+        self._size += len(data)
+        part = self._store.part_bytes
+        while len(self._buffer) >= part:
+            self._upload_part(bytes(self._buffer[:part]))
+            del self._buffer[:part]
+
+    def _upload_part(self, body: bytes) -> None:
+        client, bucket = self._store.client, self._store.bucket
+        with self._store.errors("upload", self._full):
+            if self._upload_id is None:
+                created = client.create_multipart_upload(Bucket=bucket, Key=self._full)
+                self._upload_id = created["UploadId"]
+            number = len(self._parts) + 1
+            response = client.upload_part(
+                Bucket=bucket,
+                Key=self._full,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=body,
+            )
+        part = {"PartNumber": number, "ETag": response["ETag"]}
+        # When botocore sent a checksum with the part, completing must repeat it.
+        part.update({k: v for k, v in response.items() if k.startswith("Checksum") and v})
+        self._parts.append(part)
+
+    def finish(self) -> StagedObject:
+        if self._staged is not None:
+            return self._staged
+        if self._closed:
+            raise ValueError("finish of an upload that was aborted")
+        client, bucket = self._store.client, self._store.bucket
+        if self._upload_id is None:
+            self._may_exist = True
+            with self._store.errors("upload", self._full):
+                client.put_object(Bucket=bucket, Key=self._full, Body=bytes(self._buffer))
+        else:
+            if self._buffer:
+                self._upload_part(bytes(self._buffer))
+            self._may_exist = True
+            with self._store.errors("complete upload", self._full):
+                client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=self._full,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
+            self._upload_id = None
+        self._buffer = bytearray()
+        self._closed = True
+        self._staged = StagedObject(key=self._key, size=self._size)
+        return self._staged
+
+    def abort(self) -> None:
+        self._closed = True
+        self._buffer = bytearray()
+        if self._upload_id is not None:
+            _abort_multipart(self._store, self._full, self._upload_id)
+            self._upload_id = None
+        if self._may_exist:
+            with self._store.errors("delete", self._full):
+                self._store.client.delete_object(Bucket=self._store.bucket, Key=self._full)
+            self._may_exist = False
