@@ -15,6 +15,9 @@ app = typer.Typer(
 
 # Each module defines `register(app)`; the order here is the order of `deltahub --help`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "server_commands",
+    "client_commands",
+    "bitdelta_commands",
 )
 
 

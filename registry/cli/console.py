@@ -22,9 +22,8 @@ console = Console(stderr=True)
 stdout = Console()
 
 
-@contextlib.contextmanager
-def byte_progress(description: str) -> Iterator[ProgressFn]:
-    """A progress bar in bytes, driven by a codec's `progress(done, total, item)` callback."""
+def transfer_progress() -> Progress:
+    """Progress bars counted in bytes (GB = 10⁹ bytes), on stderr; add tasks to it."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -33,7 +32,13 @@ def byte_progress(description: str) -> Iterator[ProgressFn]:
         TimeRemainingColumn(),
         TextColumn("{task.fields[item]}", style="dim"),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    return Progress(*columns, console=console, transient=False)
+
+
+@contextlib.contextmanager
+def byte_progress(description: str) -> Iterator[ProgressFn]:
+    """A progress bar in bytes, driven by a codec's `progress(done, total, item)` callback."""
+    with transfer_progress() as bar:
         task = bar.add_task(description, total=None, item="")
 
         def update(done: int, total: int, item: str) -> None:

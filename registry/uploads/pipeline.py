@@ -7,6 +7,7 @@ records the row. Any error aborts the staging write, so nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from compress.errors import CodecError
 from compress.streaming import StreamingValidator
 from compress.tensorfile import describe_pickle, header_to_dict, pickle_refusal
 from registry.errors import ChecksumMismatch, PayloadTooLarge, Unprocessable, from_codec_error
-from registry.storage.base import BlobStore, StagedObject, StagingWriter
+from registry.storage.base import BlobStore, StagedObject, StagingWriter, StorageError
 from registry.uploads.rules import ContentKind, FileRule
 
 _SNIFF_BYTES = 8
@@ -60,7 +61,10 @@ class UploadPipeline:
             raise
 
     def abort(self) -> None:
-        self._writer.abort()
+        # If storage is down the abort fails too; the original error is the one to
+        # report, and garbage collection removes the staging leftovers later.
+        with contextlib.suppress(StorageError):
+            self._writer.abort()
 
     def _feed(self, chunk: bytes) -> None:
         self.size += len(chunk)

@@ -1,0 +1,122 @@
+"""`deltahub bitdelta` and `deltahub merge`: compress a fine-tune to a 1-bit delta and back.
+
+Both run locally on files (no server), show a progress bar in bytes on stderr and end
+with a summary table on stdout. Codec errors print their message and exit with status 1;
+the output directory is then never created.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compress.bitdelta import compress_bitdelta
+from compress.bitdelta_codec import relative_error
+from compress.bitdelta_format import ScaleMode
+from compress.bitdelta_report import GB, BitDeltaReport
+from compress.errors import CodecError
+from compress.merge import merge_bitdelta
+from compress.targets import DEFAULT_TARGET_MODULES, TargetSpec
+from registry.cli.console import byte_progress, console, print_table
+
+Device = Annotated[str, typer.Option(help="where the arithmetic runs: cpu, cuda, cuda:1, ...")]
+MaxShardGB = Annotated[float, typer.Option(help="start a new shard past this size (GB)")]
+
+
+def bitdelta(
+    base: Annotated[Path, typer.Argument(help="base model: directory or .safetensors file")],
+    finetune: Annotated[Path, typer.Argument(help="fine-tuned model with the same layout")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="new delta directory")],
+    scale: Annotated[ScaleMode, typer.Option(
+        help="one α per output row, or per matrix (the paper's choice)")] = ScaleMode.ROW,
+    target: Annotated[list[str] | None, typer.Option(
+        help="module name to compress (repeat); default: the attention and MLP projections",
+        show_default=False)] = None,
+    target_regex: Annotated[str | None, typer.Option(
+        help="compress modules whose full name matches this regular expression instead",
+        show_default=False)] = None,
+    device: Device = "cpu",
+    max_shard_gb: MaxShardGB = 5.0,
+) -> None:
+    """Compress FINETUNE into a 1-bit BitDelta delta over BASE."""
+    if target and target_regex:
+        raise typer.BadParameter("give --target or --target-regex, not both")
+    targets: TargetSpec = target_regex or target or DEFAULT_TARGET_MODULES
+    try:
+        with byte_progress("compressing") as progress:
+            report = compress_bitdelta(base, finetune, output, scale=scale, targets=targets,
+                                       device=device, progress=progress,
+                                       max_shard_bytes=_shard_bytes(max_shard_gb))
+    except CodecError as exc:
+        raise _fail(exc) from exc
+    _print_report(report, output)
+
+
+def merge(
+    base: Annotated[Path, typer.Argument(help="the base the delta was made against")],
+    delta: Annotated[Path, typer.Argument(help="BitDelta delta directory")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="new model directory")],
+    device: Device = "cpu",
+    max_shard_gb: MaxShardGB = 5.0,
+) -> None:
+    """Rebuild the fine-tune from BASE and DELTA as a safetensors model transformers loads."""
+    try:
+        with byte_progress("merging") as progress:
+            report = merge_bitdelta(base, delta, output, device=device, progress=progress,
+                                    max_shard_bytes=_shard_bytes(max_shard_gb))
+    except CodecError as exc:
+        raise _fail(exc) from exc
+    print_table(f"Merged model: {output}", ["", "value"], [
+        ["weights rebuilt from bits", report.reconstructed],
+        ["tensors taken from the delta", report.replaced],
+        ["tensors taken from the base", report.copied],
+        ["size (GB)", report.bytes_out / GB],
+        ["files", ", ".join(report.files)],
+        ["seconds", report.seconds],
+    ])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bitdelta")(bitdelta)
+    app.command("merge")(merge)
+
+
+def _shard_bytes(gb: float) -> int:
+    if gb <= 0:
+        raise typer.BadParameter("--max-shard-gb must be positive")
+    return int(gb * GB)
+
+
+def _fail(exc: CodecError) -> typer.Exit:
+    console.print(f"[red]{type(exc).__name__}[/red]: {exc.detail}", soft_wrap=True,
+                  highlight=False, markup=True)
+    return typer.Exit(1)
+
+
+def _print_report(report: BitDeltaReport, output: Path) -> None:
+    print_table(f"BitDelta delta: {output}", ["", "value"], [
+        ["scale mode", report.scale_mode.value],
+        ["weights compressed", len(report.compressed)],
+        ["tensors stored whole", len(report.tensors) - len(report.compressed)],
+        ["tensors unchanged (omitted)", len(report.omitted)],
+        ["fine-tune (GB)", report.bytes_in / GB],
+        ["delta (GB)", report.bytes_out / GB],
+        ["compression ratio", report.ratio],
+        ["‖ΔW − α·sign‖/‖ΔW‖", report.delta_rel_error],
+        ["‖W_ft − Ŵ_ft‖/‖W_ft‖", report.weight_rel_error],
+        ["seconds", report.seconds],
+        ["fine-tune read (GB/s)", report.throughput_gb_s],
+    ])
+    by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for t in report.compressed:
+        sums = by_kind[t.name.removesuffix(".weight").rsplit(".", 1)[-1]]
+        sums[0] += t.error_sq
+        sums[1] += t.delta_sq
+        sums[2] += t.finetune_sq
+    print_table("Relative error by projection", ["module", "‖ΔW − α·sign‖/‖ΔW‖",
+                                                 "‖W_ft − Ŵ_ft‖/‖W_ft‖"],
+                [[kind, relative_error(e, d), relative_error(e, w)]
+                 for kind, (e, d, w) in sorted(by_kind.items())])

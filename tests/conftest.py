@@ -1,0 +1,164 @@
+"""Fixtures shared by the whole suite: databases, the app, tokens, a live server.
+
+PostgreSQL tests run against the server at DELTAHUB_TEST_POSTGRES_URL (default: the
+local `test` database). They create a database of their own, migrate it once, and
+truncate it between tests. If the server is unreachable they FAIL rather than skip,
+so that CI never passes without them; set DELTAHUB_TEST_POSTGRES_URL=skip to opt out
+on a machine without PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from registry.app import create_app
+from registry.auth.service import create_token
+from registry.db import Base, make_engine, make_session_factory, unit_of_work
+from registry.migrate import upgrade
+from registry.settings import Settings
+from registry.storage.local import LocalBlobStore
+from tests.s3server import free_port, s3_bucket, s3_server  # noqa: F401  (fixtures)
+
+POSTGRES_ENV = "DELTAHUB_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A freshly created and migrated PostgreSQL database for this test session."""
+    admin_url = os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES_URL)
+    if admin_url == "skip":
+        pytest.skip(f"{POSTGRES_ENV}=skip")
+    name = f"deltahub_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        pytest.fail(f"PostgreSQL is unreachable at {admin_url} ({exc.orig}); start it, point "
+                    f"{POSTGRES_ENV} at another server, or set {POSTGRES_ENV}=skip")
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file that each test copies (faster than migrating each time)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "deltahub.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "deltahub.db"
+        shutil.copyfile(template, path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    _truncate_all(url)
+    return url
+
+
+def _truncate_all(url: str) -> None:
+    engine = create_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(_env_file=None, DATABASE_URL=database_url,  # type: ignore[call-arg]
+                    STORAGE_URL=f"file://{tmp_path / 'blobs'}")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalBlobStore:
+    return LocalBlobStore(tmp_path / "blobs")
+
+
+@pytest.fixture
+def app(settings: Settings, store: LocalBlobStore, engine: Engine) -> FastAPI:
+    return create_app(settings, store=store, engine=engine)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Bearer headers for a token of each scope."""
+
+    admin: dict[str, str]
+    push: dict[str, str]
+    read: dict[str, str]
+    compress: dict[str, str]
+
+
+@pytest.fixture
+def tokens(engine: Engine) -> Tokens:
+    headers = {}
+    with unit_of_work(make_session_factory(engine)) as session:
+        for scope in ("admin", "push", "read", "compress"):
+            issued = create_token(session, f"test-{scope}", [scope])
+            headers[scope] = {"Authorization": f"Bearer {issued.secret}"}
+    return Tokens(**headers)
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    app: FastAPI
+
+
+@pytest.fixture
+def live_server(app: FastAPI) -> Iterator[LiveServer]:
+    """The app behind a real uvicorn on loopback, for the CLI and raw-socket tests."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    yield LiveServer(f"http://127.0.0.1:{port}", app)
+    server.should_exit = True
+    thread.join(timeout=10)

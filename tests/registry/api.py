@@ -1,0 +1,42 @@
+"""Small drivers for the HTTP API, so each test reads as the scenario it checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+from httpx import Response
+
+
+def register_model(client: TestClient, headers: dict[str, str], name: str, directory: Path,
+                   kind: str = "base", base: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "kind": kind}
+    if base is not None:
+        body["base"] = base
+    created = client.post("/models", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            put = client.put(f"/models/{name}/files/{path.name}", content=path.read_bytes(),
+                             headers=headers)
+            assert put.status_code == 201, put.text
+    final = client.post(f"/models/{name}/finalize", headers=headers)
+    assert final.status_code == 200, final.text
+    result: dict[str, Any] = final.json()
+    return result
+
+
+def push_adapter(client: TestClient, headers: dict[str, str], name: str, base: str,
+                 directory: Path, kind: str = "lora") -> Response:
+    """Create, upload every file of `directory`, finalize; returns the finalize response."""
+    draft = client.post("/adapters", json={"name": name, "base": base, "kind": kind},
+                        headers=headers)
+    assert draft.status_code == 201, draft.text
+    adapter_id = draft.json()["id"]
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            put = client.put(f"/adapters/{adapter_id}/files/{path.name}",
+                             content=path.read_bytes(), headers=headers)
+            assert put.status_code == 201, put.text
+    return client.post(f"/adapters/{adapter_id}/finalize", headers=headers)
