@@ -88,7 +88,7 @@ def unpack_signs(bits: torch.Tensor, k: int, dtype: torch.dtype = torch.float32)
 def _bytes_to_int32(packed_bytes: torch.Tensor) -> torch.Tensor:
     """View [..., 4m] little-endian bytes as [..., m] int32 words, independent of host order."""
     if _HOST_IS_LITTLE_ENDIAN:
-        return packed_bytes.view(torch.int32)
+        return _view_last_dim(packed_bytes, torch.int32)
     b = packed_bytes.view(*packed_bytes.shape[:-1], -1, 4).to(torch.int64)
     word = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)
     return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
@@ -96,10 +96,22 @@ def _bytes_to_int32(packed_bytes: torch.Tensor) -> torch.Tensor:
 
 def _int32_to_bytes(words: torch.Tensor) -> torch.Tensor:
     if _HOST_IS_LITTLE_ENDIAN:
-        return words.view(torch.uint8)
+        return _view_last_dim(words, torch.uint8)
     w = words.to(torch.int64) & 0xFFFFFFFF
     parts = [((w >> shift) & 0xFF) for shift in (0, 8, 16, 24)]
     return torch.stack(parts, dim=-1).view(*words.shape[:-1], -1).to(torch.uint8)
+
+
+def _view_last_dim(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Reinterpret a contiguous tensor's last dimension as `dtype`.
+
+    `Tensor.view(dtype)` checks strides literally, and a transposed-then-`contiguous()`
+    tensor with a size-1 dimension keeps a stride other than 1 there (e.g. bits [1, N]
+    of K <= 32 read from a file: `.t().contiguous()` is [N, 1] with strides (1, N)).
+    Going through the flat tensor avoids that.
+    """
+    flat = t.contiguous().reshape(-1).view(dtype)
+    return flat.view(*t.shape[:-1], -1)
 
 
 def _host_is_little_endian() -> bool:
