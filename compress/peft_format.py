@@ -27,6 +27,8 @@ _LORA_KEY = re.compile(
     r"(?P<suffix>\.weight|\.bias)?$"
 )
 
+_BASE_LAYER = re.compile(r"\.base_layer(?=\.[^.]+$)")
+
 
 def lora_key(module: str, part: str) -> str:
     """The safetensors key peft uses for `part` ("lora_A" or "lora_B") of `module`."""
@@ -140,6 +142,9 @@ def check_lora_against_base(config: LoraAdapterConfig, tensors: Mapping[str, Ten
         name = key[len(KEY_PREFIX):]
         match = _LORA_KEY.match(name)
         if match is None:
+            # peft saves the base weight of a LoRA-wrapped layer under `<module>.base_layer.`
+            # (embeddings when embed_tokens is targeted, biases with bias="all").
+            name = _BASE_LAYER.sub("", name)
             _check_saved_tensor(name, entry, base, problems)
             saved.append(name)
             continue
