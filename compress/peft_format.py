@@ -110,8 +110,15 @@ def parse_adapter_config(raw: Any) -> LoraAdapterConfig:
     if not isinstance(rank_pattern, dict) or not all(_is_positive_int(v)
                                                      for v in rank_pattern.values()):
         raise InvalidDelta(f"{ADAPTER_CONFIG}: rank_pattern must map names to positive integers")
-    if not isinstance(alpha_pattern, dict):
+    if not isinstance(alpha_pattern, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in alpha_pattern.values()):
         raise InvalidDelta(f"{ADAPTER_CONFIG}: alpha_pattern must map names to numbers")
+    for key in [*rank_pattern, *alpha_pattern]:
+        try:
+            re.compile(rf"(.*\.)?({key})$")
+        except re.error as exc:
+            raise InvalidDelta(f"{ADAPTER_CONFIG}: pattern key {key!r} is not a valid "
+                               f"regular expression ({exc.msg})") from exc
     modules_to_save = raw.get("modules_to_save") or []
     if not isinstance(modules_to_save, list):
         raise InvalidDelta(f"{ADAPTER_CONFIG}: modules_to_save must be a list of names")
