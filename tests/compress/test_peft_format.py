@@ -273,6 +273,14 @@ def real_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return config
 
 
+def test_regex_pattern_keys_are_kept(real_config: dict[str, Any]) -> None:
+    parsed = parse_adapter_config({**real_config, "rank_pattern": {r"layers\.\d+\.q_proj": 8},
+                                   "alpha_pattern": {"q_proj": 2.5}})
+    assert parsed.rank_of(Q0) == 8
+    assert parsed.rank_of("model.layers.0.self_attn.v_proj") == 4
+    assert parsed.alpha_of(Q0) == 2.5
+
+
 def test_real_config_parses(real_config: dict[str, Any]) -> None:
     parsed = parse_adapter_config(real_config)
     assert (parsed.r, parsed.lora_alpha, parsed.target_modules) == (4, 8.0, ["q_proj"])
@@ -301,6 +309,10 @@ def test_real_config_parses(real_config: dict[str, Any]) -> None:
         ({"rank_pattern": {"q_proj": 0}}, "rank_pattern must map names to positive integers"),
         ({"rank_pattern": ["q_proj"]}, "rank_pattern must map names to positive integers"),
         ({"alpha_pattern": [1]}, "alpha_pattern must map names to numbers"),
+        ({"alpha_pattern": {"q_proj": "16"}}, "alpha_pattern must map names to numbers"),
+        ({"alpha_pattern": {"q_proj": False}}, "alpha_pattern must map names to numbers"),
+        ({"rank_pattern": {"q_proj(": 2}}, "pattern key 'q_proj(' is not a valid regular"),
+        ({"alpha_pattern": {"[v": 2.0}}, "pattern key '[v' is not a valid regular expression"),
         ({"modules_to_save": "lm_head"}, "modules_to_save must be a list of names"),
     ],
 )
