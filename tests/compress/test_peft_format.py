@@ -274,7 +274,8 @@ def real_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_regex_pattern_keys_are_kept(real_config: dict[str, Any]) -> None:
-    parsed = parse_adapter_config({**real_config, "rank_pattern": {r"layers\.\d+\.q_proj": 8},
+    parsed = parse_adapter_config({**real_config,
+                                   "rank_pattern": {r"layers\.\d+\.self_attn\.q_proj": 8},
                                    "alpha_pattern": {"q_proj": 2.5}})
     assert parsed.rank_of(Q0) == 8
     assert parsed.rank_of("model.layers.0.self_attn.v_proj") == 4
