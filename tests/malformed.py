@@ -26,7 +26,7 @@ import io
 import json
 import pickle
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import save
@@ -46,7 +46,7 @@ class MalformedCase:
     stream_message: str = ""
     error: type[CodecError] = InvalidSafetensors
     reference_rejects: bool = True
-    filename: str = field(default="model.safetensors")
+    filename: str = "model.safetensors"
 
     def __post_init__(self) -> None:
         if not self.stream_message:
