@@ -2,9 +2,10 @@
 
 A safetensors file is an 8-byte little-endian header length n, n bytes of JSON
 ({name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}), then the data.
-We accept exactly what the reference library accepts and additionally refuse
-duplicate JSON keys (the reference silently keeps one of them, which would let two
-readers disagree about the same bytes).
+We refuse everything the reference library refuses, and additionally duplicate JSON
+keys (the reference silently keeps one of them, which would let two readers disagree
+about the same bytes), extra fields in a tensor entry, and the FNUZ float8 variants
+(no torch dtype on every build).
 """
 
 from __future__ import annotations

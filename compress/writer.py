@@ -49,6 +49,7 @@ class SafetensorsWriter:
                  metadata: Mapping[str, str] | None = None) -> None:
         self.path = path
         self._plan = list(plan)
+        _refuse_duplicates(self._plan)
         self._next = 0
         header: dict[str, object] = {}
         if metadata:
@@ -99,6 +100,7 @@ class ShardedWriter:
         if max_shard_bytes <= 0:
             raise InvalidParameter("max_shard_bytes must be positive")
         self._metadata = dict(metadata or {})
+        _refuse_duplicates(plan)
         groups = _split(plan, max_shard_bytes)
         if len(groups) == 1:
             names = [f"{stem}.safetensors"]
@@ -154,6 +156,13 @@ class ShardedWriter:
         self._current = SafetensorsWriter(self._out_dir / fname, group, self._metadata)
 
 
+def _refuse_duplicates(plan: Sequence[PlannedTensor]) -> None:
+    names = [item.name for item in plan]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"tensors planned twice: {twice[:5]}")
+
+
 def _split(plan: Sequence[PlannedTensor], max_bytes: int) -> list[list[PlannedTensor]]:
     groups: list[list[PlannedTensor]] = [[]]
     size = 0
@@ -180,7 +189,11 @@ def atomic_output_dir(out: Path) -> Iterator[Path]:
         yield scratch
         for child in scratch.iterdir():
             _fsync(child)
+        # mkdtemp makes the directory private (0700); publish it readable like the files
+        # in it. (Not from the umask: reading it means setting it, process-wide.)
+        scratch.chmod(0o755)
         scratch.replace(out)  # replaces an empty `out`; atomic on one filesystem
+        _fsync(out.parent)  # make the rename itself durable
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise

@@ -25,7 +25,8 @@ from registry.storage.factory import make_blob_store
 
 log = logging.getLogger("deltahub")
 
-_HTTP_NAMES = {404: "NotFound", 405: "MethodNotAllowed", 401: "Unauthorized"}
+_HTTP_NAMES = {401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed",
+               413: "PayloadTooLarge"}
 
 
 def create_app(settings: Settings | None = None, store: BlobStore | None = None,

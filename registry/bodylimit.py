@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import re
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from registry.errors import PayloadTooLarge
 
 _UPLOAD_PATH = re.compile(r"^/(models|adapters)/[^/]+/files/")
 
@@ -33,12 +32,11 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    # Raised inside the endpoint's body read, so the app's error handler
-                    # renders it like every other error.
-                    raise PayloadTooLarge(
+                    # Raised inside FastAPI's body parsing, which passes HTTPException
+                    # through (anything else becomes a 400) to the app's error handler.
+                    raise HTTPException(413, (
                         f"request body is over the {self.max_bytes}-byte limit for this "
-                        "endpoint; files go to PUT .../files/<filename>"
-                    )
+                        "endpoint; files go to PUT .../files/<filename>"))
             return message
 
         await self.app(scope, limited_receive, send)

@@ -38,7 +38,10 @@ def _store(request: Request) -> BlobStore:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-SessionDep = Annotated[Session, Depends(_session)]
+# scope="function": commit when the endpoint returns, BEFORE the response is sent. With
+# the default ("request") the commit runs after the client already has its 201, so a
+# client's next request can miss the row, and a failed commit would follow a success.
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
 # For endpoints that stream large bodies: they run several short transactions of their
 # own rather than hold one open (and, on SQLite, the write lock) for the whole upload.
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(_session_factory)]

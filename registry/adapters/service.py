@@ -10,8 +10,16 @@ from sqlalchemy.orm import Session
 from compress.manifest import Manifest
 from registry.adapters.contents import content_digest, inspect_adapter
 from registry.adapters.repository import AdapterRepository
-from registry.errors import AdapterNotFound, Conflict, InvalidRequest, NotPending, NotReady
+from registry.errors import (
+    AdapterNotFound,
+    Conflict,
+    InvalidRequest,
+    ModelNotFound,
+    NotPending,
+    NotReady,
+)
 from registry.models.repository import ModelRepository
+from registry.models.service import get_model
 from registry.names import check_name
 from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
 from registry.settings import Settings
@@ -32,11 +40,13 @@ def get_adapter(session: Session, ref: str, lock: bool = False) -> Adapter:
     if ref.isdigit():
         adapter = repo.by_id(int(ref), lock=lock)
     elif match := _VERSION_REF.match(ref):
-        adapter = repo.by_version(match["name"], int(match["version"]))
+        adapter = repo.by_version(check_name(match["name"], "adapter name"),
+                                  int(match["version"]))
     elif match := _ALIAS_REF.match(ref):
-        adapter = repo.by_alias(match["name"], match["alias"])
+        adapter = repo.by_alias(check_name(match["name"], "adapter name"),
+                                check_name(match["alias"], "alias"))
     else:
-        adapter = repo.latest(ref)
+        adapter = repo.latest(check_name(ref, "adapter name"))
     if adapter is None:
         raise AdapterNotFound(
             f"no adapter {ref!r}; refer to one as <id>, <name>, <name>@<version> or "
@@ -56,6 +66,8 @@ def create_adapter(session: Session, name: str, base_ref: str, kind: AdapterKind
 
 
 def _ready_model(session: Session, ref: str, role: str) -> Model:
+    if not ref.isdigit():
+        check_name(ref, f"{role} name")
     model = ModelRepository(session).by_ref(ref)
     if model is None:
         raise InvalidRequest(f"unknown {role} {ref!r}; register and finalize it first",
@@ -135,14 +147,17 @@ def list_adapters(session: Session, settings: Settings, *, base: str | None,
                   kind: AdapterKind | None, name: str | None, alias: str | None,
                   limit: int | None, page_token: str | None) -> Page[Adapter]:
     size = check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
+    for value, what in ((name, "adapter name"), (alias, "alias")):
+        if value is not None:
+            check_name(value, what)
     filters = {"base": base, "kind": kind, "name": name, "alias": alias}
     after = decode_cursor(page_token, filters) if page_token else None
     base_id: int | None = None
     if base is not None:
-        model = ModelRepository(session).by_ref(base)
-        if model is None:
+        try:
+            base_id = get_model(session, base).id
+        except ModelNotFound:
             return Page([], None)
-        base_id = model.id
     rows = AdapterRepository(session).page(base_id=base_id, kind=kind, name=name, alias=alias,
                                            after_id=after, limit=size + 1)
     more = len(rows) > size

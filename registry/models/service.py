@@ -33,6 +33,8 @@ INDEX_SUFFIX = ".safetensors.index.json"
 
 
 def get_model(session: Session, ref: str, lock: bool = False) -> Model:
+    if not ref.isdigit():
+        check_name(ref, "model name")  # before it reaches SQL (PostgreSQL refuses NUL)
     model = ModelRepository(session).by_ref(ref, lock=lock)
     if model is None:
         raise ModelNotFound(f"no model {ref!r}; list models with GET /models")
@@ -48,7 +50,7 @@ def create_model(session: Session, name: str, kind: ModelKind, base_ref: str | N
     if kind is ModelKind.FINETUNE:
         if base_ref is None:
             raise InvalidRequest("a finetune needs 'base': the name of the model it was tuned from")
-        base = repo.by_ref(base_ref)
+        base = repo.by_ref(check_name(base_ref, "base model name"))
         if base is None:
             raise InvalidRequest(f"unknown base model {base_ref!r}; register it first with "
                                  "POST /models", name="UnknownBase")

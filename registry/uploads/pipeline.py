@@ -73,7 +73,9 @@ class UploadPipeline:
                 f"{self.filename!r} is larger than the {self.rule.max_bytes}-byte limit for "
                 f"{self.rule.kind.value} files"
             )
-        if len(self._head) < _SNIFF_BYTES:
+        # Safetensors uploads are not sniffed: their validator refuses pickles itself,
+        # and a valid header length can begin with the bytes of a pickle opcode.
+        if self._validator is None and len(self._head) < _SNIFF_BYTES:
             self._head += chunk[: _SNIFF_BYTES - len(self._head)]
             self._refuse_pickle()
         self._hash.update(chunk)
