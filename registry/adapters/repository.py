@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
@@ -39,6 +39,16 @@ class AdapterRepository:
     def by_digest(self, name: str, digest: str) -> Adapter | None:
         return self.session.scalars(self._query().where(
             Adapter.name == name, Adapter.content_digest == digest)).first()
+
+    def lock_name(self, name: str) -> None:
+        """Serialise finalizes of one adapter name until this transaction ends.
+
+        PostgreSQL: a transaction-scoped advisory lock on the name. SQLite needs none:
+        every transaction there takes the database write lock at BEGIN (registry/db.py).
+        """
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                                 {"key": f"deltahub.adapter:{name}"})
 
     def max_version(self, name: str) -> int:
         value = self.session.scalar(select(func.max(Adapter.version)).where(

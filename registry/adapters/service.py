@@ -89,8 +89,9 @@ def finalize_adapter(session: Session, store: BlobStore, ref: str) -> tuple[Adap
     """Validate a pushed adapter and give it a version; (adapter, whether it is new).
 
     Identical content under the same name returns the existing version and drops the
-    draft. The unique constraints on (name, version) and (name, content_digest) settle
-    races between concurrent pushes: the loser retries and finds the winner's row.
+    draft. Finalizes of one name are serialised by a lock on the name; the unique
+    constraints on (name, version) and (name, content_digest) are the backstop: a
+    loser of a race retries and finds the winner's row.
     """
     draft = get_adapter(session, ref, lock=True)
     if draft.status is Status.READY:
@@ -103,6 +104,7 @@ def finalize_adapter(session: Session, store: BlobStore, ref: str) -> tuple[Adap
     digest = content_digest(files)
     size = sum(f.size for f in files.values())
     repo = AdapterRepository(session)
+    repo.lock_name(draft.name)
     for _ in range(_FINALIZE_ATTEMPTS):
         existing = repo.by_digest(draft.name, digest)
         if existing is not None:

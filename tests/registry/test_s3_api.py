@@ -1,0 +1,75 @@
+"""The whole push and pull path with blobs in an S3-compatible server over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from registry.app import create_app
+from registry.settings import Settings
+from registry.storage.base import BLOB_PREFIX, STAGING_PREFIX
+from registry.storage.factory import make_blob_store
+from tests.conftest import Tokens
+from tests.malformed import nan_safetensors
+from tests.registry.api import push_adapter, register_model
+from tests.registry.conftest import TinyModels
+from tests.s3server import S3Server
+
+pytestmark = pytest.mark.s3
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_server: S3Server, s3_bucket: str) -> Settings:
+    return s3_server.settings(DATABASE_URL=settings.DATABASE_URL,
+                              STORAGE_URL=f"s3://{s3_bucket}/deltahub")
+
+
+@pytest.fixture
+def s3_client(s3_settings: Settings, engine: Engine) -> Iterator[TestClient]:
+    with TestClient(create_app(s3_settings, engine=engine)) as client:
+        yield client
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_push_and_pull_through_s3(s3_client: TestClient, s3_settings: Settings,
+                                  tokens: Tokens, tiny_models: TinyModels) -> None:
+    register_model(s3_client, tokens.push, "llama-tiny", tiny_models.base)
+    pushed = push_adapter(s3_client, tokens.push, "bot", "llama-tiny", tiny_models.lora)
+    assert pushed.status_code == 201
+    weights = s3_client.get("/adapters/bot@1/files/adapter_model.safetensors",
+                            headers=tokens.read)
+    assert weights.content == (tiny_models.lora / "adapter_model.safetensors").read_bytes()
+
+    store = make_blob_store(s3_settings)
+    keys = {o.key for o in store.list_objects(BLOB_PREFIX)}
+    assert len(keys) == 6  # base: 3 files, adapter: 3 files
+    assert list(store.list_objects(STAGING_PREFIX)) == []
+    assert s3_client.get("/readyz").json()["checks"]["storage"] == "ok"
+
+    s3_client.post("/models", json={"name": "bad", "kind": "base"}, headers=tokens.push)
+    refused = s3_client.put("/models/bad/files/model.safetensors", content=nan_safetensors(),
+                            headers=tokens.push)
+    assert refused.status_code == 422
+    assert {o.key for o in store.list_objects(BLOB_PREFIX)} == keys
+    assert list(store.list_objects(STAGING_PREFIX)) == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_unreachable_storage_is_503_and_stores_nothing(
+        settings: Settings, engine: Engine, tokens: Tokens) -> None:
+    from tests.s3server import free_port
+
+    dead = settings.model_copy(update={
+        "STORAGE_URL": "s3://deltahub-test/x", "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "S3_ACCESS_KEY_ID": "k", "S3_SECRET_ACCESS_KEY": "s", "S3_MAX_ATTEMPTS": 1,
+        "S3_CONNECT_TIMEOUT_SECONDS": 0.5})
+    with TestClient(create_app(dead, engine=engine)) as client:
+        client.post("/models", json={"name": "m", "kind": "base"}, headers=tokens.push)
+        response = client.put("/models/m/files/config.json", content=b"{}", headers=tokens.push)
+        assert response.status_code == 503
+        assert response.json()["error"] == "StorageUnavailable"
+        assert client.get("/models/m", headers=tokens.read).json()["files"] == []
+        assert client.get("/readyz").status_code == 503
