@@ -12,8 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from compress.bitdelta_format import (
+    CONFIG_FILE,
+    DELTA_FILE,
+    DELTA_INDEX,
+    REPORT_FILE,
+    inspect_bitdelta,
+)
 from compress.errors import CodecError
-from compress.manifest import Manifest
+from compress.manifest import Manifest, parse_weight_map
 from compress.peft_format import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -60,7 +67,29 @@ def _inspect_lora(files: Mapping[str, AdapterFile], base: Manifest,
 
 def _inspect_bitdelta(files: Mapping[str, AdapterFile], base: Manifest,
                       store: BlobStore) -> AdapterContents:
-    raise NotImplementedError
+    shards = {name: f for name, f in files.items() if name.endswith(".safetensors")}
+    if not shards:
+        raise MissingFiles(f"a BitDelta adapter needs {DELTA_FILE} (or its shards) before it "
+                           "can be finalized")
+    _require(files, [CONFIG_FILE], "a BitDelta adapter (to merge into a loadable model)")
+    weight_map = None
+    if len(shards) > 1 or DELTA_INDEX in files:
+        _require(files, [DELTA_INDEX], "a sharded BitDelta adapter")
+        weight_map = parse_weight_map(_read_json(store, files[DELTA_INDEX]), DELTA_INDEX)
+    headers = {}
+    for name, f in shards.items():
+        assert f.header is not None  # safetensors uploads always record their header
+        headers[name] = header_from_dict(f.header)
+    summary = inspect_bitdelta(headers, weight_map, base)
+    quality = None
+    if REPORT_FILE in files:
+        report = _read_json(store, files[REPORT_FILE])
+        if isinstance(report, dict):
+            # The client's own compression report: keep its summary, not the per-tensor
+            # list, and say where it came from (the server did not measure it).
+            quality = {k: v for k, v in report.items() if k not in ("tensors", "files")}
+            quality["source"] = f"{REPORT_FILE} pushed with the adapter"
+    return AdapterContents(params=summary.to_params(), quality=quality)
 
 
 def _require(files: Mapping[str, AdapterFile], names: list[str], what: str) -> None:

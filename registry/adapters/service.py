@@ -103,6 +103,7 @@ def finalize_adapter(session: Session, store: BlobStore, ref: str) -> tuple[Adap
     contents = inspect_adapter(draft.kind, files, Manifest.from_dict(base.manifest), store)
     digest = content_digest(files)
     size = sum(f.size for f in files.values())
+    ratio = _compression_ratio(session, draft, base, size)
     repo = AdapterRepository(session)
     repo.lock_name(draft.name)
     for _ in range(_FINALIZE_ATTEMPTS):
@@ -117,6 +118,7 @@ def finalize_adapter(session: Session, store: BlobStore, ref: str) -> tuple[Adap
                 draft.params = contents.params
                 draft.quality = contents.quality
                 draft.size_bytes = size
+                draft.compression_ratio = ratio
                 draft.status = Status.READY
                 draft.finalized_at = utcnow()
                 session.flush()
@@ -125,6 +127,18 @@ def finalize_adapter(session: Session, store: BlobStore, ref: str) -> tuple[Adap
             continue
         return get_adapter(session, str(draft.id)), True
     raise Conflict(f"too many concurrent pushes of {draft.name!r}; retry the finalize")
+
+
+def _compression_ratio(session: Session, draft: Adapter, base: Model, size: int) -> float | None:
+    """Bytes of the full weights this adapter stands in for, over its own bytes.
+
+    The source fine-tune when known, else the base (a fine-tune has the base's tensors).
+    """
+    model = base
+    if draft.source_model_id is not None:
+        model = ModelRepository(session).by_id(draft.source_model_id) or base
+    weights = sum(f.size for f in model.files if f.filename.endswith(".safetensors"))
+    return weights / size if size else None
 
 
 def set_alias(session: Session, ref: str, alias: str) -> Adapter:

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from compress.bitdelta_format import CONFIG_FILE, DELTA_INDEX, DELTA_STEM, REPORT_FILE
 from compress.errors import PickleRefused
 from compress.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from compress.tensorfile import PICKLE_SUFFIXES, pickle_refusal
@@ -29,8 +30,8 @@ class FileRule:
 
 
 _MODEL_TEXT = re.compile(r"^.+\.(txt|md)$")
-_BITDELTA_SHARD = re.compile(r"^delta(-\d{5}-of-\d{5})?\.safetensors$")
-_BITDELTA_JSON = {"delta.safetensors.index.json", "config.json", "report.json"}
+_BITDELTA_SHARD = re.compile(rf"^{DELTA_STEM}(-\d{{5}}-of-\d{{5}})?\.safetensors$")
+_BITDELTA_JSON = {DELTA_INDEX, CONFIG_FILE, REPORT_FILE}
 
 
 def model_file_rule(filename: str, settings: Settings) -> FileRule:
