@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "server_commands",
     "client_commands",
     "bitdelta_commands",
+    "lora_commands",
 )
 
 

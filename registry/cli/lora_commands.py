@@ -1,0 +1,140 @@
+"""`deltahub extract-lora`: distill a full fine-tune into a PEFT LoRA adapter, locally.
+
+Like `deltahub bitdelta`: a progress bar in bytes on stderr, a summary table on stdout,
+codec errors (bad ranks included) print their message and exit with status 1, and the
+output directory is then never created. Modules that miss --target-error at the rank
+cap are marked MISSED in the table and named in a warning.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compress.errors import CodecError
+from compress.lora import DEFAULT_MAX_RANK, extract_lora
+from compress.lora_report import (
+    REPORT_FILE,
+    SPECTRA_FILE,
+    ChangedTensor,
+    LoraReport,
+    ModuleResult,
+)
+from compress.targets import DEFAULT_TARGET_MODULES, TargetSpec
+from registry.cli.console import byte_progress, console, print_table, stdout
+
+
+class FactorDtypeChoice(StrEnum):
+    float32 = "float32"
+    finetune = "finetune"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract-lora")(extract_lora_command)
+
+
+def extract_lora_command(
+    base: Annotated[Path, typer.Argument(help="base model: directory or .safetensors file")],
+    finetune: Annotated[Path, typer.Argument(help="full fine-tune of BASE, same layout")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="new adapter directory")],
+    rank: Annotated[int | None, typer.Option(help="the same rank for every module",
+                                             show_default=False)] = None,
+    target_error: Annotated[float | None, typer.Option(
+        help="per module, the smallest rank with ‖ΔW − B·A‖/‖ΔW‖ ≤ this (0 < E < 1)",
+        show_default=False)] = None,
+    max_rank: Annotated[int | None, typer.Option(
+        help=f"rank cap for --target-error [default: {DEFAULT_MAX_RANK}]",
+        show_default=False)] = None,
+    save_modules: Annotated[bool, typer.Option(
+        help="carry changed norms, embeddings and lm_head through modules_to_save")] = False,
+    target: Annotated[list[str] | None, typer.Option(
+        help="module name to adapt (repeat); default: the attention and MLP projections",
+        show_default=False)] = None,
+    target_regex: Annotated[str | None, typer.Option(
+        help="adapt modules whose full name matches this regular expression instead",
+        show_default=False)] = None,
+    dtype: Annotated[FactorDtypeChoice, typer.Option(
+        help="dtype of lora_A/lora_B")] = FactorDtypeChoice.float32,
+    base_name: Annotated[str | None, typer.Option(
+        help="base_model_name_or_path to record [default: BASE]", show_default=False)] = None,
+    device: Annotated[str, typer.Option(
+        help="where the SVD arithmetic runs: cpu, cuda, cuda:1, ...")] = "cpu",
+    seed: Annotated[int, typer.Option(help="seed of the randomized SVD")] = 0,
+) -> None:
+    """Distill FINETUNE into a PEFT LoRA adapter over BASE (randomized truncated SVD)."""
+    if target and target_regex:
+        raise typer.BadParameter("give --target or --target-regex, not both")
+    targets: TargetSpec = target_regex or target or DEFAULT_TARGET_MODULES
+    try:
+        with byte_progress("extracting LoRA") as progress:
+            report = extract_lora(
+                base, finetune, output, rank=rank, target_error=target_error,
+                max_rank=max_rank, targets=targets, save_modules=save_modules,
+                factor_dtype=dtype.value, base_model_name_or_path=base_name, seed=seed,
+                device=device, progress=progress)
+    except CodecError as exc:
+        console.print(f"[red]{type(exc).__name__}[/red]: {exc.detail}", soft_wrap=True,
+                      highlight=False)
+        raise typer.Exit(1) from exc
+    print_summary(report, output)
+
+
+def print_summary(report: LoraReport, out: Path) -> None:
+    """Per module kind, then what was left out; every module's numbers are in report.json."""
+    kinds: dict[str, list[ModuleResult]] = defaultdict(list)
+    for m in report.modules:
+        kinds[m.module.rsplit(".", 1)[-1]].append(m)
+    print_table(f"LoRA adapter: {out}", ["module", "n", "rank", "max error", "min energy",
+                                         "MB in", "MB out", "target met"],
+                [_kind_row(kind, group) for kind, group in sorted(kinds.items())])
+    if report.left_out:
+        groups: dict[tuple[str, str], list[ChangedTensor]] = defaultdict(list)
+        for c in report.left_out:
+            groups[(_LAYER.sub(".*.", c.name), c.reason.split(";")[0])].append(c)
+        print_table("Changed but left out", ["tensor", "n", "max rel. change", "MB", "why"],
+                    [(name, len(g), max(c.relative_change for c in g),
+                      _mb(sum(c.nbytes for c in g)), why) for (name, why), g in groups.items()])
+        if any(c.reason.startswith("not a LoRA target") for c in report.left_out):
+            stdout.print("pass --save-modules to carry changed non-target modules through "
+                         "modules_to_save")
+    if report.saved:
+        stdout.print(f"saved through modules_to_save: {len(report.saved)} tensor(s), "
+                     f"{_mb(sum(c.nbytes for c in report.saved)):.3f} MB")
+    if report.unchanged:
+        stdout.print(f"unchanged, not adapted: {len(report.unchanged)} target module(s)")
+    _warn_missed(report)
+    stdout.print(f"adapter: {_mb(report.adapter_bytes):.3f} MB from a "
+                 f"{_mb(report.finetune_bytes):.3f} MB fine-tune; details in "
+                 f"{REPORT_FILE} and {SPECTRA_FILE}")
+
+
+_LAYER = re.compile(r"\.\d+\.")
+
+
+def _kind_row(kind: str, group: list[ModuleResult]) -> tuple[object, ...]:
+    low, high = min(m.rank for m in group), max(m.rank for m in group)
+    met = [m.target_met for m in group if m.target_met is not None]
+    return (kind, len(group), str(low) if low == high else f"{low}-{high}",
+            max(m.error for m in group), min(m.energy for m in group),
+            _mb(sum(m.bytes_in for m in group)), _mb(sum(m.bytes_out for m in group)),
+            f"{sum(met)}/{len(met)}" if met else "-")
+
+
+def _warn_missed(report: LoraReport) -> None:
+    missed = report.missed_target
+    if not missed:
+        return
+    names = ", ".join(m.module for m in missed[:5]) + (" ..." if len(missed) > 5 else "")
+    console.print(f"[yellow]warning[/yellow]: {len(missed)} module(s) miss the target error "
+                  f"{report.settings['target_error']} at the rank cap "
+                  f"{report.settings['max_rank']} (worst {max(m.error for m in missed):.4g}): "
+                  f"{names}; raise --max-rank to meet it", soft_wrap=True, highlight=False)
+
+
+def _mb(nbytes: int) -> float:
+    return nbytes / 1e6
