@@ -45,8 +45,8 @@ from compress.writer import atomic_output_dir
 
 FactorDtype = Literal["float32", "finetune"]
 # The cap on a searched rank when none is given. Past a few hundred the sketch is no
-# longer much cheaper than an exact SVD, and serving systems cap ranks (vLLM's
-# max_lora_rank) in this range.
+# longer much cheaper than an exact SVD, and serving systems size their LoRA buffers by
+# the largest rank they accept (vLLM's --max-lora-rank), so every rank costs requests.
 DEFAULT_MAX_RANK = 256
 SPILL_NAME = ".lora-factors.spill"
 

@@ -288,3 +288,25 @@ def test_existing_output_is_never_overwritten(tiny_base: Path, tiny_finetune: Pa
     with pytest.raises(OutputExists):
         extract_lora(tiny_base, tiny_finetune, out, rank=2)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_sharded_finetune_gives_the_same_adapter(tiny_base: Path, tiny_finetune: Path,
+                                                 tiny_sharded_finetune: Path,
+                                                 tmp_path: Path) -> None:
+    extract_lora(tiny_base, tiny_finetune, tmp_path / "one", rank=3, save_modules=True)
+    extract_lora(tiny_base, tiny_sharded_finetune, tmp_path / "three", rank=3,
+                 save_modules=True)
+    one = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    three = load_file(tmp_path / "three" / "adapter_model.safetensors")
+    assert one.keys() == three.keys()
+    assert all(torch.equal(one[k], three[k]) for k in one)
+
+
+def test_progress_reports_every_fine_tune_byte(tiny_base: Path, tiny_finetune: Path,
+                                               tmp_path: Path) -> None:
+    calls: list[tuple[int, int, str]] = []
+    report = extract_lora(tiny_base, tiny_finetune, tmp_path / "a", rank=2,
+                          progress=lambda done, total, item: calls.append((done, total, item)))
+    assert calls[-1][0] == calls[-1][1] == report.finetune_bytes
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+    assert len(calls) == 21  # one per tensor of the tiny Llama
