@@ -9,8 +9,9 @@ the format of `compress.bitdelta_format` (read that module for the files and met
    data: changed ones are stored, unchanged ones omitted. They are small next to the
    projections; the changed ones are read again (from the page cache) when written.
 3. Each compressed weight is read, encoded (`compress_pair`: float32 ΔW a cache-sized slab
-   at a time, signs, α, error norms) and appended. A reader thread fetches the next pair
-   while the current one is encoded, so the two overlap.
+   at a time, signs, α, error norms; on the CPU its rows are shared among single-threaded
+   worker threads) and appended. A reader thread fetches the next pair while the current
+   one is encoded, so reading and arithmetic overlap.
 
 Inputs are read with `Checkpoint.tensor` (positioned reads), not `safetensors.safe_open`:
 mmap-touched pages count towards resident memory, reads keep it at the few tensors in
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from compress.bitdelta_codec import compress_pair
+from compress.bitdelta_codec import EncoderPool, compress_pair, encoder_pool
 from compress.bitdelta_format import (
     CONFIG_FILE,
     DELTA_STEM,
@@ -71,15 +72,18 @@ def compress_bitdelta(
     out: str | os.PathLike[str], *, scale: ScaleMode | str = ScaleMode.ROW,
     targets: TargetSpec = DEFAULT_TARGET_MODULES, device: str | torch.device = "cpu",
     progress: ProgressFn = no_progress, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    workers: int | None = None,
 ) -> BitDeltaReport:
     """Write the BitDelta delta of `finetune` over `base` to the new directory `out`.
 
     `targets` picks the linear weights to compress (PEFT target_modules rules); `scale` is
     "row" (one α per output row) or "tensor" (one per matrix); `device` runs the
-    arithmetic there ("cuda") while reading and writing stay on the host. Returns the
-    report, also saved as `out/report.json`.
+    arithmetic there ("cuda") while reading and writing stay on the host; on the CPU,
+    `workers` single-threaded encoder threads share each matrix (default: torch's thread
+    count). Returns the report, also saved as `out/report.json`.
     """
     mode = ScaleMode.parse(scale)
+    target = torch.device(device)
     started = time.perf_counter()
     with ModelPair.open(base, finetune) as pair, atomic_output_dir(Path(out)) as scratch:
         compressed = _compressed_specs(pair, targets)
@@ -93,7 +97,9 @@ def compress_bitdelta(
                            compressed=list(compressed.values())),
             stem=DELTA_STEM, max_shard_bytes=max_shard_bytes)
         try:
-            tensors = _stream(pair, jobs, writer, mode, torch.device(device), tracker)
+            with encoder_pool(workers) as pool:
+                tensors = _stream(pair, jobs, writer, mode, target,
+                                  pool if target.type == "cpu" else None, tracker)
             files = writer.close()
         except BaseException:
             writer.abort()
@@ -189,7 +195,8 @@ def _read_jobs(pair: ModelPair, jobs: list[_Job]
 
 
 def _stream(pair: ModelPair, jobs: list[_Job], writer: ShardedWriter, mode: ScaleMode,
-            device: torch.device, tracker: _Tracker) -> list[TensorReport]:
+            device: torch.device, pool: EncoderPool | None, tracker: _Tracker
+            ) -> list[TensorReport]:
     where = (str(pair.base.path), str(pair.finetune.path))
     reports: list[TensorReport] = []
     with prefetching(_read_jobs(pair, jobs)) as items:
@@ -199,7 +206,8 @@ def _stream(pair: ModelPair, jobs: list[_Job], writer: ShardedWriter, mode: Scal
                 reports.append(TensorReport(job.name, "full", job.shape, job.dtype,
                                             job.nbytes, job.nbytes))
                 continue
-            encoded = compress_pair(base.to(device), finetune.to(device), mode, job.name, where)
+            encoded = compress_pair(base.to(device), finetune.to(device), mode, job.name, where,
+                                    pool)
             del base, finetune  # let the reader thread's next pair take their memory
             writer.write(bits_key(job.spec.module), encoded.bits)
             writer.write(scale_key(job.spec.module), encoded.scale)

@@ -15,8 +15,11 @@ relative errors below ~3e-4 read as noise; such deltas do not occur in practice.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -61,53 +64,48 @@ def relative_error(error_sq: float, reference_sq: float) -> float:
 
 
 def compress_delta(delta: torch.Tensor, scale: ScaleMode | str = ScaleMode.ROW,
-                   name: str = "ΔW") -> CompressedDelta:
+                   name: str = "ΔW", pool: EncoderPool | None = None) -> CompressedDelta:
     """Compress a [N, K] ΔW of any float dtype (computed in float32); `name` is for errors."""
     _check_matrix(delta, name)
     n, k = delta.shape
 
-    def fill(d: torch.Tensor, start: int, stop: int) -> None:
+    def fill(d: torch.Tensor, spare: torch.Tensor, start: int, stop: int) -> float:
         d.copy_(delta[start:stop])
+        return 0.0
 
-    return _encode(n, k, fill, ScaleMode.parse(scale), delta.device, name,
-                   lambda: ensure_finite(name, delta))
+    encoded = _encode(n, k, fill, ScaleMode.parse(scale), delta.device, pool,
+                      lambda: ensure_finite(name, delta), name)
+    return dataclasses.replace(encoded, finetune_sq=math.nan)
 
 
-def compress_pair(base: torch.Tensor, finetune: torch.Tensor, scale: ScaleMode,
-                  name: str, where: tuple[str, str] = ("base", "fine-tune")) -> CompressedDelta:
+def compress_pair(base: torch.Tensor, finetune: torch.Tensor, scale: ScaleMode, name: str,
+                  where: tuple[str, str] = ("base", "fine-tune"), pool: EncoderPool | None = None
+                  ) -> CompressedDelta:
     """Compress ΔW = finetune − base (as stored, any float dtypes) without materialising ΔW.
 
     NaN or Inf in either input is refused with the tensor's name and `where` it is.
+    `pool` (see `encoder_pool`) shares the rows out among CPU worker threads.
     """
     _check_matrix(finetune, name)
     if base.shape != finetune.shape:
         raise InvalidModel(f"{name!r}: base is {list(base.shape)}, fine-tune is "
                            f"{list(finetune.shape)}")
     n, k = finetune.shape
-    rows = _slab_rows(n, k, finetune.device)
-    tmp = torch.empty(rows * k, dtype=torch.float32, device=finetune.device)
-    finetune_sq = 0.0
 
-    def fill(d: torch.Tensor, start: int, stop: int) -> None:
-        nonlocal finetune_sq
+    def fill(d: torch.Tensor, spare: torch.Tensor, start: int, stop: int) -> float:
         # Converting to float32 into preallocated slabs first and subtracting float32 from
         # float32 is ~5x faster on the CPU than a mixed-dtype `d.sub_(fp16)`.
         d.copy_(finetune[start:stop])
-        finetune_sq += float(torch.linalg.vector_norm(d)) ** 2
-        b = tmp[: d.numel()].view(d.shape)
-        b.copy_(base[start:stop])
-        d.sub_(b)
+        finetune_sq = float(torch.linalg.vector_norm(d)) ** 2
+        spare.copy_(base[start:stop])
+        d.sub_(spare)
+        return finetune_sq
 
     def explain_non_finite() -> None:
         ensure_finite(name, base, where[0])
         ensure_finite(name, finetune, where[1])
 
-    encoded = _encode(n, k, fill, scale, finetune.device, name, explain_non_finite)
-    if not math.isfinite(finetune_sq):
-        explain_non_finite()
-        raise _overflow(name)
-    return CompressedDelta(encoded.bits, encoded.scale, encoded.delta_sq, encoded.error_sq,
-                           finetune_sq)
+    return _encode(n, k, fill, scale, finetune.device, pool, explain_non_finite, name)
 
 
 def decompress_delta(bits: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
@@ -117,27 +115,55 @@ def decompress_delta(bits: torch.Tensor, scale: torch.Tensor, k: int) -> torch.T
     return signs.mul_(alpha.view(-1, 1) if alpha.dim() == 1 else alpha)
 
 
-def _encode(n: int, k: int, fill: Callable[[torch.Tensor, int, int], None], mode: ScaleMode,
-            device: torch.device, name: str, explain_non_finite: Callable[[], None]
+@dataclass(frozen=True)
+class EncoderPool:
+    executor: Executor
+    workers: int
+
+
+@contextlib.contextmanager
+def encoder_pool(workers: int | None = None) -> Iterator[EncoderPool]:
+    """CPU worker threads for `compress_pair`, each running torch ops on one thread.
+
+    The encoder's ops work on cache-sized slabs, too small for torch's intra-op threads to
+    pay off: beside a reader thread they oversubscribe the cores, and on a busy machine
+    every op then waits for a time slice (measured on the shared 2-core dev box, two
+    7B-shaped layers: 2.7 s with two single-threaded workers, 20 s with torch's two
+    intra-op threads in one). Splitting the rows among single-threaded workers uses every
+    core without that. `workers` defaults to `torch.get_num_threads()`.
+    """
+    count = max(1, torch.get_num_threads() if workers is None else workers)
+    # set_num_threads in a worker thread is local to it with torch's OpenMP backend
+    # (the default); the caller's own setting is untouched.
+    with ThreadPoolExecutor(count, "deltahub-encode", initializer=torch.set_num_threads,
+                            initargs=(1,)) as executor:
+        yield EncoderPool(executor, count)
+
+
+Fill = Callable[[torch.Tensor, torch.Tensor, int, int], float]
+
+
+def _encode(n: int, k: int, fill: Fill, mode: ScaleMode, device: torch.device,
+            pool: EncoderPool | None, explain_non_finite: Callable[[], None], name: str
             ) -> CompressedDelta:
     """One pass over ΔW, a slab of rows at a time: signs, Σ|ΔW| per row, ‖ΔW‖²."""
-    rows = _slab_rows(n, k, device)
-    work = torch.empty(rows * k, dtype=torch.float32, device=device)
     bits = torch.empty(packed_words(k), n, dtype=torch.int32, device=device)
     abs_sums = torch.empty(n, dtype=torch.float32, device=device)
-    delta_sq = 0.0
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        d = work[: (stop - start) * k].view(stop - start, k)
-        fill(d, start, stop)
-        bits[:, start:stop] = pack_signs(d)
-        d.abs_()
-        torch.sum(d, dim=1, out=abs_sums[start:stop])
-        delta_sq += float(torch.linalg.vector_norm(d)) ** 2
+
+    def rows(span: tuple[int, int]) -> tuple[float, float]:
+        return _encode_rows(span, k, fill, bits, abs_sums)
+
+    if pool is None or device.type != "cpu":
+        partials = [rows((0, n))]
+    else:
+        partials = list(pool.executor.map(rows, _spans(n, pool.workers)))
+    delta_sq = sum(p[0] for p in partials)
+    filled_sq = sum(p[1] for p in partials)
     l1 = abs_sums.double()
     # NaN or Inf anywhere in ΔW (hence in either input) makes these sums non-finite: the
     # check costs nothing, where torch.isfinite over both inputs would cost a full pass.
-    if not (math.isfinite(delta_sq) and bool(torch.isfinite(l1).all())):
+    if not (math.isfinite(delta_sq) and math.isfinite(filled_sq)
+            and bool(torch.isfinite(l1).all())):
         explain_non_finite()
         raise _overflow(name)
     if mode is ScaleMode.ROW:
@@ -148,7 +174,32 @@ def _encode(n: int, k: int, fill: Callable[[torch.Tensor, int, int], None], mode
         alpha = torch.tensor(float(l1.sum()) / (n * k), dtype=torch.float32, device=device)
         a_value = float(alpha)
         error_sq = delta_sq - 2.0 * a_value * float(l1.sum()) + n * k * a_value * a_value
-    return CompressedDelta(bits.cpu(), alpha.cpu(), delta_sq, max(error_sq, 0.0), math.nan)
+    return CompressedDelta(bits.cpu(), alpha.cpu(), delta_sq, max(error_sq, 0.0), filled_sq)
+
+
+def _encode_rows(span: tuple[int, int], k: int, fill: Fill, bits: torch.Tensor,
+                 abs_sums: torch.Tensor) -> tuple[float, float]:
+    """Rows [start, stop): fill bits and Σ|ΔW| in place; return ‖ΔW‖² and fill's sum."""
+    first, last = span
+    device = bits.device
+    rows = _slab_rows(last - first, k, device)
+    work = torch.empty(rows * k, dtype=torch.float32, device=device)
+    spare = torch.empty(rows * k, dtype=torch.float32, device=device)
+    delta_sq = filled_sq = 0.0
+    for start in range(first, last, rows):
+        stop = min(start + rows, last)
+        d = work[: (stop - start) * k].view(stop - start, k)
+        filled_sq += fill(d, spare[: d.numel()].view(d.shape), start, stop)
+        bits[:, start:stop] = pack_signs(d)
+        d.abs_()
+        torch.sum(d, dim=1, out=abs_sums[start:stop])
+        delta_sq += float(torch.linalg.vector_norm(d)) ** 2
+    return delta_sq, filled_sq
+
+
+def _spans(n: int, parts: int) -> list[tuple[int, int]]:
+    step = max(1, -(-n // max(parts, 1)))
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
 def _slab_rows(n: int, k: int, device: torch.device) -> int:

@@ -1,9 +1,8 @@
 """Produce items on a background thread while the caller works on the previous one.
 
 Codecs alternate reading (disk, page cache) and arithmetic; torch kernels and file reads
-both release the GIL, so a reader thread one item ahead overlaps the two. At most
-`depth` items wait in the queue, plus one being produced and one being consumed, so
-memory stays at a few tensors. An exception in the producer is re-raised in the
+both release the GIL, so a reader thread one item ahead overlaps the two, and memory
+stays at two items (the one in use and the next). An exception in the producer is re-raised in the
 consumer; leaving the block early (an error, a break) stops the producer.
 """
 
@@ -31,27 +30,34 @@ class _Failed:
 
 @contextlib.contextmanager
 def prefetching(items: Iterable[T], depth: int = 1) -> Iterator[Iterator[T]]:
-    """`with prefetching(gen) as it: for x in it: ...` with `gen` run on a reader thread."""
-    slots: queue.Queue[T | _Done | _Failed] = queue.Queue(maxsize=depth)
+    """`with prefetching(gen) as it: for x in it: ...` with `gen` run on a reader thread.
+
+    The reader starts on an item only when fewer than `depth` items wait ahead of the
+    one the caller holds: with depth 1, it reads item k+1 while the caller works on
+    item k, so two items are alive at a time.
+    """
+    slots: queue.Queue[T | _Done | _Failed] = queue.Queue()
+    room = threading.Semaphore(depth)
     stop = threading.Event()
 
-    def offer(item: T | _Done | _Failed) -> bool:
+    def wait_for_room() -> bool:
         while not stop.is_set():
-            try:
-                slots.put(item, timeout=_POLL_SECONDS)
+            if room.acquire(timeout=_POLL_SECONDS):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def produce() -> None:
         try:
-            for item in items:
-                if not offer(item):
+            source = iter(items)
+            while wait_for_room():
+                try:
+                    item = next(source)
+                except StopIteration:
+                    slots.put(_Done())
                     return
-            offer(_Done())
+                slots.put(item)
         except BaseException as exc:  # handed to the consumer, which re-raises it
-            offer(_Failed(exc))
+            slots.put(_Failed(exc))
 
     def consume() -> Iterator[T]:
         while True:
@@ -60,6 +66,7 @@ def prefetching(items: Iterable[T], depth: int = 1) -> Iterator[Iterator[T]]:
                 return
             if isinstance(item, _Failed):
                 raise item.error
+            room.release()  # the reader may start on the next item now
             yield item
 
     thread = threading.Thread(target=produce, name="deltahub-prefetch", daemon=True)
@@ -68,7 +75,7 @@ def prefetching(items: Iterable[T], depth: int = 1) -> Iterator[Iterator[T]]:
         yield consume()
     finally:
         stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:  # free the slot the producer may be waiting for, and the tensors
-                slots.get_nowait()
         thread.join()
+        with contextlib.suppress(queue.Empty):
+            while True:  # drop what was read ahead, so its tensors are freed now
+                slots.get_nowait()
