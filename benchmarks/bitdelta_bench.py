@@ -1,0 +1,260 @@
+"""BitDelta compression speed and memory against just reading the inputs, in one run.
+
+Builds Llama-2-7B-shaped decoder layers in fp16 on disk (q, k, v, o 4096×4096; gate, up
+11008×4096; down 4096×11008; two RMSNorm vectors), a base with random weights and a
+"fine-tune" = base + a small dense delta, for each layer count. Then, for each size and
+each repeat, two fresh subprocesses (so ru_maxrss is per run):
+
+- read: every tensor of both models through `ModelPair` / `Checkpoint.tensor`, the reader
+  the codec uses, and nothing else;
+- compress: `compress_bitdelta(base, finetune, out)` with default settings (CPU, row α).
+
+It prints, per size, the best time of each over the repeats, their ratio (aim: compress
+within 1.5× of read), throughput in GB of fine-tune read per second, and peak resident
+memory, VmHWM (aim: flat as layers are added). `--cache cold` evicts the inputs from the page
+cache (posix_fadvise DONTNEED, after fsync) before each timed run, so reads hit the disk;
+`warm` leaves them cached (reading is then a memory copy, the hardest case for the ratio).
+
+    python benchmarks/bitdelta_bench.py                        # 2 and 4 layers, warm and cold
+    python benchmarks/bitdelta_bench.py --layers 2 4 8 --repeats 3
+    python benchmarks/bitdelta_bench.py --tiny                 # seconds: a smoke check
+
+Models are generated once under .bench/bitdelta/ (git-ignored; about 0.8 GB per 2 layers per
+model) and reused; `--clean` removes them at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compress.bitdelta import compress_bitdelta  # after the sys.path fix-up above
+from compress.pairs import ModelPair
+from compress.writer import PlannedTensor, ShardedWriter
+
+GB = 10**9
+MB = 10**6
+ROOT = Path(__file__).resolve().parents[1] / ".bench" / "bitdelta"
+RATIO_AIM = 1.5
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    intermediate: int
+
+    def layer(self, i: int) -> list[tuple[str, tuple[int, ...]]]:
+        h, m, p = self.hidden, self.intermediate, f"model.layers.{i}"
+        return [(f"{p}.self_attn.{x}_proj.weight", (h, h)) for x in "qkvo"] + [
+            (f"{p}.mlp.gate_proj.weight", (m, h)), (f"{p}.mlp.up_proj.weight", (m, h)),
+            (f"{p}.mlp.down_proj.weight", (h, m)),
+            (f"{p}.input_layernorm.weight", (h,)), (f"{p}.post_attention_layernorm.weight", (h,)),
+        ]
+
+
+LLAMA_7B = Shape(4096, 11008)
+TINY = Shape(256, 688)
+
+
+# ---------------------------------------------------------------- the models on disk
+
+
+def ensure_models(shape: Shape, layers: int, tag: str) -> tuple[Path, Path]:
+    """Generate (once) base and fine-tune directories for `layers` decoder layers."""
+    root = ROOT / f"{tag}-{layers}L"
+    base, finetune, done = root / "base", root / "finetune", root / "complete"
+    if done.exists():
+        return base, finetune
+    shutil.rmtree(root, ignore_errors=True)
+    base.mkdir(parents=True)
+    finetune.mkdir()
+    spec = [item for i in range(layers) for item in shape.layer(i)]
+    plan = [PlannedTensor(name, "F16", dims) for name, dims in sorted(spec)]
+    shard = GB  # 1 GB shards: the 4-layer models are sharded, like real checkpoints
+    writers = [ShardedWriter(d, plan, {"format": "pt"}, max_shard_bytes=shard)
+               for d in (base, finetune)]
+    generator = torch.Generator().manual_seed(layers)
+    print(f"generating {layers}-layer fp16 models under {root} ...", file=sys.stderr)
+    for item in plan:
+        w_base, w_ft = _weights(item, generator)
+        writers[0].write(item.name, w_base)
+        writers[1].write(item.name, w_ft)
+    for writer in writers:
+        for path in writer.close():
+            _fsync(path)
+    done.write_text("ok\n")
+    return base, finetune
+
+
+def _weights(item: PlannedTensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(item.shape) == 1:  # RMSNorm: ones, nudged
+        base = torch.ones(item.shape)
+        return base.half(), (base + 0.01 * torch.randn(item.shape, generator=g)).half()
+    base = torch.randn(item.shape, generator=g).mul_(0.02)
+    delta = torch.randn(item.shape, generator=g).mul_(0.001)  # |ΔW| ≈ 5% of |W|
+    return base.half(), base.add_(delta).half()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def evict(directory: Path) -> None:
+    """Drop a directory's clean pages from the page cache (no root needed)."""
+    for path in directory.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------- one measured run
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM).
+
+    Not ru_maxrss: Linux carries it across fork and exec, so a child would report the
+    parent's size (this benchmark's parent holds the generator's memory).
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child(mode: str, base: Path, finetune: Path, cold: bool) -> dict[str, float]:
+    """Runs in a fresh process: time `mode` and report seconds and peak RSS."""
+    rss_before = peak_rss()
+    out = base.parent / f"out-{os.getpid()}"
+    if cold:
+        evict(base)
+        evict(finetune)
+    cpu_before = _cpu_seconds()
+    started = time.perf_counter()
+    if mode == "read":
+        with ModelPair.open(base, finetune) as pair:
+            for name in pair.names:
+                pair.base.tensor(name)
+                pair.finetune.tensor(name)
+            bytes_in = pair.finetune.total_bytes
+    else:
+        report = compress_bitdelta(base, finetune, out)
+        bytes_in = report.bytes_in
+    seconds = time.perf_counter() - started
+    result = {"seconds": seconds, "cpu_seconds": _cpu_seconds() - cpu_before,
+              "bytes_in": bytes_in, "rss_before": rss_before, "rss_peak": peak_rss()}
+    if mode == "compress":
+        result["bytes_out"] = report.bytes_out
+        result["delta_rel_error"] = report.delta_rel_error
+        shutil.rmtree(out)
+    return result
+
+
+def run_child(mode: str, base: Path, finetune: Path, cold: bool) -> dict[str, float]:
+    command = [sys.executable, __file__, "--child", mode, "--base", str(base),
+               "--finetune", str(finetune)] + (["--cold"] if cold else [])
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------- the table
+
+
+def measure(layers: int, base: Path, finetune: Path, cache: str, repeats: int
+            ) -> dict[str, float]:
+    cold = cache == "cold"
+    if not cold:  # warm the page cache once, untimed
+        run_child("read", base, finetune, cold=False)
+    reads, compressions = [], []
+    for _ in range(repeats):  # interleaved, so drift on a shared machine hits both alike
+        reads.append(run_child("read", base, finetune, cold))
+        compressions.append(run_child("compress", base, finetune, cold))
+    read = min(reads, key=lambda r: r["seconds"])
+    comp = min(compressions, key=lambda r: r["seconds"])
+    return {
+        "layers": layers, "gb_in": comp["bytes_in"] / GB,
+        "read_s": read["seconds"], "compress_s": comp["seconds"],
+        "ratio": comp["seconds"] / read["seconds"],
+        "gb_per_s": comp["bytes_in"] / GB / comp["seconds"],
+        "read_gb_per_s": 2 * read["bytes_in"] / GB / read["seconds"],
+        "read_cpu_s": min(r["cpu_seconds"] for r in reads),
+        "compress_cpu_s": min(r["cpu_seconds"] for r in compressions),
+        "rss_import_mb": comp["rss_before"] / MB,
+        "rss_read_mb": max(r["rss_peak"] for r in reads) / MB,
+        "rss_compress_mb": max(r["rss_peak"] for r in compressions) / MB,
+        "size_ratio": comp["bytes_in"] / comp["bytes_out"],
+        "delta_rel_error": comp["delta_rel_error"],
+    }
+
+
+def table(rows: list[dict[str, float]], cache: str) -> str:
+    head = ("| cache | layers | fine-tune GB | read both s | compress s | compress/read | "
+            "GB/s (fine-tune) | CPU s read / compress | peak RSS read MB | "
+            "peak RSS compress MB | size ratio |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| {cache} | {int(r['layers'])} | {r['gb_in']:.2f} | {r['read_s']:.2f} | "
+            f"{r['compress_s']:.2f} | {r['ratio']:.2f}× | {r['gb_per_s']:.2f} | "
+            f"{r['read_cpu_s']:.1f} / {r['compress_cpu_s']:.1f} | "
+            f"{r['rss_read_mb']:.0f} | {r['rss_compress_mb']:.0f} | {r['size_ratio']:.1f}× |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cache", choices=["warm", "cold", "both"], default="both")
+    parser.add_argument("--tiny", action="store_true", help="small layers: a quick smoke run")
+    parser.add_argument("--clean", action="store_true", help="delete the models afterwards")
+    parser.add_argument("--child", choices=["read", "compress"], help=argparse.SUPPRESS)
+    parser.add_argument("--base", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--finetune", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.base, args.finetune, args.cold)))
+        return
+
+    shape, tag = (TINY, "tiny") if args.tiny else (LLAMA_7B, "llama7b")
+    models = {n: ensure_models(shape, n, tag) for n in args.layers}
+    caches = ["warm", "cold"] if args.cache == "both" else [args.cache]
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {torch.get_num_threads()} "
+          f"torch threads; best of {args.repeats}; aim: compress/read ≤ {RATIO_AIM}")
+    for cache in caches:
+        rows = [measure(n, *models[n], cache, args.repeats) for n in args.layers]
+        print(table(rows, cache))
+        print(f"(peak RSS after imports alone: {rows[0]['rss_import_mb']:.0f} MB; "
+              f"read both at {rows[-1]['read_gb_per_s']:.2f} GB/s; "
+              f"‖ΔW − α·sign‖/‖ΔW‖ = {rows[-1]['delta_rel_error']:.3f})")
+    if args.clean:
+        shutil.rmtree(ROOT / "", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
