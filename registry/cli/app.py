@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "client_commands",
     "bitdelta_commands",
     "lora_commands",
+    "verify_commands",
 )
 
 
