@@ -114,7 +114,7 @@ def _print_summary(report: VerifyReport, out: Path) -> None:
         ["device / backend / dtype",
          f"{report.device} / {report.backend} / {str(report.dtype).removeprefix('torch.')}"],
         ["activations", f"{report.rows} rows, seed {report.seed}"],
-        ["kernel checked at", ", ".join(f"{m} rows ({k})"
+        ["kernel checked at", ", ".join(f"{m} row{'s' * (m != 1)} ({k})"
                                         for m, k in report.kernel_batches.items())],
         ["seconds", report.seconds],
         ["JSON report", str(out)],
