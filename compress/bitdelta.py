@@ -80,7 +80,7 @@ def compress_bitdelta(
     "row" (one α per output row) or "tensor" (one per matrix); `device` runs the
     arithmetic there ("cuda") while reading and writing stay on the host; on the CPU,
     `workers` single-threaded encoder threads share each matrix (default: torch's thread
-    count). Returns the report, also saved as `out/report.json`.
+    count less one, left to the reader thread). Returns the report, also saved as `out/report.json`.
     """
     mode = ScaleMode.parse(scale)
     target = torch.device(device)

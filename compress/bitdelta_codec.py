@@ -130,9 +130,11 @@ def encoder_pool(workers: int | None = None) -> Iterator[EncoderPool]:
     every op then waits for a time slice (measured on the shared 2-core dev box, two
     7B-shaped layers: 2.7 s with two single-threaded workers, 20 s with torch's two
     intra-op threads in one). Splitting the rows among single-threaded workers uses every
-    core without that. `workers` defaults to `torch.get_num_threads()`.
+    core without that. `workers` defaults to one less than `torch.get_num_threads()`
+    (at least 1): the reader thread needs about a core of its own, since copying pages
+    from the page cache costs about as much CPU as encoding them.
     """
-    count = max(1, torch.get_num_threads() if workers is None else workers)
+    count = max(1, torch.get_num_threads() - 1 if workers is None else workers)
     # set_num_threads in a worker thread is local to it with torch's OpenMP backend
     # (the default); the caller's own setting is untouched.
     with ThreadPoolExecutor(count, "deltahub-encode", initializer=torch.set_num_threads,

@@ -40,6 +40,9 @@ def bitdelta(
         show_default=False)] = None,
     device: Device = "cpu",
     max_shard_gb: MaxShardGB = 5.0,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="CPU encoder threads (default: cores - 1, one is left to the reader)",
+        show_default=False)] = None,
 ) -> None:
     """Compress FINETUNE into a 1-bit BitDelta delta over BASE."""
     if target and target_regex:
@@ -48,7 +51,7 @@ def bitdelta(
     try:
         with byte_progress("compressing") as progress:
             report = compress_bitdelta(base, finetune, output, scale=scale, targets=targets,
-                                       device=device, progress=progress,
+                                       device=device, progress=progress, workers=workers,
                                        max_shard_bytes=_shard_bytes(max_shard_gb))
     except CodecError as exc:
         raise _fail(exc) from exc

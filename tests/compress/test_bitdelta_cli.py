@@ -17,7 +17,8 @@ runner = CliRunner()
 def test_bitdelta_then_merge(tiny_base: Path, tiny_finetune: Path, tmp_path: Path) -> None:
     delta, merged = tmp_path / "delta", tmp_path / "merged"
     result = runner.invoke(app, ["bitdelta", str(tiny_base), str(tiny_finetune), "-o", str(delta),
-                                 "--scale", "tensor", "--target", "q_proj", "--target", "v_proj"])
+                                 "--scale", "tensor", "--target", "q_proj", "--target", "v_proj",
+                                 "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "compression ratio" in result.stdout
     assert "q_proj" in result.stdout
