@@ -28,19 +28,20 @@ import torch
 
 from compress.errors import InvalidParameter
 
-# Power iterations q and oversampling p, measured (scratch runs on this 2-core CPU box,
-# recorded in benchmarks/results/lora_bench.md): the error of the rank-k truncation of
-# the sketch over the optimal one, for ΔW = U·diag(i^-α)·Vᵀ (+ a Gaussian noise floor),
-# worst over α=0.5; α=1 + 30 % noise; α=0.75 + 50 % noise; α=2 + 5 % noise, on 4096²:
+# Power iterations q and oversampling p, measured with `benchmarks/lora_bench.py --tune
+# 4096` (2-core CPU; benchmarks/results/lora_bench.md): the worst error of the rank-k
+# truncation of the sketch over the optimal one, for ΔW = U·diag(i^-α)·Vᵀ (+ a Gaussian
+# noise floor) over α=0.5; α=1 + 30 % noise; α=0.75 + 50 % noise; α=2 + 5 % noise:
 #
 #     k      q=2,p=k/4  q=2,p=k/2  q=3,p=k/4  q=3,p=k/2  q=4,p=k/4
-#     64     1.0035     1.0030     1.0023     1.0018     1.0015
-#     256    1.0116     1.0094     1.0069     1.0050     1.0044
+#     64     1.0042     1.0037     1.0028     1.0025     1.0022
+#     256    1.0125     1.0102     1.0078     1.0060     1.0053
 #     cost   7.5        9          10         12         12.5     (products of ΔW, in units of k)
 #
-# A noise floor under the power law (σ_k ≈ σ_{k+p}) is the hard case; q=0 misses by
-# 12-57 % (2048²), q=1 by up to 5 %. q=3, p=k/2 keeps a 2× margin to the 1 % goal at k=256 for the
-# cost of q=4, p=k/4; on 2048² the same choice gave at worst 1.0051.
+# A noise floor under the power law (σ_k ≈ σ_{k+p}) is the hard case; without power
+# iterations the error is 12-57 % above optimal, with one up to 5 % (2048²). q=2 misses
+# the 1 % goal at k=256; q=3, p=k/2 stays at 1.006 (2048²: 1.0053) for the cost of
+# q=4, p=k/4, and k + k/2 columns also give the plot a view past the chosen rank.
 POWER_ITERATIONS = 3
 OVERSAMPLE_FRACTION = 0.5
 MIN_OVERSAMPLE = 8  # Halko et al.'s p≈5-10 for tiny k, where k/2 would be a handful
