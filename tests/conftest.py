@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -33,6 +34,12 @@ from registry.migrate import upgrade
 from registry.settings import Settings
 from registry.storage.local import LocalBlobStore
 from tests.s3server import free_port, s3_bucket, s3_server  # noqa: F401  (fixtures)
+
+# Without a GPU the Triton kernels run in Triton's interpreter. The variable is read when
+# triton is first imported (none of the imports above does), so it is set here, before
+# pytest imports any test module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 POSTGRES_ENV = "DELTAHUB_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
