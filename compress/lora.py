@@ -78,7 +78,10 @@ def extract_lora(base: str | os.PathLike[str], finetune: str | os.PathLike[str],
     default 256; modules the cap stops are flagged in the report) must be given.
     `factor_dtype` stores A and B in float32 or in the fine-tune's dtype; errors are
     measured on the factors as stored. `device` runs the SVD arithmetic there (e.g.
-    "cuda"). Raises a CodecError subclass on bad input, having written nothing.
+    "cuda"). `targets` (PEFT target_modules semantics) must name nn.Linear modules: the
+    manifest cannot tell an embedding from a linear layer, and peft adapts embeddings
+    with differently named factors. Raises a CodecError subclass on bad input, having
+    written nothing.
     """
     rule = _check_rule(RankRule(rank, target_error, max_rank, factor_dtype, seed, device))
     with ModelPair.open(base, finetune) as pair:
