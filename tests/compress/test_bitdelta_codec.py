@@ -132,3 +132,18 @@ def test_bad_inputs_are_refused() -> None:
         compress_delta(torch.ones(2, 2, 2))
     with pytest.raises(InvalidParameter, match="2-D float"):
         compress_delta(torch.ones(2, 2, dtype=torch.int32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", list(ScaleMode))
+def test_cuda_encoding_matches_the_cpu(mode: ScaleMode) -> None:
+    g = torch.Generator().manual_seed(6)
+    base = torch.randn(300, 200, generator=g).half()
+    finetune = (base.float() + 0.01 * torch.randn(300, 200, generator=g)).half()
+    on_cpu = compress_pair(base, finetune, mode, "w")
+    on_gpu = compress_pair(base.cuda(), finetune.cuda(), mode, "w")
+    assert on_gpu.bits.device.type == "cpu"
+    assert torch.equal(on_gpu.bits, on_cpu.bits)
+    torch.testing.assert_close(on_gpu.scale, on_cpu.scale, rtol=1e-5, atol=0.0)
+    assert on_gpu.error_sq == pytest.approx(on_cpu.error_sq, rel=1e-4)
