@@ -253,7 +253,7 @@ def main() -> None:
               f"read both at {rows[-1]['read_gb_per_s']:.2f} GB/s; "
               f"‖ΔW − α·sign‖/‖ΔW‖ = {rows[-1]['delta_rel_error']:.3f})")
     if args.clean:
-        shutil.rmtree(ROOT / "", ignore_errors=True)
+        shutil.rmtree(ROOT, ignore_errors=True)
 
 
 if __name__ == "__main__":
