@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compress.bitdelta import compress_bitdelta  # after the sys.path fix-up above
 from compress.pairs import ModelPair
-from compress.writer import PlannedTensor, ShardedWriter
+from compress.writer import PlannedTensor, ShardedWriter, fsync_path
 
 GB = 10**9
 MB = 10**6
@@ -93,7 +93,7 @@ def ensure_models(shape: Shape, layers: int, tag: str) -> tuple[Path, Path]:
         writers[1].write(item.name, w_ft)
     for writer in writers:
         for path in writer.close():
-            _fsync(path)
+            fsync_path(path)
     done.write_text("ok\n")
     return base, finetune
 
@@ -105,14 +105,6 @@ def _weights(item: PlannedTensor, g: torch.Generator) -> tuple[torch.Tensor, tor
     base = torch.randn(item.shape, generator=g).mul_(0.02)
     delta = torch.randn(item.shape, generator=g).mul_(0.001)  # |ΔW| ≈ 5% of |W|
     return base.half(), base.add_(delta).half()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def evict(directory: Path) -> None:

@@ -35,15 +35,12 @@ from kernels.packing import pack_signs, packed_words, unpack_signs
 _SLAB_ELEMENTS = 1 << 20
 
 
-@dataclass(frozen=True)
-class CompressedDelta:
-    """bits int32 [ceil(K/32), N] and α float32 [N] or [], with the norms the report needs."""
+class ErrorSums:
+    """The relative errors of a BitDelta reconstruction, from the three sums kept for it."""
 
-    bits: torch.Tensor
-    scale: torch.Tensor
     delta_sq: float  # ‖ΔW‖²
-    error_sq: float  # ‖ΔW − α·sign(ΔW)‖² for the stored α
-    finetune_sq: float  # ‖W_ft‖², when encoded from a (base, fine-tune) pair; else NaN
+    error_sq: float  # ‖ΔW − α·sign(ΔW)‖² = ‖W_ft − Ŵ_ft‖²
+    finetune_sq: float  # ‖W_ft‖²
 
     @property
     def delta_rel_error(self) -> float:
@@ -54,6 +51,17 @@ class CompressedDelta:
     def weight_rel_error(self) -> float:
         """‖W_ft − Ŵ_ft‖ / ‖W_ft‖ with Ŵ_ft = W_base + α·sign(ΔW) in float32 (NaN if unknown)."""
         return relative_error(self.error_sq, self.finetune_sq)
+
+
+@dataclass(frozen=True)
+class CompressedDelta(ErrorSums):
+    """bits int32 [ceil(K/32), N] and α float32 [N] or [], with the norms the report needs."""
+
+    bits: torch.Tensor
+    scale: torch.Tensor
+    delta_sq: float  # ‖ΔW‖²
+    error_sq: float  # ‖ΔW − α·sign(ΔW)‖² for the stored α
+    finetune_sq: float  # ‖W_ft‖², when encoded from a (base, fine-tune) pair; else NaN
 
 
 def relative_error(error_sq: float, reference_sq: float) -> float:

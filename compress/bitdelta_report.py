@@ -16,14 +16,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from compress.bitdelta_codec import relative_error
+from compress.bitdelta_codec import ErrorSums, relative_error
 from compress.bitdelta_format import FORMAT, FORMAT_VERSION, ScaleMode
 
 GB = 10**9
 
 
 @dataclass(frozen=True)
-class TensorReport:
+class TensorReport(ErrorSums):
     """One tensor of the delta: compressed to bits ("bitdelta") or stored as is ("full")."""
 
     name: str  # the fine-tune tensor, e.g. "model.layers.0.self_attn.q_proj.weight"
@@ -35,14 +35,6 @@ class TensorReport:
     delta_sq: float = 0.0  # ‖ΔW‖²
     error_sq: float = 0.0  # ‖ΔW − α·sign(ΔW)‖² = ‖W_ft − Ŵ_ft‖²
     finetune_sq: float = 0.0  # ‖W_ft‖²
-
-    @property
-    def delta_rel_error(self) -> float:
-        return relative_error(self.error_sq, self.delta_sq)
-
-    @property
-    def weight_rel_error(self) -> float:
-        return relative_error(self.error_sq, self.finetune_sq)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "shape": list(self.shape),

@@ -29,7 +29,7 @@ import torch
 from compress.errors import InvalidParameter
 
 # Power iterations q and oversampling p, measured with `benchmarks/lora_bench.py --tune
-# 4096` (2-core CPU; benchmarks/results/lora_bench.md): the worst error of the rank-k
+# 4096` (2-core CPU; docs/benchmarks.md): the worst error of the rank-k
 # truncation of the sketch over the optimal one, for ΔW = U·diag(i^-α)·Vᵀ (+ a Gaussian
 # noise floor) over α=0.5; α=1 + 30 % noise; α=0.75 + 50 % noise; α=2 + 5 % noise:
 #

@@ -93,7 +93,7 @@ def load_bitdelta(path: str | os.PathLike[str], base: Manifest | None = None) ->
     """
     with Checkpoint.open(path) as delta:
         summary = inspect_bitdelta(delta.headers, None, base)  # the index was checked on open
-        weights = {spec.weight_name: _read_compressed(delta, spec)
+        weights = {spec.weight_name: read_compressed(delta, spec)
                    for spec in summary.compressed.values()}
         tensors = {name: delta.finite_tensor(name) for name in summary.full_tensors}
         return BitDelta(summary, weights, tensors, delta.config)
@@ -165,7 +165,7 @@ def merge_bitdelta(base: str | os.PathLike[str], delta: str | os.PathLike[str],
                        seconds=time.perf_counter() - started)
 
 
-def _read_compressed(delta: Checkpoint, spec: CompressedSpec) -> CompressedWeight:
+def read_compressed(delta: Checkpoint, spec: CompressedSpec) -> CompressedWeight:
     bits = delta.tensor(bits_key(spec.module))
     check_bits_padding(spec.module, bits, spec.shape[1])
     return CompressedWeight(spec, bits, delta.finite_tensor(scale_key(spec.module)))
@@ -202,7 +202,7 @@ def _read_parts(base: Checkpoint, delta: Checkpoint, summary: BitDeltaSummary,
         if item.name in summary.full_tensors:
             yield item, delta.finite_tensor(item.name), None
         elif item.name.endswith(".weight") and module in summary.compressed:
-            weight = _read_compressed(delta, summary.compressed[module])
+            weight = read_compressed(delta, summary.compressed[module])
             yield item, base.finite_tensor(item.name), weight
         else:
             yield item, base.finite_tensor(item.name), None

@@ -42,7 +42,7 @@ from compress.bitdelta_format import CompressedSpec, bits_key, inspect_bitdelta,
 from compress.checkpoint import Checkpoint
 from compress.errors import InvalidParameter
 from compress.manifest import Manifest
-from compress.merge import CompressedWeight, _read_compressed
+from compress.merge import CompressedWeight, read_compressed
 from compress.pairs import ModelPair, TensorPair
 from compress.prefetch import prefetching
 from compress.progress import ProgressFn, no_progress
@@ -239,7 +239,7 @@ def _read_layers(pair: ModelPair, delta: Checkpoint, specs: list[CompressedSpec]
                  ) -> Iterator[tuple[CompressedSpec, TensorPair, CompressedWeight]]:
     """Runs on the reader thread: both weights (checked finite) and the checked bits and α."""
     for spec in specs:
-        yield spec, pair.read(spec.weight_name), _read_compressed(delta, spec)
+        yield spec, pair.read(spec.weight_name), read_compressed(delta, spec)
 
 
 def _layer_bytes(pair: ModelPair, delta: Checkpoint, spec: CompressedSpec) -> int:

@@ -188,18 +188,19 @@ def atomic_output_dir(out: Path) -> Iterator[Path]:
     try:
         yield scratch
         for child in scratch.iterdir():
-            _fsync(child)
+            fsync_path(child)
         # mkdtemp makes the directory private (0700); publish it readable like the files
         # in it. (Not from the umask: reading it means setting it, process-wide.)
         scratch.chmod(0o755)
         scratch.replace(out)  # replaces an empty `out`; atomic on one filesystem
-        _fsync(out.parent)  # make the rename itself durable
+        fsync_path(out.parent)  # make the rename itself durable
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

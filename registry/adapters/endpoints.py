@@ -21,8 +21,7 @@ from registry.deps import (
     SettingsDep,
     StoreDep,
 )
-from registry.downloads import blob_response
-from registry.errors import FileNotFound
+from registry.downloads import file_response
 from registry.models.repository import ModelRepository
 from registry.names import check_filename
 from registry.schemas import FileOut, PageOut
@@ -104,13 +103,9 @@ def finalize_adapter(ref: str, session: SessionDep, store: StoreDep,
 @router.get("/{ref}/files/{filename:path}")
 def download_adapter_file(ref: str, filename: str, session: SessionDep, store: StoreDep,
                           _: ReadToken) -> StreamingResponse:
-    check_filename(filename)
     adapter = service.get_adapter(session, ref)
-    file = next((f for f in adapter.files if f.filename == filename), None)
-    if file is None:
-        raise FileNotFound(f"adapter {adapter.name}@{adapter.version} has no file "
-                           f"{filename!r}; it has {[f.filename for f in adapter.files]}")
-    return blob_response(store, file.sha256, file.size, filename)
+    return file_response(store, adapter.files, filename,
+                         f"adapter {adapter.name}@{adapter.version}")
 
 
 @router.put("/{ref}/aliases/{alias}")

@@ -20,7 +20,7 @@ from compress.bitdelta_report import GB, BitDeltaReport
 from compress.errors import CodecError
 from compress.merge import merge_bitdelta
 from compress.targets import DEFAULT_TARGET_MODULES, TargetSpec
-from registry.cli.console import byte_progress, console, print_table
+from registry.cli.console import byte_progress, codec_failure, print_table
 
 Device = Annotated[str, typer.Option(help="where the arithmetic runs: cpu, cuda, cuda:1, ...")]
 MaxShardGB = Annotated[float, typer.Option(help="start a new shard past this size (GB)")]
@@ -54,7 +54,7 @@ def bitdelta(
                                        device=device, progress=progress, workers=workers,
                                        max_shard_bytes=_shard_bytes(max_shard_gb))
     except CodecError as exc:
-        raise _fail(exc) from exc
+        raise codec_failure(exc) from exc
     _print_report(report, output)
 
 
@@ -71,7 +71,7 @@ def merge(
             report = merge_bitdelta(base, delta, output, device=device, progress=progress,
                                     max_shard_bytes=_shard_bytes(max_shard_gb))
     except CodecError as exc:
-        raise _fail(exc) from exc
+        raise codec_failure(exc) from exc
     print_table(f"Merged model: {output}", ["", "value"], [
         ["weights rebuilt from bits", report.reconstructed],
         ["tensors taken from the delta", report.replaced],
@@ -91,12 +91,6 @@ def _shard_bytes(gb: float) -> int:
     if gb <= 0:
         raise typer.BadParameter("--max-shard-gb must be positive")
     return int(gb * GB)
-
-
-def _fail(exc: CodecError) -> typer.Exit:
-    console.print(f"[red]{type(exc).__name__}[/red]: {exc.detail}", soft_wrap=True,
-                  highlight=False, markup=True)
-    return typer.Exit(1)
 
 
 def _print_report(report: BitDeltaReport, output: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from compress.peft_format import ADAPTER_CONFIG
-from registry.cli.console import console, print_table, stdout, transfer_progress
+from registry.cli.console import console, fail, print_table, stdout, transfer_progress
 from registry.client import DEFAULT_URL, ClientError, DeltahubClient, sha256_of
 from registry.errors import APIError
 from registry.settings import Settings
@@ -30,11 +30,6 @@ def _client(url: str, token: str | None) -> DeltahubClient:
         console.print("[red]no token: set DELTAHUB_TOKEN or pass --token[/red]")
         raise typer.Exit(2)
     return DeltahubClient(url, token)
-
-
-def _fail(exc: ClientError) -> typer.Exit:
-    console.print(f"[red]{exc.error}[/red]: {exc.detail}")
-    return typer.Exit(1)
 
 
 def detect_kind(directory: Path) -> AdapterKind:
@@ -94,7 +89,7 @@ def push(
         if alias:
             adapter = client.set_alias(str(adapter["id"]), alias)
     except ClientError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc.error, exc.detail) from exc
     finally:
         client.close()
     what = "new version" if created else "unchanged: identical content already registered"
@@ -117,7 +112,7 @@ def push_model(
         _upload_all(client, f"/models/{name}", paths)
         model = client.finalize_model(name)
     except ClientError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc.error, exc.detail) from exc
     finally:
         client.close()
     stdout.print(f"{model['name']}: {model['tensor_count']} tensors, "
@@ -156,7 +151,7 @@ def ls(
         else:
             raise typer.BadParameter("list 'adapters' or 'models'")
     except ClientError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc.error, exc.detail) from exc
     finally:
         client.close()
     print_table(what, columns, rows)
@@ -181,7 +176,7 @@ def pull(
                                 output / file["filename"], file["sha256"],
                                 lambda n: progress.advance(task, n))
     except ClientError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc.error, exc.detail) from exc
     finally:
         client.close()
     stdout.print(f"{adapter['name']}@{adapter['version']} -> {output} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -16,6 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from compress.errors import CodecError
 from compress.progress import ProgressFn
 
 console = Console(stderr=True)
@@ -53,7 +55,9 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
     first = rows[0] if rows else [""] * len(columns)
     for name, sample in zip(columns, first, strict=True):
         numeric = isinstance(sample, int | float) and not isinstance(sample, bool)
-        table.add_column(name, justify="right" if numeric else "left")
+        # Text folds rather than being cut to "model.…": module names are long.
+        table.add_column(name, justify="right" if numeric else "left",
+                         overflow="ellipsis" if numeric else "fold")
     for row in rows:
         table.add_row(*(_cell(v) for v in row))
     stdout.print(table)
@@ -63,3 +67,15 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def fail(name: str, detail: str, code: int = 1) -> typer.Exit:
+    """Print `<name>: <detail>` to stderr and return the Exit to raise."""
+    console.print(f"[red]{name}[/red]: {detail}", soft_wrap=True, highlight=False,
+                  markup=True)
+    return typer.Exit(code)
+
+
+def codec_failure(exc: CodecError) -> typer.Exit:
+    """A codec refused its input: say why, exit 1 (the codec wrote nothing)."""
+    return fail(type(exc).__name__, exc.detail)

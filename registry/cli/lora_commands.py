@@ -26,7 +26,7 @@ from compress.lora_report import (
     ModuleResult,
 )
 from compress.targets import DEFAULT_TARGET_MODULES, TargetSpec
-from registry.cli.console import byte_progress, console, print_table, stdout
+from registry.cli.console import byte_progress, codec_failure, console, print_table, stdout
 
 
 class FactorDtypeChoice(StrEnum):
@@ -78,9 +78,7 @@ def extract_lora_command(
                 factor_dtype=dtype.value, base_model_name_or_path=base_name, seed=seed,
                 device=device, progress=progress)
     except CodecError as exc:
-        console.print(f"[red]{type(exc).__name__}[/red]: {exc.detail}", soft_wrap=True,
-                      highlight=False)
-        raise typer.Exit(1) from exc
+        raise codec_failure(exc) from exc
     print_summary(report, output)
 
 

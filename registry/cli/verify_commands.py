@@ -25,7 +25,14 @@ from rich.table import Table
 
 from compress.errors import CodecError
 from compress.verify import DEFAULT_ROWS, VerifyReport, verify_delta
-from registry.cli.console import byte_progress, console, print_table, stdout
+from registry.cli.console import (
+    byte_progress,
+    codec_failure,
+    console,
+    fail,
+    print_table,
+    stdout,
+)
 
 WORST_SHOWN = 10  # a 7B model has 224 compressed layers; the rest are in the JSON
 EXIT_KERNEL = 1
@@ -80,11 +87,11 @@ def verify(
                                   dtype=getattr(torch, dtype.value) if dtype else None,
                                   seed=seed, backend=backend.value, progress=progress)
     except CodecError as exc:
-        raise _fail(f"[red]{type(exc).__name__}[/red]: {exc.detail}") from exc
+        raise codec_failure(exc) from exc
     try:
         out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
-        raise _fail(f"[red]cannot write the JSON report[/red]: {exc}") from exc
+        raise fail("cannot write the JSON report", str(exc)) from exc
     _print_summary(report, out)
     _print_layers(report, all_layers)
     raise typer.Exit(_verdict(report, max_error))
@@ -165,7 +172,3 @@ def _verdict(report: VerifyReport, max_error: float | None) -> int:
         return EXIT_OVER_MAX_ERROR
     return 0
 
-
-def _fail(message: str) -> typer.Exit:
-    console.print(message, soft_wrap=True, highlight=False, markup=True)
-    return typer.Exit(1)

@@ -19,12 +19,10 @@ from registry.deps import (
     SettingsDep,
     StoreDep,
 )
-from registry.downloads import blob_response
-from registry.errors import FileNotFound
+from registry.downloads import file_response
 from registry.models import service
 from registry.models.repository import ModelRepository
 from registry.models.schemas import ModelCreate, ModelOut
-from registry.names import check_filename
 from registry.schemas import FileOut, PageOut
 from registry.tables import Model, ModelFile, ModelKind
 from registry.uploads.flow import store_upload
@@ -98,10 +96,5 @@ def delete_model(model: str, session: SessionDep, _: AdminToken) -> Response:
 @router.get("/{model}/files/{filename:path}")
 def download_model_file(model: str, filename: str, session: SessionDep, store: StoreDep,
                         _: ReadToken) -> StreamingResponse:
-    check_filename(filename)
     found = service.get_model(session, model)
-    file = next((f for f in found.files if f.filename == filename), None)
-    if file is None:
-        raise FileNotFound(f"model {found.name!r} has no file {filename!r}; it has "
-                           f"{[f.filename for f in found.files]}")
-    return blob_response(store, file.sha256, file.size, filename)
+    return file_response(store, found.files, filename, f"model {found.name!r}")

@@ -9,8 +9,8 @@ from enum import StrEnum
 from compress.bitdelta_format import CONFIG_FILE, DELTA_INDEX, DELTA_STEM, REPORT_FILE
 from compress.errors import PickleRefused
 from compress.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from compress.tensorfile import PICKLE_SUFFIXES, pickle_refusal
-from registry.errors import UnsupportedFile
+from compress.tensorfile import refuse_pickle_name
+from registry.errors import UnsupportedFile, from_codec_error
 from registry.names import check_filename
 from registry.settings import Settings
 from registry.tables import AdapterKind
@@ -77,6 +77,7 @@ def adapter_file_rule(kind: AdapterKind, filename: str, settings: Settings) -> F
 
 
 def _refuse_pickle(filename: str) -> None:
-    if filename.lower().endswith(PICKLE_SUFFIXES):
-        error: PickleRefused = pickle_refusal(filename, "named like a pickle checkpoint")
-        raise UnsupportedFile(error.detail, name="PickleRefused")
+    try:
+        refuse_pickle_name(filename)
+    except PickleRefused as exc:
+        raise from_codec_error(exc) from exc
