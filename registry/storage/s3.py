@@ -46,6 +46,7 @@ from registry.storage.base import (
     check_range,
     new_staging_key,
 )
+from registry.storage.s3_writer import S3StagingWriter, abort_multipart
 
 # The boto3 S3 client. Typed as Any because boto3 ships no annotations; with
 # boto3-stubs[s3] installed this becomes mypy_boto3_s3.S3Client.
@@ -158,7 +159,7 @@ class S3BlobStore(BlobStore):
             raise StorageError(f"s3: {op} {where}: {exc}{_hint('', exc)}") from exc
 
     def start_upload(self) -> StagingWriter:
-        return _S3Writer(self, new_staging_key())
+        return S3StagingWriter(self, new_staging_key())
 
     def commit(self, staged: StagedObject, sha256: str) -> None:
         if not staged.key.startswith(STAGING_PREFIX):
@@ -277,7 +278,7 @@ class S3BlobStore(BlobStore):
             for page in pages:
                 for upload in page.get("Uploads", []):
                     if upload["Initiated"] < older_than:
-                        _abort_multipart(self, upload["Key"], upload["UploadId"])
+                        abort_multipart(self, upload["Key"], upload["UploadId"])
                         aborted += 1
         return aborted
 
@@ -297,15 +298,6 @@ class S3BlobStore(BlobStore):
         with self.errors("check write", probe):
             self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
             self.client.delete_object(Bucket=self.bucket, Key=probe)
-
-
-def _abort_multipart(store: S3BlobStore, full: str, upload_id: str) -> None:
-    with store.errors("abort", full):
-        try:
-            store.client.abort_multipart_upload(Bucket=store.bucket, Key=full, UploadId=upload_id)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                raise  # NoSuchUpload: someone (gc, a retry) aborted it already
 
 
 class _BodyChunks(Iterator[bytes]):
@@ -335,90 +327,3 @@ class _BodyChunks(Iterator[bytes]):
 
     def __del__(self) -> None:
         self.close()
-
-
-class _S3Writer(StagingWriter):
-    """Buffers one part at a time; a write smaller than a part becomes one PutObject."""
-
-    def __init__(self, store: S3BlobStore, key: str) -> None:
-        self._store = store
-        self._key = key
-        self._full = store.full_key(key)
-        self._buffer = bytearray()
-        self._size = 0
-        self._upload_id: str | None = None
-        self._parts: list[dict[str, Any]] = []
-        self._may_exist = False  # an object may have been created under the key
-        self._closed = False
-        self._staged: StagedObject | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self._staged is not None
-
-    def write(self, data: bytes) -> None:
-        if self._closed:
-            raise ValueError("write to an upload that is already finished or aborted")
-        self._buffer += data
-        self._size += len(data)
-        part = self._store.part_bytes
-        while len(self._buffer) >= part:
-            self._upload_part(bytes(self._buffer[:part]))
-            del self._buffer[:part]
-
-    def _upload_part(self, body: bytes) -> None:
-        client, bucket = self._store.client, self._store.bucket
-        with self._store.errors("upload", self._full):
-            if self._upload_id is None:
-                created = client.create_multipart_upload(Bucket=bucket, Key=self._full)
-                self._upload_id = created["UploadId"]
-            number = len(self._parts) + 1
-            response = client.upload_part(
-                Bucket=bucket,
-                Key=self._full,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=body,
-            )
-        part = {"PartNumber": number, "ETag": response["ETag"]}
-        # When botocore sent a checksum with the part, completing must repeat it.
-        part.update({k: v for k, v in response.items() if k.startswith("Checksum") and v})
-        self._parts.append(part)
-
-    def finish(self) -> StagedObject:
-        if self._staged is not None:
-            return self._staged
-        if self._closed:
-            raise ValueError("finish of an upload that was aborted")
-        client, bucket = self._store.client, self._store.bucket
-        if self._upload_id is None:
-            self._may_exist = True
-            with self._store.errors("upload", self._full):
-                client.put_object(Bucket=bucket, Key=self._full, Body=bytes(self._buffer))
-        else:
-            if self._buffer:
-                self._upload_part(bytes(self._buffer))
-            self._may_exist = True
-            with self._store.errors("complete upload", self._full):
-                client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=self._full,
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": self._parts},
-                )
-            self._upload_id = None
-        self._buffer = bytearray()
-        self._closed = True
-        self._staged = StagedObject(key=self._key, size=self._size)
-        return self._staged
-
-    def abort(self) -> None:
-        self._closed = True
-        self._buffer = bytearray()
-        if self._upload_id is not None:
-            _abort_multipart(self._store, self._full, self._upload_id)
-            self._upload_id = None
-        if self._may_exist:
-            with self._store.errors("delete", self._full):
-                self._store.client.delete_object(Bucket=self._store.bucket, Key=self._full)
-            self._may_exist = False

@@ -1,0 +1,112 @@
+"""The staging write of an S3 upload: parts streamed as a multipart upload.
+
+A body smaller than one part becomes a single PutObject at finish; an abort removes
+whatever was created (the multipart upload, or the put object).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
+
+from registry.storage.base import StagedObject, StagingWriter
+
+if TYPE_CHECKING:
+    from registry.storage.s3 import S3BlobStore
+
+
+def abort_multipart(store: S3BlobStore, full: str, upload_id: str) -> None:
+    with store.errors("abort", full):
+        try:
+            store.client.abort_multipart_upload(Bucket=store.bucket, Key=full, UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise  # NoSuchUpload: someone (gc, a retry) aborted it already
+
+
+class S3StagingWriter(StagingWriter):
+    """Buffers one part at a time; a write smaller than a part becomes one PutObject."""
+
+    def __init__(self, store: S3BlobStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._full = store.full_key(key)
+        self._buffer = bytearray()
+        self._size = 0
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._may_exist = False  # an object may have been created under the key
+        self._closed = False
+        self._staged: StagedObject | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._staged is not None
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise ValueError("write to an upload that is already finished or aborted")
+        self._buffer += data
+        self._size += len(data)
+        part = self._store.part_bytes
+        while len(self._buffer) >= part:
+            self._upload_part(bytes(self._buffer[:part]))
+            del self._buffer[:part]
+
+    def _upload_part(self, body: bytes) -> None:
+        client, bucket = self._store.client, self._store.bucket
+        with self._store.errors("upload", self._full):
+            if self._upload_id is None:
+                created = client.create_multipart_upload(Bucket=bucket, Key=self._full)
+                self._upload_id = created["UploadId"]
+            number = len(self._parts) + 1
+            response = client.upload_part(
+                Bucket=bucket,
+                Key=self._full,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=body,
+            )
+        part = {"PartNumber": number, "ETag": response["ETag"]}
+        # When botocore sent a checksum with the part, completing must repeat it.
+        part.update({k: v for k, v in response.items() if k.startswith("Checksum") and v})
+        self._parts.append(part)
+
+    def finish(self) -> StagedObject:
+        if self._staged is not None:
+            return self._staged
+        if self._closed:
+            raise ValueError("finish of an upload that was aborted")
+        client, bucket = self._store.client, self._store.bucket
+        if self._upload_id is None:
+            self._may_exist = True
+            with self._store.errors("upload", self._full):
+                client.put_object(Bucket=bucket, Key=self._full, Body=bytes(self._buffer))
+        else:
+            if self._buffer:
+                self._upload_part(bytes(self._buffer))
+            self._may_exist = True
+            with self._store.errors("complete upload", self._full):
+                client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=self._full,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
+            self._upload_id = None
+        self._buffer = bytearray()
+        self._closed = True
+        self._staged = StagedObject(key=self._key, size=self._size)
+        return self._staged
+
+    def abort(self) -> None:
+        self._closed = True
+        self._buffer = bytearray()
+        if self._upload_id is not None:
+            abort_multipart(self._store, self._full, self._upload_id)
+            self._upload_id = None
+        if self._may_exist:
+            with self._store.errors("delete", self._full):
+                self._store.client.delete_object(Bucket=self._store.bucket, Key=self._full)
+            self._may_exist = False
