@@ -9,6 +9,7 @@ tensor however large the model.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -200,9 +201,12 @@ def atomic_output_dir(out: Path) -> Iterator[Path]:
 
 
 def fsync_path(path: Path) -> None:
-    """fsync a file or a directory by path."""
+    """fsync a file, or a directory (making a rename or create in it durable), by path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # some file systems cannot fsync a directory
+            raise
     finally:
         os.close(fd)

@@ -19,10 +19,9 @@ from compress.bitdelta_format import ScaleMode
 from compress.bitdelta_report import GB, BitDeltaReport
 from compress.errors import CodecError
 from compress.merge import merge_bitdelta
-from compress.targets import DEFAULT_TARGET_MODULES, TargetSpec
 from registry.cli.console import byte_progress, codec_failure, print_table
+from registry.cli.options import Device, TargetRegex, Targets, resolve_targets
 
-Device = Annotated[str, typer.Option(help="where the arithmetic runs: cpu, cuda, cuda:1, ...")]
 MaxShardGB = Annotated[float, typer.Option(help="start a new shard past this size (GB)")]
 
 
@@ -32,12 +31,8 @@ def bitdelta(
     output: Annotated[Path, typer.Option("--output", "-o", help="new delta directory")],
     scale: Annotated[ScaleMode, typer.Option(
         help="one α per output row, or per matrix (the paper's choice)")] = ScaleMode.ROW,
-    target: Annotated[list[str] | None, typer.Option(
-        help="module name to compress (repeat); default: the attention and MLP projections",
-        show_default=False)] = None,
-    target_regex: Annotated[str | None, typer.Option(
-        help="compress modules whose full name matches this regular expression instead",
-        show_default=False)] = None,
+    target: Targets = None,
+    target_regex: TargetRegex = None,
     device: Device = "cpu",
     max_shard_gb: MaxShardGB = 5.0,
     workers: Annotated[int | None, typer.Option(
@@ -45,9 +40,7 @@ def bitdelta(
         show_default=False)] = None,
 ) -> None:
     """Compress FINETUNE into a 1-bit BitDelta delta over BASE."""
-    if target and target_regex:
-        raise typer.BadParameter("give --target or --target-regex, not both")
-    targets: TargetSpec = target_regex or target or DEFAULT_TARGET_MODULES
+    targets = resolve_targets(target, target_regex)
     try:
         with byte_progress("compressing") as progress:
             report = compress_bitdelta(base, finetune, output, scale=scale, targets=targets,

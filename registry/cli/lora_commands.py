@@ -25,8 +25,8 @@ from compress.lora_report import (
     LoraReport,
     ModuleResult,
 )
-from compress.targets import DEFAULT_TARGET_MODULES, TargetSpec
 from registry.cli.console import byte_progress, codec_failure, console, print_table, stdout
+from registry.cli.options import TargetRegex, Targets, resolve_targets
 
 
 class FactorDtypeChoice(StrEnum):
@@ -52,12 +52,8 @@ def extract_lora_command(
         show_default=False)] = None,
     save_modules: Annotated[bool, typer.Option(
         help="carry changed norms, embeddings and lm_head through modules_to_save")] = False,
-    target: Annotated[list[str] | None, typer.Option(
-        help="module name to adapt (repeat); default: the attention and MLP projections",
-        show_default=False)] = None,
-    target_regex: Annotated[str | None, typer.Option(
-        help="adapt modules whose full name matches this regular expression instead",
-        show_default=False)] = None,
+    target: Targets = None,
+    target_regex: TargetRegex = None,
     dtype: Annotated[FactorDtypeChoice, typer.Option(
         help="dtype of lora_A/lora_B")] = FactorDtypeChoice.float32,
     base_name: Annotated[str | None, typer.Option(
@@ -67,9 +63,7 @@ def extract_lora_command(
     seed: Annotated[int, typer.Option(help="seed of the randomized SVD")] = 0,
 ) -> None:
     """Distill FINETUNE into a PEFT LoRA adapter over BASE (randomized truncated SVD)."""
-    if target and target_regex:
-        raise typer.BadParameter("give --target or --target-regex, not both")
-    targets: TargetSpec = target_regex or target or DEFAULT_TARGET_MODULES
+    targets = resolve_targets(target, target_regex)
     try:
         with byte_progress("extracting LoRA") as progress:
             report = extract_lora(

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from compress.writer import fsync_path
 from registry.storage.base import (
     READ_CHUNK_BYTES,
     STAGING_PREFIX,
@@ -44,18 +45,6 @@ def _os_error(op: str, path: Path, exc: OSError) -> StorageError:
     hint = _HINTS.get(exc.errno or 0, "")
     reason = exc.strerror or str(exc)
     return StorageError(f"local storage: cannot {op} {path}: {reason}{'; ' + hint if hint else ''}")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or create in `path` durable (the entry lives in the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:  # some file systems cannot fsync a directory
-            raise
-    finally:
-        os.close(fd)
 
 
 class LocalBlobStore(BlobStore):
@@ -90,7 +79,7 @@ class LocalBlobStore(BlobStore):
                 os.utime(dest)  # exists already: refresh its age for gc (see BlobStore.commit)
             except FileNotFoundError:
                 src.replace(dest)  # rename(2): atomic within the file system
-                _fsync_dir(dest.parent)
+                fsync_path(dest.parent)
             else:
                 src.unlink(missing_ok=True)
         except FileNotFoundError as exc:
@@ -248,7 +237,7 @@ class _LocalWriter(StagingWriter):
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            _fsync_dir(self._path.parent)
+            fsync_path(self._path.parent)
         except OSError as exc:
             raise _os_error("write", self._path, exc) from exc
         self._staged = StagedObject(key=self._key, size=self._size)
