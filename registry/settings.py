@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = "deltahub-data"
@@ -31,6 +33,25 @@ class Settings(BaseSettings):
     MAX_REQUEST_BYTES: int = Field(default=2**20, gt=0)  # any other request body (JSON)
     MAX_PAGE_SIZE: int = Field(default=100, gt=0)
     DEFAULT_PAGE_SIZE: int = Field(default=20, gt=0)
+    # A safetensors header is JSON describing the tensors (Llama-2-70B's largest shard
+    # has ~100 KB); anything far beyond that is an attack on memory, not a model.
+    MAX_HEADER_BYTES: int = Field(default=8 * 2**20, gt=0)
+    MAX_JSON_DEPTH: int = Field(default=64, gt=0)  # nesting of any JSON a client sends
+    # A pushed report.json is kept (as the adapter's quality) only up to this size.
+    MAX_REPORT_BYTES: int = Field(default=256 * 2**10, gt=0)
+    # An upload that sends no byte for this long is cut off (408) and its staging removed.
+    UPLOAD_IDLE_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
+
+    # Database concurrency. Each request runs its SQL in one worker thread holding one
+    # pooled connection; these bound how many do at once, and the pool is sized to fit
+    # them, so a request never waits on the pool. SQLite allows one writer at a time.
+    DB_READERS: int = Field(default=16, gt=0)
+    DB_WRITERS: int = Field(default=4, gt=0)  # always 1 on SQLite
+    # How long a request may wait for its turn at the database, and how long a statement
+    # may wait on a lock (SQLite busy timeout, PostgreSQL lock_timeout), before a 503.
+    DB_QUEUE_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
+    DB_LOCK_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+    RETRY_AFTER_SECONDS: int = Field(default=2, gt=0)  # sent with every 503
 
     # Staging leftovers and unreferenced blobs younger than this are never collected,
     # so an upload in flight cannot lose its object to a concurrent collection.
@@ -38,6 +59,14 @@ class Settings(BaseSettings):
 
     HOST: str = "127.0.0.1"
     PORT: int = 8000
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.DEFAULT_PAGE_SIZE > self.MAX_PAGE_SIZE:
+            raise ValueError(
+                f"DELTAHUB_DEFAULT_PAGE_SIZE ({self.DEFAULT_PAGE_SIZE}) is over "
+                f"DELTAHUB_MAX_PAGE_SIZE ({self.MAX_PAGE_SIZE}); lower it or raise the cap")
+        return self
 
 
 @lru_cache
