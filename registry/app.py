@@ -56,7 +56,7 @@ def _error(status: int, name: str, detail: str, **extra: Any) -> JSONResponse:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers())
 
     @app.exception_handler(CodecError)
     async def codec_error(_: Request, exc: CodecError) -> JSONResponse:

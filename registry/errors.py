@@ -23,6 +23,9 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": self.name, "detail": self.detail, **self.extra}
 
+    def headers(self) -> dict[str, str]:
+        return {}
+
 
 class Unauthorized(APIError):
     status_code = 401
@@ -72,6 +75,12 @@ class HasDependents(Conflict):
     pass
 
 
+class RequestTimeout(APIError):
+    """The client stopped sending the body it announced."""
+
+    status_code = 408
+
+
 class PayloadTooLarge(APIError):
     status_code = 413
 
@@ -112,8 +121,30 @@ class InvalidPageToken(Unprocessable):
     pass
 
 
-class StorageUnavailable(APIError):
+class Unavailable(APIError):
+    """Busy or down for now: the client should retry after `Retry-After` seconds."""
+
     status_code = 503
+
+    def __init__(self, detail: str, *, retry_after_seconds: int = 2, name: str | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail, name=name, **extra)
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class DatabaseBusy(Unavailable):
+    pass
+
+
+class DatabaseUnavailable(Unavailable):
+    pass
+
+
+class StorageUnavailable(Unavailable):
+    pass
 
 
 def from_codec_error(exc: CodecError) -> APIError:
