@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from sqlalchemy.orm import Session, sessionmaker
 
 from registry.auth.service import authenticate
 from registry.auth.tokens import Scope
-from registry.db import unit_of_work
+from registry.database import Database
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import Token
@@ -21,15 +19,9 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _session_factory(request: Request) -> sessionmaker[Session]:
-    factory: sessionmaker[Session] = request.app.state.session_factory
-    return factory
-
-
-def _session(request: Request) -> Iterator[Session]:
-    """The request's session: commits when the endpoint succeeds, rolls back otherwise."""
-    with unit_of_work(_session_factory(request)) as session:
-        yield session
+def _database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
 
 
 def _store(request: Request) -> BlobStore:
@@ -38,13 +30,10 @@ def _store(request: Request) -> BlobStore:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-# scope="function": commit when the endpoint returns, BEFORE the response is sent. With
-# the default ("request") the commit runs after the client already has its 201, so a
-# client's next request can miss the row, and a failed commit would follow a success.
-SessionDep = Annotated[Session, Depends(_session, scope="function")]
-# For endpoints that stream large bodies: they run several short transactions of their
-# own rather than hold one open (and, on SQLite, the write lock) for the whole upload.
-SessionFactoryDep = Annotated[sessionmaker[Session], Depends(_session_factory)]
+# Endpoints run their SQL through `await db.read(fn)` / `await db.write(fn)`: one
+# transaction in one worker thread, committed there before the response is sent
+# (registry/database.py says why that matters under load).
+DatabaseDep = Annotated[Database, Depends(_database)]
 StoreDep = Annotated[BlobStore, Depends(_store)]
 
 
@@ -54,14 +43,14 @@ class RequireScope:
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
 
-    def __call__(
+    async def __call__(
         self, request: Request,
         authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     ) -> Token:
-        # Its own short transaction, so that the check never holds one open during
-        # a streamed upload.
-        with unit_of_work(_session_factory(request)) as session:
-            return authenticate(session, authorization, self.scope)
+        # A read transaction of its own: checking a token never takes a write lock, and
+        # never holds a transaction open during a streamed upload.
+        return await _database(request).read(
+            lambda session: authenticate(session, authorization, self.scope))
 
 
 ReadToken = Annotated[Token, Depends(RequireScope(Scope.READ))]

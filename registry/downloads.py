@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from registry.errors import FileNotFound
 from registry.names import check_filename
@@ -12,22 +14,36 @@ from registry.storage.base import BlobStore
 from registry.tables import AdapterFile, ModelFile
 
 
-def file_response(store: BlobStore, files: Sequence[ModelFile | AdapterFile], filename: str,
-                  owner: str) -> StreamingResponse:
-    """Stream `filename` of a model or adapter (`owner` names it in the 404)."""
+@dataclass(frozen=True)
+class StoredFile:
+    filename: str
+    sha256: str
+    size: int
+
+
+def find_file(files: Sequence[ModelFile | AdapterFile], filename: str,
+              owner: str) -> StoredFile:
+    """`filename` among a model's or adapter's files (`owner` names it in the 404)."""
     check_filename(filename)
     file = next((f for f in files if f.filename == filename), None)
     if file is None:
         raise FileNotFound(f"{owner} has no file {filename!r}; it has "
                            f"{[f.filename for f in files]}")
-    return blob_response(store, file.sha256, file.size, filename)
+    return StoredFile(file.filename, file.sha256, file.size)
 
 
-def blob_response(store: BlobStore, sha256: str, size: int, filename: str) -> StreamingResponse:
+async def file_response(store: BlobStore, file: StoredFile) -> StreamingResponse:
+    # Opening the blob may be a network round trip (S3): not on the event loop.
+    chunks = await run_in_threadpool(store.read, file.sha256)
+    return blob_response(chunks, file.sha256, file.size, file.filename)
+
+
+def blob_response(chunks: Iterator[bytes], sha256: str, size: int,
+                  filename: str) -> StreamingResponse:
     # A sync iterator: Starlette pulls it in a worker thread, so a slow S3 read does
     # not block the event loop.
     return StreamingResponse(
-        store.read(sha256),
+        chunks,
         media_type="application/octet-stream",
         headers={
             "Content-Length": str(size),

@@ -75,6 +75,10 @@ class HasDependents(Conflict):
     pass
 
 
+class LastAdminToken(Conflict):
+    pass
+
+
 class RequestTimeout(APIError):
     """The client stopped sending the body it announced."""
 

@@ -10,12 +10,34 @@ import re
 
 from registry.errors import InvalidFilename, InvalidName
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+# Matched with fullmatch: `$` would also accept a trailing newline.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+FILENAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}"
+_NAME = re.compile(NAME_PATTERN)
+_FILENAME = re.compile(FILENAME_PATTERN)
+# ASCII digits only: str.isdigit() also accepts '²' and '١', which int() then rejects
+# or reads as another number.
+_ID = re.compile(r"[0-9]+")
+# Ids are 32-bit integer columns; a larger number cannot be one (and PostgreSQL would
+# refuse to compare with it rather than find nothing).
+MAX_ID = 2**31 - 1
+
+
+def is_id(value: str) -> bool:
+    """Whether a reference is an id (ASCII digits) rather than a name."""
+    return _ID.fullmatch(value) is not None
+
+
+def parse_id(value: str) -> int | None:
+    """The id `value` spells, or None when it is not a number any row can have."""
+    if not is_id(value):
+        return None
+    number = int(value)
+    return number if 0 < number <= MAX_ID else None
 
 
 def check_name(value: str, what: str = "name") -> str:
-    if not _NAME.match(value) or ".." in value or value.isdigit():
+    if not _NAME.fullmatch(value) or ".." in value or is_id(value):
         raise InvalidName(
             f"{what} {value!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, without '..', and not only digits "
@@ -25,7 +47,7 @@ def check_name(value: str, what: str = "name") -> str:
 
 
 def check_filename(value: str) -> str:
-    if not _FILENAME.match(value) or ".." in value:
+    if not _FILENAME.fullmatch(value) or ".." in value:
         raise InvalidFilename(
             f"file name {value!r} is not allowed: a plain file name of letters, digits, '.', "
             "'_' or '-' (no directories, '..', backslashes, '%' escapes or control characters), "

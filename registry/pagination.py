@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from registry.errors import InvalidPageToken, InvalidRequest
+from registry.names import MAX_ID
 
 T = TypeVar("T")
+# Ours are ~60 characters; anything much longer was not issued here.
+_MAX_TOKEN_CHARS = 256
+_NOT_OURS = ("page_token is not one this server issued; pass the next_page_token of the "
+             "previous page unchanged")
 
 
 @dataclass(frozen=True)
@@ -38,14 +43,16 @@ def encode_cursor(last_id: int, filters: Mapping[str, object]) -> str:
 def decode_cursor(token: str, filters: Mapping[str, object]) -> int:
     try:
         padded = token + "=" * (-len(token) % 4)
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise ValueError("too long")
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         last_id, fingerprint = data["id"], data["f"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidPageToken(
-            "page_token is not one this server issued; pass the next_page_token of the "
-            "previous page unchanged"
-        ) from exc
-    if not isinstance(last_id, int) or fingerprint != filters_fingerprint(filters):
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise InvalidPageToken(_NOT_OURS) from exc
+    # bool is an int to Python, and an id past the column's range is no id at all.
+    if type(last_id) is not int or not 0 < last_id <= MAX_ID or type(fingerprint) is not str:
+        raise InvalidPageToken(_NOT_OURS)
+    if fingerprint != filters_fingerprint(filters):
         raise InvalidPageToken(
             "page_token belongs to a query with other filters; repeat the same filters "
             "or start again without a page_token"

@@ -116,8 +116,10 @@ def store(tmp_path: Path) -> LocalBlobStore:
 
 
 @pytest.fixture
-def app(settings: Settings, store: LocalBlobStore, engine: Engine) -> FastAPI:
-    return create_app(settings, store=store, engine=engine)
+def app(settings: Settings, store: LocalBlobStore) -> Iterator[FastAPI]:
+    app = create_app(settings, store=store)
+    yield app
+    app.state.database.dispose()
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""HTTP for adapters: push (create, upload files, finalize), list, get, pull, alias, delete."""
+"""HTTP for adapters: push (create, upload files, finalize), list, get, pull, alias, delete.
+
+Each handler hands one function to `db.read` / `db.write`: the whole transaction runs
+in one worker thread and commits there, before the response is sent.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from registry.adapters import service
 from registry.adapters.schemas import AdapterCreate, AdapterOut
-from registry.db import unit_of_work
-from registry.deps import (
-    AdminToken,
-    PushToken,
-    ReadToken,
-    SessionDep,
-    SessionFactoryDep,
-    SettingsDep,
-    StoreDep,
-)
-from registry.downloads import file_response
+from registry.deps import AdminToken, DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
+from registry.downloads import StoredFile, file_response, find_file
 from registry.models.repository import ModelRepository
 from registry.names import check_filename
 from registry.schemas import FileOut, PageOut
@@ -34,86 +28,104 @@ from registry.uploads.rules import adapter_file_rule
 router = APIRouter(prefix="/adapters", tags=["adapters"])
 
 
-def _outs(session: Session, adapters: list[Adapter]) -> list[AdapterOut]:
+def _outs(session: Session, adapters: list[Adapter], summary: bool = False) -> list[AdapterOut]:
     ids = {a.base_id for a in adapters} | {a.source_model_id for a in adapters
                                            if a.source_model_id}
     names = ModelRepository(session).names_of(ids)
-    return [AdapterOut.of(a, names) for a in adapters]
+    return [AdapterOut.of(a, names, summary=summary) for a in adapters]
+
+
+def _out(session: Session, adapter: Adapter) -> AdapterOut:
+    return _outs(session, [adapter])[0]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_adapter(body: AdapterCreate, session: SessionDep, _: PushToken) -> AdapterOut:
+async def create_adapter(body: AdapterCreate, db: DatabaseDep, _: PushToken) -> AdapterOut:
     """Start a push: then upload files to `/adapters/{id}/files/...` and finalize."""
-    adapter = service.create_adapter(session, body.name, body.base, AdapterKind(body.kind),
-                                     body.source_model)
-    return _outs(session, [service.get_adapter(session, str(adapter.id))])[0]
+    def create(session: Session) -> AdapterOut:
+        adapter = service.create_adapter(session, body.name, body.base,
+                                         AdapterKind(body.kind), body.source_model)
+        return _out(session, service.get_adapter(session, str(adapter.id)))
+
+    return await db.write(create)
 
 
 @router.get("")
-def list_adapters(
-    session: SessionDep, settings: SettingsDep, _: ReadToken,
+async def list_adapters(
+    db: DatabaseDep, settings: SettingsDep, _: ReadToken,
     base: str | None = None, kind: Literal["lora", "bitdelta"] | None = None,
     name: str | None = None, alias: str | None = None,
     limit: Annotated[int | None, Query(description="page size (capped)")] = None,
     page_token: str | None = None,
 ) -> PageOut[AdapterOut]:
-    page = service.list_adapters(session, settings, base=base,
-                                 kind=AdapterKind(kind) if kind else None, name=name,
-                                 alias=alias, limit=limit, page_token=page_token)
-    return PageOut(items=_outs(session, page.items), next_page_token=page.next_page_token)
+    """Newest first. Each item's `quality` is a summary; the adapter's own route has it all."""
+    def page(session: Session) -> PageOut[AdapterOut]:
+        found = service.list_adapters(session, settings, base=base,
+                                      kind=AdapterKind(kind) if kind else None, name=name,
+                                      alias=alias, limit=limit, page_token=page_token)
+        return PageOut(items=_outs(session, found.items, summary=True),
+                       next_page_token=found.next_page_token)
+
+    return await db.read(page)
 
 
 @router.get("/{ref}")
-def get_adapter(ref: str, session: SessionDep, _: ReadToken) -> AdapterOut:
-    return _outs(session, [service.get_adapter(session, ref)])[0]
+async def get_adapter(ref: str, db: DatabaseDep, _: ReadToken) -> AdapterOut:
+    return await db.read(lambda session: _out(session, service.get_adapter(session, ref)))
 
 
 @router.put("/{ref}/files/{filename:path}", status_code=status.HTTP_201_CREATED)
 async def upload_adapter_file(ref: str, filename: str, request: Request, store: StoreDep,
-                              factory: SessionFactoryDep, settings: SettingsDep,
-                              _: PushToken) -> FileOut:
+                              db: DatabaseDep, settings: SettingsDep,
+                              token: PushToken) -> FileOut:
     check_filename(filename)
 
-    def check_pending() -> tuple[int, AdapterKind]:
-        with unit_of_work(factory) as session:
-            adapter = service.pending_adapter(session, ref)
-            return adapter.id, adapter.kind
+    def pending(session: Session) -> tuple[int, AdapterKind]:
+        adapter = service.pending_adapter(session, ref)
+        return adapter.id, adapter.kind
 
-    adapter_id, kind = await run_in_threadpool(check_pending)
+    adapter_id, kind = await db.read(pending)
     rule = adapter_file_rule(kind, filename, settings)
 
     def record(session: Session, result: UploadResult) -> AdapterFile:
         service.pending_adapter(session, str(adapter_id))  # still pending, under a row lock
         return record_file(session, AdapterFile, "adapter_id", adapter_id, filename, result)
 
-    result = await store_upload(request, store, factory, filename, rule, record)
+    result = await store_upload(request, store, db, filename, rule, record, token=token,
+                                idle_timeout_s=settings.UPLOAD_IDLE_TIMEOUT_SECONDS)
     return FileOut(filename=filename, sha256=result.sha256, size=result.size)
 
 
 @router.post("/{ref}/finalize", responses={200: {"model": AdapterOut}, 201: {"model": AdapterOut}})
-def finalize_adapter(ref: str, session: SessionDep, store: StoreDep,
-                     _: PushToken) -> JSONResponse:
+async def finalize_adapter(ref: str, db: DatabaseDep, store: StoreDep, settings: SettingsDep,
+                           _: PushToken) -> JSONResponse:
     """201 with a new version, or 200 with the existing version of identical content."""
-    adapter, created = service.finalize_adapter(session, store, ref)
-    body = _outs(session, [adapter])[0]
+    def finalize(session: Session) -> tuple[AdapterOut, bool]:
+        adapter, created = service.finalize_adapter(session, store, settings, ref)
+        return _out(session, adapter), created
+
+    body, created = await db.write(finalize)
     return JSONResponse(body.model_dump(mode="json"),
                         status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 @router.get("/{ref}/files/{filename:path}")
-def download_adapter_file(ref: str, filename: str, session: SessionDep, store: StoreDep,
-                          _: ReadToken) -> StreamingResponse:
-    adapter = service.get_adapter(session, ref)
-    return file_response(store, adapter.files, filename,
-                         f"adapter {adapter.name}@{adapter.version}")
+async def download_adapter_file(ref: str, filename: str, db: DatabaseDep, store: StoreDep,
+                                _: ReadToken) -> StreamingResponse:
+    def locate(session: Session) -> StoredFile:
+        adapter = service.get_adapter(session, ref)
+        return find_file(adapter.files, filename, f"adapter {adapter.name}@{adapter.version}")
+
+    return await file_response(store, await db.read(locate))
 
 
 @router.put("/{ref}/aliases/{alias}")
-def set_alias(ref: str, alias: str, session: SessionDep, _: PushToken) -> AdapterOut:
-    return _outs(session, [service.set_alias(session, ref, alias)])[0]
+async def set_alias(ref: str, alias: str, db: DatabaseDep, _: PushToken) -> AdapterOut:
+    return await db.write(
+        lambda session: _out(session, service.set_alias(session, ref, alias)))
 
 
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_adapter(ref: str, session: SessionDep, _: AdminToken) -> Response:
-    service.delete_adapter(session, ref)
+async def delete_adapter(ref: str, db: DatabaseDep, _: AdminToken) -> Response:
+    await db.write(lambda session: service.delete_adapter(session, ref))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

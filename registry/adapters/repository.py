@@ -5,19 +5,23 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
-from registry.tables import Adapter, AdapterAlias, AdapterKind, Status, utcnow
+from registry.tables import Adapter, AdapterAlias, AdapterFile, AdapterKind, Status, utcnow
 
 
 class AdapterRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def _query(self) -> Select[Adapter]:
-        return select(Adapter).options(selectinload(Adapter.files),
-                                       selectinload(Adapter.aliases))
+    def _query(self, full: bool = False) -> Select[Adapter]:
+        # Without `full`, the files' safetensors headers stay unloaded: only finalize
+        # needs them, and a listing would otherwise carry every header of every file.
+        files = selectinload(Adapter.files)
+        if not full:
+            files = files.defer(AdapterFile.header, raiseload=True)
+        return select(Adapter).options(files, selectinload(Adapter.aliases))
 
-    def by_id(self, adapter_id: int, lock: bool = False) -> Adapter | None:
-        query = self._query().where(Adapter.id == adapter_id)
+    def by_id(self, adapter_id: int, lock: bool = False, full: bool = False) -> Adapter | None:
+        query = self._query(full).where(Adapter.id == adapter_id)
         if lock:
             query = query.with_for_update(of=Adapter)
         return self.session.scalars(query).first()

@@ -16,6 +16,17 @@ class AdapterCreate(Schema):
         default=None, description="the full fine-tune this adapter was compressed from, if any")
 
 
+# A listing shows each adapter's headline figures; nested detail (per-tensor or
+# per-module tables) is on the adapter's own route, so pages stay small.
+_SUMMARY_STRING_CHARS = 200
+
+
+def quality_summary(quality: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in quality.items()
+            if v is None or isinstance(v, bool | int | float)
+            or (isinstance(v, str) and len(v) <= _SUMMARY_STRING_CHARS)}
+
+
 class AdapterOut(Schema):
     id: int
     name: str
@@ -27,7 +38,9 @@ class AdapterOut(Schema):
     params: dict[str, Any]
     size_bytes: int
     compression_ratio: float | None
-    quality: dict[str, Any] | None
+    quality: dict[str, Any] | None = Field(
+        description="how much of the fine-tune the adapter keeps; in listings only the "
+                    "top-level figures, in full on GET /adapters/{ref}")
     content_digest: str | None
     aliases: list[str]
     files: list[FileOut]
@@ -35,14 +48,19 @@ class AdapterOut(Schema):
     finalized_at: UTCDateTime | None
 
     @classmethod
-    def of(cls, adapter: Adapter, model_names: dict[int, str]) -> AdapterOut:
+    def of(cls, adapter: Adapter, model_names: dict[int, str],
+           summary: bool = False) -> AdapterOut:
+        """`summary`: quality cut to its top-level figures, as listings show it."""
         source = adapter.source_model_id
+        quality = adapter.quality
+        if summary and quality is not None:
+            quality = quality_summary(quality)
         return cls(
             id=adapter.id, name=adapter.name, version=adapter.version, kind=adapter.kind.value,
             status=adapter.status.value, base=model_names[adapter.base_id],
             source_model=model_names.get(source) if source else None, params=adapter.params,
             size_bytes=adapter.size_bytes, compression_ratio=adapter.compression_ratio,
-            quality=adapter.quality, content_digest=adapter.content_digest,
+            quality=quality, content_digest=adapter.content_digest,
             aliases=[a.alias for a in adapter.aliases],
             files=[FileOut(filename=f.filename, sha256=f.sha256, size=f.size)
                    for f in adapter.files],

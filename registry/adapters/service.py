@@ -20,29 +20,35 @@ from registry.errors import (
 )
 from registry.models.repository import ModelRepository
 from registry.models.service import get_model
-from registry.names import check_name
+from registry.names import check_name, is_id, parse_id
 from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import Adapter, AdapterKind, Model, Status, utcnow
 
 LATEST = "latest"
-_VERSION_REF = re.compile(r"^(?P<name>[^@:]+)@(?P<version>\d+)$")
-_ALIAS_REF = re.compile(r"^(?P<name>[^@:]+):(?P<alias>[^@:]+)$")
+# fullmatch; ASCII digits only (see registry/names.py)
+_VERSION_REF = re.compile(r"(?P<name>[^@:]+)@(?P<version>[0-9]+)")
+_ALIAS_REF = re.compile(r"(?P<name>[^@:]+):(?P<alias>[^@:]+)")
 # Finalize retries when a concurrent push of the same name took the version first.
 _FINALIZE_ATTEMPTS = 5
 
 
-def get_adapter(session: Session, ref: str, lock: bool = False) -> Adapter:
-    """Resolve `<id>`, `<name>@<version>`, `<name>:<alias>` or `<name>` (newest version)."""
+def get_adapter(session: Session, ref: str, lock: bool = False, full: bool = False) -> Adapter:
+    """Resolve `<id>`, `<name>@<version>`, `<name>:<alias>` or `<name>` (newest version).
+
+    `full` loads the files' safetensors headers too (for finalize).
+    """
     repo = AdapterRepository(session)
-    adapter: Adapter | None
-    if ref.isdigit():
-        adapter = repo.by_id(int(ref), lock=lock)
-    elif match := _VERSION_REF.match(ref):
-        adapter = repo.by_version(check_name(match["name"], "adapter name"),
-                                  int(match["version"]))
-    elif match := _ALIAS_REF.match(ref):
+    adapter: Adapter | None = None
+    if is_id(ref):
+        if (adapter_id := parse_id(ref)) is not None:
+            adapter = repo.by_id(adapter_id, lock=lock, full=full)
+    elif match := _VERSION_REF.fullmatch(ref):
+        name = check_name(match["name"], "adapter name")
+        if (version := parse_id(match["version"])) is not None:
+            adapter = repo.by_version(name, version)
+    elif match := _ALIAS_REF.fullmatch(ref):
         adapter = repo.by_alias(check_name(match["name"], "adapter name"),
                                 check_name(match["alias"], "alias"))
     else:
@@ -66,7 +72,7 @@ def create_adapter(session: Session, name: str, base_ref: str, kind: AdapterKind
 
 
 def _ready_model(session: Session, ref: str, role: str) -> Model:
-    if not ref.isdigit():
+    if not is_id(ref):
         check_name(ref, f"{role} name")
     model = ModelRepository(session).by_ref(ref)
     if model is None:
@@ -85,7 +91,8 @@ def pending_adapter(session: Session, ref: str) -> Adapter:
     return adapter
 
 
-def finalize_adapter(session: Session, store: BlobStore, ref: str) -> tuple[Adapter, bool]:
+def finalize_adapter(session: Session, store: BlobStore, settings: Settings,
+                     ref: str) -> tuple[Adapter, bool]:
     """Validate a pushed adapter and give it a version; (adapter, whether it is new).
 
     Identical content under the same name returns the existing version and drops the
@@ -93,14 +100,15 @@ def finalize_adapter(session: Session, store: BlobStore, ref: str) -> tuple[Adap
     constraints on (name, version) and (name, content_digest) are the backstop: a
     loser of a race retries and finds the winner's row.
     """
-    draft = get_adapter(session, ref, lock=True)
+    draft = get_adapter(session, ref, lock=True, full=True)
     if draft.status is Status.READY:
         return draft, False
-    base = ModelRepository(session).by_id(draft.base_id)
+    base = ModelRepository(session).by_id(draft.base_id, full=True)
     assert base is not None  # a draft's base was ready when it was created
     assert base.manifest is not None
     files = {f.filename: f for f in draft.files}
-    contents = inspect_adapter(draft.kind, files, Manifest.from_dict(base.manifest), store)
+    contents = inspect_adapter(draft.kind, files, Manifest.from_dict(base.manifest), store,
+                               settings)
     digest = content_digest(files)
     size = sum(f.size for f in files.values())
     ratio = _compression_ratio(session, draft, base, size)

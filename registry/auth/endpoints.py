@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
+from sqlalchemy.orm import Session
 
 from registry.auth import service
 from registry.auth.schemas import IssuedTokenOut, TokenCreate, TokenOut
-from registry.deps import AdminToken, SessionDep
+from registry.deps import AdminToken, DatabaseDep
+from registry.names import MAX_ID
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_token(body: TokenCreate, session: SessionDep, _: AdminToken) -> IssuedTokenOut:
-    issued = service.create_token(session, body.name, body.scopes)
-    return IssuedTokenOut(**TokenOut.of(issued.token).model_dump(), token=issued.secret)
+async def create_token(body: TokenCreate, db: DatabaseDep, _: AdminToken) -> IssuedTokenOut:
+    def create(session: Session) -> IssuedTokenOut:
+        issued = service.create_token(session, body.name, body.scopes)
+        return IssuedTokenOut(**TokenOut.of(issued.token).model_dump(), token=issued.secret)
+
+    return await db.write(create)
 
 
 @router.get("")
-def list_tokens(session: SessionDep, _: AdminToken) -> list[TokenOut]:
-    return [TokenOut.of(t) for t in service.list_tokens(session)]
+async def list_tokens(db: DatabaseDep, _: AdminToken) -> list[TokenOut]:
+    return await db.read(lambda session: [TokenOut.of(t) for t in service.list_tokens(session)])
 
 
 @router.delete("/{token_id}")
-def revoke_token(token_id: int, session: SessionDep, _: AdminToken) -> TokenOut:
-    return TokenOut.of(service.revoke_token(session, token_id))
+async def revoke_token(token_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+                       db: DatabaseDep, _: AdminToken) -> TokenOut:
+    return await db.write(
+        lambda session: TokenOut.of(service.revoke_token(session, token_id)))

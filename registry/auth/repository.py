@@ -24,5 +24,13 @@ class TokenRepository:
     def all(self) -> list[Token]:
         return list(self.session.scalars(select(Token).order_by(Token.id)))
 
+    def active_admins(self) -> int:
+        # Scopes are a JSON list; the table is small, so count in Python rather than
+        # write a JSON query for each dialect. Locked, so two admins revoking each
+        # other's tokens at once cannot both succeed.
+        rows = self.session.scalars(select(Token).where(Token.revoked_at.is_(None))
+                                    .with_for_update())
+        return sum(1 for t in rows if "admin" in t.scopes)
+
     def count(self) -> int:
         return int(self.session.scalar(select(func.count()).select_from(Token)) or 0)

@@ -16,7 +16,13 @@ from registry.auth.tokens import (
     new_secret,
     parse_scopes,
 )
-from registry.errors import Forbidden, InvalidRequest, TokenNotFound, Unauthorized
+from registry.errors import (
+    Forbidden,
+    InvalidRequest,
+    LastAdminToken,
+    TokenNotFound,
+    Unauthorized,
+)
 from registry.names import check_name
 from registry.tables import Token, utcnow
 
@@ -67,11 +73,25 @@ def authenticate(session: Session, authorization: str | None, needed: Scope) -> 
     return token
 
 
-def revoke_token(session: Session, token_id: int) -> Token:
+def check_not_revoked(session: Session, token_id: int) -> None:
+    """For long requests: the token that started one must still be valid at its end."""
     token = TokenRepository(session).by_id(token_id)
+    if token is None or token.revoked_at is not None:
+        raise Unauthorized("the token was revoked while the request ran; nothing was "
+                           "recorded; ask an admin for a new token")
+
+
+def revoke_token(session: Session, token_id: int) -> Token:
+    repo = TokenRepository(session)
+    token = repo.by_id(token_id)
     if token is None:
         raise TokenNotFound(f"no token with id {token_id}")
     if token.revoked_at is None:
+        if Scope.ADMIN.value in token.scopes and repo.active_admins() <= 1:
+            raise LastAdminToken(
+                f"token {token_id} is the last active admin token; revoking it would lock "
+                "everyone out of administration. Create another admin token first "
+                "(POST /tokens with scopes [\"admin\"])")
         token.revoked_at = utcnow()
     return token
 

@@ -42,7 +42,7 @@ def serve(
                       "once; store it now:[/bold yellow]")
         console.print(f"  [bold]{issued.secret}[/bold]")
         console.print("Create narrower tokens with `deltahub token create --scopes read,push`.")
-    uvicorn.run(create_app(settings, engine=engine), host=host or settings.HOST,
+    uvicorn.run(create_app(settings), host=host or settings.HOST,
                 port=port or settings.PORT, log_level="info")
 
 

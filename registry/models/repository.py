@@ -1,29 +1,43 @@
 from __future__ import annotations
 
 from sqlalchemy import Select, func, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, defer, selectinload
 
-from registry.tables import Adapter, Model, ModelKind
+from registry.names import is_id, parse_id
+from registry.tables import Adapter, Model, ModelFile, ModelKind
 
 
 class ModelRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def _query(self) -> Select[Model]:
-        return select(Model).options(selectinload(Model.files))
+    def _query(self, full: bool = False) -> Select[Model]:
+        if full:
+            return select(Model).options(selectinload(Model.files))
+        return select(Model).options(
+            defer(Model.manifest, raiseload=True),
+            selectinload(Model.files).defer(ModelFile.header, raiseload=True))
 
-    def by_ref(self, ref: str, lock: bool = False) -> Model | None:
-        """A model by id (all digits) or by name; `lock` takes a row lock (PostgreSQL)."""
-        query = self._query()
-        query = query.where(Model.id == int(ref)) if ref.isdigit() else query.where(
-            Model.name == ref)
+    def by_ref(self, ref: str, lock: bool = False, full: bool = False) -> Model | None:
+        """A model by id (ASCII digits) or by name; `lock` takes a row lock (PostgreSQL).
+
+        Without `full`, the manifest and the files' safetensors headers stay unloaded:
+        they can be megabytes, and only finalize needs them.
+        """
+        query = self._query(full)
+        if is_id(ref):
+            model_id = parse_id(ref)
+            if model_id is None:
+                return None
+            query = query.where(Model.id == model_id)
+        else:
+            query = query.where(Model.name == ref)
         if lock:
             query = query.with_for_update()
         return self.session.scalars(query).first()
 
-    def by_id(self, model_id: int) -> Model | None:
-        return self.session.scalars(self._query().where(Model.id == model_id)).first()
+    def by_id(self, model_id: int, full: bool = False) -> Model | None:
+        return self.session.scalars(self._query(full).where(Model.id == model_id)).first()
 
     def name_of(self, model_id: int | None) -> str | None:
         if model_id is None:

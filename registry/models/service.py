@@ -22,7 +22,7 @@ from registry.errors import (
     from_codec_error,
 )
 from registry.models.repository import ModelRepository
-from registry.names import check_name
+from registry.names import check_name, is_id
 from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
 from registry.settings import Settings
 from registry.storage.base import BlobStore
@@ -32,10 +32,11 @@ CONFIG_FILE = "config.json"
 INDEX_SUFFIX = ".safetensors.index.json"
 
 
-def get_model(session: Session, ref: str, lock: bool = False) -> Model:
-    if not ref.isdigit():
+def get_model(session: Session, ref: str, lock: bool = False, full: bool = False) -> Model:
+    """A model by id or name (`full`: with its manifest and safetensors headers)."""
+    if not is_id(ref):
         check_name(ref, "model name")  # before it reaches SQL (PostgreSQL refuses NUL)
-    model = ModelRepository(session).by_ref(ref, lock=lock)
+    model = ModelRepository(session).by_ref(ref, lock=lock, full=full)
     if model is None:
         raise ModelNotFound(f"no model {ref!r}; list models with GET /models")
     return model
@@ -73,7 +74,7 @@ def pending_model(session: Session, ref: str) -> Model:
 
 
 def finalize_model(session: Session, store: BlobStore, ref: str) -> Model:
-    model = get_model(session, ref, lock=True)
+    model = get_model(session, ref, lock=True, full=True)
     if model.status is Status.READY:
         return model  # finalize is idempotent
     manifest = _build_manifest(model, store)
@@ -118,7 +119,7 @@ def _build_manifest(model: Model, store: BlobStore) -> Manifest:
 
 def _check_against_base(session: Session, model: Model, manifest: Manifest) -> None:
     assert model.base_id is not None
-    base = ModelRepository(session).by_id(model.base_id)
+    base = ModelRepository(session).by_id(model.base_id, full=True)
     if base is None or base.status is not Status.READY or base.manifest is None:
         raise NotReady(f"the base of {model.name!r} is not finalized yet; finalize it first")
     problems = shape_mismatches(Manifest.from_dict(base.manifest), manifest)

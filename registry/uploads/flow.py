@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastapi import Request
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from registry.db import unit_of_work
+from registry.auth.service import check_not_revoked
+from registry.database import Database
 from registry.storage.base import BlobStore
+from registry.tables import Token
 from registry.uploads.pipeline import UploadPipeline, UploadResult
 from registry.uploads.receive import check_declared_length, receive_upload
 from registry.uploads.rules import FileRule
@@ -24,23 +26,24 @@ SHA256_HEADER = "x-content-sha256"
 
 
 async def store_upload(
-    request: Request, store: BlobStore, factory: sessionmaker[Session], filename: str,
-    rule: FileRule, record: Callable[[Session, UploadResult], object],
+    request: Request, store: BlobStore, database: Database, filename: str, rule: FileRule,
+    record: Callable[[Session, UploadResult], object], *, token: Token,
+    idle_timeout_s: float | None = None,
 ) -> UploadResult:
     check_declared_length(request, rule.max_bytes, filename)
     expected = request.headers.get(SHA256_HEADER)
     pipeline = await run_in_threadpool(UploadPipeline, store, filename, rule, expected)
-    result = await receive_upload(request, pipeline)
+    result = await receive_upload(request, pipeline, idle_timeout_s=idle_timeout_s)
     try:
         await run_in_threadpool(store.commit, result.staged, result.sha256)
     except BaseException:
         await run_in_threadpool(store.discard, result.staged)
         raise
-    await run_in_threadpool(_record, factory, record, result)
-    return result
 
-
-def _record(factory: sessionmaker[Session], record: Callable[[Session, UploadResult], object],
-            result: UploadResult) -> None:
-    with unit_of_work(factory) as session:
+    def recording(session: Session) -> None:
+        # The upload may have taken minutes: a token revoked meanwhile records nothing.
+        check_not_revoked(session, token.id)
         record(session, result)
+
+    await database.write(recording)
+    return result

@@ -117,7 +117,7 @@ def test_checksum_mismatch_refused(client: TestClient, store: LocalBlobStore, to
 def small_client(settings: Settings, store: LocalBlobStore,
                  engine: Engine) -> Iterator[TestClient]:
     limited = settings.model_copy(update={"MAX_UPLOAD_BYTES": 1000, "MAX_REQUEST_BYTES": 300})
-    with TestClient(create_app(limited, store=store, engine=engine)) as client:
+    with TestClient(create_app(limited, store=store)) as client:
         yield client
 
 

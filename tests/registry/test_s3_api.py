@@ -29,7 +29,7 @@ def s3_settings(settings: Settings, s3_server: S3Server, s3_bucket: str) -> Sett
 
 @pytest.fixture
 def s3_client(s3_settings: Settings, engine: Engine) -> Iterator[TestClient]:
-    with TestClient(create_app(s3_settings, engine=engine)) as client:
+    with TestClient(create_app(s3_settings)) as client:
         yield client
 
 
@@ -66,7 +66,7 @@ def test_unreachable_storage_is_503_and_stores_nothing(
         "STORAGE_URL": "s3://deltahub-test/x", "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
         "S3_ACCESS_KEY_ID": "k", "S3_SECRET_ACCESS_KEY": "s", "S3_MAX_ATTEMPTS": 1,
         "S3_CONNECT_TIMEOUT_SECONDS": 0.5})
-    with TestClient(create_app(dead, engine=engine)) as client:
+    with TestClient(create_app(dead)) as client:
         client.post("/models", json={"name": "m", "kind": "base"}, headers=tokens.push)
         response = client.put("/models/m/files/config.json", content=b"{}", headers=tokens.push)
         assert response.status_code == 503

@@ -1,0 +1,116 @@
+"""One JSON shape for every error: `{"error": "<Name>", "detail": "..."}`.
+
+Whatever goes wrong, a client gets JSON it can parse, with a status that says whose
+problem it is: 4xx for the request, 503 + Retry-After for "busy or down, try again",
+and a JSON 500 (logged with its traceback) only for a bug.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute
+
+from compress.errors import CodecError
+from registry.database import translate_db_error
+from registry.errors import APIError, DatabaseBusy, StorageUnavailable, from_codec_error
+from registry.settings import Settings
+from registry.storage.base import StorageError
+
+log = logging.getLogger("deltahub")
+
+_HTTP_NAMES = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound",
+               405: "MethodNotAllowed", 413: "PayloadTooLarge"}
+
+
+def _error(status: int, name: str, detail: str, headers: dict[str, str] | None = None,
+           **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": name, "detail": detail, **extra}, status_code=status,
+                        headers=headers)
+
+
+def _api_error(error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers())
+
+
+def add_error_handlers(app: FastAPI, settings: Settings) -> None:
+    retry_after = settings.RETRY_AFTER_SECONDS
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return _api_error(exc)
+
+    @app.exception_handler(CodecError)
+    async def codec_error(_: Request, exc: CodecError) -> JSONResponse:
+        return _api_error(from_codec_error(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(422, "ValidationError", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        name = _HTTP_NAMES.get(exc.status_code, "HTTPError")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return _error(exc.status_code, name, str(exc.detail), headers=headers)
+
+    @app.exception_handler(StorageError)
+    async def storage_error(_: Request, exc: StorageError) -> JSONResponse:
+        log.error("storage failure: %s", exc)
+        return _api_error(StorageUnavailable(
+            f"object storage failed ({exc}); nothing was stored, retry later",
+            retry_after_seconds=retry_after))
+
+    @app.exception_handler(PoolTimeout)
+    async def pool_timeout(_: Request, exc: PoolTimeout) -> JSONResponse:
+        return _api_error(DatabaseBusy(
+            f"no database connection came free; retry after {retry_after} s",
+            retry_after_seconds=retry_after))
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        translated = translate_db_error(exc, retry_after)
+        if isinstance(translated, APIError):
+            return _api_error(translated)
+        return await internal_error(request, exc)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A bug: log everything, show nothing of the server's internals.
+        log.exception("unhandled error in %s %s", request.method, request.url.path,
+                      exc_info=exc)
+        return _error(500, "InternalError",
+                      "the server hit an unexpected error; it was logged. Retry, and report "
+                      "it if it persists")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts at this path (Starlette names only the first)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for route in _leaf_routes(request.app.router.routes):
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            methods |= set(route_methods)
+    return sorted(methods)
+
+
+def _leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    for route in routes:
+        # FastAPI wraps included routers; their own routes carry the full paths.
+        included = getattr(route, "original_router", None)
+        yield from _leaf_routes(included.routes) if included is not None else (route,)
