@@ -84,6 +84,11 @@ class RequestTimeout(APIError):
 
     status_code = 408
 
+    def headers(self) -> dict[str, str]:
+        # RFC 9110 §15.5.9: the body was never finished, so the connection cannot be
+        # reused; without this the server keeps reading a stalled socket.
+        return {"Connection": "close"}
+
 
 class PayloadTooLarge(APIError):
     status_code = 413

@@ -33,7 +33,12 @@ READ_CHUNK_BYTES = 1024 * 1024
 
 
 class StorageError(Exception):
-    """The backend failed (unreachable, denied, out of space); the request can be retried."""
+    """The backend failed (unreachable, denied, out of space); the request can be retried.
+
+    The message is shown to clients (the 503 body, /readyz), so it says what failed with
+    at most the store-relative key: never the store's absolute root, the endpoint URL or
+    a credential. Backends log those details and chain the original exception.
+    """
 
 
 class BlobNotFound(StorageError):
@@ -173,7 +178,12 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     def check(self) -> None:
-        """Raise StorageError unless the backend is reachable and writable (for /readyz)."""
+        """Raise StorageError unless the backend is reachable and writable (for /readyz).
+
+        Writing is proved, not assumed: write and remove a tiny probe object under
+        STAGING_PREFIX (so gc removes it if the removal fails), within the backend's
+        usual timeouts.
+        """
 
     def abort_incomplete_uploads(self, older_than: datetime) -> int:
         """Abort uploads started before `older_than` that never finished; return how many.

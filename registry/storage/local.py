@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from compress.writer import fsync_path
 from registry.storage.base import (
+    BLOB_PREFIX,
     READ_CHUNK_BYTES,
     STAGING_PREFIX,
     BlobNotFound,
@@ -32,19 +34,32 @@ from registry.storage.base import (
     new_staging_key,
 )
 
+logger = logging.getLogger(__name__)
+
+_FIX_MODE = "the server process may not write there; fix the directory's owner or mode"
 _HINTS = {
     errno.ENOSPC: "the disk is full; free space or point DELTAHUB_STORAGE_URL at a larger disk",
     errno.EDQUOT: "the disk quota is exhausted; free space or raise the quota",
-    errno.EACCES: "the server process may not write there; fix the directory's owner or mode",
-    errno.EPERM: "the server process may not write there; fix the directory's owner or mode",
-    errno.EROFS: "the file system is mounted read-only",
+    errno.EACCES: _FIX_MODE,
+    errno.EPERM: _FIX_MODE,
+    errno.EROFS: "the file system is mounted read-only; remount it read-write",
+    errno.ENOTDIR: "a file stands where the store keeps a directory; move it away",
 }
 
 
-def _os_error(op: str, path: Path, exc: OSError) -> StorageError:
-    hint = _HINTS.get(exc.errno or 0, "")
-    reason = exc.strerror or str(exc)
-    return StorageError(f"local storage: cannot {op} {path}: {reason}{'; ' + hint if hint else ''}")
+def _os_error(op: str, key: str, path: Path, exc: OSError) -> StorageError:
+    """A StorageError whose message a client may see (the 503 body, /readyz).
+
+    It names the store-relative key and the kind of failure only: the absolute path
+    would tell every client how the server's disk is laid out. The operator gets the
+    full path and error in the log (and in the chained OSError).
+    """
+    logger.warning("local storage: cannot %s %s: %s", op, path, exc)
+    reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    reason = reason[:1].lower() + reason[1:]  # it continues a sentence
+    hint = _HINTS.get(exc.errno or 0)
+    message = f"local storage: cannot {op} {key}: {reason}"
+    return StorageError(f"{message}; {hint}" if hint else message)
 
 
 class LocalBlobStore(BlobStore):
@@ -55,7 +70,7 @@ class LocalBlobStore(BlobStore):
             try:
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise _os_error("create", self.root / sub, exc) from exc
+                raise _os_error("create", sub, self.root / sub, exc) from exc
 
     def __repr__(self) -> str:
         return f"LocalBlobStore({str(self.root)!r})"
@@ -64,8 +79,15 @@ class LocalBlobStore(BlobStore):
         path = (self.root / check_key(key)).resolve()
         # A symlink inside the root could still lead out of it.
         if not path.is_relative_to(self.root):
-            raise StorageError(f"local storage: key {key!r} resolves outside {self.root}")
+            logger.error("local storage: key %r resolves to %s, outside %s", key, path, self.root)
+            raise StorageError(f"local storage: key {key!r} resolves outside the store")
         return path
+
+    def _key_of(self, path: Path) -> str:
+        """The store-relative name of a path, for messages a client may see."""
+        if path.is_relative_to(self.root):
+            return path.relative_to(self.root).as_posix()
+        return path.name
 
     def start_upload(self) -> StagingWriter:
         key = new_staging_key()
@@ -88,7 +110,7 @@ class LocalBlobStore(BlobStore):
                 "(already committed, discarded or collected); upload again"
             ) from exc
         except OSError as exc:
-            raise _os_error("commit", dest, exc) from exc
+            raise _os_error("commit", blob_key(sha256), dest, exc) from exc
 
     def discard(self, staged: StagedObject) -> None:
         self._staged_path(staged)  # refuse a key outside staging/
@@ -100,13 +122,14 @@ class LocalBlobStore(BlobStore):
         return self._path(staged.key)
 
     def _stat(self, sha256: str) -> os.stat_result:
-        path = self._path(blob_key(sha256))
+        key = blob_key(sha256)
+        path = self._path(key)
         try:
             return path.stat()
         except FileNotFoundError:
             raise BlobNotFound(f"blob {sha256} not found") from None
         except OSError as exc:
-            raise _os_error("stat", path, exc) from exc
+            raise _os_error("stat", key, path, exc) from exc
 
     def exists(self, sha256: str) -> bool:
         try:
@@ -121,10 +144,11 @@ class LocalBlobStore(BlobStore):
     def read(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         check_range(start, end)
         self._stat(sha256)  # BlobNotFound now, not at the first chunk
-        return self._chunks(self._path(blob_key(sha256)), start, end)
+        key = blob_key(sha256)
+        return self._chunks(key, self._path(key), start, end)
 
     @staticmethod
-    def _chunks(path: Path, start: int, end: int | None) -> Iterator[bytes]:
+    def _chunks(key: str, path: Path, start: int, end: int | None) -> Iterator[bytes]:
         # Opened here rather than in read(): a generator that is never started would
         # otherwise leak the open file.
         remaining = None if end is None else end - start
@@ -142,7 +166,7 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError:
             raise BlobNotFound(f"blob {path.name} was deleted while being read") from None
         except OSError as exc:
-            raise _os_error("read", path, exc) from exc
+            raise _os_error("read", key, path, exc) from exc
 
     def download(self, sha256: str, dest: Path) -> None:
         self._stat(sha256)
@@ -154,7 +178,8 @@ class LocalBlobStore(BlobStore):
             tmp.replace(dest)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise _os_error("download to", dest, exc) from exc
+            # dest is the caller's file, outside the store: its name says enough.
+            raise _os_error(f"download {blob_key(sha256)} to", dest.name, dest, exc) from exc
 
     def delete(self, sha256: str) -> None:
         self.delete_key(blob_key(sha256))
@@ -164,7 +189,7 @@ class LocalBlobStore(BlobStore):
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
-            raise _os_error("delete", path, exc) from exc
+            raise _os_error("delete", key, path, exc) from exc
 
     def list_objects(self, prefix: str) -> Iterator[StoredObject]:
         # Walk only the deepest directory the prefix names; filter the rest by name.
@@ -174,7 +199,8 @@ class LocalBlobStore(BlobStore):
             return
 
         def fail(exc: OSError) -> None:
-            raise _os_error("list", Path(exc.filename or top), exc) from exc
+            path = Path(exc.filename or top)
+            raise _os_error("list", self._key_of(path), path, exc) from exc
 
         for dirpath, dirnames, filenames in os.walk(top, onerror=fail):
             dirnames.sort()
@@ -188,18 +214,31 @@ class LocalBlobStore(BlobStore):
                 except FileNotFoundError:
                     continue  # removed since the directory was read
                 except OSError as exc:
-                    raise _os_error("stat", path, exc) from exc
+                    raise _os_error("stat", key, path, exc) from exc
                 modified = datetime.fromtimestamp(st.st_mtime, UTC)
                 yield StoredObject(key=key, size=st.st_size, modified=modified)
 
     def check(self) -> None:
-        # A real write, because a directory can exist and still refuse writes.
+        # A real write, because a directory can exist and still refuse writes (a
+        # read-only mount, a full disk, a file where the directory belongs), and a mode
+        # check would pass for root. The probe lives under staging/, so garbage
+        # collection removes it if the unlink fails.
         probe = self._path(f"{STAGING_PREFIX}check-{uuid.uuid4().hex}")
         try:
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
-            raise _os_error("write to", probe.parent, exc) from exc
+            raise _os_error("write to", STAGING_PREFIX, probe, exc) from exc
+        # Commit renames into blobs/sha256/; a probe there would look like a blob to
+        # gc, so only ask the kernel (access(2) reports a read-only mount even to root).
+        blobs = self._path(BLOB_PREFIX.rstrip("/"))
+        if not (blobs.is_dir() and os.access(blobs, os.W_OK | os.X_OK)):
+            logger.warning("local storage: %s is not a writable directory", blobs)
+            raise StorageError(
+                f"local storage: cannot write to {BLOB_PREFIX}: it is not a writable "
+                "directory; check that it is a directory, its owner and mode, and that the "
+                "file system is mounted read-write"
+            )
 
 
 class _LocalWriter(StagingWriter):
@@ -212,7 +251,7 @@ class _LocalWriter(StagingWriter):
             # O_EXCL: a key collision (or a planted file) fails instead of being reused.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
-            raise _os_error("create", path, exc) from exc
+            raise _os_error("create", key, path, exc) from exc
         self._file = os.fdopen(fd, "wb")
 
     @property
@@ -225,7 +264,7 @@ class _LocalWriter(StagingWriter):
         try:
             self._file.write(data)
         except OSError as exc:
-            raise _os_error("write", self._path, exc) from exc
+            raise _os_error("write", self._key, self._path, exc) from exc
         self._size += len(data)
 
     def finish(self) -> StagedObject:
@@ -239,7 +278,7 @@ class _LocalWriter(StagingWriter):
             self._file.close()
             fsync_path(self._path.parent)
         except OSError as exc:
-            raise _os_error("write", self._path, exc) from exc
+            raise _os_error("write", self._key, self._path, exc) from exc
         self._staged = StagedObject(key=self._key, size=self._size)
         return self._staged
 
@@ -250,4 +289,4 @@ class _LocalWriter(StagingWriter):
         try:
             self._path.unlink(missing_ok=True)
         except OSError as exc:
-            raise _os_error("delete", self._path, exc) from exc
+            raise _os_error("delete", self._key, self._path, exc) from exc

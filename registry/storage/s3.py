@@ -8,6 +8,7 @@ never sees a partial blob.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,8 +22,13 @@ from botocore.config import Config  # type: ignore[import-untyped, unused-ignore
 from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     BotoCoreError,
     ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
     EndpointConnectionError,
     NoCredentialsError,
+    ProxyConnectionError,
+    ReadTimeoutError,
+    SSLError,
 )
 from s3transfer.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     RetriesExceededError,
@@ -47,6 +53,8 @@ from registry.storage.base import (
     new_staging_key,
 )
 from registry.storage.s3_writer import S3StagingWriter, abort_multipart
+
+logger = logging.getLogger(__name__)
 
 # The boto3 S3 client. Typed as Any because boto3 ships no annotations; with
 # boto3-stubs[s3] installed this becomes mypy_boto3_s3.S3Client.
@@ -89,14 +97,30 @@ def make_s3_client(settings: Settings) -> S3Client:
     )
 
 
-def _hint(code: str, exc: Exception) -> str:
-    if code in _DENIED:
-        return "; check DELTAHUB_S3_ACCESS_KEY_ID/SECRET_ACCESS_KEY and the bucket policy"
-    if isinstance(exc, EndpointConnectionError):
-        return "; is DELTAHUB_S3_ENDPOINT_URL right and the server up?"
-    if isinstance(exc, NoCredentialsError):
-        return "; set DELTAHUB_S3_ACCESS_KEY_ID and DELTAHUB_S3_SECRET_ACCESS_KEY"
-    return ""
+_DENIED_HINT = "check DELTAHUB_S3_ACCESS_KEY_ID/SECRET_ACCESS_KEY and the bucket policy"
+_ENDPOINT_HINT = "is DELTAHUB_S3_ENDPOINT_URL right and the server up?"
+# What a transport failure was, in words of our own: botocore's messages quote the
+# endpoint or proxy URL, which may carry credentials and is no business of a client.
+# The first matching class wins, so subclasses come before their bases.
+_TRANSPORT_FAILURES: tuple[tuple[type[Exception], str, str], ...] = (
+    (ProxyConnectionError, "cannot connect through the proxy", "check the proxy settings"),
+    (SSLError, "TLS verification of the endpoint failed", "check its certificate"),
+    (ConnectTimeoutError, "connecting to the endpoint timed out", _ENDPOINT_HINT),
+    (EndpointConnectionError, "cannot connect to the endpoint", _ENDPOINT_HINT),
+    (ReadTimeoutError, "the endpoint did not answer in time",
+     "retry later, or raise DELTAHUB_S3_READ_TIMEOUT_SECONDS"),
+    (ConnectionClosedError, "the endpoint closed the connection", "retry later"),
+    (NoCredentialsError, "no credentials were found",
+     "set DELTAHUB_S3_ACCESS_KEY_ID and DELTAHUB_S3_SECRET_ACCESS_KEY"),
+)
+
+
+def _describe_failure(exc: Exception) -> str:
+    """A transport or transfer failure as a client may see it: no URL, path or secret."""
+    for kind, what, hint in _TRANSPORT_FAILURES:
+        if isinstance(exc, kind):
+            return f"{what}; {hint}"
+    return f"{type(exc).__name__}; retry later"
 
 
 class S3BlobStore(BlobStore):
@@ -135,28 +159,42 @@ class S3BlobStore(BlobStore):
         return f"{self.prefix}/{prefix}" if self.prefix else prefix
 
     def _store_key(self, full: str) -> str:
-        return full[len(self.prefix) + 1 :] if self.prefix else full
+        """The store key (or listing prefix) for a bucket key under this store's prefix."""
+        if not self.prefix:
+            return full
+        return full.removeprefix(self.prefix).removeprefix("/")
 
     @contextmanager
-    def errors(self, op: str, key: str) -> Iterator[None]:
-        """Turn boto3 failures into StorageError (BlobNotFound for a missing key)."""
-        where = f"s3://{self.bucket}/{key}"
+    def errors(self, op: str, full: str) -> Iterator[None]:
+        """Turn boto3 failures into StorageError (BlobNotFound for a missing key).
+
+        The message may reach a client (a 503 body, /readyz), so it names the store key
+        and S3's error code only; the bucket, the prefix and botocore's own text (which
+        quotes the endpoint URL) go to the log.
+        """
+        key = self._store_key(full)
         try:
             yield
         except ClientError as exc:
             error: Mapping[str, str] = exc.response.get("Error", {})
             code = error.get("Code", "")
             if code in _NOT_FOUND:
-                raise BlobNotFound(f"s3: {op} {where}: not found") from exc
+                raise BlobNotFound(f"s3: {op} {key}: not found") from exc
+            self._log(op, full, exc)
             if code == "NoSuchBucket":
                 raise StorageError(
-                    f"s3: {op} {where}: bucket {self.bucket!r} does not exist; "
+                    f"s3: cannot {op} {key}: the bucket does not exist; "
                     "create it or fix DELTAHUB_STORAGE_URL"
                 ) from exc
-            message = error.get("Message", str(exc))
-            raise StorageError(f"s3: {op} {where}: {code}: {message}{_hint(code, exc)}") from exc
+            message = error.get("Message") or "no message"
+            hint = f"; {_DENIED_HINT}" if code in _DENIED else ""
+            raise StorageError(f"s3: cannot {op} {key}: {code}: {message}{hint}") from exc
         except _TRANSFER_ERRORS as exc:
-            raise StorageError(f"s3: {op} {where}: {exc}{_hint('', exc)}") from exc
+            self._log(op, full, exc)
+            raise StorageError(f"s3: cannot {op} {key}: {_describe_failure(exc)}") from exc
+
+    def _log(self, op: str, full: str, exc: Exception) -> None:
+        logger.warning("s3: cannot %s s3://%s/%s: %s", op, self.bucket, full, exc)
 
     def start_upload(self) -> StagingWriter:
         return S3StagingWriter(self, new_staging_key())
@@ -236,7 +274,7 @@ class S3BlobStore(BlobStore):
                 if exc.response.get("Error", {}).get("Code") == "InvalidRange":
                     return iter(())
                 raise
-        return _BodyChunks(response["Body"], f"s3://{self.bucket}/{full}")
+        return _BodyChunks(response["Body"], self, full)
 
     def download(self, sha256: str, dest: Path) -> None:
         full = self.full_key(blob_key(sha256))
@@ -283,38 +321,36 @@ class S3BlobStore(BlobStore):
         return aborted
 
     def check(self) -> None:
-        with self.errors("check", ""):
-            try:
-                self.client.head_bucket(Bucket=self.bucket)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
-                    raise StorageError(
-                        f"s3: bucket {self.bucket!r} does not exist; "
-                        "create it or fix DELTAHUB_STORAGE_URL"
-                    ) from exc
-                raise
-        # Reachable is not enough for /readyz: a read-only key would fail every upload.
+        # Reachable is not enough for /readyz: a read-only key or a bucket policy that
+        # denies writes would fail every upload, so write and remove a probe (which
+        # also proves the bucket exists). It lives under staging/, so garbage
+        # collection removes it if the delete fails. The client's connect and read
+        # timeouts and its attempt limit bound how long this takes.
         probe = self.full_key(f"{STAGING_PREFIX}check-{uuid.uuid4().hex}")
-        with self.errors("check write", probe):
-            self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
+        staging = self._full_prefix(STAGING_PREFIX)
+        with self.errors("write to", staging):
+            self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")
+        with self.errors("delete from", staging):
             self.client.delete_object(Bucket=self.bucket, Key=probe)
 
 
 class _BodyChunks(Iterator[bytes]):
     """Chunks of a GetObject body; closes the connection when done, failed or dropped."""
 
-    def __init__(self, body: Any, where: str) -> None:
+    def __init__(self, body: Any, store: S3BlobStore, full: str) -> None:
         self._body: Any = body
-        self._where = where
+        self._store = store
+        self._full = full
 
     def __next__(self) -> bytes:
         if self._body is None:
             raise StopIteration
         try:
-            chunk: bytes = self._body.read(READ_CHUNK_BYTES)
-        except (BotoCoreError, ClientError) as exc:
+            with self._store.errors("read", self._full):
+                chunk: bytes = self._body.read(READ_CHUNK_BYTES)
+        except StorageError:
             self.close()
-            raise StorageError(f"s3: read {self._where}: {exc}") from exc
+            raise
         if not chunk:
             self.close()
             raise StopIteration

@@ -1,12 +1,21 @@
-"""Pump an HTTP request body through an UploadPipeline without blocking the event loop."""
+"""Pump an HTTP request body through an UploadPipeline without blocking the event loop.
+
+A client that stops sending holds its connection and a staging object for as long as
+the server waits, so the wait for each next chunk is bounded: a body that goes quiet for
+the idle timeout is dropped (408) and its staging object removed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import anyio
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from registry.errors import InvalidRequest, PayloadTooLarge
+from registry.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
+from registry.names import is_id
 from registry.uploads.pipeline import UploadPipeline, UploadResult
 
 # Hand the worker thread about a megabyte at a time: small enough to keep memory low,
@@ -19,7 +28,7 @@ def check_declared_length(request: Request, max_bytes: int, filename: str) -> No
     declared = request.headers.get("content-length")
     if declared is None:
         return  # chunked: the pipeline counts bytes as they arrive
-    if not declared.isdigit():
+    if not is_id(declared):  # ASCII digits only (str.isdigit() takes "²")
         raise InvalidRequest(f"Content-Length {declared!r} is not a number")
     if int(declared) > max_bytes:
         raise PayloadTooLarge(
@@ -27,10 +36,19 @@ def check_declared_length(request: Request, max_bytes: int, filename: str) -> No
         )
 
 
-async def receive_upload(request: Request, pipeline: UploadPipeline) -> UploadResult:
+async def receive_upload(request: Request, pipeline: UploadPipeline, *,
+                         idle_timeout_s: float | None = None) -> UploadResult:
+    """Stream the body into `pipeline` and finish it; any failure aborts the pipeline.
+
+    `idle_timeout_s` bounds the wait for each next chunk (None: no bound); a body that
+    stalls for longer raises RequestTimeout.
+    """
+    chunks = request.stream()
     batch = bytearray()
+    received = 0
     try:
-        async for chunk in request.stream():
+        while (chunk := await _next_chunk(chunks, idle_timeout_s, received)) is not None:
+            received += len(chunk)
             batch += chunk
             if len(batch) >= _BATCH_BYTES:
                 await run_in_threadpool(pipeline.feed, bytes(batch))
@@ -39,10 +57,35 @@ async def receive_upload(request: Request, pipeline: UploadPipeline) -> UploadRe
             await run_in_threadpool(pipeline.feed, bytes(batch))
         return await run_in_threadpool(pipeline.finish)
     except BaseException:
-        # Covers a client that disconnects midway (ClientDisconnect), a cancelled
-        # request and every validation error: the staging object is removed.
-        await run_in_threadpool(pipeline.abort)
+        # Covers a client that disconnects midway (ClientDisconnect), one that stalls
+        # (RequestTimeout), a cancelled request and every validation error: the staging
+        # object is removed. Shielded, because inside a cancelled scope every await is
+        # cancelled too, and the abort would never start.
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(pipeline.abort)
         raise
+    finally:
+        # A validation error leaves the body generator suspended mid-stream; close it
+        # now rather than whenever the garbage collector finalizes it.
+        await chunks.aclose()
+
+
+async def _next_chunk(chunks: AsyncIterator[bytes], idle_timeout_s: float | None,
+                      received: int) -> bytes | None:
+    """The next piece of the body, or None at its end.
+
+    The deadline covers only this await, never a `yield` (a cancel scope must not span
+    one), and never the pipeline's own work on a chunk: a slow disk is not an idle client.
+    """
+    try:
+        with anyio.fail_after(idle_timeout_s):
+            return await anext(chunks, None)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"no byte of the body arrived for {idle_timeout_s:g} s (after {received} bytes); "
+            "the upload was dropped and nothing was stored. Send the file again on a "
+            "steady connection"
+        ) from None
 
 
 __all__ = ["ClientDisconnect", "check_declared_length", "receive_upload"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import time
@@ -335,6 +336,54 @@ def test_check_passes(blob_store: BlobStore) -> None:
     assert_no_staging(blob_store)
 
 
+def refuse_writes(store: BlobStore, actions: str = "s3:PutObject") -> None:
+    """Make the real backend refuse writes in a way that root cannot bypass: a local
+    store gets a regular file where its staging directory belongs; an S3 bucket gets a
+    policy that denies `actions`."""
+    if isinstance(store, LocalBlobStore):
+        staging = store.root / "staging"
+        staging.rmdir()
+        staging.write_bytes(b"a file where the staging directory belongs")
+    else:
+        assert isinstance(store, S3BlobStore)
+        policy = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Deny", "Principal": "*", "Action": actions,
+            "Resource": f"arn:aws:s3:::{store.bucket}/*"}]}
+        store.client.put_bucket_policy(Bucket=store.bucket, Policy=json.dumps(policy))
+
+
+def where_it_lives(store: BlobStore) -> list[str]:
+    """What a client must never read in an error: the local root, the bucket, the prefix
+    and the endpoint."""
+    if isinstance(store, LocalBlobStore):
+        return [str(store.root), str(store.root.parent)]
+    assert isinstance(store, S3BlobStore)
+    return [store.bucket, store.prefix, store.client.meta.endpoint_url]
+
+
+def test_check_fails_when_the_store_takes_no_write(blob_store: BlobStore,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    blob_store.exists(sha(b"x"))  # reads still work: only a write can tell
+    refuse_writes(blob_store)
+    with pytest.raises(StorageError, match="cannot write to staging/") as excinfo:
+        blob_store.check()
+    message = str(excinfo.value)
+    for secret in where_it_lives(blob_store):
+        assert secret not in message
+    assert excinfo.value.__cause__ is not None  # the backend's own error stays chained
+    assert where_it_lives(blob_store)[0] in caplog.text  # and the log says where
+
+
+def test_storage_errors_name_store_keys_only(blob_store: BlobStore) -> None:
+    refuse_writes(blob_store)
+    with pytest.raises(StorageError) as excinfo:
+        put(blob_store, payload(PART_BYTES + 1))  # S3: fails on the multipart upload
+    message = str(excinfo.value)
+    assert "staging/" in message
+    for secret in where_it_lives(blob_store):
+        assert secret not in message
+
+
 # --- local only -----------------------------------------------------------------------
 
 
@@ -349,13 +398,34 @@ def test_local_refuses_symlink_out_of_root(tmp_path: Path) -> None:
 
 def test_local_os_errors_become_storage_errors(tmp_path: Path) -> None:
     store = LocalBlobStore(tmp_path / "store")
-    staging = tmp_path / "store" / "staging"
-    staging.rmdir()
-    staging.write_bytes(b"a file where the staging directory belongs")
-    with pytest.raises(StorageError, match="local storage: cannot write to"):
+    refuse_writes(store)
+    with pytest.raises(StorageError, match="local storage: cannot write to staging/: not a "
+                       "directory; a file stands where the store keeps a directory"):
         store.check()
-    with pytest.raises(StorageError, match="local storage: cannot create"):
+    with pytest.raises(StorageError, match=r"local storage: cannot create staging/[0-9a-f]{32}: "
+                       r"not a directory") as excinfo:
         store.start_upload()
+    assert str(tmp_path) not in str(excinfo.value)
+    assert isinstance(excinfo.value.__cause__, NotADirectoryError)
+
+
+def test_local_check_proves_the_blob_directory_too(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "store")
+    blobs = tmp_path / "store" / "blobs" / "sha256"
+    blobs.rmdir()
+    blobs.write_bytes(b"a file where the blob directory belongs")
+    with pytest.raises(StorageError, match="cannot write to blobs/sha256/") as excinfo:
+        store.check()
+    assert str(tmp_path) not in str(excinfo.value)
+    assert keys(store, STAGING_PREFIX) == []  # the staging probe was still removed
+
+
+def test_local_symlink_error_names_no_path(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "store")
+    (tmp_path / "store" / "staging" / "escape").symlink_to(tmp_path)
+    with pytest.raises(StorageError, match="outside the store") as excinfo:
+        store.delete_key("staging/escape/file")
+    assert str(tmp_path) not in str(excinfo.value)
 
 
 def test_local_root_is_created(tmp_path: Path) -> None:
@@ -405,8 +475,23 @@ def test_s3_part_size_below_minimum_is_refused(s3_server: S3Server) -> None:
 @pytest.mark.s3
 def test_s3_missing_bucket(s3_server: S3Server) -> None:
     store = S3BlobStore(s3_server.client, "no-such-bucket-here")
-    with pytest.raises(StorageError, match="does not exist"):
+    with pytest.raises(StorageError, match="the bucket does not exist") as excinfo:
         store.check()
+    assert "no-such-bucket-here" not in str(excinfo.value)
+
+
+@pytest.mark.s3
+def test_s3_check_probe_left_by_a_denied_delete_is_collected(s3_server: S3Server,
+                                                            s3_bucket: str) -> None:
+    store = S3BlobStore(s3_server.client, s3_bucket, "deltahub")
+    refuse_writes(store, "s3:DeleteObject")
+    with pytest.raises(StorageError, match="cannot delete from staging/"):
+        store.check()  # the probe was written but cannot be removed ...
+    assert [k.rpartition("/")[0] for k in keys(store, STAGING_PREFIX)] == ["staging"]
+    store.client.delete_bucket_policy(Bucket=s3_bucket)
+    later = datetime.now(UTC) + timedelta(hours=2)
+    collect_garbage(store, set(), grace_seconds=HOUR, now=later)
+    assert keys(store, STAGING_PREFIX) == []  # ... so it lies where gc collects it
 
 
 @pytest.mark.s3
@@ -447,9 +532,12 @@ def _unreachable_client() -> Any:
 @pytest.mark.s3
 def test_s3_unreachable_endpoint_fails_fast() -> None:
     store = S3BlobStore(_unreachable_client(), "bucket")
+    endpoint = store.client.meta.endpoint_url
     started = time.monotonic()
-    with pytest.raises(StorageError, match="DELTAHUB_S3_ENDPOINT_URL"):
+    with pytest.raises(StorageError, match="cannot connect to the endpoint; is "
+                       "DELTAHUB_S3_ENDPOINT_URL right") as excinfo:
         store.check()
+    assert endpoint.removeprefix("http://") not in str(excinfo.value)  # botocore's text has it
     with pytest.raises(StorageError, match="upload"):
         put(store, b"x" * 100)  # the abort on the way out fails too, and does not mask this
     with pytest.raises(StorageError) as excinfo:
