@@ -8,6 +8,8 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from registry.storage.urls import storage_scheme
+
 DEFAULT_DATA_DIR = "deltahub-data"
 
 
@@ -65,6 +67,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"DELTAHUB_DEFAULT_PAGE_SIZE ({self.DEFAULT_PAGE_SIZE}) is over "
                 f"DELTAHUB_MAX_PAGE_SIZE ({self.MAX_PAGE_SIZE}); lower it or raise the cap")
+        storage_scheme(self.STORAGE_URL)  # a ValueError naming DELTAHUB_STORAGE_URL
+        if (self.S3_ACCESS_KEY_ID is None) != (self.S3_SECRET_ACCESS_KEY is None):
+            given, missing = (("DELTAHUB_S3_ACCESS_KEY_ID", "DELTAHUB_S3_SECRET_ACCESS_KEY")
+                              if self.S3_SECRET_ACCESS_KEY is None else
+                              ("DELTAHUB_S3_SECRET_ACCESS_KEY", "DELTAHUB_S3_ACCESS_KEY_ID"))
+            raise ValueError(f"{given} is set but {missing} is not; set both, or neither to "
+                             "use boto3's usual credential chain (environment, profile, role)")
+        if self.S3_ENDPOINT_URL is not None and not self.S3_ENDPOINT_URL.startswith(
+                ("http://", "https://")):
+            raise ValueError(f"DELTAHUB_S3_ENDPOINT_URL={self.S3_ENDPOINT_URL!r} must be an "
+                             "http:// or https:// URL, e.g. http://127.0.0.1:9000 for MinIO")
         return self
 
 

@@ -2,61 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
-
 from registry.settings import Settings
-from registry.storage.base import BlobStore, check_key
+from registry.storage.base import BlobStore
 from registry.storage.local import LocalBlobStore
 from registry.storage.s3 import S3BlobStore, make_s3_client
-
-_FORMS = "file:///abs/dir, file:./relative/dir or s3://bucket/prefix"
-# S3's rules for new buckets: 3-63 lowercase letters, digits, dots and hyphens.
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+from registry.storage.urls import local_path, s3_location, storage_scheme
 
 
 def make_blob_store(settings: Settings) -> BlobStore:
     url = settings.STORAGE_URL
-    parts = urlsplit(url)
-    if parts.query or parts.fragment:
-        raise _bad(url, "it has a query or fragment")
-    if parts.scheme == "file":
+    if storage_scheme(url) == "file":
         return LocalBlobStore(local_path(url))
-    if parts.scheme == "s3":
-        bucket, prefix = s3_location(url)
-        return S3BlobStore(make_s3_client(settings), bucket, prefix)
-    raise _bad(url, "the scheme must be file: or s3:")
-
-
-def local_path(url: str) -> Path:
-    """The directory of a file: URL; a relative one resolves against the working directory."""
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        # file://data/blobs reads as host "data"; people mean file:./data/blobs.
-        raise _bad(url, f"it names host {parts.netloc!r}; use file:///abs/dir or file:./rel/dir")
-    path = unquote(parts.path)
-    if not path:
-        raise _bad(url, "it names no directory")
-    return Path(path).resolve()
-
-
-def s3_location(url: str) -> tuple[str, str]:
-    """(bucket, prefix) of an s3:// URL; the prefix has no leading or trailing slash."""
-    parts = urlsplit(url)
-    bucket = parts.netloc
-    if "@" in bucket or ":" in bucket:
-        raise _bad(url, "credentials and ports go in the DELTAHUB_S3_* settings, not the URL")
-    if not _BUCKET.match(bucket):
-        raise _bad(url, f"{bucket!r} is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')")
-    prefix = unquote(parts.path).strip("/")
-    if prefix:
-        try:
-            check_key(prefix)
-        except ValueError:
-            raise _bad(url, f"the prefix {prefix!r} has empty, '.' or '..' parts") from None
-    return bucket, prefix
-
-
-def _bad(url: str, why: str) -> ValueError:
-    return ValueError(f"DELTAHUB_STORAGE_URL={url!r} is not usable: {why}. Use {_FORMS}.")
+    bucket, prefix = s3_location(url)
+    return S3BlobStore(make_s3_client(settings), bucket, prefix)
