@@ -17,13 +17,9 @@ from registry.adapters.schemas import AdapterCreate, AdapterOut
 from registry.deps import AdminToken, DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
 from registry.downloads import StoredFile, file_response, find_file
 from registry.models.repository import ModelRepository
-from registry.names import check_filename
 from registry.schemas import FileOut, PageOut
-from registry.tables import Adapter, AdapterFile, AdapterKind
-from registry.uploads.flow import store_upload
-from registry.uploads.pipeline import UploadResult
-from registry.uploads.records import record_file
-from registry.uploads.rules import adapter_file_rule
+from registry.tables import Adapter, AdapterKind
+from registry.uploads.flow import store_request
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
 
@@ -78,21 +74,10 @@ async def get_adapter(ref: str, db: DatabaseDep, _: ReadToken) -> AdapterOut:
 async def upload_adapter_file(ref: str, filename: str, request: Request, store: StoreDep,
                               db: DatabaseDep, settings: SettingsDep,
                               token: PushToken) -> FileOut:
-    check_filename(filename)
-
-    def pending(session: Session) -> tuple[int, AdapterKind]:
-        adapter = service.pending_adapter(session, ref)
-        return adapter.id, adapter.kind
-
-    adapter_id, kind = await db.read(pending)
-    rule = adapter_file_rule(kind, filename, settings)
-
-    def record(session: Session, result: UploadResult) -> AdapterFile:
-        service.pending_adapter(session, str(adapter_id))  # still pending, under a row lock
-        return record_file(session, AdapterFile, "adapter_id", adapter_id, filename, result)
-
-    result = await store_upload(request, store, db, filename, rule, record, token=token,
-                                idle_timeout_s=settings.UPLOAD_IDLE_TIMEOUT_SECONDS)
+    target = await db.read(
+        lambda session: service.upload_target(session, ref, filename, settings))
+    result = await store_request(request, store, db, target, token_id=token.id,
+                                 idle_timeout_s=settings.UPLOAD_IDLE_TIMEOUT_SECONDS)
     return FileOut(filename=filename, sha256=result.sha256, size=result.size)
 
 

@@ -20,11 +20,13 @@ from registry.errors import (
 )
 from registry.models.repository import ModelRepository
 from registry.models.service import get_model
-from registry.names import check_name, is_id, parse_id
+from registry.names import check_filename, check_name, is_id, parse_id
 from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
 from registry.settings import Settings
 from registry.storage.base import BlobStore
-from registry.tables import Adapter, AdapterKind, Model, Status, utcnow
+from registry.tables import Adapter, AdapterFile, AdapterKind, Model, Status, utcnow
+from registry.uploads.flow import UploadTarget
+from registry.uploads.rules import adapter_file_rule
 
 LATEST = "latest"
 # fullmatch; ASCII digits only (see registry/names.py)
@@ -89,6 +91,16 @@ def pending_adapter(session: Session, ref: str) -> Adapter:
         raise NotPending(f"adapter {adapter.name}@{adapter.version} is finalized and immutable; "
                          "push again (POST /adapters) to make a new version")
     return adapter
+
+
+def upload_target(session: Session, ref: str, filename: str, settings: Settings) -> UploadTarget:
+    """Where `PUT /adapters/{ref}/files/{filename}` goes, if the draft still takes files."""
+    check_filename(filename)
+    adapter = pending_adapter(session, ref)
+    adapter_id = adapter.id
+    return UploadTarget(filename, AdapterFile, "adapter_id", adapter_id,
+                        adapter_file_rule(adapter.kind, filename, settings),
+                        recheck=lambda s: pending_adapter(s, str(adapter_id)))
 
 
 def finalize_adapter(session: Session, store: BlobStore, settings: Settings,

@@ -12,9 +12,9 @@ import uvicorn
 
 from registry.app import create_app
 from registry.auth import service as tokens
+from registry.blobs.service import collect_garbage
 from registry.cli.console import console, print_table, stdout
 from registry.db import make_engine, make_session_factory, unit_of_work
-from registry.gc import collect
 from registry.migrate import current_revision, head_revision, upgrade
 from registry.settings import Settings
 from registry.storage.factory import make_blob_store
@@ -100,7 +100,7 @@ def gc(
     settings = Settings()
     factory = make_session_factory(make_engine(settings.DATABASE_URL))
     grace = settings.GC_GRACE_SECONDS if grace_seconds is None else grace_seconds
-    report, rows = collect(factory, make_blob_store(settings), grace)
+    report, rows = collect_garbage(factory, make_blob_store(settings), grace)
     print_table("garbage collection", ["what", "count", "bytes"], [
         ["staging objects removed", report.staging_deleted, report.staging_bytes_freed],
         ["unfinished multipart uploads aborted", report.uploads_aborted, 0],

@@ -18,11 +18,8 @@ from registry.models import service
 from registry.models.repository import ModelRepository
 from registry.models.schemas import ModelCreate, ModelOut
 from registry.schemas import FileOut, PageOut
-from registry.tables import Model, ModelFile, ModelKind
-from registry.uploads.flow import store_upload
-from registry.uploads.pipeline import UploadResult
-from registry.uploads.records import record_file
-from registry.uploads.rules import model_file_rule
+from registry.tables import Model, ModelKind
+from registry.uploads.flow import store_request
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -68,15 +65,10 @@ async def get_model(model: str, db: DatabaseDep, _: ReadToken) -> ModelOut:
 async def upload_model_file(model: str, filename: str, request: Request, store: StoreDep,
                             db: DatabaseDep, settings: SettingsDep,
                             token: PushToken) -> FileOut:
-    rule = model_file_rule(filename, settings)
-    model_id = await db.read(lambda session: service.pending_model(session, model).id)
-
-    def record(session: Session, result: UploadResult) -> ModelFile:
-        service.pending_model(session, str(model_id))  # still pending, under a row lock
-        return record_file(session, ModelFile, "model_id", model_id, filename, result)
-
-    result = await store_upload(request, store, db, filename, rule, record, token=token,
-                                idle_timeout_s=settings.UPLOAD_IDLE_TIMEOUT_SECONDS)
+    target = await db.read(
+        lambda session: service.upload_target(session, model, filename, settings))
+    result = await store_request(request, store, db, target, token_id=token.id,
+                                 idle_timeout_s=settings.UPLOAD_IDLE_TIMEOUT_SECONDS)
     return FileOut(filename=filename, sha256=result.sha256, size=result.size)
 
 

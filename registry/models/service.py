@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from compress import strictjson
 from compress.errors import CodecError
 from compress.manifest import Manifest, manifest_from_headers, parse_weight_map, shape_mismatches
 from compress.tensorfile import header_from_dict
@@ -26,7 +26,9 @@ from registry.names import check_name, is_id
 from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
 from registry.settings import Settings
 from registry.storage.base import BlobStore
-from registry.tables import Model, ModelKind, Status, utcnow
+from registry.tables import Model, ModelFile, ModelKind, Status, utcnow
+from registry.uploads.flow import UploadTarget
+from registry.uploads.rules import model_file_rule
 
 CONFIG_FILE = "config.json"
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -71,6 +73,14 @@ def pending_model(session: Session, ref: str) -> Model:
         raise NotPending(f"model {model.name!r} is finalized and its files are immutable; "
                          "register a new model for new weights")
     return model
+
+
+def upload_target(session: Session, ref: str, filename: str, settings: Settings) -> UploadTarget:
+    """Where `PUT /models/{ref}/files/{filename}` goes, if the model still takes files."""
+    rule = model_file_rule(filename, settings)
+    model_id = pending_model(session, ref).id
+    return UploadTarget(filename, ModelFile, "model_id", model_id, rule,
+                        recheck=lambda s: pending_model(s, str(model_id)))
 
 
 def finalize_model(session: Session, store: BlobStore, ref: str) -> Model:
@@ -130,7 +140,9 @@ def _check_against_base(session: Session, model: Model, manifest: Manifest) -> N
 
 
 def _read_json(store: BlobStore, sha256: str) -> Any:
-    return json.loads(store.read_bytes(sha256))
+    # Client JSON, parsed strictly (bounded depth, no NaN). The upload already applied
+    # the configured depth; this function has no settings, so the default applies here.
+    return strictjson.loads(store.read_bytes(sha256), "the shard index")
 
 
 def list_models(session: Session, settings: Settings, kind: ModelKind | None,

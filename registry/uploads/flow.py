@@ -1,23 +1,27 @@
-"""The write protocol for one uploaded file, shared by models and adapters.
+"""The write protocol for one file, shared by models, adapters and (later) job output.
 
 stream to a staging key (hashing and validating on the way) → verify the sha256 →
 commit to `blobs/sha256/<hex>` → one short DB transaction records the rows. No
-transaction is open while the body streams. If recording fails, the committed blob
+transaction is open while the bytes stream. If recording fails, the committed blob
 is unreferenced and garbage collection removes it after the grace period.
+
+`store_stream` takes any async byte source; `store_request` is the HTTP caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 
 from fastapi import Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from registry.auth.service import check_not_revoked
+from registry.blobs.repository import BlobRepository
 from registry.database import Database
 from registry.storage.base import BlobStore
-from registry.tables import Token
+from registry.tables import AdapterFile, ModelFile
 from registry.uploads.pipeline import UploadPipeline, UploadResult
 from registry.uploads.receive import check_declared_length, receive_upload
 from registry.uploads.rules import FileRule
@@ -25,25 +29,52 @@ from registry.uploads.rules import FileRule
 SHA256_HEADER = "x-content-sha256"
 
 
-async def store_upload(
-    request: Request, store: BlobStore, database: Database, filename: str, rule: FileRule,
-    record: Callable[[Session, UploadResult], object], *, token: Token,
-    idle_timeout_s: float | None = None,
-) -> UploadResult:
-    check_declared_length(request, rule.max_bytes, filename)
-    expected = request.headers.get(SHA256_HEADER)
-    pipeline = await run_in_threadpool(UploadPipeline, store, filename, rule, expected)
-    result = await receive_upload(request, pipeline, idle_timeout_s=idle_timeout_s)
+@dataclass(frozen=True)
+class UploadTarget:
+    """Whose file an upload becomes, the rule its bytes must pass, and how to re-check
+    at record time that the owner still takes files (it may have been finalized or
+    deleted while the bytes streamed)."""
+
+    filename: str
+    row_type: type[ModelFile] | type[AdapterFile]
+    owner_column: str
+    owner_id: int
+    rule: FileRule
+    recheck: Callable[[Session], object]
+
+
+async def store_request(request: Request, store: BlobStore, database: Database,
+                        target: UploadTarget, *, token_id: int,
+                        idle_timeout_s: float | None = None) -> UploadResult:
+    """An HTTP body through the write protocol (Content-Length checked before reading)."""
+    check_declared_length(request, target.rule.max_bytes, target.filename)
+    return await store_stream(request.stream(), store, database, target, token_id=token_id,
+                              expected_sha256=request.headers.get(SHA256_HEADER),
+                              idle_timeout_s=idle_timeout_s)
+
+
+async def store_stream(chunks: AsyncGenerator[bytes, None], store: BlobStore,
+                       database: Database, target: UploadTarget, *, token_id: int | None,
+                       expected_sha256: str | None = None,
+                       idle_timeout_s: float | None = None) -> UploadResult:
+    """Stage, validate, commit and record one file; all of it or nothing visible."""
+    pipeline = await run_in_threadpool(UploadPipeline, store, target.filename, target.rule,
+                                       expected_sha256)
+    result = await receive_upload(chunks, pipeline, idle_timeout_s=idle_timeout_s)
     try:
         await run_in_threadpool(store.commit, result.staged, result.sha256)
     except BaseException:
         await run_in_threadpool(store.discard, result.staged)
         raise
 
-    def recording(session: Session) -> None:
-        # The upload may have taken minutes: a token revoked meanwhile records nothing.
-        check_not_revoked(session, token.id)
-        record(session, result)
+    def record(session: Session) -> None:
+        if token_id is not None:
+            # The upload may have taken minutes: a token revoked meanwhile records nothing.
+            check_not_revoked(session, token_id)
+        target.recheck(session)
+        BlobRepository(session).attach(target.row_type, target.owner_column, target.owner_id,
+                                       target.filename, result.sha256, result.size,
+                                       result.header)
 
-    await database.write(recording)
+    await database.write(record)
     return result

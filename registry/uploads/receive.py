@@ -7,7 +7,7 @@ the idle timeout is dropped (408) and its staging object removed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import anyio
 from fastapi import Request
@@ -36,14 +36,13 @@ def check_declared_length(request: Request, max_bytes: int, filename: str) -> No
         )
 
 
-async def receive_upload(request: Request, pipeline: UploadPipeline, *,
+async def receive_upload(chunks: AsyncGenerator[bytes, None], pipeline: UploadPipeline, *,
                          idle_timeout_s: float | None = None) -> UploadResult:
-    """Stream the body into `pipeline` and finish it; any failure aborts the pipeline.
+    """Stream `chunks` (a request body, or any other source) into `pipeline` and finish it.
 
-    `idle_timeout_s` bounds the wait for each next chunk (None: no bound); a body that
-    stalls for longer raises RequestTimeout.
+    Any failure aborts the pipeline. `idle_timeout_s` bounds the wait for each next
+    chunk (None: no bound); a source that stalls for longer raises RequestTimeout.
     """
-    chunks = request.stream()
     batch = bytearray()
     received = 0
     try:

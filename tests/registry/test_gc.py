@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
+from registry.blobs.service import collect_garbage
 from registry.db import make_session_factory, unit_of_work
-from registry.gc import collect
 from registry.storage.base import BLOB_PREFIX
 from registry.storage.local import LocalBlobStore
 from registry.tables import Blob
@@ -30,11 +30,11 @@ def test_gc_removes_only_unreferenced_old_blobs(client: TestClient, tokens: Toke
     factory = make_session_factory(engine)
     assert len(list(store.list_objects(BLOB_PREFIX))) == 3
 
-    young, rows = collect(factory, store, grace_seconds=3600)
+    young, rows = collect_garbage(factory, store, grace_seconds=3600)
     assert (young.blobs_deleted, rows) == (0, 0)  # inside the grace period
 
     later = datetime.now(UTC) + timedelta(hours=2)
-    report, rows = collect(factory, store, grace_seconds=3600, now=later)
+    report, rows = collect_garbage(factory, store, grace_seconds=3600, now=later)
     assert (report.blobs_deleted, rows) == (1, 1)
     assert not store.exists(old["sha256"])
     assert _blob_rows(engine) == 2

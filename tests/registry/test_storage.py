@@ -26,9 +26,9 @@ from registry.storage.base import (
     check_key,
 )
 from registry.storage.factory import make_blob_store
-from registry.storage.gc import collect_garbage
 from registry.storage.local import LocalBlobStore
 from registry.storage.s3 import S3BlobStore, make_s3_client
+from registry.storage.sweep import sweep_storage
 from tests.s3server import S3Server, free_port
 
 BIG = 11 * 1024 * 1024  # over PART_BYTES: a multipart upload with a short last part
@@ -292,14 +292,14 @@ def test_gc_removes_old_staging_and_unreferenced_blobs(blob_store: BlobStore) ->
         writer.write(b"never committed")
         leftover = writer.finish()
 
-    young = collect_garbage(blob_store, {kept}, grace_seconds=HOUR)
+    young = sweep_storage(blob_store, {kept}, grace_seconds=HOUR)
     assert (young.staging_deleted, young.blobs_deleted, young.kept_young) == (0, 0, 2)
     assert young.kept_referenced == 1
     assert keys(blob_store, STAGING_PREFIX) == [leftover.key]
     assert blob_store.exists(dropped)
 
     later = datetime.now(UTC) + timedelta(hours=2)
-    report = collect_garbage(blob_store, lambda h: h == kept, grace_seconds=HOUR, now=later)
+    report = sweep_storage(blob_store, lambda h: h == kept, grace_seconds=HOUR, now=later)
     assert (report.staging_deleted, report.staging_bytes_freed) == (1, len(b"never committed"))
     assert (report.blobs_deleted, report.blob_bytes_freed) == (1, len(b"unreferenced!"))
     assert report.bytes_freed == len(b"never committed") + len(b"unreferenced!")
@@ -316,11 +316,11 @@ def test_gc_cleans_up_after_a_crashed_writer(blob_store: BlobStore) -> None:
     if isinstance(blob_store, LocalBlobStore):
         # moto reports a fixed 2010 start for every multipart upload, so only the local
         # store can show that an upload in flight survives a collection.
-        collect_garbage(blob_store, set(), grace_seconds=HOUR)
+        sweep_storage(blob_store, set(), grace_seconds=HOUR)
         assert len(keys(blob_store, STAGING_PREFIX)) == 1
 
     later = datetime.now(UTC) + timedelta(hours=2)
-    report = collect_garbage(blob_store, set(), grace_seconds=HOUR, now=later)
+    report = sweep_storage(blob_store, set(), grace_seconds=HOUR, now=later)
     assert report.staging_deleted + report.uploads_aborted == 1
     assert_no_staging(blob_store)
     writer.abort()  # the writer's own late abort still succeeds
@@ -328,7 +328,7 @@ def test_gc_cleans_up_after_a_crashed_writer(blob_store: BlobStore) -> None:
 
 def test_gc_rejects_naive_now(blob_store: BlobStore) -> None:
     with pytest.raises(ValueError, match="timezone"):
-        collect_garbage(blob_store, set(), grace_seconds=0, now=datetime(2030, 1, 1))
+        sweep_storage(blob_store, set(), grace_seconds=0, now=datetime(2030, 1, 1))
 
 
 def test_check_passes(blob_store: BlobStore) -> None:
@@ -490,7 +490,7 @@ def test_s3_check_probe_left_by_a_denied_delete_is_collected(s3_server: S3Server
     assert [k.rpartition("/")[0] for k in keys(store, STAGING_PREFIX)] == ["staging"]
     store.client.delete_bucket_policy(Bucket=s3_bucket)
     later = datetime.now(UTC) + timedelta(hours=2)
-    collect_garbage(store, set(), grace_seconds=HOUR, now=later)
+    sweep_storage(store, set(), grace_seconds=HOUR, now=later)
     assert keys(store, STAGING_PREFIX) == []  # ... so it lies where gc collects it
 
 
@@ -510,7 +510,7 @@ def test_s3_failed_abort_keeps_the_callers_error(s3_server: S3Server, s3_bucket:
     store.client = live_client
     assert len(pending_uploads(store)) == 1  # the abort could not reach S3 ...
     later = datetime.now(UTC) + timedelta(hours=2)
-    assert collect_garbage(store, set(), grace_seconds=HOUR, now=later).uploads_aborted == 1
+    assert sweep_storage(store, set(), grace_seconds=HOUR, now=later).uploads_aborted == 1
     assert_no_staging(store)  # ... and gc cleans up after it
 
 

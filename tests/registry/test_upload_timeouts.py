@@ -183,7 +183,7 @@ def test_receive_stops_waiting_for_a_quiet_body(tmp_path: Path) -> None:
 
     async def run() -> None:
         with anyio.fail_after(10):  # a bound for the test itself, should the code hang
-            await receive_upload(_request(receive), pipeline, idle_timeout_s=0.2)
+            await receive_upload(_request(receive).stream(), pipeline, idle_timeout_s=0.2)
 
     started = time.monotonic()
     with pytest.raises(RequestTimeout, match=r"for 0\.2 s \(after 1024 bytes\)"):
@@ -201,7 +201,7 @@ def test_receive_without_a_timeout_waits_until_cancelled(tmp_path: Path) -> None
 
     async def run() -> None:
         with anyio.move_on_after(1.0):
-            await receive_upload(_request(receive), _pipeline(store))
+            await receive_upload(_request(receive).stream(), _pipeline(store))
 
     anyio.run(run)  # no RequestTimeout: only the test's own deadline ended the wait
     assert receive.cancelled
@@ -221,7 +221,7 @@ def test_receive_completes_a_body_that_arrives_in_time(tmp_path: Path) -> None:
     async def run() -> UploadResult:
         request = Request({"type": "http", "method": "PUT", "path": "/x", "headers": []},
                           receive)
-        return await receive_upload(request, _pipeline(store), idle_timeout_s=0.5)
+        return await receive_upload(request.stream(), _pipeline(store), idle_timeout_s=0.5)
 
     result = anyio.run(run)
     assert result.size == 1_400_001
@@ -236,7 +236,7 @@ def test_refused_content_stops_reading_the_body(tmp_path: Path) -> None:
 
     async def run() -> None:
         with anyio.fail_after(10):
-            await receive_upload(_request(receive), _pipeline(store), idle_timeout_s=None)
+            await receive_upload(_request(receive).stream(), _pipeline(store), idle_timeout_s=None)
 
     with pytest.raises(UnsupportedFile, match="pickle"):
         anyio.run(run)

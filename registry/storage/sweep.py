@@ -1,4 +1,4 @@
-"""Garbage collection: remove staging leftovers and blobs no database row references.
+"""Sweep the store: remove staging leftovers and blobs no database row references.
 
 The database is the source of truth for what is referenced. Anything younger than the
 grace period is kept whatever its state, so an upload in flight (still staging, or
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class GcReport:
+class SweepReport:
     staging_deleted: int = 0
     staging_bytes_freed: int = 0
     blobs_deleted: int = 0
@@ -33,12 +33,12 @@ class GcReport:
         return self.staging_bytes_freed + self.blob_bytes_freed
 
 
-def collect_garbage(
+def sweep_storage(
     store: BlobStore,
     referenced: Callable[[str], bool] | Set[str],
     grace_seconds: float,
     now: datetime | None = None,
-) -> GcReport:
+) -> SweepReport:
     """Delete staging objects and unreferenced blobs last modified before now - grace.
 
     `referenced` answers for a sha256 (hex) whether the database still needs it; pass a
@@ -52,7 +52,7 @@ def collect_garbage(
         raise ValueError("now must be timezone-aware")
     cutoff = now - timedelta(seconds=grace_seconds)
     is_referenced = referenced.__contains__ if isinstance(referenced, Set) else referenced
-    report = GcReport()
+    report = SweepReport()
 
     for obj in store.list_objects(STAGING_PREFIX):
         if obj.modified >= cutoff:
@@ -78,5 +78,5 @@ def collect_garbage(
             report.blobs_deleted += 1
             report.blob_bytes_freed += obj.size
 
-    logger.info("storage gc: %s", report)
+    logger.info("storage sweep: %s", report)
     return report

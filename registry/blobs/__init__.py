@@ -1,0 +1,1 @@
+"""Blobs: the content-addressed files that models and adapters point at, and their GC."""

@@ -1,0 +1,58 @@
+"""SQL for blob rows and the file rows that point at them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import delete, exists, select, union
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from registry.tables import AdapterFile, Blob, ModelFile, utcnow
+
+FileRow = ModelFile | AdapterFile
+
+
+class BlobRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def ensure(self, sha256: str, size: int) -> None:
+        """Insert the blob row unless it exists; safe when identical uploads race."""
+        dialect = self.session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = insert(Blob).values(sha256=sha256, size=size, created_at=utcnow())
+        self.session.execute(statement.on_conflict_do_nothing(index_elements=["sha256"]))
+
+    def attach(self, row_type: type[ModelFile] | type[AdapterFile], owner_column: str,
+               owner_id: int,
+               filename: str, sha256: str, size: int,
+               header: dict[str, Any] | None) -> FileRow:
+        """Point the owner's `filename` at a blob (a re-upload replaces it)."""
+        self.ensure(sha256, size)
+        owner = getattr(row_type, owner_column)
+        row = cast(FileRow | None, self.session.scalars(select(row_type).where(
+            owner == owner_id, row_type.filename == filename)).first())
+        if row is None:
+            row = row_type(filename=filename, **{owner_column: owner_id})
+            self.session.add(row)
+        row.sha256, row.size, row.header = sha256, size, header
+        self.session.flush()
+        return row
+
+    def referenced(self) -> set[str]:
+        """Every sha256 a model or adapter file points at."""
+        rows = self.session.execute(union(select(ModelFile.sha256),
+                                          select(AdapterFile.sha256)))
+        return {row[0] for row in rows}
+
+    def delete_unreferenced(self, created_before: datetime) -> int:
+        """Drop blob rows no file points at and older than the cutoff; how many."""
+        result = self.session.execute(delete(Blob).where(
+            Blob.created_at < created_before,
+            ~exists().where(ModelFile.sha256 == Blob.sha256),
+            ~exists().where(AdapterFile.sha256 == Blob.sha256),
+        ))
+        return int(getattr(result, "rowcount", 0) or 0)
