@@ -16,7 +16,7 @@ from registry.adapters import service
 from registry.adapters.schemas import AdapterCreate, AdapterOut
 from registry.deps import AdminToken, DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
 from registry.downloads import StoredFile, file_response, find_file
-from registry.models.repository import ModelRepository
+from registry.models.service import model_names
 from registry.schemas import FileOut, PageOut
 from registry.tables import Adapter, AdapterKind
 from registry.uploads.flow import store_request
@@ -25,9 +25,8 @@ router = APIRouter(prefix="/adapters", tags=["adapters"])
 
 
 def _outs(session: Session, adapters: list[Adapter], summary: bool = False) -> list[AdapterOut]:
-    ids = {a.base_id for a in adapters} | {a.source_model_id for a in adapters
-                                           if a.source_model_id}
-    names = ModelRepository(session).names_of(ids)
+    names = model_names(session, [*(a.base_id for a in adapters),
+                                  *(a.source_model_id for a in adapters)])
     return [AdapterOut.of(a, names, summary=summary) for a in adapters]
 
 

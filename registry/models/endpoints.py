@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from registry.deps import AdminToken, DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
 from registry.downloads import StoredFile, file_response, find_file
 from registry.models import service
-from registry.models.repository import ModelRepository
 from registry.models.schemas import ModelCreate, ModelOut
 from registry.schemas import FileOut, PageOut
 from registry.tables import Model, ModelKind
@@ -24,8 +23,13 @@ from registry.uploads.flow import store_request
 router = APIRouter(prefix="/models", tags=["models"])
 
 
+def _outs(session: Session, models: list[Model]) -> list[ModelOut]:
+    names = service.model_names(session, (m.base_id for m in models))
+    return [ModelOut.of(m, names.get(m.base_id) if m.base_id else None) for m in models]
+
+
 def _out(session: Session, model: Model) -> ModelOut:
-    return ModelOut.of(model, ModelRepository(session).name_of(model.base_id))
+    return _outs(session, [model])[0]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -47,11 +51,8 @@ async def list_models(
     def page(session: Session) -> PageOut[ModelOut]:
         found = service.list_models(session, settings, ModelKind(kind) if kind else None,
                                     base, limit, page_token)
-        names = ModelRepository(session).names_of(
-            {m.base_id for m in found.items if m.base_id})
-        items = [ModelOut.of(m, names.get(m.base_id) if m.base_id else None)
-                 for m in found.items]
-        return PageOut(items=items, next_page_token=found.next_page_token)
+        return PageOut(items=_outs(session, found.items),
+                       next_page_token=found.next_page_token)
 
     return await db.read(page)
 

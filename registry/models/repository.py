@@ -39,11 +39,6 @@ class ModelRepository:
     def by_id(self, model_id: int, full: bool = False) -> Model | None:
         return self.session.scalars(self._query(full).where(Model.id == model_id)).first()
 
-    def name_of(self, model_id: int | None) -> str | None:
-        if model_id is None:
-            return None
-        return self.session.scalar(select(Model.name).where(Model.id == model_id))
-
     def names_of(self, ids: set[int]) -> dict[int, str]:
         if not ids:
             return {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -42,6 +43,11 @@ def get_model(session: Session, ref: str, lock: bool = False, full: bool = False
     if model is None:
         raise ModelNotFound(f"no model {ref!r}; list models with GET /models")
     return model
+
+
+def model_names(session: Session, ids: Iterable[int | None]) -> dict[int, str]:
+    """Names of the models with these ids (for showing bases and sources by name)."""
+    return ModelRepository(session).names_of({i for i in ids if i is not None})
 
 
 def create_model(session: Session, name: str, kind: ModelKind, base_ref: str | None) -> Model:
