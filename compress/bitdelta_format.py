@@ -43,7 +43,14 @@ from typing import Any
 
 import torch
 
-from compress.errors import IncompatibleModels, InvalidDelta, InvalidModel, InvalidParameter
+from compress import strictjson
+from compress.errors import (
+    IncompatibleModels,
+    InvalidDelta,
+    InvalidJSON,
+    InvalidModel,
+    InvalidParameter,
+)
 from compress.manifest import Manifest, manifest_from_headers
 from compress.tensorfile import FLOAT_DTYPES, SafetensorsHeader, TensorEntry
 from kernels.packing import BITS_PER_WORD, packed_words
@@ -287,9 +294,10 @@ def _parse_compressed(meta: Mapping[str, str]) -> tuple[ScaleMode, dict[str, Com
 
 def _json_field(meta: Mapping[str, str], key: str, kind: type) -> Any:
     try:
-        value = json.loads(meta[key])
-    except json.JSONDecodeError as exc:
-        raise InvalidDelta(f"__metadata__ {key} is not valid JSON ({exc.msg})") from exc
+        # Strict: the metadata comes from clients; deep nesting or NaN must not get past.
+        value = strictjson.loads(meta[key], f"__metadata__ {key}")
+    except InvalidJSON as exc:
+        raise InvalidDelta(f"__metadata__ {key} is not valid JSON ({exc.cause})") from exc
     if not isinstance(value, kind):
         raise InvalidDelta(f"__metadata__ {key} must be a JSON {kind.__name__}")
     return value

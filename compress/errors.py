@@ -59,3 +59,16 @@ class InvalidParameter(CodecError):
 
 class OutputExists(CodecError):
     """The output directory already holds files; deltahub never overwrites them."""
+
+
+class InvalidJSON(CodecError):
+    """A JSON document is malformed or breaks a limit (nesting depth, NaN, Infinity)."""
+
+    def __init__(self, source: str, cause: str, advice: str) -> None:
+        self.source = source
+        self.cause = cause  # what was wrong, without the file name (to quote elsewhere)
+        super().__init__(f"{source} is not valid JSON: {cause}; {advice}")
+
+
+class TooLarge(CodecError):
+    """An input declares more bytes than the caller allows (a header, a whole file)."""

@@ -5,6 +5,10 @@ Two files: `adapter_config.json` and `adapter_model.safetensors`, with keys
 `<module>.weight` is the base tensor being adapted. Full tensors kept through
 `modules_to_save` (and biases) are saved under `base_model.model.<module>.weight`.
 What peft writes, deltahub accepts unchanged; what deltahub writes, peft loads.
+
+The keys of `rank_pattern` and `alpha_pattern` are regular expressions from the client.
+They run on RE2, whose matching time is linear in the module name whatever the pattern,
+never on Python's backtracking `re`, where a key like `(a+)+$` takes exponential time.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+
+import re2
 
 from compress.errors import IncompatibleModels, InvalidDelta
 from compress.manifest import Manifest
@@ -29,6 +36,18 @@ _LORA_KEY = re.compile(
 
 _BASE_LAYER = re.compile(r"\.base_layer(?=\.[^.]+$)")
 
+# Limits on client patterns. A key names a module or a family of modules (peft writes
+# at most one per module); matching costs modules x keys, so the count is bounded too.
+MAX_PATTERN_KEYS = 1024
+MAX_PATTERN_KEY_CHARS = 256
+# RE2 memory per compiled key: plenty for any key under the length limit, and a cap on
+# what 2 x MAX_PATTERN_KEYS hostile keys can take. A DFA that outgrows it falls back to
+# RE2's NFA (slower, still linear). log_errors off: a bad key is the client's problem,
+# reported to the client, not a line in the server log.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.max_mem = 256 * 2**10
+_RE2_OPTIONS.log_errors = False
+
 
 def lora_key(module: str, part: str) -> str:
     """The safetensors key peft uses for `part` ("lora_A" or "lora_B") of `module`."""
@@ -40,12 +59,44 @@ def saved_module_key(tensor_name: str) -> str:
     return KEY_PREFIX + tensor_name
 
 
+def compile_pattern_key(key: str) -> Any:
+    r"""The RE2 regex peft builds from a pattern key: the key must match a suffix of the
+    module name that starts after a dot (`(.*\.)?(key)$`, matched from the start).
+
+    RE2's `$` is the end of the text; Python's also allows a final newline, which a
+    module name never has.
+    """
+    try:
+        return re2.compile(rf"(.*\.)?({key})$", _RE2_OPTIONS)
+    except re2.error as exc:
+        raise InvalidDelta(
+            f"{ADAPTER_CONFIG}: pattern key {key!r} is not a valid regular expression for "
+            f"RE2, the linear-time engine deltahub matches keys with ({_re2_reason(exc)}); "
+            "write it without backreferences, lookaround or possessive quantifiers"
+        ) from exc
+
+
 def pattern_value(patterns: Mapping[str, Any], module: str) -> Any | None:
     """The value of the first `rank_pattern`/`alpha_pattern` key matching `module`, as peft does."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
+    return _first_match(_compile_patterns(patterns), module)
+
+
+def _compile_patterns(patterns: Mapping[str, Any]) -> list[tuple[Any, Any]]:
+    return [(compile_pattern_key(key), value) for key, value in patterns.items()]
+
+
+def _first_match(compiled: list[tuple[Any, Any]], module: str) -> Any | None:
+    for regex, value in compiled:
+        if regex.match(module) is not None:
             return value
     return None
+
+
+def _re2_reason(exc: Exception) -> str:
+    # pybind passes RE2's message as bytes: "missing ): <the whole pattern>".
+    raw = exc.args[0] if exc.args else ""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return text.split(": ", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -60,12 +111,21 @@ class LoraAdapterConfig:
     lora_bias: bool = False
 
     def rank_of(self, module: str) -> int:
-        value = pattern_value(self.rank_pattern, module)
+        value = _first_match(self._rank_regexes, module)
         return int(value) if value is not None else self.r
 
     def alpha_of(self, module: str) -> float:
-        value = pattern_value(self.alpha_pattern, module)
+        value = _first_match(self._alpha_regexes, module)
         return float(value) if value is not None else self.lora_alpha
+
+    # Compiled once per config: rank_of runs once per module of the adapter.
+    @cached_property
+    def _rank_regexes(self) -> list[tuple[Any, Any]]:
+        return _compile_patterns(self.rank_pattern)
+
+    @cached_property
+    def _alpha_regexes(self) -> list[tuple[Any, Any]]:
+        return _compile_patterns(self.alpha_pattern)
 
 
 @dataclass(frozen=True)
@@ -113,12 +173,8 @@ def parse_adapter_config(raw: Any) -> LoraAdapterConfig:
     if not isinstance(alpha_pattern, dict) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in alpha_pattern.values()):
         raise InvalidDelta(f"{ADAPTER_CONFIG}: alpha_pattern must map names to numbers")
-    for key in [*rank_pattern, *alpha_pattern]:
-        try:
-            re.compile(rf"(.*\.)?({key})$")
-        except re.error as exc:
-            raise InvalidDelta(f"{ADAPTER_CONFIG}: pattern key {key!r} is not a valid "
-                               f"regular expression ({exc.msg})") from exc
+    _check_pattern_keys("rank_pattern", rank_pattern)
+    _check_pattern_keys("alpha_pattern", alpha_pattern)
     modules_to_save = raw.get("modules_to_save") or []
     if not isinstance(modules_to_save, list):
         raise InvalidDelta(f"{ADAPTER_CONFIG}: modules_to_save must be a list of names")
@@ -127,6 +183,22 @@ def parse_adapter_config(raw: Any) -> LoraAdapterConfig:
         alpha_pattern=alpha_pattern, modules_to_save=modules_to_save,
         fan_in_fan_out=bool(raw.get("fan_in_fan_out")), lora_bias=bool(raw.get("lora_bias")),
     )
+
+
+def _check_pattern_keys(field_name: str, patterns: Mapping[str, Any]) -> None:
+    """Refuse too many keys, too long keys, and keys RE2 cannot compile."""
+    if len(patterns) > MAX_PATTERN_KEYS:
+        raise InvalidDelta(
+            f"{ADAPTER_CONFIG}: {field_name} has {len(patterns)} keys, over the limit of "
+            f"{MAX_PATTERN_KEYS}; give modules that share a value one regex key "
+            "(e.g. \"layers\\.\\d+\\.mlp\\.down_proj\") instead of a key each")
+    for key in patterns:
+        if len(key) > MAX_PATTERN_KEY_CHARS:
+            raise InvalidDelta(
+                f"{ADAPTER_CONFIG}: {field_name} key {key[:40]!r}... is {len(key)} characters, "
+                f"over the limit of {MAX_PATTERN_KEY_CHARS}; a key only has to match the end "
+                "of a module name, so shorten it")
+        compile_pattern_key(key)
 
 
 def check_lora_against_base(config: LoraAdapterConfig, tensors: Mapping[str, TensorEntry],

@@ -3,15 +3,19 @@
 The registry hashes uploads as they arrive; this validator rides the same pass, so a
 multi-gigabyte shard is checked (header, layout, exact length, finite floats) without
 being read twice or held in memory. It refuses as early as it can: a pickle or a bad
-header fails on the first chunk, a NaN on the chunk that carries it.
+header fails on the first chunk, a NaN on the chunk that carries it. A header over
+`max_header_bytes` fails on its 8-byte length prefix, and a header that describes a file
+over `max_file_bytes` fails as soon as it is parsed, not when the body runs over.
 """
 
 from __future__ import annotations
 
 import torch
 
-from compress.errors import InvalidSafetensors, NonFiniteTensor
+from compress.errors import InvalidSafetensors, NonFiniteTensor, TooLarge
+from compress.strictjson import DEFAULT_MAX_DEPTH
 from compress.tensorfile import (
+    DEFAULT_MAX_HEADER_BYTES,
     DTYPE_BYTES,
     FLOAT_DTYPES,
     TORCH_DTYPES,
@@ -25,9 +29,15 @@ from compress.tensorfile import (
 class StreamingValidator:
     """Feed chunks in order with `feed`, then call `finish` to get the validated header."""
 
-    def __init__(self, source: str, check_finite: bool = True) -> None:
+    def __init__(self, source: str, check_finite: bool = True, *,
+                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+                 max_file_bytes: int | None = None,
+                 max_json_depth: int = DEFAULT_MAX_DEPTH) -> None:
         self._source = source
         self._check_finite = check_finite
+        self._max_header_bytes = max_header_bytes
+        self._max_file_bytes = max_file_bytes  # None: no limit on the whole file
+        self._max_json_depth = max_json_depth
         self._pending = bytearray()  # bytes not yet consumed by the current phase
         self._header_len: int | None = None
         self._header: SafetensorsHeader | None = None
@@ -68,15 +78,28 @@ class StreamingValidator:
         if self._header_len is None:
             if len(self._pending) < 8:
                 return False
-            self._header_len = parse_length_prefix(bytes(self._pending[:8]), self._source)
+            self._header_len = parse_length_prefix(bytes(self._pending[:8]), self._source,
+                                                   self._max_header_bytes)
+            self._check_file_size(8 + self._header_len, "its header alone makes it a")
         end = 8 + self._header_len
         if len(self._pending) < end:
             return False
-        self._header = parse_header_json(bytes(self._pending[8:end]), self._header_len,
-                                         self._source)
-        self._entries = list(self._header.tensors.values())  # already in data order
+        header = parse_header_json(bytes(self._pending[8:end]), self._header_len,
+                                   self._source, self._max_json_depth)
+        self._check_file_size(header.file_size, "its header describes a")
+        self._header = header
+        self._entries = list(header.tensors.values())  # already in data order
         del self._pending[:end]
         return True
+
+    def _check_file_size(self, size: int, what: str) -> None:
+        """Refuse a file whose header already says it is over the limit, before its body."""
+        if self._max_file_bytes is not None and size > self._max_file_bytes:
+            raise TooLarge(
+                f"{self._source}: {what} {size}-byte file, over the "
+                f"{self._max_file_bytes}-byte limit for this file; split the model into "
+                "smaller shards"
+            )
 
     def _consume_data(self, chunk: bytes) -> None:
         assert self._header is not None

@@ -5,13 +5,16 @@ A safetensors file is an 8-byte little-endian header length n, n bytes of JSON
 We refuse everything the reference library refuses, and additionally duplicate JSON
 keys (the reference silently keeps one of them, which would let two readers disagree
 about the same bytes), extra fields in a tensor entry, and the FNUZ float8 variants
-(no torch dtype on every build).
+(no torch dtype on every build). The header JSON is parsed strictly (bounded nesting, no
+NaN; compress/strictjson.py), and a header over `max_header_bytes` is refused from its
+length prefix alone.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import math
+import pickletools
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,10 +23,26 @@ from typing import Any
 
 import torch
 
-from compress.errors import InvalidSafetensors, PickleRefused
+from compress import strictjson
+from compress.errors import InvalidJSON, InvalidSafetensors, PickleRefused, TooLarge
 
-# The reference implementation refuses headers over 100 MB; so do we.
+# The reference implementation refuses headers over 100 MB: past that, the bytes are not
+# safetensors at all (InvalidSafetensors).
 MAX_HEADER_BYTES = 100_000_000
+# What we accept by default. Llama-2-70B's largest shard has a ~100 KB header; a valid
+# header of tens of MB is an attack on memory (it is parsed, and kept in a database row),
+# so it is refused as too large (TooLarge) as soon as its length prefix arrives.
+DEFAULT_MAX_HEADER_BYTES = 8 * 2**20
+
+# How much of a file is read as pickle opcodes when looking for a protocol 0 or 1 pickle,
+# and how many opcodes it takes to count as one, unless one of them imports a global:
+# "N." is a pickle of None, and a text may well start with "N.B.". With 4, 3 of 100,000
+# random byte strings read as pickles (a sentencepiece model, the one binary file kind
+# accepted, starts with 0x0a, which is no opcode).
+PICKLE_SNIFF_BYTES = 64 * 2**10
+_MIN_PICKLE_OPCODES = 4
+_IMPORTS = frozenset({"GLOBAL", "STACK_GLOBAL", "INST"})
+_PICKLE_0_1 = "a Python pickle (protocol 0 or 1: pickle opcodes from the first byte)"
 
 DTYPE_BYTES: dict[str, int] = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
@@ -101,6 +120,70 @@ def describe_pickle(prefix: bytes) -> str | None:
     return None
 
 
+def describe_pickle_stream(head: bytes, complete: bool) -> str | None:
+    """Name a protocol 0 or 1 pickle (no magic bytes) that `head` starts with, or None.
+
+    `head` is the start of a file (at most PICKLE_SNIFF_BYTES), `complete` whether it is
+    the whole file. The bytes are decoded as pickle opcodes and their effect on the
+    unpickler's stack is followed, but nothing is ever built or run. They are a pickle if
+    they reach a STOP, or the end of an incomplete `head`, without a stack error, through
+    a few opcodes or one that imports a global. Text, JSON and protobuf fail within their
+    first bytes.
+    """
+    stream = io.BytesIO(head)
+    stack = _OpcodeStack()
+    try:
+        for opcode, _arg, _pos in pickletools.genops(stream):
+            if not stack.apply(opcode):
+                return None  # no unpickler would get past this opcode
+    except Exception:  # genops raises ValueError on garbage; any failure means "not opcodes"
+        # Running out of bytes in the middle of an opcode says nothing against a pickle
+        # that goes on past the part we read.
+        ran_out = not complete and stream.tell() >= len(head)
+        return _PICKLE_0_1 if ran_out and stack.looks_like_a_pickle() else None
+    return _PICKLE_0_1 if stack.looks_like_a_pickle() else None
+
+
+class _OpcodeStack:
+    """The unpickler's stack as opcodes see it: items and marks, no values.
+
+    Follows pickletools.dis, minus its memo checks (the unpickler does not make them).
+    """
+
+    def __init__(self) -> None:
+        self.items: list[bool] = []  # True: a mark
+        self.marks = 0
+        self.count = 0  # opcodes applied
+        self.imports = False  # whether one of them imports a global (code to run)
+
+    def looks_like_a_pickle(self) -> bool:
+        return self.imports or self.count >= _MIN_PICKLE_OPCODES
+
+    def apply(self, opcode: pickletools.OpcodeInfo) -> bool:
+        """Apply one opcode's stack effect; False if the unpickler would fail on it."""
+        before, after = opcode.stack_before, opcode.stack_after
+        to_pop = len(before)
+        pops_mark = pickletools.markobject in before or (
+            opcode.name == "POP" and bool(self.items) and self.items[-1])
+        if pops_mark:
+            if not self.marks:
+                return False
+            while not self.items.pop():  # everything down to and including the mark
+                pass
+            self.marks -= 1
+            to_pop = (before.index(pickletools.markobject)
+                      if pickletools.markobject in before else 0)
+        if len(self.items) < to_pop:
+            return False
+        del self.items[len(self.items) - to_pop:]
+        pushed = [item is pickletools.markobject for item in after]
+        self.items += pushed
+        self.marks += sum(pushed)
+        self.count += 1
+        self.imports = self.imports or opcode.name in _IMPORTS
+        return True
+
+
 def pickle_refusal(name: str, what: str) -> PickleRefused:
     return PickleRefused(
         f"{name!r} is {what}; pickle checkpoints can run arbitrary code and are never "
@@ -115,7 +198,8 @@ def refuse_pickle_name(name: str) -> None:
         raise pickle_refusal(name, "named like a pickle checkpoint")
 
 
-def parse_length_prefix(prefix: bytes, source: str) -> int:
+def parse_length_prefix(prefix: bytes, source: str,
+                        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> int:
     """Decode and bound the 8-byte header length."""
     what = describe_pickle(prefix)
     if what is not None and not _is_header_length(prefix):
@@ -131,6 +215,12 @@ def parse_length_prefix(prefix: bytes, source: str) -> int:
             f"{source}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit; "
             "the file is corrupt or not safetensors"
         )
+    if header_len > max_header_bytes:
+        raise TooLarge(
+            f"{source}: the header is {header_len} bytes, over the {max_header_bytes}-byte "
+            "limit for headers; a real model's header is far smaller, so split the file "
+            "into shards (each has its own header)"
+        )
     return int(header_len)
 
 
@@ -142,7 +232,8 @@ def _is_header_length(prefix: bytes) -> bool:
     return len(prefix) >= 8 and int.from_bytes(prefix[:8], "little") <= MAX_HEADER_BYTES
 
 
-def parse_header_json(header: bytes, header_len: int, source: str) -> SafetensorsHeader:
+def parse_header_json(header: bytes, header_len: int, source: str,
+                      max_json_depth: int = strictjson.DEFAULT_MAX_DEPTH) -> SafetensorsHeader:
     """Validate the JSON header and the data layout it describes (no holes, no overlaps)."""
     if not header.startswith(b"{"):
         raise InvalidSafetensors(f"{source}: header does not start with '{{'; not safetensors")
@@ -151,13 +242,10 @@ def parse_header_json(header: bytes, header_len: int, source: str) -> Safetensor
     except UnicodeDecodeError as exc:
         raise InvalidSafetensors(f"{source}: header is not valid UTF-8 ({exc.reason})") from exc
     try:
-        raw = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except _DuplicateKey as exc:
-        raise InvalidSafetensors(
-            f"{source}: header has the key {exc.key!r} twice; re-save the file"
-        ) from exc
-    except ValueError as exc:
-        raise InvalidSafetensors(f"{source}: header is not valid JSON ({exc})") from exc
+        raw = strictjson.loads(text, source, max_depth=max_json_depth,
+                               object_pairs_hook=_checked_pairs(source))
+    except InvalidJSON as exc:
+        raise InvalidSafetensors(f"{source}: header is not valid JSON ({exc.cause})") from exc
     if not isinstance(raw, dict):
         raise InvalidSafetensors(f"{source}: header JSON must be an object")
 
@@ -192,14 +280,15 @@ def check_file_size(header: SafetensorsHeader, file_size: int, source: str) -> N
         )
 
 
-def read_header(path: Path) -> SafetensorsHeader:
+def read_header(path: Path, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+                ) -> SafetensorsHeader:
     """Read and fully validate a safetensors file's header without loading tensor data."""
     source = path.name
     refuse_pickle_name(source)
     file_size = path.stat().st_size
     with path.open("rb") as f:
         prefix = f.read(8)
-        header_len = parse_length_prefix(prefix, source)
+        header_len = parse_length_prefix(prefix, source, max_header_bytes)
         if 8 + header_len > file_size:
             raise InvalidSafetensors(
                 f"{source}: header length {header_len} runs past the end of the "
@@ -210,31 +299,36 @@ def read_header(path: Path) -> SafetensorsHeader:
     return header
 
 
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
+def _checked_pairs(source: str) -> strictjson.PairsHook:
+    """An object_pairs_hook refusing duplicate keys and lone surrogates, naming `source`.
+
+    It raises InvalidSafetensors (a CodecError, not a ValueError), which json passes
+    through untouched.
+    """
+    def check(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in result:
+                raise InvalidSafetensors(
+                    f"{source}: header has the key {key!r} twice; re-save the file")
+            _check_unicode(key, source)
+            if isinstance(value, str):
+                _check_unicode(value, source)
+            result[key] = value
+        return result
+
+    return check
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        _check_unicode(key)
-        if isinstance(value, str):
-            _check_unicode(value)
-        result[key] = value
-    return result
-
-
-def _check_unicode(text: str) -> None:
+def _check_unicode(text: str, source: str) -> None:
     # json.loads turns the escape "\ud800" into a lone surrogate, which is not Unicode: the
     # reference (serde_json) rejects it, and such a name cannot be encoded again.
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"the string {text!r} holds an unpaired surrogate escape") from exc
+        raise InvalidSafetensors(
+            f"{source}: header is not valid JSON (the string {text!r} holds an unpaired "
+            "surrogate escape)") from exc
 
 
 def _parse_metadata(raw: object, source: str) -> dict[str, str]:

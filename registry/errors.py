@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from compress.errors import CodecError, IncompatibleModels, PickleRefused
+from compress.errors import CodecError, IncompatibleModels, PickleRefused, TooLarge
 
 
 class APIError(Exception):
@@ -163,6 +163,8 @@ def from_codec_error(exc: CodecError) -> APIError:
     name = type(exc).__name__
     if isinstance(exc, PickleRefused):
         return UnsupportedFile(exc.detail, name=name)
+    if isinstance(exc, TooLarge):  # the same answer as a body over its byte limit
+        return PayloadTooLarge(exc.detail)
     if isinstance(exc, IncompatibleModels):
         return IncompatibleBase(exc.detail, name=name, mismatches=exc.mismatches)
     return Unprocessable(exc.detail, name=name)

@@ -38,8 +38,9 @@ class Settings(BaseSettings):
     # has ~100 KB); anything far beyond that is an attack on memory, not a model.
     MAX_HEADER_BYTES: int = Field(default=8 * 2**20, gt=0)
     MAX_JSON_DEPTH: int = Field(default=64, gt=0)  # nesting of any JSON a client sends
-    # A pushed report.json is kept (as the adapter's quality) only up to this size.
-    MAX_REPORT_BYTES: int = Field(default=256 * 2**10, gt=0)
+    # A pushed report.json is kept (as the adapter's quality) only up to this size; our own
+    # BitDelta report lists every tensor (~310 B each: ~0.3 MB for a 405B model).
+    MAX_REPORT_BYTES: int = Field(default=2 * 2**20, gt=0)
     # An upload that sends no byte for this long is cut off (408) and its staging removed.
     UPLOAD_IDLE_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
 

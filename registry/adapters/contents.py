@@ -1,7 +1,9 @@
 """Check a pushed adapter's files against its base, per kind, and summarise them.
 
 Only headers (kept in the database at upload) and small JSON files are read: the
-tensor data was already checked for NaN/Inf while it streamed in.
+tensor data was already checked for NaN/Inf while it streamed in. The JSON files are
+parsed strictly (compress/strictjson.py), and a pushed report.json is kept as the
+adapter's quality only within the report size limit.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from compress import strictjson
 from compress.bitdelta_format import (
     CONFIG_FILE,
     DELTA_FILE,
@@ -28,7 +31,8 @@ from compress.peft_format import (
     parse_adapter_config,
 )
 from compress.tensorfile import header_from_dict
-from registry.errors import MissingFiles, from_codec_error
+from registry.errors import MissingFiles, Unprocessable, from_codec_error
+from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import AdapterFile, AdapterKind
 
@@ -40,11 +44,12 @@ class AdapterContents:
 
 
 def inspect_adapter(kind: AdapterKind, files: Mapping[str, AdapterFile], base: Manifest,
-                    store: BlobStore) -> AdapterContents:
+                    store: BlobStore, settings: Settings) -> AdapterContents:
+    reader = _JSONReader(store, settings)
     try:
         if kind is AdapterKind.LORA:
-            return _inspect_lora(files, base, store)
-        return _inspect_bitdelta(files, base, store)
+            return _inspect_lora(files, base, reader)
+        return _inspect_bitdelta(files, base, reader)
     except CodecError as exc:
         raise from_codec_error(exc) from exc
 
@@ -55,10 +60,33 @@ def content_digest(files: Mapping[str, AdapterFile]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _JSONReader:
+    """Reads the adapter's JSON blobs under the server's limits."""
+
+    store: BlobStore
+    settings: Settings
+
+    def read(self, name: str, file: AdapterFile) -> Any:
+        return strictjson.loads(self.store.read_bytes(file.sha256), name,
+                                max_depth=self.settings.MAX_JSON_DEPTH)
+
+    def read_report(self, file: AdapterFile) -> Any:
+        # Uploads cap report.json; one pushed before the cap (or a lowered cap) is
+        # refused here rather than read whole and kept in the adapter's row.
+        limit = self.settings.MAX_REPORT_BYTES
+        if file.size > limit:
+            raise Unprocessable(
+                f"{REPORT_FILE} is {file.size} bytes, over the {limit}-byte limit for "
+                f"reports; upload a smaller {REPORT_FILE} (its summary, without the "
+                "per-tensor list) or leave it out", name="ReportTooLarge")
+        return self.read(REPORT_FILE, file)
+
+
 def _inspect_lora(files: Mapping[str, AdapterFile], base: Manifest,
-                  store: BlobStore) -> AdapterContents:
+                  reader: _JSONReader) -> AdapterContents:
     _require(files, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], "a LoRA adapter")
-    config = parse_adapter_config(_read_json(store, files[ADAPTER_CONFIG]))
+    config = parse_adapter_config(reader.read(ADAPTER_CONFIG, files[ADAPTER_CONFIG]))
     weights = files[ADAPTER_WEIGHTS]
     assert weights.header is not None  # safetensors uploads always record their header
     summary = check_lora_against_base(config, header_from_dict(weights.header).tensors, base)
@@ -66,7 +94,7 @@ def _inspect_lora(files: Mapping[str, AdapterFile], base: Manifest,
 
 
 def _inspect_bitdelta(files: Mapping[str, AdapterFile], base: Manifest,
-                      store: BlobStore) -> AdapterContents:
+                      reader: _JSONReader) -> AdapterContents:
     shards = {name: f for name, f in files.items() if name.endswith(".safetensors")}
     if not shards:
         raise MissingFiles(f"a BitDelta adapter needs {DELTA_FILE} (or its shards) before it "
@@ -75,7 +103,8 @@ def _inspect_bitdelta(files: Mapping[str, AdapterFile], base: Manifest,
     weight_map = None
     if len(shards) > 1 or DELTA_INDEX in files:
         _require(files, [DELTA_INDEX], "a sharded BitDelta adapter")
-        weight_map = parse_weight_map(_read_json(store, files[DELTA_INDEX]), DELTA_INDEX)
+        weight_map = parse_weight_map(reader.read(DELTA_INDEX, files[DELTA_INDEX]),
+                                      DELTA_INDEX)
     headers = {}
     for name, f in shards.items():
         assert f.header is not None  # safetensors uploads always record their header
@@ -83,7 +112,7 @@ def _inspect_bitdelta(files: Mapping[str, AdapterFile], base: Manifest,
     summary = inspect_bitdelta(headers, weight_map, base)
     quality = None
     if REPORT_FILE in files:
-        report = _read_json(store, files[REPORT_FILE])
+        report = reader.read_report(files[REPORT_FILE])
         if isinstance(report, dict):
             # The client's own compression report: keep its summary, not the per-tensor
             # list, and say where it came from (the server did not measure it).
@@ -97,6 +126,3 @@ def _require(files: Mapping[str, AdapterFile], names: list[str], what: str) -> N
     if missing:
         raise MissingFiles(f"{what} needs {', '.join(missing)} before it can be finalized")
 
-
-def _read_json(store: BlobStore, file: AdapterFile) -> Any:
-    return json.loads(store.read_bytes(file.sha256))

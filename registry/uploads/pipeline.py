@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from compress import strictjson
 from compress.errors import CodecError
 from compress.streaming import StreamingValidator
-from compress.tensorfile import describe_pickle, header_to_dict, pickle_refusal
+from compress.tensorfile import (
+    PICKLE_SNIFF_BYTES,
+    describe_pickle,
+    describe_pickle_stream,
+    header_to_dict,
+    pickle_refusal,
+)
 from registry.errors import ChecksumMismatch, PayloadTooLarge, Unprocessable, from_codec_error
 from registry.storage.base import BlobStore, StagedObject, StagingWriter, StorageError
 from registry.uploads.rules import ContentKind, FileRule
 
-_SNIFF_BYTES = 8
+_MAGIC_BYTES = 8  # enough for every magic number describe_pickle knows
 
 
 @dataclass(frozen=True)
@@ -39,11 +45,14 @@ class UploadPipeline:
         self.expected_sha256 = expected_sha256.lower() if expected_sha256 else None
         self.size = 0
         self._hash = hashlib.sha256()
-        self._head = bytearray()  # first bytes, for pickle sniffing
+        self._head = bytearray()  # the first PICKLE_SNIFF_BYTES, for pickle sniffing
         self._buffer = (bytearray() if rule.kind in (ContentKind.JSON, ContentKind.TEXT)
                         else None)
-        self._validator = (StreamingValidator(filename) if rule.kind is ContentKind.SAFETENSORS
-                           else None)
+        self._validator = (
+            StreamingValidator(filename, max_header_bytes=rule.max_header_bytes,
+                               max_file_bytes=rule.max_bytes,
+                               max_json_depth=rule.max_json_depth)
+            if rule.kind is ContentKind.SAFETENSORS else None)
         self._writer: StagingWriter = store.start_upload()
 
     def feed(self, chunk: bytes) -> None:
@@ -75,9 +84,8 @@ class UploadPipeline:
             )
         # Safetensors uploads are not sniffed: their validator refuses pickles itself,
         # and a valid header length can begin with the bytes of a pickle opcode.
-        if self._validator is None and len(self._head) < _SNIFF_BYTES:
-            self._head += chunk[: _SNIFF_BYTES - len(self._head)]
-            self._refuse_pickle()
+        if self._validator is None:
+            self._sniff(chunk)
         self._hash.update(chunk)
         if self._validator is not None:
             self._validate(chunk)
@@ -86,6 +94,8 @@ class UploadPipeline:
         self._writer.write(chunk)
 
     def _finish(self) -> UploadResult:
+        if self._validator is None and len(self._head) < PICKLE_SNIFF_BYTES:
+            self._refuse_pickle(describe_pickle_stream(bytes(self._head), complete=True))
         header = self._check_content()
         sha256 = self._hash.hexdigest()
         if self.expected_sha256 is not None and sha256 != self.expected_sha256:
@@ -103,11 +113,25 @@ class UploadPipeline:
         except CodecError as exc:
             raise from_codec_error(exc) from exc
 
-    def _refuse_pickle(self) -> None:
-        what = describe_pickle(bytes(self._head))
+    def _sniff(self, chunk: bytes) -> None:
+        """Refuse pickle bytes under any name, as early as they show.
+
+        Magic numbers (pickle protocol 2+, zip, .npy) show in the first 8 bytes. Protocol
+        0 and 1 have none: the first PICKLE_SNIFF_BYTES are read as pickle opcodes (never
+        run) once they are in, or at the end of a shorter file (see _finish).
+        """
+        before = len(self._head)
+        if before >= PICKLE_SNIFF_BYTES:
+            return
+        self._head += chunk[: PICKLE_SNIFF_BYTES - before]
+        if before < _MAGIC_BYTES:
+            self._refuse_pickle(describe_pickle(bytes(self._head[:_MAGIC_BYTES])))
+        if len(self._head) >= PICKLE_SNIFF_BYTES:
+            self._refuse_pickle(describe_pickle_stream(bytes(self._head), complete=False))
+
+    def _refuse_pickle(self, what: str | None) -> None:
         if what is not None:
-            refusal = pickle_refusal(self.filename, what)
-            raise from_codec_error(refusal)
+            raise from_codec_error(pickle_refusal(self.filename, what))
 
     def _check_content(self) -> dict[str, Any] | None:
         if self._validator is not None:
@@ -123,9 +147,10 @@ class UploadPipeline:
             raise Unprocessable(f"{self.filename!r} is not UTF-8 text ({exc.reason})",
                                 name="InvalidContent") from exc
         if self.rule.kind is ContentKind.JSON:
+            # Strict: bounded depth (json recurses per level), no NaN or Infinity (which
+            # PostgreSQL refuses and no response can render), no lone surrogates.
             try:
-                json.loads(text)
-            except ValueError as exc:
-                raise Unprocessable(f"{self.filename!r} is not valid JSON: {exc}",
-                                    name="InvalidContent") from exc
+                strictjson.loads(text, self.filename, max_depth=self.rule.max_json_depth)
+            except CodecError as exc:
+                raise from_codec_error(exc) from exc
         return None

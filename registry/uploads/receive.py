@@ -49,7 +49,9 @@ async def receive_upload(chunks: AsyncGenerator[bytes, None], pipeline: UploadPi
         while (chunk := await _next_chunk(chunks, idle_timeout_s, received)) is not None:
             received += len(chunk)
             batch += chunk
-            if len(batch) >= _BATCH_BYTES:
+            # The first bytes go to the pipeline at once: a bad header or a pickle is
+            # refused on the chunk that shows it, not a megabyte later.
+            if len(batch) >= _BATCH_BYTES or received == len(chunk):
                 await run_in_threadpool(pipeline.feed, bytes(batch))
                 batch.clear()
         if batch:

@@ -112,6 +112,9 @@ def test_a_sharded_delta_is_checked_with_its_index(tiny_base: Path, tiny_finetun
     ("format_version", "2", "format version '2' is not supported.*reads version 1"),
     ("scale_mode", "column", "scale_mode 'column'"),
     ("compressed_modules", "[not json", "compressed_modules is not valid JSON"),
+    ("compressed_modules", "[" * 100_000 + "]" * 100_000,
+     "compressed_modules is not valid JSON.*nested 100000 deep"),
+    ("compressed_shapes", '{"a": [NaN, 1]}', "compressed_shapes is not valid JSON.*NaN"),
     ("compressed_dtypes", json.dumps({Q: "F16"}), "exactly the modules"),
 ])
 def test_bad_metadata_is_refused(key: str, value: str, match: str, delta: Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from compress.manifest import Manifest
 from compress.peft_format import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    MAX_PATTERN_KEY_CHARS,
+    MAX_PATTERN_KEYS,
     LoraAdapterConfig,
     LoraAdapterSummary,
     check_lora_against_base,
@@ -344,3 +347,71 @@ def test_pattern_value_agrees_with_peft(module: str) -> None:
     patterns = {"layers.1.self_attn.q_proj": 6, "down_proj": 2, r"model\.layers\.\d+\.mlp": 9}
     key = get_pattern_key(list(patterns), module)
     assert pattern_value(patterns, module) == patterns.get(key)
+
+
+# --- client patterns run in linear time ---------------------------------------------------------
+
+REGEX_KEYS = {r"layers\.\d+\.self_attn\.q_proj": 6, "q_proj|v_proj": 3, "(?i:DOWN_PROJ)": 5,
+              r"mlp\..*": 7, "layers.1.self_attn.k_proj": 9, r"model\.layers\.[02468]\.": 2}
+
+
+@pytest.mark.parametrize(
+    "module",
+    [Q0, "model.layers.1.self_attn.v_proj", "model.layers.0.mlp.down_proj",
+     "model.layers.10.mlp.up_proj", "model.layers.1.self_attn.k_proj",
+     "model.layersX1.self_attn.k_proj", "k_proj", "lm_head", "model.layers.2.mlp"],
+)
+def test_regex_pattern_keys_agree_with_peft(module: str) -> None:
+    key = get_pattern_key(list(REGEX_KEYS), module)
+    assert pattern_value(REGEX_KEYS, module) == REGEX_KEYS.get(key)
+
+
+def test_catastrophic_backtracking_key_returns_at_once(real_config: dict[str, Any]) -> None:
+    # On Python's re, `(a+)+$` against "a" * n + "!" takes time exponential in n: at n = 30
+    # it would not return within the test run. RE2 answers in time linear in the name.
+    module = "model." + "a" * 5000 + "!"
+    config = parse_adapter_config({**real_config, "rank_pattern": {"(a+)+$": 8, "a+!": 2}})
+    start = time.perf_counter()
+    assert pattern_value({"(a+)+$": 8}, module) is None
+    assert config.rank_of(module) == 2  # the first key misses, the second matches
+    assert config.rank_of("model." + "a" * 5000) == 8
+    assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        (r"(q)\1_proj", "invalid escape sequence"),  # backreference
+        ("(?=q)q_proj", "invalid perl operator"),  # lookahead
+        ("(?<!v)q_proj", "invalid perl operator"),  # lookbehind
+        ("q_proj*+", "bad repetition operator"),  # possessive
+        ("((a{1000}){1000}){1000}", "invalid repetition size"),
+    ],
+)
+def test_keys_re2_cannot_run_are_refused(real_config: dict[str, Any], key: str,
+                                         reason: str) -> None:
+    for field in ("rank_pattern", "alpha_pattern"):
+        with pytest.raises(InvalidDelta) as info:
+            parse_adapter_config({**real_config, field: {key: 2}})
+        detail = info.value.detail
+        assert f"pattern key {key!r} is not a valid regular expression for RE2" in detail
+        assert f"({reason})" in detail
+        assert "write it without backreferences, lookaround" in detail
+
+
+def test_pattern_key_length_is_bounded(real_config: dict[str, Any]) -> None:
+    longest = "x" * MAX_PATTERN_KEY_CHARS
+    parse_adapter_config({**real_config, "rank_pattern": {longest: 2}})
+    with pytest.raises(InvalidDelta, match=re.escape(
+            f"rank_pattern key {longest[:40]!r}... is {MAX_PATTERN_KEY_CHARS + 1} characters, "
+            f"over the limit of {MAX_PATTERN_KEY_CHARS}; a key only has to match the end")):
+        parse_adapter_config({**real_config, "rank_pattern": {longest + "x": 2}})
+
+
+def test_pattern_key_count_is_bounded(real_config: dict[str, Any]) -> None:
+    most = {f"model.layers.{i}.mlp.down_proj": 2 for i in range(MAX_PATTERN_KEYS)}
+    parse_adapter_config({**real_config, "alpha_pattern": most})
+    with pytest.raises(InvalidDelta, match=f"alpha_pattern has {MAX_PATTERN_KEYS + 1} keys, "
+                       f"over the limit of {MAX_PATTERN_KEYS}; give modules that share a value "
+                       "one regex key"):
+        parse_adapter_config({**real_config, "alpha_pattern": {**most, "lm_head": 1.0}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,16 +14,24 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compress.errors import CodecError, InvalidSafetensors, NonFiniteTensor, PickleRefused
+from compress.errors import (
+    CodecError,
+    InvalidSafetensors,
+    NonFiniteTensor,
+    PickleRefused,
+    TooLarge,
+)
 from compress.streaming import StreamingValidator
-from compress.tensorfile import SafetensorsHeader, read_header
+from compress.tensorfile import DEFAULT_MAX_HEADER_BYTES, SafetensorsHeader, read_header
 from tests.malformed import (
     MALFORMED_CASES,
     NONFINITE_MESSAGE,
     NONFINITE_TENSOR,
     PICKLE_CASES,
     MalformedCase,
+    assemble,
     bad_element_span,
+    entry,
     inf_safetensors,
     nan_safetensors,
     pickle_like_valid_safetensors,
@@ -220,3 +229,61 @@ def test_random_chunkings_validate_identically(data: st.DataObject) -> None:
         validate(data.draw(chunked(NAN_BF16)))
     with pytest.raises(InvalidSafetensors, match="file is truncated"):
         validate(data.draw(chunked(TRUNCATED)))
+
+
+# --- hostile headers: refused as soon as what they declare is known -----------------------------
+
+
+@pytest.mark.parametrize(("cap", "declared"), [(DEFAULT_MAX_HEADER_BYTES, None), (1000, 1001)])
+def test_header_over_the_cap_is_refused_on_its_8_byte_prefix(cap: int,
+                                                              declared: int | None) -> None:
+    length = DEFAULT_MAX_HEADER_BYTES + 1 if declared is None else declared
+    validator = (StreamingValidator("m.safetensors") if declared is None
+                 else StreamingValidator("m.safetensors", max_header_bytes=cap))
+    validator.feed(struct.pack("<Q", length)[:7])  # not yet known
+    with pytest.raises(TooLarge, match=f"the header is {length} bytes, over the {cap}-byte"):
+        validator.feed(struct.pack("<Q", length)[7:])  # the 8th byte: refused at once
+
+
+def test_header_at_the_cap_is_accepted() -> None:
+    header_len = int.from_bytes(VALID[:8], "little")
+    validator = StreamingValidator("m.safetensors", max_header_bytes=header_len)
+    validator.feed(VALID)
+    assert validator.finish().header_len == header_len
+
+
+def test_header_declaring_2_to_the_40_bytes_is_refused_before_the_data() -> None:
+    data = assemble({"huge": entry("F32", [2**38], 0, 2**40)})  # the header, no data
+    validator = StreamingValidator("m.safetensors", max_file_bytes=50 * 10**9)
+    with pytest.raises(TooLarge, match=f"its header describes a {len(data) + 2**40}-byte file, "
+                       "over the 50000000000-byte limit for this file"):
+        validator.feed(data)
+    assert validator.header is None
+
+
+def test_file_size_limit_is_exact() -> None:
+    StreamingValidator("m", max_file_bytes=len(VALID)).feed(VALID)
+    with pytest.raises(TooLarge, match=f"describes a {len(VALID)}-byte file"):
+        StreamingValidator("m", max_file_bytes=len(VALID) - 1).feed(VALID)
+
+
+def test_header_length_alone_over_the_file_limit_is_refused_on_the_prefix() -> None:
+    validator = StreamingValidator("m", max_file_bytes=100)
+    with pytest.raises(TooLarge, match="its header alone makes it a 508-byte file, over the "
+                       "100-byte limit"):
+        validator.feed(struct.pack("<Q", 500))
+
+
+@pytest.mark.parametrize("size", CHUNK_SIZES)
+def test_header_nested_100000_deep_is_refused(size: int | None) -> None:
+    data = assemble('{"a":' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(InvalidSafetensors, match=r"header is not valid JSON \(nested 100001 "
+                       r"deep, over the limit of 64\)"):
+        validate(chunks(data, 65536 if size == 1 else size))
+
+
+def test_nan_in_a_header_is_refused() -> None:
+    data = assemble('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+                    '"__metadata__":{"x":NaN}}', b"\0" * 4)
+    with pytest.raises(InvalidSafetensors, match="NaN is not a JSON value"):
+        validate([data])

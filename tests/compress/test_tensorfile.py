@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import fractions
 import json
+import pickle
+import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 import safetensors
@@ -13,14 +18,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compress.errors import InvalidSafetensors, PickleRefused
+from compress.errors import InvalidSafetensors, PickleRefused, TooLarge
 from compress.tensorfile import (
+    DEFAULT_MAX_HEADER_BYTES,
     DTYPE_BYTES,
     MAX_HEADER_BYTES,
+    PICKLE_SNIFF_BYTES,
     PICKLE_SUFFIXES,
     SAFETENSORS_DTYPES,
     TORCH_DTYPES,
     describe_pickle,
+    describe_pickle_stream,
     header_from_dict,
     header_to_dict,
     parse_header_json,
@@ -256,7 +264,9 @@ def test_describe_pickle(prefix: bytes, expected: str | None) -> None:
 
 def test_parse_length_prefix_bounds() -> None:
     assert parse_length_prefix(struct.pack("<Q", 0), "f") == 0
-    assert parse_length_prefix(struct.pack("<Q", MAX_HEADER_BYTES), "f") == MAX_HEADER_BYTES
+    # The format allows up to MAX_HEADER_BYTES; our default cap is lower (TooLarge below).
+    assert parse_length_prefix(struct.pack("<Q", MAX_HEADER_BYTES), "f",
+                               max_header_bytes=MAX_HEADER_BYTES) == MAX_HEADER_BYTES
     with pytest.raises(InvalidSafetensors, match="exceeds"):
         parse_length_prefix(struct.pack("<Q", MAX_HEADER_BYTES + 1), "f")
     with pytest.raises(InvalidSafetensors, match="exceeds"):
@@ -318,3 +328,146 @@ def test_reference_files_parse_to_their_own_layout(
         got = header.tensors[name]
         assert (got.torch_dtype, got.shape) == (tensor.dtype, tuple(tensor.shape))
         assert [got.start, got.end] == raw[name]["data_offsets"]  # type: ignore[index]
+
+
+# --- hostile headers: nesting, non-finite numbers, size -----------------------------------------
+
+
+def deep_header(depth: int) -> str:
+    """A header whose one entry nests `depth` arrays (so the JSON is `depth` + 1 deep)."""
+    return '{"a":' + "[" * depth + "]" * depth + "}"
+
+
+def test_header_nested_100000_deep_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidSafetensors, match=r"^model\.safetensors: header is not valid "
+                       r"JSON \(nested 100001 deep, over the limit of 64\)$"):
+        read_header(write(tmp_path, assemble(deep_header(100_000))))
+
+
+def test_header_depth_limit_is_a_parameter() -> None:
+    header = deep_header(3).encode()
+    with pytest.raises(InvalidSafetensors, match="nested 4 deep, over the limit of 3"):
+        parse_header_json(header, len(header), "f", max_json_depth=3)
+    with pytest.raises(InvalidSafetensors, match="must have exactly dtype"):  # parsed
+        parse_header_json(header, len(header), "f", max_json_depth=4)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_in_a_header_are_refused(tmp_path: Path, value: str) -> None:
+    data = assemble('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+                    f'"__metadata__":{{"x":{value}}}}}', b"\0" * 4)
+    with pytest.raises(InvalidSafetensors, match=r"header is not valid JSON \(.*(not a JSON "
+                       r"value|overflows a 64-bit float)"):
+        read_header(write(tmp_path, data))
+
+
+def test_header_over_the_cap_is_too_large_from_its_prefix(tmp_path: Path) -> None:
+    assert parse_length_prefix(struct.pack("<Q", DEFAULT_MAX_HEADER_BYTES), "f") == (
+        DEFAULT_MAX_HEADER_BYTES)
+    with pytest.raises(TooLarge, match=f"the header is {DEFAULT_MAX_HEADER_BYTES + 1} bytes, "
+                       f"over the {DEFAULT_MAX_HEADER_BYTES}-byte limit for headers"):
+        parse_length_prefix(struct.pack("<Q", DEFAULT_MAX_HEADER_BYTES + 1), "f")
+    # Only the prefix is read: the file holds nothing after it.
+    path = write(tmp_path, struct.pack("<Q", DEFAULT_MAX_HEADER_BYTES + 1))
+    with pytest.raises(TooLarge, match="split the file into shards"):
+        read_header(path)
+    valid = valid_safetensors()
+    header_len = struct.unpack("<Q", valid[:8])[0]
+    with pytest.raises(TooLarge, match=f"the header is {header_len} bytes, over the 64-byte"):
+        read_header(write(tmp_path, valid), max_header_bytes=64)
+    assert read_header(write(tmp_path, valid), max_header_bytes=header_len).file_size == len(
+        valid)
+
+
+# --- pickles without magic bytes (protocols 0 and 1) --------------------------------------------
+
+
+class Weights:
+    """A class instance: its pickle names a global and rebuilds it (GLOBAL, REDUCE, BUILD)."""
+
+    def __init__(self) -> None:
+        self.weight = [0.5] * 8
+
+
+PICKLED: dict[str, Any] = {
+    "state_dict": {"model.embed.weight": [[0.1, 0.2], [0.3, 0.4]], "step": 7},
+    "ordered_dict": collections.OrderedDict(a=1, b=2.5),
+    "fraction": fractions.Fraction(3, 4),
+    "instance": Weights(),
+    "large_list": list(range(50_000)),  # far past the sniffed prefix
+    "large_bytes": bytes(range(256)) * 1000,  # one long opcode argument past the prefix
+}
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+@pytest.mark.parametrize("name", list(PICKLED))
+def test_protocol_0_and_1_pickles_are_found(name: str, protocol: int) -> None:
+    data = pickle.dumps(PICKLED[name], protocol=protocol)
+    assert describe_pickle(data[:8]) is None  # no magic bytes to sniff
+    head = data[:PICKLE_SNIFF_BYTES]
+    what = describe_pickle_stream(head, complete=len(data) <= PICKLE_SNIFF_BYTES)
+    assert what is not None
+    assert "protocol 0 or 1" in what
+
+
+def test_a_prefix_that_runs_out_mid_opcode_is_a_pickle_only_if_incomplete() -> None:
+    data = pickle.dumps(PICKLED["large_list"], protocol=0)
+    assert describe_pickle_stream(data[:5000], complete=False) is not None
+    assert describe_pickle_stream(data[:5000], complete=True) is None  # cut: cannot load
+
+
+def sentencepiece_model_bytes() -> bytes:
+    """A small tokenizer.model as sentencepiece writes it: a ModelProto protobuf."""
+
+    def field(number: int, wire_type: int, payload: bytes) -> bytes:
+        return bytes([number << 3 | wire_type]) + payload
+
+    def length_delimited(number: int, payload: bytes) -> bytes:
+        assert len(payload) < 128  # one-byte varint length is all this needs
+        return field(number, 2, bytes([len(payload)]) + payload)
+
+    pieces = b"".join(
+        length_delimited(1, length_delimited(1, text.encode()) + field(2, 5, struct.pack(
+            "<f", -float(i))) + field(3, 0, bytes([kind])))
+        for i, (text, kind) in enumerate([("<unk>", 2), ("<s>", 3), ("</s>", 3), ("\u2581the", 1),
+                                          ("\u2581a", 1), ("s", 1), ("(", 1), (".", 1)]))
+    trainer = length_delimited(2, field(3, 0, bytes([1])) + field(4, 0, bytes([8])))
+    return pieces + trainer + length_delimited(3, length_delimited(1, b"nmt_nfkc"))
+
+
+NOT_PICKLES: dict[str, bytes] = {
+    "readme": b"# My adapter\n\nA LoRA of Llama-2-7B for summarisation. Load it with peft.\n",
+    "note_starting_like_opcodes": b"N.B. this model was trained on public data only.\n",
+    "dotted_list": b"a. first\nb. second\n",
+    "vocab_txt": b"[PAD]\n[UNK]\n[CLS]\nthe\nof\n",
+    "merges_txt": b"#version: 0.2\n\xc4\xa0 t\n\xc4\xa0 a\n",
+    "json_object": json.dumps({"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}).encode(),
+    "json_number": b"0.5",
+    "json_true": b"true",
+    "text_of_opcode_letters": b"(lp0\nVa\np1\naI1\nas",  # an unfinished list, no STOP
+    "sentencepiece": sentencepiece_model_bytes(),
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_PICKLES))
+def test_text_json_and_protobuf_are_not_pickles(name: str) -> None:
+    data = NOT_PICKLES[name]
+    assert describe_pickle_stream(data, complete=True) is None
+    assert describe_pickle_stream(data * 4000, complete=False) is None  # a long file too
+
+
+def test_random_bytes_are_not_pickles() -> None:
+    # As the upload pipeline calls it: a whole short file, or the first window of a long one.
+    rng = random.Random(20240518)
+    for _ in range(1000):
+        short = rng.randbytes(rng.randint(1, 2000))
+        assert describe_pickle_stream(short, complete=True) is None, short[:16]
+        window = rng.randbytes(PICKLE_SNIFF_BYTES)
+        assert describe_pickle_stream(window, complete=False) is None, window[:16]
+
+
+def test_a_global_import_is_enough() -> None:
+    # GLOBAL, then a line that runs out: two opcodes, but one of them imports code.
+    assert describe_pickle_stream(b"cos\nsystem\n(S'echo hi", complete=False) is not None
+    assert describe_pickle_stream(b"cos\nsystem\n(S'echo hi'\ntR.", complete=True) is not None

@@ -92,7 +92,7 @@ def test_non_finite_weights_refused(client: TestClient, store: LocalBlobStore, t
 def test_other_bad_files(client: TestClient, store: LocalBlobStore, tokens: Tokens,
                          model: str) -> None:
     cases = {
-        "config.json": (b"{not json", 422, "InvalidContent"),
+        "config.json": (b"{not json", 422, "InvalidJSON"),
         "notes.txt": (b"\xff\xfe\x00binary", 422, "InvalidContent"),
         "weights.npz": (b"PK\x03\x04", 415, "UnsupportedFile"),
         "run.sh": (b"#!/bin/sh", 415, "UnsupportedFile"),
