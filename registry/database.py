@@ -54,7 +54,7 @@ class _Gates:
 
 
 class Database:
-    def __init__(self, url: str, *, readers: int = 16, writers: int = 4,
+    def __init__(self, url: str, *, readers: int = 8, writers: int = 4,
                  queue_timeout_s: float = 10.0, lock_timeout_s: float = 5.0,
                  retry_after_s: int = 2) -> None:
         self.url = url

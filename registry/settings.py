@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     # Database concurrency. Each request runs its SQL in one worker thread holding one
     # pooled connection; these bound how many do at once, and the pool is sized to fit
     # them, so a request never waits on the pool. SQLite allows one writer at a time.
-    DB_READERS: int = Field(default=16, gt=0)
+    # More reader threads than this buy nothing in one CPU-bound Python process and
+    # starve the writer of the GIL (docs/benchmarks.md, "Load"); scale with processes.
+    DB_READERS: int = Field(default=8, gt=0)
     DB_WRITERS: int = Field(default=4, gt=0)  # always 1 on SQLite
     # How long a request may wait for its turn at the database, and how long a statement
     # may wait on a lock (SQLite busy timeout, PostgreSQL lock_timeout), before a 503.

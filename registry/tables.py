@@ -13,6 +13,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     UniqueConstraint,
@@ -166,7 +167,11 @@ class AdapterAlias(Base):
     """A movable name (`prod`, `latest`) for one version of an adapter name."""
 
     __tablename__ = "adapter_aliases"
-    __table_args__ = (UniqueConstraint("adapter_name", "alias"),)
+    __table_args__ = (
+        UniqueConstraint("adapter_name", "alias"),
+        # GET /adapters?alias=prod: every adapter carrying an alias, whatever its name.
+        Index("ix_adapter_aliases_alias_adapter_id", "alias", "adapter_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     adapter_name: Mapped[str] = mapped_column(String(NAME_LENGTH))

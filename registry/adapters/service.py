@@ -19,7 +19,7 @@ from registry.errors import (
     NotReady,
 )
 from registry.models.repository import ModelRepository
-from registry.models.service import get_model
+from registry.models.service import model_id
 from registry.names import check_filename, check_name, is_id, parse_id
 from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
 from registry.settings import Settings
@@ -191,7 +191,7 @@ def list_adapters(session: Session, settings: Settings, *, base: str | None,
     base_id: int | None = None
     if base is not None:
         try:
-            base_id = get_model(session, base).id
+            base_id = model_id(session, base)
         except ModelNotFound:
             return Page([], None)
     rows = AdapterRepository(session).page(base_id=base_id, kind=kind, name=name, alias=alias,

@@ -36,6 +36,15 @@ class ModelRepository:
             query = query.with_for_update()
         return self.session.scalars(query).first()
 
+    def id_of(self, ref: str) -> int | None:
+        """Just the id of the model an id or name refers to (for filters)."""
+        if is_id(ref):
+            model_id = parse_id(ref)
+            query = select(Model.id).where(Model.id == model_id) if model_id else None
+        else:
+            query = select(Model.id).where(Model.name == ref)
+        return None if query is None else self.session.scalar(query)
+
     def by_id(self, model_id: int, full: bool = False) -> Model | None:
         return self.session.scalars(self._query(full).where(Model.id == model_id)).first()
 

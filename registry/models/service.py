@@ -45,6 +45,16 @@ def get_model(session: Session, ref: str, lock: bool = False, full: bool = False
     return model
 
 
+def model_id(session: Session, ref: str) -> int:
+    """The id of a model by id or name, loading nothing else (for listing filters)."""
+    if not is_id(ref):
+        check_name(ref, "model name")
+    found = ModelRepository(session).id_of(ref)
+    if found is None:
+        raise ModelNotFound(f"no model {ref!r}; list models with GET /models")
+    return found
+
+
 def model_names(session: Session, ids: Iterable[int | None]) -> dict[int, str]:
     """Names of the models with these ids (for showing bases and sources by name)."""
     return ModelRepository(session).names_of({i for i in ids if i is not None})
@@ -156,7 +166,7 @@ def list_models(session: Session, settings: Settings, kind: ModelKind | None,
     size = check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
     filters = {"kind": kind, "base": base_ref}
     after = decode_cursor(page_token, filters) if page_token else None
-    base_id = get_model(session, base_ref).id if base_ref else None
+    base_id = model_id(session, base_ref) if base_ref else None
     rows = ModelRepository(session).page(kind, base_id, after, size + 1)
     more = len(rows) > size
     rows = rows[:size]
