@@ -11,6 +11,7 @@ from registry.database import Database
 from registry.handlers import add_error_handlers
 from registry.health import add_health
 from registry.models.endpoints import router as models_router
+from registry.openapi import install_openapi
 from registry.settings import Settings, get_settings
 from registry.storage.base import BlobStore
 from registry.storage.factory import make_blob_store
@@ -32,4 +33,5 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
         app.include_router(router)
     add_error_handlers(app, settings)
     add_health(app)
+    install_openapi(app, settings)
     return app

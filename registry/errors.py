@@ -30,6 +30,9 @@ class APIError(Exception):
 class Unauthorized(APIError):
     status_code = 401
 
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}  # RFC 9110 §11.6.1: say how to authenticate
+
 
 class Forbidden(APIError):
     status_code = 403

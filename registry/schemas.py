@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic.json_schema import SkipJsonSchema
 
 T = TypeVar("T")
 
@@ -35,6 +36,22 @@ class PageOut(BaseModel, Generic[T]):
     next_page_token: str | None
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent, never null: a null default would contradict the type
+
+
+# Only the OpenAPI document uses ErrorOut (registry/openapi.py): it is the shape clients
+# generated from /openapi.json parse an error into. registry/handlers.py writes the bodies.
 class ErrorOut(BaseModel):
-    error: str
-    detail: str
+    """Every error: a stable name to match on and a detail that says what to do."""
+
+    # Forbid: the document then says no other field appears, so a test of the live API
+    # against it catches a handler that adds one.
+    model_config = ConfigDict(extra="forbid")
+
+    error: str = Field(description="the error's name, stable for programs to match on",
+                       examples=["ModelNotFound"])
+    detail: str = Field(description="what was wrong and what to do about it")
+    mismatches: list[str] | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default,
+        description="present when shapes do not fit the base model: one entry per mismatch")

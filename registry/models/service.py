@@ -166,7 +166,7 @@ def list_models(session: Session, settings: Settings, kind: ModelKind | None,
     size = check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
     filters = {"kind": kind, "base": base_ref}
     after = decode_cursor(page_token, filters) if page_token else None
-    base_id = model_id(session, base_ref) if base_ref else None
+    base_id = model_id(session, base_ref) if base_ref is not None else None
     rows = ModelRepository(session).page(kind, base_id, after, size + 1)
     more = len(rows) > size
     rows = rows[:size]

@@ -184,3 +184,16 @@ def test_concurrent_reads_through_the_test_client(client: TestClient, tokens: To
     for t in threads:
         t.join(timeout=60)
     assert statuses == [200] * 60
+
+
+def test_empty_filters_are_invalid_not_ignored(client: TestClient, tokens: Tokens) -> None:
+    for path in ("/models", "/adapters"):
+        response = client.get(path, params={"base": ""}, headers=tokens.read)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"] == "InvalidName"
+
+
+def test_401_says_how_to_authenticate(client: TestClient) -> None:
+    response = client.get("/models")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"

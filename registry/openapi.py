@@ -1,0 +1,384 @@
+"""The OpenAPI document, corrected to say what the API really does.
+
+FastAPI builds the document from signatures, so it knows the paths, the parameters and
+the success bodies, but not what the rest of the code enforces: one error body for every
+failure (`ErrorOut`, written by registry/handlers.py), bearer tokens with scopes
+(`RequireScope`), uploads read raw from the request stream, the name rules of
+registry/names.py and the page-size cap. Clients generated from the plain document get
+all of that wrong. `install_openapi` rewrites the document once, deriving each fact from
+the route or from the code that enforces it; what no signature shows (the conflicts a
+service's state rules raise) is listed in `SERVICE_ERRORS`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.routing import APIRoute, iter_route_contexts
+
+from registry.adapters.schemas import AdapterCreate
+from registry.auth.schemas import TokenCreate
+from registry.auth.tokens import TOKEN_PREFIX, Scope
+from registry.deps import RequireScope
+from registry.errors import AdapterNotFound, FileNotFound, ModelNotFound, TokenNotFound
+from registry.models.schemas import ModelCreate
+from registry.names import FILENAME_PATTERN, NAME_PATTERN
+from registry.schemas import ErrorOut
+from registry.settings import Settings
+
+JsonObject = dict[str, Any]
+
+BEARER_SCHEME = "bearerAuth"
+_ERROR_REF = {"$ref": f"#/components/schemas/{ErrorOut.__name__}"}
+_BINARY = {"type": "string", "format": "binary"}
+_JSON = "application/json"
+_OCTETS = "application/octet-stream"
+_RETRY_AFTER = {"description": "seconds to wait before retrying", "required": True,
+                "schema": {"type": "integer", "minimum": 0}}
+# registry/uploads/flow.py's SHA256_HEADER, as README and downloads spell it.
+SHA256_HEADER_NAME = "X-Content-SHA256"
+
+# The name rules as JSON Schema patterns (ECMA-262: `$` is the end of the input). They
+# restate the checks in registry/names.py around its patterns; tests/registry/
+# test_openapi.py holds each one to the function that enforces it.
+_NO_DOUBLE_DOT = r"(?!.*\.\.)"
+_N = f"(?:{NAME_PATTERN})"
+# check_name: and not only digits, which would read as an id.
+NAME_RULE = rf"^{_NO_DOUBLE_DOT}(?![0-9]+$){_N}$"
+# A model by name, or by id: any run of ASCII digits (one no row has is just not found).
+MODEL_REF_RULE = rf"^(?:[0-9]+|{_NO_DOUBLE_DOT}{_N})$"
+# <id>, <name>, <name>@<version> or <name>:<alias> (adapters.service.get_adapter).
+ADAPTER_REF_RULE = (rf"^{_NO_DOUBLE_DOT}(?:{_N}|(?![0-9]+@){_N}@[0-9]+"
+                    rf"|(?![0-9]+:){_N}:(?![0-9]+$){_N})$")
+FILENAME_RULE = rf"^{_NO_DOUBLE_DOT}(?:{FILENAME_PATTERN})$"
+
+
+def _longest_match(pattern: str, limit: int = 1024) -> int:
+    """The length of the longest run of one letter that `pattern` admits.
+
+    Asked of the pattern itself, so the bound follows registry/names.py; one letter
+    suffices because the names' repeated class takes letters.
+    """
+    compiled = re.compile(pattern)
+    longest = max(n for n in range(1, limit + 1) if compiled.fullmatch("a" * n))
+    if longest == limit:
+        raise ValueError(f"{pattern!r} admits names of {limit} characters or more")
+    return longest
+
+
+# References have no bound of their own: an id or a version may have any number of digits.
+_MAX_LENGTHS = {NAME_RULE: _longest_match(NAME_PATTERN),
+                FILENAME_RULE: _longest_match(FILENAME_PATTERN)}
+
+
+# Which rule each parameter and JSON body field follows, by the name the code gives it.
+_PARAMETER_RULES = {"model": MODEL_REF_RULE, "base": MODEL_REF_RULE, "ref": ADAPTER_REF_RULE,
+                    "alias": NAME_RULE, "name": NAME_RULE, "filename": FILENAME_RULE}
+# ModelCreate.base goes through check_name (no ids); AdapterCreate's models may be ids.
+_BODY_FIELD_RULES: dict[str, dict[str, str]] = {
+    ModelCreate.__name__: {"name": NAME_RULE, "base": NAME_RULE},
+    AdapterCreate.__name__: {"name": NAME_RULE, "base": MODEL_REF_RULE,
+                             "source_model": MODEL_REF_RULE},
+    TokenCreate.__name__: {"name": NAME_RULE},
+}
+# What a lookup by each path parameter fails with; an upload's filename is created, not
+# looked up.
+_NOT_FOUND = {"model": ModelNotFound.__name__, "ref": AdapterNotFound.__name__,
+              "filename": FileNotFound.__name__, "token_id": TokenNotFound.__name__}
+# Errors that come from a service's rules about state, which no signature shows.
+SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
+    ("get", "/models"): {404: "`base` names no model (`ModelNotFound`)."},
+    ("post", "/models"): {
+        409: "A model of that name exists (`NameTaken`).",
+        422: "A finetune's `base` is unknown or is itself a finetune, or a base model was "
+             "given one (`UnknownBase`, `InvalidRequest`)."},
+    ("post", "/models/{model}/finalize"): {
+        409: "The finetune's base is not finalized yet (`NotReady`).",
+        422: "Files are missing (`MissingFiles`) or inconsistent (`InvalidRequest`, "
+             "`InvalidSafetensors`), or a finetune's shapes do not fit its base "
+             "(`IncompatibleBase`, one entry per shape in `mismatches`)."},
+    ("delete", "/models/{model}"): {
+        409: "Finetunes or adapters still depend on the model (`HasDependents`)."},
+    ("post", "/adapters"): {
+        409: "The base or source model is not finalized yet (`NotReady`).",
+        422: "The base or source model is unknown (`InvalidRequest`)."},
+    ("post", "/adapters/{ref}/finalize"): {
+        409: "Concurrent pushes of this name kept taking the next version (`Conflict`); "
+             "retry.",
+        422: "Files are missing (`MissingFiles`) or do not fit the base (`IncompatibleBase`, "
+             "one entry per shape in `mismatches`)."},
+    ("put", "/adapters/{ref}/aliases/{alias}"): {
+        409: "Only a finalized adapter version can carry an alias (`NotReady`)."},
+    ("delete", "/tokens/{token_id}"): {
+        409: "It is the last active admin token (`LastAdminToken`); create another first."},
+}
+_READYZ = "/readyz"  # public, and its 503 is its own report rather than an ErrorOut
+_READINESS = {_JSON: {"schema": {
+    "type": "object", "required": ["status", "checks"],
+    "properties": {"status": {"type": "string", "enum": ["ok", "unavailable"]},
+                   "checks": {"type": "object", "additionalProperties": {"type": "string"},
+                              "description": "\"ok\", or \"error: ...\" saying what failed"}},
+}}}
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    """Serve the corrected document at /openapi.json (built on first use, then cached)."""
+
+    def openapi() -> JsonObject:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_document(app, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def build_document(app: FastAPI, settings: Settings) -> JsonObject:
+    document = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                           description=app.description, routes=app.routes,
+                           tags=app.openapi_tags, servers=app.servers)
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas[ErrorOut.__name__] = ErrorOut.model_json_schema(
+        ref_template="#/components/schemas/{model}")
+    components["securitySchemes"] = {BEARER_SCHEME: {
+        "type": "http", "scheme": "bearer",
+        "description": f"A deltahub token ({TOKEN_PREFIX}...): `Authorization: Bearer "
+                       f"<token>`. Scopes: {', '.join(s.value for s in Scope)}; "
+                       f"`{Scope.ADMIN}` implies every other."}}
+    _constrain_body_fields(schemas)
+    parameters = _parameter_schemas(settings)
+    operation_ids = _unique_operation_ids(app)
+    for facts, endpoint in _route_facts(app):
+        operation = document["paths"][facts.path][facts.method]
+        operation["operationId"] = operation_ids.get(endpoint, operation["operationId"])
+        _describe_operation(operation, facts, settings, parameters)
+    _drop_unused_schemas(document)
+    # The pieces above are shared module constants: no caller may edit them through it.
+    return copy.deepcopy(document)
+
+
+@dataclass(frozen=True)
+class RouteFacts:
+    """What one operation's signature says about its requests, and so about its errors."""
+
+    method: str  # lower case, as the document spells it
+    path: str
+    scope: Scope | None  # None: a public route
+    path_params: tuple[str, ...]
+    query_params: tuple[str, ...]
+    json_body: bool
+    raw_body: bool  # the endpoint reads the request stream itself: a file upload
+    file_download: bool
+
+
+def _route_facts(app: FastAPI) -> Iterator[tuple[RouteFacts, str]]:
+    """Each documented operation's facts, with its endpoint's name."""
+    # iter_route_contexts sees through included routers, giving each route its full path.
+    for route in iter_route_contexts(app.routes):
+        if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
+            continue
+        dependant: Dependant = route.dependant
+        for method in sorted(route.methods or ()):
+            yield RouteFacts(
+                method=method.lower(), path=route.path_format or "", scope=_scope(dependant),
+                path_params=tuple(p.name for p in dependant.path_params),
+                query_params=tuple(p.name for p in dependant.query_params),
+                json_body=route.body_field is not None,
+                raw_body=(route.body_field is None and method in ("PUT", "POST")
+                          and dependant.request_param_name is not None),
+                file_download=route.endpoint is not None and _returns_file(route.endpoint),
+            ), route.name or ""
+
+
+def _scope(dependant: Dependant) -> Scope | None:
+    for dependency in dependant.dependencies:
+        if isinstance(dependency.call, RequireScope):
+            return dependency.call.scope
+        if (inner := _scope(dependency)) is not None:
+            return inner
+    return None
+
+
+def _returns_file(endpoint: Callable[..., Any]) -> bool:
+    returned = inspect.signature(endpoint, eval_str=True).return_annotation
+    return inspect.isclass(returned) and issubclass(returned, StreamingResponse | FileResponse)
+
+
+def _unique_operation_ids(app: FastAPI) -> dict[str, str]:
+    """The endpoint's own name as its operationId (what generated clients call methods)."""
+    names = [endpoint for _, endpoint in _route_facts(app)]
+    return {name: name for name in names if names.count(name) == 1}
+
+
+def _describe_operation(operation: JsonObject, facts: RouteFacts, settings: Settings,
+                        parameters: dict[str, JsonObject]) -> None:
+    _describe_security(operation, facts.scope)
+    for parameter in operation.get("parameters", []):
+        _constrain_parameter(parameter, parameters)
+    responses = operation["responses"]
+    if facts.raw_body:
+        _describe_upload(operation, settings)
+    if facts.file_download:
+        responses["200"] = _download_response()
+    if facts.path == _READYZ:
+        responses["200"] = {"description": "Ready", "content": _READINESS}
+        responses["503"] = {"description": "Not ready: `checks` says which dependency failed",
+                            "content": _READINESS, "headers": {"Retry-After": _RETRY_AFTER}}
+    responses.pop("422", None)  # FastAPI's, with its own body shape: replaced below
+    for code, description in sorted(_error_statuses(facts, settings).items()):
+        responses[str(code)] = _error_response(code, description)
+
+
+def _describe_security(operation: JsonObject, scope: Scope | None) -> None:
+    if scope is None:
+        operation["security"] = []  # public: overrides any document-wide requirement
+        return
+    # OpenAPI 3.1 lets a bearer requirement name roles: the scope the token needs.
+    operation["security"] = [{BEARER_SCHEME: [scope.value]}]
+    operation["description"] = (
+        f"{operation.get('description', '')}\n\nNeeds a token with the `{scope}` scope "
+        f"(an `{Scope.ADMIN}` token has every scope).").lstrip()
+
+
+def _error_statuses(facts: RouteFacts, settings: Settings) -> dict[int, str]:
+    """Each error status the operation can answer with, and what it means there."""
+    errors: dict[int, list[str]] = {}
+
+    def add(status: int, text: str) -> None:
+        errors.setdefault(status, []).append(text)
+
+    if facts.scope is not None:
+        add(401, "No token, a malformed `Authorization` header, or an unknown or revoked "
+                 "token (`Unauthorized`).")
+        add(403, f"The token lacks the `{facts.scope}` scope (`Forbidden`).")
+    looked_up = [p for p in facts.path_params if p in _NOT_FOUND
+                 and not (facts.raw_body and p == "filename")]
+    if looked_up:
+        add(404, "Nothing of that name or id ("
+                 + ", ".join(f"`{_NOT_FOUND[p]}`" for p in looked_up) + ").")
+    if facts.json_body:
+        add(400, "The body is not UTF-8 text (`BadRequest`).")
+        add(413, f"The body is over {settings.MAX_REQUEST_BYTES} bytes (`PayloadTooLarge`).")
+    if facts.raw_body:
+        _add_upload_errors(add, settings)
+    if facts.path_params or facts.query_params or facts.json_body:
+        add(422, "A parameter or field breaks its rule above: a name or file name "
+                 "(`InvalidName`, `InvalidFilename`), a type or range (`ValidationError`)"
+                 + (", a `page_token` from another query (`InvalidPageToken`)"
+                    if "page_token" in facts.query_params else "") + ".")
+    for status, text in SERVICE_ERRORS.get((facts.method, facts.path), {}).items():
+        add(status, text)
+    if facts.scope is not None:  # every such route reads the token from the database
+        add(503, "The database is busy or down, or object storage failed "
+                 "(`DatabaseBusy`, `DatabaseUnavailable`, `StorageUnavailable`); nothing "
+                 "was changed. Retry after `Retry-After` seconds.")
+    return {status: " ".join(texts) for status, texts in errors.items()}
+
+
+def _add_upload_errors(add: Callable[[int, str], None], settings: Settings) -> None:
+    add(408, f"No byte of the body arrived for {settings.UPLOAD_IDLE_TIMEOUT_SECONDS:g} s "
+             "(`RequestTimeout`); nothing was stored.")
+    add(409, "The model or adapter is finalized; its files are immutable (`NotPending`).")
+    add(413, f"The file is over its limit, declared or counted: {settings.MAX_UPLOAD_BYTES} "
+             f"bytes for safetensors, {settings.MAX_JSON_BYTES} for other files "
+             "(`PayloadTooLarge`).")
+    add(415, "A pickle, by name or by content, never unpickled (`PickleRefused`), or a file "
+             "this model or adapter does not take (`UnsupportedFile`).")
+    add(422, "The content is not what the file name says (`InvalidSafetensors`, "
+             "`NonFiniteTensor`, `InvalidContent`), or does not hash to "
+             f"`{SHA256_HEADER_NAME}` (`ChecksumMismatch`). Nothing was stored.")
+
+
+def _error_response(status: int, description: str) -> JsonObject:
+    response: JsonObject = {"description": description,
+                            "content": {_JSON: {"schema": _ERROR_REF}}}
+    if status == 503:
+        response["headers"] = {"Retry-After": _RETRY_AFTER}
+    return response
+
+
+def _describe_upload(operation: JsonObject, settings: Settings) -> None:
+    operation.setdefault("requestBody", {
+        "required": True,
+        "description": "The file's bytes, sent as they are (not multipart). Safetensors are "
+                       f"checked while they stream, up to {settings.MAX_UPLOAD_BYTES} bytes; "
+                       f"JSON and text files must be UTF-8, up to {settings.MAX_JSON_BYTES}.",
+        "content": {_OCTETS: {"schema": _BINARY}},
+    })
+    header = {"name": SHA256_HEADER_NAME, "in": "header", "required": False,
+              "description": "The sha256 of the body in hex: a body that hashes otherwise "
+                             "is refused (422 `ChecksumMismatch`).",
+              "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"}}
+    operation.setdefault("parameters", []).append(header)
+
+
+def _download_response() -> JsonObject:
+    return {
+        "description": "The file's bytes, as uploaded",
+        "headers": {
+            SHA256_HEADER_NAME: {"description": "sha256 of the body in hex", "required": True,
+                                  "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+            "ETag": {"description": "the sha256, quoted", "required": True,
+                     "schema": {"type": "string"}},
+        },
+        "content": {_OCTETS: {"schema": _BINARY}},
+    }
+
+
+def _parameter_schemas(settings: Settings) -> dict[str, JsonObject]:
+    schemas = {name: _string(rule) for name, rule in _PARAMETER_RULES.items()}
+    schemas["limit"] = {"type": "integer", "minimum": 1, "maximum": settings.MAX_PAGE_SIZE,
+                        "default": settings.DEFAULT_PAGE_SIZE}
+    return schemas
+
+
+def _string(rule: str) -> JsonObject:
+    schema: JsonObject = {"type": "string", "pattern": rule}
+    if (longest := _MAX_LENGTHS.get(rule)) is not None:
+        schema["maxLength"] = longest
+    return schema
+
+
+def _constrain_parameter(parameter: JsonObject, schemas: dict[str, JsonObject]) -> None:
+    schema = parameter.get("schema", {})
+    # An optional query parameter is absent, never null: a query string cannot say null.
+    options = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    if len(options) == 1:
+        schema = {**{k: v for k, v in schema.items() if k != "anyOf"}, **options[0]}
+    if parameter["name"] in schemas:
+        schema = {**schema, **schemas[parameter["name"]]}
+    parameter["schema"] = schema
+
+
+def _constrain_body_fields(schemas: JsonObject) -> None:
+    for model, fields in _BODY_FIELD_RULES.items():
+        properties = schemas[model]["properties"]
+        for field, rule in fields.items():
+            constraint = _string(rule)
+            target = properties[field]
+            # `str | None` fields: constrain the string branch, leave null allowed.
+            branches = target.get("anyOf", [target])
+            for branch in branches:
+                if branch.get("type") == "string":
+                    branch.update(constraint)
+    scopes = schemas[TokenCreate.__name__]["properties"]["scopes"]
+    scopes["items"] = {"type": "string", "enum": [s.value for s in Scope]}
+    scopes["minItems"] = 1
+
+
+def _drop_unused_schemas(document: JsonObject) -> None:
+    """Remove FastAPI's validation-error shapes once nothing refers to them."""
+    schemas = document["components"]["schemas"]
+    for name in ("HTTPValidationError", "ValidationError"):  # the first refers to the second
+        if f'"#/components/schemas/{name}"' not in json.dumps(document):
+            schemas.pop(name, None)

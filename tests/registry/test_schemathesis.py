@@ -1,0 +1,192 @@
+"""The live API against its own OpenAPI document, checked by schemathesis.
+
+uvicorn serves the app on loopback and schemathesis talks to it over real HTTP, on
+SQLite and on PostgreSQL, as an admin (a token with every scope). Every check is on: no
+5xx, status codes, bodies, headers and content types as documented, invalid input
+refused, valid input accepted, auth enforced, deleted things gone. All four phases run
+(examples, coverage, fuzzing, stateful), with example counts bounded so that the file
+takes about three minutes on two cores.
+
+schemathesis runs through its engine (what `st run` uses) rather than its pytest plugin:
+the plugin's fixture-based loader, the only one that can reach a server a fixture starts,
+reads `Function._nodeid`, which pytest 9 no longer has; and the engine runs the four
+phases in order, as a CLI run would.
+
+The database is seeded with a finalized base model and a LoRA adapter, so that lookups
+by the names schemathesis learns from responses (and by small ids) find something.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from schemathesis.engine import Status, from_schema
+from schemathesis.engine.events import (
+    EngineFinished,
+    FatalError,
+    NonFatalError,
+    PhaseFinished,
+    ScenarioFinished,
+)
+from sqlalchemy import Engine, update
+
+from registry.tables import Token
+from tests.conftest import LiveServer, Tokens
+from tests.registry.api import push_adapter, register_model
+from tests.registry.conftest import TinyModels
+
+pytestmark = pytest.mark.slow
+
+BASE = "llama-tiny"
+ADAPTER = "support-bot"
+# Per operation in the fuzzing phase; scenarios and steps in the stateful phase. Enough
+# to reach the statuses each operation documents, few enough that both databases fit
+# the file's three minutes on two cores.
+FUZZ_EXAMPLES = 100
+STATEFUL_SCENARIOS = 50
+STATEFUL_STEPS = 10
+PHASES = ("examples", "coverage", "fuzzing", "stateful")
+# Each run draws a new seed; a failure message names it, and this replays that run.
+SEED_ENV = "DELTAHUB_TEST_SCHEMATHESIS_SEED"
+
+# The run's own token sits at an id no generated request names (generators favour 1,
+# small numbers and the bounds): revoking it would leave every later request a 401,
+# which every check accepts, so the rest of the run would test nothing.
+RUN_TOKEN_ID = 7_654_321
+
+# positive_data_acceptance expects 2xx/401/403/404/409 for input the document calls
+# valid. Some validity no schema can state: that a base model exists and is a base,
+# that uploaded bytes are a well-formed file of the kind its name says, that a draft has
+# the files finalize needs, that a page_token came from the same query. There the
+# documented 415/422 are the right answers to well-formed input too.
+STATE_OR_CONTENT_DECIDES = {
+    "POST /models": ["422"],  # unknown base, or a base given to a base model
+    "POST /adapters": ["422"],  # unknown base or source model
+    "PUT /models/{model}/files/{filename}": ["415", "422"],
+    "PUT /adapters/{ref}/files/{filename}": ["415", "422"],
+    "POST /models/{model}/finalize": ["422"],
+    "POST /adapters/{ref}/finalize": ["422"],
+    "GET /models": ["422"],  # page_token
+    "GET /adapters": ["422"],  # page_token
+}
+_ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+
+
+@pytest.fixture
+def seeded(live_server: LiveServer, client: TestClient, engine: Engine, tokens: Tokens,
+           tiny_models: TinyModels) -> str:
+    """The live server's URL, once it holds a finalized base model and LoRA adapter."""
+    register_model(client, tokens.push, BASE, tiny_models.base)
+    pushed = push_adapter(client, tokens.push, ADAPTER, BASE, tiny_models.lora)
+    assert pushed.status_code == 201, pushed.text
+    with engine.begin() as conn:
+        moved = conn.execute(update(Token).where(Token.name == "test-admin")
+                             .values(id=RUN_TOKEN_ID))
+        assert moved.rowcount == 1
+    return live_server.url
+
+
+def schemathesis_config(url: str, token: str) -> schemathesis.Config:
+    operations: list[dict[str, Any]] = [
+        {"include-name": name, "checks": {"positive_data_acceptance": {
+            "expected-statuses": [*_ACCEPTED, *statuses]}}}
+        for name, statuses in STATE_OR_CONTENT_DECIDES.items()
+    ]
+    seed = {"seed": int(os.environ[SEED_ENV])} if os.environ.get(SEED_ENV) else {}
+    return schemathesis.Config.from_dict({
+        **seed,
+        "base-url": url,
+        "request-timeout": 30,
+        "workers": 1,
+        # Report every failure of an operation, not only its first: the report is a to-do list.
+        "continue-on-failure": True,
+        "checks": {"enabled": True},
+        "generation": {"database": "none"},
+        "phases": {
+            "examples": {"enabled": True},
+            "coverage": {"enabled": True},
+            "fuzzing": {"enabled": True, "generation": {"max-examples": FUZZ_EXAMPLES}},
+            "stateful": {"enabled": True, "max-steps": STATEFUL_STEPS,
+                         "generation": {"max-examples": STATEFUL_SCENARIOS}},
+        },
+        "auth": {"openapi": {"bearerAuth": {"bearer": token}}},
+        "operations": operations,
+    })
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One failed check: what schemathesis sent, what came back, which check failed."""
+
+    phase: str
+    check: str
+    title: str
+    message: str
+    curl: str
+    status: int | None
+
+    def __str__(self) -> str:
+        got = f" -> {self.status}" if self.status is not None else ""
+        return (f"[{self.phase}] {self.check}: {self.title}{got}\n    {self.curl}\n"
+                f"    {self.message[:600]}")
+
+
+def _findings(event: ScenarioFinished) -> list[Finding]:
+    found = []
+    recorder = event.recorder
+    for case_id, checks in recorder.checks.items():
+        for check in checks:
+            if check.status is not Status.FAILURE or check.failure_info is None:
+                continue
+            response = recorder.find_response(case_id=case_id)
+            failure = check.failure_info.failure
+            found.append(Finding(
+                phase=event.phase.value, check=check.name, title=failure.title,
+                message=failure.message, curl=check.failure_info.code_sample,
+                status=response.status_code if response is not None else None))
+    return found
+
+
+@dataclass
+class Run:
+    findings: list[Finding]
+    errors: list[str]  # what kept an operation or a phase from being tested
+    phases_run: set[str]
+
+
+def run_schemathesis(schema: Any) -> Run:
+    run = Run(findings=[], errors=[], phases_run=set())
+    finished = False
+    for event in from_schema(schema).execute():
+        if isinstance(event, ScenarioFinished):
+            run.findings.extend(_findings(event))
+        elif isinstance(event, PhaseFinished) and event.phase.is_enabled:
+            run.phases_run.add(event.phase.name.value)
+        elif isinstance(event, NonFatalError):
+            run.errors.append(f"{event.label} [{event.phase}]: {event.info.format()}")
+        elif isinstance(event, FatalError):
+            run.errors.append(f"fatal: {event.exception!r}")
+        elif isinstance(event, EngineFinished):
+            finished = True
+    assert finished, "schemathesis stopped before the end of its run"
+    return run
+
+
+def test_live_api_keeps_its_document(seeded: str, client: TestClient, tokens: Tokens) -> None:
+    token = tokens.admin["Authorization"].removeprefix("Bearer ")
+    schema = schemathesis.openapi.from_url(f"{seeded}/openapi.json",
+                                           config=schemathesis_config(seeded, token))
+    run = run_schemathesis(schema)
+    unique = {(f.check, f.title, f.curl): f for f in run.findings}
+    report = "\n".join(str(f) for f in unique.values())
+    report += f"\nreplay with {SEED_ENV}={schema.config.seed}"
+    assert not run.errors, "\n".join(run.errors)
+    assert not unique, f"{len(unique)} failed checks:\n{report}"
+    # Against a hollow pass: every phase ran, and the run's token stayed valid throughout.
+    assert set(PHASES) <= run.phases_run
+    assert client.get("/tokens", headers=tokens.admin).status_code == 200
