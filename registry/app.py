@@ -10,6 +10,8 @@ from registry.bodylimit import BodyLimitMiddleware
 from registry.database import Database
 from registry.handlers import add_error_handlers
 from registry.health import add_health
+from registry.jobs.embedded import embedded_workers as _embedded_workers
+from registry.jobs.endpoints import router as jobs_router
 from registry.models.endpoints import router as models_router
 from registry.openapi import install_openapi
 from registry.settings import Settings, get_settings
@@ -24,12 +26,13 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
         title="deltahub",
         summary="Adapter registry and delta compression for fine-tuned LLMs.",
         version="0.1.0",
+        lifespan=_embedded_workers,
     )
     app.state.settings = settings
     app.state.database = database or Database.from_settings(settings)
     app.state.store = store or make_blob_store(settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES)
-    for router in (models_router, adapters_router, tokens_router):
+    for router in (models_router, adapters_router, jobs_router, tokens_router):
         app.include_router(router)
     add_error_handlers(app, settings)
     add_health(app)

@@ -54,6 +54,10 @@ class FileNotFound(NotFound):
     pass
 
 
+class JobNotFound(NotFound):
+    pass
+
+
 class TokenNotFound(NotFound):
     pass
 
@@ -79,6 +83,14 @@ class HasDependents(Conflict):
 
 
 class LastAdminToken(Conflict):
+    pass
+
+
+class IdempotencyKeyReused(Conflict):
+    pass
+
+
+class JobFinished(Conflict):
     pass
 
 
@@ -118,6 +130,14 @@ class InvalidRequest(Unprocessable):
 
 
 class ChecksumMismatch(Unprocessable):
+    pass
+
+
+class NotAFinetune(Unprocessable):
+    pass
+
+
+class InvalidJobParameters(Unprocessable):
     pass
 
 

@@ -61,6 +61,18 @@ class Settings(BaseSettings):
     # so an upload in flight cannot lose its object to a concurrent collection.
     GC_GRACE_SECONDS: int = Field(default=24 * 3600, ge=0)
 
+    # Compression jobs (registry/jobs/). A worker holds a job for JOB_LEASE_SECONDS and
+    # renews the lease every third of it; a worker that dies lets it expire, and another
+    # worker takes the job over. Transient failures retry after 5 s, 10 s, 20 s, ...
+    JOB_LEASE_SECONDS: float = Field(default=30.0, gt=0)
+    JOB_MAX_ATTEMPTS: int = Field(default=3, gt=0)
+    JOB_RETRY_BASE_SECONDS: float = Field(default=5.0, ge=0)
+    JOB_POLL_SECONDS: float = Field(default=1.0, gt=0)
+    # Worker threads `deltahub serve` runs in-process (0: leave jobs to `deltahub worker`).
+    EMBEDDED_WORKERS: int = Field(default=1, ge=0)
+    # Scratch space for a job's output before it is uploaded (removed after each job).
+    WORK_DIR: str = f"./{DEFAULT_DATA_DIR}/work"
+
     HOST: str = "127.0.0.1"
     PORT: int = 8000
 

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -194,3 +196,63 @@ class Token(Base, Timestamped):
     prefix: Mapped[str] = mapped_column(String(16))  # shown in listings to tell tokens apart
     scopes: Mapped[list[str]] = mapped_column(JSON)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"  # waiting for a worker (or for its retry time, next_run_at)
+    RUNNING = "running"  # leased by a worker until lease_expires_at
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class CompressMethod(StrEnum):
+    BITDELTA = "bitdelta"
+    LORA = "lora"
+
+
+class Job(Base, Timestamped):
+    """A compression job: the database is the queue (see registry/jobs/repository.py).
+
+    Every write a worker makes is fenced by (id, lease_owner, attempt), so a worker that
+    lost its lease can never overwrite the new owner's work.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # The claim query: queued jobs due to run, oldest first.
+        Index("ix_jobs_status_next_run_at", "status", "next_run_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    method: Mapped[CompressMethod] = mapped_column(_enum(CompressMethod, "compress_method"))
+    # A job goes with its models: deleting a fine-tune deletes its job history, and a
+    # worker still running one finds its fenced writes match nothing, and stops.
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
+                                          index=True)  # the fine-tune
+    base_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    adapter_name: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    alias: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # validated codec + verify options
+    requirements: Mapped[list[str]] = mapped_column(JSON, default=list)  # e.g. ["gpu"]
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"),
+                                              default=JobStatus.QUEUED)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    lease_owner: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
+    stage: Mapped[str] = mapped_column(String(32), default="queued")
+    message: Mapped[str | None] = mapped_column(String(500))
+    error_name: Mapped[str | None] = mapped_column(String(64))
+    error_detail: Mapped[str | None] = mapped_column(Text)
+    adapter_id: Mapped[int | None] = mapped_column(
+        ForeignKey("adapters.id", ondelete="SET NULL"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(NAME_LENGTH), unique=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id", ondelete="SET NULL"))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -106,8 +106,10 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
+    # No embedded worker: tests that run jobs drive a Worker themselves.
     return Settings(_env_file=None, DATABASE_URL=database_url,  # type: ignore[call-arg]
-                    STORAGE_URL=f"file://{tmp_path / 'blobs'}")
+                    STORAGE_URL=f"file://{tmp_path / 'blobs'}", EMBEDDED_WORKERS=0,
+                    WORK_DIR=str(tmp_path / "work"))
 
 
 @pytest.fixture

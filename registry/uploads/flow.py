@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import Request
 from sqlalchemy.orm import Session
@@ -27,6 +28,7 @@ from registry.uploads.receive import check_declared_length, receive_upload
 from registry.uploads.rules import FileRule
 
 SHA256_HEADER = "x-content-sha256"
+_FILE_CHUNK_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,7 @@ async def store_stream(chunks: AsyncGenerator[bytes, None], store: BlobStore,
     pipeline = await run_in_threadpool(UploadPipeline, store, target.filename, target.rule,
                                        expected_sha256)
     result = await receive_upload(chunks, pipeline, idle_timeout_s=idle_timeout_s)
-    try:
-        await run_in_threadpool(store.commit, result.staged, result.sha256)
-    except BaseException:
-        await run_in_threadpool(store.discard, result.staged)
-        raise
+    await run_in_threadpool(commit_staged, store, result)
 
     def record(session: Session) -> None:
         if token_id is not None:
@@ -78,3 +76,31 @@ async def store_stream(chunks: AsyncGenerator[bytes, None], store: BlobStore,
 
     await database.write(record)
     return result
+
+
+def store_file(store: BlobStore, path: Path, rule: FileRule) -> UploadResult:
+    """A local file through the same stage → validate → commit steps (the worker's output).
+
+    Recording it is the caller's: a job registers all its files in the one transaction
+    that ends the job.
+    """
+    pipeline = UploadPipeline(store, path.name, rule)
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(_FILE_CHUNK_BYTES):
+                pipeline.feed(chunk)
+    except BaseException:
+        pipeline.abort()
+        raise
+    result = pipeline.finish()
+    commit_staged(store, result)
+    return result
+
+
+def commit_staged(store: BlobStore, result: UploadResult) -> None:
+    """Make the staged object the blob `result.sha256`, or leave nothing staged."""
+    try:
+        store.commit(result.staged, result.sha256)
+    except BaseException:
+        store.discard(result.staged)
+        raise

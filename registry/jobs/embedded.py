@@ -1,0 +1,33 @@
+"""The embedded shape: `deltahub serve` runs EMBEDDED_WORKERS worker threads beside the API,
+so one machine does the whole job with no other process to start."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from registry.jobs.worker import Worker
+from registry.settings import Settings
+
+
+@contextlib.asynccontextmanager
+async def embedded_workers(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    workers = [Worker(app.state.database, app.state.store, settings)
+               for _ in range(settings.EMBEDDED_WORKERS)]
+    threads = [threading.Thread(target=w.run, name=f"worker-{i}", daemon=True)
+               for i, w in enumerate(workers)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        for worker in workers:
+            worker.stop()
+        for thread in threads:
+            # A job in flight stops at its next progress point only if cancelled; on
+            # shutdown it is left to lease expiry and another worker, not waited for.
+            thread.join(timeout=5)

@@ -1,0 +1,155 @@
+"""The worker's side of the queue: claim a job, report on it, and end it, all fenced.
+
+Each function is one short transaction's worth of work on a session the caller opens.
+Any write after the claim carries the `Lease`; when it matches no row the lease was
+lost, and `LeaseLost` tells the worker to abandon the attempt and touch nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from registry.adapters import service as adapters
+from registry.blobs.repository import BlobRepository
+from registry.jobs.repository import JobRepository, Lease
+from registry.jobs.service import retry_delay
+from registry.settings import Settings
+from registry.storage.base import BlobStore
+from registry.tables import AdapterFile, AdapterKind, CompressMethod, Job, JobStatus, utcnow
+from registry.uploads.pipeline import UploadResult
+
+
+class LeaseLost(Exception):
+    """The job is no longer this worker's: it expired and moved on, or was deleted."""
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs of a job, detached from any session."""
+
+    lease: Lease
+    method: CompressMethod
+    model_id: int
+    base_id: int
+    adapter_name: str
+    alias: str | None
+    params: dict[str, Any]
+
+
+def claim(session: Session, owner: str, capabilities: Collection[str],
+          settings: Settings) -> ClaimedJob | None:
+    """Lease the oldest job due that this worker can run, or None."""
+    repo, now = JobRepository(session), utcnow()
+    for job in repo.claimable(now):
+        if not set(job.requirements) <= set(capabilities):
+            continue  # e.g. a GPU verification on a CPU worker: another worker's
+        if job.status is JobStatus.RUNNING and job.attempt >= job.max_attempts:
+            # Its worker died on the last attempt: nobody is left to finish it.
+            _end(job, JobStatus.FAILED, "WorkerLost",
+                 f"the worker running attempt {job.attempt} of {job.max_attempts} stopped "
+                 "renewing its lease; no attempts are left. Start a new job")
+            continue
+        job.status, job.lease_owner, job.attempt = JobStatus.RUNNING, owner, job.attempt + 1
+        job.lease_expires_at = now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+        job.heartbeat_at = job.updated_at = now
+        job.started_at = job.started_at or now
+        job.stage, job.message = "starting", f"attempt {job.attempt} on {owner}"
+        session.flush()
+        return ClaimedJob(Lease(job.id, owner, job.attempt), job.method, job.model_id,
+                          job.base_id, job.adapter_name, job.alias, dict(job.params))
+    return None
+
+
+def report_progress(session: Session, lease: Lease, fraction: float, stage: str,
+                    message: str | None = None) -> None:
+    held = JobRepository(session).fenced_update(
+        lease, progress=min(max(fraction, 0.0), 1.0), stage=stage[:32],
+        message=(message or "")[:500] or None)
+    if not held:
+        raise LeaseLost(f"job {lease.job_id}: lease lost")
+
+
+def renew(session: Session, lease: Lease, settings: Settings) -> bool:
+    """Extend the lease; whether cancellation was asked for. LeaseLost when it is gone."""
+    held, cancel = JobRepository(session).renew(lease, settings.JOB_LEASE_SECONDS)
+    if not held:
+        raise LeaseLost(f"job {lease.job_id}: lease lost")
+    return cancel
+
+
+def fail(session: Session, lease: Lease, settings: Settings, name: str, detail: str, *,
+         transient: bool) -> JobStatus:
+    """End the attempt: back to the queue after a backoff when transient and attempts are
+    left, else failed. Returns the job's new status."""
+    job = _leased(session, lease)
+    if transient and job.attempt < job.max_attempts:
+        job.status, job.lease_owner, job.lease_expires_at = JobStatus.QUEUED, None, None
+        job.next_run_at = utcnow() + retry_delay(settings, job.attempt)
+        job.error_name, job.error_detail = name, detail
+        job.stage, job.message = "retrying", f"attempt {job.attempt} failed: {name}"
+        job.updated_at = utcnow()
+    else:
+        _end(job, JobStatus.FAILED, name, detail)
+    session.flush()
+    return job.status
+
+
+def cancelled(session: Session, lease: Lease) -> None:
+    _end(_leased(session, lease), JobStatus.CANCELLED, None, None)
+    session.flush()
+
+
+def complete(session: Session, lease: Lease, claimed: ClaimedJob, store: BlobStore,
+             settings: Settings, files: Sequence[tuple[str, UploadResult]],
+             quality: dict[str, Any]) -> int:
+    """Register the output as an adapter and end the job, in this one transaction.
+
+    However often the job ran, only the attempt holding the lease gets here, and the
+    adapter row commits with the job's success or not at all. Identical output under
+    the name returns the existing version, as a push does. Returns the adapter's id.
+    """
+    job = _leased(session, lease)
+    kind = AdapterKind(claimed.method.value)
+    draft = adapters.create_adapter(session, claimed.adapter_name, str(claimed.base_id), kind,
+                                    str(claimed.model_id))
+    blobs = BlobRepository(session)
+    for filename, result in files:
+        blobs.attach(AdapterFile, "adapter_id", draft.id, filename, result.sha256,
+                     result.size, result.header)
+    session.expire(draft)  # its files list was loaded before the attach
+    adapter, created = adapters.finalize_adapter(session, store, settings, str(draft.id))
+    if created:
+        adapter.params = {**adapter.params, "job": job.id, "codec": claimed.params}
+        adapter.quality = quality
+        session.flush()  # before set_alias, which expires what the session holds
+    if claimed.alias:
+        adapters.set_alias(session, str(adapter.id), claimed.alias)
+    _end(job, JobStatus.SUCCEEDED, None, None)
+    job.adapter_id, job.progress = adapter.id, 1.0
+    session.flush()
+    return adapter.id
+
+
+def _leased(session: Session, lease: Lease) -> Job:
+    job = JobRepository(session).by_id(lease.job_id, lock=True)
+    if (job is None or job.status is not JobStatus.RUNNING or job.lease_owner != lease.owner
+            or job.attempt != lease.attempt):
+        raise LeaseLost(f"job {lease.job_id}: lease lost")
+    return job
+
+
+def _end(job: Job, status: JobStatus, error_name: str | None, detail: str | None) -> None:
+    now = utcnow()
+    job.status, job.finished_at, job.updated_at = status, now, now
+    job.lease_owner, job.lease_expires_at = None, None
+    job.stage = status.value
+    if status is not JobStatus.SUCCEEDED:
+        job.error_name, job.error_detail = error_name, detail
+    else:
+        job.error_name = job.error_detail = None
+        job.message = None

@@ -1,0 +1,95 @@
+"""SQL for jobs: the registry's own database is the queue (as Solid Queue, Oban, River).
+
+Claiming takes `FOR UPDATE SKIP LOCKED` on PostgreSQL, so N workers never wait on each
+other's candidates; on SQLite the write transaction (BEGIN IMMEDIATE) serialises claims.
+Every write a worker makes afterwards is fenced by (id, lease_owner, attempt): a write
+that matches no row means the lease was lost (expired and taken over, or the job was
+deleted), and the worker must leave the job alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from registry.tables import CompressMethod, Job, JobStatus, utcnow
+
+# Candidates looked at per claim: enough to skip jobs this worker cannot run (a GPU job
+# on a CPU worker) without scanning the whole queue.
+_CLAIM_CANDIDATES = 16
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Proof of ownership that every worker write carries."""
+
+    job_id: int
+    owner: str
+    attempt: int
+
+
+class JobRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, job: Job) -> Job:
+        self.session.add(job)
+        self.session.flush()
+        return job
+
+    def by_id(self, job_id: int, lock: bool = False) -> Job | None:
+        query = select(Job).where(Job.id == job_id)
+        if lock:
+            query = query.with_for_update()
+        return self.session.scalars(query).first()
+
+    def by_idempotency_key(self, key: str) -> Job | None:
+        return self.session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+
+    def page(self, *, status: JobStatus | None, model_id: int | None,
+             method: CompressMethod | None, after_id: int | None, limit: int) -> list[Job]:
+        query = select(Job).order_by(Job.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(Job.status == status)
+        if model_id is not None:
+            query = query.where(Job.model_id == model_id)
+        if method is not None:
+            query = query.where(Job.method == method)
+        if after_id is not None:
+            query = query.where(Job.id < after_id)
+        return list(self.session.scalars(query))
+
+    def claimable(self, now: datetime) -> list[Job]:
+        """Jobs due to run, and running jobs whose worker stopped renewing its lease."""
+        query = (select(Job)
+                 .where(or_(
+                     (Job.status == JobStatus.QUEUED) & (Job.next_run_at <= now),
+                     (Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now)))
+                 .order_by(Job.next_run_at, Job.id)
+                 .limit(_CLAIM_CANDIDATES)
+                 .with_for_update(skip_locked=True))
+        return list(self.session.scalars(query))
+
+    def fenced_update(self, lease: Lease, **values: Any) -> bool:
+        """Apply `values` if the lease still holds; False when it does not."""
+        result = self.session.execute(
+            update(Job)
+            .where(Job.id == lease.job_id, Job.lease_owner == lease.owner,
+                   Job.attempt == lease.attempt, Job.status == JobStatus.RUNNING)
+            .values(updated_at=utcnow(), **values)
+            .execution_options(synchronize_session=False))
+        return int(getattr(result, "rowcount", 0) or 0) == 1
+
+    def renew(self, lease: Lease, lease_seconds: float) -> tuple[bool, bool]:
+        """(lease still held, cancellation requested), extending the lease when held."""
+        now = utcnow()
+        held = self.fenced_update(lease, heartbeat_at=now,
+                                  lease_expires_at=now + timedelta(seconds=lease_seconds))
+        if not held:
+            return False, False
+        cancel = self.session.scalar(select(Job.cancel_requested).where(Job.id == lease.job_id))
+        return True, bool(cancel)

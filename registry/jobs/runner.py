@@ -1,0 +1,212 @@
+"""What one attempt at a job does: read the models, run the codec, verify, register.
+
+The codecs stay pure (paths in, files out): this module fetches their inputs from the
+store, hands them a progress callback that is also the attempt's cancellation point,
+and sends their output through the same write protocol as a push.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compress.bitdelta import compress_bitdelta, verify_delta
+from compress.errors import CodecError
+from compress.lora import extract_lora
+from compress.progress import ProgressFn
+from registry.database import Database
+from registry.jobs import queue
+from registry.jobs.inputs import fetch_model
+from registry.settings import Settings
+from registry.storage.base import BlobStore
+from registry.tables import AdapterKind, CompressMethod
+from registry.uploads.flow import store_file
+from registry.uploads.pipeline import UploadResult
+from registry.uploads.rules import adapter_file_rule
+
+# Progress is written at most this often: each write is a fenced UPDATE.
+_PROGRESS_EVERY_SECONDS = 0.5
+
+
+class JobCancelled(Exception):
+    """Cancellation was asked for; the attempt stops at its next progress point."""
+
+
+class QualityBelowThreshold(CodecError):
+    """The measured error exceeds the job's `max_error`."""
+
+
+@dataclass
+class Control:
+    """Shared by the attempt and its heartbeat thread."""
+
+    cancel: threading.Event  # the heartbeat saw a cancellation request
+    lost: threading.Event  # the heartbeat found the lease gone
+    finished: threading.Event  # the attempt is over; the heartbeat stops
+
+    @classmethod
+    def new(cls) -> Control:
+        return cls(threading.Event(), threading.Event(), threading.Event())
+
+    def checkpoint(self) -> None:
+        if self.lost.is_set():
+            raise queue.LeaseLost("lease lost")
+        if self.cancel.is_set():
+            raise JobCancelled("cancelled")
+
+
+@dataclass(frozen=True)
+class Context:
+    database: Database
+    store: BlobStore
+    settings: Settings
+    work_dir: Path
+    device: str  # where codec arithmetic runs: "cpu" or "cuda"
+
+
+def run_attempt(claimed: queue.ClaimedJob, ctx: Context, control: Control) -> int:
+    """Run the job to its registered adapter's id; raises on any failure."""
+    scratch = ctx.work_dir / f"job-{claimed.lease.job_id}-{claimed.lease.attempt}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        report = _Reporter(claimed, ctx, control)
+        report.stage("reading", 0.0)
+        base = fetch_model(ctx.database, ctx.store, claimed.base_id, scratch / "base",
+                           control.checkpoint)
+        finetune = fetch_model(ctx.database, ctx.store, claimed.model_id,
+                               scratch / "finetune", control.checkpoint)
+        out = scratch / "out"
+        codec_report = _encode(claimed, base, finetune, out, ctx, report)
+        verified = _verify(claimed, base, finetune, out, ctx, report)
+        quality = _quality(claimed, codec_report, verified)
+        _check_max_error(claimed, quality)
+        report.stage("uploading", 0.95)
+        files = _upload(claimed, out, ctx, control)
+        control.checkpoint()
+        with ctx.database.writing() as session:
+            return queue.complete(session, claimed.lease, claimed, ctx.store, ctx.settings,
+                                  files, quality)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _Reporter:
+    """Throttled, fenced progress writes; each call is also a cancellation point."""
+
+    def __init__(self, claimed: queue.ClaimedJob, ctx: Context, control: Control) -> None:
+        self.claimed, self.ctx, self.control = claimed, ctx, control
+        self._last = 0.0
+
+    def stage(self, stage: str, fraction: float, message: str | None = None,
+              force: bool = True) -> None:
+        self.control.checkpoint()
+        now = time.monotonic()
+        if not force and now - self._last < _PROGRESS_EVERY_SECONDS:
+            return
+        self._last = now
+        with self.ctx.database.writing() as session:
+            queue.report_progress(session, self.claimed.lease, fraction, stage, message)
+
+    def callback(self, stage: str, start: float, span: float) -> ProgressFn:
+        """A codec progress callback mapping its bytes onto [start, start + span]."""
+        def progress(done: int, total: int, item: str) -> None:
+            share = done / total if total else 1.0
+            self.stage(stage, start + span * share, item, force=False)
+        return progress
+
+
+def _encode(claimed: queue.ClaimedJob, base: Path, finetune: Path, out: Path, ctx: Context,
+            report: _Reporter) -> dict[str, Any]:
+    params = claimed.params
+    progress = report.callback("compressing", 0.1, 0.6)
+    if claimed.method is CompressMethod.BITDELTA:
+        result = compress_bitdelta(base, finetune, out, scale=params["scale_mode"],
+                                   targets=params["targets"], device=ctx.device,
+                                   progress=progress)
+        return result.to_dict()
+    lora = extract_lora(base, finetune, out, rank=params.get("rank"),
+                        target_error=params.get("target_error"),
+                        max_rank=params.get("max_rank"), targets=params["targets"],
+                        save_modules=bool(params.get("save_modules")),
+                        base_model_name_or_path=f"deltahub:model/{claimed.base_id}",
+                        device=ctx.device, progress=progress)
+    return lora.to_dict()
+
+
+def _verify(claimed: queue.ClaimedJob, base: Path, finetune: Path, out: Path, ctx: Context,
+            report: _Reporter) -> dict[str, Any] | None:
+    """BitDelta: the fused kernel (Triton on a GPU, the reference on a CPU) against the
+    fine-tune's own layer outputs. LoRA: its factors' errors were measured as stored."""
+    if claimed.method is not CompressMethod.BITDELTA or claimed.params["verify"] == "off":
+        return None
+    device = "cuda" if claimed.params["verify"] == "gpu" else ctx.device
+    result = verify_delta(base, finetune, out, device=device,
+                          progress=report.callback("verifying", 0.7, 0.25))
+    summary: dict[str, Any] = result.to_dict()["summary"]
+    if not result.ok:
+        raise KernelDisagrees(
+            f"the kernel disagreed with the reference on {summary['kernel_failures']}; "
+            "the delta was not registered")
+    return summary
+
+
+class KernelDisagrees(CodecError):
+    """Verification found the kernel's output differs from the fp32 reference."""
+
+
+def _quality(claimed: queue.ClaimedJob, codec: dict[str, Any],
+             verified: dict[str, Any] | None) -> dict[str, Any]:
+    """The adapter's quality: headline figures at the top (listings show those), the
+    codec's summary and the verification summary below."""
+    headline: dict[str, Any] = {"source": "deltahub job", "job": claimed.lease.job_id,
+                                "method": claimed.method.value}
+    details = {k: v for k, v in codec.items()
+               if k not in ("tensors", "modules", "files", "saved", "left_out",
+                            "unchanged_targets", "omitted")}
+    if verified is not None:
+        headline.update(output_rel_error_max=verified["compression_rel_error_max"],
+                        output_rel_error_mean=verified["compression_rel_error_mean"],
+                        verified_with=f"{verified['backend']} on {verified['device']}")
+    elif claimed.method is CompressMethod.LORA:
+        summary = codec.get("summary", {})
+        headline.update(weight_rel_error_max=summary.get("max_error"),
+                        weight_rel_error_mean=summary.get("mean_error"),
+                        verified_with="factor errors measured as stored")
+    return {**headline, "codec": details, "verify": verified}
+
+
+def _check_max_error(claimed: queue.ClaimedJob, quality: dict[str, Any]) -> None:
+    limit = claimed.params.get("max_error")
+    measured = quality.get("output_rel_error_max", quality.get("weight_rel_error_max"))
+    if limit is not None and measured is not None and measured > limit:
+        raise QualityBelowThreshold(
+            f"the worst relative error measured is {measured:.4g}, over max_error={limit}; "
+            "nothing was registered. Raise max_error, or use a higher rank or BitDelta")
+
+
+def _upload(claimed: queue.ClaimedJob, out: Path, ctx: Context,
+            control: Control) -> list[tuple[str, UploadResult]]:
+    """Each output file the adapter kind takes, staged, validated and committed."""
+    kind = AdapterKind(claimed.method.value)
+    uploaded = []
+    for path in sorted(p for p in out.iterdir() if p.is_file()):
+        if not _adapter_file(kind, path.name, ctx.settings):
+            continue  # e.g. a LoRA's report.json and spectra.png: kept in `quality`
+        control.checkpoint()
+        rule = adapter_file_rule(kind, path.name, ctx.settings)
+        uploaded.append((path.name, store_file(ctx.store, path, rule)))
+    return uploaded
+
+
+def _adapter_file(kind: AdapterKind, name: str, settings: Settings) -> bool:
+    from registry.errors import APIError
+
+    try:
+        adapter_file_rule(kind, name, settings)
+    except APIError:
+        return False
+    return True

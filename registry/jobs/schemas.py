@@ -1,0 +1,107 @@
+"""Request and response shapes of compression jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from registry.names import NAME_PATTERN
+from registry.schemas import Schema, UTCDateTime
+from registry.tables import Job
+
+# Module names as PEFT's target_modules list takes them ("q_proj", "model.layers.0.mlp").
+# Only literal names: a regular expression from a client would run on our workers.
+TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.]{0,199}$")]
+
+VerifyMode = Literal["auto", "gpu", "cpu", "off"]
+
+
+class CompressRequest(Schema):
+    """What to make of the fine-tune. Codec options not used by the method are refused."""
+
+    name: str | None = Field(default=None, pattern=f"^{NAME_PATTERN}$",
+                             description="adapter name (default: <model>-<method>)")
+    alias: str | None = Field(default=None, pattern=f"^{NAME_PATTERN}$",
+                              description="an alias to point at the new version")
+    targets: list[TargetName] | None = Field(
+        default=None, min_length=1, max_length=256,
+        description="module names to compress (PEFT target_modules list semantics); "
+                    "default: the attention and MLP projections")
+    # BitDelta
+    scale_mode: Literal["row", "tensor"] | None = Field(
+        default=None, description="bitdelta: one α per output row (default) or per matrix")
+    # LoRA
+    rank: int | None = Field(default=None, ge=1, le=4096, description="lora: one rank for all")
+    target_error: float | None = Field(
+        default=None, gt=0, lt=1, description="lora: per-module ‖ΔW − BA‖/‖ΔW‖ to reach")
+    max_rank: int | None = Field(default=None, ge=1, le=4096,
+                                 description="lora: rank cap with target_error (default 256)")
+    save_modules: bool | None = Field(
+        default=None, description="lora: carry changed non-target modules (modules_to_save)")
+    verify: VerifyMode = Field(
+        default="auto", description="check the result against the fine-tune: on a GPU "
+                                    "worker with the Triton kernel (gpu), on any worker "
+                                    "(cpu), whichever runs it (auto), or not at all (off)")
+    max_error: float | None = Field(
+        default=None, gt=0, description="fail the job when the measured relative error of "
+                                        "the layer outputs exceeds this")
+
+
+class JobProgress(Schema):
+    fraction: float
+    stage: str
+    message: str | None
+
+
+class JobError(Schema):
+    name: str
+    detail: str
+
+
+class JobAdapter(Schema):
+    id: int
+    name: str
+    version: int | None
+
+
+class JobOut(Schema):
+    id: int
+    status: str
+    method: str
+    model: str
+    base: str
+    adapter_name: str
+    alias: str | None
+    params: dict[str, Any]
+    requirements: list[str]
+    progress: JobProgress
+    attempt: int
+    max_attempts: int
+    cancel_requested: bool
+    error: JobError | None
+    adapter: JobAdapter | None
+    created_at: UTCDateTime
+    started_at: UTCDateTime | None
+    finished_at: UTCDateTime | None
+    next_run_at: UTCDateTime
+    updated_at: UTCDateTime
+
+    @classmethod
+    def of(cls, job: Job, model_names: dict[int, str],
+           adapter: JobAdapter | None) -> JobOut:
+        error = (JobError(name=job.error_name, detail=job.error_detail or "")
+                 if job.error_name else None)
+        return cls(
+            id=job.id, status=job.status.value, method=job.method.value,
+            model=model_names.get(job.model_id, str(job.model_id)),
+            base=model_names.get(job.base_id, str(job.base_id)),
+            adapter_name=job.adapter_name, alias=job.alias, params=job.params,
+            requirements=job.requirements,
+            progress=JobProgress(fraction=job.progress, stage=job.stage, message=job.message),
+            attempt=job.attempt, max_attempts=job.max_attempts,
+            cancel_requested=job.cancel_requested, error=error, adapter=adapter,
+            created_at=job.created_at, started_at=job.started_at,
+            finished_at=job.finished_at, next_run_at=job.next_run_at,
+            updated_at=job.updated_at,
+        )

@@ -1,0 +1,136 @@
+"""A worker: claim a job, keep its lease alive from a thread of its own, run it, end it.
+
+Any number of workers, in `deltahub serve` (threads) or `deltahub worker` processes on
+other machines, share only the database and the object store. A worker that dies stops
+renewing its lease; when the lease expires another worker takes the job over (a new
+attempt). A worker that was merely paused past its lease finds every write fenced off
+and abandons the attempt: the new owner's result stands.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from compress.errors import CodecError
+from registry.database import Database
+from registry.errors import APIError, Unavailable
+from registry.jobs import queue
+from registry.jobs.runner import Context, Control, JobCancelled, run_attempt
+from registry.settings import Settings
+from registry.storage.base import BlobStore, StorageError
+
+log = logging.getLogger("deltahub.worker")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"[:128]
+
+
+def default_capabilities() -> set[str]:
+    import torch
+
+    return {"gpu"} if torch.cuda.is_available() else set()
+
+
+class Worker:
+    def __init__(self, database: Database, store: BlobStore, settings: Settings, *,
+                 name: str | None = None, capabilities: Collection[str] | None = None,
+                 device: str | None = None) -> None:
+        self.database, self.store, self.settings = database, store, settings
+        self.name = name or worker_name()
+        self.capabilities = set(default_capabilities() if capabilities is None
+                                else capabilities)
+        self.device = device or ("cuda" if "gpu" in self.capabilities else "cpu")
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        """Work until `stop()`; sleeps JOB_POLL_SECONDS when the queue is empty."""
+        log.info("worker %s started (capabilities: %s)", self.name,
+                 sorted(self.capabilities) or "cpu")
+        while not self.stopping.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # the loop must outlive a database or storage outage
+                log.exception("worker %s: claiming failed; retrying", self.name)
+                worked = False
+            if not worked:
+                self.stopping.wait(self.settings.JOB_POLL_SECONDS)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when none was due."""
+        with self.database.writing() as session:
+            claimed = queue.claim(session, self.name, self.capabilities, self.settings)
+        if claimed is None:
+            return False
+        control = Control.new()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(claimed, control),
+                                     name=f"heartbeat-{claimed.lease.job_id}", daemon=True)
+        heartbeat.start()
+        try:
+            self._attempt(claimed, control)
+        finally:
+            control.finished.set()
+            heartbeat.join()
+        return True
+
+    def _attempt(self, claimed: queue.ClaimedJob, control: Control) -> None:
+        job = claimed.lease.job_id
+        context = Context(self.database, self.store, self.settings,
+                          Path(self.settings.WORK_DIR).resolve() / self.name, self.device)
+        try:
+            adapter_id = run_attempt(claimed, context, control)
+            log.info("job %d succeeded: adapter %d", job, adapter_id)
+        except queue.LeaseLost:
+            log.warning("job %d: lease lost; abandoning the attempt", job)
+        except JobCancelled:
+            self._end(claimed, lambda s: queue.cancelled(s, claimed.lease))
+            log.info("job %d cancelled", job)
+        except (CodecError, APIError) as exc:
+            transient = isinstance(exc, Unavailable)
+            detail = exc.detail
+            self._fail(claimed, type(exc).__name__ if isinstance(exc, CodecError) else exc.name,
+                       detail, transient)
+        except (StorageError, OSError) as exc:
+            self._fail(claimed, "StorageUnavailable", str(exc), transient=True)
+        except Exception as exc:
+            log.exception("job %d: attempt %d failed", job, claimed.lease.attempt)
+            self._fail(claimed, type(exc).__name__, str(exc) or repr(exc), transient=True)
+
+    def _fail(self, claimed: queue.ClaimedJob, name: str, detail: str,
+              transient: bool) -> None:
+        log.warning("job %d attempt %d: %s: %s", claimed.lease.job_id,
+                    claimed.lease.attempt, name, detail)
+        self._end(claimed, lambda s: queue.fail(s, claimed.lease, self.settings, name, detail,
+                                                transient=transient))
+
+    def _end(self, claimed: queue.ClaimedJob, write: Callable[[Session], object]) -> None:
+        try:
+            with self.database.writing() as session:
+                write(session)
+        except queue.LeaseLost:
+            log.warning("job %d: lease lost before its end was recorded", claimed.lease.job_id)
+
+    def _heartbeat(self, claimed: queue.ClaimedJob, control: Control) -> None:
+        """Renew the lease every third of it until the attempt ends or the lease is lost."""
+        interval = self.settings.JOB_LEASE_SECONDS / 3
+        while not control.finished.wait(interval):
+            try:
+                with self.database.writing() as session:
+                    if queue.renew(session, claimed.lease, self.settings):
+                        control.cancel.set()
+            except queue.LeaseLost:
+                control.lost.set()
+                return
+            except Exception:  # a blip: the next beat tries again before the lease ends
+                log.warning("job %d: heartbeat failed", claimed.lease.job_id, exc_info=True)
