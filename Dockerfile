@@ -1,11 +1,13 @@
-# deltahub API server (and, later, workers). CPU torch by default; for GPU workers build
-# FROM an NVIDIA CUDA image and install the matching torch build instead.
+# deltahub API server and workers (`deltahub serve`, `deltahub worker`). CPU torch by
+# default; a GPU worker builds with --build-arg TORCH_INDEX=<a CUDA wheel index>
+# (docker-compose.yml's worker-gpu does).
 FROM python:3.11-slim
 
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.1"
+RUN pip install --index-url "$TORCH_INDEX" "torch>=2.1"
 
 COPY pyproject.toml README.md alembic.ini ./
 COPY registry ./registry
