@@ -84,12 +84,11 @@ class JobRepository:
             .execution_options(synchronize_session=False))
         return int(getattr(result, "rowcount", 0) or 0) == 1
 
-    def renew(self, lease: Lease, lease_seconds: float) -> tuple[bool, bool]:
-        """(lease still held, cancellation requested), extending the lease when held."""
+    def renew(self, lease: Lease, lease_seconds: float) -> bool:
+        """Extend the lease; False when it is no longer held."""
         now = utcnow()
-        held = self.fenced_update(lease, heartbeat_at=now,
+        return self.fenced_update(lease, heartbeat_at=now,
                                   lease_expires_at=now + timedelta(seconds=lease_seconds))
-        if not held:
-            return False, False
-        cancel = self.session.scalar(select(Job.cancel_requested).where(Job.id == lease.job_id))
-        return True, bool(cancel)
+
+    def cancel_requested(self, job_id: int) -> bool:
+        return bool(self.session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))

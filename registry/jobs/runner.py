@@ -28,6 +28,7 @@ from registry.uploads.flow import store_file
 from registry.uploads.pipeline import UploadResult
 from registry.uploads.rules import adapter_file_rule
 
+_REPORT_FILES = {"report.json", "spectra.png"}
 # Progress is written at most this often: each write is a fenced UPDATE.
 _PROGRESS_EVERY_SECONDS = 0.5
 
@@ -109,7 +110,11 @@ class _Reporter:
             return
         self._last = now
         with self.ctx.database.writing() as session:
-            queue.report_progress(session, self.claimed.lease, fraction, stage, message)
+            cancel = queue.report_progress(session, self.claimed.lease, fraction, stage,
+                                           message)
+        if cancel:
+            self.control.cancel.set()
+            self.control.checkpoint()
 
     def callback(self, stage: str, start: float, span: float) -> ProgressFn:
         """A codec progress callback mapping its bytes onto [start, start + span]."""
@@ -194,8 +199,10 @@ def _upload(claimed: queue.ClaimedJob, out: Path, ctx: Context,
     kind = AdapterKind(claimed.method.value)
     uploaded = []
     for path in sorted(p for p in out.iterdir() if p.is_file()):
-        if not _adapter_file(kind, path.name, ctx.settings):
-            continue  # e.g. a LoRA's report.json and spectra.png: kept in `quality`
+        # The codec's report goes into `quality`, not into the files: it carries timings,
+        # and identical weights must make identical content (one version, not two).
+        if path.name in _REPORT_FILES or not _adapter_file(kind, path.name, ctx.settings):
+            continue
         control.checkpoint()
         rule = adapter_file_rule(kind, path.name, ctx.settings)
         uploaded.append((path.name, store_file(ctx.store, path, rule)))
