@@ -59,7 +59,8 @@ def test_bitdelta_job_registers_a_verified_adapter(app: FastAPI, client: TestCli
     assert done["status"] == "succeeded", done
     assert done["progress"]["fraction"] == 1.0
     adapter = done["adapter"]
-    assert adapter["name"] == "tiny-ft-bitdelta" and adapter["version"] == 1
+    assert adapter["name"] == "tiny-ft-bitdelta"
+    assert adapter["version"] == 1
     listed = client.get("/adapters?base=tiny-base", headers=tokens.read).json()["items"]
     assert [a["id"] for a in listed] == [adapter["id"]]
     assert listed[0]["source_model"] == finetune
@@ -118,7 +119,8 @@ def test_a_lora_job_registers_an_adapter_peft_loads(app: FastAPI, client: TestCl
     done = client.get(f"/jobs/{started.json()['id']}", headers=tokens.read).json()
     assert done["status"] == "succeeded", done
     adapter = client.get(f"/adapters/{done['adapter']['id']}", headers=tokens.read).json()
-    assert adapter["kind"] == "lora" and adapter["source_model"] == finetune
+    assert adapter["kind"] == "lora"
+    assert adapter["source_model"] == finetune
     assert adapter["quality"]["weight_rel_error_max"] < 1
     pulled = _pull(client, tokens, adapter["id"], tmp_path / "lora")
     model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_models.base),
@@ -218,7 +220,8 @@ def test_cancelling_a_running_job_stops_it_and_registers_nothing(
         claimed = queue.claim(session, w.name, set(), app.state.settings)
     assert claimed is not None
     running = client.post(f"/jobs/{job['id']}/cancel", headers=tokens.compress).json()
-    assert running["status"] == "running" and running["cancel_requested"]
+    assert running["status"] == "running"
+    assert running["cancel_requested"]
     w._attempt(claimed, Control.new())  # stops at its first progress point
     done = client.get(f"/jobs/{job['id']}", headers=tokens.read).json()
     assert done["status"] == "cancelled", done
@@ -241,7 +244,8 @@ def test_a_nan_in_the_stored_finetune_fails_the_job_once(app: FastAPI, client: T
                       headers=tokens.compress).json()
     assert run_all(app) == 1  # failed once: a bad input is not retried
     done = client.get(f"/jobs/{job['id']}", headers=tokens.read).json()
-    assert done["status"] == "failed" and done["attempt"] == 1
+    assert done["status"] == "failed"
+    assert done["attempt"] == 1
     assert done["error"]["name"] == "NonFiniteTensor"
     assert name in done["error"]["detail"]
     assert client.get("/adapters", headers=tokens.read).json()["items"] == []
@@ -265,7 +269,8 @@ def test_storage_down_mid_job_retries_with_backoff_and_succeeds(
     _due_now(app, job["id"])
     assert run_all(app) == 1
     done = client.get(f"/jobs/{job['id']}", headers=tokens.read).json()
-    assert done["status"] == "succeeded" and done["attempt"] == 2, done
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 2, done
     assert done["error"] is None
 
 
@@ -293,10 +298,12 @@ def test_jobs_are_listed_with_filters_and_pages(app: FastAPI, client: TestClient
         assert client.post(f"/models/{finetune}/compress?method={method}", json=body,
                            headers=tokens.compress).status_code == 202
     page = client.get("/jobs?limit=2", headers=tokens.read).json()
-    assert len(page["items"]) == 2 and page["next_page_token"]
+    assert len(page["items"]) == 2
+    assert page["next_page_token"]
     rest = client.get(f"/jobs?limit=2&page_token={page['next_page_token']}",
                       headers=tokens.read).json()
-    assert len(rest["items"]) == 1 and rest["next_page_token"] is None
+    assert len(rest["items"]) == 1
+    assert rest["next_page_token"] is None
     lora = client.get("/jobs?method=lora", headers=tokens.read).json()["items"]
     assert [j["method"] for j in lora] == ["lora"]
     assert client.get("/jobs?status=succeeded", headers=tokens.read).json()["items"] == []
