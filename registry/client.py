@@ -82,6 +82,24 @@ class DeltahubClient:
     def set_alias(self, ref: str, alias: str) -> dict[str, Any]:
         return self._json("PUT", f"/adapters/{ref}/aliases/{alias}")
 
+    # -- jobs ---------------------------------------------------------------------------
+    def compress(self, model: str, method: str, options: dict[str, Any],
+                 idempotency_key: str | None = None) -> dict[str, Any]:
+        """Queue a compression of the fine-tune `model`; the job (queued, or the one an
+        `idempotency_key` retry finds)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._json("POST", f"/models/{model}/compress", params={"method": method},
+                          json=options, headers=headers)
+
+    def get_job(self, job_id: int) -> dict[str, Any]:
+        return self._json("GET", f"/jobs/{job_id}")
+
+    def list_jobs(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        return self._pages("/jobs", filters)
+
+    def cancel_job(self, job_id: int) -> dict[str, Any]:
+        return self._json("POST", f"/jobs/{job_id}/cancel")
+
     # -- files --------------------------------------------------------------------------
     def upload(self, owner: str, path: Path, sha256: str,
                advance: Advance | None = None) -> dict[str, Any]:

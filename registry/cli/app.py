@@ -16,7 +16,9 @@ app = typer.Typer(
 # Each module defines `register(app)`; the order here is the order of `deltahub --help`.
 COMMAND_MODULES: tuple[str, ...] = (
     "server_commands",
+    "worker_commands",
     "client_commands",
+    "job_commands",
     "bitdelta_commands",
     "lora_commands",
     "verify_commands",

@@ -1,0 +1,175 @@
+"""`deltahub compress` and `deltahub jobs ls|show|cancel`: compression jobs over HTTP."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from registry.cli.client_commands import Token, Url, _client
+from registry.cli.console import console, fail, print_table, stdout
+from registry.client import DEFAULT_URL, ClientError, DeltahubClient
+
+jobs_app = typer.Typer(help="Compression jobs.", no_args_is_help=True)
+
+# Exit statuses of `deltahub compress --wait` (and `jobs show`): what CI scripts test.
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
+_POLL_SECONDS = 1.0
+
+
+class Method(StrEnum):
+    bitdelta = "bitdelta"
+    lora = "lora"
+
+
+class Verify(StrEnum):
+    auto = "auto"
+    gpu = "gpu"
+    cpu = "cpu"
+    off = "off"
+
+
+def compress(
+    model: Annotated[str, typer.Argument(help="the fine-tune to compress (name or id)")],
+    method: Annotated[Method, typer.Option(help="bitdelta (1 bit) or lora (low rank)")],
+    name: Annotated[str | None, typer.Option(help="adapter name [<model>-<method>]")] = None,
+    alias: Annotated[str | None, typer.Option(help="point this alias at the result")] = None,
+    target: Annotated[list[str] | None, typer.Option(
+        help="module to compress (repeat; default: attention and MLP projections)")] = None,
+    scale_mode: Annotated[str | None, typer.Option(help="bitdelta: row or tensor")] = None,
+    rank: Annotated[int | None, typer.Option(help="lora: one rank for every module")] = None,
+    target_error: Annotated[float | None, typer.Option(
+        help="lora: per-module relative error to reach")] = None,
+    max_rank: Annotated[int | None, typer.Option(help="lora: cap with --target-error")] = None,
+    save_modules: Annotated[bool, typer.Option(
+        help="lora: carry changed non-target modules")] = False,
+    verify: Annotated[Verify, typer.Option(help="check the result against the fine-tune")]
+    = Verify.auto,
+    max_error: Annotated[float | None, typer.Option(
+        help="fail when the measured error is higher")] = None,
+    wait: Annotated[bool, typer.Option(help="follow the job to its end (exit 0 succeeded, "
+                                            "1 failed, 3 cancelled)")] = False,
+    url: Url = DEFAULT_URL, token: Token = None,
+) -> None:
+    """Compress a registered fine-tune into a BitDelta or LoRA adapter, as a server job."""
+    options: dict[str, Any] = {
+        "name": name, "alias": alias, "targets": target or None, "scale_mode": scale_mode,
+        "rank": rank, "target_error": target_error, "max_rank": max_rank,
+        "save_modules": save_modules or None, "verify": verify.value, "max_error": max_error}
+    client = _client(url, token)
+    try:
+        # One key per invocation: if the connection drops after the server queued the
+        # job, the retry finds that job instead of queueing a second.
+        job = client.compress(model, method.value, {k: v for k, v in options.items()
+                                                    if v is not None},
+                              idempotency_key=f"cli-{uuid.uuid4()}")
+        console.print(f"job {job['id']} queued: {method.value} of {model} -> "
+                      f"{job['adapter_name']}")
+        if wait:
+            job = follow(client, job)
+    except ClientError as exc:
+        raise fail(exc.error, exc.detail) from exc
+    finally:
+        client.close()
+    stdout.print(_summary(job))
+    raise typer.Exit(_exit_status(job))
+
+
+def follow(client: DeltahubClient, job: dict[str, Any]) -> dict[str, Any]:
+    """Poll the job, drawing its progress, until it ends."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("[bold]{task.fields[stage]}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+               TextColumn("{task.fields[message]}", style="dim"))
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("job", total=1.0, stage="queued", message="")
+        while job["status"] in ("queued", "running"):
+            time.sleep(_POLL_SECONDS)
+            job = client.get_job(job["id"])
+            progress = job["progress"]
+            bar.update(task, completed=progress["fraction"], stage=progress["stage"],
+                       message=(progress["message"] or "")[:60])
+    return job
+
+
+def _summary(job: dict[str, Any]) -> str:
+    line = f"job {job['id']}: {job['status']}"
+    if job["adapter"]:
+        a = job["adapter"]
+        line += f" -> {a['name']}@{a['version']} (adapter {a['id']})"
+    if job["error"]:
+        line += f"\n{job['error']['name']}: {job['error']['detail']}"
+    return line
+
+
+def _exit_status(job: dict[str, Any]) -> int:
+    return {"failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}.get(job["status"],
+                                                                     EXIT_SUCCEEDED)
+
+
+@jobs_app.command("ls")
+def jobs_ls(
+    status: Annotated[str | None, typer.Option(help="queued, running, succeeded, ...")] = None,
+    model: Annotated[str | None, typer.Option(help="jobs of this fine-tune")] = None,
+    method: Annotated[Method | None, typer.Option(help="bitdelta or lora")] = None,
+    url: Url = DEFAULT_URL, token: Token = None,
+) -> None:
+    """List jobs, newest first."""
+    client = _client(url, token)
+    try:
+        rows = [[j["id"], j["status"], j["method"], j["model"], j["adapter_name"],
+                 f"{j['progress']['fraction']:.0%}", j["progress"]["stage"],
+                 j["error"]["name"] if j["error"] else ""]
+                for j in client.list_jobs(status=status, model=model,
+                                          method=method.value if method else None)]
+    except ClientError as exc:
+        raise fail(exc.error, exc.detail) from exc
+    finally:
+        client.close()
+    print_table("jobs", ["id", "status", "method", "model", "adapter", "done", "stage",
+                         "error"], rows)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[int, typer.Argument(help="job id")],
+              url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """One job: its state, progress, attempts, error and adapter."""
+    client = _client(url, token)
+    try:
+        job = client.get_job(job_id)
+    except ClientError as exc:
+        raise fail(exc.error, exc.detail) from exc
+    finally:
+        client.close()
+    print_table(f"job {job_id}", ["field", "value"], [
+        ["status", job["status"]], ["method", job["method"]], ["model", job["model"]],
+        ["base", job["base"]], ["adapter name", job["adapter_name"]],
+        ["progress", f"{job['progress']['fraction']:.0%} {job['progress']['stage']}"],
+        ["attempt", f"{job['attempt']} of {job['max_attempts']}"],
+        ["params", ", ".join(f"{k}={v}" for k, v in job["params"].items() if v is not None)],
+        ["created", job["created_at"]], ["finished", job["finished_at"] or ""]])
+    stdout.print(_summary(job))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: Annotated[int, typer.Argument(help="job id")],
+                url: Url = DEFAULT_URL, token: Token = None) -> None:
+    """Cancel a job: at once if queued, at its next progress point if running."""
+    client = _client(url, token)
+    try:
+        job = client.cancel_job(job_id)
+    except ClientError as exc:
+        raise fail(exc.error, exc.detail) from exc
+    finally:
+        client.close()
+    what = "cancelled" if job["status"] == "cancelled" else "cancellation requested"
+    stdout.print(f"job {job_id}: {what}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(compress)
+    app.add_typer(jobs_app, name="jobs")
