@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run migrate test lint typecheck bench clean
+.PHONY: install run migrate test lint typecheck bench clean s3rver
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,18 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck
+# s3rver: the second, independent S3 server the storage tests run on (tests/s3server.py).
+# Needs Node.js 18+ and npm; installed once into .s3rver/ (git-ignored).
+S3RVER_VERSION := 3.7.1
+S3RVER_STAMP := .s3rver/.installed-$(S3RVER_VERSION)
+
+$(S3RVER_STAMP):
+	npm install --prefix .s3rver --no-audit --no-fund s3rver@$(S3RVER_VERSION)
+	touch $(S3RVER_STAMP)
+
+s3rver: $(S3RVER_STAMP)
+
+test: lint typecheck s3rver
 	$(BIN)/python -m pytest
 
 bench: install
@@ -42,4 +53,4 @@ bench: install
 	$(BIN)/python benchmarks/kernel_bench.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .s3rver

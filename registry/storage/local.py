@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from compress.writer import fsync_path
+from compress.tensorio import fsync_path
 from registry.storage.base import (
     BLOB_PREFIX,
     READ_CHUNK_BYTES,

@@ -4,11 +4,18 @@ The client is built once by `make_s3_client` (explicit timeouts and retries) and
 handed in, so tests and callers choose their own. Uploads stream as multipart uploads
 to a staging key; commit is a server-side copy to the content address, so a reader
 never sees a partial blob.
+
+Only the core of S3 is assumed, because S3-compatible servers differ beyond it (the
+suite runs on moto and on s3rver, which has no multipart copy, no listing or aborting
+of multipart uploads): a commit is one CopyObject up to S3's 5 GiB limit, and a
+multipart copy only above it; a server without upload listing leaves gc unable to
+abort crashed uploads, which it says in the log instead of failing the sweep.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -32,12 +39,12 @@ from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
 )
 from s3transfer.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     RetriesExceededError,
-    S3CopyFailedError,
     S3DownloadFailedError,
 )
 
 from registry.settings import Settings
 from registry.storage.base import (
+    BLOB_PREFIX,
     PART_BYTES,
     READ_CHUNK_BYTES,
     STAGING_PREFIX,
@@ -52,7 +59,13 @@ from registry.storage.base import (
     check_range,
     new_staging_key,
 )
-from registry.storage.s3_writer import S3StagingWriter, abort_multipart
+from registry.storage.s3_writer import (
+    UNSUPPORTED_CODES,
+    S3StagingWriter,
+    abort_multipart,
+    error_code,
+    part_checksums,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +74,34 @@ logger = logging.getLogger(__name__)
 S3Client = Any
 
 S3_MIN_PART_BYTES = 5 * 1024 * 1024  # S3 refuses smaller parts, except the last
+S3_MAX_PARTS = 10_000
+MAX_COPY_OBJECT_BYTES = 5 * 1024**3  # the most one CopyObject copies
+# Parts of a multipart copy, which only blobs over 5 GiB need. The copy runs inside the
+# server, so a big part costs no memory here; 512 MiB keeps a 50 GB blob (the default
+# DELTAHUB_MAX_UPLOAD_BYTES) to about 100 requests. A choice, not a measurement.
+COPY_PART_BYTES = 512 * 1024 * 1024
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _DENIED = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
-# The managed transfers (copy, download_file) raise their own errors besides botocore's.
-_TRANSFER_ERRORS = (
-    BotoCoreError,
-    Boto3Error,
-    RetriesExceededError,
-    S3CopyFailedError,
-    S3DownloadFailedError,
-)
+# The managed download (download_file) raises its own errors besides botocore's.
+_TRANSFER_ERRORS = (BotoCoreError, Boto3Error, RetriesExceededError, S3DownloadFailedError)
+
+
+def uses_multipart_copy(size: int, max_copy_object_bytes: int = MAX_COPY_OBJECT_BYTES) -> bool:
+    """Whether copying an object of `size` bytes takes a multipart copy.
+
+    One CopyObject copies up to 5 GiB, and it is all that simpler S3 servers (s3rver)
+    offer; boto3's managed `copy` goes multipart from 8 MiB, which they refuse.
+    """
+    return size > max_copy_object_bytes
+
+
+def copy_part_ranges(size: int, part_bytes: int = COPY_PART_BYTES) -> list[str]:
+    """The CopySourceRange of each part of a multipart copy of `size` bytes.
+
+    Parts grow past `part_bytes` where S3's 10,000-part limit requires it.
+    """
+    part = max(part_bytes, -(-size // S3_MAX_PARTS))
+    return [f"bytes={start}-{min(start + part, size) - 1}" for start in range(0, size, part)]
 
 
 def make_s3_client(settings: Settings) -> S3Client:
@@ -132,17 +163,24 @@ class S3BlobStore(BlobStore):
         *,
         part_bytes: int = PART_BYTES,
         transfer_config: TransferConfig | None = None,
+        max_copy_object_bytes: int = MAX_COPY_OBJECT_BYTES,
+        copy_part_bytes: int = COPY_PART_BYTES,
     ) -> None:
-        if part_bytes < S3_MIN_PART_BYTES:
-            raise ValueError(f"part_bytes must be at least {S3_MIN_PART_BYTES} (S3's minimum)")
+        for name, value in (("part_bytes", part_bytes), ("copy_part_bytes", copy_part_bytes)):
+            if value < S3_MIN_PART_BYTES:
+                raise ValueError(f"{name} must be at least {S3_MIN_PART_BYTES} (S3's minimum)")
+        if not 0 < max_copy_object_bytes <= MAX_COPY_OBJECT_BYTES:
+            raise ValueError(f"max_copy_object_bytes must be in (0, {MAX_COPY_OBJECT_BYTES}]")
         prefix = prefix.strip("/")
         self.client = client
         self.bucket = bucket
         self.prefix = check_key(prefix) if prefix else ""
         self.part_bytes = part_bytes
-        # Managed copy and download: multipart above the threshold, so blobs over
-        # 5 GB (the limit of a single CopyObject) copy too.
+        # Managed download: parallel ranged GETs above the threshold.
         self.transfer_config = transfer_config or TransferConfig()
+        # Below S3's limits only in tests, to run a multipart copy without 5 GiB.
+        self.max_copy_object_bytes = max_copy_object_bytes
+        self.copy_part_bytes = copy_part_bytes
 
     def __repr__(self) -> str:
         return f"S3BlobStore(s3://{self.bucket}/{self.prefix})"
@@ -165,12 +203,13 @@ class S3BlobStore(BlobStore):
         return full.removeprefix(self.prefix).removeprefix("/")
 
     @contextmanager
-    def errors(self, op: str, full: str) -> Iterator[None]:
+    def errors(self, op: str, full: str, needed_for: str = "") -> Iterator[None]:
         """Turn boto3 failures into StorageError (BlobNotFound for a missing key).
 
         The message may reach a client (a 503 body, /readyz), so it names the store key
         and S3's error code only; the bucket, the prefix and botocore's own text (which
-        quotes the endpoint URL) go to the log.
+        quotes the endpoint URL) go to the log. `needed_for` says what an operation is
+        for, should the server not implement it.
         """
         key = self._store_key(full)
         try:
@@ -185,6 +224,12 @@ class S3BlobStore(BlobStore):
                 raise StorageError(
                     f"s3: cannot {op} {key}: the bucket does not exist; "
                     "create it or fix DELTAHUB_STORAGE_URL"
+                ) from exc
+            if code == "NotImplemented":
+                why = f", which {needed_for}" if needed_for else ""
+                raise StorageError(
+                    f"s3: cannot {op} {key}: the S3 server does not implement "
+                    f"{exc.operation_name} ({code}){why}; use a server that does"
                 ) from exc
             message = error.get("Message") or "no message"
             hint = f"; {_DENIED_HINT}" if code in _DENIED else ""
@@ -203,18 +248,10 @@ class S3BlobStore(BlobStore):
         if not staged.key.startswith(STAGING_PREFIX):
             raise ValueError(f"not a staging key: {staged.key!r}")
         src, dest = self.full_key(staged.key), self.full_key(blob_key(sha256))
-        refreshed = False
-        if self._exists(dest):
-            # Copying the blob onto itself refreshes its age for gc without ever
-            # replacing its bytes (see BlobStore.commit); REPLACE makes S3 allow it.
+        existing = self._head_or_none(dest)
+        if existing is None or not self._refresh(existing, dest, src):
             try:
-                self._copy(dest, dest, {"MetadataDirective": "REPLACE"})
-                refreshed = True
-            except BlobNotFound:
-                pass  # collected in between: copy the staged bytes instead
-        if not refreshed:
-            try:
-                self._copy(src, dest, {})
+                self._copy(src, dest, staged.size)
             except BlobNotFound:
                 raise StorageError(
                     f"s3: commit: staged object {staged.key} is gone "
@@ -223,15 +260,80 @@ class S3BlobStore(BlobStore):
         with self.errors("commit", src):
             self.client.delete_object(Bucket=self.bucket, Key=src)
 
-    def _copy(self, src: str, dest: str, extra_args: dict[str, str]) -> None:
+    def _refresh(self, existing: dict[str, Any], dest: str, src: str) -> bool:
+        """Give an existing blob a new modified time without replacing its bytes (see
+        BlobStore.commit); False if it was collected in between."""
+        size, before = int(existing["ContentLength"]), existing["LastModified"]
+        try:
+            # A copy onto itself; REPLACE is what makes S3 allow it.
+            after = self._copy(dest, dest, size, replace_metadata=True)
+            if after is None or after > before:
+                return True
+            # The time did not move: s3rver keeps it on a copy onto itself (and S3 has
+            # one-second times, so a second commit within the second lands here too).
+            # A copy between two keys writes a new object on any server, so copy the
+            # blob's own bytes over the staged object and back: the staged bytes never
+            # reach the blob.
+            self._copy(dest, src, size)
+            self._copy(src, dest, size)
+        except BlobNotFound:
+            return False  # collected in between: the caller copies the staged bytes
+        return True
+
+    def _copy(self, src: str, dest: str, size: int, *,
+              replace_metadata: bool = False) -> datetime | None:
+        """Copy `src` (`size` bytes) to `dest` inside the server; return the new object's
+        modified time where the server reports it."""
+        if uses_multipart_copy(size, self.max_copy_object_bytes):
+            self._multipart_copy(src, dest, size)
+            return None
+        extra = {"MetadataDirective": "REPLACE"} if replace_metadata else {}
         with self.errors("copy", src):
-            self.client.copy(
-                {"Bucket": self.bucket, "Key": src},
-                self.bucket,
-                dest,
-                ExtraArgs=extra_args,
-                Config=self.transfer_config,
+            response = self.client.copy_object(
+                Bucket=self.bucket, Key=dest, CopySource={"Bucket": self.bucket, "Key": src},
+                **extra,
             )
+        modified: datetime | None = response.get("CopyObjectResult", {}).get("LastModified")
+        return modified
+
+    def _multipart_copy(self, src: str, dest: str, size: int) -> None:
+        source = {"Bucket": self.bucket, "Key": src}
+        with self.errors("copy", src):
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=dest)[
+                "UploadId"
+            ]
+        try:
+            parts = []
+            for number, byte_range in enumerate(
+                copy_part_ranges(size, self.copy_part_bytes), start=1
+            ):
+                with self.errors("copy", src, needed_for="objects over 5 GiB need"):
+                    response = self.client.upload_part_copy(
+                        Bucket=self.bucket, Key=dest, UploadId=upload_id, PartNumber=number,
+                        CopySource=source, CopySourceRange=byte_range,
+                    )
+                result = response["CopyPartResult"]
+                parts.append({"PartNumber": number, "ETag": result["ETag"],
+                              **part_checksums(result)})
+            with self.errors("copy", src):
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=dest, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+        except BaseException:
+            self._abort_copy(dest, upload_id)
+            raise
+
+    def _abort_copy(self, dest: str, upload_id: str) -> None:
+        # Best effort: the copy's own error is the one to report. An upload left
+        # behind lies under blobs/, where gc finds and aborts it.
+        try:
+            if not abort_multipart(self, dest, upload_id):
+                logger.warning("s3: the server cannot abort the failed copy to s3://%s/%s "
+                               "(upload %s); it keeps the parts", self.bucket, dest, upload_id)
+        except StorageError:
+            logger.warning("s3: could not abort the failed copy to s3://%s/%s; gc will",
+                           self.bucket, dest, exc_info=True)
 
     def discard(self, staged: StagedObject) -> None:
         if not staged.key.startswith(STAGING_PREFIX):
@@ -239,11 +341,13 @@ class S3BlobStore(BlobStore):
         self.delete_key(staged.key)
 
     def _exists(self, full: str) -> bool:
+        return self._head_or_none(full) is not None
+
+    def _head_or_none(self, full: str) -> dict[str, Any] | None:
         try:
-            self._head(full)
+            return self._head(full)
         except BlobNotFound:
-            return False
-        return True
+            return None
 
     def _head(self, full: str) -> dict[str, Any]:
         with self.errors("head", full):
@@ -271,10 +375,22 @@ class S3BlobStore(BlobStore):
             except ClientError as exc:
                 # The blob exists but the range starts at or past its end (any range
                 # of an empty object does): the contract says that is no bytes.
-                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                if error_code(exc) == "InvalidRange":
                     return iter(())
                 raise
-        return _BodyChunks(response["Body"], self, full)
+        body = response["Body"]
+        first, size = _served_range(response)
+        if size == 0:
+            body.close()  # any range of an empty object is no bytes; s3rver announces one
+            return iter(())
+        if first != start:
+            body.close()
+            logger.warning("s3: read of s3://%s/%s from byte %d: the server sent from byte %d",
+                           self.bucket, full, start, first)
+            raise StorageError(f"s3: cannot read {self._store_key(full)}: the S3 server "
+                               "ignored the byte range; use a server that supports ranged GETs")
+        # Never more than asked: s3rver sends the whole object for `bytes=0-0`.
+        return _BodyChunks(body, self, full, limit=None if end is None else end - start)
 
     def download(self, sha256: str, dest: Path) -> None:
         full = self.full_key(blob_key(sha256))
@@ -306,19 +422,43 @@ class S3BlobStore(BlobStore):
 
     def abort_incomplete_uploads(self, older_than: datetime) -> int:
         # A crashed writer leaves a multipart upload that list_objects cannot see but
-        # that S3 bills for until it is aborted.
-        full = self._full_prefix(STAGING_PREFIX)
+        # that S3 bills for until it is aborted; a failed multipart copy leaves one
+        # under blobs/.
         aborted = 0
-        with self.errors("list uploads", full):
+        for full, upload_id in self._uploads_started_before(older_than):
+            if abort_multipart(self, full, upload_id):
+                aborted += 1
+            else:
+                logger.warning("s3: the server cannot abort multipart uploads; "
+                               "s3://%s/%s (upload %s) stays", self.bucket, full, upload_id)
+        return aborted
+
+    def _uploads_started_before(self, older_than: datetime) -> list[tuple[str, str]]:
+        """(key, upload id) of the multipart uploads under staging/ and blobs/ started
+        before `older_than`; none where the server cannot list them."""
+        found = []
+        for prefix in (STAGING_PREFIX, BLOB_PREFIX):
+            full = self._full_prefix(prefix)
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=full
             )
-            for page in pages:
-                for upload in page.get("Uploads", []):
-                    if upload["Initiated"] < older_than:
-                        abort_multipart(self, upload["Key"], upload["UploadId"])
-                        aborted += 1
-        return aborted
+            with self.errors("list uploads", full):
+                try:
+                    for page in pages:
+                        found += [(upload["Key"], upload["UploadId"])
+                                  for upload in page.get("Uploads", [])
+                                  if upload["Initiated"] < older_than]
+                except ClientError as exc:
+                    if error_code(exc) not in UNSUPPORTED_CODES:
+                        raise
+                    # Not a failure of the sweep: everything else is still collected.
+                    logger.warning(
+                        "s3: the server cannot list multipart uploads (%s), so gc cannot "
+                        "find and abort unfinished ones in s3://%s; where it supports one, "
+                        "give the bucket a lifecycle rule (AbortIncompleteMultipartUpload)",
+                        error_code(exc), self.bucket)
+                    return []
+        return found
 
     def check(self) -> None:
         # Reachable is not enough for /readyz: a read-only key or a bucket policy that
@@ -334,26 +474,43 @@ class S3BlobStore(BlobStore):
             self.client.delete_object(Bucket=self.bucket, Key=probe)
 
 
-class _BodyChunks(Iterator[bytes]):
-    """Chunks of a GetObject body; closes the connection when done, failed or dropped."""
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
 
-    def __init__(self, body: Any, store: S3BlobStore, full: str) -> None:
+
+def _served_range(response: Mapping[str, Any]) -> tuple[int, int | None]:
+    """The first byte and the object size of a GetObject answer, from its Content-Range;
+    (0, None) where it has none: the whole object, as a server that ignores a Range
+    sends it (HTTP allows that)."""
+    match = _CONTENT_RANGE.fullmatch(str(response.get("ContentRange") or ""))
+    return (int(match[1]), int(match[2])) if match else (0, None)
+
+
+class _BodyChunks(Iterator[bytes]):
+    """Chunks of a GetObject body, at most `limit` bytes in all; closes the connection
+    when done, failed or dropped."""
+
+    def __init__(self, body: Any, store: S3BlobStore, full: str, limit: int | None) -> None:
         self._body: Any = body
         self._store = store
         self._full = full
+        self._left = limit
 
     def __next__(self) -> bytes:
-        if self._body is None:
+        if self._body is None or self._left == 0:
+            self.close()
             raise StopIteration
+        want = READ_CHUNK_BYTES if self._left is None else min(READ_CHUNK_BYTES, self._left)
         try:
             with self._store.errors("read", self._full):
-                chunk: bytes = self._body.read(READ_CHUNK_BYTES)
+                chunk: bytes = self._body.read(want)
         except StorageError:
             self.close()
             raise
         if not chunk:
             self.close()
             raise StopIteration
+        if self._left is not None:
+            self._left -= len(chunk)
         return chunk
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
 """The staging write of an S3 upload: parts streamed as a multipart upload.
 
 A body smaller than one part becomes a single PutObject at finish; an abort removes
-whatever was created (the multipart upload, or the put object).
+whatever was created (the multipart upload, or the put object). Some S3-compatible
+servers (s3rver) cannot abort a multipart upload; the writer then completes it with
+the parts it has and deletes the result, so nothing is left either way.
 """
 
 from __future__ import annotations
@@ -15,14 +17,34 @@ from registry.storage.base import StagedObject, StagingWriter
 if TYPE_CHECKING:
     from registry.storage.s3 import S3BlobStore
 
+# What an S3-compatible server answers for an operation it does not have: NotImplemented
+# (501) as S3 documents it, or MethodNotAllowed (405), s3rver's answer to an abort.
+UNSUPPORTED_CODES = frozenset({"NotImplemented", "MethodNotAllowed"})
 
-def abort_multipart(store: S3BlobStore, full: str, upload_id: str) -> None:
+
+def error_code(exc: ClientError) -> str:
+    code: str = exc.response.get("Error", {}).get("Code", "")
+    return code
+
+
+def abort_multipart(store: S3BlobStore, full: str, upload_id: str) -> bool:
+    """Abort a multipart upload; False if the server has no AbortMultipartUpload."""
     with store.errors("abort", full):
         try:
             store.client.abort_multipart_upload(Bucket=store.bucket, Key=full, UploadId=upload_id)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            code = error_code(exc)
+            if code in UNSUPPORTED_CODES:
+                return False
+            if code != "NoSuchUpload":
                 raise  # NoSuchUpload: someone (gc, a retry) aborted it already
+    return True
+
+
+def part_checksums(response: dict[str, Any]) -> dict[str, Any]:
+    """The checksums a part's response carries: when botocore sent one with the part,
+    completing the upload must repeat it."""
+    return {k: v for k, v in response.items() if k.startswith("Checksum") and v}
 
 
 class S3StagingWriter(StagingWriter):
@@ -68,33 +90,35 @@ class S3StagingWriter(StagingWriter):
                 PartNumber=number,
                 Body=body,
             )
-        part = {"PartNumber": number, "ETag": response["ETag"]}
-        # When botocore sent a checksum with the part, completing must repeat it.
-        part.update({k: v for k, v in response.items() if k.startswith("Checksum") and v})
-        self._parts.append(part)
+        self._parts.append({"PartNumber": number, "ETag": response["ETag"],
+                            **part_checksums(response)})
+
+    def _complete(self) -> None:
+        self._may_exist = True
+        with self._store.errors("complete upload", self._full):
+            self._store.client.complete_multipart_upload(
+                Bucket=self._store.bucket,
+                Key=self._full,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        self._upload_id = None
 
     def finish(self) -> StagedObject:
         if self._staged is not None:
             return self._staged
         if self._closed:
             raise ValueError("finish of an upload that was aborted")
-        client, bucket = self._store.client, self._store.bucket
         if self._upload_id is None:
             self._may_exist = True
             with self._store.errors("upload", self._full):
-                client.put_object(Bucket=bucket, Key=self._full, Body=bytes(self._buffer))
+                self._store.client.put_object(
+                    Bucket=self._store.bucket, Key=self._full, Body=bytes(self._buffer)
+                )
         else:
             if self._buffer:
                 self._upload_part(bytes(self._buffer))
-            self._may_exist = True
-            with self._store.errors("complete upload", self._full):
-                client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=self._full,
-                    UploadId=self._upload_id,
-                    MultipartUpload={"Parts": self._parts},
-                )
-            self._upload_id = None
+            self._complete()
         self._buffer = bytearray()
         self._closed = True
         self._staged = StagedObject(key=self._key, size=self._size)
@@ -104,8 +128,16 @@ class S3StagingWriter(StagingWriter):
         self._closed = True
         self._buffer = bytearray()
         if self._upload_id is not None:
-            abort_multipart(self._store, self._full, self._upload_id)
-            self._upload_id = None
+            if abort_multipart(self._store, self._full, self._upload_id):
+                self._upload_id = None
+            else:
+                # The server cannot abort, and would keep the parts where no listing
+                # shows them. The key is this writer's own staging key, so completing
+                # the upload (an empty last part if it has none) and deleting the
+                # object below drops them without touching anything else.
+                if not self._parts:
+                    self._upload_part(b"")
+                self._complete()
         if self._may_exist:
             with self._store.errors("delete", self._full):
                 self._store.client.delete_object(Bucket=self._store.bucket, Key=self._full)
