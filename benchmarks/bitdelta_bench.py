@@ -41,8 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compress.bitdelta import compress_bitdelta  # after the sys.path fix-up above
-from compress.pairs import ModelPair
-from compress.writer import PlannedTensor, ShardedWriter, fsync_path
+from compress.tensorio import ModelPair, PlannedTensor, ShardedWriter, fsync_path
 
 GB = 10**9
 MB = 10**6

@@ -30,15 +30,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.bitdelta_linear import (  # after the sys.path fix-up above
+from kernels import (  # after the sys.path fix-up above
     Backend,
+    KernelConfig,
     bitdelta_linear,
     bitdelta_linear_multi,
     bitdelta_linear_multi_reference,
+    pack_signs,
+    packed_words,
     resolve_backend,
+    select_config,
+    unpack_signs,
 )
-from kernels.configs import KernelConfig, gemv_config, select_config
-from kernels.packing import pack_signs, packed_words, unpack_signs
+from kernels.configs import gemv_config  # the decode tile the sweep varies
 
 FULL_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (N, K)
 TINY_SHAPES = [(64, 64), (172, 64), (64, 172)]  # the same aspect ratios, K not a multiple of 32

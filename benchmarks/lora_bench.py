@@ -1,4 +1,4 @@
-"""LoRA extraction: randomized truncated SVD (compress/lowrank.py) against the exact SVD.
+"""LoRA extraction: randomized truncated SVD (compress/lora/lowrank.py) against the exact SVD.
 
 For each shape, a synthetic ΔW with a realistic, slowly decaying spectrum is factored at
 each rank by `factorize(delta, rank=r)` (sketch, B = U·√S, A = √S·Vᵀ, and the measured
@@ -12,12 +12,12 @@ extract_lora does). Printed, as ratios measured in one run on this machine:
 
 Spectra: ΔW = U·diag(i^-α)·Vᵀ + G, with U, V random orthonormal and G a Gaussian floor
 holding a given share of the norm. The defaults are the two extremes the constants in
-compress/lowrank.py were tuned on: a pure power law i^-0.5 (flat: the optimal error is
+compress/lora/lowrank.py were tuned on: a pure power law i^-0.5 (flat: the optimal error is
 large) and i^-1 under a 30 % noise floor (σ_r ≈ σ_{r+p}: the hardest for a range finder).
 
     python benchmarks/lora_bench.py            # 4096×4096 and 11008×4096, ranks 16 64 256
     python benchmarks/lora_bench.py --quick    # 1024×1024 and 2752×1024, a smoke check
-    python benchmarks/lora_bench.py --tune 2048  # the q/p grid behind compress/lowrank.py
+    python benchmarks/lora_bench.py --tune 2048  # the q/p grid behind compress/lora/lowrank.py
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import TypeVar
 
 import torch
 
-from compress.lowrank import POWER_ITERATIONS, factorize, oversample_for, randomized_svd
+from compress.lora import factorize, randomized_svd
+from compress.lora.lowrank import POWER_ITERATIONS, oversample_for  # the constants it tunes
 
 FULL_SHAPES = ((4096, 4096), (11008, 4096))
 QUICK_SHAPES = ((1024, 1024), (2752, 1024))
@@ -128,7 +129,7 @@ def print_table(rows: list[Row]) -> None:
 
 
 def tune(size: int, seed: int) -> None:
-    """The table behind POWER_ITERATIONS and OVERSAMPLE_FRACTION in compress/lowrank.py:
+    """The table behind POWER_ITERATIONS and OVERSAMPLE_FRACTION in compress/lora/lowrank.py:
     the worst error ratio over TUNING_SPECTRA for each (q, p) at ranks 64 and 256."""
     worst: dict[tuple[int, int, float], float] = {}
     for alpha, noise in TUNING_SPECTRA:

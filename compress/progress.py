@@ -1,8 +1,7 @@
 """The progress callback every long codec operation accepts.
 
 Called as `progress(done, total, item)`: bytes of input processed so far, bytes in all,
-and the tensor being worked on. The CLI turns it into a progress bar; the worker into
-job progress in the API.
+and the tensor being worked on. The CLI turns it into a progress bar.
 """
 
 from __future__ import annotations
@@ -16,3 +15,14 @@ class ProgressFn(Protocol):
 
 def no_progress(done: int, total: int, item: str) -> None:
     """The default callback: report nothing."""
+
+
+class ProgressCounter:
+    """Counts the bytes done and reports each step to a progress callback."""
+
+    def __init__(self, progress: ProgressFn, total: int) -> None:
+        self._progress, self._total, self._done = progress, total, 0
+
+    def advance(self, nbytes: int, item: str) -> None:
+        self._done += nbytes
+        self._progress(self._done, self._total, item)

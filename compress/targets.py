@@ -3,6 +3,8 @@
 Names follow PEFT's `target_modules` rules so one pattern means the same thing to
 deltahub and to peft: a list matches a module whose name equals an entry or ends with
 "." + entry; a single string is a regular expression matched against the whole name.
+Reports group modules the same way: by kind (the last part of the name, what a short
+target names) and by layer (the number in `model.layers.<i>.`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import re
 from collections.abc import Sequence
 
 from compress.errors import InvalidParameter
-from compress.manifest import Manifest
+from compress.tensorio import Manifest
 
 # Attention and MLP projections of Llama, Mistral, Qwen2 and their relatives.
 DEFAULT_TARGET_MODULES: tuple[str, ...] = (
@@ -20,9 +22,34 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = (
 
 TargetSpec = str | Sequence[str]
 
+# A layer index: a number between dots, as in "model.layers.12.mlp.up_proj".
+_LAYER = re.compile(r"\.(\d+)\.")
+
 
 def module_name(tensor_name: str) -> str:
+    """The module a weight belongs to: "model.layers.0.mlp.up_proj.weight" -> "...up_proj"."""
     return tensor_name.removesuffix(".weight")
+
+
+def owner_module(tensor_name: str) -> str:
+    """The module any tensor belongs to: its name up to the last dot ("" at the top level)."""
+    return tensor_name.rpartition(".")[0]
+
+
+def module_kind(module: str) -> str:
+    """The last part of a module name: "model.layers.0.self_attn.q_proj" -> "q_proj"."""
+    return module.rsplit(".", 1)[-1]
+
+
+def layer_index(name: str) -> int | None:
+    """The layer a module or tensor belongs to ("model.layers.12.mlp.up_proj" -> 12)."""
+    found = _LAYER.search(name)
+    return int(found[1]) if found else None
+
+
+def layer_pattern(name: str) -> str:
+    """`name` with its layer indexes as `*`: "model.layers.*.input_layernorm.weight"."""
+    return _LAYER.sub(".*.", name)
 
 
 def matches(module: str, targets: TargetSpec) -> bool:

@@ -65,6 +65,7 @@ def _bitdelta_gemv_kernel(
     BLOCK_WORDS: tl.constexpr,
     SEGMENTED: tl.constexpr,
 ):
+    # This program's tile: BLOCK_N output columns of BLOCK_M rows, over all of K.
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     m_lo = pid_m * BLOCK_M
@@ -76,6 +77,7 @@ def _bitdelta_gemv_kernel(
     offs_bit = tl.arange(0, 32)
     n_words = tl.cdiv(K, 32)
 
+    # K loop, BLOCK_WORDS packed words (32·BLOCK_WORDS columns of K) at a time.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for word0 in range(0, n_words, BLOCK_WORDS):
         word = word0 + offs_word  # [W]
@@ -86,6 +88,7 @@ def _bitdelta_gemv_kernel(
         w = tl.load(w_ptrs, mask=n_mask[:, None, None] & k_mask[None, :, :], other=0.0)
         w = w.to(tl.float32)
         word_mask = n_mask[:, None] & (word < n_words)[None, :]
+        # Every tenant with rows in this M block reuses the W_base tile just loaded.
         for t in range(0, T):
             if SEGMENTED:
                 lo = tl.maximum(tl.load(seg_ptr + t), m_lo)
@@ -114,6 +117,7 @@ def _bitdelta_gemv_kernel(
                     row = base + alpha * delta  # [BLOCK_N]
                     acc = tl.where((offs_m == r)[:, None], acc + row[None, :], acc)
 
+    # One store of y in x's dtype: the fp32 sums are rounded once.
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
     y_mask = (offs_m < M)[:, None] & n_mask[None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
@@ -159,6 +163,7 @@ def _bitdelta_gemm_kernel(
     pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
     pid_n = (pid % num_pid_in_group) // group_size_m
 
+    # This program's tile: BLOCK_M rows by BLOCK_N output columns.
     m_lo = pid_m * BLOCK_M
     m_hi = tl.minimum(m_lo + BLOCK_M, M)
     offs_m = m_lo + tl.arange(0, BLOCK_M)
@@ -172,6 +177,8 @@ def _bitdelta_gemm_kernel(
         # (triton-lang/triton#11584); exact bf16 products in fp32 give the same sums.
         dot_dtype = tl.float32
 
+    # K loop: load the x and W_base tiles once, then add each tenant's α·sign to W_base and
+    # multiply its rows (the other rows zeroed) on the tensor cores.
     if not SEGMENTED:
         alpha0 = tl.load(scale_ptr + offs_n * stride_sn, mask=n_mask, other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -205,6 +212,7 @@ def _bitdelta_gemm_kernel(
             w_eff = _signed_weights(w, words, shift, alpha0, x_ptr.dtype.element_ty)
             acc = tl.dot(a, w_eff.to(dot_dtype), acc, input_precision=DOT_PRECISION)
 
+    # One store of y in x's dtype: the fp32 sums are rounded once.
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 

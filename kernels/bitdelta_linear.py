@@ -24,22 +24,7 @@ import torch
 
 from kernels.configs import KernelConfig, select_config
 from kernels.operands import Operands, Scale, multi_operands, single_operands
-from kernels.reference import (
-    bitdelta_linear_multi_reference,
-    bitdelta_linear_reference,
-    reference_from_operands,
-)
-
-__all__ = [
-    "BACKEND_ENV",
-    "Backend",
-    "bitdelta_linear",
-    "bitdelta_linear_multi",
-    "bitdelta_linear_multi_reference",
-    "bitdelta_linear_reference",
-    "resolve_backend",
-    "triton_available",
-]
+from kernels.reference import reference_from_operands
 
 Backend = Literal["auto", "triton", "torch"]
 BACKEND_ENV = "DELTAHUB_KERNEL_BACKEND"
@@ -85,6 +70,17 @@ def bitdelta_linear_multi(
 @functools.cache
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    """Whether the Triton kernels run in Triton's interpreter (on CPU tensors).
+
+    Imports triton (through kernels/binary_gemm.py), which reads TRITON_INTERPRET then:
+    call it only where the Triton backend was chosen.
+    """
+    from kernels import binary_gemm
+
+    return binary_gemm.kernels_interpreted()
 
 
 def resolve_backend(device: torch.device, backend: Backend = "auto") -> Literal["triton", "torch"]:

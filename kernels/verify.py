@@ -7,8 +7,8 @@ For one linear layer and a batch of activations x it measures two different thin
 2. compression error: the kernel output against x·W_ftᵀ, i.e. what replacing the fine-tune
    by base + α·sign(ΔW) costs at the layer's output.
 
-The file-level check (compress/verify.py) loops this over a checkpoint; nothing here reads
-files.
+The file-level check (compress/bitdelta/verify.py) loops this over a checkpoint; nothing here
+reads files.
 """
 
 from __future__ import annotations
@@ -18,13 +18,9 @@ from typing import Literal
 
 import torch
 
-from kernels.bitdelta_linear import (
-    Backend,
-    bitdelta_linear,
-    bitdelta_linear_reference,
-    resolve_backend,
-)
+from kernels.bitdelta_linear import Backend, bitdelta_linear, resolve_backend
 from kernels.operands import Scale
+from kernels.reference import bitdelta_linear_reference
 
 # Largest kernel error accepted, as max |y − y_ref| / max |y_ref|. The output is rounded once
 # to x's dtype (unit roundoff 2^-11 ≈ 4.9e-4 for fp16, 2^-8 ≈ 3.9e-3 for bf16) and the prefill
@@ -51,7 +47,7 @@ class LayerCheck:
     # ‖y − y_ft‖_F / ‖y_ft − y_base‖_F: the share of the fine-tune's effect on the output that
     # the delta gets wrong (0 = exact, 1 = as bad as dropping the delta; ≈ 0.6 for Gaussian ΔW
     # with α = mean|ΔW|, since 1 − 2/π of its energy is lost).
-    delta_rel_frobenius: float
+    effect_rel_frobenius: float
 
     @property
     def kernel_agrees(self) -> bool:
@@ -108,7 +104,7 @@ def verify_layer(
         kernel_tolerance=KERNEL_TOLERANCE[x.dtype],
         compression_rel_frobenius=_ratio(frob_err, float(torch.linalg.vector_norm(y_ft))),
         compression_worst_row_rel=worst_row,
-        delta_rel_frobenius=_ratio(frob_err, float(torch.linalg.vector_norm(y_ft - y_base))),
+        effect_rel_frobenius=_ratio(frob_err, float(torch.linalg.vector_norm(y_ft - y_base))),
     )
 
 

@@ -30,7 +30,13 @@ from registry.adapters.schemas import AdapterCreate
 from registry.auth.schemas import TokenCreate
 from registry.auth.tokens import TOKEN_PREFIX, Scope
 from registry.deps import RequireScope
-from registry.errors import AdapterNotFound, FileNotFound, ModelNotFound, TokenNotFound
+from registry.errors import (
+    AdapterNotFound,
+    FileNotFound,
+    JobNotFound,
+    ModelNotFound,
+    TokenNotFound,
+)
 from registry.models.schemas import ModelCreate
 from registry.names import FILENAME_PATTERN, NAME_PATTERN
 from registry.schemas import ErrorOut
@@ -94,7 +100,8 @@ _BODY_FIELD_RULES: dict[str, dict[str, str]] = {
 # What a lookup by each path parameter fails with; an upload's filename is created, not
 # looked up.
 _NOT_FOUND = {"model": ModelNotFound.__name__, "ref": AdapterNotFound.__name__,
-              "filename": FileNotFound.__name__, "token_id": TokenNotFound.__name__}
+              "filename": FileNotFound.__name__, "token_id": TokenNotFound.__name__,
+              "job_id": JobNotFound.__name__}
 # Errors that come from a service's rules about state, which no signature shows.
 SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("get", "/models"): {404: "`base` names no model (`ModelNotFound`)."},
@@ -121,6 +128,16 @@ SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
         409: "Only a finalized adapter version can carry an alias (`NotReady`)."},
     ("delete", "/tokens/{token_id}"): {
         409: "It is the last active admin token (`LastAdminToken`); create another first."},
+    ("post", "/models/{model}/compress"): {
+        409: "The fine-tune is not finalized yet (`NotReady`), or the `Idempotency-Key` "
+             "was used for another request (`IdempotencyKeyReused`).",
+        422: "The model is a base (`NotAFinetune`), the method is unknown "
+             "(`UnknownMethod`), options do not fit the method or each other "
+             "(`InvalidJobParameters`), or targets match no linear weight "
+             "(`UnknownTargets`)."},
+    ("get", "/jobs"): {404: "`model` names no model (`ModelNotFound`)."},
+    ("post", "/jobs/{job_id}/cancel"): {
+        409: "The job has already ended (`JobFinished`)."},
 }
 _READYZ = "/readyz"  # public, and its 503 is its own report rather than an ErrorOut
 _READINESS = {_JSON: {"schema": {

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import save
 
 from compress.errors import CodecError, InvalidSafetensors, PickleRefused
-from compress.tensorfile import MAX_HEADER_BYTES
+from compress.tensorio import MAX_HEADER_BYTES
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Only headers (kept in the database at upload) and small JSON files are read: the
 tensor data was already checked for NaN/Inf while it streamed in. The JSON files are
-parsed strictly (compress/strictjson.py), and a pushed report.json is kept as the
+parsed strictly (compress/tensorio/strictjson.py), and a pushed report.json is kept as the
 adapter's quality only within the report size limit.
 """
 
@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from compress import strictjson
-from compress.bitdelta_format import (
+from compress.bitdelta import (
     CONFIG_FILE,
     DELTA_FILE,
     DELTA_INDEX,
@@ -23,14 +22,13 @@ from compress.bitdelta_format import (
     inspect_bitdelta,
 )
 from compress.errors import CodecError
-from compress.manifest import Manifest, parse_weight_map
-from compress.peft_format import (
+from compress.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     check_lora_against_base,
     parse_adapter_config,
 )
-from compress.tensorfile import header_from_dict
+from compress.tensorio import Manifest, header_from_dict, parse_weight_map, strictjson
 from registry.errors import MissingFiles, Unprocessable, from_codec_error
 from registry.settings import Settings
 from registry.storage.base import BlobStore

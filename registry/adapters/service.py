@@ -7,7 +7,7 @@ import re
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from compress.manifest import Manifest
+from compress.tensorio import Manifest
 from registry.adapters.contents import content_digest, inspect_adapter
 from registry.adapters.repository import AdapterRepository
 from registry.errors import (

@@ -7,18 +7,13 @@ the output directory is then never created.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from compress.bitdelta import compress_bitdelta
-from compress.bitdelta_codec import relative_error
-from compress.bitdelta_format import ScaleMode
-from compress.bitdelta_report import GB, BitDeltaReport
+from compress.bitdelta import GB, BitDeltaReport, ScaleMode, compress_bitdelta, merge_bitdelta
 from compress.errors import CodecError
-from compress.merge import merge_bitdelta
 from registry.cli.console import byte_progress, codec_failure, print_table
 from registry.cli.options import Device, TargetRegex, Targets, resolve_targets
 
@@ -100,13 +95,7 @@ def _print_report(report: BitDeltaReport, output: Path) -> None:
         ["seconds", report.seconds],
         ["fine-tune read (GB/s)", report.throughput_gb_s],
     ])
-    by_kind: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-    for t in report.compressed:
-        sums = by_kind[t.name.removesuffix(".weight").rsplit(".", 1)[-1]]
-        sums[0] += t.error_sq
-        sums[1] += t.delta_sq
-        sums[2] += t.finetune_sq
     print_table("Relative error by projection", ["module", "‖ΔW − α·sign‖/‖ΔW‖",
                                                  "‖W_ft − Ŵ_ft‖/‖W_ft‖"],
-                [[kind, relative_error(e, d), relative_error(e, w)]
-                 for kind, (e, d, w) in sorted(by_kind.items())])
+                [[kind, errors.delta_rel_error, errors.weight_rel_error]
+                 for kind, errors in report.errors_by_kind().items()])

@@ -6,19 +6,18 @@ The server is `DELTAHUB_URL` (default http://127.0.0.1:8000) and the token
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from compress.peft_format import ADAPTER_CONFIG
+from compress.bitdelta import DELTA_FILE, is_delta_file
+from compress.lora import ADAPTER_CONFIG, is_adapter_file
+from compress.tensorio import is_model_file
 from registry.cli.console import console, fail, print_table, stdout, transfer_progress
 from registry.client import DEFAULT_URL, ClientError, DeltahubClient, sha256_of
-from registry.errors import APIError
-from registry.settings import Settings
-from registry.tables import AdapterKind
-from registry.uploads.rules import adapter_file_rule, model_file_rule
 
 Url = Annotated[str, typer.Option(envvar="DELTAHUB_URL", help="deltahub server")]
 Token = Annotated[str | None, typer.Option(envvar="DELTAHUB_TOKEN", show_default=False,
@@ -32,29 +31,39 @@ def _client(url: str, token: str | None) -> DeltahubClient:
     return DeltahubClient(url, token)
 
 
-def detect_kind(directory: Path) -> AdapterKind:
+class AdapterKindChoice(StrEnum):
+    """What `--kind` takes: the adapter kinds the server knows, by their names."""
+
+    lora = "lora"
+    bitdelta = "bitdelta"
+
+
+# Which files make up each thing pushed: the formats' rule, the one the server applies.
+_MEMBERSHIP: dict[AdapterKindChoice | None, tuple[Callable[[str], bool], str]] = {
+    None: (is_model_file, "a model"),
+    AdapterKindChoice.lora: (is_adapter_file, "a LoRA adapter"),
+    AdapterKindChoice.bitdelta: (is_delta_file, "a BitDelta delta"),
+}
+
+
+def detect_kind(directory: Path) -> AdapterKindChoice:
     if (directory / ADAPTER_CONFIG).exists():
-        return AdapterKind.LORA
-    if any(directory.glob("delta*.safetensors")):
-        return AdapterKind.BITDELTA
+        return AdapterKindChoice.lora
+    if any(p.suffix == ".safetensors" and is_delta_file(p.name) for p in directory.iterdir()):
+        return AdapterKindChoice.bitdelta
     raise typer.BadParameter(f"{directory} holds neither {ADAPTER_CONFIG} (a peft LoRA) nor "
-                             "delta.safetensors (a BitDelta delta)")
+                             f"{DELTA_FILE} (a BitDelta delta)")
 
 
-def files_to_push(directory: Path, kind: AdapterKind | None) -> list[Path]:
-    """The files the server accepts for this kind; others (trainer state, ...) are skipped."""
-    settings = Settings(_env_file=None)
+def files_to_push(directory: Path, kind: AdapterKindChoice | None) -> list[Path]:
+    """The files that make up this kind of upload; others (trainer state, ...) are skipped."""
+    belongs, what = _MEMBERSHIP[kind]
     chosen: list[Path] = []
     for path in sorted(p for p in directory.iterdir() if p.is_file()):
-        try:
-            if kind is None:
-                model_file_rule(path.name, settings)
-            else:
-                adapter_file_rule(kind, path.name, settings)
-        except APIError as exc:
-            console.print(f"[yellow]skipping {path.name}[/yellow]: {exc.detail}")
-            continue
-        chosen.append(path)
+        if belongs(path.name):
+            chosen.append(path)
+        else:
+            console.print(f"[yellow]skipping {path.name}[/yellow]: not a file of {what}")
     return chosen
 
 
@@ -74,7 +83,8 @@ def push(
                                               help="adapter directory (peft output)")],
     base: Annotated[str, typer.Option(help="base model name, e.g. llama2-7b")],
     name: Annotated[str, typer.Option(help="adapter name, e.g. support-bot")],
-    kind: Annotated[AdapterKind | None, typer.Option(help="lora or bitdelta (detected)")] = None,
+    kind: Annotated[AdapterKindChoice | None, typer.Option(
+        help="lora or bitdelta (detected)")] = None,
     alias: Annotated[str | None, typer.Option(help="also point this alias at it")] = None,
     url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:

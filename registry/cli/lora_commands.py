@@ -8,7 +8,6 @@ cap are marked MISSED in the table and named in a warning.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from enum import StrEnum
 from pathlib import Path
@@ -17,14 +16,16 @@ from typing import Annotated
 import typer
 
 from compress.errors import CodecError
-from compress.lora import DEFAULT_MAX_RANK, extract_lora
-from compress.lora_report import (
+from compress.lora import (
+    DEFAULT_MAX_RANK,
     REPORT_FILE,
     SPECTRA_FILE,
     ChangedTensor,
     LoraReport,
     ModuleResult,
+    extract_lora,
 )
+from compress.targets import layer_pattern
 from registry.cli.console import byte_progress, codec_failure, console, print_table, stdout
 from registry.cli.options import TargetRegex, Targets, resolve_targets
 
@@ -78,16 +79,13 @@ def extract_lora_command(
 
 def print_summary(report: LoraReport, out: Path) -> None:
     """Per module kind, then what was left out; every module's numbers are in report.json."""
-    kinds: dict[str, list[ModuleResult]] = defaultdict(list)
-    for m in report.modules:
-        kinds[m.module.rsplit(".", 1)[-1]].append(m)
     print_table(f"LoRA adapter: {out}", ["module", "n", "rank", "max error", "min energy",
                                          "MB in", "MB out", "target met"],
-                [_kind_row(kind, group) for kind, group in sorted(kinds.items())])
+                [_kind_row(kind, group) for kind, group in report.modules_by_kind().items()])
     if report.left_out:
         groups: dict[tuple[str, str], list[ChangedTensor]] = defaultdict(list)
         for c in report.left_out:
-            groups[(_LAYER.sub(".*.", c.name), c.reason.split(";")[0])].append(c)
+            groups[(layer_pattern(c.name), c.reason.split(";")[0])].append(c)
         print_table("Changed but left out", ["tensor", "n", "max rel. change", "MB", "why"],
                     [(name, len(g), max(c.relative_change for c in g),
                       _mb(sum(c.nbytes for c in g)), why) for (name, why), g in groups.items()])
@@ -103,9 +101,6 @@ def print_summary(report: LoraReport, out: Path) -> None:
     stdout.print(f"adapter: {_mb(report.adapter_bytes):.3f} MB from a "
                  f"{_mb(report.finetune_bytes):.3f} MB fine-tune; details in "
                  f"{REPORT_FILE} and {SPECTRA_FILE}")
-
-
-_LAYER = re.compile(r"\.\d+\.")
 
 
 def _kind_row(kind: str, group: list[ModuleResult]) -> tuple[object, ...]:

@@ -1,6 +1,6 @@
 """`deltahub verify`: check a BitDelta delta's kernel and compression error against its fine-tune.
 
-Runs locally on files (compress/verify.py): a progress bar in bytes on stderr, a summary
+Runs locally on files (compress/bitdelta/verify.py): a progress bar in bytes on stderr, a summary
 table and the worst layers on stdout (`--all`: every layer, in module order), and the full
 report as JSON. The JSON goes to `--json`, by default `./verify-<delta name>.json` in the
 working directory: the delta directory is the artifact that gets pushed (content-addressed),
@@ -23,8 +23,8 @@ import torch
 import typer
 from rich.table import Table
 
+from compress.bitdelta import DEFAULT_ROWS, VerifyReport, verify_delta
 from compress.errors import CodecError
-from compress.verify import DEFAULT_ROWS, VerifyReport, verify_delta
 from registry.cli.console import (
     byte_progress,
     codec_failure,
@@ -117,7 +117,7 @@ def _print_summary(report: VerifyReport, out: Path) -> None:
         ["‖y − y_ft‖/‖y_ft‖, max", report.max_compression_error],
         ["worst layer", report.worst_compression_layer],
         ["worst row, max", report.max_worst_row_error],
-        ["share of ΔW's effect lost, mean", report.mean_delta_error],
+        ["share of ΔW's effect lost, mean", report.mean_effect_error],
         ["device / backend / dtype",
          f"{report.device} / {report.backend} / {str(report.dtype).removeprefix('torch.')}"],
         ["activations", f"{report.rows} rows, seed {report.seed}"],
@@ -149,7 +149,7 @@ def _print_layers(report: VerifyReport, all_layers: bool) -> None:
         table.add_row(r.module, f"{r.shape[0]}×{r.shape[1]}", _cell(r.kernel_max_rel_error),
                       "yes" if r.kernel_agrees else "[red]NO[/red]",
                       _cell(r.compression_rel_error), _cell(r.worst_row_rel_error),
-                      _cell(r.delta_rel_error))
+                      _cell(r.effect_rel_error))
     stdout.print(table)
 
 

@@ -7,10 +7,15 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from compress import strictjson
 from compress.errors import CodecError
-from compress.manifest import Manifest, manifest_from_headers, parse_weight_map, shape_mismatches
-from compress.tensorfile import header_from_dict
+from compress.tensorio import (
+    Manifest,
+    header_from_dict,
+    manifest_from_headers,
+    parse_weight_map,
+    shape_mismatches,
+    strictjson,
+)
 from registry.errors import (
     HasDependents,
     IncompatibleBase,

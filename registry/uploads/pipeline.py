@@ -12,15 +12,15 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from compress import strictjson
 from compress.errors import CodecError
-from compress.streaming import StreamingValidator
-from compress.tensorfile import (
+from compress.tensorio import (
     PICKLE_SNIFF_BYTES,
+    StreamingValidator,
     describe_pickle,
     describe_pickle_stream,
     header_to_dict,
     pickle_refusal,
+    strictjson,
 )
 from registry.errors import ChecksumMismatch, PayloadTooLarge, Unprocessable, from_codec_error
 from registry.storage.base import BlobStore, StagedObject, StagingWriter, StorageError

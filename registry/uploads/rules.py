@@ -1,16 +1,26 @@
-"""Which files a model or an adapter accepts, and how each kind of file is checked."""
+"""Which files a model or an adapter accepts, and how each kind of file is checked.
+
+Which files make up a model, a LoRA adapter or a BitDelta delta is the formats' rule
+(`is_model_file`, `is_adapter_file`, `is_delta_file` in compress/), the same one
+`deltahub push` uses to choose what to send; here each accepted file gets its content
+check and size limit.
+"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from compress.bitdelta_format import CONFIG_FILE, DELTA_INDEX, DELTA_STEM, REPORT_FILE
+from compress.bitdelta import CONFIG_FILE, DELTA_FILE, DELTA_INDEX, REPORT_FILE, is_delta_file
 from compress.errors import PickleRefused
-from compress.peft_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from compress.strictjson import DEFAULT_MAX_DEPTH
-from compress.tensorfile import DEFAULT_MAX_HEADER_BYTES, refuse_pickle_name
+from compress.lora import ADAPTER_FILES, is_adapter_file
+from compress.tensorio import (
+    DEFAULT_MAX_HEADER_BYTES,
+    MODEL_CARD,
+    is_model_file,
+    refuse_pickle_name,
+    strictjson,
+)
 from registry.errors import UnsupportedFile, from_codec_error
 from registry.names import check_filename
 from registry.settings import Settings
@@ -29,7 +39,7 @@ class FileRule:
     kind: ContentKind
     max_bytes: int  # the whole file
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # a safetensors header
-    max_json_depth: int = DEFAULT_MAX_DEPTH  # a JSON file, or a safetensors header
+    max_json_depth: int = strictjson.DEFAULT_MAX_DEPTH  # a JSON file, or a safetensors header
 
     @classmethod
     def of(cls, kind: ContentKind, max_bytes: int, settings: Settings) -> FileRule:
@@ -38,53 +48,52 @@ class FileRule:
                    max_json_depth=settings.MAX_JSON_DEPTH)
 
 
-_MODEL_TEXT = re.compile(r"^.+\.(txt|md)$")
-_BITDELTA_SHARD = re.compile(rf"^{DELTA_STEM}(-\d{{5}}-of-\d{{5}})?\.safetensors$")
-_BITDELTA_JSON = {DELTA_INDEX, CONFIG_FILE}
+_KINDS = {
+    ".safetensors": ContentKind.SAFETENSORS,
+    ".json": ContentKind.JSON,
+    ".md": ContentKind.TEXT,
+    ".txt": ContentKind.TEXT,
+    ".model": ContentKind.BINARY,  # a sentencepiece tokenizer.model
+}
 
 
 def model_file_rule(filename: str, settings: Settings) -> FileRule:
     check_filename(filename)
     _refuse_pickle(filename)
-    if filename.endswith(".safetensors"):
-        return FileRule.of(ContentKind.SAFETENSORS, settings.MAX_UPLOAD_BYTES, settings)
-    if filename.endswith(".json"):
-        return FileRule.of(ContentKind.JSON, settings.MAX_JSON_BYTES, settings)
-    if filename.endswith(".model"):
-        return FileRule.of(ContentKind.BINARY, settings.MAX_JSON_BYTES, settings)
-    if _MODEL_TEXT.match(filename):
-        return FileRule.of(ContentKind.TEXT, settings.MAX_JSON_BYTES, settings)
-    raise UnsupportedFile(
-        f"{filename!r}: a model takes .safetensors weights, JSON files (config.json, "
-        "model.safetensors.index.json, tokenizer files), tokenizer.model and .txt/.md text"
-    )
+    if not is_model_file(filename):
+        raise UnsupportedFile(
+            f"{filename!r}: a model takes .safetensors weights, JSON files (config.json, "
+            "model.safetensors.index.json, tokenizer files), tokenizer.model and .txt/.md text"
+        )
+    return _rule(filename, settings)
 
 
 def adapter_file_rule(kind: AdapterKind, filename: str, settings: Settings) -> FileRule:
     check_filename(filename)
     _refuse_pickle(filename)
-    if filename == "README.md":
-        return FileRule.of(ContentKind.TEXT, settings.MAX_JSON_BYTES, settings)
-    if kind is AdapterKind.LORA:
-        if filename == ADAPTER_WEIGHTS:
-            return FileRule.of(ContentKind.SAFETENSORS, settings.MAX_UPLOAD_BYTES, settings)
-        if filename == ADAPTER_CONFIG:
-            return FileRule.of(ContentKind.JSON, settings.MAX_JSON_BYTES, settings)
+    if kind is AdapterKind.LORA and not is_adapter_file(filename):
         raise UnsupportedFile(
-            f"{filename!r}: a LoRA adapter takes the files peft writes: {ADAPTER_CONFIG}, "
-            f"{ADAPTER_WEIGHTS} and README.md"
+            f"{filename!r}: a LoRA adapter takes the files peft writes: "
+            f"{', '.join(ADAPTER_FILES[:-1])} and {ADAPTER_FILES[-1]}"
         )
-    if _BITDELTA_SHARD.match(filename):
-        return FileRule.of(ContentKind.SAFETENSORS, settings.MAX_UPLOAD_BYTES, settings)
-    if filename == REPORT_FILE:  # kept as the adapter's quality: a summary, not a log
+    if kind is AdapterKind.BITDELTA and not is_delta_file(filename):
+        raise UnsupportedFile(
+            f"{filename!r}: a BitDelta adapter takes {DELTA_FILE} (or delta-0000i-of-0000N"
+            f".safetensors shards with {DELTA_INDEX}), {CONFIG_FILE}, {REPORT_FILE} and "
+            f"{MODEL_CARD}"
+        )
+    if kind is AdapterKind.BITDELTA and filename == REPORT_FILE:
+        # Kept as the adapter's quality: a summary, not a log.
         return FileRule.of(ContentKind.JSON, settings.MAX_REPORT_BYTES, settings)
-    if filename in _BITDELTA_JSON:
-        return FileRule.of(ContentKind.JSON, settings.MAX_JSON_BYTES, settings)
-    raise UnsupportedFile(
-        f"{filename!r}: a BitDelta adapter takes delta.safetensors (or delta-0000i-of-0000N"
-        ".safetensors shards with delta.safetensors.index.json), config.json, report.json "
-        "and README.md"
-    )
+    return _rule(filename, settings)
+
+
+def _rule(filename: str, settings: Settings) -> FileRule:
+    """The content check and size limit of a file the owner accepts, by its suffix."""
+    kind = _KINDS[filename[filename.rindex("."):]]
+    limit = (settings.MAX_UPLOAD_BYTES if kind is ContentKind.SAFETENSORS
+             else settings.MAX_JSON_BYTES)
+    return FileRule.of(kind, limit, settings)
 
 
 def _refuse_pickle(filename: str) -> None:

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.checkpoint import Checkpoint
-from compress.writer import ShardedWriter, plan_for
+from compress.tensorio import Checkpoint, ShardedWriter, plan_for
 from tests.models import make_finetune, make_tiny_llama
 
 

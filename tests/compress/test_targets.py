@@ -8,15 +8,18 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import check_target_module_exists
 
 from compress.errors import InvalidParameter
-from compress.manifest import Manifest, TensorSpec
 from compress.targets import (
     DEFAULT_TARGET_MODULES,
     TargetSpec,
+    layer_index,
+    layer_pattern,
     matches,
+    module_kind,
     module_name,
+    owner_module,
     select_linear_weights,
 )
-from compress.tensorfile import SAFETENSORS_DTYPES
+from compress.tensorio import SAFETENSORS_DTYPES, Manifest, TensorSpec
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +42,19 @@ def test_module_name() -> None:
     name = "model.layers.0.self_attn.q_proj"
     assert module_name(name + ".weight") == name
     assert module_name("lm_head.weight") == "lm_head"
+
+
+def test_owner_module_kind_and_layer() -> None:
+    assert owner_module("model.layers.3.self_attn.q_proj.bias") == "model.layers.3.self_attn.q_proj"
+    assert owner_module("model.norm.weight") == "model.norm"
+    assert owner_module("scale") == ""  # a top-level tensor belongs to no module
+    assert module_kind("model.layers.3.self_attn.q_proj") == "q_proj"
+    assert module_kind("lm_head") == "lm_head"
+    assert layer_index("model.layers.12.mlp.up_proj") == 12
+    assert layer_index("model.embed_tokens.weight") is None
+    assert layer_pattern("model.layers.12.input_layernorm.weight") == (
+        "model.layers.*.input_layernorm.weight")
+    assert layer_pattern("lm_head.weight") == "lm_head.weight"
     assert module_name("model.norm.bias") == "model.norm.bias"
     assert module_name("weight") == "weight"  # only a ".weight" suffix is removed
 

@@ -8,14 +8,16 @@ from types import ModuleType
 import pytest
 import torch
 
-from kernels.bitdelta_linear import (
-    BACKEND_ENV,
+from kernels import (
+    KernelConfig,
     bitdelta_linear,
     bitdelta_linear_reference,
+    pack_signs,
     resolve_backend,
+    select_config,
 )
-from kernels.configs import DECODE_MAX_ROWS, KernelConfig, select_config
-from kernels.packing import pack_signs
+from kernels.bitdelta_linear import BACKEND_ENV
+from kernels.configs import DECODE_MAX_ROWS
 from tests.kernels.helpers import DTYPES, assert_matches_reference, make_layer, make_x
 
 # K and N are multiples of neither 32 nor any block size; M covers decode (GEMV) and prefill.

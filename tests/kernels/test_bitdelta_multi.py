@@ -7,13 +7,13 @@ from types import ModuleType
 import pytest
 import torch
 
-from kernels.bitdelta_linear import (
+from kernels import (
+    KernelConfig,
     bitdelta_linear,
     bitdelta_linear_multi,
     bitdelta_linear_multi_reference,
     bitdelta_linear_reference,
 )
-from kernels.configs import KernelConfig
 from tests.kernels.helpers import DTYPES, assert_matches_reference, make_layer, make_x
 
 N, K = 45, 77  # multiples of neither 32 nor any block size

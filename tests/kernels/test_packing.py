@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.packing import pack_signs, packed_words, unpack_signs
+from kernels import pack_signs, packed_words, unpack_signs
 
 
 def _hand_made_delta() -> torch.Tensor:

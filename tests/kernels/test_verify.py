@@ -8,8 +8,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from kernels.packing import pack_signs
-from kernels.verify import KERNEL_TOLERANCE, LayerCheck, random_activations, verify_layer
+from kernels import KERNEL_TOLERANCE, LayerCheck, pack_signs, random_activations, verify_layer
 
 N, K, M = 48, 96, 32
 
@@ -36,7 +35,7 @@ def test_exact_delta_has_no_compression_error() -> None:
     assert check.kernel_agrees
     assert check.compression_rel_frobenius < 1e-5
     assert check.compression_worst_row_rel < 1e-5
-    assert check.delta_rel_frobenius < 1e-5
+    assert check.effect_rel_frobenius < 1e-5
 
 
 def test_gaussian_delta_loses_the_predicted_share() -> None:
@@ -45,7 +44,7 @@ def test_gaussian_delta_loses_the_predicted_share() -> None:
     w_base, w_ft, bits, alpha = _layer(2)
     x = random_activations(256, K, generator=torch.Generator().manual_seed(3))
     check = verify_layer(x, w_base, w_ft, bits, alpha)
-    assert check.delta_rel_frobenius == pytest.approx(math.sqrt(1 - 2 / math.pi), abs=0.05)
+    assert check.effect_rel_frobenius == pytest.approx(math.sqrt(1 - 2 / math.pi), abs=0.05)
     # The delta is 10% of the weights, so relative to the whole output the error is ~10× less.
     assert 0.02 < check.compression_rel_frobenius < 0.1
     assert check.compression_worst_row_rel >= check.compression_rel_frobenius
@@ -56,9 +55,9 @@ def test_wrong_delta_is_visible() -> None:
     w_base, w_ft, bits, alpha = _layer(4)
     x = random_activations(M, K, generator=torch.Generator().manual_seed(5))
     dropped = verify_layer(x, w_base, w_ft, bits, torch.zeros_like(alpha))
-    assert dropped.delta_rel_frobenius == pytest.approx(1.0, abs=1e-5)
+    assert dropped.effect_rel_frobenius == pytest.approx(1.0, abs=1e-5)
     flipped = verify_layer(x, w_base, w_ft, pack_signs(w_base - w_ft), alpha)
-    assert flipped.delta_rel_frobenius > 1.5
+    assert flipped.effect_rel_frobenius > 1.5
     assert dropped.kernel_agrees  # a bad delta is not a kernel bug
     assert flipped.kernel_agrees
 
@@ -81,7 +80,7 @@ def test_kernel_agreement_judges_against_the_tolerance() -> None:
     check = LayerCheck(
         rows=1, dtype=torch.float16, backend="triton", kernel_max_abs_error=0.1,
         kernel_max_rel_error=0.01, kernel_tolerance=KERNEL_TOLERANCE[torch.float16],
-        compression_rel_frobenius=0.0, compression_worst_row_rel=0.0, delta_rel_frobenius=0.0,
+        compression_rel_frobenius=0.0, compression_worst_row_rel=0.0, effect_rel_frobenius=0.0,
     )
     assert not check.kernel_agrees
 

@@ -26,12 +26,12 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save, save_file
 
 from compress.bitdelta import compress_bitdelta
-from compress.tensorfile import DEFAULT_MAX_HEADER_BYTES, PICKLE_SNIFF_BYTES
+from compress.tensorio import DEFAULT_MAX_HEADER_BYTES, PICKLE_SNIFF_BYTES
 from registry.app import create_app
 from registry.settings import Settings
 from registry.storage.base import BLOB_PREFIX, STAGING_PREFIX
 from registry.storage.local import LocalBlobStore
-from tests.compress.test_tensorfile import sentencepiece_model_bytes
+from tests.compress.tensorio.test_pickles import sentencepiece_model_bytes
 from tests.conftest import LiveServer, Tokens
 from tests.malformed import assemble, entry, valid_safetensors
 from tests.registry.api import register_model

@@ -1,0 +1,62 @@
+"""BitDelta: a fine-tune as its base plus a 1-bit delta, ΔW ≈ α ⊙ sign(ΔW).
+
+- on tensors: `compress_delta` / `decompress_delta`;
+- on model directories: `compress_bitdelta` (base + fine-tune -> delta), `load_bitdelta`
+  and `apply_bitdelta` (a delta in memory, onto a state dict), `merge_bitdelta` (base +
+  delta -> a model on disk), `verify_delta` (a delta against its fine-tune, layer by layer);
+- the format (version 1, format.py): `inspect_bitdelta` validates a delta from its headers
+  alone, raising `InvalidDelta` or `IncompatibleModels`; `is_delta_file` names its files.
+"""
+
+from compress.bitdelta.codec import compress_delta, decompress_delta
+from compress.bitdelta.compression import compress_bitdelta
+from compress.bitdelta.format import (
+    DELTA_FILE,
+    DELTA_INDEX,
+    FORMAT,
+    FORMAT_VERSION,
+    REPORT_FILE,
+    BitDeltaSummary,
+    ScaleMode,
+    inspect_bitdelta,
+    is_delta_file,
+)
+from compress.bitdelta.merge import (
+    BitDelta,
+    MergeReport,
+    apply_bitdelta,
+    load_bitdelta,
+    merge_bitdelta,
+)
+from compress.bitdelta.report import GB, BitDeltaReport
+from compress.bitdelta.verify import DEFAULT_ROWS, VerifyReport, verify_delta
+from compress.errors import IncompatibleModels, InvalidDelta
+from compress.tensorio import CONFIG_FILE  # a delta carries its fine-tune's config.json
+
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_ROWS",
+    "DELTA_FILE",
+    "DELTA_INDEX",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "GB",
+    "REPORT_FILE",
+    "BitDelta",
+    "BitDeltaReport",
+    "BitDeltaSummary",
+    "IncompatibleModels",
+    "InvalidDelta",
+    "MergeReport",
+    "ScaleMode",
+    "VerifyReport",
+    "apply_bitdelta",
+    "compress_bitdelta",
+    "compress_delta",
+    "decompress_delta",
+    "inspect_bitdelta",
+    "is_delta_file",
+    "load_bitdelta",
+    "merge_bitdelta",
+    "verify_delta",
+]

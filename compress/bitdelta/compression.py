@@ -1,0 +1,209 @@
+"""Compress a full fine-tune into a BitDelta delta over its base, as a stream.
+
+`compress_bitdelta(base, finetune, out)` reads the two models tensor by tensor and writes
+the format of `compress.bitdelta.format` (read that module for the files and metadata):
+
+1. `ModelPair.open` checks the two layouts match and names every mismatch.
+2. The tensors that are not compressed (embeddings, lm_head, norms, biases) are compared
+   first, so the delta's header, which lists every tensor, can be written before any
+   data: changed ones are stored, unchanged ones omitted. They are small next to the
+   projections; the changed ones are read again (from the page cache) when written.
+3. Each compressed weight is read, encoded (`compress_pair`: float32 ΔW a cache-sized slab
+   at a time, signs, α, error norms; on the CPU its rows are shared among single-threaded
+   worker threads) and appended. A reader thread fetches the next pair while the current
+   one is encoded, so reading and arithmetic overlap.
+
+Inputs are read with `Checkpoint.tensor` (positioned reads), not `safetensors.safe_open`:
+mmap-touched pages count towards resident memory, reads keep it at the few tensors in
+flight. Everything is written inside `atomic_output_dir`: mismatched models, a NaN found
+half way, or any other failure leaves no output at all.
+
+Every compressed weight is stored, changed or not: an unchanged one gets α = 0 and decodes
+exactly to the base, and knowing that it is unchanged would take another full read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from compress.bitdelta.codec import EncoderPool, compress_pair, encoder_pool
+from compress.bitdelta.format import (
+    DELTA_STEM,
+    REPORT_FILE,
+    CompressedSpec,
+    ScaleMode,
+    bits_key,
+    bits_shape,
+    delta_metadata,
+    scale_key,
+    scale_shape,
+)
+from compress.bitdelta.report import BitDeltaReport, TensorReport
+from compress.errors import InvalidModel
+from compress.progress import ProgressCounter, ProgressFn, no_progress
+from compress.targets import (
+    DEFAULT_TARGET_MODULES,
+    TargetSpec,
+    module_name,
+    select_linear_weights,
+)
+from compress.tensorio import (
+    DEFAULT_MAX_SHARD_BYTES,
+    FLOAT_DTYPES,
+    ModelPair,
+    PlannedTensor,
+    ShardedWriter,
+    atomic_output_dir,
+    copy_config,
+    prefetching,
+)
+
+
+def compress_bitdelta(
+    base: str | os.PathLike[str], finetune: str | os.PathLike[str],
+    out: str | os.PathLike[str], *, scale: ScaleMode | str = ScaleMode.ROW,
+    targets: TargetSpec = DEFAULT_TARGET_MODULES, device: str | torch.device = "cpu",
+    progress: ProgressFn = no_progress, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    workers: int | None = None,
+) -> BitDeltaReport:
+    """Write the BitDelta delta of `finetune` over `base` to the new directory `out`.
+
+    `targets` picks the linear weights to compress (PEFT target_modules rules); `scale` is
+    "row" (one α per output row) or "tensor" (one per matrix); `device` runs the
+    arithmetic there ("cuda") while reading and writing stay on the host; on the CPU,
+    `workers` single-threaded encoder threads share each matrix (default: torch's thread
+    count less one, left to the reader thread). Returns the report, also saved as `out/report.json`.
+    """
+    mode = ScaleMode.parse(scale)
+    target = torch.device(device)
+    started = time.perf_counter()
+    with ModelPair.open(base, finetune) as pair, atomic_output_dir(Path(out)) as scratch:
+        compressed = _compressed_specs(pair, targets)
+        tracker = ProgressCounter(progress, pair.finetune_bytes)
+        changed, omitted = _scan_uncompressed(pair, set(compressed), tracker)
+        jobs = _jobs(pair, compressed, changed)
+        writer = ShardedWriter(
+            scratch, [p for job in jobs for p in _planned(job, mode)],
+            delta_metadata(base_digest=pair.base.manifest.digest(),
+                           finetune_digest=pair.finetune.manifest.digest(), mode=mode,
+                           compressed=list(compressed.values())),
+            stem=DELTA_STEM, max_shard_bytes=max_shard_bytes)
+        try:
+            with encoder_pool(workers) as pool:
+                tensors = _stream(pair, jobs, writer, mode, target,
+                                  pool if target.type == "cpu" else None, tracker)
+            files = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        copy_config([pair.finetune.path], scratch)  # so a merge writes a loadable model
+        report = BitDeltaReport(
+            scale_mode=mode, tensors=tensors, omitted=omitted,
+            bytes_in=pair.finetune.total_bytes,
+            bytes_out=sum(f.stat().st_size for f in files if f.suffix == ".safetensors"),
+            seconds=time.perf_counter() - started, files=[f.name for f in files])
+        (scratch / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One fine-tune tensor to put in the delta: compressed (`spec` set) or stored whole."""
+
+    name: str
+    dtype: str  # the fine-tune's
+    shape: tuple[int, ...]
+    nbytes: int  # the fine-tune tensor's
+    spec: CompressedSpec | None
+
+
+def _compressed_specs(pair: ModelPair, targets: TargetSpec) -> dict[str, CompressedSpec]:
+    """Weight name -> spec of every weight to compress, refusing non-float ones."""
+    specs: dict[str, CompressedSpec] = {}
+    problems: list[str] = []
+    for name in select_linear_weights(pair.base.manifest, targets):
+        base_dtype, ft = pair.base.manifest[name].dtype, pair.finetune.manifest[name]
+        if base_dtype not in FLOAT_DTYPES or ft.dtype not in FLOAT_DTYPES:
+            problems.append(f"{name!r} ({base_dtype} in the base, {ft.dtype} in the fine-tune)")
+            continue
+        n, k = ft.shape
+        specs[name] = CompressedSpec(module_name(name), (n, k), ft.dtype)
+    if problems:
+        raise InvalidModel("BitDelta compresses floating-point weights; these target weights "
+                           f"are not: {'; '.join(problems[:20])}. Leave them out of the targets")
+    return specs
+
+
+def _scan_uncompressed(pair: ModelPair, compressed: set[str], tracker: ProgressCounter
+                       ) -> tuple[set[str], list[str]]:
+    """The tensors not compressed: which changed (stored), which did not (omitted)."""
+    changed: set[str] = set()
+    omitted: list[str] = []
+    for name in pair.names:
+        if name in compressed:
+            continue
+        if pair.read(name).changed:  # refuses NaN and Inf, naming the tensor
+            changed.add(name)
+        else:
+            omitted.append(name)
+        tracker.advance(pair.finetune_nbytes(name), name)
+    return changed, omitted
+
+
+def _jobs(pair: ModelPair, compressed: dict[str, CompressedSpec], changed: set[str]
+          ) -> list[_Job]:
+    jobs = []
+    for name in pair.names:  # name order, so a delta's layout does not depend on sharding
+        if name in compressed or name in changed:
+            ft = pair.finetune.manifest[name]
+            jobs.append(_Job(name, ft.dtype, ft.shape, pair.finetune_nbytes(name),
+                             compressed.get(name)))
+    return jobs
+
+
+def _planned(job: _Job, mode: ScaleMode) -> list[PlannedTensor]:
+    if job.spec is None:
+        return [PlannedTensor(job.name, job.dtype, job.shape)]
+    n, k = job.spec.shape
+    return [PlannedTensor(bits_key(job.spec.module), "I32", bits_shape(n, k)),
+            PlannedTensor(scale_key(job.spec.module), "F32", scale_shape(mode, n))]
+
+
+def _read_jobs(pair: ModelPair, jobs: list[_Job]
+               ) -> Iterator[tuple[_Job, torch.Tensor | None, torch.Tensor]]:
+    """Runs on the reader thread. Stored tensors were checked finite by the scan."""
+    for job in jobs:
+        base = pair.base.tensor(job.name) if job.spec is not None else None
+        yield job, base, pair.finetune.tensor(job.name)
+
+
+def _stream(pair: ModelPair, jobs: list[_Job], writer: ShardedWriter, mode: ScaleMode,
+            device: torch.device, pool: EncoderPool | None, tracker: ProgressCounter
+            ) -> list[TensorReport]:
+    where = (str(pair.base.path), str(pair.finetune.path))
+    reports: list[TensorReport] = []
+    with prefetching(_read_jobs(pair, jobs)) as items:
+        for job, base, finetune in items:
+            if job.spec is None or base is None:
+                writer.write(job.name, finetune)
+                reports.append(TensorReport(job.name, "full", job.shape, job.dtype,
+                                            job.nbytes, job.nbytes))
+                continue
+            encoded = compress_pair(base.to(device), finetune.to(device), mode, job.name, where,
+                                    pool)
+            del base, finetune  # let the reader thread's next pair take their memory
+            writer.write(bits_key(job.spec.module), encoded.bits)
+            writer.write(scale_key(job.spec.module), encoded.scale)
+            out_bytes = encoded.bits.nbytes + encoded.scale.nbytes
+            reports.append(TensorReport(job.name, "bitdelta", job.shape, job.dtype, job.nbytes,
+                                        out_bytes, encoded.delta_sq, encoded.error_sq,
+                                        encoded.finetune_sq))
+            tracker.advance(job.nbytes, job.name)
+    return reports
