@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from registry.errors import InvalidPageToken, InvalidRequest
 from registry.names import MAX_ID
+from registry.settings import Settings
 
 T = TypeVar("T")
 # Ours are ~60 characters; anything much longer was not issued here.
@@ -58,6 +59,31 @@ def decode_cursor(token: str, filters: Mapping[str, object]) -> int:
             "or start again without a page_token"
         )
     return last_id
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """A listing's page size, where it resumes, and the filters its cursor is bound to."""
+
+    size: int
+    after_id: int | None
+    filters: Mapping[str, object]
+
+    @property
+    def fetch(self) -> int:
+        return self.size + 1  # one more than shown tells whether another page follows
+
+    def page(self, rows: list[T], key: Callable[[T], int]) -> Page[T]:
+        shown = rows[: self.size]
+        more = len(rows) > self.size
+        return Page(shown, encode_cursor(key(shown[-1]), self.filters) if more else None)
+
+
+def page_request(settings: Settings, limit: int | None, page_token: str | None,
+                 filters: Mapping[str, object]) -> PageRequest:
+    size = check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
+    after = decode_cursor(page_token, filters) if page_token else None
+    return PageRequest(size, after, filters)
 
 
 def check_limit(limit: int | None, default: int, cap: int) -> int:

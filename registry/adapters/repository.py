@@ -5,6 +5,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
+from registry.repository import newest_first
 from registry.tables import Adapter, AdapterAlias, AdapterFile, AdapterKind, Status, utcnow
 
 
@@ -81,17 +82,11 @@ class AdapterRepository:
 
     def page(self, *, base_id: int | None, kind: AdapterKind | None, name: str | None,
              alias: str | None, after_id: int | None, limit: int) -> list[Adapter]:
-        query = self._query().where(Adapter.status == Status.READY).order_by(
-            Adapter.id.desc()).limit(limit)
-        if base_id is not None:
-            query = query.where(Adapter.base_id == base_id)
-        if kind is not None:
-            query = query.where(Adapter.kind == kind)
-        if name is not None:
-            query = query.where(Adapter.name == name)
+        query = self._query().where(Adapter.status == Status.READY)
         if alias is not None:
             query = query.where(Adapter.id.in_(select(AdapterAlias.adapter_id).where(
                 AdapterAlias.alias == alias)))
-        if after_id is not None:
-            query = query.where(Adapter.id < after_id)
-        return list(self.session.scalars(query))
+        return newest_first(self.session, query, Adapter.id,
+                            equal={Adapter.base_id: base_id, Adapter.kind: kind,
+                                   Adapter.name: name},
+                            after_id=after_id, limit=limit)

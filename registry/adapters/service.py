@@ -21,7 +21,7 @@ from registry.errors import (
 from registry.models.repository import ModelRepository
 from registry.models.service import model_id
 from registry.names import check_filename, check_name, is_id, parse_id
-from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
+from registry.pagination import Page, page_request
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import Adapter, AdapterFile, AdapterKind, Model, Status, utcnow
@@ -182,12 +182,11 @@ def delete_adapter(session: Session, ref: str) -> None:
 def list_adapters(session: Session, settings: Settings, *, base: str | None,
                   kind: AdapterKind | None, name: str | None, alias: str | None,
                   limit: int | None, page_token: str | None) -> Page[Adapter]:
-    size = check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
     for value, what in ((name, "adapter name"), (alias, "alias")):
         if value is not None:
             check_name(value, what)
-    filters = {"base": base, "kind": kind, "name": name, "alias": alias}
-    after = decode_cursor(page_token, filters) if page_token else None
+    request = page_request(settings, limit, page_token,
+                           {"base": base, "kind": kind, "name": name, "alias": alias})
     base_id: int | None = None
     if base is not None:
         try:
@@ -195,7 +194,5 @@ def list_adapters(session: Session, settings: Settings, *, base: str | None,
         except ModelNotFound:
             return Page([], None)
     rows = AdapterRepository(session).page(base_id=base_id, kind=kind, name=name, alias=alias,
-                                           after_id=after, limit=size + 1)
-    more = len(rows) > size
-    rows = rows[:size]
-    return Page(rows, encode_cursor(rows[-1].id, filters) if more else None)
+                                           after_id=request.after_id, limit=request.fetch)
+    return request.page(rows, key=lambda a: a.id)

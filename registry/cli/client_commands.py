@@ -6,6 +6,7 @@ The server is `DELTAHUB_URL` (default http://127.0.0.1:8000) and the token
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -24,11 +25,19 @@ Token = Annotated[str | None, typer.Option(envvar="DELTAHUB_TOKEN", show_default
                                            help="API token (or DELTAHUB_TOKEN)")]
 
 
-def _client(url: str, token: str | None) -> DeltahubClient:
+@contextlib.contextmanager
+def connected(url: str, token: str | None) -> Iterator[DeltahubClient]:
+    """A client for the command's duration; a refusal becomes `<Error>: <detail>`, exit 1."""
     if not token:
         console.print("[red]no token: set DELTAHUB_TOKEN or pass --token[/red]")
         raise typer.Exit(2)
-    return DeltahubClient(url, token)
+    client = DeltahubClient(url, token)
+    try:
+        yield client
+    except ClientError as exc:
+        raise fail(exc.error, exc.detail) from exc
+    finally:
+        client.close()
 
 
 class AdapterKindChoice(StrEnum):
@@ -90,18 +99,13 @@ def push(
 ) -> None:
     """Push an adapter: upload its files and get a version (the same one for same content)."""
     kind = kind or detect_kind(directory)
-    client = _client(url, token)
-    try:
+    with connected(url, token) as client:
         paths = files_to_push(directory, kind)
         draft = client.create_adapter(name, base, kind.value)
         _upload_all(client, f"/adapters/{draft['id']}", paths)
         adapter, created = client.finalize_adapter(draft["id"])
         if alias:
             adapter = client.set_alias(str(adapter["id"]), alias)
-    except ClientError as exc:
-        raise fail(exc.error, exc.detail) from exc
-    finally:
-        client.close()
     what = "new version" if created else "unchanged: identical content already registered"
     stdout.print(f"{adapter['name']}@{adapter['version']} ({what}); id {adapter['id']}, "
                  f"aliases {', '.join(adapter['aliases'])}")
@@ -115,16 +119,11 @@ def push_model(
     url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:
     """Register a base model or a full fine-tune: upload its files and finalize."""
-    client = _client(url, token)
-    try:
+    with connected(url, token) as client:
         paths = files_to_push(directory, None)
         client.create_model(name, base)
         _upload_all(client, f"/models/{name}", paths)
         model = client.finalize_model(name)
-    except ClientError as exc:
-        raise fail(exc.error, exc.detail) from exc
-    finally:
-        client.close()
     stdout.print(f"{model['name']}: {model['tensor_count']} tensors, "
                  f"{model['parameter_count']:,} parameters, ready")
 
@@ -148,8 +147,7 @@ def ls(
     url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:
     """List adapters or models, newest first."""
-    client = _client(url, token)
-    try:
+    with connected(url, token) as client:
         if what == "adapters":
             items: Iterator[dict[str, Any]] = client.list_adapters(
                 base=base, kind=kind, name=name, alias=alias)
@@ -160,10 +158,6 @@ def ls(
             rows = [_model_row(m) for m in client.list_models(base=base, kind=kind)]
         else:
             raise typer.BadParameter("list 'adapters' or 'models'")
-    except ClientError as exc:
-        raise fail(exc.error, exc.detail) from exc
-    finally:
-        client.close()
     print_table(what, columns, rows)
 
 
@@ -173,8 +167,7 @@ def pull(
     url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:
     """Download an adapter's files (checked against their sha256)."""
-    client = _client(url, token)
-    try:
+    with connected(url, token) as client:
         adapter = client.get_adapter(ref)
         output.mkdir(parents=True, exist_ok=True)
         total = sum(f["size"] for f in adapter["files"])
@@ -185,10 +178,6 @@ def pull(
                 client.download(f"/adapters/{adapter['id']}", file["filename"],
                                 output / file["filename"], file["sha256"],
                                 lambda n: progress.advance(task, n))
-    except ClientError as exc:
-        raise fail(exc.error, exc.detail) from exc
-    finally:
-        client.close()
     stdout.print(f"{adapter['name']}@{adapter['version']} -> {output} "
                  f"({len(adapter['files'])} files)")
 

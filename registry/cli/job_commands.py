@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from registry.cli.client_commands import Token, Url, _client
-from registry.cli.console import console, fail, print_table, stdout
-from registry.client import DEFAULT_URL, ClientError, DeltahubClient
+from registry.cli.client_commands import Token, Url, connected
+from registry.cli.console import console, print_table, stdout
+from registry.client import DEFAULT_URL, DeltahubClient
 
 jobs_app = typer.Typer(help="Compression jobs.", no_args_is_help=True)
 
@@ -59,8 +59,7 @@ def compress(
         "name": name, "alias": alias, "targets": target or None, "scale_mode": scale_mode,
         "rank": rank, "target_error": target_error, "max_rank": max_rank,
         "save_modules": save_modules or None, "verify": verify.value, "max_error": max_error}
-    client = _client(url, token)
-    try:
+    with connected(url, token) as client:
         # One key per invocation: if the connection drops after the server queued the
         # job, the retry finds that job instead of queueing a second.
         job = client.compress(model, method.value, {k: v for k, v in options.items()
@@ -70,10 +69,6 @@ def compress(
                       f"{job['adapter_name']}")
         if wait:
             job = follow(client, job)
-    except ClientError as exc:
-        raise fail(exc.error, exc.detail) from exc
-    finally:
-        client.close()
     stdout.print(_summary(job))
     raise typer.Exit(_exit_status(job))
 
@@ -119,17 +114,12 @@ def jobs_ls(
     url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:
     """List jobs, newest first."""
-    client = _client(url, token)
-    try:
+    with connected(url, token) as client:
         rows = [[j["id"], j["status"], j["method"], j["model"], j["adapter_name"],
                  f"{j['progress']['fraction']:.0%}", j["progress"]["stage"],
                  j["error"]["name"] if j["error"] else ""]
                 for j in client.list_jobs(status=status, model=model,
                                           method=method.value if method else None)]
-    except ClientError as exc:
-        raise fail(exc.error, exc.detail) from exc
-    finally:
-        client.close()
     print_table("jobs", ["id", "status", "method", "model", "adapter", "done", "stage",
                          "error"], rows)
 
@@ -138,13 +128,8 @@ def jobs_ls(
 def jobs_show(job_id: Annotated[int, typer.Argument(help="job id")],
               url: Url = DEFAULT_URL, token: Token = None) -> None:
     """One job: its state, progress, attempts, error and adapter."""
-    client = _client(url, token)
-    try:
+    with connected(url, token) as client:
         job = client.get_job(job_id)
-    except ClientError as exc:
-        raise fail(exc.error, exc.detail) from exc
-    finally:
-        client.close()
     print_table(f"job {job_id}", ["field", "value"], [
         ["status", job["status"]], ["method", job["method"]], ["model", job["model"]],
         ["base", job["base"]], ["adapter name", job["adapter_name"]],
@@ -159,13 +144,8 @@ def jobs_show(job_id: Annotated[int, typer.Argument(help="job id")],
 def jobs_cancel(job_id: Annotated[int, typer.Argument(help="job id")],
                 url: Url = DEFAULT_URL, token: Token = None) -> None:
     """Cancel a job: at once if queued, at its next progress point if running."""
-    client = _client(url, token)
-    try:
+    with connected(url, token) as client:
         job = client.cancel_job(job_id)
-    except ClientError as exc:
-        raise fail(exc.error, exc.detail) from exc
-    finally:
-        client.close()
     what = "cancelled" if job["status"] == "cancelled" else "cancellation requested"
     stdout.print(f"job {job_id}: {what}")
 

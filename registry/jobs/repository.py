@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from registry.repository import newest_first
 from registry.tables import CompressMethod, Job, JobStatus, utcnow
 
 # Candidates looked at per claim: enough to skip jobs this worker cannot run (a GPU job
@@ -52,16 +53,10 @@ class JobRepository:
 
     def page(self, *, status: JobStatus | None, model_id: int | None,
              method: CompressMethod | None, after_id: int | None, limit: int) -> list[Job]:
-        query = select(Job).order_by(Job.id.desc()).limit(limit)
-        if status is not None:
-            query = query.where(Job.status == status)
-        if model_id is not None:
-            query = query.where(Job.model_id == model_id)
-        if method is not None:
-            query = query.where(Job.method == method)
-        if after_id is not None:
-            query = query.where(Job.id < after_id)
-        return list(self.session.scalars(query))
+        return newest_first(self.session, select(Job), Job.id,
+                            equal={Job.status: status, Job.model_id: model_id,
+                                   Job.method: method},
+                            after_id=after_id, limit=limit)
 
     def claimable(self, now: datetime) -> list[Job]:
         """Jobs due to run, and running jobs whose worker stopped renewing its lease."""

@@ -28,7 +28,7 @@ from registry.jobs.repository import JobRepository
 from registry.jobs.schemas import CompressRequest, JobAdapter, JobOut
 from registry.models.service import get_model, model_id, model_names
 from registry.names import MAX_ID, check_name
-from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
+from registry.pagination import Page, page_request
 from registry.settings import Settings
 from registry.tables import CompressMethod, Job, JobStatus, ModelKind, Status, utcnow
 
@@ -143,15 +143,12 @@ def get_job(session: Session, job_id: int, lock: bool = False) -> Job:
 def list_jobs(session: Session, settings: Settings, *, status: JobStatus | None,
               model: str | None, method: CompressMethod | None, limit: int | None,
               page_token: str | None) -> Page[Job]:
-    size = check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
-    filters = {"status": status, "model": model, "method": method}
-    after = decode_cursor(page_token, filters) if page_token else None
+    request = page_request(settings, limit, page_token,
+                           {"status": status, "model": model, "method": method})
     model_filter = model_id(session, model) if model is not None else None
     rows = JobRepository(session).page(status=status, model_id=model_filter, method=method,
-                                       after_id=after, limit=size + 1)
-    more = len(rows) > size
-    rows = rows[:size]
-    return Page(rows, encode_cursor(rows[-1].id, filters) if more else None)
+                                       after_id=request.after_id, limit=request.fetch)
+    return request.page(rows, key=lambda j: j.id)
 
 
 def cancel_job(session: Session, job_id: int) -> Job:

@@ -4,6 +4,7 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, defer, selectinload
 
 from registry.names import is_id, parse_id
+from registry.repository import newest_first
 from registry.tables import Adapter, Model, ModelFile, ModelKind
 
 
@@ -64,14 +65,9 @@ class ModelRepository:
 
     def page(self, kind: ModelKind | None, base_id: int | None, after_id: int | None,
              limit: int) -> list[Model]:
-        query = self._query().order_by(Model.id.desc()).limit(limit)
-        if kind is not None:
-            query = query.where(Model.kind == kind)
-        if base_id is not None:
-            query = query.where(Model.base_id == base_id)
-        if after_id is not None:
-            query = query.where(Model.id < after_id)
-        return list(self.session.scalars(query))
+        return newest_first(self.session, self._query(), Model.id,
+                            equal={Model.kind: kind, Model.base_id: base_id},
+                            after_id=after_id, limit=limit)
 
     def dependents(self, model_id: int) -> tuple[int, int]:
         """(fine-tunes built on it, adapters on it or compressed from it)."""

@@ -29,7 +29,7 @@ from registry.errors import (
 )
 from registry.models.repository import ModelRepository
 from registry.names import check_name, is_id
-from registry.pagination import Page, check_limit, decode_cursor, encode_cursor
+from registry.pagination import Page, page_request
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import Model, ModelFile, ModelKind, Status, utcnow
@@ -168,15 +168,10 @@ def _read_json(store: BlobStore, sha256: str) -> Any:
 
 def list_models(session: Session, settings: Settings, kind: ModelKind | None,
                 base_ref: str | None, limit: int | None, page_token: str | None) -> Page[Model]:
-    size = check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
-    filters = {"kind": kind, "base": base_ref}
-    after = decode_cursor(page_token, filters) if page_token else None
+    request = page_request(settings, limit, page_token, {"kind": kind, "base": base_ref})
     base_id = model_id(session, base_ref) if base_ref is not None else None
-    rows = ModelRepository(session).page(kind, base_id, after, size + 1)
-    more = len(rows) > size
-    rows = rows[:size]
-    token = encode_cursor(rows[-1].id, filters) if more else None
-    return Page(rows, token)
+    rows = ModelRepository(session).page(kind, base_id, request.after_id, request.fetch)
+    return request.page(rows, key=lambda m: m.id)
 
 
 def delete_model(session: Session, ref: str) -> None:
