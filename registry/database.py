@@ -56,7 +56,7 @@ class _Gates:
 class Database:
     def __init__(self, url: str, *, readers: int = 8, writers: int = 4,
                  queue_timeout_s: float = 10.0, lock_timeout_s: float = 5.0,
-                 retry_after_s: int = 2) -> None:
+                 retry_after_s: int = 2, idle_transaction_timeout_s: float = 30.0) -> None:
         self.url = url
         self.readers = readers
         # SQLite has one writer at a time; more turns would only queue inside it.
@@ -66,7 +66,8 @@ class Database:
         pool = self.readers + self.writers + _SPARE_CONNECTIONS
         self.write_engine = make_engine(url, writer=True, pool_size=pool,
                                         pool_timeout_s=queue_timeout_s,
-                                        lock_timeout_s=lock_timeout_s)
+                                        lock_timeout_s=lock_timeout_s,
+                                        idle_transaction_timeout_s=idle_transaction_timeout_s)
         if is_sqlite(url) and not is_memory_sqlite(url):
             self.read_engine = make_engine(url, writer=False, pool_size=pool,
                                            pool_timeout_s=queue_timeout_s,
@@ -84,7 +85,10 @@ class Database:
                    writers=settings.DB_WRITERS,
                    queue_timeout_s=settings.DB_QUEUE_TIMEOUT_SECONDS,
                    lock_timeout_s=settings.DB_LOCK_TIMEOUT_SECONDS,
-                   retry_after_s=settings.RETRY_AFTER_SECONDS)
+                   retry_after_s=settings.RETRY_AFTER_SECONDS,
+                   # A worker frozen inside a short transaction holds its job's row lock,
+                   # which claims skip (SKIP LOCKED): end it within one lease.
+                   idle_transaction_timeout_s=settings.JOB_LEASE_SECONDS)
 
     @property
     def engine(self) -> Engine:

@@ -28,6 +28,8 @@ NAMING_CONVENTION = {
 
 # Used when a caller sets no bound of its own (the CLI, migrations, tests).
 DEFAULT_LOCK_TIMEOUT_SECONDS = 30.0
+# Our transactions never sit idle: each runs start to end in one thread, in milliseconds.
+DEFAULT_IDLE_TRANSACTION_SECONDS = 30.0
 
 
 class Base(DeclarativeBase):
@@ -45,7 +47,8 @@ def is_memory_sqlite(url: str) -> bool:
 
 def make_engine(url: str, *, writer: bool = True, pool_size: int = 5,
                 pool_timeout_s: float = 30.0,
-                lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_SECONDS) -> Engine:
+                lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_SECONDS,
+                idle_transaction_timeout_s: float = DEFAULT_IDLE_TRANSACTION_SECONDS) -> Engine:
     """An engine whose waits on locks end after `lock_timeout_s` with an error.
 
     On SQLite, a `writer` engine starts every transaction with BEGIN IMMEDIATE; a reader
@@ -54,14 +57,22 @@ def make_engine(url: str, *, writer: bool = True, pool_size: int = 5,
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, writer, pool_size, pool_timeout_s, lock_timeout_s)
-    lock_ms = int(lock_timeout_s * 1000)
+    lock_ms, idle_ms = int(lock_timeout_s * 1000), int(idle_transaction_timeout_s * 1000)
     return create_engine(
         url, pool_pre_ping=True, pool_size=pool_size, max_overflow=0,
         pool_timeout=pool_timeout_s,
-        # A statement waiting on a row or advisory lock gives up instead of queueing
-        # forever behind a stuck transaction (the caller turns that into a 503).
-        connect_args={"options": f"-c lock_timeout={lock_ms}",
-                      "connect_timeout": max(1, int(lock_timeout_s))},
+        connect_args={
+            # A statement waiting on a row or advisory lock gives up instead of queueing
+            # forever behind a stuck transaction (the caller turns that into a 503).
+            # A transaction left open by a frozen process (a worker paused mid-heartbeat)
+            # is ended by the server, so its row locks cannot outlive a job's lease;
+            # keepalives notice a peer machine that vanished in minutes, not hours.
+            "options": f"-c lock_timeout={lock_ms} "
+                       f"-c idle_in_transaction_session_timeout={idle_ms}",
+            "connect_timeout": max(1, int(lock_timeout_s)),
+            "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+            "keepalives_count": 3,
+        },
     )
 
 

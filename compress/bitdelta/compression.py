@@ -7,13 +7,15 @@ the format of `compress.bitdelta.format` (read that module for the files and met
 2. The tensors that are not compressed (embeddings, lm_head, norms, biases) are compared
    first, so the delta's header, which lists every tensor, can be written before any
    data: changed ones are stored, unchanged ones omitted. They are small next to the
-   projections; the changed ones are read again (from the page cache) when written.
+   projections; the changed ones are read again when written (from the page cache for
+   local files; a second ranged read for stored blobs).
 3. Each compressed weight is read, encoded (`compress_pair`: float32 ΔW a cache-sized slab
    at a time, signs, α, error norms; on the CPU its rows are shared among single-threaded
    worker threads) and appended. A reader thread fetches the next pair while the current
    one is encoded, so reading and arithmetic overlap.
 
-Inputs are read with `Checkpoint.tensor` (positioned reads), not `safetensors.safe_open`:
+Inputs are paths or any `TensorSource` (the registry streams stored blobs through one),
+read with `Checkpoint.tensor` (positioned reads), not `safetensors.safe_open`:
 mmap-touched pages count towards resident memory, reads keep it at the few tensors in
 flight. Everything is written inside `atomic_output_dir`: mismatched models, a NaN found
 half way, or any other failure leaves no output at all.
@@ -57,24 +59,27 @@ from compress.targets import (
 from compress.tensorio import (
     DEFAULT_MAX_SHARD_BYTES,
     FLOAT_DTYPES,
+    ModelInput,
     ModelPair,
     PlannedTensor,
     ShardedWriter,
     atomic_output_dir,
     copy_config,
+    describe_model,
     prefetching,
 )
 
 
 def compress_bitdelta(
-    base: str | os.PathLike[str], finetune: str | os.PathLike[str],
-    out: str | os.PathLike[str], *, scale: ScaleMode | str = ScaleMode.ROW,
+    base: ModelInput, finetune: ModelInput, out: str | os.PathLike[str], *,
+    scale: ScaleMode | str = ScaleMode.ROW,
     targets: TargetSpec = DEFAULT_TARGET_MODULES, device: str | torch.device = "cpu",
     progress: ProgressFn = no_progress, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     workers: int | None = None,
 ) -> BitDeltaReport:
     """Write the BitDelta delta of `finetune` over `base` to the new directory `out`.
 
+    `base` and `finetune` are paths or TensorSources (e.g. the registry's stored blobs);
     `targets` picks the linear weights to compress (PEFT target_modules rules); `scale` is
     "row" (one α per output row) or "tensor" (one per matrix); `device` runs the
     arithmetic there ("cuda") while reading and writing stay on the host; on the CPU,
@@ -98,12 +103,13 @@ def compress_bitdelta(
         try:
             with encoder_pool(workers) as pool:
                 tensors = _stream(pair, jobs, writer, mode, target,
-                                  pool if target.type == "cpu" else None, tracker)
+                                  pool if target.type == "cpu" else None, tracker,
+                                  (describe_model(base), describe_model(finetune)))
             files = writer.close()
         except BaseException:
             writer.abort()
             raise
-        copy_config([pair.finetune.path], scratch)  # so a merge writes a loadable model
+        copy_config([pair.finetune.source], scratch)  # so a merge writes a loadable model
         report = BitDeltaReport(
             scale_mode=mode, tensors=tensors, omitted=omitted,
             bytes_in=pair.finetune.total_bytes,
@@ -185,9 +191,8 @@ def _read_jobs(pair: ModelPair, jobs: list[_Job]
 
 
 def _stream(pair: ModelPair, jobs: list[_Job], writer: ShardedWriter, mode: ScaleMode,
-            device: torch.device, pool: EncoderPool | None, tracker: ProgressCounter
-            ) -> list[TensorReport]:
-    where = (str(pair.base.path), str(pair.finetune.path))
+            device: torch.device, pool: EncoderPool | None, tracker: ProgressCounter,
+            where: tuple[str, str]) -> list[TensorReport]:
     reports: list[TensorReport] = []
     with prefetching(_read_jobs(pair, jobs)) as items:
         for job, base, finetune in items:

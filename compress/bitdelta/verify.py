@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -47,8 +46,10 @@ from compress.tensorio import (
     TORCH_DTYPES,
     Checkpoint,
     Manifest,
+    ModelInput,
     ModelPair,
     TensorPair,
+    describe_model,
     prefetching,
 )
 from kernels import (
@@ -185,14 +186,15 @@ class VerifyReport:
 
 
 def verify_delta(
-    base: str | os.PathLike[str], finetune: str | os.PathLike[str],
-    delta: str | os.PathLike[str], device: str | torch.device | None = None, *,
+    base: ModelInput, finetune: ModelInput, delta: ModelInput,
+    device: str | torch.device | None = None, *,
     rows: int = DEFAULT_ROWS, dtype: torch.dtype | None = None, seed: int = 0,
     backend: Backend = "auto", modules: Collection[str] | None = None,
     progress: ProgressFn = no_progress,
 ) -> VerifyReport:
     """Check every compressed layer of `delta` (or those in `modules`) against `finetune`.
 
+    Each of the three is a path or a TensorSource (e.g. the registry's stored blobs).
     Raises the codec's errors before any arithmetic when the delta is malformed or made
     against another base (InvalidDelta, IncompatibleModels), when the fine-tune's layout
     differs from the base's (IncompatibleModels), and InvalidParameter for bad options.
@@ -217,7 +219,8 @@ def verify_delta(
                                           batches, seed, chosen))
                 counter.advance(_layer_bytes(pair, delta_ckpt, spec), spec.module)
     return VerifyReport(
-        base=str(base), finetune=str(finetune), delta=str(delta), layers=layers,
+        base=describe_model(base), finetune=describe_model(finetune),
+        delta=describe_model(delta), layers=layers,
         device=str(target), backend=chosen, dtype=compute, rows=rows, kernel_batches=batches,
         seed=seed, scale_mode=summary.scale_mode.value, bytes_read=total,
         seconds=time.perf_counter() - started)

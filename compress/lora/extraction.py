@@ -50,7 +50,14 @@ from compress.targets import (
     owner_module,
     select_linear_weights,
 )
-from compress.tensorio import Manifest, ModelPair, TensorPair, atomic_output_dir
+from compress.tensorio import (
+    Manifest,
+    ModelInput,
+    ModelPair,
+    TensorPair,
+    atomic_output_dir,
+    describe_model,
+)
 
 FactorDtype = Literal["float32", "finetune"]
 # The cap on a searched rank when none is given. Past a few hundred the sketch is no
@@ -72,9 +79,9 @@ class RankRule:
     device: torch.device | str | None
 
 
-def extract_lora(base: str | os.PathLike[str], finetune: str | os.PathLike[str],
-                 out: str | os.PathLike[str], rank: int | None = None,
-                 target_error: float | None = None, *, max_rank: int | None = None,
+def extract_lora(base: ModelInput, finetune: ModelInput, out: str | os.PathLike[str],
+                 rank: int | None = None, target_error: float | None = None, *,
+                 max_rank: int | None = None,
                  targets: TargetSpec = DEFAULT_TARGET_MODULES, save_modules: bool = False,
                  factor_dtype: FactorDtype = "float32",
                  base_model_name_or_path: str | None = None, seed: int = 0,
@@ -82,6 +89,7 @@ def extract_lora(base: str | os.PathLike[str], finetune: str | os.PathLike[str],
                  progress: ProgressFn = no_progress) -> LoraReport:
     """Write a PEFT LoRA adapter approximating `finetune` − `base` into the new dir `out`.
 
+    `base` and `finetune` are paths or TensorSources (e.g. the registry's stored blobs).
     Exactly one of `rank` (every module gets this rank) and `target_error` (each module
     gets the smallest rank with ‖ΔW − B·A‖/‖ΔW‖ ≤ target_error, capped at `max_rank`,
     default 256; modules the cap stops are flagged in the report) must be given.
@@ -107,7 +115,7 @@ def extract_lora(base: str | os.PathLike[str], finetune: str | os.PathLike[str],
             finally:
                 spill.remove()
             config = adapter_config(report.modules, pair.base.manifest, saved_modules,
-                                    base_model_name_or_path or str(base))
+                                    base_model_name_or_path or describe_model(base))
             (scratch / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
             self_check(weights, config, pair.base.manifest)
             report.adapter_bytes = sum(f.stat().st_size for f in scratch.iterdir())
@@ -157,14 +165,14 @@ def _select_targets(manifest: Manifest, targets: TargetSpec, rank: int | None) -
 
 
 def _settings(rule: RankRule, targets: TargetSpec, save_modules: bool,
-              base: str | os.PathLike[str], finetune: str | os.PathLike[str],
-              manifest: Manifest) -> dict[str, Any]:
+              base: ModelInput, finetune: ModelInput, manifest: Manifest) -> dict[str, Any]:
     return {
         "mode": "rank" if rule.rank is not None else "target_error", "rank": rule.rank,
         "target_error": rule.target_error, "max_rank": rule.max_rank,
         "factor_dtype": rule.factor_dtype,
         "targets": targets if isinstance(targets, str) else list(targets),
-        "save_modules": save_modules, "base": str(base), "finetune": str(finetune),
+        "save_modules": save_modules, "base": describe_model(base),
+        "finetune": describe_model(finetune),
         "base_manifest_digest": manifest.digest(),
         "sketch": {"power_iterations": POWER_ITERATIONS, "min_oversample": MIN_OVERSAMPLE,
                    "oversample_fraction": OVERSAMPLE_FRACTION, "seed": rule.seed},

@@ -2,6 +2,8 @@
 
 - read: `Checkpoint` (one tensor at a time, positioned reads), `ModelPair` (a base and its
   fine-tune, checked to match), `read_header`, `prefetching` (a reader thread ahead);
+- sources: `TensorSource`, what every reader reads a model through (file names, sizes,
+  positioned reads), `LocalSource` over a path; a `ModelInput` is a path or a source;
 - write: `ShardedWriter` (tensor by tensor, sharded past a size) inside
   `atomic_output_dir` (nothing appears unless the whole run succeeds);
 - validate: `StreamingValidator` (chunk by chunk, as an upload arrives), the header and
@@ -27,6 +29,7 @@ from compress.tensorio.header import (
     SafetensorsHeader,
     TensorEntry,
     header_from_dict,
+    header_from_reader,
     header_to_dict,
     read_header,
 )
@@ -47,6 +50,14 @@ from compress.tensorio.pickles import (
     refuse_pickle_name,
 )
 from compress.tensorio.prefetch import prefetching
+from compress.tensorio.sources import (
+    LocalSource,
+    ModelInput,
+    TensorSource,
+    as_source,
+    describe_model,
+    read_range,
+)
 from compress.tensorio.streaming import StreamingValidator
 from compress.tensorio.writer import (
     DEFAULT_MAX_SHARD_BYTES,
@@ -68,7 +79,9 @@ __all__ = [
     "SAFETENSORS_DTYPES",
     "TORCH_DTYPES",
     "Checkpoint",
+    "LocalSource",
     "Manifest",
+    "ModelInput",
     "ModelPair",
     "PlannedTensor",
     "SafetensorsHeader",
@@ -76,14 +89,18 @@ __all__ = [
     "StreamingValidator",
     "TensorEntry",
     "TensorPair",
+    "TensorSource",
     "TensorSpec",
+    "as_source",
     "atomic_output_dir",
     "copy_config",
+    "describe_model",
     "describe_pickle",
     "describe_pickle_stream",
     "ensure_finite",
     "fsync_path",
     "header_from_dict",
+    "header_from_reader",
     "header_to_dict",
     "is_model_file",
     "manifest_from_headers",
@@ -92,6 +109,7 @@ __all__ = [
     "plan_for",
     "prefetching",
     "read_header",
+    "read_range",
     "refuse_pickle_name",
     "require_same_layout",
     "shape_mismatches",

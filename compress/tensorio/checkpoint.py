@@ -1,9 +1,11 @@
-"""Read a safetensors model (one file or a sharded directory) one tensor at a time.
+"""Read a safetensors model (one file or a sharded set) one tensor at a time.
 
-Tensors are read with plain positioned reads into a fresh buffer rather than through
-mmap: mapped pages that have been touched count towards resident memory until the file
-is closed, so a memory-mapped pass over a 13 GB model looks like a 13 GB process.
-With reads, peak memory is the few tensors in flight, whatever the model size.
+The model comes from a `TensorSource` (sources.py): a path on disk, or anything else that
+offers positioned reads, such as the registry's stored blobs. Each tensor is read into a
+fresh buffer rather than through mmap: mapped pages that have been touched count towards
+resident memory until the file is closed, so a memory-mapped pass over a 13 GB model looks
+like a 13 GB process. With reads, peak memory is the few tensors in flight, whatever the
+model size or where its bytes live.
 """
 
 from __future__ import annotations
@@ -11,18 +13,24 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from types import TracebackType
 from typing import Any
 
 import torch
 
 from compress.errors import InvalidModel, NonFiniteTensor
-from compress.tensorio.header import SafetensorsHeader, TensorEntry, read_header
+from compress.tensorio.header import SafetensorsHeader, TensorEntry, header_from_reader
 from compress.tensorio.manifest import Manifest, manifest_from_headers, parse_weight_map
 from compress.tensorio.pickles import PICKLE_SUFFIXES, pickle_refusal, refuse_pickle_name
+from compress.tensorio.sources import (
+    LocalSource,
+    ModelInput,
+    TensorSource,
+    as_source,
+    read_range,
+)
 
 INDEX_SUFFIX = ".safetensors.index.json"
 CONFIG_FILE = "config.json"  # what `transformers` needs to load the weights
@@ -38,23 +46,30 @@ def is_model_file(name: str) -> bool:
 
 
 class Checkpoint:
-    """A safetensors model on local disk: its manifest, config, metadata and tensors."""
+    """A safetensors model: its manifest, config, metadata and tensors, read from a source."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.files = _weight_files(path)
+    def __init__(self, source: TensorSource) -> None:
+        self.source = source
+        self.filenames = _weight_files(source)
         self.headers: dict[str, SafetensorsHeader] = {
-            f.name: read_header(f) for f in self.files
+            name: _read_header(source, name) for name in self.filenames
         }
-        weight_map = _read_weight_map(path)
+        weight_map = _read_weight_map(source)
         self.manifest: Manifest = manifest_from_headers(self.headers, weight_map)
-        self.config: dict[str, Any] | None = _read_config(path)
-        self._dir = path if path.is_dir() else path.parent
-        self._handles: dict[str, io.FileIO] = {}
+        self.config: dict[str, Any] | None = _read_config(source)
+        # Let go of what validation opened: a Checkpoint only inspected (its manifest, its
+        # headers) holds no file open, and tensors reopen theirs on demand.
+        source.close()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> Checkpoint:
-        return cls(Path(path))
+    def open(cls, model: ModelInput) -> Checkpoint:
+        """Open a path (a directory or one .safetensors file) or any TensorSource."""
+        source = as_source(model)
+        try:
+            return cls(source)
+        except BaseException:
+            source.close()
+            raise
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -64,14 +79,31 @@ class Checkpoint:
         self.close()
 
     def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
+        self.source.close()
+
+    @property
+    def path(self) -> Path:
+        """Where a model on local disk is; other sources have no path."""
+        if isinstance(self.source, LocalSource):
+            return self.source.path
+        raise AttributeError(f"{self.source.name} is not on local disk; read it through "
+                             "`Checkpoint.source`")
+
+    @property
+    def files(self) -> list[PurePath]:
+        """The weight files: their paths on local disk, their bare names elsewhere."""
+        root = self.source.root if isinstance(self.source, LocalSource) else PurePosixPath()
+        return [root / name for name in self.filenames]
+
+    @property
+    def _handles(self) -> dict[str, io.FileIO]:
+        # What tests/compress/tensorio/test_checkpoint.py looks at; new code asks the source.
+        return self.source.open_files if isinstance(self.source, LocalSource) else {}
 
     @property
     def metadata(self) -> dict[str, str]:
         """The `__metadata__` of the first shard (writers put the same on every shard)."""
-        first = self.headers[self.files[0].name]
+        first = self.headers[self.filenames[0]]
         return dict(first.metadata)
 
     @property
@@ -83,48 +115,38 @@ class Checkpoint:
         return self.headers[spec.file].tensors[name]
 
     def tensor(self, name: str) -> torch.Tensor:
-        """Read one tensor from disk into new CPU memory, with its stored dtype and shape."""
+        """Read one tensor into new CPU memory, with its stored dtype and shape."""
         spec = self.manifest[name]
         header = self.headers[spec.file]
         entry = header.tensors[name]
         buffer = torch.empty(entry.nbytes, dtype=torch.uint8)
-        if entry.nbytes:
-            handle = self._handle(spec.file)
-            handle.seek(header.data_start + entry.start)
-            view = buffer.numpy().data
-            filled = 0
-            while filled < entry.nbytes:  # one read(2) returns at most ~2 GB on Linux
-                got = handle.readinto(view[filled:])
-                if not got:
-                    raise InvalidModel(f"{spec.file}: short read of tensor {name!r}; "
-                                       "was the file changed while deltahub read it?")
-                filled += got
+        if entry.nbytes:  # the source fills the tensor's own memory: no second copy
+            self.source.read_into(spec.file, header.data_start + entry.start,
+                                  buffer.numpy().data)
         return buffer.view(entry.torch_dtype).reshape(entry.shape)
 
     def finite_tensor(self, name: str) -> torch.Tensor:
         """`tensor(name)`, refusing NaN and Inf with the tensor's name."""
         value = self.tensor(name)
-        ensure_finite(name, value, self.path.name)
+        ensure_finite(name, value, self.source.name)
         return value
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.manifest.names:
             yield name, self.tensor(name)
 
-    def _handle(self, filename: str) -> io.FileIO:
-        handle = self._handles.get(filename)
-        if handle is None:
-            handle = io.FileIO(self._dir / filename, "rb")
-            self._handles[filename] = handle
-        return handle
 
+def copy_config(sources: Iterable[ModelInput], out_dir: Path) -> None:
+    """Copy the config.json of the first model among `sources` that has one.
 
-def copy_config(sources: Iterable[Path], out_dir: Path) -> None:
-    """Copy the config.json of the first model directory among `sources` that has one."""
-    for source in sources:
-        config = source / CONFIG_FILE
-        if source.is_dir() and config.is_file():
-            shutil.copyfile(config, out_dir / CONFIG_FILE)
+    A path that is not a directory (a single .safetensors file, a missing path) has none.
+    """
+    for model in sources:
+        if isinstance(model, str | os.PathLike) and not Path(model).is_dir():
+            continue
+        source = as_source(model)
+        if CONFIG_FILE in source.files():
+            (out_dir / CONFIG_FILE).write_bytes(source.read_bytes(CONFIG_FILE))
             return
 
 
@@ -133,49 +155,47 @@ def ensure_finite(name: str, tensor: torch.Tensor, where: str = "") -> None:
         raise NonFiniteTensor(name, where)
 
 
-def _weight_files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise InvalidModel(f"{path} does not exist")
-    if path.is_file():
-        return [_refuse_pickle_file(path)]
-    files = sorted(p for p in path.iterdir() if p.suffix == ".safetensors" and p.is_file())
-    if not files:
-        pickles = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
+def _weight_files(source: TensorSource) -> list[str]:
+    names = source.files()
+    weights = [n for n in names if n.endswith(".safetensors")]
+    if not weights:
+        pickles = [n for n in names if n.lower().endswith(PICKLE_SUFFIXES)]
         if pickles:
-            raise pickle_refusal(pickles[0], "a pickle checkpoint and the directory has no "
+            raise pickle_refusal(pickles[0], "a pickle checkpoint and the model has no "
                                  ".safetensors weights")
-        raise InvalidModel(f"{path} holds no .safetensors files")
-    return [_refuse_pickle_file(f) for f in files]
+        raise InvalidModel(f"{source.name} holds no .safetensors files")
+    for name in weights:
+        refuse_pickle_name(name)  # content sniffing happens with the header, on 8 bytes
+    return weights
 
 
-def _refuse_pickle_file(path: Path) -> Path:
-    refuse_pickle_name(path.name)  # content sniffing happens in read_header, on 8 bytes
-    return path
+def _read_header(source: TensorSource, file: str) -> SafetensorsHeader:
+    def read(offset: int, length: int) -> bytes:
+        return read_range(source, file, offset, length)
+
+    return header_from_reader(read, source.size(file), file)
 
 
-def _read_weight_map(path: Path) -> dict[str, str] | None:
-    if not path.is_dir():
-        return None
-    indexes = sorted(path.glob("*" + INDEX_SUFFIX))
+def _read_weight_map(source: TensorSource) -> dict[str, str] | None:
+    indexes = [n for n in source.files() if n.endswith(INDEX_SUFFIX)]
     if not indexes:
         return None
     if len(indexes) > 1:
-        raise InvalidModel(f"{path} has several shard indexes: {[p.name for p in indexes]}")
-    return parse_weight_map(_read_json(indexes[0]), indexes[0].name)
+        raise InvalidModel(f"{source.name} has several shard indexes: {indexes}")
+    return parse_weight_map(_read_json(source, indexes[0]), indexes[0])
 
 
-def _read_config(path: Path) -> dict[str, Any] | None:
-    config_path = (path if path.is_dir() else path.parent) / CONFIG_FILE
-    if not path.is_dir() or not config_path.exists():
+def _read_config(source: TensorSource) -> dict[str, Any] | None:
+    if CONFIG_FILE not in source.files():
         return None
-    config = _read_json(config_path)
+    config = _read_json(source, CONFIG_FILE)
     if not isinstance(config, dict):
-        raise InvalidModel(f"{config_path.name} must hold a JSON object")
+        raise InvalidModel(f"{CONFIG_FILE} must hold a JSON object")
     return config
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(source: TensorSource, file: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(source.read_bytes(file).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidModel(f"{path.name} is not valid JSON: {exc}") from exc
+        raise InvalidModel(f"{file} is not valid JSON: {exc}") from exc

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,18 +181,36 @@ def check_file_size(header: SafetensorsHeader, file_size: int, source: str) -> N
 def read_header(path: Path, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
                 ) -> SafetensorsHeader:
     """Read and fully validate a safetensors file's header without loading tensor data."""
-    source = path.name
-    refuse_pickle_name(source)
+    refuse_pickle_name(path.name)
     file_size = path.stat().st_size
     with path.open("rb") as f:
-        prefix = f.read(8)
-        header_len = parse_length_prefix(prefix, source, max_header_bytes)
-        if 8 + header_len > file_size:
-            raise InvalidSafetensors(
-                f"{source}: header length {header_len} runs past the end of the "
-                f"{file_size}-byte file"
-            )
-        header = parse_header_json(f.read(header_len), header_len, source)
+        def read(offset: int, length: int) -> bytes:
+            f.seek(offset)
+            return f.read(length)
+
+        return header_from_reader(read, file_size, path.name, max_header_bytes)
+
+
+# Reads exactly `length` bytes at `offset` of one file (a local file, a stored blob).
+RangeReader = Callable[[int, int], bytes]
+
+
+def header_from_reader(read: RangeReader, file_size: int, source: str,
+                       max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> SafetensorsHeader:
+    """`read_header` over any positioned reader: the same checks, in the same words.
+
+    Two reads: the 8-byte length prefix, then exactly the header it announces (a reader
+    over an object store serves both from one fetch of the file's first bytes).
+    """
+    refuse_pickle_name(source)
+    prefix = read(0, min(8, file_size))
+    header_len = parse_length_prefix(prefix, source, max_header_bytes)
+    if 8 + header_len > file_size:
+        raise InvalidSafetensors(
+            f"{source}: header length {header_len} runs past the end of the "
+            f"{file_size}-byte file"
+        )
+    header = parse_header_json(read(8, header_len), header_len, source)
     check_file_size(header, file_size, source)
     return header
 

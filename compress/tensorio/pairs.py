@@ -1,5 +1,7 @@
 """A base model and its fine-tune, opened together: the one reader both codecs share.
 
+Each comes from a path or any `TensorSource` (local files, stored blobs).
+
 Opening checks that the two have the same tensor names and shapes (naming every
 mismatch); reading a tensor pair refuses NaN and Inf with the tensor's name and gives
 ΔW in float32 whatever the stored dtypes are.
@@ -7,7 +9,6 @@ mismatch); reading a tensor pair refuses NaN and Inf with the tensor's name and 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -15,6 +16,7 @@ import torch
 
 from compress.tensorio.checkpoint import Checkpoint
 from compress.tensorio.manifest import require_same_layout
+from compress.tensorio.sources import ModelInput
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class ModelPair:
         self.finetune = finetune
 
     @classmethod
-    def open(cls, base: str | os.PathLike[str], finetune: str | os.PathLike[str]) -> ModelPair:
+    def open(cls, base: ModelInput, finetune: ModelInput) -> ModelPair:
+        """Open both (paths or TensorSources) and check their layouts match."""
         base_ckpt = Checkpoint.open(base)
         try:
             ft_ckpt = Checkpoint.open(finetune)

@@ -1,26 +1,31 @@
 """What one attempt at a job does: read the models, run the codec, verify, register.
 
-The codecs stay pure (paths in, files out): this module fetches their inputs from the
-store, hands them a progress callback that is also the attempt's cancellation point,
-and sends their output through the same write protocol as a push.
+The codecs stay pure (paths or sources in, files out): this module opens their inputs in
+the store (ranged reads, no download), hands them a progress callback that is also the
+attempt's cancellation point, and sends their output through the same write protocol as
+a push.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compress.bitdelta import compress_bitdelta, verify_delta
+from compress.bitdelta import compress_bitdelta, is_delta_file, verify_delta
 from compress.errors import CodecError
-from compress.lora import extract_lora
+from compress.lora import extract_lora, is_adapter_file
 from compress.progress import ProgressFn
+from compress.tensorio import TensorSource
 from registry.database import Database
 from registry.jobs import queue
-from registry.jobs.inputs import fetch_model
+from registry.jobs.inputs import open_model
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import AdapterKind, CompressMethod
@@ -28,9 +33,35 @@ from registry.uploads.flow import store_file
 from registry.uploads.pipeline import UploadResult
 from registry.uploads.rules import adapter_file_rule
 
+log = logging.getLogger("deltahub.worker")
+
 _REPORT_FILES = {"report.json", "spectra.png"}
+# Which output files make up each kind of adapter: the formats' own rule, as for a push.
+_BELONGS = {AdapterKind.BITDELTA: is_delta_file, AdapterKind.LORA: is_adapter_file}
 # Progress is written at most this often: each write is a fenced UPDATE.
 _PROGRESS_EVERY_SECONDS = 0.5
+
+
+# Test hook (tests/registry/test_job_failures.py): kill or pause this worker process at a
+# named point of an attempt, for failures that no timing from outside can hit, such as
+# between the blob commit and the database commit. DELTAHUB_FAULT_CRASH_AT=<point> sends
+# SIGKILL, DELTAHUB_FAULT_STOP_AT=<point> SIGSTOP (a worker paused past its lease; the
+# test resumes it with SIGCONT). Points: "reading" (between opening the two models),
+# "compressing" and "verifying" (the codec's first progress call), "uploading" (after
+# the first output file is committed), "committed" (every output blob committed, the
+# completing transaction not begun). Each fires once per process. Unset, as always
+# outside tests, a point costs two dictionary lookups.
+_FAULT_SIGNALS = {"DELTAHUB_FAULT_CRASH_AT": signal.SIGKILL,
+                  "DELTAHUB_FAULT_STOP_AT": signal.SIGSTOP}
+_faults_fired: set[str] = set()
+
+
+def _fault_point(point: str, job_id: int) -> None:
+    for variable, signum in _FAULT_SIGNALS.items():
+        if os.environ.get(variable) == point and variable not in _faults_fired:
+            _faults_fired.add(variable)
+            log.warning("fault injection: %s at %r in job %d", signum.name, point, job_id)
+            os.kill(os.getpid(), signum)
 
 
 class JobCancelled(Exception):
@@ -73,13 +104,13 @@ def run_attempt(claimed: queue.ClaimedJob, ctx: Context, control: Control) -> in
     """Run the job to its registered adapter's id; raises on any failure."""
     scratch = ctx.work_dir / f"job-{claimed.lease.job_id}-{claimed.lease.attempt}"
     shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
     try:
         report = _Reporter(claimed, ctx, control)
         report.stage("reading", 0.0)
-        base = fetch_model(ctx.database, ctx.store, claimed.base_id, scratch / "base",
-                           control.checkpoint)
-        finetune = fetch_model(ctx.database, ctx.store, claimed.model_id,
-                               scratch / "finetune", control.checkpoint)
+        base = open_model(ctx.database, ctx.store, claimed.base_id, control.checkpoint)
+        _fault_point("reading", claimed.lease.job_id)
+        finetune = open_model(ctx.database, ctx.store, claimed.model_id, control.checkpoint)
         out = scratch / "out"
         codec_report = _encode(claimed, base, finetune, out, ctx, report)
         verified = _verify(claimed, base, finetune, out, ctx, report)
@@ -87,6 +118,7 @@ def run_attempt(claimed: queue.ClaimedJob, ctx: Context, control: Control) -> in
         _check_max_error(claimed, quality)
         report.stage("uploading", 0.95)
         files = _upload(claimed, out, ctx, control)
+        _fault_point("committed", claimed.lease.job_id)
         control.checkpoint()
         with ctx.database.writing() as session:
             return queue.complete(session, claimed.lease, claimed, ctx.store, ctx.settings,
@@ -101,14 +133,16 @@ class _Reporter:
     def __init__(self, claimed: queue.ClaimedJob, ctx: Context, control: Control) -> None:
         self.claimed, self.ctx, self.control = claimed, ctx, control
         self._last = 0.0
+        self._stage = ""
 
     def stage(self, stage: str, fraction: float, message: str | None = None,
               force: bool = True) -> None:
         self.control.checkpoint()
         now = time.monotonic()
-        if not force and now - self._last < _PROGRESS_EVERY_SECONDS:
+        # A new stage is always written, so a fast job still shows each one it went through.
+        if not force and stage == self._stage and now - self._last < _PROGRESS_EVERY_SECONDS:
             return
-        self._last = now
+        self._last, self._stage = now, stage
         with self.ctx.database.writing() as session:
             cancel = queue.report_progress(session, self.claimed.lease, fraction, stage,
                                            message)
@@ -121,10 +155,12 @@ class _Reporter:
         def progress(done: int, total: int, item: str) -> None:
             share = done / total if total else 1.0
             self.stage(stage, start + span * share, item, force=False)
+            _fault_point(stage, self.claimed.lease.job_id)
         return progress
 
 
-def _encode(claimed: queue.ClaimedJob, base: Path, finetune: Path, out: Path, ctx: Context,
+def _encode(claimed: queue.ClaimedJob, base: TensorSource, finetune: TensorSource, out: Path,
+            ctx: Context,
             report: _Reporter) -> dict[str, Any]:
     params = claimed.params
     progress = report.callback("compressing", 0.1, 0.6)
@@ -142,7 +178,8 @@ def _encode(claimed: queue.ClaimedJob, base: Path, finetune: Path, out: Path, ct
     return lora.to_dict()
 
 
-def _verify(claimed: queue.ClaimedJob, base: Path, finetune: Path, out: Path, ctx: Context,
+def _verify(claimed: queue.ClaimedJob, base: TensorSource, finetune: TensorSource, out: Path,
+            ctx: Context,
             report: _Reporter) -> dict[str, Any] | None:
     """BitDelta: the fused kernel (Triton on a GPU, the reference on a CPU) against the
     fine-tune's own layer outputs. LoRA: its factors' errors were measured as stored."""
@@ -201,19 +238,10 @@ def _upload(claimed: queue.ClaimedJob, out: Path, ctx: Context,
     for path in sorted(p for p in out.iterdir() if p.is_file()):
         # The codec's report goes into `quality`, not into the files: it carries timings,
         # and identical weights must make identical content (one version, not two).
-        if path.name in _REPORT_FILES or not _adapter_file(kind, path.name, ctx.settings):
+        if path.name in _REPORT_FILES or not _BELONGS[kind](path.name):
             continue
         control.checkpoint()
         rule = adapter_file_rule(kind, path.name, ctx.settings)
         uploaded.append((path.name, store_file(ctx.store, path, rule)))
+        _fault_point("uploading", claimed.lease.job_id)
     return uploaded
-
-
-def _adapter_file(kind: AdapterKind, name: str, settings: Settings) -> bool:
-    from registry.errors import APIError
-
-    try:
-        adapter_file_rule(kind, name, settings)
-    except APIError:
-        return False
-    return True

@@ -24,6 +24,7 @@ from registry.database import Database
 from registry.errors import APIError, Unavailable
 from registry.jobs import queue
 from registry.jobs.runner import Context, Control, JobCancelled, run_attempt
+from registry.jobs.scratch import Scratch
 from registry.settings import Settings
 from registry.storage.base import BlobStore, StorageError
 
@@ -50,19 +51,25 @@ class Worker:
                                 else capabilities)
         self.device = device or ("cuda" if "gpu" in self.capabilities else "cpu")
         self.stopping = threading.Event()
+        self.scratch = Scratch(Path(settings.WORK_DIR).resolve(), self.name)
+        self._scratch_path: Path | None = None
 
     def run(self) -> None:
         """Work until `stop()`; sleeps JOB_POLL_SECONDS when the queue is empty."""
         log.info("worker %s started (capabilities: %s)", self.name,
                  sorted(self.capabilities) or "cpu")
-        while not self.stopping.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # the loop must outlive a database or storage outage
-                log.exception("worker %s: claiming failed; retrying", self.name)
-                worked = False
-            if not worked:
-                self.stopping.wait(self.settings.JOB_POLL_SECONDS)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    worked = self.run_once()
+                except Exception:  # the loop must outlive a database or storage outage
+                    log.exception("worker %s: claiming failed; retrying", self.name)
+                    worked = False
+                if not worked:
+                    self.stopping.wait(self.settings.JOB_POLL_SECONDS)
+        finally:
+            self.scratch.release()
+            self._scratch_path = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -86,8 +93,10 @@ class Worker:
 
     def _attempt(self, claimed: queue.ClaimedJob, control: Control) -> None:
         job = claimed.lease.job_id
-        context = Context(self.database, self.store, self.settings,
-                          Path(self.settings.WORK_DIR).resolve() / self.name, self.device)
+        if self._scratch_path is None:
+            self._scratch_path = self.scratch.acquire()
+        context = Context(self.database, self.store, self.settings, self._scratch_path,
+                          self.device)
         try:
             adapter_id = run_attempt(claimed, context, control)
             log.info("job %d succeeded: adapter %d", job, adapter_id)

@@ -1,0 +1,147 @@
+"""Where a model's bytes come from: the small interface every reader takes, and local files.
+
+The readers (`Checkpoint`, hence `ModelPair` and every codec) see a model as a
+`TensorSource`: a flat list of file names, their sizes, positioned reads, and whole reads
+of the small JSON files. A directory
+or a single .safetensors file on disk is a `LocalSource`; the registry's worker hands in
+a source over stored blobs (registry/jobs/inputs.py). So a codec never knows whether its
+bytes come from a local file or an object store, and validation (header checks, pickle
+refusal, index consistency, finite checks) is the same code for both.
+
+A read fills the caller's buffer (`read_into`) rather than returning bytes: a tensor lands
+in its own memory with no second copy, so peak memory stays at the tensors in flight.
+Everything public that opens a model takes a `ModelInput`: a path (as before) or a source.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Protocol, TypeAlias
+
+from compress.errors import InvalidModel
+from compress.tensorio.pickles import refuse_pickle_name
+
+
+class TensorSource(Protocol):
+    """A model's files, read by position. Implementations need not be thread-safe beyond
+    what the codecs do: one reader thread at a time per source."""
+
+    @property
+    def name(self) -> str:
+        """How messages and reports name the model (a file or directory, a stored model)."""
+
+    def files(self) -> list[str]:
+        """The model's file names, sorted; flat (a name never holds a '/')."""
+
+    def size(self, file: str) -> int:
+        """The size of `file` in bytes."""
+
+    def read_into(self, file: str, offset: int, buffer: memoryview) -> None:
+        """Fill `buffer` with the bytes of `file` from `offset` on.
+
+        Raises InvalidModel if the file ends first (it changed, or its store lost bytes).
+        """
+
+    def read_bytes(self, file: str) -> bytes:
+        """All of a small file (config.json, the shard index)."""
+
+    def close(self) -> None:
+        """Release what the source holds open (files, connections, threads). Closing is
+        not final: a later read opens what it needs again, so one source can serve
+        several passes (a codec, then verification)."""
+
+
+# What every public reader of a model accepts: a path, as always, or a source.
+ModelInput: TypeAlias = str | os.PathLike[str] | TensorSource
+
+
+def as_source(model: ModelInput) -> TensorSource:
+    """A path becomes a LocalSource; a source is used as it is."""
+    if isinstance(model, str | os.PathLike):
+        return LocalSource(Path(model))
+    return model
+
+
+def describe_model(model: ModelInput) -> str:
+    """What a report calls the model: the path as given, or the source's name."""
+    if isinstance(model, str | os.PathLike):
+        return os.fspath(model)
+    return model.name
+
+
+def read_range(source: TensorSource, file: str, offset: int, length: int) -> bytes:
+    """Exactly `length` bytes of `file` from `offset` (for headers and small files)."""
+    buffer = bytearray(length)
+    if length:
+        source.read_into(file, offset, memoryview(buffer))
+    return bytes(buffer)
+
+
+class LocalSource:
+    """A model on local disk: a directory of files, or one .safetensors file on its own.
+
+    Tensors are read with plain positioned reads, not mmap: mapped pages that have been
+    touched count towards resident memory until the file is closed, so a memory-mapped
+    pass over a 13 GB model looks like a 13 GB process.
+    """
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise InvalidModel(f"{path} does not exist")
+        if not path.is_dir():
+            refuse_pickle_name(path.name)  # a file given on its own is meant as weights
+        self.path = path
+        # A file's or directory's own name, as messages have always said it ("." has none).
+        self.name = path.name or str(path)
+        self.root = path if path.is_dir() else path.parent
+        self._only = None if path.is_dir() else path.name  # a single file is the whole model
+        self._handles: dict[str, io.FileIO] = {}
+
+    def files(self) -> list[str]:
+        if self._only is not None:
+            return [self._only]
+        return sorted(p.name for p in self.root.iterdir() if p.is_file())
+
+    def size(self, file: str) -> int:
+        return self._path(file).stat().st_size
+
+    def read_into(self, file: str, offset: int, buffer: memoryview) -> None:
+        handle = self._handle(file)
+        handle.seek(offset)
+        filled = 0
+        while filled < len(buffer):  # one read(2) returns at most ~2 GB on Linux
+            got = handle.readinto(buffer[filled:])
+            if not got:
+                raise InvalidModel(
+                    f"{file}: ended at byte {offset + filled}, before the {len(buffer)} bytes "
+                    f"asked for at byte {offset}; was the file changed while deltahub read it?")
+            filled += got
+
+    def read_bytes(self, file: str) -> bytes:
+        return self._path(file).read_bytes()  # no handle kept: it is read once
+
+    @property
+    def open_files(self) -> dict[str, io.FileIO]:
+        """The files held open now, by name (closed by `close`)."""
+        return dict(self._handles)
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def _handle(self, file: str) -> io.FileIO:
+        handle = self._handles.get(file)
+        if handle is None:
+            handle = io.FileIO(self._path(file), "rb")
+            self._handles[file] = handle
+        return handle
+
+    def _path(self, file: str) -> Path:
+        # Names come from files(); refusing anything else keeps a caller's bug from
+        # reading outside the model.
+        if file not in self.files():
+            raise InvalidModel(f"{self.name} has no file {file!r}")
+        return self.root / file

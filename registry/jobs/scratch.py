@@ -1,0 +1,72 @@
+"""A worker's scratch directory, and the cleanup of those whose worker died.
+
+Each worker writes a job's output under `WORK_DIR/<worker name>/` and holds an exclusive
+lock on `WORK_DIR/<worker name>.lock` for as long as it lives. A SIGKILLed worker (the
+likeliest death of a compression worker: out of memory) cannot remove its directory,
+but the kernel drops its lock; the next worker to start takes each free lock it finds
+and removes that directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger("deltahub.worker")
+
+_LOCK_SUFFIX = ".lock"
+
+
+class Scratch:
+    def __init__(self, work_dir: Path, name: str) -> None:
+        self.root = work_dir
+        self.path = work_dir / name
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> Path:
+        """Lock this worker's directory, sweep dead workers' ones; the directory."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(self.root / f"{self.path.name}{_LOCK_SUFFIX}", wait=True)
+        self.sweep()
+        self.path.mkdir(exist_ok=True)
+        return self.path
+
+    def sweep(self) -> int:
+        """Remove the directories of workers that hold no lock any more; how many."""
+        removed = 0
+        for lock_file in self.root.glob(f"*{_LOCK_SUFFIX}"):
+            if lock_file.name == f"{self.path.name}{_LOCK_SUFFIX}":
+                continue
+            fd = _lock(lock_file, wait=False)
+            if fd is None:
+                continue  # a live worker's
+            try:
+                shutil.rmtree(self.root / lock_file.name.removesuffix(_LOCK_SUFFIX),
+                              ignore_errors=True)
+                lock_file.unlink(missing_ok=True)
+                removed += 1
+            finally:
+                os.close(fd)
+        if removed:
+            log.info("removed the scratch space of %d stopped worker(s)", removed)
+        return removed
+
+    def release(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock_fd is not None:
+            (self.root / f"{self.path.name}{_LOCK_SUFFIX}").unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _lock(path: Path, wait: bool) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
