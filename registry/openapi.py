@@ -30,15 +30,9 @@ from registry.adapters.schemas import AdapterCreate
 from registry.auth.schemas import TokenCreate
 from registry.auth.tokens import TOKEN_PREFIX, Scope
 from registry.deps import RequireScope
-from registry.errors import (
-    AdapterNotFound,
-    FileNotFound,
-    JobNotFound,
-    ModelNotFound,
-    TokenNotFound,
-)
 from registry.models.schemas import ModelCreate
 from registry.names import FILENAME_PATTERN, NAME_PATTERN
+from registry.openapi_errors import NOT_FOUND, SERVICE_ERRORS
 from registry.schemas import ErrorOut
 from registry.settings import Settings
 
@@ -96,48 +90,6 @@ _BODY_FIELD_RULES: dict[str, dict[str, str]] = {
     AdapterCreate.__name__: {"name": NAME_RULE, "base": MODEL_REF_RULE,
                              "source_model": MODEL_REF_RULE},
     TokenCreate.__name__: {"name": NAME_RULE},
-}
-# What a lookup by each path parameter fails with; an upload's filename is created, not
-# looked up.
-_NOT_FOUND = {"model": ModelNotFound.__name__, "ref": AdapterNotFound.__name__,
-              "filename": FileNotFound.__name__, "token_id": TokenNotFound.__name__,
-              "job_id": JobNotFound.__name__}
-# Errors that come from a service's rules about state, which no signature shows.
-SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
-    ("get", "/models"): {404: "`base` names no model (`ModelNotFound`)."},
-    ("post", "/models"): {
-        409: "A model of that name exists (`NameTaken`).",
-        422: "A finetune's `base` is unknown or is itself a finetune, or a base model was "
-             "given one (`UnknownBase`, `InvalidRequest`)."},
-    ("post", "/models/{model}/finalize"): {
-        409: "The finetune's base is not finalized yet (`NotReady`).",
-        422: "Files are missing (`MissingFiles`) or inconsistent (`InvalidRequest`, "
-             "`InvalidSafetensors`), or a finetune's shapes do not fit its base "
-             "(`IncompatibleBase`, one entry per shape in `mismatches`)."},
-    ("delete", "/models/{model}"): {
-        409: "Finetunes or adapters still depend on the model (`HasDependents`)."},
-    ("post", "/adapters"): {
-        409: "The base or source model is not finalized yet (`NotReady`).",
-        422: "The base or source model is unknown (`InvalidRequest`)."},
-    ("post", "/adapters/{ref}/finalize"): {
-        409: "Concurrent pushes of this name kept taking the next version (`Conflict`); "
-             "retry.",
-        422: "Files are missing (`MissingFiles`) or do not fit the base (`IncompatibleBase`, "
-             "one entry per shape in `mismatches`)."},
-    ("put", "/adapters/{ref}/aliases/{alias}"): {
-        409: "Only a finalized adapter version can carry an alias (`NotReady`)."},
-    ("delete", "/tokens/{token_id}"): {
-        409: "It is the last active admin token (`LastAdminToken`); create another first."},
-    ("post", "/models/{model}/compress"): {
-        409: "The fine-tune is not finalized yet (`NotReady`), or the `Idempotency-Key` "
-             "was used for another request (`IdempotencyKeyReused`).",
-        422: "The model is a base (`NotAFinetune`), the method is unknown "
-             "(`UnknownMethod`), options do not fit the method or each other "
-             "(`InvalidJobParameters`), or targets match no linear weight "
-             "(`UnknownTargets`)."},
-    ("get", "/jobs"): {404: "`model` names no model (`ModelNotFound`)."},
-    ("post", "/jobs/{job_id}/cancel"): {
-        409: "The job has already ended (`JobFinished`)."},
 }
 _READYZ = "/readyz"  # public, and its 503 is its own report rather than an ErrorOut
 _READINESS = {_JSON: {"schema": {
@@ -278,11 +230,11 @@ def _error_statuses(facts: RouteFacts, settings: Settings) -> dict[int, str]:
         add(401, "No token, a malformed `Authorization` header, or an unknown or revoked "
                  "token (`Unauthorized`).")
         add(403, f"The token lacks the `{facts.scope}` scope (`Forbidden`).")
-    looked_up = [p for p in facts.path_params if p in _NOT_FOUND
+    looked_up = [p for p in facts.path_params if p in NOT_FOUND
                  and not (facts.raw_body and p == "filename")]
     if looked_up:
         add(404, "Nothing of that name or id ("
-                 + ", ".join(f"`{_NOT_FOUND[p]}`" for p in looked_up) + ").")
+                 + ", ".join(f"`{NOT_FOUND[p]}`" for p in looked_up) + ").")
     if facts.json_body:
         add(400, "The body is not UTF-8 text (`BadRequest`).")
         add(413, f"The body is over {settings.MAX_REQUEST_BYTES} bytes (`PayloadTooLarge`).")

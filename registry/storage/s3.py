@@ -15,7 +15,6 @@ abort crashed uploads, which it says in the log instead of failing the sweep.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,28 +24,18 @@ from typing import Any
 
 from boto3.exceptions import Boto3Error  # type: ignore[import-untyped, unused-ignore]
 from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped, unused-ignore]
-from botocore.config import Config  # type: ignore[import-untyped, unused-ignore]
 from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     BotoCoreError,
     ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    ProxyConnectionError,
-    ReadTimeoutError,
-    SSLError,
 )
 from s3transfer.exceptions import (  # type: ignore[import-untyped, unused-ignore]
     RetriesExceededError,
     S3DownloadFailedError,
 )
 
-from registry.settings import Settings
 from registry.storage.base import (
     BLOB_PREFIX,
     PART_BYTES,
-    READ_CHUNK_BYTES,
     STAGING_PREFIX,
     BlobNotFound,
     BlobStore,
@@ -59,6 +48,14 @@ from registry.storage.base import (
     check_range,
     new_staging_key,
 )
+from registry.storage.s3_client import DENIED_HINT, S3Client, describe_failure
+from registry.storage.s3_copy import (
+    COPY_PART_BYTES,
+    MAX_COPY_OBJECT_BYTES,
+    copy_part_ranges,
+    uses_multipart_copy,
+)
+from registry.storage.s3_reads import BodyChunks, served_range
 from registry.storage.s3_writer import (
     UNSUPPORTED_CODES,
     S3StagingWriter,
@@ -71,87 +68,12 @@ logger = logging.getLogger(__name__)
 
 # The boto3 S3 client. Typed as Any because boto3 ships no annotations; with
 # boto3-stubs[s3] installed this becomes mypy_boto3_s3.S3Client.
-S3Client = Any
 
 S3_MIN_PART_BYTES = 5 * 1024 * 1024  # S3 refuses smaller parts, except the last
-S3_MAX_PARTS = 10_000
-MAX_COPY_OBJECT_BYTES = 5 * 1024**3  # the most one CopyObject copies
-# Parts of a multipart copy, which only blobs over 5 GiB need. The copy runs inside the
-# server, so a big part costs no memory here; 512 MiB keeps a 50 GB blob (the default
-# DELTAHUB_MAX_UPLOAD_BYTES) to about 100 requests. A choice, not a measurement.
-COPY_PART_BYTES = 512 * 1024 * 1024
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _DENIED = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
 # The managed download (download_file) raises its own errors besides botocore's.
 _TRANSFER_ERRORS = (BotoCoreError, Boto3Error, RetriesExceededError, S3DownloadFailedError)
-
-
-def uses_multipart_copy(size: int, max_copy_object_bytes: int = MAX_COPY_OBJECT_BYTES) -> bool:
-    """Whether copying an object of `size` bytes takes a multipart copy.
-
-    One CopyObject copies up to 5 GiB, and it is all that simpler S3 servers (s3rver)
-    offer; boto3's managed `copy` goes multipart from 8 MiB, which they refuse.
-    """
-    return size > max_copy_object_bytes
-
-
-def copy_part_ranges(size: int, part_bytes: int = COPY_PART_BYTES) -> list[str]:
-    """The CopySourceRange of each part of a multipart copy of `size` bytes.
-
-    Parts grow past `part_bytes` where S3's 10,000-part limit requires it.
-    """
-    part = max(part_bytes, -(-size // S3_MAX_PARTS))
-    return [f"bytes={start}-{min(start + part, size) - 1}" for start in range(0, size, part)]
-
-
-def make_s3_client(settings: Settings) -> S3Client:
-    """The one place a boto3 S3 client is configured."""
-    import boto3  # type: ignore[import-untyped, unused-ignore]
-
-    config = Config(
-        region_name=settings.S3_REGION,
-        connect_timeout=settings.S3_CONNECT_TIMEOUT_SECONDS,
-        read_timeout=settings.S3_READ_TIMEOUT_SECONDS,
-        # total_max_attempts counts the first try too ("max_attempts" would count retries only).
-        retries={"total_max_attempts": settings.S3_MAX_ATTEMPTS, "mode": "standard"},
-        # MinIO, Ceph and moto serve buckets by path, not by virtual host name.
-        s3={"addressing_style": "path"} if settings.S3_ENDPOINT_URL else None,
-    )
-    # A session per client: boto3's default session is global and not thread-safe.
-    session = boto3.session.Session()
-    return session.client(
-        "s3",
-        endpoint_url=settings.S3_ENDPOINT_URL,
-        aws_access_key_id=settings.S3_ACCESS_KEY_ID,
-        aws_secret_access_key=settings.S3_SECRET_ACCESS_KEY,
-        config=config,
-    )
-
-
-_DENIED_HINT = "check DELTAHUB_S3_ACCESS_KEY_ID/SECRET_ACCESS_KEY and the bucket policy"
-_ENDPOINT_HINT = "is DELTAHUB_S3_ENDPOINT_URL right and the server up?"
-# What a transport failure was, in words of our own: botocore's messages quote the
-# endpoint or proxy URL, which may carry credentials and is no business of a client.
-# The first matching class wins, so subclasses come before their bases.
-_TRANSPORT_FAILURES: tuple[tuple[type[Exception], str, str], ...] = (
-    (ProxyConnectionError, "cannot connect through the proxy", "check the proxy settings"),
-    (SSLError, "TLS verification of the endpoint failed", "check its certificate"),
-    (ConnectTimeoutError, "connecting to the endpoint timed out", _ENDPOINT_HINT),
-    (EndpointConnectionError, "cannot connect to the endpoint", _ENDPOINT_HINT),
-    (ReadTimeoutError, "the endpoint did not answer in time",
-     "retry later, or raise DELTAHUB_S3_READ_TIMEOUT_SECONDS"),
-    (ConnectionClosedError, "the endpoint closed the connection", "retry later"),
-    (NoCredentialsError, "no credentials were found",
-     "set DELTAHUB_S3_ACCESS_KEY_ID and DELTAHUB_S3_SECRET_ACCESS_KEY"),
-)
-
-
-def _describe_failure(exc: Exception) -> str:
-    """A transport or transfer failure as a client may see it: no URL, path or secret."""
-    for kind, what, hint in _TRANSPORT_FAILURES:
-        if isinstance(exc, kind):
-            return f"{what}; {hint}"
-    return f"{type(exc).__name__}; retry later"
 
 
 class S3BlobStore(BlobStore):
@@ -232,11 +154,11 @@ class S3BlobStore(BlobStore):
                     f"{exc.operation_name} ({code}){why}; use a server that does"
                 ) from exc
             message = error.get("Message") or "no message"
-            hint = f"; {_DENIED_HINT}" if code in _DENIED else ""
+            hint = f"; {DENIED_HINT}" if code in _DENIED else ""
             raise StorageError(f"s3: cannot {op} {key}: {code}: {message}{hint}") from exc
         except _TRANSFER_ERRORS as exc:
             self._log(op, full, exc)
-            raise StorageError(f"s3: cannot {op} {key}: {_describe_failure(exc)}") from exc
+            raise StorageError(f"s3: cannot {op} {key}: {describe_failure(exc)}") from exc
 
     def _log(self, op: str, full: str, exc: Exception) -> None:
         logger.warning("s3: cannot %s s3://%s/%s: %s", op, self.bucket, full, exc)
@@ -379,7 +301,7 @@ class S3BlobStore(BlobStore):
                     return iter(())
                 raise
         body = response["Body"]
-        first, size = _served_range(response)
+        first, size = served_range(response)
         if size == 0:
             body.close()  # any range of an empty object is no bytes; s3rver announces one
             return iter(())
@@ -390,7 +312,7 @@ class S3BlobStore(BlobStore):
             raise StorageError(f"s3: cannot read {self._store_key(full)}: the S3 server "
                                "ignored the byte range; use a server that supports ranged GETs")
         # Never more than asked: s3rver sends the whole object for `bytes=0-0`.
-        return _BodyChunks(body, self, full, limit=None if end is None else end - start)
+        return BodyChunks(body, self, full, limit=None if end is None else end - start)
 
     def download(self, sha256: str, dest: Path) -> None:
         full = self.full_key(blob_key(sha256))
@@ -472,51 +394,3 @@ class S3BlobStore(BlobStore):
             self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")
         with self.errors("delete from", staging):
             self.client.delete_object(Bucket=self.bucket, Key=probe)
-
-
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
-
-
-def _served_range(response: Mapping[str, Any]) -> tuple[int, int | None]:
-    """The first byte and the object size of a GetObject answer, from its Content-Range;
-    (0, None) where it has none: the whole object, as a server that ignores a Range
-    sends it (HTTP allows that)."""
-    match = _CONTENT_RANGE.fullmatch(str(response.get("ContentRange") or ""))
-    return (int(match[1]), int(match[2])) if match else (0, None)
-
-
-class _BodyChunks(Iterator[bytes]):
-    """Chunks of a GetObject body, at most `limit` bytes in all; closes the connection
-    when done, failed or dropped."""
-
-    def __init__(self, body: Any, store: S3BlobStore, full: str, limit: int | None) -> None:
-        self._body: Any = body
-        self._store = store
-        self._full = full
-        self._left = limit
-
-    def __next__(self) -> bytes:
-        if self._body is None or self._left == 0:
-            self.close()
-            raise StopIteration
-        want = READ_CHUNK_BYTES if self._left is None else min(READ_CHUNK_BYTES, self._left)
-        try:
-            with self._store.errors("read", self._full):
-                chunk: bytes = self._body.read(want)
-        except StorageError:
-            self.close()
-            raise
-        if not chunk:
-            self.close()
-            raise StopIteration
-        if self._left is not None:
-            self._left -= len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        if self._body is not None:
-            self._body.close()
-            self._body = None
-
-    def __del__(self) -> None:
-        self.close()

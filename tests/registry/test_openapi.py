@@ -27,9 +27,9 @@ from registry.openapi import (
     FILENAME_RULE,
     MODEL_REF_RULE,
     NAME_RULE,
-    SERVICE_ERRORS,
     SHA256_HEADER_NAME,
 )
+from registry.openapi_errors import SERVICE_ERRORS
 from registry.settings import Settings
 from registry.uploads.flow import SHA256_HEADER
 from tests.conftest import LiveServer, Tokens

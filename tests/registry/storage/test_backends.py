@@ -28,7 +28,8 @@ from registry.storage.base import (
 )
 from registry.storage.factory import make_blob_store
 from registry.storage.local import LocalBlobStore
-from registry.storage.s3 import S3BlobStore, make_s3_client
+from registry.storage.s3 import S3BlobStore
+from registry.storage.s3_client import make_s3_client
 from registry.storage.sweep import sweep_storage
 from tests.s3server import S3_SERVER_FIXTURES, S3Server, free_port, server_of
 

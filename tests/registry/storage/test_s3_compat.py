@@ -22,12 +22,11 @@ from registry.storage.base import (
     StorageError,
     blob_key,
 )
-from registry.storage.s3 import (
+from registry.storage.s3 import S3_MIN_PART_BYTES, S3BlobStore
+from registry.storage.s3_copy import (
     COPY_PART_BYTES,
     MAX_COPY_OBJECT_BYTES,
     S3_MAX_PARTS,
-    S3_MIN_PART_BYTES,
-    S3BlobStore,
     copy_part_ranges,
     uses_multipart_copy,
 )
