@@ -155,10 +155,7 @@ class BlobSource:
     def _get(self, stored: StoredFile, start: int, view: memoryview) -> None:
         """One ranged read of the blob, straight into `view`."""
         self._checkpoint()
-        filled = 0
-        for chunk in self._store.read(stored.sha256, start, start + len(view)):
-            view[filled:filled + len(chunk)] = chunk
-            filled += len(chunk)
+        filled = self._store.read_into(stored.sha256, start, view)
         if filled < len(view):
             raise InvalidModel(
                 f"{stored.filename} of {self.name}: the store gave {filled} of the "

@@ -195,3 +195,12 @@ class BlobStore(abc.ABC):
 
     def read_bytes(self, sha256: str, start: int = 0, end: int | None = None) -> bytes:
         return b"".join(self.read(sha256, start, end))
+
+    def read_into(self, sha256: str, start: int, view: memoryview) -> int:
+        """Fill `view` from byte `start` of the blob; how many bytes there were (fewer
+        only at its end). Backends that can should read straight into `view`."""
+        filled = 0
+        for chunk in self.read(sha256, start, start + len(view)):
+            view[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+        return filled

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,14 +49,27 @@ class Read:
         return self.end - self.start
 
 
+_INSIDE_READ_INTO = threading.local()
+
+
 class RecordsReads:
-    """Mixed into a real store: records every ranged read asked of it."""
+    """Mixed into a real store: records every ranged read asked of it, whether as an
+    iterator (`read`) or into a buffer (`read_into`, which may itself use `read`)."""
 
     reads: list[Read]
 
     def read(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        self.reads.append(Read(sha256, start, end))
+        if not getattr(_INSIDE_READ_INTO, "active", False):
+            self.reads.append(Read(sha256, start, end))
         return super().read(sha256, start, end)  # type: ignore[misc, no-any-return]
+
+    def read_into(self, sha256: str, start: int, view: memoryview) -> int:
+        self.reads.append(Read(sha256, start, start + len(view)))
+        _INSIDE_READ_INTO.active = True
+        try:
+            return super().read_into(sha256, start, view)  # type: ignore[misc, no-any-return]
+        finally:
+            _INSIDE_READ_INTO.active = False
 
 
 class RecordingLocalStore(RecordsReads, LocalBlobStore):
@@ -258,11 +272,11 @@ def test_a_blob_shorter_than_its_row_is_refused(app: FastAPI, store: BlobStore,
 class FlakyStore(RecordingLocalStore):
     """Fails its fourth ranged read, as a connection reset mid-model would."""
 
-    def read(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def read_into(self, sha256: str, start: int, view: memoryview) -> int:
         if len(self.reads) == 3:
-            self.reads.append(Read(sha256, start, end))
+            self.reads.append(Read(sha256, start, start + len(view)))
             raise StorageError("connection reset")
-        return super().read(sha256, start, end)
+        return super().read_into(sha256, start, view)
 
 
 def test_a_failed_chunk_fails_the_read_and_calls_off_the_rest(tmp_path: Path) -> None:
