@@ -1,7 +1,8 @@
 """A worker's scratch directory, and the cleanup of those whose worker died.
 
-Each worker writes a job's output under `WORK_DIR/<worker name>/` and holds an exclusive
-lock on `WORK_DIR/<worker name>.lock` for as long as it lives. A SIGKILLed worker (the
+Each worker writes a job's output under `WORK_DIR/<worker>/` and holds an exclusive
+lock on `WORK_DIR/<worker>.lock` for as long as it lives (`<worker>` is unique to the
+worker instance). A SIGKILLed worker (the
 likeliest death of a compression worker: out of memory) cannot remove its directory,
 but the kernel drops its lock; the next worker to start takes each free lock it finds
 and removes that directory.
@@ -29,7 +30,9 @@ class Scratch:
     def acquire(self) -> Path:
         """Lock this worker's directory, sweep dead workers' ones; the directory."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.root / f"{self.path.name}{_LOCK_SUFFIX}", wait=True)
+        self._lock_fd = _lock(self.root / f"{self.path.name}{_LOCK_SUFFIX}", wait=False)
+        if self._lock_fd is None:
+            raise RuntimeError(f"scratch space {self.path} is locked by another worker")
         self.sweep()
         self.path.mkdir(exist_ok=True)
         return self.path

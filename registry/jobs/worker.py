@@ -51,7 +51,10 @@ class Worker:
                                 else capabilities)
         self.device = device or ("cuda" if "gpu" in self.capabilities else "cpu")
         self.stopping = threading.Event()
-        self.scratch = Scratch(Path(settings.WORK_DIR).resolve(), self.name)
+        # Per worker instance, not per name: a restarted worker of the same name gets a
+        # fresh directory, and sweeps the old one once nothing holds its lock.
+        self.scratch = Scratch(Path(settings.WORK_DIR).resolve(),
+                               f"{self.name}-{uuid.uuid4().hex[:8]}")
         self._scratch_path: Path | None = None
 
     def run(self) -> None:
