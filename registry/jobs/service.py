@@ -83,7 +83,10 @@ def job_params(method: CompressMethod, request: CompressRequest,
     given = request.model_dump(exclude_none=True)
     wrong = sorted(k for k, only in _ONLY_FOR.items() if k in given and only is not method)
     if wrong:
-        raise InvalidJobParameters(f"{', '.join(wrong)} do not apply to method={method.value}")
+        verb, pronoun = ("does", "it") if len(wrong) == 1 else ("do", "them")
+        raise InvalidJobParameters(f"{', '.join(wrong)} {verb} not apply to "
+                                   f"method={method.value}; leave {pronoun} out or use the "
+                                   "other method")
     targets = request.targets or list(DEFAULT_TARGET_MODULES)
     unknown = [t for t in targets if not _matches_any(manifest, t)]
     if unknown:
