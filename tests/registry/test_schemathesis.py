@@ -73,6 +73,10 @@ STATE_OR_CONTENT_DECIDES = {
     "POST /adapters/{ref}/finalize": ["422"],
     "GET /models": ["422"],  # page_token
     "GET /adapters": ["422"],  # page_token
+    "GET /jobs": ["422"],  # page_token
+    # a base model (not a fine-tune), options of the other method (the method is a query
+    # parameter, so no body schema can tie them), targets no linear weight of the model has
+    "POST /models/{model}/compress": ["422"],
 }
 _ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 
