@@ -206,6 +206,21 @@ def _describe_operation(operation: JsonObject, facts: RouteFacts, settings: Sett
     responses.pop("422", None)  # FastAPI's, with its own body shape: replaced below
     for code, description in sorted(_error_statuses(facts, settings).items()):
         responses[str(code)] = _error_response(code, description)
+    _add_malformed_http(responses)
+
+
+def _add_malformed_http(responses: JsonObject) -> None:
+    """A request the HTTP server cannot parse (e.g. a non-numeric Content-Length) gets its
+    plain-text 400 before the API sees it, on any route."""
+    malformed = ("the HTTP request itself is malformed, answered by the HTTP server in "
+                 "plain text.")
+    response = responses.get("400")
+    if response is None:
+        response = responses["400"] = {"description": "The " + malformed.removeprefix("the "),
+                                       "content": {}}
+    else:
+        response["description"] += " Or " + malformed
+    response["content"]["text/plain"] = {"schema": {"type": "string"}}
 
 
 def _describe_security(operation: JsonObject, scope: Scope | None) -> None:
