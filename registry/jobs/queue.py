@@ -68,20 +68,21 @@ def claim(session: Session, owner: str, capabilities: Collection[str],
 def report_progress(session: Session, lease: Lease, fraction: float, stage: str,
                     message: str | None = None) -> bool:
     """Record progress; whether cancellation was asked for. LeaseLost when it is gone."""
-    repo = JobRepository(session)
-    held = repo.fenced_update(lease, progress=min(max(fraction, 0.0), 1.0), stage=stage[:32],
-                              message=(message or "")[:500] or None)
-    if not held:
-        raise LeaseLost(f"job {lease.job_id}: lease lost")
-    return repo.cancel_requested(lease.job_id)
+    cancel = JobRepository(session).fenced_update(
+        lease, progress=min(max(fraction, 0.0), 1.0), stage=stage[:32],
+        message=(message or "")[:500] or None)
+    return _held(cancel, lease)
 
 
 def renew(session: Session, lease: Lease, settings: Settings) -> bool:
     """Extend the lease; whether cancellation was asked for. LeaseLost when it is gone."""
-    repo = JobRepository(session)
-    if not repo.renew(lease, settings.JOB_LEASE_SECONDS):
+    return _held(JobRepository(session).renew(lease, settings.JOB_LEASE_SECONDS), lease)
+
+
+def _held(cancel: bool | None, lease: Lease) -> bool:
+    if cancel is None:
         raise LeaseLost(f"job {lease.job_id}: lease lost")
-    return repo.cancel_requested(lease.job_id)
+    return cancel
 
 
 def fail(session: Session, lease: Lease, settings: Settings, name: str, detail: str, *,

@@ -69,21 +69,20 @@ class JobRepository:
                  .with_for_update(skip_locked=True))
         return list(self.session.scalars(query))
 
-    def fenced_update(self, lease: Lease, **values: Any) -> bool:
-        """Apply `values` if the lease still holds; False when it does not."""
-        result = self.session.execute(
+    def fenced_update(self, lease: Lease, **values: Any) -> bool | None:
+        """Apply `values` if the lease still holds: whether cancellation was asked for, or
+        None when the lease is gone. One statement (UPDATE ... RETURNING): workers call it
+        twice a second."""
+        return self.session.execute(
             update(Job)
             .where(Job.id == lease.job_id, Job.lease_owner == lease.owner,
                    Job.attempt == lease.attempt, Job.status == JobStatus.RUNNING)
             .values(updated_at=utcnow(), **values)
-            .execution_options(synchronize_session=False))
-        return int(getattr(result, "rowcount", 0) or 0) == 1
+            .returning(Job.cancel_requested)
+            .execution_options(synchronize_session=False)).scalar_one_or_none()
 
-    def renew(self, lease: Lease, lease_seconds: float) -> bool:
-        """Extend the lease; False when it is no longer held."""
+    def renew(self, lease: Lease, lease_seconds: float) -> bool | None:
+        """Extend the lease; as `fenced_update`."""
         now = utcnow()
         return self.fenced_update(lease, heartbeat_at=now,
                                   lease_expires_at=now + timedelta(seconds=lease_seconds))
-
-    def cancel_requested(self, job_id: int) -> bool:
-        return bool(self.session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))

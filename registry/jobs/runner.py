@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compress.bitdelta import REPORT_FILE as BITDELTA_REPORT
 from compress.bitdelta import compress_bitdelta, is_delta_file, verify_delta
 from compress.errors import CodecError
-from compress.lora import extract_lora, is_adapter_file
+from compress.lora import REPORT_FILE as LORA_REPORT
+from compress.lora import SPECTRA_FILE, extract_lora, is_adapter_file
 from compress.progress import ProgressFn
 from compress.tensorio import TensorSource
 from registry.database import Database
@@ -35,7 +37,7 @@ from registry.uploads.rules import adapter_file_rule
 
 log = logging.getLogger("deltahub.worker")
 
-_REPORT_FILES = {"report.json", "spectra.png"}
+_REPORT_FILES = {BITDELTA_REPORT, LORA_REPORT, SPECTRA_FILE}
 # Which output files make up each kind of adapter: the formats' own rule, as for a push.
 _BELONGS = {AdapterKind.BITDELTA: is_delta_file, AdapterKind.LORA: is_adapter_file}
 # Progress is written at most this often: each write is a fenced UPDATE.
