@@ -54,6 +54,7 @@ def bitdelta_linear_multi(
     scale: torch.Tensor,
     seg_starts: torch.Tensor | Sequence[int],
     *,
+    max_rows_per_tenant: int | None = None,
     backend: Backend = "auto",
     config: KernelConfig | None = None,
 ) -> torch.Tensor:
@@ -61,10 +62,16 @@ def bitdelta_linear_multi(
 
     x [M, K] with rows grouped by tenant; bits int32 [T, ceil(K/32), N]; scale float32 [T, N]
     or [T]; tenant t owns rows seg_starts[t]:seg_starts[t+1] (T+1 non-decreasing entries from
-    0 to M; empty segments are fine). Pass seg_starts as a list or CPU tensor: a CUDA tensor
-    is read back to the host for validation, one sync per call.
+    0 to M; empty segments are fine).
+
+    seg_starts as a list or CPU tensor is checked, and uploaded once per distinct pattern. As
+    an int32 tensor on x's CUDA device it is used as it is, unchecked (checking would read it
+    back, a sync per call): that is the form a CUDA graph can capture. Then pass
+    `max_rows_per_tenant` (an upper bound) so the decode/prefill choice need not guess; either
+    kernel is exact for any split of the rows.
     """
-    return _run(multi_operands(x, w_base, bits, scale, seg_starts), backend, config)
+    ops = multi_operands(x, w_base, bits, scale, seg_starts, max_rows_per_tenant)
+    return _run(ops, backend, config)
 
 
 @functools.cache
@@ -109,5 +116,6 @@ def _run(ops: Operands, backend: Backend, config: KernelConfig | None) -> torch.
     # TRITON_INTERPRET at import time (see the module docstring).
     from kernels import binary_gemm
 
-    chosen = config or select_config(ops.m, ops.max_rows_per_tenant)
+    chosen = config or select_config(ops.m, ops.max_rows_per_tenant, segmented=ops.segmented,
+                                     dtype=ops.x.dtype)
     return binary_gemm.launch(ops, chosen)

@@ -1,25 +1,34 @@
-"""Launch configurations of the fused binary-GEMM kernels and the rule that picks one.
+"""Launch configurations of the fused BitDelta kernels and the rule that picks one.
 
-Two kernels (see kernels/binary_gemm.py):
+Two kernels:
 
-- ``gemv`` (decode): a program owns BLOCK_N output columns and BLOCK_M rows and walks the whole
-  of K on CUDA cores; no tensor cores and no split-K, so one launch writes the final output
-  in x's dtype.
-- ``gemm`` (prefill): a tiled tensor-core GEMM; the sign tile is expanded to W_base + α·sign
-  in registers and fed to one ``tl.dot``.
+- ``decode`` (kernels/decode_kernel.py): up to DECODE_MAX_ROWS rows of one delta, or tenants of
+  one row each. A program owns BLOCK_N columns of BLOCK_M rows and walks all of K with no
+  reduction inside the loop.
+- ``prefill`` (kernels/gemm_kernel.py): a tiled tensor-core GEMM over W_base + α·sign.
 
-Every number below is a starting point, not a measurement: this code was written without a
-GPU. ``python benchmarks/kernel_bench.py --sweep`` times the candidates on the shapes of the
-benchmark and prints the winner per case; replace each "pending" note with the GPU, shape and
-speed-up it reports when you change a constant.
+The choice depends only on the dtype, on whether the call is segmented (many tenants) and on a
+few row-count classes, never on M or T themselves: each kernel is compiled once per entry of
+the tables below (`dispatch_variants` lists them all; the compile check in
+kernels/compilecheck.py builds every one for sm_80 and sm_90), and M and T are runtime
+arguments the kernels do not specialise on.
+
+Tile sizes are chosen from the compiled code (registers, spills, shared memory and the
+instruction count per weight element of kernels/costmodel.py), not yet from a GPU: this
+project has never had one. ``benchmarks/gpu_check.sh`` sweeps the decode tiles on the first
+GPU it meets; replace a constant here with what it measures, saying the GPU and the speed-up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-KernelKind = Literal["gemv", "gemm"]
+import torch
+
+KernelKind = Literal["decode", "prefill"]
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -27,70 +36,131 @@ class KernelConfig:
     kind: KernelKind
     block_m: int
     block_n: int
-    block_k: int  # a multiple of 32 for gemv (whole words per tile)
+    block_k: int  # a multiple of 32: both kernels tile K in whole sign words
     num_warps: int = 4
     num_stages: int = 3
-    group_m: int = 8  # gemm only: M-tiles that share a band of W_base columns in L2
+    group_m: int = 8  # prefill only: M tiles that share a band of W_base columns in L2
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"{name} must be a power of two, got {value}")
-        if self.kind == "gemv" and self.block_k % 32:
-            raise ValueError(f"gemv tiles K in whole 32-bit words; block_k={self.block_k}")
-        if self.kind == "gemm" and min(self.block_m, self.block_n, self.block_k) < 16:
-            raise ValueError("tl.dot needs every gemm block dimension to be at least 16")
+        if self.block_k % 32:
+            raise ValueError(f"block_k tiles K in whole 32-bit sign words; got {self.block_k}")
+        if self.kind == "prefill" and min(self.block_m, self.block_n) < 16:
+            raise ValueError("tl.dot needs every prefill block dimension to be at least 16")
+
+    def label(self) -> str:
+        return (f"{self.kind} {self.block_m}x{self.block_n}x{self.block_k} "
+                f"w{self.num_warps} s{self.num_stages}")
 
 
-# Rows per tenant up to which the CUDA-core GEMV beats padding to a 16-row tensor-core tile.
-# Pending GPU measurement. Why 4: the GEMV does ~4 ALU ops per weight element per row, so at
-# 4 rows and 16 tenants it still hides under the W_base + bits traffic by estimate; beyond that
-# the tensor-core path, which pays the sign expansion once per tenant, should win.
+# Rows per delta up to which the decode kernel is chosen over the tensor-core GEMM. With one
+# delta the decode kernel forms W_eff once per tile and each row adds one FMA per element, and
+# it stays memory-bound at 4 rows (3.1 instructions per row-element, benchmarks/kernel_cost.py).
+# With tenants every row pays for its own delta's signs in the decode kernel (4.4 per
+# row-element), while the GEMM expands each tenant's W_eff once per tile for all of its rows
+# (5.5 per tenant-element): from 2 rows per tenant (2.8 per row-element) the GEMM wins.
 DECODE_MAX_ROWS = 4
+DECODE_MAX_ROWS_TENANTS = 1
 
-# GEMV tile. Pending GPU measurement. BLOCK_N = 8 gives 512 programs for N = 4096 (about four
-# per H100 SM) without split-K; BLOCK_K = 512 keeps 8 KiB of W_base in flight per program
-# per step, and a [8, 16, 32] tile is 32 fp32 values per thread at 4 warps.
-GEMV_BLOCK_N = 8
-GEMV_BLOCK_K = 512
-GEMV_NUM_WARPS = 4
-# More rows per program means W_base is re-read by fewer programs, at the price of a
-# [BLOCK_M, BLOCK_N] accumulator update per row. Pending GPU measurement.
-GEMV_MAX_BLOCK_M = 64
+# Decode tiles, chosen with the static cost model (benchmarks/kernel_cost.py) for 11008×4096
+# fp16 on sm_90: the fewest SASS instructions per (row × weight element) in the K loop among
+# tiles that neither spill nor pass 192 registers. Each thread keeps BLOCK_M·BLOCK_N·BLOCK_K /
+# (32·num_warps) fp32 accumulators, so BLOCK_K shrinks as rows grow. num_stages > 1 stages the
+# K loop's loads through shared memory (cp.async); at one row that keeps more bytes in flight,
+# and with more rows the extra shared-memory reads cost more instructions than it saves.
+_DECODE_SINGLE: dict[int, KernelConfig] = {
+    1: KernelConfig("decode", block_m=1, block_n=16, block_k=512, num_warps=4, num_stages=2),
+    2: KernelConfig("decode", block_m=2, block_n=32, block_k=128, num_warps=4, num_stages=1),
+    4: KernelConfig("decode", block_m=4, block_n=16, block_k=128, num_warps=4, num_stages=1),
+}
+# Decode tiles for many tenants, by rows in the launch. From 16 rows the base term of the
+# tile's rows runs on the tensor cores (fp16/bf16): 16 tenant rows fill one MMA.
+_DECODE_MULTI: dict[int, KernelConfig] = {
+    4: KernelConfig("decode", block_m=4, block_n=16, block_k=128, num_warps=4, num_stages=2),
+    8: KernelConfig("decode", block_m=8, block_n=32, block_k=32, num_warps=8, num_stages=1),
+    16: KernelConfig("decode", block_m=16, block_n=16, block_k=32, num_warps=4, num_stages=1),
+}
+_DECODE_MULTI_FP32_16 = KernelConfig("decode", block_m=16, block_n=16, block_k=32,
+                                     num_warps=8, num_stages=1)
 
-# GEMM tiles by rows per tenant (the rows one tile can serve). Pending GPU measurement; the
-# shapes follow the Triton matmul tutorial's fp16 configurations for H100-class GPUs, with
-# narrower M tiles for few rows so segments of different tenants share fewer tiles.
-_GEMM_BY_ROWS: tuple[tuple[int, KernelConfig], ...] = (
-    (16, KernelConfig("gemm", block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4)),
-    (32, KernelConfig("gemm", block_m=32, block_n=64, block_k=128, num_warps=4, num_stages=4)),
-    (64, KernelConfig("gemm", block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=4)),
+# Prefill tiles by rows per tenant, fp16/bf16: the Triton matmul tutorial's H100-class shapes,
+# narrower in M for few rows so different tenants share fewer tiles.
+_PREFILL_BY_ROWS: tuple[tuple[int, KernelConfig], ...] = (
+    (16, KernelConfig("prefill", block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=3)),
+    (32, KernelConfig("prefill", block_m=32, block_n=64, block_k=128, num_warps=4, num_stages=3)),
+    (64, KernelConfig("prefill", block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=3)),
 )
-_GEMM_LARGE = KernelConfig("gemm", block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)
+_PREFILL_LARGE = KernelConfig("prefill", block_m=128, block_n=128, block_k=64, num_warps=8,
+                              num_stages=3)
+# fp32 runs the dot in IEEE fp32 (no TF32): half the tile of fp16, or it spills.
+_PREFILL_FP32_BY_ROWS: tuple[tuple[int, KernelConfig], ...] = (
+    (32, KernelConfig("prefill", block_m=32, block_n=32, block_k=32, num_warps=4, num_stages=3)),
+)
+_PREFILL_FP32_LARGE = KernelConfig("prefill", block_m=64, block_n=64, block_k=32, num_warps=8,
+                                   num_stages=3)
 
 
-def gemv_config(m: int) -> KernelConfig:
-    """Decode tile: one M block covers all rows (up to GEMV_MAX_BLOCK_M) so W_base is read once."""
-    block_m = min(_next_power_of_two(max(m, 1)), GEMV_MAX_BLOCK_M)
-    return KernelConfig(
-        "gemv", block_m=block_m, block_n=GEMV_BLOCK_N, block_k=GEMV_BLOCK_K,
-        num_warps=GEMV_NUM_WARPS, num_stages=1,
-    )
+def decode_rows_class(m: int, segmented: bool) -> int:
+    """BLOCK_M of the decode kernel: the rows of one delta, or of a tile of tenant rows."""
+    if not segmented:
+        return min(_next_power_of_two(max(m, 1)), DECODE_MAX_ROWS)
+    return 4 if m <= 4 else 8 if m <= 8 else 16
 
 
-def gemm_config(rows_per_tenant: int) -> KernelConfig:
-    for limit, config in _GEMM_BY_ROWS:
+def decode_config(m: int, *, segmented: bool, dtype: torch.dtype) -> KernelConfig:
+    rows = decode_rows_class(m, segmented)
+    if not segmented:
+        return _DECODE_SINGLE[rows]
+    if rows == 16 and dtype == torch.float32:
+        return _DECODE_MULTI_FP32_16
+    return _DECODE_MULTI[rows]
+
+
+def base_on_dot(config: KernelConfig, *, segmented: bool, dtype: torch.dtype) -> bool:
+    """Whether the decode kernel runs the base term on the tensor cores (many fp16/bf16 rows)."""
+    return segmented and config.block_m >= 16 and dtype != torch.float32
+
+
+def prefill_config(rows_per_tenant: int, dtype: torch.dtype) -> KernelConfig:
+    table, large = ((_PREFILL_FP32_BY_ROWS, _PREFILL_FP32_LARGE) if dtype == torch.float32
+                    else (_PREFILL_BY_ROWS, _PREFILL_LARGE))
+    for limit, config in table:
         if rows_per_tenant <= limit:
             return config
-    return _GEMM_LARGE
+    return large
 
 
-def select_config(m: int, rows_per_tenant: int) -> KernelConfig:
-    """Pick decode or prefill from the busiest tenant's row count (the single delta: M)."""
-    if rows_per_tenant <= DECODE_MAX_ROWS:
-        return gemv_config(m)
-    return gemm_config(rows_per_tenant)
+def select_config(m: int, rows_per_tenant: int, *, segmented: bool = False,
+                  dtype: torch.dtype = torch.float16) -> KernelConfig:
+    """Decode or prefill from the busiest tenant's row count (one delta: M)."""
+    if rows_per_tenant <= (DECODE_MAX_ROWS_TENANTS if segmented else DECODE_MAX_ROWS):
+        return decode_config(m, segmented=segmented, dtype=dtype)
+    return prefill_config(rows_per_tenant, dtype)
+
+
+@dataclass(frozen=True)
+class DispatchVariant:
+    """One compiled kernel the dispatcher can choose."""
+
+    dtype: torch.dtype
+    segmented: bool
+    config: KernelConfig
+
+
+def dispatch_variants() -> Iterator[DispatchVariant]:
+    """Every (dtype, segmented, config) `select_config` can return, each once."""
+    seen: set[tuple[torch.dtype, bool, KernelConfig]] = set()
+    for dtype in DTYPES:
+        for segmented in (False, True):
+            decode = [decode_config(m, segmented=segmented, dtype=dtype) for m in (1, 2, 4, 8, 16)]
+            prefill = [prefill_config(r, dtype) for r in (16, 32, 64, 128)]
+            for config in decode + prefill:
+                if (dtype, segmented, config) not in seen:
+                    seen.add((dtype, segmented, config))
+                    yield DispatchVariant(dtype, segmented, config)
 
 
 def _next_power_of_two(value: int) -> int:

@@ -24,15 +24,21 @@ Scale = torch.Tensor | float
 
 @dataclass(frozen=True)
 class Operands:
-    """Validated inputs of one fused launch; `seg_starts` is a host copy (length T+1)."""
+    """Validated inputs of one fused launch.
+
+    Tenant boundaries are either a host copy (`seg_starts`, length T+1, checked) or a device
+    tensor (`seg_device`, int32, trusted: reading it back to check it would synchronise).
+    """
 
     x: torch.Tensor  # [M, K]
     w_base: torch.Tensor  # [N, K]
     bits: torch.Tensor  # [T, ceil(K/32), N] int32
     scale: torch.Tensor  # [T, N] float32, possibly stride 0 along N
-    seg_starts: tuple[int, ...]
+    seg_starts: tuple[int, ...] | None
     lead_shape: tuple[int, ...]  # x's leading dims, restored on the output
     segmented: bool  # False for the single-delta entry point
+    seg_device: torch.Tensor | None = None
+    rows_hint: int | None = None  # the caller's bound on rows per tenant (device boundaries)
 
     @property
     def m(self) -> int:
@@ -52,8 +58,21 @@ class Operands:
 
     @property
     def max_rows_per_tenant(self) -> int:
-        starts = self.seg_starts
-        return max((b - a for a, b in itertools.pairwise(starts)), default=0)
+        """Rows of the busiest tenant; with device boundaries, the caller's hint or else the
+        mean rounded up (it only steers the kernel choice: both kernels are exact for any
+        split of the rows)."""
+        if self.seg_starts is not None:
+            return max((b - a for a, b in itertools.pairwise(self.seg_starts)), default=0)
+        if self.rows_hint is not None:
+            return self.rows_hint
+        return -(-self.m // max(self.tenants, 1))
+
+    def host_seg_starts(self) -> tuple[int, ...]:
+        """The boundaries on the host (reads a device table back: the reference path only)."""
+        if self.seg_starts is not None:
+            return self.seg_starts
+        assert self.seg_device is not None
+        return tuple(int(v) for v in self.seg_device.tolist())
 
     def output_shape(self) -> tuple[int, ...]:
         return (*self.lead_shape, self.n)
@@ -94,6 +113,7 @@ def multi_operands(
     bits: torch.Tensor,
     scale: torch.Tensor,
     seg_starts: torch.Tensor | Sequence[int],
+    max_rows_per_tenant: int | None = None,
 ) -> Operands:
     """Check the operands of `bitdelta_linear_multi` (x [M, K], bits [T, ceil(K/32), N])."""
     if x.dim() != 2:
@@ -117,7 +137,10 @@ def multi_operands(
             f"scale must be float32 of shape [T, N]={[t, n]} (per row) or [T]={[t]} (per "
             f"matrix), got {list(alpha.shape)}"
         )
-    starts = _check_segments(seg_starts, tenants=t, m=int(x.shape[0]))
+    seg_device = _device_segments(seg_starts, tenants=t, device=x.device)
+    starts = None if seg_device is not None else _check_segments(seg_starts, t, int(x.shape[0]))
+    if max_rows_per_tenant is not None and max_rows_per_tenant < 0:
+        raise ValueError(f"max_rows_per_tenant must be >= 0, got {max_rows_per_tenant}")
     return Operands(
         x=x,
         w_base=w_base,
@@ -126,6 +149,8 @@ def multi_operands(
         seg_starts=starts,
         lead_shape=(int(x.shape[0]),),
         segmented=True,
+        seg_device=seg_device,
+        rows_hint=max_rows_per_tenant,
     )
 
 
@@ -157,12 +182,29 @@ def _check_bits(bits: torch.Tensor, expected: tuple[int, ...], what: str) -> Non
 
 def _scale_tensor(scale: Scale, device: torch.device) -> torch.Tensor:
     if isinstance(scale, float | int):
-        return torch.tensor(float(scale), dtype=torch.float32, device=device)
+        # A fill kernel on the device, not a host-to-device copy (which would synchronise).
+        return torch.full((), float(scale), dtype=torch.float32, device=device)
     if scale.dtype != torch.float32:
         raise TypeError(f"scale (α) must be float32, got {scale.dtype}; use scale.float()")
     if scale.device != device:
         raise ValueError(f"scale is on {scale.device} but x is on {device}")
     return scale
+
+
+def _device_segments(
+    seg_starts: torch.Tensor | Sequence[int], tenants: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boundaries already on x's CUDA device, used as they are (int32, T+1 entries)."""
+    if not isinstance(seg_starts, torch.Tensor) or seg_starts.device.type != "cuda":
+        return None
+    if seg_starts.device != device:
+        raise ValueError(f"seg_starts is on {seg_starts.device} but x is on {device}")
+    if seg_starts.dtype not in (torch.int32, torch.int64) or seg_starts.shape != (tenants + 1,):
+        raise TypeError(
+            f"seg_starts must be a 1-D int32/int64 tensor of T+1={tenants + 1} entries, got "
+            f"{seg_starts.dtype} {list(seg_starts.shape)}")
+    # int64 → int32 is a device kernel, not a copy to the host.
+    return seg_starts if seg_starts.dtype == torch.int32 else seg_starts.to(torch.int32)
 
 
 def _check_segments(
@@ -174,9 +216,7 @@ def _check_segments(
                 f"seg_starts must be a 1-D int32/int64 tensor, got {seg_starts.dtype} "
                 f"{list(seg_starts.shape)}"
             )
-        # A CUDA tensor costs one device sync here; schedulers already hold the
-        # boundaries on the host and can pass a list instead.
-        starts = tuple(int(v) for v in seg_starts.tolist())
+        starts = tuple(int(v) for v in seg_starts.tolist())  # a CPU tensor: no sync
     else:
         starts = tuple(int(v) for v in seg_starts)
     if len(starts) != tenants + 1:

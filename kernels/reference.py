@@ -45,7 +45,7 @@ def reference_from_operands(ops: Operands, out_dtype: torch.dtype | None = None)
     x32 = ops.x.float()
     w32 = ops.w_base.float()
     y = torch.zeros((ops.m, ops.n), dtype=torch.float32, device=ops.x.device)
-    starts = ops.seg_starts
+    starts = ops.host_seg_starts()
     for t in range(ops.tenants):
         lo, hi = starts[t], starts[t + 1]
         if lo == hi:

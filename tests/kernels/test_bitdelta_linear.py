@@ -26,8 +26,8 @@ ROWS = [1, 3, 17, 130]
 
 # Small tiles so that these shapes span several programs along M and N and several K steps.
 SMALL_TILES = [
-    KernelConfig("gemv", block_m=4, block_n=8, block_k=64),
-    KernelConfig("gemm", block_m=16, block_n=16, block_k=32),
+    KernelConfig("decode", block_m=4, block_n=8, block_k=64),
+    KernelConfig("prefill", block_m=16, block_n=16, block_k=32),
 ]
 
 
@@ -175,17 +175,19 @@ def test_cuda_auto_dispatch_runs_triton(
 
 
 def test_config_selection_splits_decode_and_prefill() -> None:
-    assert select_config(1, 1).kind == "gemv"
-    assert select_config(DECODE_MAX_ROWS, DECODE_MAX_ROWS).kind == "gemv"
-    assert select_config(DECODE_MAX_ROWS + 1, DECODE_MAX_ROWS + 1).kind == "gemm"
-    assert select_config(64, 1).kind == "gemv"  # 64 tenants with one row each
+    assert select_config(1, 1).kind == "decode"
+    assert select_config(DECODE_MAX_ROWS, DECODE_MAX_ROWS).kind == "decode"
+    assert select_config(DECODE_MAX_ROWS + 1, DECODE_MAX_ROWS + 1).kind == "prefill"
+    assert select_config(64, 1, segmented=True).kind == "decode"  # 64 tenants, one row each
+    # tenants with two rows each: one W_eff per tenant and tile beats per-row sign terms
+    assert select_config(64, 2, segmented=True).kind == "prefill"
     assert select_config(256, 256).block_m >= select_config(17, 17).block_m
     with pytest.raises(ValueError, match="power of two"):
-        KernelConfig("gemm", block_m=24, block_n=16, block_k=32)
-    with pytest.raises(ValueError, match="whole 32-bit words"):
-        KernelConfig("gemv", block_m=1, block_n=8, block_k=16)
+        KernelConfig("prefill", block_m=24, block_n=16, block_k=32)
+    with pytest.raises(ValueError, match="whole 32-bit sign words"):
+        KernelConfig("decode", block_m=1, block_n=8, block_k=16)
     with pytest.raises(ValueError, match="at least 16"):
-        KernelConfig("gemm", block_m=8, block_n=16, block_k=32)
+        KernelConfig("prefill", block_m=8, block_n=16, block_k=32)
 
 
 def _operands() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

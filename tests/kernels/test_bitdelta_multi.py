@@ -26,11 +26,14 @@ SEGMENTS = {
     # one row per tenant: the multi-tenant decode step
     "one-row-each": [0, 1, 2, 3, 4],
     "only-the-last": [0, 0, 0, 7],
+    # 18 one-row tenants and an empty one: a 16-row decode tile with the base on tensor cores
+    "eighteen-decode-tenants": [*range(0, 10), 9, *range(10, 19)],
 }
 
 SMALL_TILES = [
-    KernelConfig("gemv", block_m=8, block_n=8, block_k=64),
-    KernelConfig("gemm", block_m=16, block_n=16, block_k=32),
+    KernelConfig("decode", block_m=8, block_n=8, block_k=64),
+    KernelConfig("decode", block_m=16, block_n=16, block_k=32),  # base on the tensor cores
+    KernelConfig("prefill", block_m=16, block_n=16, block_k=32),
 ]
 
 
@@ -59,7 +62,7 @@ def test_kernel_matches_reference(
 
 
 @pytest.mark.parametrize("segments", SEGMENTS.values(), ids=SEGMENTS.keys())
-@pytest.mark.parametrize("config", SMALL_TILES, ids=lambda c: c.kind)
+@pytest.mark.parametrize("config", SMALL_TILES, ids=lambda c: f"{c.kind}-m{c.block_m}")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_each_kernel_with_alpha_per_matrix(
     triton_kernels: ModuleType, device: torch.device,

@@ -208,7 +208,7 @@ def test_triton_kernels_agree_under_the_interpreter(
     report = verify_delta(tiny_base, tiny_finetune, deltas[ScaleMode.ROW], device, rows=16,
                           dtype=dtype, backend="triton", modules=SMALLEST)
     assert report.backend == "triton"
-    assert report.kernel_batches == {1: "gemv", 16: "gemm"}  # decode and prefill kernels
+    assert report.kernel_batches == {1: "decode", 16: "prefill"}  # decode and prefill kernels
     assert report.ok, report.layers
     assert [r.module for r in report.layers] == SMALLEST
     reference = verify_delta(tiny_base, tiny_finetune, deltas[ScaleMode.ROW], "cpu", rows=16,
@@ -227,7 +227,7 @@ def test_on_a_gpu_by_default_in_the_bases_half_dtype(
     assert report.device.startswith("cuda")
     assert report.backend == "triton"
     assert report.dtype == torch.float16  # float32 base: served in fp16
-    assert report.kernel_batches == {1: "gemv", 64: "gemm"}
+    assert report.kernel_batches == {1: "decode", 64: "prefill"}
     assert report.ok, report.kernel_failures
     for got, want in zip(report.layers, row_report.layers, strict=True):
         assert got.compression_rel_error == pytest.approx(want.compression_rel_error, rel=3e-2)
