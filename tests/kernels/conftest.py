@@ -1,6 +1,7 @@
 """Kernel tests: Triton kernels on CUDA when there is a GPU, else through the Triton interpreter.
 
-Without CUDA, tests/conftest.py sets TRITON_INTERPRET=1 before any test module is imported:
+Without CUDA, TRITON_INTERPRET=1 is set before any test module is imported (here, and in
+tests/conftest.py, which `--confcutdir=tests/kernels` skips on the GPU image):
 the interpreter only works when the variable is set before ``triton`` itself is imported
 (Triton's own library functions, tl.sum and tl.cdiv, are ``@triton.jit`` functions built at
 that import). Nothing in deltahub imports triton before the first Triton call (kernels/
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from types import ModuleType
 
 import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
