@@ -39,7 +39,6 @@ files, so every check exists once.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -55,11 +54,14 @@ from compress.errors import (
     InvalidModel,
     InvalidParameter,
 )
+from compress.filenames import DELTA_FILE as DELTA_FILE
+from compress.filenames import DELTA_INDEX as DELTA_INDEX
+from compress.filenames import DELTA_STEM as DELTA_STEM
+from compress.filenames import REPORT_FILE as REPORT_FILE
+from compress.filenames import is_delta_file as is_delta_file
 from compress.targets import module_kind
 from compress.tensorio import (
-    CONFIG_FILE,
     FLOAT_DTYPES,
-    MODEL_CARD,
     Manifest,
     SafetensorsHeader,
     TensorEntry,
@@ -70,25 +72,12 @@ from kernels import BITS_PER_WORD, packed_words
 
 FORMAT = "bitdelta"
 FORMAT_VERSION = "1"
-DELTA_STEM = "delta"
-DELTA_FILE = "delta.safetensors"
-DELTA_INDEX = "delta.safetensors.index.json"
-REPORT_FILE = "report.json"
 BITS_SUFFIX = ".weight.bits"
 SCALE_SUFFIX = ".weight.scale"
 
 REQUIRED_KEYS = ("format", "format_version", "base_manifest_digest", "finetune_manifest_digest",
                  "scale_mode", "compressed_modules", "compressed_shapes", "compressed_dtypes",
                  "tool_version")
-
-
-_DELTA_SHARD = re.compile(rf"{DELTA_STEM}(-\d{{5}}-of-\d{{5}})?\.safetensors")
-_DELTA_OTHER_FILES = frozenset({DELTA_INDEX, CONFIG_FILE, REPORT_FILE, MODEL_CARD})
-
-
-def is_delta_file(name: str) -> bool:
-    """Whether `name` is one of a delta's files (see the module docstring)."""
-    return name in _DELTA_OTHER_FILES or _DELTA_SHARD.fullmatch(name) is not None
 
 
 class ScaleMode(StrEnum):

@@ -24,11 +24,12 @@ from typing import Any
 import re2
 
 from compress.errors import IncompatibleModels, InvalidDelta
-from compress.tensorio import FLOAT_DTYPES, MODEL_CARD, Manifest, TensorEntry
+from compress.filenames import ADAPTER_CONFIG as ADAPTER_CONFIG
+from compress.filenames import ADAPTER_FILES as ADAPTER_FILES
+from compress.filenames import ADAPTER_WEIGHTS as ADAPTER_WEIGHTS
+from compress.filenames import is_adapter_file as is_adapter_file
+from compress.tensorio import FLOAT_DTYPES, Manifest, TensorEntry
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD)
 KEY_PREFIX = "base_model.model."
 
 _LORA_KEY = re.compile(
@@ -49,11 +50,6 @@ MAX_PATTERN_KEY_CHARS = 256
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.max_mem = 256 * 2**10
 _RE2_OPTIONS.log_errors = False
-
-
-def is_adapter_file(name: str) -> bool:
-    """Whether `name` is one of a LoRA adapter's files (`ADAPTER_FILES`)."""
-    return name in ADAPTER_FILES
 
 
 def lora_key(module: str, part: str) -> str:

@@ -21,6 +21,9 @@ from typing import Any
 import torch
 
 from compress.errors import InvalidModel, NonFiniteTensor
+from compress.filenames import CONFIG_FILE as CONFIG_FILE
+from compress.filenames import MODEL_CARD as MODEL_CARD
+from compress.filenames import is_model_file as is_model_file
 from compress.tensorio.header import SafetensorsHeader, TensorEntry, header_from_reader
 from compress.tensorio.manifest import Manifest, manifest_from_headers, parse_weight_map
 from compress.tensorio.pickles import PICKLE_SUFFIXES, pickle_refusal, refuse_pickle_name
@@ -33,16 +36,6 @@ from compress.tensorio.sources import (
 )
 
 INDEX_SUFFIX = ".safetensors.index.json"
-CONFIG_FILE = "config.json"  # what `transformers` needs to load the weights
-MODEL_CARD = "README.md"  # a model's (or an adapter's) card, as the Hugging Face Hub shows it
-# The files of a model: safetensors weights, JSON (config.json, the shard index, tokenizer
-# files), a sentencepiece tokenizer.model, and text (merges.txt, README.md).
-MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".md")
-
-
-def is_model_file(name: str) -> bool:
-    """Whether `name` is one of a model's files (not trainer state, a pickle or a dotfile)."""
-    return not name.startswith(".") and name.endswith(MODEL_FILE_SUFFIXES)
 
 
 class Checkpoint:
