@@ -1,7 +1,8 @@
 """API errors: one base class carrying an HTTP status, and one JSON shape for all of them.
 
 Every error response is `{"error": "<Name>", "detail": "<what was wrong and what to do>"}`
-(plus `mismatches` when there is a list of them).
+(plus `mismatches` when there is a list of them, and `did_you_mean` when an unknown name
+looks like known ones).
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ class Forbidden(APIError):
 class NotFound(APIError):
     status_code = 404
 
+    def __init__(self, detail: str, *, name: str | None = None,
+                 did_you_mean: list[str] | None = None, **extra: Any) -> None:
+        # The close matches go in the body only when there are some.
+        if did_you_mean:
+            extra["did_you_mean"] = did_you_mean
+        super().__init__(detail, name=name, **extra)
+
 
 class ModelNotFound(NotFound):
     pass
@@ -51,6 +59,10 @@ class AdapterNotFound(NotFound):
 
 
 class FileNotFound(NotFound):
+    pass
+
+
+class AliasNotFound(NotFound):
     pass
 
 
@@ -72,6 +84,14 @@ class NameTaken(Conflict):
 
 class NotPending(Conflict):
     """Files of a finalized model or adapter are immutable."""
+
+
+class DraftInProgress(Conflict):
+    """Another token's pending draft holds the model name."""
+
+
+class DraftChanged(Conflict):
+    """A draft's files are not the ones the finalizing client uploaded."""
 
 
 class NotReady(Conflict):
@@ -135,6 +155,10 @@ class ChecksumMismatch(Unprocessable):
 
 class NotAFinetune(Unprocessable):
     pass
+
+
+class InvalidSource(Unprocessable):
+    """An adapter's source is not a fine-tune of the adapter's base."""
 
 
 class InvalidJobParameters(Unprocessable):

@@ -6,7 +6,9 @@ restricted to a small safe alphabet and checked before anything else happens.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 from registry.errors import InvalidFilename, InvalidName
 
@@ -54,3 +56,31 @@ def check_filename(value: str) -> str:
             "e.g. 'model-00001-of-00002.safetensors'"
         )
     return value
+
+
+# Suggestions for an unknown name: at most this many, and no weaker than difflib's usual
+# similarity cut-off (0.6: 'tiny-lama' finds 'tiny-llama', 'gpt2' does not find 'llama').
+MAX_SUGGESTIONS = 3
+_SIMILARITY_CUTOFF = 0.6
+
+
+def close_matches(name: str, candidates: Iterable[str]) -> list[str]:
+    """Up to MAX_SUGGESTIONS of `candidates` that `name` may have meant, best first.
+
+    Compared case-insensitively (`Tiny-Llama` finds `tiny-llama`). The caller bounds
+    `candidates`; nothing here reads the database.
+    """
+    by_folded: dict[str, str] = {}
+    for candidate in candidates:
+        if candidate != name:
+            by_folded.setdefault(candidate.lower(), candidate)
+    found = difflib.get_close_matches(name.lower(), list(by_folded), n=MAX_SUGGESTIONS,
+                                      cutoff=_SIMILARITY_CUTOFF)
+    return [by_folded[f] for f in found]
+
+
+def did_you_mean(matches: list[str]) -> str:
+    """The sentence an error message gains from `matches` ('' without any)."""
+    if not matches:
+        return ""
+    return f"; did you mean {' or '.join(repr(m) for m in matches)}?"

@@ -30,8 +30,8 @@ from registry.adapters.schemas import AdapterCreate
 from registry.auth.schemas import TokenCreate
 from registry.auth.tokens import TOKEN_PREFIX, Scope
 from registry.deps import RequireScope
-from registry.models.schemas import ModelCreate
-from registry.names import FILENAME_PATTERN, NAME_PATTERN
+from registry.models.schemas import FinalizeRequest, ModelCreate
+from registry.names import FILENAME_PATTERN, MAX_SUGGESTIONS, NAME_PATTERN
 from registry.openapi_errors import NOT_FOUND, SERVICE_ERRORS
 from registry.schemas import ErrorOut
 from registry.settings import Settings
@@ -88,7 +88,7 @@ _PARAMETER_RULES = {"model": MODEL_REF_RULE, "base": MODEL_REF_RULE, "ref": ADAP
 _BODY_FIELD_RULES: dict[str, dict[str, str]] = {
     ModelCreate.__name__: {"name": NAME_RULE, "base": NAME_RULE},
     AdapterCreate.__name__: {"name": NAME_RULE, "base": MODEL_REF_RULE,
-                             "source_model": MODEL_REF_RULE},
+                             "source": MODEL_REF_RULE},
     TokenCreate.__name__: {"name": NAME_RULE},
 }
 _READYZ = "/readyz"  # public, and its 503 is its own report rather than an ErrorOut
@@ -117,8 +117,7 @@ def build_document(app: FastAPI, settings: Settings) -> JsonObject:
                            tags=app.openapi_tags, servers=app.servers)
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    schemas[ErrorOut.__name__] = ErrorOut.model_json_schema(
-        ref_template="#/components/schemas/{model}")
+    schemas[ErrorOut.__name__] = _error_schema()
     components["securitySchemes"] = {BEARER_SCHEME: {
         "type": "http", "scheme": "bearer",
         "description": f"A deltahub token ({TOKEN_PREFIX}...): `Authorization: Bearer "
@@ -355,9 +354,27 @@ def _constrain_body_fields(schemas: JsonObject) -> None:
             for branch in branches:
                 if branch.get("type") == "string":
                     branch.update(constraint)
+    # Declared and expected files (registry/uploads/drafts.py) are keyed by file name.
+    for keyed in (FinalizeRequest, ModelCreate, AdapterCreate):
+        files = schemas[keyed.__name__]["properties"]["files"]
+        for branch in files.get("anyOf", [files]):
+            if branch.get("type") == "object":
+                branch["propertyNames"] = _string(FILENAME_RULE)
     scopes = schemas[TokenCreate.__name__]["properties"]["scopes"]
     scopes["items"] = {"type": "string", "enum": [s.value for s in Scope]}
     scopes["minItems"] = 1
+
+
+def _error_schema() -> JsonObject:
+    """ErrorOut, plus the close matches a 404 for an unknown name carries
+    (registry/errors.py NotFound) when it has any."""
+    schema = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema["properties"]["did_you_mean"] = {
+        "type": "array", "items": {"type": "string"}, "minItems": 1,
+        "maxItems": MAX_SUGGESTIONS, "title": "Did You Mean",
+        "description": "present when an unknown name looks like known ones: the closest, "
+                       "best first"}
+    return schema
 
 
 def _drop_unused_schemas(document: JsonObject) -> None:

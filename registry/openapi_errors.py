@@ -18,28 +18,49 @@ NOT_FOUND = {"model": ModelNotFound.__name__, "ref": AdapterNotFound.__name__,
               "job_id": JobNotFound.__name__}
 # Errors that come from a service's rules about state, which no signature shows.
 SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
-    ("get", "/models"): {404: "`base` names no model (`ModelNotFound`)."},
+    ("get", "/models"): {404: "`base` names no model (`ModelNotFound`, with `did_you_mean`)."},
     ("post", "/models"): {
-        409: "A model of that name exists (`NameTaken`).",
-        422: "A finetune's `base` is unknown or is itself a finetune, or a base model was "
-             "given one (`UnknownBase`, `InvalidRequest`)."},
+        404: "A finetune's `base` names no model (`UnknownBase`, with `did_you_mean`).",
+        409: "A finalized model of that name exists (`NameTaken`), or another token's "
+             "pending draft holds the name (`DraftInProgress`: delete it, any token with "
+             "`push` may, or wait for it to expire).",
+        422: "A finetune's `base` is itself a finetune, or a base model was given one "
+             "(`UnknownBase`, `InvalidRequest`), or `files` names a file a model does not "
+             "take (`UnsupportedFile`, `PickleRefused`, `InvalidFilename`)."},
     ("post", "/models/{model}/finalize"): {
-        409: "The finetune's base is not finalized yet (`NotReady`).",
+        409: "The finetune's base is not finalized yet (`NotReady`), or the draft's files are "
+             "not the `files` the body lists (`DraftChanged`, each difference in "
+             "`mismatches`).",
         422: "Files are missing (`MissingFiles`) or inconsistent (`InvalidRequest`, "
              "`InvalidSafetensors`), or a finetune's shapes do not fit its base "
              "(`IncompatibleBase`, one entry per shape in `mismatches`)."},
     ("delete", "/models/{model}"): {
+        403: "The model is finalized: deleting it needs `admin` (`Forbidden`); `push` may "
+             "delete only pending drafts.",
         409: "Finetunes or adapters still depend on the model (`HasDependents`)."},
+    ("get", "/adapters"): {404: "`base` names no model (`ModelNotFound`, with `did_you_mean`)."},
     ("post", "/adapters"): {
+        404: "The base or source model is unknown (`UnknownBase`, `UnknownSource`, with "
+             "`did_you_mean`).",
         409: "The base or source model is not finalized yet (`NotReady`).",
-        422: "The base or source model is unknown (`InvalidRequest`)."},
+        422: "The source is not a fine-tune of the base (`InvalidSource`), or `files` names "
+             "a file this kind of adapter does not take (`UnsupportedFile`, "
+             "`PickleRefused`, `InvalidFilename`)."},
     ("post", "/adapters/{ref}/finalize"): {
         409: "Concurrent pushes of this name kept taking the next version (`Conflict`); "
-             "retry.",
+             "retry. Or the draft's files are not the `files` the body lists "
+             "(`DraftChanged`, each difference in `mismatches`).",
         422: "Files are missing (`MissingFiles`) or do not fit the base (`IncompatibleBase`, "
-             "one entry per shape in `mismatches`)."},
+             "one entry per shape in `mismatches`), or `report.json` is not a report "
+             "(`InvalidReport`, `ReportTooLarge`)."},
+    ("delete", "/adapters/{ref}"): {
+        403: "The adapter version is finalized: deleting it needs `admin` (`Forbidden`); "
+             "`push` may delete only pending drafts."},
     ("put", "/adapters/{ref}/aliases/{alias}"): {
         409: "Only a finalized adapter version can carry an alias (`NotReady`)."},
+    ("delete", "/adapters/{ref}/aliases/{alias}"): {
+        404: "The adapter name has no such alias (`AliasNotFound`, with `did_you_mean`).",
+        409: "`latest` cannot be removed: it is what the bare name means (`AliasReserved`)."},
     ("delete", "/tokens/{token_id}"): {
         409: "It is the last active admin token (`LastAdminToken`); create another first."},
     ("post", "/models/{model}/compress"): {

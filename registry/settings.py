@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # A pushed report.json is kept (as the adapter's quality) only up to this size; our own
     # BitDelta report lists every tensor (~310 B each: ~0.3 MB for a 405B model).
     MAX_REPORT_BYTES: int = Field(default=2 * 2**20, gt=0)
+    # A pushed picture (a codec's PNG plot, e.g. LoRA's spectra.png: ~100 KB).
+    MAX_PICTURE_BYTES: int = Field(default=4 * 2**20, gt=0)
     # An upload that sends no byte for this long is cut off (408) and its staging removed.
     UPLOAD_IDLE_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
 
@@ -60,6 +62,9 @@ class Settings(BaseSettings):
     # Staging leftovers and unreferenced blobs younger than this are never collected,
     # so an upload in flight cannot lose its object to a concurrent collection.
     GC_GRACE_SECONDS: int = Field(default=24 * 3600, ge=0)
+    # A pending draft no push has touched (created, resumed, a file upload started or
+    # recorded) for this long is abandoned: `deltahub gc` removes it and its blobs.
+    DRAFT_TTL_SECONDS: int = Field(default=24 * 3600, gt=0)
 
     # Compression jobs (registry/jobs/). A worker holds a job for JOB_LEASE_SECONDS and
     # renews the lease every third of it; a worker that dies lets it expire, and another
@@ -83,6 +88,13 @@ class Settings(BaseSettings):
                 f"DELTAHUB_DEFAULT_PAGE_SIZE ({self.DEFAULT_PAGE_SIZE}) is over "
                 f"DELTAHUB_MAX_PAGE_SIZE ({self.MAX_PAGE_SIZE}); lower it or raise the cap")
         storage_scheme(self.STORAGE_URL)  # a ValueError naming DELTAHUB_STORAGE_URL
+        if self.DRAFT_TTL_SECONDS < self.UPLOAD_IDLE_TIMEOUT_SECONDS:
+            # Touches come at an upload's start and end; a TTL shorter than one silent
+            # stretch of an upload would let gc take a draft mid-upload.
+            raise ValueError(
+                f"DELTAHUB_DRAFT_TTL_SECONDS ({self.DRAFT_TTL_SECONDS}) is under "
+                f"DELTAHUB_UPLOAD_IDLE_TIMEOUT_SECONDS ({self.UPLOAD_IDLE_TIMEOUT_SECONDS:g}); "
+                "raise it: a draft must outlive a pause in its upload (hours is usual)")
         if (self.S3_ACCESS_KEY_ID is None) != (self.S3_SECRET_ACCESS_KEY is None):
             given, missing = (("DELTAHUB_S3_ACCESS_KEY_ID", "DELTAHUB_S3_SECRET_ACCESS_KEY")
                               if self.S3_SECRET_ACCESS_KEY is None else

@@ -83,6 +83,18 @@ class Model(Base, Timestamped):
     parameter_count: Mapped[int | None] = mapped_column(BigInteger)
     dtypes: Mapped[dict[str, int] | None] = mapped_column(JSON)
     finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Who started a draft, so that the same token re-running its push resumes it, and when
+    # a push last touched it, so that an abandoned draft can be told from one being
+    # uploaded to (registry/uploads/drafts.py). Nullable because SQLite can only add a NOT
+    # NULL column by rebuilding the table, and a rebuild with foreign keys on would cascade.
+    # Tokens are revoked, never deleted, so the reference needs no ON DELETE rule.
+    created_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id"))
+    touched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                        default=utcnow)
+    # The digest of the files the push that started the draft said it would upload
+    # (name -> sha256, digested as adapters' content_digest); a re-run resumes only a
+    # draft started for the same files.
+    declared_digest: Mapped[str | None] = mapped_column(String(SHA256_LENGTH))
 
     base: Mapped[Model | None] = relationship(remote_side=[id], lazy="raise")
     files: Mapped[list[ModelFile]] = relationship(
@@ -136,6 +148,11 @@ class Adapter(Base, Timestamped):
     compression_ratio: Mapped[float | None] = mapped_column(Float)
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # As on models: the draft's creator, its last touch and its declared files.
+    created_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id"))
+    touched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                        default=utcnow)
+    declared_digest: Mapped[str | None] = mapped_column(String(SHA256_LENGTH))
 
     base: Mapped[Model] = relationship(foreign_keys=[base_id], lazy="raise")
     source_model: Mapped[Model | None] = relationship(foreign_keys=[source_model_id],

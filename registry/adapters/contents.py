@@ -2,14 +2,12 @@
 
 Only headers (kept in the database at upload) and small JSON files are read: the
 tensor data was already checked for NaN/Inf while it streamed in. The JSON files are
-parsed strictly (compress/tensorio/strictjson.py), and a pushed report.json is kept as the
-adapter's quality only within the report size limit.
+parsed strictly (compress/tensorio/strictjson.py), and a pushed report.json (LoRA or
+BitDelta) is kept as the adapter's quality only within the report size limit.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,17 +20,20 @@ from compress.bitdelta import (
     inspect_bitdelta,
 )
 from compress.errors import CodecError
+from compress.filenames import PICTURE_SUFFIX
 from compress.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     check_lora_against_base,
     parse_adapter_config,
 )
+from compress.lora.report import REPORT_FORMAT as LORA_REPORT_FORMAT
 from compress.tensorio import Manifest, header_from_dict, parse_weight_map, strictjson
 from registry.errors import MissingFiles, Unprocessable, from_codec_error
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import AdapterFile, AdapterKind
+from registry.uploads.drafts import files_digest
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,7 @@ def inspect_adapter(kind: AdapterKind, files: Mapping[str, AdapterFile], base: M
 
 def content_digest(files: Mapping[str, AdapterFile]) -> str:
     """Identity of an adapter's content: its file names and their sha256."""
-    canonical = json.dumps(sorted((name, f.sha256) for name, f in files.items()))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return files_digest({name: f.sha256 for name, f in files.items()})
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def _inspect_lora(files: Mapping[str, AdapterFile], base: Manifest,
     weights = files[ADAPTER_WEIGHTS]
     assert weights.header is not None  # safetensors uploads always record their header
     summary = check_lora_against_base(config, header_from_dict(weights.header).tensors, base)
-    return AdapterContents(params=summary.to_params())
+    return AdapterContents(params=summary.to_params(), quality=_pushed_quality(files, reader))
 
 
 def _inspect_bitdelta(files: Mapping[str, AdapterFile], base: Manifest,
@@ -108,15 +108,40 @@ def _inspect_bitdelta(files: Mapping[str, AdapterFile], base: Manifest,
         assert f.header is not None  # safetensors uploads always record their header
         headers[name] = header_from_dict(f.header)
     summary = inspect_bitdelta(headers, weight_map, base)
-    quality = None
-    if REPORT_FILE in files:
-        report = reader.read_report(files[REPORT_FILE])
-        if isinstance(report, dict):
-            # The client's own compression report: keep its summary, not the per-tensor
-            # list, and say where it came from (the server did not measure it).
-            quality = {k: v for k, v in report.items() if k not in ("tensors", "files")}
-            quality["source"] = f"{REPORT_FILE} pushed with the adapter"
-    return AdapterContents(params=summary.to_params(), quality=quality)
+    return AdapterContents(params=summary.to_params(), quality=_pushed_quality(files, reader))
+
+
+# Per-tensor and per-module lists: in the pushed file, which stays downloadable, but not
+# in the adapter's row, which every GET of the adapter carries.
+_DETAIL_KEYS = frozenset({"tensors", "files", "modules", "saved", "left_out",
+                          "unchanged_targets", "omitted"})
+
+
+def _pushed_quality(files: Mapping[str, AdapterFile],
+                    reader: _JSONReader) -> dict[str, Any] | None:
+    """The quality a pushed report.json states (None without one): its summary, marked as
+    the client's own, since the server did not measure it.
+
+    A LoRA report's error figures also go to the top level under the names a LoRA
+    compression job uses, so listings show pushed and compressed adapters alike.
+    """
+    if REPORT_FILE not in files:
+        return None
+    report = reader.read_report(files[REPORT_FILE])
+    if not isinstance(report, dict):
+        raise Unprocessable(f"{REPORT_FILE} must be a JSON object (the codec's report); "
+                            f"this one is a JSON {type(report).__name__}",
+                            name="InvalidReport")
+    quality = {k: v for k, v in report.items() if k not in _DETAIL_KEYS}
+    summary = report.get("summary")
+    if report.get("format") == LORA_REPORT_FORMAT and isinstance(summary, dict):
+        quality.update(weight_rel_error_max=summary.get("max_error"),
+                       weight_rel_error_mean=summary.get("mean_error"))
+    quality["source"] = f"{REPORT_FILE} pushed with the adapter"
+    pictures = sorted(name for name in files if name.endswith(PICTURE_SUFFIX))
+    if pictures:
+        quality["pictures"] = pictures
+    return quality
 
 
 def _require(files: Mapping[str, AdapterFile], names: list[str], what: str) -> None:

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 
 from registry.adapters import service
 from registry.adapters.schemas import AdapterCreate, AdapterOut
-from registry.deps import AdminToken, DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
+from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
 from registry.downloads import StoredFile, file_response, find_file
+from registry.models.schemas import FinalizeRequest
 from registry.models.service import model_names
 from registry.schemas import FileOut, PageOut
 from registry.tables import Adapter, AdapterKind
@@ -34,15 +35,22 @@ def _out(session: Session, adapter: Adapter) -> AdapterOut:
     return _outs(session, [adapter])[0]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
-async def create_adapter(body: AdapterCreate, db: DatabaseDep, _: PushToken) -> AdapterOut:
-    """Start a push: then upload files to `/adapters/{id}/files/...` and finalize."""
-    def create(session: Session) -> AdapterOut:
-        adapter = service.create_adapter(session, body.name, body.base,
-                                         AdapterKind(body.kind), body.source_model)
-        return _out(session, service.get_adapter(session, str(adapter.id)))
+@router.post("", status_code=status.HTTP_201_CREATED,
+             responses={200: {"model": AdapterOut}, 201: {"model": AdapterOut}})
+async def create_adapter(body: AdapterCreate, db: DatabaseDep, settings: SettingsDep,
+                         token: PushToken) -> JSONResponse:
+    """Start a push: 201 with a new draft, or 200 with this token's own pending draft
+    started for the same declared `files` (with the files already uploaded), resumed.
+    Then upload files to `/adapters/{id}/files/...` and finalize."""
+    def create(session: Session) -> tuple[AdapterOut, bool]:
+        adapter, created = service.start_push(session, settings, body.name, body.base,
+                                              AdapterKind(body.kind), body.source, token.id,
+                                              body.files)
+        return _out(session, service.get_adapter(session, str(adapter.id))), created
 
-    return await db.write(create)
+    out, created = await db.write(create)
+    return JSONResponse(out.model_dump(mode="json"),
+                        status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 @router.get("")
@@ -73,7 +81,7 @@ async def get_adapter(ref: str, db: DatabaseDep, _: ReadToken) -> AdapterOut:
 async def upload_adapter_file(ref: str, filename: str, request: Request, store: StoreDep,
                               db: DatabaseDep, settings: SettingsDep,
                               token: PushToken) -> FileOut:
-    target = await db.read(
+    target = await db.write(  # a write: it touches the draft
         lambda session: service.upload_target(session, ref, filename, settings))
     result = await store_request(request, store, db, target, token_id=token.id,
                                  idle_timeout_s=settings.UPLOAD_IDLE_TIMEOUT_SECONDS)
@@ -82,14 +90,16 @@ async def upload_adapter_file(ref: str, filename: str, request: Request, store: 
 
 @router.post("/{ref}/finalize", responses={200: {"model": AdapterOut}, 201: {"model": AdapterOut}})
 async def finalize_adapter(ref: str, db: DatabaseDep, store: StoreDep, settings: SettingsDep,
-                           _: PushToken) -> JSONResponse:
+                           _: PushToken, body: FinalizeRequest | None = None) -> JSONResponse:
     """201 with a new version, or 200 with the existing version of identical content."""
+    expected = body.files if body is not None else None
+
     def finalize(session: Session) -> tuple[AdapterOut, bool]:
-        adapter, created = service.finalize_adapter(session, store, settings, ref)
+        adapter, created = service.finalize_adapter(session, store, settings, ref, expected)
         return _out(session, adapter), created
 
-    body, created = await db.write(finalize)
-    return JSONResponse(body.model_dump(mode="json"),
+    out, created = await db.write(finalize)
+    return JSONResponse(out.model_dump(mode="json"),
                         status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -109,7 +119,15 @@ async def set_alias(ref: str, alias: str, db: DatabaseDep, _: PushToken) -> Adap
         lambda session: _out(session, service.set_alias(session, ref, alias)))
 
 
+@router.delete("/{ref}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
+async def remove_alias(ref: str, alias: str, db: DatabaseDep, _: PushToken) -> Response:
+    """Remove an alias of the adapter name `ref` names (`latest` cannot be removed)."""
+    await db.write(lambda session: service.remove_alias(session, ref, alias))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_adapter(ref: str, db: DatabaseDep, _: AdminToken) -> Response:
-    await db.write(lambda session: service.delete_adapter(session, ref))
+async def delete_adapter(ref: str, db: DatabaseDep, token: PushToken) -> Response:
+    """A finalized version: `admin`. A pending draft (by its id): any token with `push`."""
+    await db.write(lambda session: service.delete_adapter(session, ref, token.scopes))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

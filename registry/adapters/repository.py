@@ -1,10 +1,13 @@
 from __future__ import annotations
 
-from sqlalchemy import Select, func, select, text
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
+from registry.models.repository import candidate_names
 from registry.repository import newest_first
 from registry.tables import Adapter, AdapterAlias, AdapterFile, AdapterKind, Status, utcnow
 
@@ -36,6 +39,17 @@ class AdapterRepository:
             AdapterAlias, AdapterAlias.adapter_id == Adapter.id).where(
             AdapterAlias.adapter_name == name, AdapterAlias.alias == alias)).first()
 
+    def delete_alias(self, name: str, alias: str) -> bool:
+        """Remove one alias of the adapter name; whether it existed."""
+        result = self.session.execute(delete(AdapterAlias).where(
+            AdapterAlias.adapter_name == name, AdapterAlias.alias == alias))
+        self.session.expire_all()  # loaded aliases lists are stale now
+        return bool(getattr(result, "rowcount", 0))
+
+    def aliases_of(self, name: str, limit: int = 100) -> list[str]:
+        return list(self.session.scalars(select(AdapterAlias.alias).where(
+            AdapterAlias.adapter_name == name).order_by(AdapterAlias.alias).limit(limit)))
+
     def latest(self, name: str) -> Adapter | None:
         return self.session.scalars(self._query().where(
             Adapter.name == name, Adapter.status == Status.READY).order_by(
@@ -55,10 +69,39 @@ class AdapterRepository:
             self.session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
                                  {"key": f"deltahub.adapter:{name}"})
 
+    def own_draft(self, name: str, token_id: int | None, declared_digest: str) -> Adapter | None:
+        """The newest pending draft of `name` started for the files `declared_digest`
+        names by `token_id` (or with no recorded creator), locked: the push that resumes
+        it holds it until its transaction ends."""
+        creator: ColumnElement[bool] = Adapter.created_by_token_id.is_(None)
+        if token_id is not None:
+            creator = or_(creator, Adapter.created_by_token_id == token_id)
+        return self.session.scalars(self._query().where(
+            Adapter.name == name, Adapter.status == Status.PENDING,
+            Adapter.declared_digest == declared_digest, creator).order_by(
+            Adapter.id.desc()).limit(1).with_for_update(of=Adapter)).first()
+
+    def candidate_names(self, name: str) -> list[str]:
+        """Names of finalized adapters `name` may misspell, from bounded reads."""
+        return candidate_names(self.session, Adapter.name, name,
+                               [Adapter.status == Status.READY], Adapter.id)
+
     def max_version(self, name: str) -> int:
         value = self.session.scalar(select(func.max(Adapter.version)).where(
             Adapter.name == name))
         return int(value or 0)
+
+    def stale_drafts(self, touched_before: datetime, limit: int) -> list[Adapter]:
+        """Up to `limit` pending drafts no push touched since `touched_before`, locked.
+
+        A draft that a push holds locked right now is skipped (PostgreSQL; on SQLite
+        writers take turns): that push is touching it.
+        """
+        touched = func.coalesce(Adapter.touched_at, Adapter.created_at)
+        return list(self.session.scalars(
+            self._query()
+            .where(Adapter.status == Status.PENDING, touched < touched_before)
+            .order_by(Adapter.id).limit(limit).with_for_update(of=Adapter, skip_locked=True)))
 
     def add(self, adapter: Adapter) -> Adapter:
         self.session.add(adapter)

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
+from registry.models.schemas import DECLARED_FILES_DESCRIPTION, Sha256Hex
 from registry.schemas import FileOut, Schema, UTCDateTime
 from registry.tables import Adapter
 
@@ -12,8 +13,14 @@ class AdapterCreate(Schema):
     name: str = Field(examples=["support-bot"])
     base: str = Field(examples=["llama2-7b"], description="the model this adapter applies to")
     kind: Literal["lora", "bitdelta"]
-    source_model: str | None = Field(
-        default=None, description="the full fine-tune this adapter was compressed from, if any")
+    # `source_model` was this field's first name; requests that use it still work.
+    source: str | None = Field(
+        default=None, validation_alias=AliasChoices("source", "source_model"),
+        examples=["support-bot-ft"],
+        description="the full fine-tune this adapter was made from (a finalized fine-tune of "
+                    "`base`, by name or id), recorded as the adapter's `source_model`")
+    files: dict[str, Sha256Hex] | None = Field(default=None,
+                                               description=DECLARED_FILES_DESCRIPTION)
 
 
 # A listing shows each adapter's headline figures; nested detail (per-tensor or

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -12,19 +13,20 @@ from registry.adapters.contents import content_digest, inspect_adapter
 from registry.adapters.repository import AdapterRepository
 from registry.errors import (
     AdapterNotFound,
+    AliasNotFound,
     Conflict,
-    InvalidRequest,
-    ModelNotFound,
+    InvalidSource,
     NotPending,
     NotReady,
 )
 from registry.models.repository import ModelRepository
-from registry.models.service import model_id
-from registry.names import check_filename, check_name, is_id, parse_id
+from registry.models.service import model_id, model_names, not_found
+from registry.names import check_filename, check_name, close_matches, did_you_mean, is_id, parse_id
 from registry.pagination import Page, page_request
 from registry.settings import Settings
 from registry.storage.base import BlobStore
-from registry.tables import Adapter, AdapterFile, AdapterKind, Model, Status, utcnow
+from registry.tables import Adapter, AdapterFile, AdapterKind, Model, ModelKind, Status, utcnow
+from registry.uploads import drafts
 from registry.uploads.flow import UploadTarget
 from registry.uploads.rules import adapter_file_rule
 
@@ -54,35 +56,93 @@ def get_adapter(session: Session, ref: str, lock: bool = False, full: bool = Fal
         adapter = repo.by_alias(check_name(match["name"], "adapter name"),
                                 check_name(match["alias"], "alias"))
     else:
-        adapter = repo.latest(check_name(ref, "adapter name"))
+        # A bare name means <name>:latest, so the two never differ. `latest` moves to each
+        # new version by itself, and only a deliberate PUT of the alias pins it elsewhere.
+        name = check_name(ref, "adapter name")
+        adapter = repo.by_alias(name, LATEST) or repo.latest(name)
     if adapter is None:
-        raise AdapterNotFound(
-            f"no adapter {ref!r}; refer to one as <id>, <name>, <name>@<version> or "
-            "<name>:<alias>, or list them with GET /adapters"
-        )
+        raise _not_found(session, ref)
     return adapter
 
 
+def _not_found(session: Session, ref: str) -> AdapterNotFound:
+    """The 404 for `ref`, suggesting adapter names when its name is unknown."""
+    name = None if is_id(ref) else re.split("[@:]", ref, maxsplit=1)[0]
+    repo = AdapterRepository(session)
+    matches = ([] if name is None or repo.latest(name) is not None
+               else close_matches(name, repo.candidate_names(name)))
+    return AdapterNotFound(
+        f"no adapter {ref!r}{did_you_mean(matches)}; refer to one as <id>, <name>, "
+        "<name>@<version> or <name>:<alias>, or list them with GET /adapters",
+        did_you_mean=matches)
+
+
 def create_adapter(session: Session, name: str, base_ref: str, kind: AdapterKind,
-                   source_ref: str | None) -> Adapter:
+                   source_ref: str | None, token_id: int | None = None) -> Adapter:
+    """A new draft (compression jobs make theirs here too, with their fine-tune as source)."""
     check_name(name, "adapter name")
-    base = _ready_model(session, base_ref, "base")
-    source_id = _ready_model(session, source_ref, "source model").id if source_ref else None
+    base = _ready_model(session, base_ref, "base", "UnknownBase")
+    source_id = _source_id(session, source_ref, base) if source_ref is not None else None
     return AdapterRepository(session).add(Adapter(
         name=name, kind=kind, base_id=base.id, source_model_id=source_id,
-        status=Status.PENDING, params={}))
+        status=Status.PENDING, params={}, created_by_token_id=token_id))
 
 
-def _ready_model(session: Session, ref: str, role: str) -> Model:
+def start_push(session: Session, settings: Settings, name: str, base_ref: str,
+               kind: AdapterKind, source_ref: str | None, token_id: int | None,
+               declared: Mapping[str, str] | None = None) -> tuple[Adapter, bool]:
+    """The draft a push of `name` uploads to, and whether it is new.
+
+    A push that declares its files (name -> sha256) resumes the token's own newest
+    pending draft started for the same files, when it has the same kind, base and source,
+    and replaces it otherwise. Without a declaration every push gets a new draft: adapter
+    drafts do not hold the name, and two pushes of one name at once (a CI matrix with one
+    token) must not write into one draft. Declared names are checked against the file
+    rules first, so a push that would be refused stores nothing.
+    """
+    check_name(name, "adapter name")
+    base = _ready_model(session, base_ref, "base", "UnknownBase")
+    source_id = _source_id(session, source_ref, base) if source_ref is not None else None
+    digest = drafts.check_declared(declared, lambda f: adapter_file_rule(kind, f, settings))
+    repo = AdapterRepository(session)
+    if digest is not None:
+        repo.lock_name(name)  # two re-runs at once must not both start a draft
+        draft = repo.own_draft(name, token_id, digest)
+        if draft is not None:
+            if (draft.kind, draft.base_id, draft.source_model_id) == (kind, base.id, source_id):
+                drafts.touch(draft)
+                session.flush()
+                return draft, False
+            repo.delete(draft)  # the same files under another kind, base or source
+    return repo.add(Adapter(
+        name=name, kind=kind, base_id=base.id, source_model_id=source_id,
+        status=Status.PENDING, params={}, created_by_token_id=token_id,
+        declared_digest=digest)), True
+
+
+def _ready_model(session: Session, ref: str, role: str, unknown: str) -> Model:
     if not is_id(ref):
         check_name(ref, f"{role} name")
     model = ModelRepository(session).by_ref(ref)
     if model is None:
-        raise InvalidRequest(f"unknown {role} {ref!r}; register and finalize it first",
-                             name="UnknownBase")
+        raise not_found(session, ref, f"{role} model", name=unknown)
     if model.status is not Status.READY:
         raise NotReady(f"{role} {ref!r} is not finalized yet; POST /models/{ref}/finalize first")
     return model
+
+
+def _source_id(session: Session, ref: str, base: Model) -> int:
+    """The fine-tune an adapter was made from: finalized, and tuned from its base."""
+    source = _ready_model(session, ref, "source", "UnknownSource")
+    if source.kind is not ModelKind.FINETUNE:
+        raise InvalidSource(f"source {source.name!r} is a base model; the source is the "
+                            "full fine-tune the adapter was made from")
+    if source.base_id != base.id:
+        tuned_from = model_names(session, [source.base_id]).get(source.base_id or 0)
+        raise InvalidSource(f"source {source.name!r} is a fine-tune of {tuned_from!r}, not of "
+                            f"{base.name!r}; push the adapter against {tuned_from!r}, or name "
+                            f"a fine-tune of {base.name!r}")
+    return source.id
 
 
 def pending_adapter(session: Session, ref: str) -> Adapter:
@@ -90,11 +150,15 @@ def pending_adapter(session: Session, ref: str) -> Adapter:
     if adapter.status is not Status.PENDING:
         raise NotPending(f"adapter {adapter.name}@{adapter.version} is finalized and immutable; "
                          "push again (POST /adapters) to make a new version")
+    drafts.touch(adapter)  # an upload starting or ending: the draft is in use
     return adapter
 
 
 def upload_target(session: Session, ref: str, filename: str, settings: Settings) -> UploadTarget:
-    """Where `PUT /adapters/{ref}/files/{filename}` goes, if the draft still takes files."""
+    """Where `PUT /adapters/{ref}/files/{filename}` goes, if the draft still takes files.
+
+    Run in a write transaction: it touches the draft (see pending_adapter).
+    """
     check_filename(filename)
     adapter = pending_adapter(session, ref)
     adapter_id = adapter.id
@@ -103,16 +167,20 @@ def upload_target(session: Session, ref: str, filename: str, settings: Settings)
                         recheck=lambda s: pending_adapter(s, str(adapter_id)))
 
 
-def finalize_adapter(session: Session, store: BlobStore, settings: Settings,
-                     ref: str) -> tuple[Adapter, bool]:
+def finalize_adapter(session: Session, store: BlobStore, settings: Settings, ref: str,
+                     expected_files: Mapping[str, str] | None = None) -> tuple[Adapter, bool]:
     """Validate a pushed adapter and give it a version; (adapter, whether it is new).
 
     Identical content under the same name returns the existing version and drops the
     draft. Finalizes of one name are serialised by a lock on the name; the unique
     constraints on (name, version) and (name, content_digest) are the backstop: a
-    loser of a race retries and finds the winner's row.
+    loser of a race retries and finds the winner's row. `expected_files` (name -> sha256)
+    must be exactly the draft's files, when given.
     """
     draft = get_adapter(session, ref, lock=True, full=True)
+    # Also for a version already made: a concurrent push of the same files may have
+    # finalized the draft this push resumed.
+    drafts.check_expected_files(f"adapter {draft.id}", draft.files, expected_files)
     if draft.status is Status.READY:
         return draft, False
     base = ModelRepository(session).by_id(draft.base_id, full=True)
@@ -170,9 +238,29 @@ def set_alias(session: Session, ref: str, alias: str) -> Adapter:
     return get_adapter(session, str(adapter.id))
 
 
-def delete_adapter(session: Session, ref: str) -> None:
+def remove_alias(session: Session, ref: str, alias: str) -> None:
+    """Remove `alias` from the adapter name `ref` names. `latest` stays: it is what the
+    bare name means."""
+    check_name(alias, "alias")
+    name = get_adapter(session, ref).name
+    if alias == LATEST:
+        raise Conflict(f"'{LATEST}' is what {name!r} alone refers to, so it cannot be removed; "
+                       f"move it with PUT /adapters/{name}@<version>/aliases/{LATEST}",
+                       name="AliasReserved")
+    repo = AdapterRepository(session)
+    if not repo.delete_alias(name, alias):
+        aliases = repo.aliases_of(name)
+        matches = close_matches(alias, aliases)
+        raise AliasNotFound(f"adapter {name!r} has no alias {alias!r}{did_you_mean(matches)}; "
+                            f"its aliases: {', '.join(aliases)}", did_you_mean=matches)
+
+
+def delete_adapter(session: Session, ref: str, scopes: Iterable[str]) -> None:
+    """Delete a version (`admin`) or a pending draft, by its id (`push`)."""
     repo = AdapterRepository(session)
     adapter = get_adapter(session, ref, lock=True)
+    drafts.check_may_delete(adapter.status, scopes,
+                            f"adapter {adapter.name}@{adapter.version}")
     name, had_latest = adapter.name, any(a.alias == LATEST for a in adapter.aliases)
     repo.delete(adapter)
     if had_latest and (newest := repo.latest(name)) is not None:
@@ -187,12 +275,7 @@ def list_adapters(session: Session, settings: Settings, *, base: str | None,
             check_name(value, what)
     request = page_request(settings, limit, page_token,
                            {"base": base, "kind": kind, "name": name, "alias": alias})
-    base_id: int | None = None
-    if base is not None:
-        try:
-            base_id = model_id(session, base)
-        except ModelNotFound:
-            return Page([], None)
+    base_id = model_id(session, base) if base is not None else None  # unknown: 404
     rows = AdapterRepository(session).page(base_id=base_id, kind=kind, name=name, alias=alias,
                                            after_id=request.after_id, limit=request.fetch)
     return request.page(rows, key=lambda a: a.id)

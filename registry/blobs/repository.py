@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any, cast
 
@@ -47,6 +48,26 @@ class BlobRepository:
         rows = self.session.execute(union(select(ModelFile.sha256),
                                           select(AdapterFile.sha256)))
         return {row[0] for row in rows}
+
+    def unreferenced_among(self, sha256s: Collection[str]) -> set[str]:
+        """Those of `sha256s` that no model or adapter file points at."""
+        if not sha256s:
+            return set()
+        return set(self.session.scalars(select(Blob.sha256).where(
+            Blob.sha256.in_(sha256s),
+            ~exists().where(ModelFile.sha256 == Blob.sha256),
+            ~exists().where(AdapterFile.sha256 == Blob.sha256))))
+
+    def delete_unreferenced_rows(self, sha256s: Collection[str]) -> int:
+        """Drop the blob rows of `sha256s` that are still unreferenced; how many."""
+        if not sha256s:
+            return 0
+        result = self.session.execute(delete(Blob).where(
+            Blob.sha256.in_(sha256s),
+            ~exists().where(ModelFile.sha256 == Blob.sha256),
+            ~exists().where(AdapterFile.sha256 == Blob.sha256),
+        ))
+        return int(getattr(result, "rowcount", 0) or 0)
 
     def delete_unreferenced(self, created_before: datetime) -> int:
         """Drop blob rows no file points at and older than the cutoff; how many."""

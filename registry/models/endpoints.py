@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from registry.deps import AdminToken, DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
+from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
 from registry.downloads import StoredFile, file_response, find_file
 from registry.models import service
-from registry.models.schemas import ModelCreate, ModelOut
+from registry.models.schemas import FinalizeRequest, ModelCreate, ModelOut
 from registry.schemas import FileOut, PageOut
 from registry.tables import Model, ModelKind
 from registry.uploads.flow import store_request
@@ -32,13 +32,21 @@ def _out(session: Session, model: Model) -> ModelOut:
     return _outs(session, [model])[0]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
-async def create_model(body: ModelCreate, db: DatabaseDep, _: PushToken) -> ModelOut:
-    def create(session: Session) -> ModelOut:
-        model = service.create_model(session, body.name, ModelKind(body.kind), body.base)
-        return _out(session, service.get_model(session, str(model.id)))
+@router.post("", status_code=status.HTTP_201_CREATED,
+             responses={200: {"model": ModelOut}, 201: {"model": ModelOut}})
+async def create_model(body: ModelCreate, db: DatabaseDep, settings: SettingsDep,
+                       token: PushToken) -> JSONResponse:
+    """Start a push: 201 with a new draft, or 200 with this token's own pending draft of
+    the name (its `files` already uploaded), resumed. Then upload files and finalize."""
+    def create(session: Session) -> tuple[ModelOut, bool]:
+        model, created = service.start_push(session, settings, body.name,
+                                            ModelKind(body.kind), body.base, token.id,
+                                            body.files)
+        return _out(session, service.get_model(session, str(model.id))), created
 
-    return await db.write(create)
+    out, created = await db.write(create)
+    return JSONResponse(out.model_dump(mode="json"),
+                        status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 @router.get("")
@@ -66,7 +74,7 @@ async def get_model(model: str, db: DatabaseDep, _: ReadToken) -> ModelOut:
 async def upload_model_file(model: str, filename: str, request: Request, store: StoreDep,
                             db: DatabaseDep, settings: SettingsDep,
                             token: PushToken) -> FileOut:
-    target = await db.read(
+    target = await db.write(  # a write: it touches the draft
         lambda session: service.upload_target(session, model, filename, settings))
     result = await store_request(request, store, db, target, token_id=token.id,
                                  idle_timeout_s=settings.UPLOAD_IDLE_TIMEOUT_SECONDS)
@@ -74,15 +82,17 @@ async def upload_model_file(model: str, filename: str, request: Request, store: 
 
 
 @router.post("/{model}/finalize")
-async def finalize_model(model: str, db: DatabaseDep, store: StoreDep,
-                         _: PushToken) -> ModelOut:
-    return await db.write(
-        lambda session: _out(session, service.finalize_model(session, store, model)))
+async def finalize_model(model: str, db: DatabaseDep, store: StoreDep, _: PushToken,
+                         body: FinalizeRequest | None = None) -> ModelOut:
+    expected = body.files if body is not None else None
+    return await db.write(lambda session: _out(
+        session, service.finalize_model(session, store, model, expected)))
 
 
 @router.delete("/{model}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_model(model: str, db: DatabaseDep, _: AdminToken) -> Response:
-    await db.write(lambda session: service.delete_model(session, model))
+async def delete_model(model: str, db: DatabaseDep, token: PushToken) -> Response:
+    """A pending draft: any token with `push`. A finalized model: `admin`."""
+    await db.write(lambda session: service.delete_model(session, model, token.scopes))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

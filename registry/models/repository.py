@@ -1,11 +1,30 @@
 from __future__ import annotations
 
-from sqlalchemy import Select, func, or_, select
-from sqlalchemy.orm import Session, defer, selectinload
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session, defer, selectinload
 
 from registry.names import is_id, parse_id
 from registry.repository import newest_first
-from registry.tables import Adapter, Model, ModelFile, ModelKind
+from registry.tables import Adapter, Model, ModelFile, ModelKind, Status
+
+# How many names each suggestion query reads at most (see candidate_names).
+SUGGESTION_SCAN = 100
+
+
+def candidate_names(session: Session, column: InstrumentedAttribute[str], name: str,
+                    where: list[ColumnElement[bool]],
+                    id_column: InstrumentedAttribute[int]) -> list[str]:
+    """Names in `column` that `name` may misspell, in three reads of SUGGESTION_SCAN rows:
+    its neighbours in case-blind alphabetical order on either side (a typo after the
+    first letters stays near), and the newest names (a typo in the first letter)."""
+    folded, key = name.lower(), func.lower(column)
+    query = select(column).where(*where).group_by(column).limit(SUGGESTION_SCAN)
+    after = query.where(key >= folded).order_by(key)
+    before = query.where(key < folded).order_by(key.desc())
+    newest = query.order_by(func.max(id_column).desc())
+    return [found for q in (after, before, newest) for found in session.scalars(q)]
 
 
 class ModelRepository:
@@ -55,8 +74,25 @@ class ModelRepository:
         rows = self.session.execute(select(Model.id, Model.name).where(Model.id.in_(ids)))
         return {row.id: row.name for row in rows}
 
-    def name_exists(self, name: str) -> bool:
-        return self.session.scalar(select(Model.id).where(Model.name == name)) is not None
+    def candidate_names(self, name: str, kind: ModelKind | None = None) -> list[str]:
+        """Names `name` may misspell, from bounded reads (see `candidate_names`)."""
+        return candidate_names(self.session, Model.name, name,
+                               [] if kind is None else [Model.kind == kind], Model.id)
+
+    def stale_drafts(self, touched_before: datetime, limit: int) -> list[Model]:
+        """Up to `limit` pending drafts no push touched since `touched_before`, locked.
+
+        A draft that a push holds locked right now is skipped (PostgreSQL; on SQLite
+        writers take turns): that push is touching it.
+        """
+        touched = func.coalesce(Model.touched_at, Model.created_at)
+        files = selectinload(Model.files).defer(ModelFile.header, raiseload=True)
+        return list(self.session.scalars(
+            select(Model).options(files)
+            .where(Model.status == Status.PENDING, touched < touched_before)
+            # Fine-tunes first: a base draft goes only after the fine-tune drafts on it.
+            .order_by(Model.kind.desc(), Model.id).limit(limit)
+            .with_for_update(of=Model, skip_locked=True)))
 
     def add(self, model: Model) -> Model:
         self.session.add(model)

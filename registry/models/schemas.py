@@ -1,17 +1,36 @@
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from registry.schemas import FileOut, Schema, UTCDateTime
 from registry.tables import Model
+
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
+# What a push declares it will upload, file name -> sha256 (hex).
+DECLARED_FILES_DESCRIPTION = (
+    "the files this push will upload, name -> sha256. A re-run of a push by the same token "
+    "resumes the draft started for the same files (200, with the files already uploaded); "
+    "see docs/architecture.md, \"Drafts\"")
 
 
 class ModelCreate(Schema):
     name: str = Field(examples=["llama2-7b"])
     kind: Literal["base", "finetune"]
     base: str | None = Field(default=None, description="the base model, for a finetune")
+    files: dict[str, Sha256Hex] | None = Field(default=None,
+                                               description=DECLARED_FILES_DESCRIPTION)
+
+
+class FinalizeRequest(Schema):
+    """The optional body of a finalize (models and adapters alike)."""
+
+    files: dict[str, Sha256Hex] | None = Field(
+        default=None, examples=[{"config.json": "0" * 64}],
+        description="the files this push uploaded, name -> sha256; when given, a draft "
+                    "holding other files (missing, extra or changed) is not finalized "
+                    "(409 `DraftChanged`)")
 
 
 class ModelOut(Schema):

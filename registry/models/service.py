@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -17,6 +17,7 @@ from compress.tensorio import (
     strictjson,
 )
 from registry.errors import (
+    DraftInProgress,
     HasDependents,
     IncompatibleBase,
     InvalidRequest,
@@ -28,11 +29,12 @@ from registry.errors import (
     from_codec_error,
 )
 from registry.models.repository import ModelRepository
-from registry.names import check_name, is_id
+from registry.names import check_name, close_matches, did_you_mean, is_id
 from registry.pagination import Page, page_request
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import Model, ModelFile, ModelKind, Status, utcnow
+from registry.uploads import drafts
 from registry.uploads.flow import UploadTarget
 from registry.uploads.rules import model_file_rule
 
@@ -46,7 +48,7 @@ def get_model(session: Session, ref: str, lock: bool = False, full: bool = False
         check_name(ref, "model name")  # before it reaches SQL (PostgreSQL refuses NUL)
     model = ModelRepository(session).by_ref(ref, lock=lock, full=full)
     if model is None:
-        raise ModelNotFound(f"no model {ref!r}; list models with GET /models")
+        raise not_found(session, ref)
     return model
 
 
@@ -56,8 +58,21 @@ def model_id(session: Session, ref: str) -> int:
         check_name(ref, "model name")
     found = ModelRepository(session).id_of(ref)
     if found is None:
-        raise ModelNotFound(f"no model {ref!r}; list models with GET /models")
+        raise not_found(session, ref)
     return found
+
+
+def not_found(session: Session, ref: str, role: str = "model", *,
+              kind: ModelKind | None = None, name: str | None = None) -> ModelNotFound:
+    """The 404 for an unknown model `ref`, with up to three names it may misspell.
+
+    `role` says what the caller was looking for ("base model"); `name` overrides the
+    error's name (`UnknownBase` for a request body's reference).
+    """
+    matches = [] if is_id(ref) else close_matches(
+        ref, ModelRepository(session).candidate_names(ref, kind))
+    return ModelNotFound(f"no {role} {ref!r}{did_you_mean(matches)}; list models with "
+                         "GET /models", name=name, did_you_mean=matches)
 
 
 def model_names(session: Session, ids: Iterable[int | None]) -> dict[int, str]:
@@ -65,26 +80,55 @@ def model_names(session: Session, ids: Iterable[int | None]) -> dict[int, str]:
     return ModelRepository(session).names_of({i for i in ids if i is not None})
 
 
-def create_model(session: Session, name: str, kind: ModelKind, base_ref: str | None) -> Model:
+def start_push(session: Session, settings: Settings, name: str, kind: ModelKind,
+               base_ref: str | None, token_id: int | None,
+               declared: Mapping[str, str] | None = None) -> tuple[Model, bool]:
+    """The draft a push of `name` uploads to, and whether it is new.
+
+    The token's own pending draft of the name is resumed, its files kept, when it was
+    started for the same kind and base and, if both pushes declared their files, for the
+    same files. Otherwise it is replaced by a new draft. `declared` (name -> sha256) is
+    checked against the file rules first, so a push that would be refused stores nothing.
+    """
     check_name(name, "model name")
+    base_id = _base_id(session, kind, base_ref)
+    digest = drafts.check_declared(declared, lambda f: model_file_rule(f, settings))
     repo = ModelRepository(session)
-    base_id: int | None = None
-    if kind is ModelKind.BASE and base_ref is not None:
-        raise InvalidRequest("a base model has no base; omit 'base' or use kind 'finetune'")
-    if kind is ModelKind.FINETUNE:
-        if base_ref is None:
-            raise InvalidRequest("a finetune needs 'base': the name of the model it was tuned from")
-        base = repo.by_ref(check_name(base_ref, "base model name"))
-        if base is None:
-            raise InvalidRequest(f"unknown base model {base_ref!r}; register it first with "
-                                 "POST /models", name="UnknownBase")
-        if base.kind is not ModelKind.BASE:
-            raise InvalidRequest(f"{base_ref!r} is a finetune; a finetune's base must be a "
-                                 "base model", name="UnknownBase")
-        base_id = base.id
-    if repo.name_exists(name):
-        raise NameTaken(f"a model named {name!r} exists; pick another name")
-    return repo.add(Model(name=name, kind=kind, base_id=base_id, status=Status.PENDING))
+    existing = repo.by_ref(name, lock=True)
+    if existing is not None:
+        if existing.status is Status.READY:
+            raise NameTaken(f"a model named {name!r} exists; pick another name")
+        if not drafts.owns(existing, token_id):
+            raise DraftInProgress(
+                f"another token's push of {name!r} is pending; delete that draft "
+                f"(DELETE /models/{name}, any token with push) or wait for it to expire, "
+                "or pick another name")
+        same_target = existing.kind is kind and existing.base_id == base_id
+        if same_target and drafts.same_files(existing, digest):
+            existing.declared_digest = digest or existing.declared_digest
+            drafts.touch(existing)
+            session.flush()
+            return existing, False
+        _delete(session, existing)  # started for another kind, base or files: start over
+    return repo.add(Model(name=name, kind=kind, base_id=base_id, status=Status.PENDING,
+                          created_by_token_id=token_id, declared_digest=digest)), True
+
+
+def _base_id(session: Session, kind: ModelKind, base_ref: str | None) -> int | None:
+    if kind is ModelKind.BASE:
+        if base_ref is not None:
+            raise InvalidRequest("a base model has no base; omit 'base' or use kind 'finetune'")
+        return None
+    if base_ref is None:
+        raise InvalidRequest("a finetune needs 'base': the name of the model it was tuned from")
+    base = ModelRepository(session).by_ref(check_name(base_ref, "base model name"))
+    if base is None:
+        raise not_found(session, base_ref, "base model", kind=ModelKind.BASE,
+                        name="UnknownBase")
+    if base.kind is not ModelKind.BASE:
+        raise InvalidRequest(f"{base_ref!r} is a finetune; a finetune's base must be a "
+                             "base model", name="UnknownBase")
+    return base.id
 
 
 def pending_model(session: Session, ref: str) -> Model:
@@ -93,19 +137,27 @@ def pending_model(session: Session, ref: str) -> Model:
     if model.status is not Status.PENDING:
         raise NotPending(f"model {model.name!r} is finalized and its files are immutable; "
                          "register a new model for new weights")
+    drafts.touch(model)  # an upload starting or ending: the draft is in use
     return model
 
 
 def upload_target(session: Session, ref: str, filename: str, settings: Settings) -> UploadTarget:
-    """Where `PUT /models/{ref}/files/{filename}` goes, if the model still takes files."""
+    """Where `PUT /models/{ref}/files/{filename}` goes, if the model still takes files.
+
+    Run in a write transaction: it touches the draft (see pending_model).
+    """
     rule = model_file_rule(filename, settings)
     model_id = pending_model(session, ref).id
     return UploadTarget(filename, ModelFile, "model_id", model_id, rule,
                         recheck=lambda s: pending_model(s, str(model_id)))
 
 
-def finalize_model(session: Session, store: BlobStore, ref: str) -> Model:
+def finalize_model(session: Session, store: BlobStore, ref: str,
+                   expected_files: Mapping[str, str] | None = None) -> Model:
+    """Build and record the manifest; `expected_files` (name -> sha256) must then be
+    exactly the draft's files."""
     model = get_model(session, ref, lock=True, full=True)
+    drafts.check_expected_files(f"model {model.name!r}", model.files, expected_files)
     if model.status is Status.READY:
         return model  # finalize is idempotent
     manifest = _build_manifest(model, store)
@@ -174,9 +226,15 @@ def list_models(session: Session, settings: Settings, kind: ModelKind | None,
     return request.page(rows, key=lambda m: m.id)
 
 
-def delete_model(session: Session, ref: str) -> None:
-    repo = ModelRepository(session)
+def delete_model(session: Session, ref: str, scopes: Iterable[str]) -> None:
+    """Delete a model: a pending draft with `push`, a finalized model with `admin`."""
     model = get_model(session, ref, lock=True)
+    drafts.check_may_delete(model.status, scopes, f"model {model.name!r}")
+    _delete(session, model)
+
+
+def _delete(session: Session, model: Model) -> None:
+    repo = ModelRepository(session)
     finetunes, adapters = repo.dependents(model.id)
     if finetunes or adapters:
         raise HasDependents(

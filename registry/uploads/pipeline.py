@@ -24,9 +24,12 @@ from compress.tensorio import (
 )
 from registry.errors import ChecksumMismatch, PayloadTooLarge, Unprocessable, from_codec_error
 from registry.storage.base import BlobStore, StagedObject, StagingWriter, StorageError
+from registry.uploads.png import PNG_SIGNATURE, check_png, check_png_start
 from registry.uploads.rules import ContentKind, FileRule
 
 _MAGIC_BYTES = 8  # enough for every magic number describe_pickle knows
+# Checked whole at the end; their size limits (JSON, report, picture) bound the buffer.
+_BUFFERED = (ContentKind.JSON, ContentKind.TEXT, ContentKind.PNG)
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,7 @@ class UploadPipeline:
         self.size = 0
         self._hash = hashlib.sha256()
         self._head = bytearray()  # the first PICKLE_SNIFF_BYTES, for pickle sniffing
-        self._buffer = (bytearray() if rule.kind in (ContentKind.JSON, ContentKind.TEXT)
-                        else None)
+        self._buffer = (bytearray() if rule.kind in _BUFFERED else None)
         self._validator = (
             StreamingValidator(filename, max_header_bytes=rule.max_header_bytes,
                                max_file_bytes=rule.max_bytes,
@@ -91,6 +93,8 @@ class UploadPipeline:
             self._validate(chunk)
         elif self._buffer is not None:
             self._buffer += chunk
+            if self.rule.kind is ContentKind.PNG:
+                check_png_start(bytes(self._buffer[:len(PNG_SIGNATURE)]), self.filename)
         self._writer.write(chunk)
 
     def _finish(self) -> UploadResult:
@@ -140,6 +144,9 @@ class UploadPipeline:
             except CodecError as exc:
                 raise from_codec_error(exc) from exc
         if self._buffer is None:  # binary: the pickle sniff was the check
+            return None
+        if self.rule.kind is ContentKind.PNG:
+            check_png(bytes(self._buffer), self.filename)
             return None
         try:
             text = bytes(self._buffer).decode("utf-8")

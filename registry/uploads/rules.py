@@ -3,7 +3,8 @@
 Which files make up a model, a LoRA adapter or a BitDelta delta is the formats' rule
 (`is_model_file`, `is_adapter_file`, `is_delta_file` in compress/), the same one
 `deltahub push` uses to choose what to send; here each accepted file gets its content
-check and size limit.
+check and size limit. Adapters of both kinds also keep the codec's `report.json` (as
+their quality) and its PNG pictures.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from enum import StrEnum
 
 from compress.bitdelta import CONFIG_FILE, DELTA_FILE, DELTA_INDEX, REPORT_FILE, is_delta_file
 from compress.errors import PickleRefused
-from compress.lora import ADAPTER_FILES, is_adapter_file
+from compress.filenames import is_report_file
+from compress.lora import ADAPTER_FILES, SPECTRA_FILE, is_adapter_file
 from compress.tensorio import (
     DEFAULT_MAX_HEADER_BYTES,
     MODEL_CARD,
@@ -32,6 +34,7 @@ class ContentKind(StrEnum):
     JSON = "json"  # UTF-8 JSON
     TEXT = "text"  # UTF-8 text (README.md, merges.txt)
     BINARY = "binary"  # opaque but never a pickle (tokenizer.model)
+    PNG = "png"  # a picture: the PNG container, checked whole (registry/uploads/png.py)
 
 
 @dataclass(frozen=True)
@@ -71,20 +74,23 @@ def model_file_rule(filename: str, settings: Settings) -> FileRule:
 def adapter_file_rule(kind: AdapterKind, filename: str, settings: Settings) -> FileRule:
     check_filename(filename)
     _refuse_pickle(filename)
+    if is_report_file(filename):  # either kind keeps the codec's report and pictures
+        if filename == REPORT_FILE:
+            # Kept as the adapter's quality: a summary, not a log.
+            return FileRule.of(ContentKind.JSON, settings.MAX_REPORT_BYTES, settings)
+        return FileRule.of(ContentKind.PNG, settings.MAX_PICTURE_BYTES, settings)
     if kind is AdapterKind.LORA and not is_adapter_file(filename):
         raise UnsupportedFile(
-            f"{filename!r}: a LoRA adapter takes the files peft writes: "
-            f"{', '.join(ADAPTER_FILES[:-1])} and {ADAPTER_FILES[-1]}"
+            f"{filename!r}: a LoRA adapter takes the files peft writes "
+            f"({', '.join(ADAPTER_FILES[:-1])} and {ADAPTER_FILES[-1]}), plus the "
+            f"extraction's {REPORT_FILE} and PNG pictures ({SPECTRA_FILE})"
         )
     if kind is AdapterKind.BITDELTA and not is_delta_file(filename):
         raise UnsupportedFile(
             f"{filename!r}: a BitDelta adapter takes {DELTA_FILE} (or delta-0000i-of-0000N"
-            f".safetensors shards with {DELTA_INDEX}), {CONFIG_FILE}, {REPORT_FILE} and "
-            f"{MODEL_CARD}"
+            f".safetensors shards with {DELTA_INDEX}), {CONFIG_FILE}, {REPORT_FILE}, "
+            f"{MODEL_CARD} and PNG pictures"
         )
-    if kind is AdapterKind.BITDELTA and filename == REPORT_FILE:
-        # Kept as the adapter's quality: a summary, not a log.
-        return FileRule.of(ContentKind.JSON, settings.MAX_REPORT_BYTES, settings)
     return _rule(filename, settings)
 
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from registry.app import create_app
-from registry.errors import IncompatibleBase, InvalidFilename, InvalidName
+from registry.errors import IncompatibleBase, InvalidFilename, InvalidName, ModelNotFound
 from registry.names import check_filename, check_name, is_id
 from registry.openapi import (
     ADAPTER_REF_RULE,
@@ -284,3 +284,6 @@ def test_error_bodies_the_server_sends_match_the_error_schema(
         assert error.is_valid(response.json()), response.text
     mismatch = IncompatibleBase("shapes differ", mismatches=["layers.0.q_proj: (4, 4) vs (4, 8)"])
     assert error.is_valid(mismatch.body())
+    suggested = ModelNotFound("no model 'tiny-lama'", did_you_mean=["tiny-llama"])
+    assert error.is_valid(suggested.body())
+    assert "did_you_mean" not in ModelNotFound("no model 'x'", did_you_mean=[]).body()

@@ -119,7 +119,7 @@ def test_lora_that_does_not_fit_the_base_is_refused(
 def test_adapter_needs_ready_known_base(client: TestClient, tokens: Tokens) -> None:
     unknown = client.post("/adapters", json={"name": "x", "base": "nope", "kind": "lora"},
                           headers=tokens.push)
-    assert unknown.status_code == 422
+    assert unknown.status_code == 404
     assert unknown.json()["error"] == "UnknownBase"
     client.post("/models", json={"name": "unfinished", "kind": "base"}, headers=tokens.push)
     pending = client.post("/adapters", json={"name": "x", "base": "unfinished", "kind": "lora"},

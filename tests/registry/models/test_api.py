@@ -35,10 +35,11 @@ def test_create_returns_pending(client: TestClient, tokens: Tokens) -> None:
                            headers=tokens.push)
     assert response.status_code == 201
     assert response.json()["status"] == "pending"
+    # The same push again resumes the draft (tests/registry/models/test_drafts.py).
     again = client.post("/models", json={"name": "llama2-7b", "kind": "base"},
                         headers=tokens.push)
-    assert again.status_code == 409
-    assert again.json()["error"] == "NameTaken"
+    assert again.status_code == 200
+    assert again.json()["id"] == response.json()["id"]
 
 
 def test_finetune_with_other_shapes_is_refused_with_each_mismatch(
