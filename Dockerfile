@@ -14,8 +14,9 @@ COPY registry ./registry
 COPY compress ./compress
 COPY kernels ./kernels
 COPY migrations ./migrations
-# Editable, so `deltahub db upgrade` finds ./migrations beside the packages.
-RUN pip install -e .
+# Editable, so `deltahub db upgrade` finds ./migrations beside the packages; the server
+# extra (a plain `deltahub` is the client alone), which brings the codecs too.
+RUN pip install -e ".[server]"
 
 EXPOSE 8000
 CMD ["deltahub", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -16,7 +16,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[all,dev]"  # everything: server, codecs, tests, tools
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -48,6 +48,7 @@ test: lint typecheck s3rver
 	$(BIN)/python -m pytest
 
 bench: install
+	$(BIN)/python benchmarks/cli_bench.py
 	$(BIN)/python benchmarks/bitdelta_bench.py
 	$(BIN)/python benchmarks/lora_bench.py
 	$(BIN)/python benchmarks/kernel_bench.py

@@ -67,7 +67,7 @@ def merge(
         ["size (GB)", report.bytes_out / GB],
         ["files", ", ".join(report.files)],
         ["seconds", report.seconds],
-    ])
+    ], fold=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -94,8 +94,8 @@ def _print_report(report: BitDeltaReport, output: Path) -> None:
         ["‖W_ft − Ŵ_ft‖/‖W_ft‖", report.weight_rel_error],
         ["seconds", report.seconds],
         ["fine-tune read (GB/s)", report.throughput_gb_s],
-    ])
+    ], fold=True)
     print_table("Relative error by projection", ["module", "‖ΔW − α·sign‖/‖ΔW‖",
                                                  "‖W_ft − Ŵ_ft‖/‖W_ft‖"],
                 [[kind, errors.delta_rel_error, errors.weight_rel_error]
-                 for kind, errors in report.errors_by_kind().items()])
+                 for kind, errors in report.errors_by_kind().items()], fold=True)

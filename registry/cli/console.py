@@ -1,31 +1,53 @@
-"""Shared terminal output: progress bars for long codec work and summary tables."""
+"""Shared terminal output: progress bars, tables, JSON for scripts, one-line failures.
+
+Tables and progress go to the terminal (progress on stderr); `--json` output goes to
+stdout as plain JSON, never through rich, so a script can parse it whatever the terminal.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
+from rich.text import Text
 
 from compress.errors import CodecError
 from compress.progress import ProgressFn
 
-console = Console(stderr=True)
-stdout = Console()
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+def _console(*, stderr: bool) -> Console:
+    made = Console(stderr=stderr)
+    # Rich freezes COLUMNS at construction; forgetting it makes each print read the width
+    # again (the terminal's, or COLUMNS as it is now), so a console made before COLUMNS
+    # changed (the CLI invoked in-process, as the tests do) follows the current value.
+    made._width = None
+    return made
+
+
+console = _console(stderr=True)
+stdout = _console(stderr=False)
 
 
 def transfer_progress() -> Progress:
     """Progress bars counted in bytes (GB = 10⁹ bytes), on stderr; add tasks to it."""
+    # Here, not at the top: listings and `--help` draw no progress bar.
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -49,21 +71,62 @@ def byte_progress(description: str) -> Iterator[ProgressFn]:
         yield update
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Print a table to stdout; numbers right-aligned."""
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], *,
+                fold: bool = False) -> None:
+    """Print a table to stdout; numbers right-aligned.
+
+    A cell too wide for the terminal ends in "…" on one line, so each row stays one line
+    (listings: `--json` has every name whole). `fold` wraps text instead, for reports
+    whose long module names must be read whole.
+    """
     table = Table(title=title, title_justify="left")
+    cells = [[_cell(v) for v in row] for row in rows]
     first = rows[0] if rows else [""] * len(columns)
-    for name, sample in zip(columns, first, strict=True):
-        numeric = isinstance(sample, int | float) and not isinstance(sample, bool)
-        # Text folds rather than being cut to "model.…": module names are long.
-        table.add_column(name, justify="right" if numeric else "left",
-                         overflow="ellipsis" if numeric else "fold")
-    for row in rows:
-        table.add_row(*(_cell(v) for v in row))
+    numeric = [isinstance(v, int | float) and not isinstance(v, bool) for v in first]
+    for i, name in enumerate(columns):
+        if numeric[i]:
+            # Numbers are never cut: the text columns give way.
+            table.add_column(name, justify="right", no_wrap=True,
+                             min_width=max([len(name), *(len(row[i]) for row in cells)]))
+        else:
+            table.add_column(name, overflow="fold" if fold else "ellipsis")
+    for row in cells:
+        # A text cell stays on its line and ends in "…" when its column is narrowed.
+        table.add_row(*(c if numeric[i] or fold else Text(c, no_wrap=True, overflow="ellipsis")
+                        for i, c in enumerate(row)))
     stdout.print(table)
 
 
+def print_fields(title: str, fields: Sequence[tuple[str, object]]) -> None:
+    """One record as `field  value` lines; values fold, since this is where they are read
+    whole (a digest, the parameters)."""
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("field", style="bold", no_wrap=True,
+                     min_width=max((len(k) for k, _ in fields), default=0))
+    table.add_column("value", overflow="fold")
+    for key, value in fields:
+        table.add_row(key, "" if value is None else _cell(value))
+    stdout.print(table)
+
+
+def print_json(data: Any) -> None:
+    """`data` as JSON on stdout, for scripts (`--json`)."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+class Size(int):
+    """A number of bytes, shown as 17.4 kB, 13.5 GB (10³ steps, as the progress bars)."""
+
+
+_SIZE_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
+
+
 def _cell(value: object) -> str:
+    if isinstance(value, Size):
+        amount, unit = float(value), 0
+        while amount >= 1000 and unit < len(_SIZE_UNITS) - 1:
+            amount, unit = amount / 1000, unit + 1
+        return f"{int(amount)} B" if unit == 0 else f"{amount:.1f} {_SIZE_UNITS[unit]}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -71,8 +134,8 @@ def _cell(value: object) -> str:
 
 def fail(name: str, detail: str, code: int = 1) -> typer.Exit:
     """Print `<name>: <detail>` to stderr and return the Exit to raise."""
-    console.print(f"[red]{name}[/red]: {detail}", soft_wrap=True, highlight=False,
-                  markup=True)
+    # Text, not markup: details quote brackets ("deltahub[compress]", "input_ids [n, seq]").
+    console.print(Text.assemble((name, "red"), ": ", detail), soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 

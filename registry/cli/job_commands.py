@@ -9,14 +9,15 @@ from typing import Annotated, Any
 
 import typer
 
-from registry.cli.client_commands import Token, Url, connected
-from registry.cli.console import console, print_table, stdout
-from registry.client import DEFAULT_URL, DeltahubClient
+from registry.cli.console import console, print_json, print_table, stdout
+from registry.cli.failures import EXIT_FAILED, EXIT_GATE, EXIT_OK
+from registry.cli.remote import DEFAULT_URL, Json, Token, Url, connected
+from registry.client import DeltahubClient
 
 jobs_app = typer.Typer(help="Compression jobs.", no_args_is_help=True)
 
-# Exit statuses of `deltahub compress --wait` (and `jobs show`): what CI scripts test.
-EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
+# Exit statuses of `deltahub compress --wait`: what CI scripts test (registry/cli/failures.py).
+EXIT_SUCCEEDED, EXIT_CANCELLED = EXIT_OK, EXIT_GATE
 _POLL_SECONDS = 1.0
 
 
@@ -111,25 +112,31 @@ def jobs_ls(
     status: Annotated[str | None, typer.Option(help="queued, running, succeeded, ...")] = None,
     model: Annotated[str | None, typer.Option(help="jobs of this fine-tune")] = None,
     method: Annotated[Method | None, typer.Option(help="bitdelta or lora")] = None,
-    url: Url = DEFAULT_URL, token: Token = None,
+    json: Json = False, url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:
     """List jobs, newest first."""
     with connected(url, token) as client:
-        rows = [[j["id"], j["status"], j["method"], j["model"], j["adapter_name"],
-                 f"{j['progress']['fraction']:.0%}", j["progress"]["stage"],
-                 j["error"]["name"] if j["error"] else ""]
-                for j in client.list_jobs(status=status, model=model,
-                                          method=method.value if method else None)]
+        jobs = list(client.list_jobs(status=status, model=model,
+                                     method=method.value if method else None))
+    if json:
+        print_json(jobs)
+        return
+    rows = [[j["id"], j["status"], j["method"], j["model"], j["adapter_name"],
+             f"{j['progress']['fraction']:.0%}", j["progress"]["stage"],
+             j["error"]["name"] if j["error"] else ""] for j in jobs]
     print_table("jobs", ["id", "status", "method", "model", "adapter", "done", "stage",
                          "error"], rows)
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: Annotated[int, typer.Argument(help="job id")],
+def jobs_show(job_id: Annotated[int, typer.Argument(help="job id")], json: Json = False,
               url: Url = DEFAULT_URL, token: Token = None) -> None:
     """One job: its state, progress, attempts, error and adapter."""
     with connected(url, token) as client:
         job = client.get_job(job_id)
+    if json:
+        print_json(job)
+        return
     print_table(f"job {job_id}", ["field", "value"], [
         ["status", job["status"]], ["method", job["method"]], ["model", job["model"]],
         ["base", job["base"]], ["adapter name", job["adapter_name"]],

@@ -81,14 +81,16 @@ def print_summary(report: LoraReport, out: Path) -> None:
     """Per module kind, then what was left out; every module's numbers are in report.json."""
     print_table(f"LoRA adapter: {out}", ["module", "n", "rank", "max error", "min energy",
                                          "MB in", "MB out", "target met"],
-                [_kind_row(kind, group) for kind, group in report.modules_by_kind().items()])
+                [_kind_row(kind, group) for kind, group in report.modules_by_kind().items()],
+                fold=True)
     if report.left_out:
         groups: dict[tuple[str, str], list[ChangedTensor]] = defaultdict(list)
         for c in report.left_out:
             groups[(layer_pattern(c.name), c.reason.split(";")[0])].append(c)
         print_table("Changed but left out", ["tensor", "n", "max rel. change", "MB", "why"],
                     [(name, len(g), max(c.relative_change for c in g),
-                      _mb(sum(c.nbytes for c in g)), why) for (name, why), g in groups.items()])
+                      _mb(sum(c.nbytes for c in g)), why) for (name, why), g in groups.items()],
+                    fold=True)
         if any(c.reason.startswith("not a LoRA target") for c in report.left_out):
             stdout.print("pass --save-modules to carry changed non-target modules through "
                          "modules_to_save")

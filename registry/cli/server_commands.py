@@ -1,6 +1,7 @@
-"""Server-side commands: `serve`, `db upgrade`, `token create|list|revoke`, `gc`.
+"""Server-side commands: `serve`, `db upgrade|current`, `token create|list|revoke`, `gc`.
 
-These open the database (and storage) directly, from `DELTAHUB_*` settings.
+These open the database (and storage) directly, from `DELTAHUB_*` settings, found the
+way the server finds them; none creates a database but `db upgrade` (registry/cli/locate.py).
 """
 
 from __future__ import annotations
@@ -8,19 +9,20 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-import uvicorn
 
-from registry.app import create_app
 from registry.auth import service as tokens
+from registry.blobs.drafts import remove_stale_drafts
 from registry.blobs.service import collect_garbage
-from registry.cli.console import console, print_table, stdout
+from registry.cli.console import console, print_json, print_table, stdout
+from registry.cli.locate import migrated_engine, shown, sqlite_path
+from registry.cli.remote import Json
 from registry.db import make_engine, make_session_factory, unit_of_work
 from registry.migrate import current_revision, head_revision, upgrade
 from registry.settings import Settings
 from registry.storage.factory import make_blob_store
 
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
-token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens, straight in the database.", no_args_is_help=True)
 
 
 def serve(
@@ -28,15 +30,16 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port [DELTAHUB_PORT]")] = None,
 ) -> None:
     """Run the API server (the database must be migrated: `deltahub db upgrade`)."""
+    # Here, not at the top: `token` and `gc` need neither the web stack nor the app.
+    import uvicorn
+
+    from registry.app import create_app
+
     settings = Settings()
-    engine = make_engine(settings.DATABASE_URL)
-    current, head = current_revision(engine), head_revision(settings.DATABASE_URL)
-    if current != head:
-        console.print(f"[red]the database is at revision {current}, not {head}[/red]; "
-                      "run `deltahub db upgrade` first")
-        raise typer.Exit(1)
+    engine = migrated_engine(settings)
     with unit_of_work(make_session_factory(engine)) as session:
         issued = tokens.bootstrap_admin(session)
+    engine.dispose()
     if issued is not None:
         console.print("[bold yellow]First start: created an admin token. It is shown only "
                       "once; store it now:[/bold yellow]")
@@ -48,16 +51,22 @@ def serve(
 
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
-    """Apply migrations up to REVISION (default: the newest)."""
+    """Create or migrate the database: apply migrations up to REVISION (default: newest)."""
     url = Settings().DATABASE_URL
     upgrade(url, revision)
-    console.print(f"database at {current_revision(make_engine(url))}")
+    path = sqlite_path(url)
+    console.print(f"database {path or shown(url)} at {current_revision(make_engine(url))}",
+                  highlight=False)
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Show the database's schema revision and the newest one."""
-    url = Settings().DATABASE_URL
+    settings = Settings()
+    url = settings.DATABASE_URL
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        migrated_engine(settings)  # says where it looked and how to create one
     stdout.print(f"current {current_revision(make_engine(url))}, head {head_revision(url)}")
 
 
@@ -67,26 +76,32 @@ def token_create(
     name: Annotated[str, typer.Option(help="a label to tell tokens apart")] = "cli",
 ) -> None:
     """Create a token and print it (only the token, so scripts can capture it)."""
-    factory = make_session_factory(make_engine(Settings().DATABASE_URL))
+    factory = make_session_factory(migrated_engine(Settings()))
     with unit_of_work(factory) as session:
         issued = tokens.create_token(session, name, scopes.split(","))
     stdout.print(issued.secret, highlight=False)
 
 
 @token_app.command("list")
-def token_list() -> None:
+def token_list(json: Json = False) -> None:
     """List tokens (never their secrets)."""
-    factory = make_session_factory(make_engine(Settings().DATABASE_URL))
+    factory = make_session_factory(migrated_engine(Settings()))
     with unit_of_work(factory) as session:
-        rows = [[t.id, t.name, t.prefix + "…", ",".join(t.scopes),
-                 "revoked" if t.revoked_at else "active"] for t in tokens.list_tokens(session)]
-    print_table("tokens", ["id", "name", "prefix", "scopes", "state"], rows)
+        found = [(t.id, t.name, t.prefix, sorted(t.scopes), t.revoked_at is not None)
+                 for t in tokens.list_tokens(session)]
+    if json:
+        print_json([{"id": i, "name": n, "prefix": p, "scopes": s, "revoked": r}
+                    for i, n, p, s, r in found])
+        return
+    print_table("tokens", ["id", "name", "prefix", "scopes", "state"],
+                [[i, n, f"{p}…", ",".join(s), "revoked" if r else "active"]
+                 for i, n, p, s, r in found])
 
 
 @token_app.command("revoke")
 def token_revoke(token_id: Annotated[int, typer.Argument(help="id from `token list`")]) -> None:
     """Revoke a token; requests with it get 401 from now on."""
-    factory = make_session_factory(make_engine(Settings().DATABASE_URL))
+    factory = make_session_factory(migrated_engine(Settings()))
     with unit_of_work(factory) as session:
         tokens.revoke_token(session, token_id)
     console.print(f"token {token_id} revoked")
@@ -95,13 +110,19 @@ def token_revoke(token_id: Annotated[int, typer.Argument(help="id from `token li
 def gc(
     grace_seconds: Annotated[int | None, typer.Option(
         help="keep anything younger [DELTAHUB_GC_GRACE_SECONDS]")] = None,
+    draft_ttl_seconds: Annotated[float | None, typer.Option(
+        help="remove drafts untouched this long [DELTAHUB_DRAFT_TTL_SECONDS]")] = None,
 ) -> None:
-    """Remove staging leftovers and blobs that no model or adapter references."""
+    """Remove stale drafts, staging leftovers and blobs that nothing references."""
     settings = Settings()
-    factory = make_session_factory(make_engine(settings.DATABASE_URL))
+    factory = make_session_factory(migrated_engine(settings))
+    store = make_blob_store(settings)
+    ttl = settings.DRAFT_TTL_SECONDS if draft_ttl_seconds is None else draft_ttl_seconds
     grace = settings.GC_GRACE_SECONDS if grace_seconds is None else grace_seconds
-    report, rows = collect_garbage(factory, make_blob_store(settings), grace)
+    drafts = remove_stale_drafts(factory, store, ttl)
+    report, rows = collect_garbage(factory, store, grace)
     print_table("garbage collection", ["what", "count", "bytes"], [
+        ["stale drafts removed", drafts, 0],
         ["staging objects removed", report.staging_deleted, report.staging_bytes_freed],
         ["unfinished multipart uploads aborted", report.uploads_aborted, 0],
         ["blobs removed", report.blobs_deleted, report.blob_bytes_freed],

@@ -1,10 +1,10 @@
 """`deltahub verify`: check a BitDelta delta's kernel and compression error against its fine-tune.
 
 Runs locally on files (compress/bitdelta/verify.py): a progress bar in bytes on stderr, a summary
-table and the worst layers on stdout (`--all`: every layer, in module order), and the full
-report as JSON. The JSON goes to `--json`, by default `./verify-<delta name>.json` in the
-working directory: the delta directory is the artifact that gets pushed (content-addressed),
-so verification never writes into it.
+table and the worst layers on stdout (`--all`: every layer, in module order). The full
+report as JSON is written only when asked, to `--json PATH`: a command that checks files
+leaves no file behind unasked (and never writes into the delta directory, the artifact
+that gets pushed).
 
 Exit status: 0 when every kernel check agrees; 1 when a kernel check disagrees (the kernel
 is wrong; the report is still written) or the inputs are refused (codec errors); 2 for
@@ -67,7 +67,7 @@ def verify(
              "CPU]", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="seed of the random activations")] = 0,
     json_path: Annotated[Path | None, typer.Option(
-        "--json", help="where to write the JSON report  [default: ./verify-<delta name>.json]",
+        "--json", help="also write the full report, every layer, as JSON to this file",
         show_default=False)] = None,
     all_layers: Annotated[bool, typer.Option(
         "--all", help="list every layer, not only the worst")] = False,
@@ -80,7 +80,6 @@ def verify(
         raise typer.BadParameter("--rows must be at least 1")
     if max_error is not None and not max_error >= 0:
         raise typer.BadParameter("--max-error must be a non-negative number")
-    out = json_path or Path(f"verify-{_delta_name(delta)}.json")
     try:
         with byte_progress("verifying") as progress:
             report = verify_delta(base, finetune, delta, device, rows=rows,
@@ -88,11 +87,13 @@ def verify(
                                   seed=seed, backend=backend.value, progress=progress)
     except CodecError as exc:
         raise codec_failure(exc) from exc
-    try:
-        out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise fail("cannot write the JSON report", str(exc)) from exc
-    _print_summary(report, out)
+    if json_path is not None:
+        try:
+            json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n",
+                                 encoding="utf-8")
+        except OSError as exc:
+            raise fail("cannot write the JSON report", str(exc)) from exc
+    _print_summary(report, json_path)
     _print_layers(report, all_layers)
     raise typer.Exit(_verdict(report, max_error))
 
@@ -101,12 +102,7 @@ def register(app: typer.Typer) -> None:
     app.command("verify")(verify)
 
 
-def _delta_name(delta: Path) -> str:
-    resolved = delta.resolve()
-    return (resolved.parent if resolved.is_file() else resolved).name or "delta"
-
-
-def _print_summary(report: VerifyReport, out: Path) -> None:
+def _print_summary(report: VerifyReport, out: Path | None) -> None:
     agreeing = len(report.layers) - len(report.kernel_failures)
     print_table(f"Verification of {report.delta}", ["", "value"], [
         ["layers verified", len(report.layers)],
@@ -124,8 +120,8 @@ def _print_summary(report: VerifyReport, out: Path) -> None:
         ["kernel checked at", ", ".join(f"{m} row{'s' * (m != 1)} ({k})"
                                         for m, k in report.kernel_batches.items())],
         ["seconds", report.seconds],
-        ["JSON report", str(out)],
-    ])
+        ["JSON report", str(out) if out else "not written (--json PATH writes one)"],
+    ], fold=True)
 
 
 def _print_layers(report: VerifyReport, all_layers: bool) -> None:

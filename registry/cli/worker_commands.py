@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from registry.cli.console import console
+from registry.cli.locate import migrated_engine
 from registry.database import Database
 from registry.jobs.worker import Worker
 from registry.settings import Settings
@@ -29,6 +30,7 @@ def worker(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings()
+    migrated_engine(settings).dispose()  # a clear line, not a worker failing on every claim
     database = Database.from_settings(settings)
     runner = Worker(database, make_blob_store(settings), settings, name=name,
                     capabilities=set() if cpu_only else None)

@@ -11,7 +11,6 @@ import torch
 from typer.testing import CliRunner
 
 from kernels import bitdelta_linear
-from registry.cli import console
 from registry.cli.app import app
 from tests.compress.bitdelta.helpers import make_delta
 
@@ -27,7 +26,9 @@ def delta(tiny_base: Path, tiny_finetune: Path, tmp_path_factory: pytest.TempPat
 @pytest.fixture(autouse=True)
 def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     # The runner is no terminal, so rich would assume 80 columns and fold module names.
-    monkeypatch.setattr(console.stdout, "width", 200)
+    # (Setting console.stdout.width would freeze the width for every later test: rich keeps
+    # an assigned width, and monkeypatch's undo assigns the old one.)
+    monkeypatch.setenv("COLUMNS", "200")
 
 
 def verify(tiny_base: Path, tiny_finetune: Path, delta: Path, *options: str
@@ -59,16 +60,23 @@ def test_tables_and_json_report(tiny_base: Path, tiny_finetune: Path, delta: Pat
     assert stdout.index(shown[0]) < stdout.index(shown[1])  # worst first
 
 
-def test_all_lists_every_layer_and_the_default_json_is_in_the_working_directory(
+def test_all_lists_every_layer_and_writes_no_file_unasked(
         tiny_base: Path, tiny_finetune: Path, delta: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     before = sorted(p.name for p in delta.iterdir())
-    monkeypatch.chdir(tmp_path)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
     code, stdout, stderr = verify(tiny_base, tiny_finetune, delta, "--all", "--rows", "8")
     assert code == 0, stderr
-    report = json.loads((tmp_path / "verify-delta.json").read_text())
-    assert report["summary"]["rows"] == 8
+    assert list(workdir.iterdir()) == []  # no JSON without --json PATH
+    assert "not written (--json PATH writes one)" in stdout
     assert "All 14 layers" in stdout
+    out = tmp_path / "all.json"
+    code, _, stderr = verify(tiny_base, tiny_finetune, delta, "--rows", "8", "--json", str(out))
+    assert code == 0, stderr
+    report = json.loads(out.read_text())
+    assert report["summary"]["rows"] == 8
     assert all(layer["module"] in stdout for layer in report["layers"])
     assert sorted(p.name for p in delta.iterdir()) == before  # the pushed artifact is untouched
 

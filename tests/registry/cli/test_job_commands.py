@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
 import pytest
-from typer.testing import CliRunner
 
 from registry.cli.app import app
 from registry.cli.job_commands import EXIT_CANCELLED, EXIT_FAILED
 from registry.jobs.worker import Worker
 from tests.conftest import LiveServer, Tokens
+from tests.registry.cli.conftest import env_for, runner
 from tests.registry.conftest import TinyModels
-
-runner = CliRunner()
 
 
 def _env(server: LiveServer, headers: dict[str, str]) -> dict[str, str]:
-    return {"DELTAHUB_URL": server.url,
-            "DELTAHUB_TOKEN": headers["Authorization"].removeprefix("Bearer ")}
+    return env_for(server.url, headers)
 
 
 @pytest.fixture
@@ -59,6 +57,10 @@ def test_compress_wait_follows_the_job_to_its_adapter(live_server: LiveServer,
     assert "succeeded" in listed.output
     shown = runner.invoke(app, ["jobs", "show", "1"], env=env)
     assert "1 of 3" in shown.output
+    as_json = json.loads(runner.invoke(app, ["jobs", "ls", "--json"], env=env).stdout)
+    assert [(j["id"], j["status"]) for j in as_json] == [(1, "succeeded")]
+    job = json.loads(runner.invoke(app, ["jobs", "show", "1", "--json"], env=env).stdout)
+    assert job["adapter"]["name"] == "tiny-ft-bitdelta"
     adapters = runner.invoke(app, ["ls", "adapters", "--alias", "prod"], env=env)
     assert "latest, prod" in adapters.output
 

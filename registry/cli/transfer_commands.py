@@ -1,0 +1,181 @@
+"""`deltahub push`, `push-model` and `pull`: files between a directory and the server.
+
+A push resumes: run again after a failure, it sends only the files the server does not
+hold yet (the protocol is in registry/client/push.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compress.filenames import (
+    ADAPTER_CONFIG,
+    DELTA_FILE,
+    is_adapter_file,
+    is_delta_file,
+    is_model_file,
+    is_report_file,
+)
+from registry.cli.console import console, stdout, transfer_progress
+from registry.cli.failures import EXIT_FAILED, CommandFailure
+from registry.cli.remote import DEFAULT_URL, Token, Url, connected
+from registry.client import DeltahubClient, sha256_of
+from registry.client.push import Push
+
+
+class AdapterKindChoice(StrEnum):
+    """What `--kind` takes: the adapter kinds the server knows, by their names."""
+
+    lora = "lora"
+    bitdelta = "bitdelta"
+
+
+# Which files make up each thing pushed: the formats' rule, the one the server applies.
+# An adapter of either kind also carries the codec's report.json and pictures.
+_MEMBERSHIP: dict[AdapterKindChoice | None, tuple[Callable[[str], bool], str]] = {
+    None: (is_model_file, "a model"),
+    AdapterKindChoice.lora: (lambda n: is_adapter_file(n) or is_report_file(n),
+                             "a LoRA adapter"),
+    AdapterKindChoice.bitdelta: (lambda n: is_delta_file(n) or is_report_file(n),
+                                 "a BitDelta delta"),
+}
+
+
+def detect_kind(directory: Path) -> AdapterKindChoice:
+    if (directory / ADAPTER_CONFIG).exists():
+        return AdapterKindChoice.lora
+    if any(p.suffix == ".safetensors" and is_delta_file(p.name) for p in directory.iterdir()):
+        return AdapterKindChoice.bitdelta
+    raise typer.BadParameter(f"{directory} holds neither {ADAPTER_CONFIG} (a peft LoRA) nor "
+                             f"{DELTA_FILE} (a BitDelta delta)")
+
+
+def files_to_push(directory: Path, kind: AdapterKindChoice | None) -> list[Path]:
+    """The files that make up this kind of upload; others (trainer state, ...) are skipped."""
+    belongs, what = _MEMBERSHIP[kind]
+    chosen: list[Path] = []
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        if belongs(path.name):
+            chosen.append(path)
+        else:
+            console.print(f"[yellow]skipping {path.name}[/yellow]: not a file of {what}",
+                          highlight=False)
+    if not chosen:
+        raise CommandFailure("nothing to push", f"{directory} holds no file of {what}",
+                             EXIT_FAILED)
+    return chosen
+
+
+def _hash_all(paths: list[Path]) -> dict[str, str]:
+    with transfer_progress() as progress:
+        task = progress.add_task("hashing", total=sum(p.stat().st_size for p in paths), item="")
+        return {p.name: sha256_of(p, lambda n: progress.advance(task, n)) for p in paths}
+
+
+def _upload_all(client: DeltahubClient, owner: str, paths: list[Path],
+                digests: dict[str, str]) -> None:
+    with transfer_progress() as progress:
+        task = progress.add_task("uploading", total=sum(p.stat().st_size for p in paths),
+                                 item="")
+        for path in paths:
+            progress.update(task, item=path.name)
+            client.upload(owner, path, digests[path.name], lambda n: progress.advance(task, n))
+
+
+def _push(client: DeltahubClient, paths: list[Path]) -> Push:
+    return Push(client, paths, _hash_all(paths), upload_all=_upload_all,
+                say=lambda line: console.print(line, highlight=False))
+
+
+def push(
+    directory: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                              help="adapter directory (peft output)")],
+    base: Annotated[str, typer.Option(help="base model name, e.g. llama2-7b")],
+    name: Annotated[str, typer.Option(help="adapter name, e.g. support-bot")],
+    kind: Annotated[AdapterKindChoice | None, typer.Option(
+        help="lora or bitdelta (detected)")] = None,
+    alias: Annotated[str | None, typer.Option(help="also point this alias at it")] = None,
+    source: Annotated[str | None, typer.Option(
+        help="the fine-tune it was made from (a registered fine-tune of BASE), kept as its "
+             "lineage")] = None,
+    url: Url = DEFAULT_URL, token: Token = None,
+) -> None:
+    """Push an adapter directory (peft or BitDelta output): upload its files and get a version.
+
+    Identical content returns the version already registered; new content makes the next
+    version, which `NAME` (= `NAME:latest`) then means. A push that failed half-way resumes
+    when run again: files already uploaded are not sent twice.
+    """
+    kind = kind or detect_kind(directory)
+    paths = files_to_push(directory, kind)
+    with connected(url, token) as client:
+        adapter, created = _push(client, paths).adapter(name, base, kind.value, source)
+        if alias:
+            adapter = client.set_alias(str(adapter["id"]), alias)
+    what = "new version" if created else "unchanged: identical content already registered"
+    stdout.print(f"{adapter['name']}@{adapter['version']} ({what}); id {adapter['id']}, "
+                 f"aliases {', '.join(adapter['aliases'])}", highlight=False)
+
+
+def push_model(
+    directory: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                              help="model directory (safetensors + config)")],
+    name: Annotated[str, typer.Option(help="model name, e.g. llama2-7b")],
+    base: Annotated[str | None, typer.Option(help="for a fine-tune: its base model")] = None,
+    url: Url = DEFAULT_URL, token: Token = None,
+) -> None:
+    """Register a base model or a full fine-tune: upload its files and finalize.
+
+    Run again after a failure, it resumes this token's own draft of NAME.
+    """
+    paths = files_to_push(directory, None)
+    with connected(url, token) as client:
+        model = _push(client, paths).model(name, base)
+    stdout.print(f"{model['name']}: {model['tensor_count']} tensors, "
+                 f"{model['parameter_count']:,} parameters, ready", highlight=False)
+
+
+def pull(
+    ref: Annotated[str, typer.Argument(
+        help="adapter: id, NAME (= NAME:latest), NAME@VERSION or NAME:ALIAS; with "
+             "--model, a model's name or id")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="directory to write")],
+    model: Annotated[bool, typer.Option("--model", help="REF is a model")] = False,
+    url: Url = DEFAULT_URL, token: Token = None,
+) -> None:
+    """Download an adapter's (or, with --model, a model's) files, checked against their sha256.
+
+    Files already in the output directory with the right sha256 are kept, so an
+    interrupted pull resumes.
+    """
+    with connected(url, token) as client:
+        found = client.get_model(ref) if model else client.get_adapter(ref)
+        owner = f"/models/{found['name']}" if model else f"/adapters/{found['id']}"
+        output.mkdir(parents=True, exist_ok=True)
+        todo = [f for f in found["files"] if not _have(output / f["filename"], f["sha256"])]
+        with transfer_progress() as progress:
+            task = progress.add_task("downloading", total=sum(f["size"] for f in todo),
+                                     item="")
+            for file in todo:
+                progress.update(task, item=file["filename"])
+                client.download(owner, file["filename"], output / file["filename"],
+                                file["sha256"], lambda n: progress.advance(task, n),
+                                restart=lambda n: progress.advance(task, -n))
+    label = found["name"] if model else f"{found['name']}@{found['version']}"
+    stdout.print(f"{label} -> {output} ({len(found['files'])} files, "
+                 f"{len(found['files']) - len(todo)} already there)", highlight=False)
+
+
+def _have(path: Path, sha256: str) -> bool:
+    return path.is_file() and sha256_of(path) == sha256
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(push)
+    app.command("push-model")(push_model)
+    app.command()(pull)

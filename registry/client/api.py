@@ -1,0 +1,200 @@
+"""`DeltahubClient`: the HTTP API as methods, one per operation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from registry.client.files import CHUNK_BYTES, Advance, read_chunks, write_checked
+from registry.client.retry import RetryPolicy
+from registry.client.transport import BrokenStream, Transport
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT_SECONDS = 60.0  # waiting for an answer; uploads and downloads have none
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def _seg(value: str | int) -> str:
+    """One path segment: a name with `/` or `%` in it must not change the route."""
+    return quote(str(value), safe="@:")
+
+
+class DeltahubClient:
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None,
+                 http: httpx.Client | None = None,
+                 timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+                 retry: RetryPolicy | None = None) -> None:
+        timeout = httpx.Timeout(timeout_seconds, connect=min(timeout_seconds,
+                                                             CONNECT_TIMEOUT_SECONDS))
+        # Plain http needs no certificates: loading the CA bundle would add ~80 ms to every
+        # command. Redirects are not followed, so a request never leaves for an https URL.
+        tls = url.lower().startswith("https://")
+        self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=timeout, verify=tls)
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+        self.transport = Transport(self.http, retry or RetryPolicy())
+
+    @classmethod
+    def from_env(cls) -> DeltahubClient:
+        timeout = float(os.environ.get("DELTAHUB_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS))
+        return cls(os.environ.get("DELTAHUB_URL", DEFAULT_URL), os.environ.get("DELTAHUB_TOKEN"),
+                   timeout_seconds=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- models -------------------------------------------------------------------------
+    def create_model(self, name: str, base: str | None = None,
+                     files: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A pending model: new (201), or this token's own draft to resume (200).
+
+        `files` (filename -> sha256) declares what this push will upload, so that a
+        re-run of the same push resumes the draft the first run left.
+        """
+        body: dict[str, Any] = {"name": name, "kind": "finetune" if base else "base",
+                                "base": base}
+        if files is not None:
+            body["files"] = dict(files)
+        return self.transport.json("POST", "/models", json=body)
+
+    def finalize_model(self, name: str, files: Mapping[str, str] | None = None
+                       ) -> dict[str, Any]:
+        """`files` (filename -> sha256): refuse unless the draft holds exactly those."""
+        return self.transport.json("POST", f"/models/{_seg(name)}/finalize",
+                                   json={"files": dict(files)} if files is not None else None)
+
+    def get_model(self, ref: str) -> dict[str, Any]:
+        return self.transport.json("GET", f"/models/{_seg(ref)}")
+
+    def list_models(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        return self._pages("/models", filters)
+
+    def delete_model(self, ref: str) -> None:
+        self.transport.send("DELETE", f"/models/{_seg(ref)}")
+
+    # -- adapters -----------------------------------------------------------------------
+    def create_adapter(self, name: str, base: str, kind: str, source: str | None = None,
+                       files: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A draft: new (201), or this token's own draft of `name` to resume (200).
+
+        `files` as for `create_model`.
+        """
+        body: dict[str, Any] = {"name": name, "base": base, "kind": kind}
+        if source is not None:
+            body["source"] = source
+        if files is not None:
+            body["files"] = dict(files)
+        return self.transport.json("POST", "/adapters", json=body)
+
+    def finalize_adapter(self, adapter_id: int, files: Mapping[str, str] | None = None
+                         ) -> tuple[dict[str, Any], bool]:
+        """The finalized adapter, and whether the push made a new version."""
+        response = self.transport.send(
+            "POST", f"/adapters/{adapter_id}/finalize",
+            json={"files": dict(files)} if files is not None else None)
+        result: dict[str, Any] = response.json()
+        return result, response.status_code == httpx.codes.CREATED
+
+    def get_adapter(self, ref: str) -> dict[str, Any]:
+        return self.transport.json("GET", f"/adapters/{_seg(ref)}")
+
+    def list_adapters(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        return self._pages("/adapters", filters)
+
+    def delete_adapter(self, ref: str | int) -> None:
+        self.transport.send("DELETE", f"/adapters/{_seg(ref)}")
+
+    def set_alias(self, ref: str, alias: str) -> dict[str, Any]:
+        return self.transport.json("PUT", f"/adapters/{_seg(ref)}/aliases/{_seg(alias)}")
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        self.transport.send("DELETE", f"/adapters/{_seg(name)}/aliases/{_seg(alias)}")
+
+    # -- jobs ---------------------------------------------------------------------------
+    def compress(self, model: str, method: str, options: dict[str, Any],
+                 idempotency_key: str | None = None) -> dict[str, Any]:
+        """Queue a compression of the fine-tune `model`; the job (queued, or the one an
+        `idempotency_key` retry finds)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self.transport.json("POST", f"/models/{_seg(model)}/compress",
+                                   params={"method": method}, json=options, headers=headers)
+
+    def get_job(self, job_id: int) -> dict[str, Any]:
+        return self.transport.json("GET", f"/jobs/{job_id}")
+
+    def list_jobs(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        return self._pages("/jobs", filters)
+
+    def cancel_job(self, job_id: int) -> dict[str, Any]:
+        return self.transport.json("POST", f"/jobs/{job_id}/cancel")
+
+    # -- files --------------------------------------------------------------------------
+    def upload(self, owner: str, path: Path, sha256: str,
+               advance: Advance | None = None) -> dict[str, Any]:
+        """PUT a file to `/models/<name>` or `/adapters/<id>` (owner), streamed.
+
+        Retried from its first byte when the connection breaks: the server keeps only a
+        whole file whose sha256 matches, and a second PUT replaces the first.
+        """
+        headers = {"Content-Length": str(path.stat().st_size), "X-Content-SHA256": sha256,
+                   "Content-Type": "application/octet-stream"}
+        sent = 0
+
+        def count(n: int) -> None:
+            nonlocal sent
+            sent += n
+            if advance:
+                advance(n)
+
+        def body() -> Iterator[bytes]:
+            nonlocal sent
+            if sent and advance:
+                advance(-sent)  # a retry sends the file again: take the first try back
+            sent = 0
+            return read_chunks(path, count)
+
+        return self.transport.json("PUT", f"{owner}/files/{_seg(path.name)}", body=body,
+                                   headers=headers, timeout=None)
+
+    def download(self, owner: str, filename: str, dest: Path, sha256: str,
+                 advance: Advance | None = None, restart: Advance | None = None) -> None:
+        """GET a file into `dest`, checking its sha256; `dest` appears only when it is whole.
+
+        A connection that breaks mid-file starts that file again (a GET is safe to
+        repeat); `restart` is told how many bytes were thrown away.
+        """
+        path = f"{owner}/files/{_seg(filename)}"
+        for attempt in range(1, self.transport.retry.attempts + 1):
+            moved = 0
+
+            def count(n: int) -> None:
+                nonlocal moved
+                moved += n
+                if advance:
+                    advance(n)
+
+            try:
+                write_checked(dest, self.transport.stream_bytes(path, CHUNK_BYTES), sha256,
+                              str(self.http.base_url.join(path)), count)
+                return
+            except BrokenStream:
+                if attempt == self.transport.retry.attempts:
+                    raise
+                if restart:
+                    restart(moved)
+                self.transport.retry.wait(attempt)
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _pages(self, path: str, filters: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        while True:
+            page = self.transport.json("GET", path, params=params)
+            yield from page["items"]
+            if not page["next_page_token"]:
+                return
+            params["page_token"] = page["next_page_token"]

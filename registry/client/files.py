@@ -1,0 +1,55 @@
+"""Files on the client's disk: their sha256, upload bodies, and downloads that land whole."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from registry.client.errors import ChecksumMismatch
+
+CHUNK_BYTES = 1024 * 1024
+
+Advance = Callable[[int], None]  # called with the number of bytes just moved
+
+
+def sha256_of(path: Path, advance: Advance | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+            if advance:
+                advance(len(chunk))
+    return digest.hexdigest()
+
+
+def read_chunks(path: Path, advance: Advance | None = None) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            yield chunk
+            if advance:
+                advance(len(chunk))
+
+
+def write_checked(dest: Path, chunks: Iterable[bytes], sha256: str, url: str,
+                  advance: Advance | None = None) -> None:
+    """Write `chunks` to `dest` if their sha256 is `sha256`; `dest` appears only when whole.
+
+    Any error, a wrong checksum included, leaves `dest` as it was.
+    """
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+                digest.update(chunk)
+                if advance:
+                    advance(len(chunk))
+        if digest.hexdigest() != sha256:
+            raise ChecksumMismatch(dest.name, digest.hexdigest(), sha256, url)
+        Path(tmp).replace(dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

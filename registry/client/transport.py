@@ -1,0 +1,119 @@
+"""One HTTP request to the server: sent, retried when that is safe, and checked.
+
+Every failure leaves here as `ClientError` (the server answered with an error) or
+`ServerUnreachable` (no answer), naming the method and URL; httpx's own exceptions do
+not escape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import httpx
+
+from registry.client.errors import ClientError, ServerUnreachable
+from registry.client.retry import BROKEN_ERRORS, RetryPolicy, retry_after_seconds
+
+
+class BrokenStream(ServerUnreachable):
+    """The connection broke in the middle of a response body (the request may be repeated)."""
+
+
+Body = Callable[[], Iterable[bytes]]  # makes the body afresh for each try
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({text})"
+    return f"the connection broke ({text})"
+
+
+class Transport:
+    def __init__(self, http: httpx.Client, retry: RetryPolicy) -> None:
+        self.http = http
+        self.retry = retry
+
+    def send(self, method: str, path: str, *, body: Body | None = None, stream: bool = False,
+             **kwargs: Any) -> httpx.Response:
+        """The server's answer (below 400), after any retries the policy allows."""
+        attempt = 0
+        while True:
+            attempt += 1
+            last = attempt >= self.retry.attempts
+            request = self.http.build_request(method, path, content=body() if body else None,
+                                              **kwargs)
+            try:
+                response = self.http.send(request, stream=stream)
+            except httpx.TimeoutException as exc:
+                raise ServerUnreachable(method, str(request.url), _timeout_reason(exc),
+                                        timed_out=True) from exc
+            except httpx.TransportError as exc:
+                if not last and self.retry.should_retry_error(request, exc):
+                    self.retry.wait(attempt)
+                    continue
+                raise ServerUnreachable(method, str(request.url), _reason(exc)) from exc
+            if not last and self.retry.should_retry_status(request, response.status_code):
+                response.close()
+                self.retry.wait(attempt, retry_after_seconds(response))
+                continue
+            if response.status_code >= 400:
+                self._read_error_body(response, request)
+                raise refusal(response)
+            return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self.send(method, path, **kwargs)
+        try:
+            result: dict[str, Any] = response.json()
+        except ValueError as exc:
+            raise ClientError(response.status_code, "InvalidResponse",
+                              f"the server's answer is not JSON: {response.text[:200]!r}; is "
+                              "the URL a deltahub server?", method=method,
+                              url=str(response.request.url)) from exc
+        return result
+
+    def stream_bytes(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
+        """A GET's body, chunk by chunk; a stream that breaks raises `BrokenStream`."""
+        response = self.send("GET", path, stream=True, timeout=None)
+        try:
+            yield from response.iter_bytes(chunk_bytes)
+        except BROKEN_ERRORS as exc:
+            raise BrokenStream("GET", str(response.request.url), _reason(exc)) from exc
+        except httpx.TimeoutException as exc:
+            raise ServerUnreachable("GET", str(response.request.url), _timeout_reason(exc),
+                                    timed_out=True) from exc
+        finally:
+            response.close()
+
+    def _read_error_body(self, response: httpx.Response, request: httpx.Request) -> None:
+        try:
+            response.read()
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(request.method, str(request.url), _reason(exc)) from exc
+
+
+def _timeout_reason(exc: httpx.TimeoutException) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "no connection within the timeout"
+    return "no answer within the timeout"
+
+
+def refusal(response: httpx.Response) -> ClientError:
+    """The server's JSON error (`{"error", "detail", "did_you_mean"?}`) as a ClientError."""
+    request = response.request
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        text = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+        return ClientError(response.status_code, response.reason_phrase or "HTTPError",
+                           text or "(no detail)", method=request.method, url=str(request.url))
+    suggestions = body.get("did_you_mean") or ()
+    return ClientError(response.status_code, str(body.get("error", "HTTPError")),
+                       str(body.get("detail", "")), method=request.method,
+                       url=str(request.url),
+                       did_you_mean=[str(s) for s in suggestions] if isinstance(
+                           suggestions, list) else ())
