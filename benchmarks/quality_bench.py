@@ -1,0 +1,106 @@
+"""Gain kept by each codec on a real fine-tune: BitDelta (row and tensor scales) and LoRA.
+
+The fine-tune is tests/finetune.py's: a tiny byte-level Llama pretrained on English prose
+(pydoc topics) and fine-tuned on Python (stdlib files), built once and cached under
+.bench/finetune-pair/. Each variant is made with the codecs' own API and scored by
+`compress.quality.evaluate_quality` on held-out Python (the fine-tune's domain: the
+headline) and held-out prose (the base's domain), one model in memory at a time.
+Printed: loss of base, fine-tune and variant per data set, and gain kept
+= (loss_base − loss_variant) / (loss_base − loss_ft), with the variant's size.
+
+    python benchmarks/quality_bench.py                 # 32 batches of 16 × 64 tokens a set
+    python benchmarks/quality_bench.py --max-batches 0 # every held-out row
+    python benchmarks/quality_bench.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# After the sys.path fix-up above (tests/ is not an installed package).
+from compress.bitdelta import compress_bitdelta
+from compress.lora import extract_lora
+from compress.quality import QualityReport, evaluate_quality
+from tests.finetune import FinetunePair, cached_finetune_pair
+
+CACHE = Path(__file__).resolve().parents[1] / ".bench" / "finetune-pair"
+
+
+def variants(pair: FinetunePair) -> dict[str, Callable[[Path], object]]:
+    """How each variant is made, by its name in the table."""
+    def lora(rank: int, save_modules: bool = False) -> Callable[[Path], object]:
+        return lambda out: extract_lora(pair.base, pair.finetune, out, rank=rank,
+                                        save_modules=save_modules)
+
+    return {
+        "bitdelta (row α)": lambda out: compress_bitdelta(pair.base, pair.finetune, out),
+        "bitdelta (tensor α)": lambda out: compress_bitdelta(pair.base, pair.finetune, out,
+                                                             scale="tensor"),
+        "lora r4": lora(4),
+        "lora r16": lora(16),
+        "lora r16 --save-modules": lora(16, save_modules=True),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-batches", type=int, default=32, help="0: every row")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--json", type=Path, help="also write every report here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the recipe's: results are exact for a thread count
+
+    started = time.perf_counter()
+    pair = cached_finetune_pair(CACHE)
+    print(f"fine-tune pair: {pair.root} ({time.perf_counter() - started:.1f} s)\n")
+    data = [pair.python.heldout, pair.prose.heldout]
+    reports: dict[str, QualityReport] = {}
+    sizes: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, make in variants(pair).items():
+            out = Path(scratch) / name.replace(" ", "_")
+            make(out)
+            sizes[name] = sum(f.stat().st_size for f in out.iterdir()
+                              if f.suffix == ".safetensors")
+            reports[name] = evaluate_quality(
+                pair.base, pair.finetune, out, data, batch_size=args.batch_size,
+                seq_len=pair.recipe.seq_len, max_batches=args.max_batches or None)
+    print_table(reports, sizes, (pair.finetune / "model.safetensors").stat().st_size)
+    if args.json:
+        args.json.write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2))
+
+
+def print_table(reports: dict[str, QualityReport], sizes: dict[str, int],
+                finetune_bytes: int) -> None:
+    first = next(iter(reports.values()))
+    python, prose = first.datasets
+    print(f"held-out Python: {python.rows} rows × {python.seq_len}; held-out prose: "
+          f"{prose.rows} rows × {prose.seq_len}")
+    print(f"loss (nats/byte): base {python.base.loss:.4f} / fine-tune {python.finetune.loss:.4f}"
+          f" on Python; base {prose.base.loss:.4f} / fine-tune {prose.finetune.loss:.4f} on "
+          "prose\n")
+    print("| variant | size / fine-tune | loss Python | gain kept Python | loss prose | "
+          "gain kept prose |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, report in reports.items():
+        py, pr = report.datasets
+        print(f"| {name} | {sizes[name] / finetune_bytes:.3f} | {py.compressed.loss:.4f} | "
+              f"{_ratio(py.gain_kept)} | {pr.compressed.loss:.4f} | {_ratio(pr.gain_kept)} |")
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Quality evaluation: how much of a fine-tune's improvement a compressed model keeps.
+
+- `evaluate_quality(base, finetune, compressed, data)`: next-token loss and perplexity
+  of the three models on each data set, and the gain kept, as a `QualityReport`;
+- data (data.py): `load_eval_data` reads `.txt`, `.jsonl` (a "text" field per line) or
+  pre-tokenized `.safetensors` (`input_ids` [n, seq]) into rows of token ids, refusing
+  pickles, oversized and malformed files; text is tokenized by `TextTokenizer` from the
+  model's own tokenizer.json (`model_tokenizer`);
+- the compressed model (variants.py): `open_variant` recognises a BitDelta delta, a
+  PEFT LoRA adapter or a whole model directory and applies it to the base;
+- models (model.py): `build_model` runs a config.json's architecture (transformers,
+  imported lazily) on weights read by compress.tensorio.
+"""
+
+from compress.quality.data import (
+    DEFAULT_MAX_DATA_BYTES,
+    INPUT_IDS,
+    TEXT_FIELD,
+    DataKind,
+    EvalData,
+    data_kind,
+    load_eval_data,
+    read_documents,
+    read_token_rows,
+)
+from compress.quality.errors import (
+    InvalidDataset,
+    MissingDependency,
+    MissingTokenizer,
+    NonFiniteLoss,
+)
+from compress.quality.evaluation import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MAX_BATCHES,
+    DEFAULT_SEQ_LEN,
+    DTYPES,
+    evaluate_quality,
+    mean_loss,
+)
+from compress.quality.model import build_model, causal_lm_config, model_bytes
+from compress.quality.report import (
+    MIN_GAIN_NATS,
+    DatasetQuality,
+    QualityReport,
+    Score,
+    gain_kept,
+)
+from compress.quality.tokenizer import TOKENIZER_FILE, TextTokenizer, model_tokenizer
+from compress.quality.variants import Variant, VariantKind, open_variant, variant_kind
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MAX_BATCHES",
+    "DEFAULT_MAX_DATA_BYTES",
+    "DEFAULT_SEQ_LEN",
+    "DTYPES",
+    "INPUT_IDS",
+    "MIN_GAIN_NATS",
+    "TEXT_FIELD",
+    "TOKENIZER_FILE",
+    "DataKind",
+    "DatasetQuality",
+    "EvalData",
+    "InvalidDataset",
+    "MissingDependency",
+    "MissingTokenizer",
+    "NonFiniteLoss",
+    "QualityReport",
+    "Score",
+    "TextTokenizer",
+    "Variant",
+    "VariantKind",
+    "build_model",
+    "causal_lm_config",
+    "data_kind",
+    "evaluate_quality",
+    "gain_kept",
+    "load_eval_data",
+    "mean_loss",
+    "model_bytes",
+    "model_tokenizer",
+    "open_variant",
+    "read_documents",
+    "read_token_rows",
+    "variant_kind",
+]
