@@ -27,6 +27,7 @@ import triton
 from kernels.configs import KernelConfig, base_on_dot
 from kernels.decode_kernel import bitdelta_decode_kernel
 from kernels.gemm_kernel import bitdelta_gemm_kernel
+from kernels.interpreter_compat import fix_interpreter_loop_bounds
 from kernels.operands import Operands
 
 
@@ -73,6 +74,8 @@ def launch(ops: Operands, config: KernelConfig) -> torch.Tensor:
     """Run one fused launch over checked operands; returns y shaped like x with N features."""
     device = ops.x.device
     interpreted = kernels_interpreted()
+    if interpreted:
+        fix_interpreter_loop_bounds()
     if device.type != "cuda" and not interpreted:
         raise RuntimeError(
             f"the Triton BitDelta kernels need CUDA tensors, got {device}. To run them on the "

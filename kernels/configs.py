@@ -95,12 +95,11 @@ _PREFILL_BY_ROWS: tuple[tuple[int, KernelConfig], ...] = (
 )
 _PREFILL_LARGE = KernelConfig("prefill", block_m=128, block_n=128, block_k=64, num_warps=8,
                               num_stages=3)
-# fp32 runs the dot in IEEE fp32 (no TF32): half the tile of fp16, or it spills.
-_PREFILL_FP32_BY_ROWS: tuple[tuple[int, KernelConfig], ...] = (
-    (32, KernelConfig("prefill", block_m=32, block_n=32, block_k=32, num_warps=4, num_stages=3)),
-)
-_PREFILL_FP32_LARGE = KernelConfig("prefill", block_m=64, block_n=64, block_k=32, num_warps=8,
-                                   num_stages=3)
+# fp32 runs the dot in IEEE fp32 (no TF32), on CUDA cores: one small tile for every row count.
+# Larger ones reach 255 registers and spill on some Triton releases (64×64×32 with 8 warps on
+# Triton 3.6, sm_90; 64×32×32 on 3.6, sm_80), and fp32 serving is rare enough not to tune.
+_PREFILL_FP32 = KernelConfig("prefill", block_m=32, block_n=32, block_k=32, num_warps=4,
+                             num_stages=3)
 
 
 def decode_rows_class(m: int, segmented: bool) -> int:
@@ -125,12 +124,12 @@ def base_on_dot(config: KernelConfig, *, segmented: bool, dtype: torch.dtype) ->
 
 
 def prefill_config(rows_per_tenant: int, dtype: torch.dtype) -> KernelConfig:
-    table, large = ((_PREFILL_FP32_BY_ROWS, _PREFILL_FP32_LARGE) if dtype == torch.float32
-                    else (_PREFILL_BY_ROWS, _PREFILL_LARGE))
-    for limit, config in table:
+    if dtype == torch.float32:
+        return _PREFILL_FP32
+    for limit, config in _PREFILL_BY_ROWS:
         if rows_per_tenant <= limit:
             return config
-    return large
+    return _PREFILL_LARGE
 
 
 def select_config(m: int, rows_per_tenant: int, *, segmented: bool = False,
