@@ -35,6 +35,8 @@ from kernels.costmodel import (
     k_step_cost,
     parse_sass,
     predict,
+    resident_programs,
+    wave_efficiency,
 )
 from kernels.toolchain import SM90, compile_launch
 
@@ -72,15 +74,21 @@ def cost_rows(dtype: torch.dtype = torch.float16) -> list[list[str]]:
         useful = config.block_n * config.block_k * rows_in_tile / (32 * config.num_warps)
         ipe = cost.instructions / useful
         moved = decode_bytes(N, K, tenants=case.tenants, rows=case.rows)
+        programs = -(-N // config.block_n) * -(-case.rows // config.block_m)
         for gpu in GPUS:
+            resident = resident_programs(gpu, registers=compiled.registers,
+                                         threads=32 * config.num_warps,
+                                         shared_bytes=compiled.shared_bytes)
             p = predict(gpu, n=N, k=K, rows=case.rows, bytes_moved=moved,
-                        instructions_per_element=ipe)
+                        instructions_per_element=ipe,
+                        waves=wave_efficiency(programs, resident))
             dense = dense_gemv_us(gpu, n=N, k=K, launches=case.tenants)
             verdict = _verdict(case, p.roofline_share, dense / p.kernel_us)
             table.append([
                 f"T={case.tenants} M={case.rows_per_tenant}", config.label(), gpu.name,
                 f"{cost.instructions:.0f}", f"{cost.barriers:.0f}", f"{cost.shuffles:.0f}",
                 f"{ipe:.2f}", f"{moved / 1e6:.1f}", f"{p.memory_us:.1f}", f"{p.issue_us:.1f}",
+                f"{p.wave_efficiency:.0%}",
                 f"{p.kernel_us:.1f}", f"{p.roofline_share:.0%}", f"{dense / p.kernel_us:.2f}x",
                 verdict,
             ])
@@ -96,7 +104,8 @@ def _verdict(case: Case, share: float, speedup: float) -> str:
 
 
 HEADER = ["case", "tile", "GPU", "instr/K step", "barriers", "shuffles", "instr/(row·elem)",
-          "MB moved", "memory µs", "issue µs", "predicted µs", "of roofline", "vs dense",
+          "MB moved", "memory µs", "issue µs", "waves used", "predicted µs", "of roofline",
+          "vs dense",
           "aim"]
 
 

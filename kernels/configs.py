@@ -66,11 +66,13 @@ DECODE_MAX_ROWS = 4
 DECODE_MAX_ROWS_TENANTS = 1
 
 # Decode tiles, chosen with the static cost model (benchmarks/kernel_cost.py) for 11008×4096
-# fp16 on sm_90: the fewest SASS instructions per (row × weight element) in the K loop among
-# tiles that neither spill nor pass 192 registers. Each thread keeps BLOCK_M·BLOCK_N·BLOCK_K /
-# (32·num_warps) fp32 accumulators, so BLOCK_K shrinks as rows grow. num_stages > 1 stages the
-# K loop's loads through shared memory (cp.async); at one row that keeps more bytes in flight,
-# and with more rows the extra shared-memory reads cost more instructions than it saves.
+# fp16 on sm_90: the shortest predicted time (instructions per row × weight element in the K
+# loop, and the last wave's idle slots) among tiles that spill on no Triton release tested
+# (tiles near 240 registers on 3.9 spilled on 3.4/3.5). Each thread keeps
+# BLOCK_M·BLOCK_N·BLOCK_K / (32·num_warps) fp32 accumulators, so BLOCK_K shrinks as rows
+# grow. num_stages > 1 stages the K loop's loads through shared memory (cp.async); at one row
+# that keeps more bytes in flight, and with more rows the extra shared-memory reads cost more
+# instructions than it saves.
 _DECODE_SINGLE: dict[int, KernelConfig] = {
     1: KernelConfig("decode", block_m=1, block_n=16, block_k=512, num_warps=4, num_stages=2),
     2: KernelConfig("decode", block_m=2, block_n=32, block_k=128, num_warps=4, num_stages=1),
@@ -87,13 +89,15 @@ _DECODE_MULTI_FP32_16 = KernelConfig("decode", block_m=16, block_n=16, block_k=3
                                      num_warps=8, num_stages=1)
 
 # Prefill tiles by rows per tenant, fp16/bf16: the Triton matmul tutorial's H100-class shapes,
-# narrower in M for few rows so different tenants share fewer tiles.
+# narrower in M for few rows so different tenants share fewer tiles, with enough warps that
+# the tenant variant stays clear of 255 registers on every Triton release in the tested
+# range (with 4 warps, 64×128×64 spilled on Triton 3.4 for sm_80).
 _PREFILL_BY_ROWS: tuple[tuple[int, KernelConfig], ...] = (
     (16, KernelConfig("prefill", block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=3)),
-    (32, KernelConfig("prefill", block_m=32, block_n=64, block_k=128, num_warps=4, num_stages=3)),
-    (64, KernelConfig("prefill", block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=3)),
+    (32, KernelConfig("prefill", block_m=32, block_n=64, block_k=128, num_warps=8, num_stages=3)),
+    (64, KernelConfig("prefill", block_m=64, block_n=128, block_k=64, num_warps=8, num_stages=3)),
 )
-_PREFILL_LARGE = KernelConfig("prefill", block_m=128, block_n=128, block_k=64, num_warps=8,
+_PREFILL_LARGE = KernelConfig("prefill", block_m=128, block_n=128, block_k=32, num_warps=8,
                               num_stages=3)
 # fp32 runs the dot in IEEE fp32 (no TF32), on CUDA cores: one small tile for every row count.
 # Larger ones reach 255 registers and spill on some Triton releases (64×64×32 with 8 warps on

@@ -8,8 +8,10 @@ whether a decode kernel can keep up with HBM: at M = 1 each weight byte is used 
 
 What it predicts, per GPU: the time to issue those instructions on every SM scheduler,
 the time to move the kernel's bytes at copy bandwidth, and the larger of the two as the
-kernel time (it assumes the two overlap perfectly and ignores latency, tails and launch cost,
-so it is a floor: a GPU measurement replaces it). Copy bandwidth is taken as 90% of the
+kernel time, stretched by the last wave's idle slots (programs resident at once follow from
+registers, threads and shared memory). It assumes memory and issue overlap perfectly and
+ignores latency, barrier stalls and launch cost, so it is a floor: a GPU measurement
+replaces it. Copy bandwidth is taken as 90% of the
 HBM spec until `benchmarks/gpu_check.sh` measures it.
 """
 
@@ -131,23 +133,40 @@ class Prediction:
     instructions_per_element: float  # per thread, per (row × weight element)
     memory_us: float
     issue_us: float
+    wave_efficiency: float = 1.0  # programs / (waves × resident programs per wave)
 
     @property
     def kernel_us(self) -> float:
-        return max(self.memory_us, self.issue_us)
+        return max(self.memory_us, self.issue_us) / self.wave_efficiency
 
     @property
     def roofline_share(self) -> float:
         return self.memory_us / self.kernel_us
 
 
+def resident_programs(gpu: Gpu, *, registers: int, threads: int, shared_bytes: int) -> int:
+    """Programs (thread blocks) resident at once on the whole GPU: 64K registers per SM
+    (allocated in steps of 8 per thread), 228 KiB of shared memory, 2048 threads."""
+    per_sm = min(65536 // (max(-(-registers // 8) * 8, 8) * threads), 2048 // threads,
+                 233_472 // shared_bytes if shared_bytes else 32, 32)
+    return max(per_sm, 1) * gpu.sms
+
+
+def wave_efficiency(programs: int, resident: int) -> float:
+    """The share of the last wave's slots that hold work, spread over all waves: 172
+    programs on 132 slots run two waves for 1.3 waves of work."""
+    waves = -(-programs // resident)
+    return programs / (waves * resident)
+
+
 def predict(gpu: Gpu, *, n: int, k: int, rows: int, bytes_moved: int,
-            instructions_per_element: float) -> Prediction:
+            instructions_per_element: float, waves: float = 1.0) -> Prediction:
     warp_instructions = instructions_per_element * n * k * rows / 32
     return Prediction(
         gpu=gpu, bytes_moved=bytes_moved, instructions_per_element=instructions_per_element,
         memory_us=bytes_moved / gpu.copy_bytes_per_s * 1e6,
         issue_us=warp_instructions / gpu.warp_issue_per_s * 1e6,
+        wave_efficiency=waves,
     )
 
 

@@ -83,6 +83,7 @@ def bitdelta_decode_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_WORDS, 32), dtype=tl.float32)
     if BASE_ON_DOT:
         base = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_t = tl.zeros((BLOCK_M, BLOCK_WORDS, 32, BLOCK_N), dtype=tl.float32)
     for word0 in tl.range(0, n_words, BLOCK_WORDS, num_stages=K_STAGES):
         word = word0 + offs_word  # [BW]
         k = word[:, None] * 32 + offs_bit[None, :]  # [BW, 32]
@@ -110,8 +111,13 @@ def bitdelta_decode_kernel(
                                   input_precision="ieee")
                 else:
                     base = tl.dot(x2, w_t, base)
-                flips = sign_flips(words[:, :, :, None], offs_bit[None, None, None, :])
-                acc += signed_values(-x[:, None, :, :], flips)
+                # [BM, BW, 32, BN]: columns last, so a thread holds many bits of one word.
+                words_t = tl.load(bits_rows[:, None, None] + bits_cols[None, None, :]
+                                  + word[None, :, None] * stride_bw,
+                                  mask=m_mask[:, None, None] & word_mask.trans()[None, :, :],
+                                  other=0)  # [BM, BW, BN]
+                flips = sign_flips(words_t[:, :, None, :], offs_bit[None, None, :, None])
+                acc_t += signed_values(-x[:, :, :, None], flips)
             else:
                 w = tl.load(w_cols[:, None, None] + k[None, :, :] * stride_wk,
                             mask=n_mask[:, None, None] & k_mask[None, :, :], other=0.0)
@@ -127,8 +133,9 @@ def bitdelta_decode_kernel(
                 words[:, :, None], offs_bit[None, None, :], alpha[:, None, None])  # [BN, BW, 32]
             acc += x[:, None, :, :] * w_eff[None, :, :, :]
 
-    total = tl.sum(tl.sum(acc, axis=3), axis=2)  # [BM, BN]
     if BASE_ON_DOT:
-        total = base + alpha * total
+        total = base + alpha * tl.sum(tl.sum(acc_t, axis=2), axis=1)
+    else:
+        total = tl.sum(tl.sum(acc, axis=3), axis=2)  # [BM, BN]
     y_ptrs = y_ptr + wide_offset(offs_m, stride_ym)[:, None] + offs_n[None, :] * stride_yn
     tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])

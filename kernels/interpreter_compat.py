@@ -11,7 +11,7 @@ Only the interpreter is touched (CPU tests, ``--backend triton`` on the CPU): co
 kernels never call ``__index__``. Rewriting the loops as ``while`` loops would avoid the
 patch but switch off Triton's software pipelining on the GPU, which pipelines ``for`` loops
 only. The function patched is private; its signature changed in 3.6, and both are handled.
-Tested on 3.2–3.9 with benchmarks/triton_range.sh.
+Needed on 3.4–3.6 of the supported range (benchmarks/triton_range.sh).
 """
 
 from __future__ import annotations

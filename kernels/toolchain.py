@@ -144,19 +144,20 @@ def compile_launch(launch: KernelLaunch, target: GpuTarget) -> CompiledVariant:
 
 
 def _tool(name: str, target: GpuTarget) -> Path:
-    """The binary Triton itself uses for this target (ptxas, cuobjdump), from its own bundle."""
+    """The binary Triton itself uses for this target (ptxas, cuobjdump), from its own bundle.
+
+    Where Triton keeps it has moved between releases: `get_ptxas(arch)` returning a path and
+    version (3.3) or a tool with `.path` (3.6+), `get_ptxas()` with one ptxas for every
+    target (3.4, 3.5).
+    """
     from triton.backends.nvidia import compiler
 
-    get_ptxas = getattr(compiler, "get_ptxas", None)
-    if get_ptxas is not None:
-        ptxas = Path(get_ptxas(target.capability).path)
-    else:  # Triton < 3.5 has one ptxas for every target
-        from triton import knobs
-
-        ptxas = Path(knobs.nvidia.ptxas.path)
-    if name == "ptxas":
-        return ptxas
-    return ptxas.with_name(name)
+    try:
+        found: Any = compiler.get_ptxas(target.capability)
+    except TypeError:
+        found = compiler.get_ptxas()
+    ptxas = Path(found.path if hasattr(found, "path") else found[0])
+    return ptxas if name == "ptxas" else ptxas.with_name(name)
 
 
 _PTXAS_FIELDS = {
