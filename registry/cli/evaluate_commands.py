@@ -45,12 +45,12 @@ def register(app: typer.Typer) -> None:
 
 
 def evaluate(
-    base: Annotated[Path, typer.Argument(help="base model directory")],
-    finetune: Annotated[Path, typer.Argument(help="full fine-tune of BASE")],
+    base: Annotated[Path, typer.Argument(exists=True, help="base model directory")],
+    finetune: Annotated[Path, typer.Argument(exists=True, help="full fine-tune of BASE")],
     compressed: Annotated[Path, typer.Argument(
-        help="BitDelta delta, LoRA adapter, or model directory to judge")],
+        exists=True, help="BitDelta delta, LoRA adapter, or model directory to judge")],
     data: Annotated[list[Path], typer.Option(
-        "--data", help="evaluation data: .txt, .jsonl (a \"text\" field per line) or "
+        "--data", exists=True, help="evaluation data: .txt, .jsonl (a \"text\" field per line) or "
         ".safetensors (integer input_ids, n rows × seq); repeat for a second data set",
         show_default=False)],
     json_path: Annotated[Path | None, typer.Option(
