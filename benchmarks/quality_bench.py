@@ -38,17 +38,17 @@ CACHE = Path(__file__).resolve().parents[1] / ".bench" / "finetune-pair"
 
 def variants(pair: FinetunePair) -> dict[str, Callable[[Path], object]]:
     """How each variant is made, by its name in the table."""
-    def lora(rank: int, save_modules: bool = False) -> Callable[[Path], object]:
+    def lora(rank: int, targets_only: bool = False) -> Callable[[Path], object]:
         return lambda out: extract_lora(pair.base, pair.finetune, out, rank=rank,
-                                        save_modules=save_modules)
+                                        targets_only=targets_only)
 
     return {
         "bitdelta (row α)": lambda out: compress_bitdelta(pair.base, pair.finetune, out),
         "bitdelta (tensor α)": lambda out: compress_bitdelta(pair.base, pair.finetune, out,
                                                              scale="tensor"),
-        "lora r4": lora(4),
-        "lora r16": lora(16),
-        "lora r16 --save-modules": lora(16, save_modules=True),
+        "lora r4 --targets-only": lora(4, targets_only=True),
+        "lora r16 --targets-only": lora(16, targets_only=True),
+        "lora r16 (default: norms, embeddings, lm_head carried)": lora(16),
     }
 
 

@@ -8,12 +8,16 @@ plus `report.json` and `spectra.png` (report.py).
 
 Tensors that changed but are not LoRA targets: PEFT's `modules_to_save` wraps whole
 modules by name (ModulesToSaveWrapper: norms, embeddings and linear layers all work), so
-with `save_modules` each changed non-target module is saved whole with the fine-tune's
-values (unchanged siblings such as a norm's bias included, so the module is complete).
-It cannot carry a tensor outside any module, another tensor of a LoRA target module
-(e.g. the bias of q_proj: that module is already a LoRA layer), or a module containing
-LoRA targets. Those, and every changed non-target without `save_modules`, are reported
-as left out with how much they changed.
+by default each changed non-target module is saved whole with the fine-tune's values
+(unchanged siblings such as a norm's bias included, so the module is complete): norms
+cost next to nothing, and leaving the embeddings and lm_head out loses much of what a
+fine-tune learned (benchmarks/quality_bench.py measures how much). `targets_only` gives
+a LoRA of the targets alone. A matrix inside a layer that is not a target is not carried by
+default: the caller narrowed the targets, and carrying it whole would cost what low rank
+saves. modules_to_save cannot carry a tensor outside any module, another tensor of a LoRA
+target module (e.g. the bias of q_proj: that module is already a LoRA layer), or a module
+containing LoRA targets. Every changed tensor not carried is reported as left out, with
+why and how much it changed; unchanged tensors are never carried nor listed.
 
 Streaming as in the BitDelta codec: one tensor pair in memory at a time through the
 shared `ModelPair` reader (which also does the compatibility check and refuses NaN/Inf);
@@ -46,6 +50,7 @@ from compress.progress import ProgressCounter, ProgressFn, no_progress
 from compress.targets import (
     DEFAULT_TARGET_MODULES,
     TargetSpec,
+    layer_index,
     module_name,
     owner_module,
     select_linear_weights,
@@ -82,7 +87,7 @@ class RankRule:
 def extract_lora(base: ModelInput, finetune: ModelInput, out: str | os.PathLike[str],
                  rank: int | None = None, target_error: float | None = None, *,
                  max_rank: int | None = None,
-                 targets: TargetSpec = DEFAULT_TARGET_MODULES, save_modules: bool = False,
+                 targets: TargetSpec = DEFAULT_TARGET_MODULES, targets_only: bool = False,
                  factor_dtype: FactorDtype = "float32",
                  base_model_name_or_path: str | None = None, seed: int = 0,
                  device: torch.device | str | None = None,
@@ -97,19 +102,20 @@ def extract_lora(base: ModelInput, finetune: ModelInput, out: str | os.PathLike[
     measured on the factors as stored. `device` runs the SVD arithmetic there (e.g.
     "cuda"). `targets` (PEFT target_modules semantics) must name nn.Linear modules: the
     manifest cannot tell an embedding from a linear layer, and peft adapts embeddings
-    with differently named factors. Raises a CodecError subclass on bad input, having
-    written nothing.
+    with differently named factors. Changed non-target modules are carried through
+    modules_to_save unless `targets_only` (see the module docstring). Raises a
+    CodecError subclass on bad input, having written nothing.
     """
     rule = _check_rule(RankRule(rank, target_error, max_rank, factor_dtype, seed, device))
     with ModelPair.open(base, finetune) as pair:
         target_names = _select_targets(pair.base.manifest, targets, rank)
-        report = LoraReport(settings=_settings(rule, targets, save_modules, base, finetune,
+        report = LoraReport(settings=_settings(rule, targets, targets_only, base, finetune,
                                                pair.base.manifest),
                             finetune_bytes=pair.finetune_bytes)
         with atomic_output_dir(Path(out)) as scratch:
             spill = FactorSpill(scratch / SPILL_NAME)
             try:
-                _scan(pair, target_names, rule, save_modules, spill, report, progress)
+                _scan(pair, target_names, rule, targets_only, spill, report, progress)
                 saved_modules = sorted({owner_module(c.name) for c in report.saved})
                 weights = write_adapter_weights(scratch, spill, pair.finetune, saved_modules)
             finally:
@@ -164,14 +170,14 @@ def _select_targets(manifest: Manifest, targets: TargetSpec, rank: int | None) -
     return names
 
 
-def _settings(rule: RankRule, targets: TargetSpec, save_modules: bool,
+def _settings(rule: RankRule, targets: TargetSpec, targets_only: bool,
               base: ModelInput, finetune: ModelInput, manifest: Manifest) -> dict[str, Any]:
     return {
         "mode": "rank" if rule.rank is not None else "target_error", "rank": rule.rank,
         "target_error": rule.target_error, "max_rank": rule.max_rank,
         "factor_dtype": rule.factor_dtype,
         "targets": targets if isinstance(targets, str) else list(targets),
-        "save_modules": save_modules, "base": describe_model(base),
+        "targets_only": targets_only, "base": describe_model(base),
         "finetune": describe_model(finetune),
         "base_manifest_digest": manifest.digest(),
         "sketch": {"power_iterations": POWER_ITERATIONS, "min_oversample": MIN_OVERSAMPLE,
@@ -179,7 +185,7 @@ def _settings(rule: RankRule, targets: TargetSpec, save_modules: bool,
     }
 
 
-def _scan(pair: ModelPair, target_names: Sequence[str], rule: RankRule, save_modules: bool,
+def _scan(pair: ModelPair, target_names: Sequence[str], rule: RankRule, targets_only: bool,
           spill: FactorSpill, report: LoraReport, progress: ProgressFn) -> None:
     """One pass over the tensors: factor the targets, measure every other change."""
     targets = set(target_names)
@@ -191,7 +197,7 @@ def _scan(pair: ModelPair, target_names: Sequence[str], rule: RankRule, save_mod
         if name in targets:
             _factor_one(tensors, nbytes, rule, spill, report)
         elif tensors.changed:
-            reason = _why_not_saved(name, modules, save_modules)
+            reason = _why_not_saved(name, modules, targets_only, pair.base.manifest)
             report.changed.append(_describe_change(tensors, nbytes, reason))
         counter.advance(nbytes, name)
     if not report.modules:
@@ -223,8 +229,9 @@ def _factor_one(tensors: TensorPair, nbytes: int, rule: RankRule, spill: FactorS
         singular_values=factors.singular_values.tolist()))
 
 
-def _why_not_saved(name: str, target_modules: Sequence[str], save_modules: bool) -> str:
-    """Why modules_to_save cannot (or was not asked to) carry this tensor; "" if it does."""
+def _why_not_saved(name: str, target_modules: Sequence[str], targets_only: bool,
+                   manifest: Manifest) -> str:
+    """Why modules_to_save cannot (or should not) carry this tensor; "" if it does."""
     module = owner_module(name)
     if not module:
         return "outside any module; PEFT modules_to_save cannot carry a top-level tensor"
@@ -233,9 +240,13 @@ def _why_not_saved(name: str, target_modules: Sequence[str], save_modules: bool)
                 "its other tensors (e.g. a bias)")
     if any(t.startswith(module + ".") for t in target_modules):
         return f"in a module containing LoRA targets; modules_to_save cannot wrap {module!r}"
-    if not save_modules:
-        return ("not a LoRA target; pass save_modules=True (--save-modules) to carry it "
-                "through modules_to_save")
+    if targets_only:
+        return ("not a LoRA target; left out by targets_only (--targets-only); without it "
+                "modules_to_save carries it")
+    weight = manifest.get(f"{module}.weight")
+    if layer_index(module) is not None and weight is not None and len(weight.shape) == 2:
+        return ("a layer's matrix, not a LoRA target; add it to the targets (--target) to "
+                "adapt it at low rank")
     return ""
 
 

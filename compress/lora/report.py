@@ -4,8 +4,10 @@ Per adapted module: its rank, the relative Frobenius error ‖ΔW − B·A‖/�
 with the factors as stored, the energy of ΔW in the kept singular directions, bytes in
 (the fine-tune's weight) and out (A and B), whether a target error was met, and the
 leading singular values the sketch saw (what the plot draws). Tensors that changed but
-are not LoRA factors are listed as saved (through `modules_to_save`) or left out, with
-how much they changed, so nothing the fine-tune did is dropped silently.
+are not LoRA factors are listed as saved (through `modules_to_save`) or left out, each
+with its bytes and how much it changed (‖W_ft − W_base‖/‖W_base‖ and the largest
+|change|), so the size the carried tensors add and the change a left-out one loses are
+both visible, and nothing the fine-tune did is dropped silently.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ class LoraReport:
                 "finetune_bytes": self.finetune_bytes, "adapter_bytes": self.adapter_bytes,
                 "lora_bytes_in": sum(m.bytes_in for m in self.modules),
                 "lora_bytes_out": sum(m.bytes_out for m in self.modules),
+                "saved_bytes": sum(c.nbytes for c in self.saved),
+                "left_out_bytes": sum(c.nbytes for c in self.left_out),
             },
             "modules": [m.to_dict() for m in self.modules],
             "unchanged_targets": self.unchanged,

@@ -45,8 +45,12 @@ def compress(
     target_error: Annotated[float | None, typer.Option(
         help="lora: per-module relative error to reach")] = None,
     max_rank: Annotated[int | None, typer.Option(help="lora: cap with --target-error")] = None,
+    targets_only: Annotated[bool, typer.Option(
+        help="lora: adapt the targets only, leaving changed norms, embeddings and lm_head "
+             "out")] = False,
     save_modules: Annotated[bool, typer.Option(
-        help="lora: carry changed non-target modules")] = False,
+        help="lora: no-op (carrying changed non-target modules is the default); kept for "
+             "older scripts")] = False,
     verify: Annotated[Verify, typer.Option(help="check the result against the fine-tune")]
     = Verify.auto,
     max_error: Annotated[float | None, typer.Option(
@@ -59,7 +63,8 @@ def compress(
     options: dict[str, Any] = {
         "name": name, "alias": alias, "targets": target or None, "scale_mode": scale_mode,
         "rank": rank, "target_error": target_error, "max_rank": max_rank,
-        "save_modules": save_modules or None, "verify": verify.value, "max_error": max_error}
+        "targets_only": targets_only or None, "save_modules": save_modules or None,
+        "verify": verify.value, "max_error": max_error}
     with connected(url, token) as client:
         # One key per invocation: if the connection drops after the server queued the
         # job, the retry finds that job instead of queueing a second.

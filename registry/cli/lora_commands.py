@@ -3,7 +3,9 @@
 Like `deltahub bitdelta`: a progress bar in bytes on stderr, a summary table on stdout,
 codec errors (bad ranks included) print their message and exit with status 1, and the
 output directory is then never created. Modules that miss --target-error at the rank
-cap are marked MISSED in the table and named in a warning.
+cap are marked MISSED in the table and named in a warning. Changed norms, embeddings and
+lm_head are carried through modules_to_save unless --targets-only; `--save-modules`,
+which used to ask for that, is kept as an accepted no-op.
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ def extract_lora_command(
     max_rank: Annotated[int | None, typer.Option(
         help=f"rank cap for --target-error [default: {DEFAULT_MAX_RANK}]",
         show_default=False)] = None,
+    targets_only: Annotated[bool, typer.Option(
+        help="adapt the targets only; leave changed norms, embeddings and lm_head out "
+             "(smaller adapter, less of the fine-tune kept)")] = False,
     save_modules: Annotated[bool, typer.Option(
-        help="carry changed norms, embeddings and lm_head through modules_to_save")] = False,
+        help="no-op: carrying changed non-target modules through modules_to_save is "
+             "now the default; accepted so older scripts keep working")] = False,
     target: Targets = None,
     target_regex: TargetRegex = None,
     dtype: Annotated[FactorDtypeChoice, typer.Option(
@@ -65,11 +71,14 @@ def extract_lora_command(
 ) -> None:
     """Distill FINETUNE into a PEFT LoRA adapter over BASE (randomized truncated SVD)."""
     targets = resolve_targets(target, target_regex)
+    if save_modules and targets_only:
+        raise typer.BadParameter("--save-modules (the default) contradicts --targets-only; "
+                                 "pass one of them", param_hint="--targets-only")
     try:
         with byte_progress("extracting LoRA") as progress:
             report = extract_lora(
                 base, finetune, output, rank=rank, target_error=target_error,
-                max_rank=max_rank, targets=targets, save_modules=save_modules,
+                max_rank=max_rank, targets=targets, targets_only=targets_only,
                 factor_dtype=dtype.value, base_model_name_or_path=base_name, seed=seed,
                 device=device, progress=progress)
     except CodecError as exc:
@@ -78,31 +87,39 @@ def extract_lora_command(
 
 
 def print_summary(report: LoraReport, out: Path) -> None:
-    """Per module kind, then what was left out; every module's numbers are in report.json."""
+    """Per module kind, then the changed non-targets carried and left out, with their size
+    and change so the size/quality choice is visible; every number is in report.json."""
     print_table(f"LoRA adapter: {out}", ["module", "n", "rank", "max error", "min energy",
                                          "MB in", "MB out", "target met"],
                 [_kind_row(kind, group) for kind, group in report.modules_by_kind().items()],
                 fold=True)
-    if report.left_out:
-        groups: dict[tuple[str, str], list[ChangedTensor]] = defaultdict(list)
-        for c in report.left_out:
-            groups[(layer_pattern(c.name), c.reason.split(";")[0])].append(c)
-        print_table("Changed but left out", ["tensor", "n", "max rel. change", "MB", "why"],
-                    [(name, len(g), max(c.relative_change for c in g),
-                      _mb(sum(c.nbytes for c in g)), why) for (name, why), g in groups.items()],
-                    fold=True)
-        if any(c.reason.startswith("not a LoRA target") for c in report.left_out):
-            stdout.print("pass --save-modules to carry changed non-target modules through "
-                         "modules_to_save")
     if report.saved:
+        _print_changed("Changed and carried through modules_to_save", report.saved)
         stdout.print(f"saved through modules_to_save: {len(report.saved)} tensor(s), "
-                     f"{_mb(sum(c.nbytes for c in report.saved)):.3f} MB")
+                     f"{_mb(sum(c.nbytes for c in report.saved)):.3f} MB; --targets-only "
+                     "leaves them out", soft_wrap=True)
+    if report.left_out:
+        _print_changed("Changed but left out", report.left_out)
+        if any("--targets-only" in c.reason for c in report.left_out):
+            stdout.print("drop --targets-only to carry changed non-target modules through "
+                         "modules_to_save", soft_wrap=True)
     if report.unchanged:
         stdout.print(f"unchanged, not adapted: {len(report.unchanged)} target module(s)")
     _warn_missed(report)
     stdout.print(f"adapter: {_mb(report.adapter_bytes):.3f} MB from a "
                  f"{_mb(report.finetune_bytes):.3f} MB fine-tune; details in "
                  f"{REPORT_FILE} and {SPECTRA_FILE}")
+
+
+def _print_changed(title: str, changed: list[ChangedTensor]) -> None:
+    """One row per tensor name across layers (and per reason): its count, size and change."""
+    groups: dict[tuple[str, str], list[ChangedTensor]] = defaultdict(list)
+    for c in changed:
+        groups[(layer_pattern(c.name), c.reason.split(";")[0])].append(c)
+    columns = ["tensor", "n", "max rel. change", "MB"] + (["why"] if changed[0].reason else [])
+    rows = [(name, len(g), max(c.relative_change for c in g), _mb(sum(c.nbytes for c in g)),
+             *([why] if why else [])) for (name, why), g in groups.items()]
+    print_table(title, columns, rows, fold=True)
 
 
 def _kind_row(kind: str, group: list[ModuleResult]) -> tuple[object, ...]:

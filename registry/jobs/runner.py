@@ -174,10 +174,18 @@ def _encode(claimed: queue.ClaimedJob, base: TensorSource, finetune: TensorSourc
     lora = extract_lora(base, finetune, out, rank=params.get("rank"),
                         target_error=params.get("target_error"),
                         max_rank=params.get("max_rank"), targets=params["targets"],
-                        save_modules=bool(params.get("save_modules")),
+                        targets_only=_targets_only(params),
                         base_model_name_or_path=f"deltahub:model/{claimed.base_id}",
                         device=ctx.device, progress=progress)
     return lora.to_dict()
+
+
+def _targets_only(params: dict[str, Any]) -> bool:
+    """A job queued before carrying non-targets became the default recorded save_modules
+    instead; it runs as it was asked to."""
+    if "targets_only" in params:
+        return bool(params["targets_only"])
+    return not params.get("save_modules", False)
 
 
 def _verify(claimed: queue.ClaimedJob, base: TensorSource, finetune: TensorSource, out: Path,

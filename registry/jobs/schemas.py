@@ -37,8 +37,13 @@ class CompressRequest(Schema):
         default=None, gt=0, lt=1, description="lora: per-module ‖ΔW − BA‖/‖ΔW‖ to reach")
     max_rank: int | None = Field(default=None, ge=1, le=4096,
                                  description="lora: rank cap with target_error (default 256)")
+    targets_only: bool | None = Field(
+        default=None, description="lora: adapt the targets only; by default changed norms, "
+                                  "embeddings and lm_head are carried (modules_to_save)")
     save_modules: bool | None = Field(
-        default=None, description="lora: carry changed non-target modules (modules_to_save)")
+        default=None, deprecated=True,
+        description="lora: no-op, carrying changed non-target modules is the default; "
+                    "contradicts targets_only=true")
     verify: VerifyMode = Field(
         default="auto", description="check the result against the fine-tune: on a GPU "
                                     "worker with the Triton kernel (gpu), on any worker "

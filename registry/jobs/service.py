@@ -35,7 +35,7 @@ from registry.tables import CompressMethod, Job, JobStatus, ModelKind, Status, u
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 _ONLY_FOR = {"scale_mode": CompressMethod.BITDELTA, "rank": CompressMethod.LORA,
              "target_error": CompressMethod.LORA, "max_rank": CompressMethod.LORA,
-             "save_modules": CompressMethod.LORA}
+             "save_modules": CompressMethod.LORA, "targets_only": CompressMethod.LORA}
 
 
 def parse_method(value: str) -> CompressMethod:
@@ -105,8 +105,12 @@ def job_params(method: CompressMethod, request: CompressRequest,
     if request.max_rank is not None and request.target_error is None:
         raise InvalidJobParameters("max_rank caps a target_error search; with a fixed rank, "
                                    "leave it out")
+    # Read from the dump: the deprecated attribute warns on access.
+    if given.get("save_modules") and request.targets_only:
+        raise InvalidJobParameters("save_modules (the default) contradicts targets_only; "
+                                   "leave save_modules out")
     params.update(rank=request.rank, target_error=request.target_error,
-                  max_rank=request.max_rank, save_modules=bool(request.save_modules))
+                  max_rank=request.max_rank, targets_only=bool(request.targets_only))
     return params
 
 

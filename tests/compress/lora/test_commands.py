@@ -27,8 +27,14 @@ def test_fixed_rank_prints_a_summary(tiny_base: Path, tiny_finetune: Path,
     assert "q_proj" in adapted
     assert "v_proj" in adapted
     assert "o_proj" not in adapted
-    assert "model.layers.*.self_at" in left_out  # k_proj and o_proj, 2 layers each
+    # k_proj and o_proj, 2 layers each, not carried whole by default (folded across lines)
+    assert "attn.k_proj.weight" in left_out
+    assert "attn.o_proj.weight" in left_out
     assert "not a LoRA target" in left_out
+    assert "Changed and carried through modules_to_save" in adapted
+    assert "model.layers.*.input_layernorm.weight" in adapted
+    assert "lm_head.weight" in adapted
+    assert "--targets-only leaves them out" in adapted
     config = read_config(out)
     assert config["target_modules"] == ["q_proj", "v_proj"]
     assert config["r"] == 3
@@ -49,6 +55,34 @@ def test_target_error_with_save_modules(tiny_base: Path, tiny_finetune: Path,
     assert "saved through modules_to_save: 7 tensor(s)" in result.stdout
     assert result.stdout.count("2/2") == 7
     assert "lm_head" in read_config(out)["modules_to_save"]  # type: ignore[operator]
+
+
+def test_targets_only_leaves_the_non_targets_out(tiny_base: Path, tiny_finetune: Path,
+                                                 tmp_path: Path) -> None:
+    out = tmp_path / "adapter"
+    result = runner.invoke(app, ["extract-lora", str(tiny_base), str(tiny_finetune),
+                                 "-o", str(out), "--rank", "2", "--targets-only"])
+    assert result.exit_code == 0, result.output
+    assert "modules_to_save" not in result.stdout.split("Changed but left out")[0]
+    _, left_out = result.stdout.split("Changed but left out")
+    assert "lm_head.weight" in left_out
+    assert "embed_tokens" in left_out  # the table may fold the whole name
+    assert "drop --targets-only to carry" in left_out
+    assert read_config(out)["modules_to_save"] is None
+    report = json.loads((out / "report.json").read_text())
+    assert report["saved"] == []
+    assert all(e["bytes"] > 0 and e["relative_change"] > 0 for e in report["left_out"])
+
+
+def test_save_modules_contradicts_targets_only(tiny_base: Path, tiny_finetune: Path,
+                                               tmp_path: Path) -> None:
+    out = tmp_path / "adapter"
+    result = runner.invoke(app, ["extract-lora", str(tiny_base), str(tiny_finetune),
+                                 "-o", str(out), "--rank", "2", "--targets-only",
+                                 "--save-modules"])
+    assert result.exit_code == 2
+    assert "contradicts" in result.output
+    assert not out.exists()
 
 
 def test_missed_targets_are_flagged(tiny_base: Path, tiny_finetune: Path,

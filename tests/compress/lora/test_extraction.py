@@ -47,7 +47,8 @@ def planted(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_fixed_rank_writes_a_peft_adapter(tiny_base: Path, tiny_finetune: Path,
                                           tmp_path: Path) -> None:
     out = tmp_path / "adapter"
-    report = extract_lora(tiny_base, tiny_finetune, out, rank=4, base_model_name_or_path="tiny")
+    report = extract_lora(tiny_base, tiny_finetune, out, rank=4, base_model_name_or_path="tiny",
+                          targets_only=True)
     config = read_config(out)
     assert config["peft_type"] == "LORA"
     assert config["task_type"] == "CAUSAL_LM"
@@ -148,24 +149,27 @@ def test_report_json_describes_every_module(tiny_base: Path, tiny_finetune: Path
         p.stat().st_size for p in out.iterdir() if p.name not in (REPORT_FILE, SPECTRA_FILE))
 
 
-def test_changed_non_targets_are_listed_as_left_out(tiny_base: Path, tiny_finetune: Path,
-                                                    tmp_path: Path) -> None:
+def test_targets_only_lists_changed_non_targets_as_left_out(tiny_base: Path,
+                                                             tiny_finetune: Path,
+                                                             tmp_path: Path) -> None:
     out = tmp_path / "adapter"
-    report = extract_lora(tiny_base, tiny_finetune, out, rank=2)
+    report = extract_lora(tiny_base, tiny_finetune, out, rank=2, targets_only=True)
     left = {c.name: c for c in report.left_out}
     assert "lm_head.weight" in left
     assert "model.embed_tokens.weight" in left
     assert "model.norm.weight" in left
-    assert all("--save-modules" in c.reason and c.relative_change > 0 for c in left.values())
+    assert all("--targets-only" in c.reason and c.relative_change > 0 for c in left.values())
+    assert report.saved == []
     assert not any(k.endswith("norm.weight") for k in load_file(out / "adapter_model.safetensors"))
     written = json.loads((out / REPORT_FILE).read_text())
     assert {e["tensor"] for e in written["left_out"]} == set(left)
+    assert written["targets_only"] is True
 
 
-def test_save_modules_carries_the_finetuned_tensors(tiny_base: Path, tiny_finetune: Path,
-                                                    tmp_path: Path) -> None:
+def test_by_default_the_finetuned_non_targets_are_carried(tiny_base: Path, tiny_finetune: Path,
+                                                          tmp_path: Path) -> None:
     out = tmp_path / "adapter"
-    report = extract_lora(tiny_base, tiny_finetune, out, rank=2, save_modules=True)
+    report = extract_lora(tiny_base, tiny_finetune, out, rank=2)
     assert report.left_out == []
     config = read_config(out)
     assert config["modules_to_save"] == sorted([
@@ -178,6 +182,67 @@ def test_save_modules_carries_the_finetuned_tensors(tiny_base: Path, tiny_finetu
         assert torch.equal(tensors[saved_module_key(name)], tuned[name])
 
 
+def test_targets_only_keeps_the_same_factors(tiny_base: Path, tiny_finetune: Path,
+                                             tmp_path: Path) -> None:
+    """The LoRA part does not depend on what else is carried: only the saved tensors go."""
+    extract_lora(tiny_base, tiny_finetune, tmp_path / "default", rank=3)
+    extract_lora(tiny_base, tiny_finetune, tmp_path / "only", rank=3, targets_only=True)
+    carried = load_file(tmp_path / "default" / "adapter_model.safetensors")
+    only = load_file(tmp_path / "only" / "adapter_model.safetensors")
+    assert set(only) == {k for k in carried if ".lora_" in k}
+    assert all(torch.equal(only[k], carried[k]) for k in only)
+    assert read_config(tmp_path / "only")["modules_to_save"] is None
+    assert {k: v for k, v in read_config(tmp_path / "only").items() if k != "modules_to_save"} \
+        == {k: v for k, v in read_config(tmp_path / "default").items()
+            if k != "modules_to_save"}
+
+
+def test_unchanged_non_targets_are_never_carried(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    base = {"embed.weight": torch.randn(32, 12, generator=g),
+            "layers.0.q_proj.weight": torch.randn(16, 12, generator=g),
+            "layers.0.norm_a.weight": torch.ones(12), "layers.0.norm_b.weight": torch.ones(12),
+            "lm_head.weight": torch.randn(32, 12, generator=g)}
+    tuned = dict(base)
+    tuned["layers.0.q_proj.weight"] = base["layers.0.q_proj.weight"] + 0.1
+    tuned["layers.0.norm_a.weight"] = base["layers.0.norm_a.weight"] * 1.5
+    tuned["embed.weight"] = base["embed.weight"] + 0.01
+    out = tmp_path / "out"
+    report = extract_lora(write_model(tmp_path / "b", base), write_model(tmp_path / "f", tuned),
+                          out, rank=2)
+    assert read_config(out)["modules_to_save"] == ["embed", "layers.0.norm_a"]
+    assert [c.name for c in report.changed] == ["embed.weight", "layers.0.norm_a.weight"]
+    assert set(load_file(out / "adapter_model.safetensors")) == {
+        saved_module_key("embed.weight"), saved_module_key("layers.0.norm_a.weight"),
+        lora_key("layers.0.q_proj", "lora_A"), lora_key("layers.0.q_proj", "lora_B")}
+
+
+def test_the_report_gives_bytes_and_change_per_non_target(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    base = {"embed.weight": torch.randn(32, 12, generator=g),
+            "layers.0.q_proj.weight": torch.randn(16, 12, generator=g),
+            "layers.0.k_proj.weight": torch.randn(16, 12, generator=g),
+            "layers.0.norm.weight": torch.ones(12)}
+    tuned = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    out = tmp_path / "out"
+    extract_lora(write_model(tmp_path / "b", base), write_model(tmp_path / "f", tuned), out,
+                 rank=2, targets=["q_proj"])
+    written = json.loads((out / REPORT_FILE).read_text())
+    entries = {e["tensor"]: e for e in written["saved"] + written["left_out"]}
+    assert set(entries) == {"embed.weight", "layers.0.k_proj.weight", "layers.0.norm.weight"}
+    for name, entry in entries.items():
+        delta = tuned[name].double() - base[name].double()
+        assert entry["bytes"] == base[name].nbytes
+        assert entry["relative_change"] == pytest.approx(
+            float(delta.norm() / base[name].double().norm()), rel=1e-9)
+        assert entry["max_abs_change"] == pytest.approx(float(delta.abs().max()), rel=1e-9)
+    # A layer's matrix outside narrowed targets is not carried whole by default.
+    assert [e["tensor"] for e in written["left_out"]] == ["layers.0.k_proj.weight"]
+    assert "add it to the targets" in written["left_out"][0]["reason"]
+    assert written["summary"]["saved_bytes"] == base["embed.weight"].nbytes + 12 * 4
+    assert written["summary"]["left_out_bytes"] == base["layers.0.k_proj.weight"].nbytes
+
+
 def test_tensors_peft_cannot_carry_are_left_out_with_reasons(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     base = {"layers.0.q_proj.weight": torch.randn(16, 12, generator=g),
@@ -185,7 +250,7 @@ def test_tensors_peft_cannot_carry_are_left_out_with_reasons(tmp_path: Path) -> 
             "layers.0.norm.weight": torch.ones(12), "logit_scale": torch.ones(1)}
     tuned = {k: v + 0.1 for k, v in base.items()}
     report = extract_lora(write_model(tmp_path / "b", base), write_model(tmp_path / "f", tuned),
-                          tmp_path / "out", rank=2, save_modules=True)
+                          tmp_path / "out", rank=2)
     reasons = {c.name: c.reason for c in report.left_out}
     assert set(reasons) == {"layers.0.q_proj.bias", "logit_scale"}
     assert reasons["layers.0.q_proj.bias"].startswith("in a LoRA target module")
@@ -293,9 +358,8 @@ def test_existing_output_is_never_overwritten(tiny_base: Path, tiny_finetune: Pa
 def test_sharded_finetune_gives_the_same_adapter(tiny_base: Path, tiny_finetune: Path,
                                                  tiny_sharded_finetune: Path,
                                                  tmp_path: Path) -> None:
-    extract_lora(tiny_base, tiny_finetune, tmp_path / "one", rank=3, save_modules=True)
-    extract_lora(tiny_base, tiny_sharded_finetune, tmp_path / "three", rank=3,
-                 save_modules=True)
+    extract_lora(tiny_base, tiny_finetune, tmp_path / "one", rank=3)
+    extract_lora(tiny_base, tiny_sharded_finetune, tmp_path / "three", rank=3)
     one = load_file(tmp_path / "one" / "adapter_model.safetensors")
     three = load_file(tmp_path / "three" / "adapter_model.safetensors")
     assert one.keys() == three.keys()

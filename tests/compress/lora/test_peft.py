@@ -87,7 +87,7 @@ def test_rank_pattern_adapter_loads_with_scaling_one(tiny_base: Path, planted: P
 def test_saved_modules_reproduce_the_finetune(tiny_base: Path, tiny_finetune: Path,
                                               tmp_path: Path) -> None:
     adapter = tmp_path / "adapter"
-    report = extract_lora(tiny_base, tiny_finetune, adapter, rank=2, save_modules=True)
+    report = extract_lora(tiny_base, tiny_finetune, adapter, rank=2)
     assert {c.name for c in report.saved} >= {"lm_head.weight", "model.embed_tokens.weight",
                                               "model.norm.weight"}
     model = peft.PeftModel.from_pretrained(load_base(tiny_base), adapter)
@@ -99,13 +99,43 @@ def test_saved_modules_reproduce_the_finetune(tiny_base: Path, tiny_finetune: Pa
     check_against_peft(tiny_base, tiny_finetune, adapter)
 
 
+def test_targets_only_adapter_loads_and_merges(tiny_base: Path, tiny_finetune: Path,
+                                               tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    extract_lora(tiny_base, tiny_finetune, adapter, rank=3, targets_only=True)
+    model = peft.PeftModel.from_pretrained(load_base(tiny_base), adapter)
+    assert not any(isinstance(m, peft.utils.other.ModulesToSaveWrapper)
+                   for m in model.modules())
+    check_against_peft(tiny_base, tiny_finetune, adapter)
+
+
+def test_the_default_is_closer_to_the_finetune_than_targets_only(
+        tiny_base: Path, tiny_finetune: Path, tmp_path: Path) -> None:
+    """Carrying the changed norms, embeddings and lm_head moves peft's output toward the
+    fine-tune's, at the same rank."""
+    def logits_error(adapter: Path) -> float:
+        model = peft.PeftModel.from_pretrained(load_base(tiny_base), adapter).eval()
+        with torch.no_grad():
+            return float((model(TOKENS).logits.float() - tuned_logits).norm())
+
+    with torch.no_grad():
+        tuned_logits = load_base(tiny_finetune)(TOKENS).logits.float()
+    extract_lora(tiny_base, tiny_finetune, tmp_path / "default", rank=2)
+    extract_lora(tiny_base, tiny_finetune, tmp_path / "only", rank=2, targets_only=True)
+    carried, only = logits_error(tmp_path / "default"), logits_error(tmp_path / "only")
+    assert carried < 0.9 * only, (carried, only)
+
+
 @pytest.mark.parametrize("factor_dtype", ["float32", "finetune"])
 def test_bf16_model_loads_either_factor_dtype(tiny_pair: Callable[[torch.dtype], Any],
                                               tmp_path: Path, factor_dtype: FactorDtype) -> None:
     pair = tiny_pair(torch.bfloat16)
     adapter = tmp_path / "adapter"
     extract_lora(pair.base, pair.finetune, adapter, rank=4, factor_dtype=factor_dtype)
-    dtypes = {t.dtype for t in load_file(adapter / "adapter_model.safetensors").values()}
+    stored = load_file(adapter / "adapter_model.safetensors")
+    dtypes = {t.dtype for k, t in stored.items() if ".lora_" in k}
     assert dtypes == {torch.float32 if factor_dtype == "float32" else torch.bfloat16}
+    # Carried modules keep the fine-tune's own values, so its dtype.
+    assert {t.dtype for k, t in stored.items() if ".lora_" not in k} == {torch.bfloat16}
     # peft adds B·A in the base's bf16, so agreement is to bf16 rounding of the weights.
     check_against_peft(pair.base, pair.finetune, adapter, tolerance={"atol": 2e-3, "rtol": 1e-2})

@@ -26,8 +26,8 @@ LORA_RANKS = (4, 16)
 @dataclass(frozen=True)
 class Variants:
     bitdelta: Path
-    lora: dict[int, Path]  # rank -> adapter of the target projections only (the default)
-    lora_saved: Path  # the top rank with save_modules (embeddings, norms, lm_head carried)
+    lora: dict[int, Path]  # rank -> adapter of the target projections only (targets_only)
+    lora_saved: Path  # the top rank by default (embeddings, norms, lm_head carried)
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -49,9 +49,9 @@ def variants(finetune_pair: FinetunePair,  # noqa: F811
     lora = {}
     for rank in LORA_RANKS:
         lora[rank] = root / f"lora-r{rank}"
-        extract_lora(pair.base, pair.finetune, lora[rank], rank=rank)
+        extract_lora(pair.base, pair.finetune, lora[rank], rank=rank, targets_only=True)
     saved = root / f"lora-r{LORA_RANKS[-1]}-saved"
-    extract_lora(pair.base, pair.finetune, saved, rank=LORA_RANKS[-1], save_modules=True)
+    extract_lora(pair.base, pair.finetune, saved, rank=LORA_RANKS[-1])
     return Variants(root / "bitdelta", lora, saved)
 
 

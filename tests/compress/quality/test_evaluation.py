@@ -70,12 +70,13 @@ def test_lora_keeps_more_at_the_higher_rank(measured: dict[str, QualityReport]) 
 
 def test_lora_keeps_more_carrying_the_changed_embeddings_and_norms(
         measured: dict[str, QualityReport]) -> None:
-    # Issue 15: extract-lora leaves embeddings, norms and lm_head out unless asked.
+    # Issue 15: extract-lora's default carries the changed embeddings, norms and lm_head;
+    # --targets-only, the old default, leaves them out.
     targets_only = measured[f"lora-r{HIGH}"].gain_kept
     carried = measured[f"lora-r{HIGH}-saved"].gain_kept
     assert targets_only is not None
     assert carried is not None
-    assert carried > targets_only + 0.05  # 0.95 and 0.72 measured
+    assert carried >= targets_only + 0.1, (carried, targets_only)  # 0.95 and 0.72 measured
 
 
 def test_a_delta_applied_in_memory_scores_as_its_merged_model(

@@ -82,6 +82,11 @@ def test_compress_exit_status_tells_failure_and_cancellation(live_server: LiveSe
     assert "job 2: cancelled" in cancelled.output
     shown = runner.invoke(app, ["jobs", "show", "2"], env=env)
     assert "cancelled" in shown.output
+    only = runner.invoke(app, ["compress", registered, "--method", "lora", "--rank", "2",
+                               "--targets-only"], env=env)
+    assert only.exit_code == 0, only.output
+    job = json.loads(runner.invoke(app, ["jobs", "show", "3", "--json"], env=env).stdout)
+    assert job["params"]["targets_only"] is True
     refused = runner.invoke(app, ["compress", "tiny-base", "--method", "bitdelta"], env=env)
     assert refused.exit_code == 1
     assert "NotAFinetune" in refused.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -118,11 +119,14 @@ def test_a_lora_job_registers_an_adapter_peft_loads(app: FastAPI, client: TestCl
     run_all(app)
     done = client.get(f"/jobs/{started.json()['id']}", headers=tokens.read).json()
     assert done["status"] == "succeeded", done
+    assert done["params"]["targets_only"] is False  # the default carries norms, embeddings
     adapter = client.get(f"/adapters/{done['adapter']['id']}", headers=tokens.read).json()
     assert adapter["kind"] == "lora"
     assert adapter["source_model"] == finetune
     assert adapter["quality"]["weight_rel_error_max"] < 1
     pulled = _pull(client, tokens, adapter["id"], tmp_path / "lora")
+    config = json.loads((pulled / "adapter_config.json").read_text())
+    assert {"lm_head", "model.embed_tokens", "model.norm"} <= set(config["modules_to_save"])
     model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tiny_models.base),
                                       pulled)
     merged = model.merge_and_unload().eval()
@@ -144,6 +148,10 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any] | None, int, str]] = [
     ("tiny-ft", "lora", {"rank": 4, "max_rank": 8}, 422, "InvalidJobParameters"),
     ("tiny-ft", "bitdelta", {"rank": 4}, 422, "InvalidJobParameters"),
     ("tiny-ft", "lora", {"rank": 4, "scale_mode": "row"}, 422, "InvalidJobParameters"),
+    ("tiny-ft", "bitdelta", {"targets_only": True}, 422, "InvalidJobParameters"),
+    ("tiny-ft", "lora", {"rank": 4, "targets_only": True, "save_modules": True}, 422,
+     "InvalidJobParameters"),
+    ("tiny-ft", "lora", {"rank": 4, "targets_only": [True]}, 422, "ValidationError"),
     ("tiny-ft", "bitdelta", {"targets": ["no_such_proj"]}, 422, "UnknownTargets"),
     ("tiny-ft", "bitdelta", {"targets": ["(a+)+$"]}, 422, "ValidationError"),
     ("tiny-ft", "bitdelta", {"name": "bad name"}, 422, "ValidationError"),
@@ -310,3 +318,14 @@ def test_jobs_are_listed_with_filters_and_pages(app: FastAPI, client: TestClient
     assert len(client.get(f"/jobs?model={finetune}", headers=tokens.read).json()["items"]) == 3
     assert client.get("/jobs/99999999999", headers=tokens.read).status_code == 422
     assert client.get("/jobs/424242", headers=tokens.read).status_code == 404
+
+
+def test_lora_jobs_queued_before_the_new_default_run_as_asked() -> None:
+    """Params stored before targets_only existed hold save_modules; an upgrade mid-queue
+    must not change what such a job makes."""
+    from registry.jobs.runner import _targets_only
+
+    assert _targets_only({"save_modules": False}) is True
+    assert _targets_only({"save_modules": True}) is False
+    assert _targets_only({"targets_only": True}) is True
+    assert _targets_only({"targets_only": False}) is False
