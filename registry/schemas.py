@@ -5,10 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
+from fastapi import status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.json_schema import SkipJsonSchema
 
 T = TypeVar("T")
+
+
+def created_or_existing(out: BaseModel, created: bool) -> JSONResponse:
+    """201 for what this request created, 200 for what it found already there (a resumed
+    draft, an identical version): clients tell a new push from a retried one by it."""
+    return JSONResponse(out.model_dump(mode="json"),
+                        status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 def _utc(value: datetime) -> str:

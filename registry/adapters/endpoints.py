@@ -18,7 +18,7 @@ from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreD
 from registry.downloads import StoredFile, file_response, find_file
 from registry.models.schemas import FinalizeRequest
 from registry.models.service import model_names
-from registry.schemas import FileOut, PageOut
+from registry.schemas import FileOut, PageOut, created_or_existing
 from registry.tables import Adapter, AdapterKind
 from registry.uploads.flow import store_request
 
@@ -49,8 +49,7 @@ async def create_adapter(body: AdapterCreate, db: DatabaseDep, settings: Setting
         return _out(session, service.get_adapter(session, str(adapter.id))), created
 
     out, created = await db.write(create)
-    return JSONResponse(out.model_dump(mode="json"),
-                        status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+    return created_or_existing(out, created)
 
 
 @router.get("")
@@ -99,8 +98,7 @@ async def finalize_adapter(ref: str, db: DatabaseDep, store: StoreDep, settings:
         return _out(session, adapter), created
 
     out, created = await db.write(finalize)
-    return JSONResponse(out.model_dump(mode="json"),
-                        status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+    return created_or_existing(out, created)
 
 
 @router.get("/{ref}/files/{filename:path}")

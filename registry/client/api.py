@@ -143,20 +143,13 @@ class DeltahubClient:
         """
         headers = {"Content-Length": str(path.stat().st_size), "X-Content-SHA256": sha256,
                    "Content-Type": "application/octet-stream"}
-        sent = 0
-
-        def count(n: int) -> None:
-            nonlocal sent
-            sent += n
-            if advance:
-                advance(n)
+        sent = _Tally(advance)
 
         def body() -> Iterator[bytes]:
-            nonlocal sent
-            if sent and advance:
-                advance(-sent)  # a retry sends the file again: take the first try back
-            sent = 0
-            return read_chunks(path, count)
+            if sent.bytes and advance:
+                advance(-sent.bytes)  # a retry sends the file again: take the first try back
+            sent.bytes = 0
+            return read_chunks(path, sent)
 
         return self.transport.json("PUT", f"{owner}/files/{_seg(path.name)}", body=body,
                                    headers=headers, timeout=None)
@@ -170,23 +163,16 @@ class DeltahubClient:
         """
         path = f"{owner}/files/{_seg(filename)}"
         for attempt in range(1, self.transport.retry.attempts + 1):
-            moved = 0
-
-            def count(n: int) -> None:
-                nonlocal moved
-                moved += n
-                if advance:
-                    advance(n)
-
+            moved = _Tally(advance)
             try:
                 write_checked(dest, self.transport.stream_bytes(path, CHUNK_BYTES), sha256,
-                              str(self.http.base_url.join(path)), count)
+                              str(self.http.base_url.join(path)), moved)
                 return
             except BrokenStream:
                 if attempt == self.transport.retry.attempts:
                     raise
                 if restart:
-                    restart(moved)
+                    restart(moved.bytes)
                 self.transport.retry.wait(attempt)
 
     # -- plumbing -----------------------------------------------------------------------
@@ -198,3 +184,16 @@ class DeltahubClient:
             if not page["next_page_token"]:
                 return
             params["page_token"] = page["next_page_token"]
+
+
+class _Tally:
+    """Bytes moved by one try at a file, passed on to a progress bar as they move."""
+
+    def __init__(self, advance: Advance | None) -> None:
+        self.bytes = 0
+        self.advance = advance
+
+    def __call__(self, n: int) -> None:
+        self.bytes += n
+        if self.advance:
+            self.advance(n)

@@ -16,7 +16,7 @@ from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreD
 from registry.downloads import StoredFile, file_response, find_file
 from registry.models import service
 from registry.models.schemas import FinalizeRequest, ModelCreate, ModelOut
-from registry.schemas import FileOut, PageOut
+from registry.schemas import FileOut, PageOut, created_or_existing
 from registry.tables import Model, ModelKind
 from registry.uploads.flow import store_request
 
@@ -45,8 +45,7 @@ async def create_model(body: ModelCreate, db: DatabaseDep, settings: SettingsDep
         return _out(session, service.get_model(session, str(model.id))), created
 
     out, created = await db.write(create)
-    return JSONResponse(out.model_dump(mode="json"),
-                        status_code=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+    return created_or_existing(out, created)
 
 
 @router.get("")
