@@ -72,3 +72,30 @@ class InvalidJSON(CodecError):
 
 class TooLarge(CodecError):
     """An input declares more bytes than the caller allows (a header, a whole file)."""
+
+
+# Data sets and quality evaluation. They live here, beside the other input errors, so the
+# registry maps them to HTTP (registry/errors.py) without importing compress.quality.
+
+
+class InvalidDataset(CodecError):
+    """An evaluation or calibration data file is unusable (kind, encoding, shape, dtype)."""
+
+
+class MissingTokenizer(CodecError):
+    """Text was given for a model that has no tokenizer to turn it into token ids."""
+
+
+class MissingDependency(CodecError):
+    """An optional package the evaluation needs (transformers, tokenizers) is not installed."""
+
+    def __init__(self, package: str, exc: ImportError) -> None:
+        self.package = package
+        super().__init__(
+            f"evaluating a model needs {package}, which is not installed ({exc}); "
+            "install the compress extra: pip install 'deltahub[compress]'"
+        )
+
+
+class NonFiniteLoss(CodecError):
+    """A model's loss on a data set is NaN or Inf: its weights are broken."""

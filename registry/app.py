@@ -8,6 +8,7 @@ from registry.adapters.endpoints import router as adapters_router
 from registry.auth.endpoints import router as tokens_router
 from registry.bodylimit import BodyLimitMiddleware
 from registry.database import Database
+from registry.datasets.endpoints import router as datasets_router
 from registry.handlers import add_error_handlers
 from registry.health import add_health
 from registry.jobs.embedded import embedded_workers as _embedded_workers
@@ -32,7 +33,8 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
     app.state.database = database or Database.from_settings(settings)
     app.state.store = store or make_blob_store(settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES)
-    for router in (models_router, adapters_router, jobs_router, tokens_router):
+    for router in (models_router, adapters_router, jobs_router, tokens_router,
+                   datasets_router):
         app.include_router(router)
     add_error_handlers(app, settings)
     add_health(app)

@@ -11,7 +11,7 @@ import re
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_UPLOAD_PATH = re.compile(r"^/(models|adapters)/[^/]+/files/")
+_UPLOAD_PATH = re.compile(r"^/(models|adapters|datasets)/[^/]+/files/")
 
 
 class BodyLimitMiddleware:

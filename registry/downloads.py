@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from registry.errors import FileNotFound
 from registry.names import check_filename
 from registry.storage.base import BlobStore
-from registry.tables import AdapterFile, ModelFile
+from registry.tables import AdapterFile, DatasetFile, ModelFile
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,9 @@ class StoredFile:
     size: int
 
 
-def find_file(files: Sequence[ModelFile | AdapterFile], filename: str,
+def find_file(files: Sequence[ModelFile | AdapterFile | DatasetFile], filename: str,
               owner: str) -> StoredFile:
-    """`filename` among a model's or adapter's files (`owner` names it in the 404)."""
+    """`filename` among a model's, adapter's or data set's files (`owner` names it in the 404)."""
     check_filename(filename)
     file = next((f for f in files if f.filename == filename), None)
     if file is None:

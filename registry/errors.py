@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from compress.errors import CodecError, IncompatibleModels, PickleRefused, TooLarge
+from compress.errors import (
+    CodecError,
+    IncompatibleModels,
+    InvalidDataset,
+    MissingTokenizer,
+    PickleRefused,
+    TooLarge,
+)
 
 
 class APIError(Exception):
@@ -71,6 +78,10 @@ class JobNotFound(NotFound):
 
 
 class TokenNotFound(NotFound):
+    pass
+
+
+class DatasetNotFound(NotFound):
     pass
 
 
@@ -214,4 +225,8 @@ def from_codec_error(exc: CodecError) -> APIError:
         return PayloadTooLarge(exc.detail)
     if isinstance(exc, IncompatibleModels):
         return IncompatibleBase(exc.detail, name=name, mismatches=exc.mismatches)
+    if isinstance(exc, InvalidDataset | MissingTokenizer):
+        # Bad data or data the model cannot read: the request's content is at fault (not
+        # its kind, which is a 415 decided by the file's name before any byte is read).
+        return Unprocessable(exc.detail, name=name)
     return Unprocessable(exc.detail, name=name)

@@ -29,6 +29,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from registry.adapters.schemas import AdapterCreate
 from registry.auth.schemas import TokenCreate
 from registry.auth.tokens import TOKEN_PREFIX, Scope
+from registry.datasets.schemas import DatasetCreate
 from registry.deps import RequireScope
 from registry.models.schemas import FinalizeRequest, ModelCreate
 from registry.names import FILENAME_PATTERN, MAX_SUGGESTIONS, NAME_PATTERN
@@ -90,6 +91,7 @@ _BODY_FIELD_RULES: dict[str, dict[str, str]] = {
     AdapterCreate.__name__: {"name": NAME_RULE, "base": MODEL_REF_RULE,
                              "source": MODEL_REF_RULE},
     TokenCreate.__name__: {"name": NAME_RULE},
+    DatasetCreate.__name__: {"name": NAME_RULE},
 }
 _READYZ = "/readyz"  # public, and its 503 is its own report rather than an ErrorOut
 _READINESS = {_JSON: {"schema": {
@@ -271,14 +273,15 @@ def _error_statuses(facts: RouteFacts, settings: Settings) -> dict[int, str]:
 def _add_upload_errors(add: Callable[[int, str], None], settings: Settings) -> None:
     add(408, f"No byte of the body arrived for {settings.UPLOAD_IDLE_TIMEOUT_SECONDS:g} s "
              "(`RequestTimeout`); nothing was stored.")
-    add(409, "The model or adapter is finalized; its files are immutable (`NotPending`).")
+    add(409, "The model, adapter or data set is finalized; its files are immutable "
+             "(`NotPending`).")
     add(413, f"The file is over its limit, declared or counted: {settings.MAX_UPLOAD_BYTES} "
-             f"bytes for safetensors, {settings.MAX_JSON_BYTES} for other files "
-             "(`PayloadTooLarge`).")
+             f"bytes for safetensors, {settings.MAX_JSON_BYTES} for other files, "
+             f"{settings.MAX_DATASET_BYTES} for a data set's files (`PayloadTooLarge`).")
     add(415, "A pickle, by name or by content, never unpickled (`PickleRefused`), or a file "
-             "this model or adapter does not take (`UnsupportedFile`).")
+             "this model, adapter or data set does not take (`UnsupportedFile`).")
     add(422, "The content is not what the file name says (`InvalidSafetensors`, "
-             "`NonFiniteTensor`, `InvalidContent`), or does not hash to "
+             "`NonFiniteTensor`, `InvalidContent`, `InvalidDataset`), or does not hash to "
              f"`{SHA256_HEADER_NAME}` (`ChecksumMismatch`). Nothing was stored.")
 
 
@@ -355,7 +358,7 @@ def _constrain_body_fields(schemas: JsonObject) -> None:
                 if branch.get("type") == "string":
                     branch.update(constraint)
     # Declared and expected files (registry/uploads/drafts.py) are keyed by file name.
-    for keyed in (FinalizeRequest, ModelCreate, AdapterCreate):
+    for keyed in (FinalizeRequest, ModelCreate, AdapterCreate, DatasetCreate):
         files = schemas[keyed.__name__]["properties"]["files"]
         for branch in files.get("anyOf", [files]):
             if branch.get("type") == "object":

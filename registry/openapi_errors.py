@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from registry.errors import (
     AdapterNotFound,
+    DatasetNotFound,
     FileNotFound,
     JobNotFound,
     ModelNotFound,
@@ -15,7 +16,7 @@ from registry.errors import (
 # looked up.
 NOT_FOUND = {"model": ModelNotFound.__name__, "ref": AdapterNotFound.__name__,
               "filename": FileNotFound.__name__, "token_id": TokenNotFound.__name__,
-              "job_id": JobNotFound.__name__}
+              "job_id": JobNotFound.__name__, "name": DatasetNotFound.__name__}
 # Errors that come from a service's rules about state, which no signature shows.
 SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("get", "/models"): {404: "`base` names no model (`ModelNotFound`, with `did_you_mean`)."},
@@ -71,6 +72,19 @@ SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
              "(`InvalidJobParameters`), or targets match no linear weight "
              "(`UnknownTargets`)."},
     ("get", "/jobs"): {404: "`model` names no model (`ModelNotFound`)."},
+    ("post", "/datasets"): {
+        409: "A finalized data set of that name holds other files (`NameTaken`: a data set "
+             "never changes), or another token's pending draft holds the name "
+             "(`DraftInProgress`).",
+        422: "`files` names a file a data set does not take (`UnsupportedFile`, "
+             "`PickleRefused`, `InvalidFilename`)."},
+    ("post", "/datasets/{name}/finalize"): {
+        409: "The draft's files are not the `files` the body lists (`DraftChanged`, each "
+             "difference in `mismatches`).",
+        422: "The draft has no files (`MissingFiles`)."},
+    ("delete", "/datasets/{name}"): {
+        403: "The data set is finalized: deleting it needs `admin` (`Forbidden`); `push` "
+             "may delete only pending drafts."},
     ("post", "/jobs/{job_id}/cancel"): {
         409: "The job has already ended (`JobFinished`)."},
 }

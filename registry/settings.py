@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     MAX_REPORT_BYTES: int = Field(default=2 * 2**20, gt=0)
     # A pushed picture (a codec's PNG plot, e.g. LoRA's spectra.png: ~100 KB).
     MAX_PICTURE_BYTES: int = Field(default=4 * 2**20, gt=0)
+    # One data set file (text, JSON lines or token ids). The same default as the codecs'
+    # compress.quality.DEFAULT_MAX_DATA_BYTES, so whatever the registry stores, an
+    # evaluation or a distillation reads; calibration needs far less (~800 × 128 tokens).
+    MAX_DATASET_BYTES: int = Field(default=256 * 2**20, gt=0)
     # An upload that sends no byte for this long is cut off (408) and its staging removed.
     UPLOAD_IDLE_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
 

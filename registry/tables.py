@@ -202,6 +202,51 @@ class AdapterAlias(Base):
     adapter: Mapped[Adapter] = relationship(back_populates="aliases", lazy="raise")
 
 
+class Dataset(Base, Timestamped):
+    """Calibration or evaluation data: text, JSON lines or token ids, content-addressed.
+
+    A pending draft takes files like a model's; once finalized (READY) its files are
+    immutable and `content_digest` (their names and sha256, as an adapter's) is its
+    identity: pushing the same files under the name again finds it.
+    """
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[Status] = mapped_column(_enum(Status, "dataset_status"),
+                                           default=Status.PENDING)
+    content_digest: Mapped[str | None] = mapped_column(String(SHA256_LENGTH))
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # As on models: the draft's creator, its last touch and its declared files.
+    created_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id"))
+    touched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                        default=utcnow)
+    declared_digest: Mapped[str | None] = mapped_column(String(SHA256_LENGTH))
+
+    files: Mapped[list[DatasetFile]] = relationship(
+        back_populates="dataset", lazy="raise", cascade="all, delete-orphan",
+        order_by="DatasetFile.filename",
+    )
+
+
+class DatasetFile(Base, Timestamped):
+    __tablename__ = "dataset_files"
+    __table_args__ = (UniqueConstraint("dataset_id", "filename"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256", ondelete="RESTRICT"),
+                                        index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    header: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # token ids' safetensors
+
+    dataset: Mapped[Dataset] = relationship(back_populates="files", lazy="raise")
+
+
 class Token(Base, Timestamped):
     """An API token; only the sha256 of the secret is stored."""
 

@@ -22,8 +22,13 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import CodecError, InvalidParameter, TooLarge
-from compress.quality.errors import InvalidDataset, MissingTokenizer
+from compress.errors import (
+    CodecError,
+    InvalidDataset,
+    InvalidParameter,
+    MissingTokenizer,
+    TooLarge,
+)
 from compress.quality.tokenizer import TextTokenizer
 from compress.tensorio import (
     FLOAT_DTYPES,
@@ -93,10 +98,7 @@ def load_eval_data(path: str | os.PathLike[str], *, tokenizer: TextTokenizer | N
     kind = data_kind(path)
     name = Path(path).name
     if kind is DataKind.TOKENS:
-        size = _check_size(Path(path), max_bytes)
-        with Path(path).open("rb") as file:
-            _refuse_pickle(name, file.read(PICKLE_SNIFF_BYTES), size)
-        rows = read_token_rows(path)
+        rows = _read_token_file(Path(path), max_bytes)
     else:
         if tokenizer is None:
             raise MissingTokenizer(
@@ -114,6 +116,22 @@ def load_eval_data(path: str | os.PathLike[str], *, tokenizer: TextTokenizer | N
     if vocab_size is not None:
         check_vocabulary(name, rows, vocab_size)
     return EvalData(name, kind, rows)
+
+
+def check_data_file(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_DATA_BYTES
+                    ) -> DataKind:
+    """Check `path` as `load_eval_data` reads it, short of tokenizing; its kind.
+
+    Text must decode and hold some (every .jsonl line a "text" string), token ids must
+    be a well-formed `input_ids` [n, seq]. The registry runs this on each uploaded data
+    set file, so that what it stores an evaluation or a distillation can read.
+    """
+    kind = data_kind(path)
+    if kind is DataKind.TOKENS:
+        _read_token_file(Path(path), max_bytes)
+    else:
+        read_documents(path, max_bytes)
+    return kind
 
 
 def read_documents(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_DATA_BYTES
@@ -154,6 +172,13 @@ def read_token_rows(path: str | os.PathLike[str]) -> torch.Tensor:
         raise InvalidDataset(f"{name}: {INPUT_IDS} holds negative ids ({int(rows.min())}); "
                              "token ids are 0 or more")
     return rows
+
+
+def _read_token_file(path: Path, max_bytes: int) -> torch.Tensor:
+    size = _check_size(path, max_bytes)
+    with path.open("rb") as file:
+        _refuse_pickle(path.name, file.read(PICKLE_SNIFF_BYTES), size)
+    return read_token_rows(path)
 
 
 def check_vocabulary(name: str, rows: torch.Tensor, vocab_size: int) -> None:

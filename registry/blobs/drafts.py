@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.adapters.repository import AdapterRepository
 from registry.blobs.repository import BlobRepository
+from registry.datasets.repository import DatasetRepository
 from registry.db import unit_of_work
 from registry.models.repository import ModelRepository
 from registry.storage.base import BLOB_PREFIX, BlobStore
@@ -28,7 +29,7 @@ _BATCH = 100
 
 def remove_stale_drafts(factory: sessionmaker[Session], store: BlobStore,
                         older_than_seconds: float, *, now: datetime | None = None) -> int:
-    """Remove pending model and adapter drafts untouched for `older_than_seconds`, and
+    """Remove pending model, adapter and data set drafts untouched for `older_than_seconds`, and
     the blobs only they referenced (rows and objects) that are as old; how many drafts.
 
     Safe beside live pushes: a draft touched meanwhile is not stale any more, and one a
@@ -60,8 +61,13 @@ def _remove_batch(session: Session, cutoff: datetime) -> tuple[int, set[str]]:
     for adapter in stale_adapters:
         sha256s.update(f.sha256 for f in adapter.files)
         adapters.delete(adapter)
+    datasets = DatasetRepository(session)
+    stale_datasets = datasets.stale_drafts(cutoff, _BATCH - len(stale_adapters))
+    for dataset in stale_datasets:
+        sha256s.update(f.sha256 for f in dataset.files)
+        datasets.delete(dataset)
     models = ModelRepository(session)
-    removed = len(stale_adapters)
+    removed = len(stale_adapters) + len(stale_datasets)
     for model in models.stale_drafts(cutoff, _BATCH - removed):
         if any(models.dependents(model.id)):
             continue  # a fine-tune draft still in use is built on this base draft

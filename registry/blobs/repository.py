@@ -6,14 +6,21 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import delete, exists, select, union
+from sqlalchemy import ColumnElement, delete, exists, select, union
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry.tables import AdapterFile, Blob, ModelFile, utcnow
+from registry.tables import AdapterFile, Blob, DatasetFile, ModelFile, utcnow
 
-FileRow = ModelFile | AdapterFile
+FileRow = ModelFile | AdapterFile | DatasetFile
+# Every table whose rows point at blobs: a blob any of them references is kept.
+_REFERENCING = (ModelFile, AdapterFile, DatasetFile)
+
+
+def _unreferenced() -> list[ColumnElement[bool]]:
+    """The conditions under which no file row points at a blob row."""
+    return [~exists().where(table.sha256 == Blob.sha256) for table in _REFERENCING]
 
 
 class BlobRepository:
@@ -27,7 +34,8 @@ class BlobRepository:
         statement = insert(Blob).values(sha256=sha256, size=size, created_at=utcnow())
         self.session.execute(statement.on_conflict_do_nothing(index_elements=["sha256"]))
 
-    def attach(self, row_type: type[ModelFile] | type[AdapterFile], owner_column: str,
+    def attach(self, row_type: type[ModelFile] | type[AdapterFile] | type[DatasetFile],
+               owner_column: str,
                owner_id: int,
                filename: str, sha256: str, size: int,
                header: dict[str, Any] | None) -> FileRow:
@@ -44,36 +52,27 @@ class BlobRepository:
         return row
 
     def referenced(self) -> set[str]:
-        """Every sha256 a model or adapter file points at."""
-        rows = self.session.execute(union(select(ModelFile.sha256),
-                                          select(AdapterFile.sha256)))
+        """Every sha256 a model, adapter or data set file points at."""
+        rows = self.session.execute(union(*(select(t.sha256) for t in _REFERENCING)))
         return {row[0] for row in rows}
 
     def unreferenced_among(self, sha256s: Collection[str]) -> set[str]:
-        """Those of `sha256s` that no model or adapter file points at."""
+        """Those of `sha256s` that no file row points at."""
         if not sha256s:
             return set()
         return set(self.session.scalars(select(Blob.sha256).where(
-            Blob.sha256.in_(sha256s),
-            ~exists().where(ModelFile.sha256 == Blob.sha256),
-            ~exists().where(AdapterFile.sha256 == Blob.sha256))))
+            Blob.sha256.in_(sha256s), *_unreferenced())))
 
     def delete_unreferenced_rows(self, sha256s: Collection[str]) -> int:
         """Drop the blob rows of `sha256s` that are still unreferenced; how many."""
         if not sha256s:
             return 0
         result = self.session.execute(delete(Blob).where(
-            Blob.sha256.in_(sha256s),
-            ~exists().where(ModelFile.sha256 == Blob.sha256),
-            ~exists().where(AdapterFile.sha256 == Blob.sha256),
-        ))
+            Blob.sha256.in_(sha256s), *_unreferenced()))
         return int(getattr(result, "rowcount", 0) or 0)
 
     def delete_unreferenced(self, created_before: datetime) -> int:
         """Drop blob rows no file points at and older than the cutoff; how many."""
         result = self.session.execute(delete(Blob).where(
-            Blob.created_at < created_before,
-            ~exists().where(ModelFile.sha256 == Blob.sha256),
-            ~exists().where(AdapterFile.sha256 == Blob.sha256),
-        ))
+            Blob.created_at < created_before, *_unreferenced()))
         return int(getattr(result, "rowcount", 0) or 0)

@@ -26,11 +26,14 @@ COMMANDS: dict[str, Entry] = {
                   "upload its files and get a version.", CLIENT),
     "push-model": Entry("transfer_commands", "Register a base model or a full fine-tune: "
                         "upload its files and finalize.", CLIENT),
+    "push-dataset": Entry("dataset_commands", "Register a data set (calibration or "
+                          "evaluation data): upload its files and finalize.", CLIENT),
     "pull": Entry("transfer_commands", "Download an adapter's (or, with --model, a model's) "
                   "files, checked against their sha256.", CLIENT),
     "ls": Entry("catalog_commands", "List adapters or models, newest first.", CLIENT),
     "show": Entry("catalog_commands", "Show one adapter version (or, with --model, one "
                   "model): aliases, files, lineage, quality.", CLIENT),
+    "datasets": Entry("dataset_commands", "List data sets, newest first.", CLIENT),
     "alias": Entry("catalog_commands", "Point an alias at an adapter version, or remove it.",
                    CLIENT),
     "rm": Entry("catalog_commands", "Delete an adapter version (or, with --model, a model).",

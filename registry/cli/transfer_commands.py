@@ -87,7 +87,9 @@ def _upload_all(client: DeltahubClient, owner: str, paths: list[Path],
             client.upload(owner, path, digests[path.name], lambda n: progress.advance(task, n))
 
 
-def _push(client: DeltahubClient, paths: list[Path]) -> Push:
+def pushing(client: DeltahubClient, paths: list[Path]) -> Push:
+    """A push of `paths` that shows progress bars for hashing and uploading and says
+    when it resumes (`push`, `push-model`, `push-dataset`)."""
     return Push(client, paths, _hash_all(paths), upload_all=_upload_all,
                 say=lambda line: console.print(line, highlight=False))
 
@@ -114,7 +116,7 @@ def push(
     kind = kind or detect_kind(directory)
     paths = files_to_push(directory, kind)
     with connected(url, token) as client:
-        adapter, created = _push(client, paths).adapter(name, base, kind.value, source)
+        adapter, created = pushing(client, paths).adapter(name, base, kind.value, source)
         if alias:
             adapter = client.set_alias(str(adapter["id"]), alias)
     what = "new version" if created else "unchanged: identical content already registered"
@@ -135,7 +137,7 @@ def push_model(
     """
     paths = files_to_push(directory, None)
     with connected(url, token) as client:
-        model = _push(client, paths).model(name, base)
+        model = pushing(client, paths).model(name, base)
     stdout.print(f"{model['name']}: {model['tensor_count']} tensors, "
                  f"{model['parameter_count']:,} parameters, ready", highlight=False)
 

@@ -77,6 +77,33 @@ class DeltahubClient:
     def delete_model(self, ref: str) -> None:
         self.transport.send("DELETE", f"/models/{_seg(ref)}")
 
+    # -- data sets ----------------------------------------------------------------------
+    def create_dataset(self, name: str, description: str | None = None,
+                       files: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """A draft: new (201), this token's own draft to resume (200), or the finalized
+        data set itself (200) when `files` (filename -> sha256) are exactly its files."""
+        body: dict[str, Any] = {"name": name}
+        if description is not None:
+            body["description"] = description
+        if files is not None:
+            body["files"] = dict(files)
+        return self.transport.json("POST", "/datasets", json=body)
+
+    def finalize_dataset(self, name: str, files: Mapping[str, str] | None = None
+                         ) -> dict[str, Any]:
+        """`files` (filename -> sha256): refuse unless the draft holds exactly those."""
+        return self.transport.json("POST", f"/datasets/{_seg(name)}/finalize",
+                                   json={"files": dict(files)} if files is not None else None)
+
+    def get_dataset(self, name: str) -> dict[str, Any]:
+        return self.transport.json("GET", f"/datasets/{_seg(name)}")
+
+    def list_datasets(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        return self._pages("/datasets", filters)
+
+    def delete_dataset(self, name: str) -> None:
+        self.transport.send("DELETE", f"/datasets/{_seg(name)}")
+
     # -- adapters -----------------------------------------------------------------------
     def create_adapter(self, name: str, base: str, kind: str, source: str | None = None,
                        files: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -136,7 +163,8 @@ class DeltahubClient:
     # -- files --------------------------------------------------------------------------
     def upload(self, owner: str, path: Path, sha256: str,
                advance: Advance | None = None) -> dict[str, Any]:
-        """PUT a file to `/models/<name>` or `/adapters/<id>` (owner), streamed.
+        """PUT a file to `/models/<name>`, `/adapters/<id>` or `/datasets/<name>` (owner),
+        streamed.
 
         Retried from its first byte when the connection breaks: the server keeps only a
         whole file whose sha256 matches, and a second PUT replaces the first.

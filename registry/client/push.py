@@ -35,7 +35,7 @@ def upload_plainly(client: DeltahubClient, owner: str, paths: list[Path],
 
 
 class Push:
-    """The files of one directory, pushed as a model or as an adapter."""
+    """The files of one directory, pushed as a model, an adapter or a data set."""
 
     def __init__(self, client: DeltahubClient, paths: list[Path], digests: dict[str, str],
                  *, say: Say = lambda _: None, upload_all: UploadAll = upload_plainly) -> None:
@@ -64,6 +64,24 @@ class Push:
             owner=lambda draft: f"/models/{draft['name']}",
             finalize=lambda draft: (client.finalize_model(draft["name"], self.digests), True))
         return model
+
+    def dataset(self, name: str, description: str | None = None) -> tuple[Draft, bool]:
+        """The finalized data set, and whether this push finalized it (False: the same
+        files were registered under the name already)."""
+        client = self.client
+        started: list[Draft] = []
+
+        def start() -> Draft:
+            started.append(client.create_dataset(name, description, self.digests))
+            return started[-1]
+
+        dataset, _ = self._run(
+            start=start,
+            discard=lambda draft: client.delete_dataset(draft["name"]),
+            owner=lambda draft: f"/datasets/{draft['name']}",
+            finalize=lambda draft: (client.finalize_dataset(draft["name"], self.digests),
+                                    True))
+        return dataset, started[-1]["status"] != "ready"
 
     def _run(self, start: Callable[[], Draft], discard: Callable[[Draft], None],
              owner: Callable[[Draft], str],

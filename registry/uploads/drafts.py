@@ -1,4 +1,4 @@
-"""The rules a pending draft (a push not yet finalized) follows, for models and adapters.
+"""The rules a pending draft (a push not yet finalized) follows: models, adapters, data sets.
 
 A draft remembers the token that started it, when a push last touched it, and the files
 the push declared. The same token re-running its push resumes its draft (adapters: only
@@ -17,10 +17,21 @@ from collections.abc import Callable, Iterable, Mapping
 from registry.auth.tokens import Scope, grants
 from registry.errors import APIError, DraftChanged, Forbidden, Unprocessable
 from registry.names import check_filename
-from registry.tables import Adapter, AdapterFile, Model, ModelFile, Status, utcnow
+from registry.tables import (
+    Adapter,
+    AdapterFile,
+    Dataset,
+    DatasetFile,
+    Model,
+    ModelFile,
+    Status,
+    utcnow,
+)
+
+Draft = Model | Adapter | Dataset
 
 
-def owns(draft: Model | Adapter, token_id: int | None) -> bool:
+def owns(draft: Draft, token_id: int | None) -> bool:
     """Whether a push by `token_id` may resume `draft`.
 
     Only the token that started it: resuming is implicit, so it must never let two
@@ -56,13 +67,13 @@ def check_declared(files: Mapping[str, str] | None,
     return files_digest(files)
 
 
-def same_files(draft: Model | Adapter, digest: str | None) -> bool:
+def same_files(draft: Draft, digest: str | None) -> bool:
     """Whether a push declaring files with `digest` may resume `draft` (a push or a draft
     that declared nothing matches any files)."""
     return digest is None or draft.declared_digest in (None, digest)
 
 
-def touch(draft: Model | Adapter) -> None:
+def touch(draft: Draft) -> None:
     """Mark `draft` as worked on now, so stale-draft removal leaves it alone."""
     draft.touched_at = utcnow()
 
@@ -76,7 +87,7 @@ def check_may_delete(status: Status, scopes: Iterable[str], what: str) -> None:
                         "pending drafts)")
 
 
-def check_expected_files(what: str, files: Iterable[ModelFile | AdapterFile],
+def check_expected_files(what: str, files: Iterable[ModelFile | AdapterFile | DatasetFile],
                          expected: Mapping[str, str] | None) -> None:
     """Refuse to finalize a draft whose files are not exactly those the client sent.
 

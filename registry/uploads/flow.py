@@ -1,4 +1,4 @@
-"""The write protocol for one file, shared by models, adapters and (later) job output.
+"""The write protocol for one file, shared by models, adapters, data sets and job output.
 
 stream to a staging key (hashing and validating on the way) → verify the sha256 →
 commit to `blobs/sha256/<hex>` → one short DB transaction records the rows. No
@@ -22,7 +22,7 @@ from registry.auth.service import check_not_revoked
 from registry.blobs.repository import BlobRepository
 from registry.database import Database
 from registry.storage.base import BlobStore
-from registry.tables import AdapterFile, ModelFile
+from registry.tables import AdapterFile, DatasetFile, ModelFile
 from registry.uploads.pipeline import UploadPipeline, UploadResult
 from registry.uploads.receive import check_declared_length, receive_upload
 from registry.uploads.rules import FileRule
@@ -38,7 +38,7 @@ class UploadTarget:
     deleted while the bytes streamed)."""
 
     filename: str
-    row_type: type[ModelFile] | type[AdapterFile]
+    row_type: type[ModelFile] | type[AdapterFile] | type[DatasetFile]
     owner_column: str
     owner_id: int
     rule: FileRule

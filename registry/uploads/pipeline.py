@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compress.errors import CodecError
+from compress.quality.data import DataKind, check_data_file, data_kind
 from compress.tensorio import (
     PICKLE_SNIFF_BYTES,
     StreamingValidator,
@@ -26,6 +27,7 @@ from registry.errors import ChecksumMismatch, PayloadTooLarge, Unprocessable, fr
 from registry.storage.base import BlobStore, StagedObject, StagingWriter, StorageError
 from registry.uploads.png import PNG_SIGNATURE, check_png, check_png_start
 from registry.uploads.rules import ContentKind, FileRule
+from registry.uploads.spool import Spool
 
 _MAGIC_BYTES = 8  # enough for every magic number describe_pickle knows
 # Checked whole at the end; their size limits (JSON, report, picture) bound the buffer.
@@ -50,12 +52,17 @@ class UploadPipeline:
         self._hash = hashlib.sha256()
         self._head = bytearray()  # the first PICKLE_SNIFF_BYTES, for pickle sniffing
         self._buffer = (bytearray() if rule.kind in _BUFFERED else None)
+        dataset = rule.kind is ContentKind.DATASET
         self._validator = (
             StreamingValidator(filename, max_header_bytes=rule.max_header_bytes,
                                max_file_bytes=rule.max_bytes,
                                max_json_depth=rule.max_json_depth)
-            if rule.kind is ContentKind.SAFETENSORS else None)
+            if rule.kind is ContentKind.SAFETENSORS
+            or (dataset and data_kind(filename) is DataKind.TOKENS) else None)
+        self._spool: Spool | None = None
         self._writer: StagingWriter = store.start_upload()
+        if dataset:  # after the writer: a failure here leaves only staging, which gc sweeps
+            self._spool = Spool(filename)
 
     def feed(self, chunk: bytes) -> None:
         try:
@@ -70,8 +77,13 @@ class UploadPipeline:
         except BaseException:
             self.abort()
             raise
+        finally:
+            if self._spool is not None:
+                self._spool.remove()
 
     def abort(self) -> None:
+        if self._spool is not None:
+            self._spool.remove()
         # If storage is down the abort fails too; the original error is the one to
         # report, and garbage collection removes the staging leftovers later.
         with contextlib.suppress(StorageError):
@@ -95,6 +107,8 @@ class UploadPipeline:
             self._buffer += chunk
             if self.rule.kind is ContentKind.PNG:
                 check_png_start(bytes(self._buffer[:len(PNG_SIGNATURE)]), self.filename)
+        if self._spool is not None:
+            self._spool.write(chunk)
         self._writer.write(chunk)
 
     def _finish(self) -> UploadResult:
@@ -138,11 +152,16 @@ class UploadPipeline:
             raise from_codec_error(pickle_refusal(self.filename, what))
 
     def _check_content(self) -> dict[str, Any] | None:
-        if self._validator is not None:
-            try:
-                return header_to_dict(self._validator.finish())
-            except CodecError as exc:
-                raise from_codec_error(exc) from exc
+        try:
+            header = (header_to_dict(self._validator.finish())
+                      if self._validator is not None else None)
+            if self._spool is not None:
+                # The same check an evaluation applies when it reads the file.
+                check_data_file(self._spool.close(), self.rule.max_bytes)
+        except CodecError as exc:
+            raise from_codec_error(exc) from exc
+        if self._validator is not None or self._spool is not None:
+            return header
         if self._buffer is None:  # binary: the pickle sniff was the check
             return None
         if self.rule.kind is ContentKind.PNG:

@@ -1,10 +1,11 @@
-"""Which files a model or an adapter accepts, and how each kind of file is checked.
+"""Which files a model, an adapter or a data set accepts, and how each kind is checked.
 
 Which files make up a model, a LoRA adapter or a BitDelta delta is the formats' rule
 (`is_model_file`, `is_adapter_file`, `is_delta_file` in compress/), the same one
 `deltahub push` uses to choose what to send; here each accepted file gets its content
 check and size limit. Adapters of both kinds also keep the codec's `report.json` (as
-their quality) and its PNG pictures.
+their quality) and its PNG pictures. A data set takes what compress.quality reads
+(`data_kind`): .txt, .jsonl and token ids in .safetensors.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from compress.bitdelta import CONFIG_FILE, DELTA_FILE, DELTA_INDEX, REPORT_FILE, is_delta_file
-from compress.errors import PickleRefused
+from compress.errors import InvalidDataset, PickleRefused
 from compress.filenames import is_report_file
 from compress.lora import ADAPTER_FILES, SPECTRA_FILE, is_adapter_file
+from compress.quality.data import data_kind
 from compress.tensorio import (
     DEFAULT_MAX_HEADER_BYTES,
     MODEL_CARD,
@@ -35,6 +37,9 @@ class ContentKind(StrEnum):
     TEXT = "text"  # UTF-8 text (README.md, merges.txt)
     BINARY = "binary"  # opaque but never a pickle (tokenizer.model)
     PNG = "png"  # a picture: the PNG container, checked whole (registry/uploads/png.py)
+    # Calibration or evaluation data: spooled to a local file while it streams (token ids
+    # also pass the safetensors checks), then read whole by compress.quality's readers.
+    DATASET = "dataset"
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,16 @@ def adapter_file_rule(kind: AdapterKind, filename: str, settings: Settings) -> F
             f"{MODEL_CARD} and PNG pictures"
         )
     return _rule(filename, settings)
+
+
+def dataset_file_rule(filename: str, settings: Settings) -> FileRule:
+    check_filename(filename)
+    _refuse_pickle(filename)
+    try:
+        data_kind(filename)
+    except InvalidDataset as exc:  # an unknown suffix: a kind of file, not bad content
+        raise UnsupportedFile(exc.detail) from exc
+    return FileRule.of(ContentKind.DATASET, settings.MAX_DATASET_BYTES, settings)
 
 
 def _rule(filename: str, settings: Settings) -> FileRule:

@@ -36,8 +36,10 @@ from tests.conftest import LiveServer, Tokens
 
 PAGE_CAP = 37  # not the default, so the document must have read it from the settings
 PUBLIC = {"/healthz", "/readyz"}
-UPLOADS = {"/models/{model}/files/{filename}", "/adapters/{ref}/files/{filename}"}
-FINALIZE = {"/models/{model}/finalize", "/adapters/{ref}/finalize"}
+UPLOADS = {"/models/{model}/files/{filename}", "/adapters/{ref}/files/{filename}",
+           "/datasets/{name}/files/{filename}"}
+FINALIZE = {"/models/{model}/finalize", "/adapters/{ref}/finalize",
+            "/datasets/{name}/finalize"}
 ERROR_REF = "#/components/schemas/ErrorOut"
 
 Operation = tuple[str, str, dict[str, Any]]
@@ -173,7 +175,7 @@ def test_uploads_take_raw_bytes_and_an_optional_checksum(document: dict[str, Any
 
 
 def test_downloads_are_octet_streams(document: dict[str, Any]) -> None:
-    for path in ("/models/{model}/files/{filename}", "/adapters/{ref}/files/{filename}"):
+    for path in UPLOADS:  # each file uploaded to a path is downloaded from it
         ok = document["paths"][path]["get"]["responses"]["200"]
         assert list(ok["content"]) == ["application/octet-stream"]
         assert ok["headers"][SHA256_HEADER_NAME]["required"] is True

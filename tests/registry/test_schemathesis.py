@@ -72,6 +72,10 @@ STATE_OR_CONTENT_DECIDES = {
     "PUT /adapters/{ref}/files/{filename}": ["415", "422"],
     "POST /models/{model}/finalize": ["422"],
     "POST /adapters/{ref}/finalize": ["422"],
+    "POST /datasets": ["422"],  # `files` naming a file a data set does not take
+    "PUT /datasets/{name}/files/{filename}": ["415", "422"],
+    "POST /datasets/{name}/finalize": ["422"],  # a draft without files
+    "GET /datasets": ["422"],  # page_token
     "GET /models": ["422"],  # page_token
     "GET /adapters": ["422"],  # page_token
     "GET /jobs": ["422"],  # page_token

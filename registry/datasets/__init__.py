@@ -1,0 +1,1 @@
+"""Data sets: calibration and evaluation data (text, JSON lines, token ids), content-addressed."""
