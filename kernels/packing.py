@@ -47,8 +47,21 @@ def pack_signs(delta: torch.Tensor) -> torch.Tensor:
                                    device=delta.device)
             positive[:, :k] = rows >= 0
         packed_bytes[start : start + _ROWS_PER_SLAB] = _flags_to_bytes(positive)
-    as_words = _bytes_to_int32(packed_bytes)  # [N, words]
-    return as_words.t().contiguous()
+    return words_from_row_bytes(packed_bytes)
+
+
+def words_from_row_bytes(packed_bytes: torch.Tensor) -> torch.Tensor:
+    """[N, 4·words] uint8, row n holding the little-endian bytes of its words (byte i of
+    a row = the signs of columns 8i … 8i+7, least-significant bit first, padding 0) ->
+    the int32 bits [words, N] of this layout. For encoders that pack bytes their own way.
+    """
+    if packed_bytes.dtype != torch.uint8 or packed_bytes.dim() != 2 or packed_bytes.shape[1] % 4:
+        raise ValueError("words_from_row_bytes expects uint8 [N, 4·words], got "
+                         f"{packed_bytes.dtype} {tuple(packed_bytes.shape)}")
+    n, words = packed_bytes.shape[0], packed_bytes.shape[1] // 4
+    if packed_bytes.numel() == 0:  # N = 0 or K = 0: nothing to view as int32
+        return torch.zeros(words, n, dtype=torch.int32, device=packed_bytes.device)
+    return _bytes_to_int32(packed_bytes).t().contiguous()  # [N, words] -> [words, N]
 
 
 def _flags_to_bytes(flags: torch.Tensor) -> torch.Tensor:

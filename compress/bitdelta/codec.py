@@ -6,6 +6,12 @@ one α per matrix). The error is therefore known from two sums, Σ|ΔW| and ‖�
 materialising α·s: the encoder makes one pass over ΔW, a slab of rows at a time, and
 never holds more than the inputs plus a cache-sized float32 slab.
 
+On the CPU the elementwise work (float32 conversions, ΔW, its signs, |ΔW|) runs on
+L2-sized chunks of a slab and the sign bits are packed with numpy's SIMD compare and
+`packbits`; the reductions (row sums, norms) stay per slab, on the same float32 values in
+the same order as ever, so the output is bit-identical to the plain computation
+(tests/compress/bitdelta/test_codec_fast.py holds that computation).
+
 Statistics: row sums accumulate in float32 (torch's cascaded reductions, relative error
 about 1e-7) and are combined in float64. The error formula uses the stored float32 α, so it
 is the error of exactly what is written. Where ΔW has nearly constant magnitude the
@@ -22,17 +28,23 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from compress.bitdelta.format import ScaleMode
 from compress.errors import InvalidModel, InvalidParameter
 from compress.tensorio import ensure_finite
-from kernels import pack_signs, packed_words, unpack_signs
+from kernels.packing import pack_signs, packed_words, unpack_signs, words_from_row_bytes
 
 # Rows per slab on the CPU: 2^20 float32 values (4 MB) stay in the L2/L3 caches, so the
-# sign, |ΔW| and norm passes over a slab do not go back to DRAM. On a GPU the whole
-# matrix is one slab.
+# row-sum and norm passes over a slab do not go back to DRAM. The slab also fixes the
+# float32 reduction order of those sums, hence α and the error norms: changing it changes
+# the output's last bits. On a GPU the whole matrix is one slab.
 _SLAB_ELEMENTS = 1 << 20
+# Elements per chunk of a slab's elementwise work: 2^17 float32 (512 KB) per buffer keeps
+# the chunk's inputs, ΔW, W_ft and sign flags in a 2 MB L2. One 11008×4096 fp16 pair, one
+# thread (Xeon, AVX-512): 82 ms with whole 4 MB slabs, 68 ms with 2^17, 70 ms with 2^16.
+_CHUNK_ELEMENTS = 1 << 17
 
 
 class ErrorSums:
@@ -92,12 +104,7 @@ def compress_delta(delta: torch.Tensor, scale: ScaleMode | str = ScaleMode.ROW,
     """Compress a [N, K] ΔW of any float dtype (computed in float32); `name` is for errors."""
     _check_matrix(delta, name)
     n, k = delta.shape
-
-    def fill(d: torch.Tensor, spare: torch.Tensor, start: int, stop: int) -> float:
-        d.copy_(delta[start:stop])
-        return 0.0
-
-    encoded = _encode(n, k, fill, ScaleMode.parse(scale), delta.device, pool,
+    encoded = _encode(n, k, _Rows(delta, None), ScaleMode.parse(scale), pool,
                       lambda: ensure_finite(name, delta), name)
     return dataclasses.replace(encoded, finetune_sq=math.nan)
 
@@ -116,20 +123,11 @@ def compress_pair(base: torch.Tensor, finetune: torch.Tensor, scale: ScaleMode, 
                            f"{list(finetune.shape)}")
     n, k = finetune.shape
 
-    def fill(d: torch.Tensor, spare: torch.Tensor, start: int, stop: int) -> float:
-        # Converting to float32 into preallocated slabs first and subtracting float32 from
-        # float32 is ~5x faster on the CPU than a mixed-dtype `d.sub_(fp16)`.
-        d.copy_(finetune[start:stop])
-        finetune_sq = float(torch.linalg.vector_norm(d)) ** 2
-        spare.copy_(base[start:stop])
-        d.sub_(spare)
-        return finetune_sq
-
     def explain_non_finite() -> None:
         ensure_finite(name, base, where[0])
         ensure_finite(name, finetune, where[1])
 
-    return _encode(n, k, fill, scale, finetune.device, pool, explain_non_finite, name)
+    return _encode(n, k, _Rows(finetune, base), scale, pool, explain_non_finite, name)
 
 
 def decompress_delta(bits: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
@@ -155,8 +153,10 @@ def encoder_pool(workers: int | None = None) -> Iterator[EncoderPool]:
     7B-shaped layers: 2.7 s with two single-threaded workers, 20 s with torch's two
     intra-op threads in one). Splitting the rows among single-threaded workers uses every
     core without that. `workers` defaults to one less than `torch.get_num_threads()`
-    (at least 1): the reader thread needs about a core of its own, since copying pages
-    from the page cache costs about as much CPU as encoding them.
+    (at least 1), leaving a core to the reader thread: into reused buffers it costs about
+    half the CPU of encoding (0.17 vs 0.38 CPU-s per GB of fp16 pair), and on the busy
+    2-core box a second worker gained nothing (4 Llama-7B-shaped layers, 3 rounds:
+    3.6-3.9 s with one worker, 3.5-5.3 s with two).
     """
     count = max(1, torch.get_num_threads() - 1 if workers is None else workers)
     # set_num_threads in a worker thread is local to it with torch's OpenMP backend
@@ -166,25 +166,41 @@ def encoder_pool(workers: int | None = None) -> Iterator[EncoderPool]:
         yield EncoderPool(executor, count)
 
 
-Fill = Callable[[torch.Tensor, torch.Tensor, int, int], float]
+@dataclass(frozen=True)
+class _Rows:
+    """Where ΔW's rows come from: ΔW itself (`base` None), or a fine-tune and its base."""
+
+    first: torch.Tensor  # ΔW, or the fine-tune
+    base: torch.Tensor | None
+
+    def fill(self, d: torch.Tensor, finetune32: torch.Tensor, start: int, stop: int) -> None:
+        """ΔW[start:stop] in float32 into `d`; for a pair, W_ft's rows into `finetune32`.
+
+        Converting each input to float32 first and subtracting float32 from float32 is
+        ~5x faster on the CPU than a mixed-dtype `d.sub_(fp16)`; the result is the same
+        float32 ft − base either way (one rounding of the exact difference).
+        """
+        if self.base is None:
+            d.copy_(self.first[start:stop])
+            return
+        finetune32.copy_(self.first[start:stop])
+        d.copy_(self.base[start:stop])
+        torch.sub(finetune32, d, out=d)
 
 
-def _encode(n: int, k: int, fill: Fill, mode: ScaleMode, device: torch.device,
-            pool: EncoderPool | None, explain_non_finite: Callable[[], None], name: str
-            ) -> CompressedDelta:
+def _encode(n: int, k: int, rows: _Rows, mode: ScaleMode, pool: EncoderPool | None,
+            explain_non_finite: Callable[[], None], name: str) -> CompressedDelta:
     """One pass over ΔW, a slab of rows at a time: signs, Σ|ΔW| per row, ‖ΔW‖²."""
-    bits = torch.empty(packed_words(k), n, dtype=torch.int32, device=device)
+    device = rows.first.device
     abs_sums = torch.empty(n, dtype=torch.float32, device=device)
-
-    def rows(span: tuple[int, int]) -> tuple[float, float]:
-        return _encode_rows(span, k, fill, bits, abs_sums)
-
-    if pool is None or device.type != "cpu":
-        partials = [rows((0, n))]
+    if device.type == "cpu":
+        bits, slab_sums = _encode_cpu(n, k, rows, pool, abs_sums)
     else:
-        partials = list(pool.executor.map(rows, _spans(n, pool.workers)))
-    delta_sq = sum(p[0] for p in partials)
-    filled_sq = sum(p[1] for p in partials)
+        bits, slab_sums = _encode_whole(n, k, rows, abs_sums)
+    # Summed slab by slab in row order from 0.0, as one worker always did: the totals do
+    # not depend on how many workers shared the rows.
+    delta_sq = sum((s[0] for s in slab_sums), 0.0)
+    filled_sq = sum((s[1] for s in slab_sums), 0.0)
     l1 = abs_sums.double()
     # NaN or Inf anywhere in ΔW (hence in either input) makes these sums non-finite: the
     # check costs nothing, where torch.isfinite over both inputs would cost a full pass.
@@ -200,37 +216,102 @@ def _encode(n: int, k: int, fill: Fill, mode: ScaleMode, device: torch.device,
         alpha = torch.tensor(float(l1.sum()) / (n * k), dtype=torch.float32, device=device)
         a_value = float(alpha)
         error_sq = delta_sq - 2.0 * a_value * float(l1.sum()) + n * k * a_value * a_value
-    return CompressedDelta(bits.cpu(), alpha.cpu(), delta_sq, max(error_sq, 0.0), filled_sq)
+    filled = filled_sq if rows.base is not None else 0.0
+    return CompressedDelta(bits.cpu(), alpha.cpu(), delta_sq, max(error_sq, 0.0), filled)
 
 
-def _encode_rows(span: tuple[int, int], k: int, fill: Fill, bits: torch.Tensor,
-                 abs_sums: torch.Tensor) -> tuple[float, float]:
-    """Rows [start, stop): fill bits and Σ|ΔW| in place; return ‖ΔW‖² and fill's sum."""
-    first, last = span
-    device = bits.device
-    rows = _slab_rows(last - first, k, device)
-    work = torch.empty(rows * k, dtype=torch.float32, device=device)
-    spare = torch.empty(rows * k, dtype=torch.float32, device=device)
-    delta_sq = filled_sq = 0.0
-    for start in range(first, last, rows):
-        stop = min(start + rows, last)
+SlabSums = list[tuple[float, float]]  # per slab, in row order: ‖ΔW‖², ‖W_ft‖² (0 for ΔW)
+
+
+def _encode_whole(n: int, k: int, rows: _Rows, abs_sums: torch.Tensor
+                  ) -> tuple[torch.Tensor, SlabSums]:
+    """On a GPU the whole matrix is one slab, with torch's packing kernel."""
+    device = rows.first.device
+    d = torch.empty(n, k, dtype=torch.float32, device=device)
+    finetune32 = torch.empty_like(d) if rows.base is not None else d
+    rows.fill(d, finetune32, 0, n)
+    finetune_sq = float(torch.linalg.vector_norm(finetune32)) ** 2 if rows.base is not None else 0.0
+    bits = pack_signs(d)
+    d.abs_()
+    torch.sum(d, dim=1, out=abs_sums)
+    return bits, [(float(torch.linalg.vector_norm(d)) ** 2, finetune_sq)]
+
+
+def _encode_cpu(n: int, k: int, rows: _Rows, pool: EncoderPool | None,
+                abs_sums: torch.Tensor) -> tuple[torch.Tensor, SlabSums]:
+    """Slabs of `_slab_rows` rows from row 0, whole slabs shared out among the workers.
+
+    Row sums and norms are taken per slab, on the same [rows, K] float32 slabs whatever
+    the worker count, so α and the error sums do not depend on it.
+    """
+    step = _slab_rows(n, k)
+    slabs = [(start, min(start + step, n)) for start in range(0, n, step)]
+    packed = torch.empty(n, 4 * packed_words(k), dtype=torch.uint8)
+
+    def run(group: list[tuple[int, int]]) -> SlabSums:
+        return _encode_slabs(group, k, rows, packed, abs_sums)
+
+    if pool is None:
+        groups = [run(slabs)]
+    else:
+        groups = list(pool.executor.map(run, _groups(slabs, pool.workers)))
+    return words_from_row_bytes(packed), [s for group in groups for s in group]
+
+
+def _encode_slabs(slabs: list[tuple[int, int]], k: int, rows: _Rows, packed: torch.Tensor,
+                  abs_sums: torch.Tensor) -> SlabSums:
+    """Fill `packed` (sign bytes) and `abs_sums` for these slabs; return their norms².
+
+    Inside a slab, the elementwise work (conversions, ΔW, signs, |ΔW|) runs in chunks
+    of `_CHUNK_ELEMENTS` that stay in the core's L2 cache; the row sums and norms then
+    read the whole float32 slab once each.
+    """
+    if not slabs:
+        return []
+    most = max(stop - start for start, stop in slabs) * k
+    work = torch.empty(most, dtype=torch.float32)
+    finetune32 = torch.empty(most, dtype=torch.float32) if rows.base is not None else work
+    chunk = max(1, _CHUNK_ELEMENTS // max(k, 1))
+    flags = np.empty(chunk * k, dtype=np.bool_)
+    sums: SlabSums = []
+    for start, stop in slabs:
         d = work[: (stop - start) * k].view(stop - start, k)
-        filled_sq += fill(d, spare[: d.numel()].view(d.shape), start, stop)
-        bits[:, start:stop] = pack_signs(d)
-        d.abs_()
+        ft = finetune32[: d.numel()].view(d.shape)
+        for lo in range(0, stop - start, chunk):
+            hi = min(lo + chunk, stop - start)
+            rows.fill(d[lo:hi], ft[lo:hi], start + lo, start + hi)
+            _pack_sign_bytes(d[lo:hi], flags, packed[start + lo : start + hi])
+            d[lo:hi].abs_()
         torch.sum(d, dim=1, out=abs_sums[start:stop])
-        delta_sq += float(torch.linalg.vector_norm(d)) ** 2
-    return delta_sq, filled_sq
+        finetune_sq = float(torch.linalg.vector_norm(ft)) ** 2 if rows.base is not None else 0.0
+        sums.append((float(torch.linalg.vector_norm(d)) ** 2, finetune_sq))
+    return sums
 
 
-def _spans(n: int, parts: int) -> list[tuple[int, int]]:
-    step = max(1, -(-n // max(parts, 1)))
-    return [(start, min(start + step, n)) for start in range(0, n, step)]
+def _pack_sign_bytes(d: torch.Tensor, scratch: np.ndarray, out: torch.Tensor) -> None:
+    """Row bytes of kernels/packing.py's layout for float32 rows `d` [R, K] into `out`.
+
+    Bit 1 where ΔW ≥ 0 (−0.0 included, as `pack_signs`), least-significant bit first,
+    padding 0. numpy's SIMD compare and packbits take ~9 ms per 11008×4096 matrix where
+    torch's `d >= 0` and int64 shift-ors take ~45 ms (Xeon, AVX-512, one thread).
+    """
+    r, k = d.shape
+    flags = scratch[: r * k].reshape(r, k)
+    with np.errstate(invalid="ignore"):  # NaN compares False; the caller refuses it later
+        np.greater_equal(d.numpy(), 0, out=flags)
+    target = out.numpy()
+    used = (k + 7) // 8
+    target[:, :used] = np.packbits(flags, axis=-1, bitorder="little")
+    target[:, used:] = 0
 
 
-def _slab_rows(n: int, k: int, device: torch.device) -> int:
-    if device.type != "cpu":
-        return max(n, 1)
+def _groups(slabs: list[tuple[int, int]], parts: int) -> list[list[tuple[int, int]]]:
+    """Consecutive runs of slabs, one per worker, as even as whole slabs allow."""
+    count = max(1, min(parts, len(slabs)))
+    return [slabs[len(slabs) * i // count : len(slabs) * (i + 1) // count] for i in range(count)]
+
+
+def _slab_rows(n: int, k: int) -> int:
     return max(1, min(n, _SLAB_ELEMENTS // max(k, 1)))
 
 

@@ -1,7 +1,8 @@
 """Safetensors models on disk: read, write and validate them, and describe their layout.
 
 - read: `Checkpoint` (one tensor at a time, positioned reads), `ModelPair` (a base and its
-  fine-tune, checked to match), `read_header`, `prefetching` (a reader thread ahead);
+  fine-tune, checked to match), `read_header`, `prefetching` (a reader thread ahead),
+  `BufferPool` (read buffers reused from tensor to tensor);
 - sources: `TensorSource`, what every reader reads a model through (file names, sizes,
   positioned reads), `LocalSource` over a path; a `ModelInput` is a path or a source;
 - write: `ShardedWriter` (tensor by tensor, sharded past a size) inside
@@ -12,6 +13,7 @@
 """
 
 from compress.tensorio import strictjson
+from compress.tensorio.buffers import BufferPool
 from compress.tensorio.checkpoint import (
     CONFIG_FILE,
     MODEL_CARD,
@@ -78,6 +80,7 @@ __all__ = [
     "PICKLE_SNIFF_BYTES",
     "SAFETENSORS_DTYPES",
     "TORCH_DTYPES",
+    "BufferPool",
     "Checkpoint",
     "LocalSource",
     "Manifest",

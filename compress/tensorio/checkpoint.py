@@ -107,16 +107,24 @@ class Checkpoint:
         spec = self.manifest[name]
         return self.headers[spec.file].tensors[name]
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """Read one tensor into new CPU memory, with its stored dtype and shape."""
+    def tensor(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Read one tensor with its stored dtype and shape, into new CPU memory or into
+        the first bytes of `buffer` (1-D contiguous uint8, e.g. from a `BufferPool`)."""
         spec = self.manifest[name]
         header = self.headers[spec.file]
         entry = header.tensors[name]
-        buffer = torch.empty(entry.nbytes, dtype=torch.uint8)
+        if buffer is None:
+            buffer = torch.empty(entry.nbytes, dtype=torch.uint8)
+        elif (buffer.dtype != torch.uint8 or buffer.dim() != 1 or buffer.device.type != "cpu"
+              or not buffer.is_contiguous() or buffer.numel() < entry.nbytes):
+            raise ValueError(f"reading {name!r} needs a contiguous 1-D uint8 CPU buffer of "
+                             f"at least {entry.nbytes} bytes, got {buffer.dtype} "
+                             f"{list(buffer.shape)}")
+        data = buffer[: entry.nbytes]
         if entry.nbytes:  # the source fills the tensor's own memory: no second copy
             self.source.read_into(spec.file, header.data_start + entry.start,
-                                  buffer.numpy().data)
-        return buffer.view(entry.torch_dtype).reshape(entry.shape)
+                                  data.numpy().data)
+        return data.view(entry.torch_dtype).reshape(entry.shape)
 
     def finite_tensor(self, name: str) -> torch.Tensor:
         """`tensor(name)`, refusing NaN and Inf with the tensor's name."""

@@ -1,0 +1,58 @@
+"""Read buffers that a codec fills over and over, instead of new memory per tensor.
+
+Reading a large tensor into new memory costs more than the copy: the allocator maps fresh
+pages for it, and the kernel zeroes and faults in each 4 KB page before the read fills it.
+Measured on the shared 2-core VM (Xeon, warm page cache), the seven projections of two
+Llama-7B-shaped layers, base and fine-tune (1.6 GB): 0.72-0.94 CPU-s into new tensors,
+0.23 CPU-s into reused buffers. A codec that streams a model pair therefore takes its
+buffers from a `BufferPool` (`Checkpoint.tensor(name, buffer=pool.take(nbytes))`) and gives
+each back when it is done with the tensor read into it.
+
+Memory stays flat: a buffer is only made when none is free, so the pool holds as many as
+were lent at the same time, each as large as the largest tensor read into it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+
+class BufferPool:
+    """uint8 CPU buffers lent out with `take` and returned with `give_back`; thread-safe
+    (a reader thread takes, the codec's thread gives back)."""
+
+    def __init__(self) -> None:
+        self._free: list[torch.Tensor] = []
+        self._lent: dict[int, torch.Tensor] = {}  # storage address -> buffer
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """A buffer of at least `nbytes` bytes (a free one if one is large enough)."""
+        with self._lock:
+            # By index: list.remove would compare tensors elementwise.
+            fits = [i for i, b in enumerate(self._free) if b.numel() >= nbytes]
+            if fits:
+                chosen = self._free.pop(min(fits, key=lambda i: self._free[i].numel()))
+            else:
+                if self._free:  # too small for what is read now: let it go, so the pool
+                    self._free.pop()  # holds no more buffers than were ever lent at once
+                chosen = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+            self._lent[chosen.untyped_storage().data_ptr()] = chosen
+            return chosen
+
+    def give_back(self, tensor: torch.Tensor) -> None:
+        """Return the buffer that `tensor` (a buffer from `take`, or a view of one) was
+        read into. Only once nothing uses the tensor any more: the next read overwrites
+        it. A tensor the pool did not lend is ignored."""
+        with self._lock:
+            buffer = self._lent.pop(tensor.untyped_storage().data_ptr(), None)
+            if buffer is not None:
+                self._free.append(buffer)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of all buffers made and not let go, lent or free."""
+        with self._lock:
+            return sum(b.numel() for b in [*self._free, *self._lent.values()])
