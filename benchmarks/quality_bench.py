@@ -1,4 +1,5 @@
-"""Gain kept by each codec on a real fine-tune: BitDelta (row and tensor scales) and LoRA.
+"""Gain kept by each codec on a real fine-tune: BitDelta (row and tensor scales, with and
+without α distillation) and LoRA.
 
 The fine-tune is tests/finetune.py's: a tiny byte-level Llama pretrained on English prose
 (pydoc topics) and fine-tuned on Python (stdlib files), built once and cached under
@@ -7,6 +8,11 @@ The fine-tune is tests/finetune.py's: a tiny byte-level Llama pretrained on Engl
 headline) and held-out prose (the base's domain), one model in memory at a time.
 Printed: loss of base, fine-tune and variant per data set, and gain kept
 = (loss_base − loss_variant) / (loss_base − loss_ft), with the variant's size.
+
+Distillation (compress/bitdelta/distill.py) calibrates on the training rows of either
+domain: Python (the fine-tune's) or prose (the base's), never the held-out rows scored
+here; once with the paper's settings (lr 1e-4, 200 steps of 4 rows) and once with the
+settings tests/compress/bitdelta/test_distill_quality.py uses on this tiny model.
 
     python benchmarks/quality_bench.py                 # 32 batches of 16 × 64 tokens a set
     python benchmarks/quality_bench.py --max-batches 0 # every held-out row
@@ -28,12 +34,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # After the sys.path fix-up above (tests/ is not an installed package).
-from compress.bitdelta import compress_bitdelta
+from compress.bitdelta import DistillConfig, compress_bitdelta, distill_bitdelta
 from compress.lora import extract_lora
 from compress.quality import QualityReport, evaluate_quality
 from tests.finetune import FinetunePair, cached_finetune_pair
 
 CACHE = Path(__file__).resolve().parents[1] / ".bench" / "finetune-pair"
+PAPER = DistillConfig(loss="mse")  # the BitDelta paper's settings, its loss included
+TUNED = DistillConfig(steps=500, lr=1e-3, batch_size=8)  # the test's, for a 2-layer model
 
 
 def variants(pair: FinetunePair) -> dict[str, Callable[[Path], object]]:
@@ -42,8 +50,23 @@ def variants(pair: FinetunePair) -> dict[str, Callable[[Path], object]]:
         return lambda out: extract_lora(pair.base, pair.finetune, out, rank=rank,
                                         targets_only=targets_only)
 
+    def distilled(data: Path, config: DistillConfig) -> Callable[[Path], object]:
+        def make(out: Path) -> object:
+            plain = out.with_name(out.name + "-undistilled")
+            compress_bitdelta(pair.base, pair.finetune, plain)
+            return distill_bitdelta(pair.base, pair.finetune, plain, [data], out, config=config)
+        return make
+
     return {
         "bitdelta (row α)": lambda out: compress_bitdelta(pair.base, pair.finetune, out),
+        "bitdelta + distilled α, Python, paper (mse, lr 1e-4, 200 × 4)":
+            distilled(pair.python.train, PAPER),
+        "bitdelta + distilled α, Python, kl (paper's lr and steps)":
+            distilled(pair.python.train, DistillConfig()),
+        "bitdelta + distilled α, Python, kl, lr 1e-3, 500 × 8": distilled(pair.python.train,
+                                                                        TUNED),
+        "bitdelta + distilled α, prose, kl, lr 1e-3, 500 × 8": distilled(pair.prose.train,
+                                                                       TUNED),
         "bitdelta (tensor α)": lambda out: compress_bitdelta(pair.base, pair.finetune, out,
                                                              scale="tensor"),
         "lora r4 --targets-only": lora(4, targets_only=True),

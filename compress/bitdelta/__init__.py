@@ -4,6 +4,8 @@
 - on model directories: `compress_bitdelta` (base + fine-tune -> delta), `load_bitdelta`
   and `apply_bitdelta` (a delta in memory, onto a state dict), `merge_bitdelta` (base +
   delta -> a model on disk), `verify_delta` (a delta against its fine-tune, layer by layer);
+- scale distillation (distill.py, the paper's second stage): `distill_bitdelta` trains α
+  alone so the compressed model's logits match the fine-tune's, into a new delta;
 - the format (version 1, format.py): `inspect_bitdelta` validates a delta from its headers
   alone, raising `InvalidDelta` or `IncompatibleModels`; `is_delta_file` names its files.
 """
@@ -33,6 +35,11 @@ from compress.bitdelta.verify import DEFAULT_ROWS, VerifyReport, verify_delta
 from compress.errors import IncompatibleModels, InvalidDelta
 from compress.tensorio import CONFIG_FILE  # a delta carries its fine-tune's config.json
 
+# isort: split
+# Last: distillation uses compress.quality, which imports the names above back from here.
+from compress.bitdelta.distill import DistillConfig, DistillReport, distill_bitdelta
+from compress.bitdelta.distill_data import CalibrationSet
+
 __all__ = [
     "CONFIG_FILE",
     "DEFAULT_ROWS",
@@ -45,6 +52,9 @@ __all__ = [
     "BitDelta",
     "BitDeltaReport",
     "BitDeltaSummary",
+    "CalibrationSet",
+    "DistillConfig",
+    "DistillReport",
     "IncompatibleModels",
     "InvalidDelta",
     "MergeReport",
@@ -54,6 +64,7 @@ __all__ = [
     "compress_bitdelta",
     "compress_delta",
     "decompress_delta",
+    "distill_bitdelta",
     "inspect_bitdelta",
     "is_delta_file",
     "load_bitdelta",

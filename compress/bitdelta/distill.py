@@ -1,0 +1,358 @@
+"""BitDelta scale distillation: train α alone, so the compressed model predicts like the fine-tune.
+
+The BitDelta paper's second stage. Compression (compression.py) picks each α as the
+least-squares fit of ΔW, weight by weight; distillation then adjusts every α together,
+with the sign bits and every other weight frozen, to minimise the distance between the
+compressed model's logits and the fine-tune's on calibration text. The output is a new
+delta in the same format whose α changed and nothing else.
+
+`distill_bitdelta(base, finetune, delta_dir, calibration, out)` runs in two phases, so
+that one model is resident at a time (the reference implementation holds base,
+fine-tune and student together):
+
+1. the fine-tune is built and run over exactly the batches the steps will visit; its
+   logits go to a scratch file beside `out` (distill_logits.py), and the model is freed;
+2. the student is built (distill_models.py: the base, the delta's whole tensors, and a
+   `BitDeltaLinear` per compressed weight holding the frozen base weight, the packed
+   sign bits and α, the one Parameter) and trained with AdamW on α for `steps` steps,
+   reading one batch of teacher logits per step.
+
+Resident during phase 2: one model in the compute dtype, the bits (1/32 of the
+compressed weights in float32), α with its two AdamW moments, one batch's activations
+and two batches of logits (teacher and student). The backward unpacks one matrix's
+signs at a time, transiently (kernels/trainable.py).
+
+Loss: by default the KL divergence KL(fine-tune ‖ compressed) of the next-token
+distributions, averaged over every position of every row, in float32; `loss="mse"` gives
+the paper's mean squared error of the logits. KL is the excess next-token loss of the
+compressed model over the fine-tune on the fine-tune's own predictions, i.e. what gain
+kept measures; the logits' squared error also spends α on things softmax ignores (a
+shift common to all logits, the exact values of improbable tokens). Measured on the tiny
+real fine-tune of tests/finetune.py (row α, 500 steps of 8 × 64 tokens of Python, lr
+1e-3): gain kept on held-out Python 0.841 undistilled, 0.944 with MSE, 0.963 with KL.
+
+Deterministic: the batches come from `seed` (distill_data.py) and nothing else is random;
+on the CPU, the same thread count gives bit-identical α. A non-finite loss stops the
+run with NonFiniteLoss, and everything is written inside `atomic_output_dir`, so a
+failed run leaves no output at all.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.bitdelta.distill_data import (
+    Calibration,
+    CalibrationSet,
+    batch_schedule,
+    load_calibration,
+)
+from compress.bitdelta.distill_logits import TEACHER_DTYPES, TeacherLogits, teacher_file
+from compress.bitdelta.distill_models import BitDeltaLinear, build_student, build_teacher
+from compress.bitdelta.distill_output import LOSS_PLOT, plot_losses, write_distilled, write_report
+from compress.bitdelta.format import BitDeltaSummary, ScaleMode, inspect_bitdelta, scale_key
+from compress.bitdelta.report import json_float
+from compress.errors import IncompatibleModels, InvalidDelta, InvalidParameter
+from compress.progress import ProgressFn, no_progress
+from compress.quality import NonFiniteLoss
+from compress.quality.model import model_bytes
+from compress.quality.tokenizer import TextTokenizer
+from compress.tensorio import (
+    Checkpoint,
+    ModelInput,
+    atomic_output_dir,
+    describe_model,
+    shape_mismatches,
+)
+
+LOSSES = ("mse", "kl")  # see the module docstring
+COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                  "float16": torch.float16}
+PROBE_BATCHES = 4  # batches scored before and after training, for initial and final loss
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How α is trained. The defaults are the BitDelta paper's, but for the loss."""
+
+    steps: int = 200
+    lr: float = 1e-4  # AdamW's peak learning rate, decayed to 0 on a cosine
+    batch_size: int = 4  # rows per step
+    seq_len: int = 128  # tokens per row of text (pre-tokenized rows are cut to it)
+    seed: int = 0  # the order of the calibration rows
+    # 0: decay would pull α towards 0, i.e. towards the base, a prior the paper has no use for.
+    weight_decay: float = 0.0
+    dtype: str = "float32"  # what both models compute in
+    teacher_dtype: str = "float16"  # how the fine-tune's logits are stored (distill_logits.py)
+    loss: str = "kl"  # KL(fine-tune ‖ ours), or "mse": the paper's (module docstring)
+
+    def check(self) -> None:
+        problems = [f"{name} must be positive, got {value}" for name, value in
+                    (("steps", self.steps), ("batch_size", self.batch_size))
+                    if value < 1]
+        if self.seq_len < 2:
+            problems.append(f"seq_len must be at least 2, got {self.seq_len}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            problems.append(f"weight_decay must be 0 or more, got {self.weight_decay}")
+        if self.dtype not in COMPUTE_DTYPES:
+            problems.append(f"dtype must be one of {', '.join(COMPUTE_DTYPES)}, got "
+                            f"{self.dtype!r}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            problems.append(f"teacher_dtype must be one of {', '.join(TEACHER_DTYPES)}, got "
+                            f"{self.teacher_dtype!r}")
+        if problems:
+            raise InvalidParameter("distillation settings: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "optimizer": "AdamW", "schedule": "cosine"}
+
+
+@dataclass
+class DistillReport:
+    config: DistillConfig
+    scale_mode: ScaleMode
+    trained_scales: int  # α tensors trained (one per compressed weight)
+    trained_values: int  # α values in all
+    calibration: list[CalibrationSet]
+    losses: list[float] = field(default_factory=list)  # per step, before its update
+    initial_loss: float = math.nan  # mean over the probe batches, α as compressed
+    final_loss: float = math.nan  # the same batches, α distilled
+    seconds: float = 0.0
+    teacher_seconds: float = 0.0  # phase 1: the fine-tune's logits
+    resident_bytes: int = 0  # the most held at once (see `distill_bitdelta`)
+    teacher_file_bytes: int = 0
+    peak_rss_bytes: int = 0  # the process's high-water mark, whatever ran before
+    device_peak_bytes: int | None = None  # torch.cuda.max_memory_allocated on a GPU
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.config.batch_size * (self.calibration[0].seq_len if self.calibration else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(), "loss": self.config.loss,
+            "scale_mode": self.scale_mode.value,
+            "trained_scales": self.trained_scales, "trained_values": self.trained_values,
+            "steps": len(self.losses), "lr": self.config.lr,
+            "initial_loss": json_float(self.initial_loss),
+            "final_loss": json_float(self.final_loss),
+            "losses": [json_float(v) for v in self.losses],
+            "calibration": [s.to_dict() for s in self.calibration],
+            "calibration_rows": sum(s.rows for s in self.calibration),
+            "calibration_tokens": sum(s.rows * s.seq_len for s in self.calibration),
+            "tokens_trained": self.tokens_per_step * len(self.losses),
+            "data": [s.name for s in self.calibration],
+            "seconds": self.seconds, "teacher_seconds": self.teacher_seconds,
+            "resident_bytes": self.resident_bytes,
+            "teacher_file_bytes": self.teacher_file_bytes,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "device_peak_bytes": self.device_peak_bytes,
+        }
+
+
+def distill_bitdelta(
+    base: ModelInput, finetune: ModelInput, delta_dir: str | os.PathLike[str],
+    calibration: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+    config: DistillConfig = DistillConfig(), tokenizer: TextTokenizer | None = None,
+    device: str | torch.device = "cpu", progress: ProgressFn = no_progress,
+) -> DistillReport:
+    """Distil the α of the delta at `delta_dir` and write the result to the new `out`.
+
+    `base` and `finetune` are paths or TensorSources (the delta must have been made from
+    them); `calibration` are data files (.txt, .jsonl, pre-tokenized .safetensors), text
+    tokenized with `tokenizer`, by default the base's tokenizer.json, else the
+    fine-tune's. `progress(done, total, item)` counts teacher batches, then steps.
+    Returns the report, also saved in `out/report.json` under "distillation".
+    """
+    config.check()
+    started = time.perf_counter()
+    target = _device(device)
+    if target.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(target)
+    out_path = Path(out)
+    with Checkpoint.open(base) as base_ckpt, Checkpoint.open(finetune) as ft_ckpt, \
+            Checkpoint.open(delta_dir) as delta, atomic_output_dir(out_path) as scratch:
+        summary = _check_inputs(base_ckpt, ft_ckpt, delta)
+        data = load_calibration(calibration, base_ckpt, ft_ckpt, tokenizer,
+                                seq_len=config.seq_len,
+                                max_rows=config.steps * config.batch_size)
+        report = DistillReport(config, summary.scale_mode, len(summary.compressed),
+                               _scale_values(summary), data.sets)
+        schedule = batch_schedule(int(data.rows.shape[0]), config.steps, config.batch_size,
+                                  config.seed)
+        vocab = _vocab_size(base_ckpt, delta)
+        shape = (config.batch_size, data.seq_len, vocab)
+        with teacher_file(out_path.parent, shape, config.teacher_dtype) as teacher:
+            _teacher_phase(ft_ckpt, data, schedule, teacher, report, target, progress)
+            scales = _student_phase(base_ckpt, delta, summary, data, schedule, teacher,
+                                    report, target, progress)
+            report.teacher_file_bytes = teacher.nbytes
+        report.seconds = time.perf_counter() - started
+        _measure_peaks(report, target)
+        write_distilled(delta, scales, scratch, config.to_dict())
+        write_report(delta, scratch, report.to_dict())
+        plot_losses(report.losses, report.initial_loss, report.final_loss, scratch / LOSS_PLOT,
+                    f"BitDelta α distillation: {describe_model(finetune)}", config.loss)
+    return report
+
+
+def _check_inputs(base: Checkpoint, finetune: Checkpoint, delta: Checkpoint) -> BitDeltaSummary:
+    """The delta was made from this base and this fine-tune (digests, shapes)."""
+    summary = inspect_bitdelta(delta.headers, None, base.manifest)
+    mismatches = shape_mismatches(base.manifest, finetune.manifest)
+    if mismatches:
+        raise IncompatibleModels("the fine-tune", mismatches)
+    if finetune.manifest.digest() != summary.finetune_manifest_digest:
+        raise InvalidDelta(
+            f"the delta was made from a fine-tune with manifest digest "
+            f"{summary.finetune_manifest_digest[:12]}…, not this one "
+            f"({finetune.manifest.digest()[:12]}…); distil against the fine-tune it was "
+            "compressed from")
+    return summary
+
+
+def _teacher_phase(finetune: Checkpoint, data: Calibration, schedule: torch.Tensor,
+                   teacher: TeacherLogits, report: DistillReport, device: torch.device,
+                   progress: ProgressFn) -> None:
+    """Phase 1: the fine-tune's logits for every step's batch, to the scratch file."""
+    started = time.perf_counter()
+    model = build_teacher(finetune, dtype=COMPUTE_DTYPES[report.config.dtype], device=device)
+    steps = int(schedule.shape[0])
+    batch_logits = math.prod(teacher.shape) * 4  # float32 logits of one batch
+    report.resident_bytes = max(report.resident_bytes, model_bytes(model) + batch_logits)
+    with torch.inference_mode():
+        for step in range(steps):
+            rows = data.rows[schedule[step]].to(device)
+            logits = model(input_ids=rows, use_cache=False).logits
+            teacher.append(logits.float(), f"the calibration batch of step {step + 1}")
+            progress(step + 1, 2 * steps, f"fine-tune logits, batch {step + 1}/{steps}")
+    del model  # freed before the student is built: one model at a time
+    report.teacher_seconds = time.perf_counter() - started
+
+
+def _student_phase(base: Checkpoint, delta: Checkpoint, summary: BitDeltaSummary,
+                   data: Calibration, schedule: torch.Tensor, teacher: TeacherLogits,
+                   report: DistillReport, device: torch.device, progress: ProgressFn
+                   ) -> dict[str, torch.Tensor]:
+    """Phase 2: train α; returns the distilled α by tensor name, on the CPU."""
+    config = report.config
+    model, layers = build_student(base, delta, summary, dtype=COMPUTE_DTYPES[config.dtype],
+                                  device=device)
+    alphas = [layer.scale for layer in layers.values()]
+    optimizer = torch.optim.AdamW(alphas, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / config.steps)))
+    buffer = torch.empty(teacher.shape, dtype=teacher.dtype)
+    probes = range(min(PROBE_BATCHES, config.steps))
+    report.initial_loss = _probe_loss(model, data, schedule, teacher, probes, buffer, device,
+                                     config.loss)
+    for step in range(config.steps):
+        target = teacher.read(step, buffer).to(device=device, dtype=torch.float32)
+        logits = model(input_ids=data.rows[schedule[step]].to(device), use_cache=False).logits
+        loss = distillation_loss(config.loss, logits, target)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLoss(
+                f"the distillation loss is {value} at step {step + 1}: α diverged or the "
+                f"compressed model overflows; lower the learning rate (lr={config.lr:g}) or "
+                "compute in float32. Nothing was written")
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        report.losses.append(value)
+        progress(config.steps + step + 1, 2 * config.steps,
+                 f"step {step + 1}/{config.steps}: loss {value:.4g}")
+    report.final_loss = _probe_loss(model, data, schedule, teacher, probes, buffer, device,
+                                     config.loss)
+    report.resident_bytes = max(report.resident_bytes, _student_bytes(model, alphas, teacher))
+    return _distilled_scales(layers)
+
+
+def _probe_loss(model: torch.nn.Module, data: Calibration, schedule: torch.Tensor,
+                teacher: TeacherLogits, probes: range, buffer: torch.Tensor,
+                device: torch.device, config_loss: str) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for step in probes:
+            target = teacher.read(step, buffer).to(device=device, dtype=torch.float32)
+            logits = model(input_ids=data.rows[schedule[step]].to(device),
+                           use_cache=False).logits
+            total += float(distillation_loss(config_loss, logits, target))
+    return total / len(probes)
+
+
+def distillation_loss(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over every position (and, for "mse", every logit) of the batch, in float32."""
+    student = logits.float()
+    if kind == "mse":
+        return torch.nn.functional.mse_loss(student, target)
+    vocab = student.shape[-1]
+    return torch.nn.functional.kl_div(
+        torch.log_softmax(student.view(-1, vocab), dim=-1),
+        torch.log_softmax(target.view(-1, vocab), dim=-1), reduction="batchmean",
+        log_target=True)
+
+
+def _distilled_scales(layers: dict[str, BitDeltaLinear]) -> dict[str, torch.Tensor]:
+    scales = {}
+    for module, layer in layers.items():
+        alpha = layer.scale.detach().float().cpu().contiguous()
+        if not bool(torch.isfinite(alpha).all()):
+            raise NonFiniteLoss(f"the distilled α of {module!r} is not finite; lower the "
+                                "learning rate. Nothing was written")
+        scales[scale_key(module)] = alpha
+    return scales
+
+
+def _student_bytes(model: torch.nn.Module, alphas: list[torch.nn.Parameter],
+                   teacher: TeacherLogits) -> int:
+    """The model (its bits included), α's gradient and two AdamW moments, two batches of
+    float32 logits (the student's and the teacher's) and the teacher batch as read."""
+    alpha_bytes = sum(a.numel() * 4 for a in alphas)
+    logits = math.prod(teacher.shape) * 4
+    return model_bytes(model) + 3 * alpha_bytes + 2 * logits + teacher.batch_bytes
+
+
+def _scale_values(summary: BitDeltaSummary) -> int:
+    if summary.scale_mode is ScaleMode.ROW:
+        return sum(spec.shape[0] for spec in summary.compressed.values())
+    return len(summary.compressed)
+
+
+def _vocab_size(base: Checkpoint, delta: Checkpoint) -> int:
+    config = delta.config or base.config or {}
+    vocab = config.get("vocab_size")
+    if not isinstance(vocab, int) or vocab < 1:
+        raise InvalidDelta("the model's config.json has no vocab_size; distillation needs it "
+                           "to size the fine-tune's logits")
+    return vocab
+
+
+def _measure_peaks(report: DistillReport, device: torch.device) -> None:
+    # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    report.peak_rss_bytes = rss if sys.platform == "darwin" else rss * 1024
+    if device.type == "cuda":
+        report.device_peak_bytes = torch.cuda.max_memory_allocated(device)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise InvalidParameter(f"unknown device {device!r} ({exc})") from exc

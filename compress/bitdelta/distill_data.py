@@ -1,0 +1,84 @@
+"""Calibration data for scale distillation: the rows, and which rows each step trains on.
+
+Data files are any kind `compress.quality.load_eval_data` reads (.txt, .jsonl,
+pre-tokenized .safetensors); text is tokenized with the given tokenizer, else the base's
+tokenizer.json, else the fine-tune's. A model without one and text data is refused with
+MissingTokenizer (its message asks for a tokenizer.json or pre-tokenized ids).
+
+Rows: text is cut into rows of `seq_len` tokens; pre-tokenized rows longer than that are
+cut to it. Rows of every file are pooled, all cut to the shortest row length among them,
+so batches mix files. Only the first `steps × batch_size` rows of each file are read:
+the schedule could never visit more.
+
+Schedule: the pooled rows in a random order drawn from `seed` (a new order each time the
+rows run out), `batch_size` at a time, one batch per step: every row is seen once before
+any is seen twice, and the same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from compress.errors import InvalidParameter
+from compress.quality.data import DataKind, data_kind, load_eval_data
+from compress.quality.tokenizer import TextTokenizer, model_tokenizer
+from compress.tensorio import Checkpoint
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """One calibration file as used: its name, rows and tokens per row."""
+
+    name: str
+    rows: int
+    seq_len: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "rows": self.rows, "seq_len": self.seq_len,
+                "tokens": self.rows * self.seq_len}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    rows: torch.Tensor  # int64 [n, seq], every file's rows pooled
+    sets: list[CalibrationSet]
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.rows.shape[1])
+
+
+def load_calibration(data: Sequence[str | os.PathLike[str]], base: Checkpoint,
+                     finetune: Checkpoint, tokenizer: TextTokenizer | None, *, seq_len: int,
+                     max_rows: int) -> Calibration:
+    """Every file's rows (at most `max_rows` each), checked against the vocabulary, pooled."""
+    if not data:
+        raise InvalidParameter("give at least one calibration data file")
+    if tokenizer is None and any(data_kind(path) is not DataKind.TOKENS for path in data):
+        tokenizer = model_tokenizer(base.source, finetune.source)
+    vocab = (base.config or {}).get("vocab_size")
+    loaded = [load_eval_data(path, tokenizer=tokenizer, seq_len=seq_len, max_rows=max_rows,
+                             vocab_size=vocab if isinstance(vocab, int) else None)
+              for path in data]
+    length = min(min(d.seq_len, seq_len) for d in loaded)
+    rows = torch.cat([d.rows[:, :length] for d in loaded])
+    sets = [CalibrationSet(d.name, int(d.rows.shape[0]), length) for d in loaded]
+    return Calibration(rows.contiguous(), sets)
+
+
+def batch_schedule(rows: int, steps: int, batch_size: int, seed: int) -> torch.Tensor:
+    """int64 [steps, batch_size]: the row indices each step trains on (module docstring)."""
+    generator = torch.Generator().manual_seed(seed)
+    needed = steps * batch_size
+    orders = [torch.randperm(rows, generator=generator)
+              for _ in range(-(-needed // rows))]
+    return torch.cat(orders)[:needed].view(steps, batch_size)
+
+
+def data_names(data: Sequence[str | os.PathLike[str]]) -> list[str]:
+    return [Path(path).name for path in data]

@@ -1,0 +1,87 @@
+"""The two models of scale distillation, built one at a time by `build_model`.
+
+- the teacher: the fine-tune as it is;
+- the student: the base's architecture and weights, with the tensors the delta stores
+  whole (embeddings, norms, lm_head of a full fine-tune) in place of the base's, and
+  each compressed Linear replaced by a `BitDeltaLinear`: the frozen base weight, the
+  delta's packed sign bits as a buffer, and α as the only Parameter of the whole model.
+  Its forward is `kernels.bitdelta_linear_trainable`, so W_ft = W_base + α·sign is never
+  formed: resident are one model in the compute dtype plus 1 bit per compressed weight.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from compress.bitdelta.format import BitDeltaSummary
+from compress.bitdelta.merge import read_compressed
+from compress.errors import InvalidModel
+from compress.quality.model import build_model, causal_lm_config
+from compress.tensorio import Checkpoint, describe_model
+from kernels import Backend, bitdelta_linear_trainable
+
+
+class BitDeltaLinear(torch.nn.Module):
+    """y = x·W_baseᵀ + α ⊙ (x·sign(ΔW)ᵀ) (+ bias), with α the one trainable tensor."""
+
+    bits: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, bits: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None, backend: Backend = "auto") -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach(),
+                                                                 requires_grad=False)
+        self.register_buffer("bits", bits)
+        self.scale = torch.nn.Parameter(scale.detach().float().clone(), requires_grad=True)
+        self.backend: Backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = bitdelta_linear_trainable(x, self.weight, self.bits, self.scale,
+                                      backend=self.backend)
+        return y if self.bias is None else y + self.bias
+
+
+def build_teacher(finetune: Checkpoint, *, dtype: torch.dtype,
+                  device: torch.device) -> torch.nn.Module:
+    """The fine-tune, frozen, in eval mode."""
+    source = describe_model(finetune.source)
+    return build_model(causal_lm_config(finetune.config, source),
+                       ((name, finetune.finite_tensor(name)) for name in finetune.manifest.names),
+                       dtype=dtype, device=device, source=source)
+
+
+def build_student(base: Checkpoint, delta: Checkpoint, summary: BitDeltaSummary, *,
+                  dtype: torch.dtype, device: torch.device, backend: Backend = "auto"
+                  ) -> tuple[torch.nn.Module, dict[str, BitDeltaLinear]]:
+    """The compressed model with trainable α, and its BitDeltaLinears by module name."""
+    source = describe_model(delta.source)
+    # The delta carries the fine-tune's config.json (the architecture both share).
+    config = causal_lm_config(delta.config or base.config, source)
+
+    def tensors() -> Any:
+        for name in base.manifest.names:
+            stored = name in summary.full_tensors
+            yield name, (delta if stored else base).finite_tensor(name)
+
+    model = build_model(config, tensors(), dtype=dtype, device=device, source=source)
+    layers: dict[str, BitDeltaLinear] = {}
+    for module, spec in summary.compressed.items():
+        linear = model.get_submodule(module)
+        if not isinstance(linear, torch.nn.Linear):
+            raise InvalidModel(
+                f"{module!r} is a {type(linear).__name__} in this architecture, not a "
+                "torch Linear; distillation replaces Linear layers only: leave it out of the "
+                "targets when compressing")
+        weight = read_compressed(delta, spec)  # zero padding bits, finite α
+        layer = BitDeltaLinear(linear.weight, weight.bits.to(device), weight.scale.to(device),
+                               linear.bias, backend)
+        owner, _, leaf = module.rpartition(".")
+        setattr(model.get_submodule(owner), leaf, layer)
+        layers[module] = layer
+    model.eval().requires_grad_(False)  # eval: no dropout, the logits are deterministic
+    for layer in layers.values():
+        layer.scale.requires_grad_(True)
+    return model, layers
