@@ -1,7 +1,9 @@
 """Keyset pagination with opaque cursors.
 
 A cursor carries the last id of the page and a fingerprint of the filters, so a token
-from one query cannot be replayed against another. Lists are newest first (id desc).
+from one query cannot be replayed against another. Lists are newest first (id desc),
+or ordered by a value and then newest first; the cursor then carries the last row's
+value too.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -36,29 +39,42 @@ def filters_fingerprint(filters: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def encode_cursor(last_id: int, filters: Mapping[str, object]) -> str:
-    raw = json.dumps({"id": last_id, "f": filters_fingerprint(filters)}).encode()
+def encode_cursor(last_id: int, filters: Mapping[str, object],
+                  rank: float | None = None) -> str:
+    """`rank`: the last row's sort value, for listings ordered by one (then by id)."""
+    data: dict[str, object] = {"id": last_id, "f": filters_fingerprint(filters)}
+    if rank is not None:
+        data["r"] = rank
+    raw = json.dumps(data).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(token: str, filters: Mapping[str, object]) -> int:
+    return decode_ranked_cursor(token, filters)[0]
+
+
+def decode_ranked_cursor(token: str, filters: Mapping[str, object]) -> tuple[int, float | None]:
+    """The last id and, in a listing ordered by a value, the last row's value (None: the
+    row had none, and the page ended among the rows without one)."""
     try:
         padded = token + "=" * (-len(token) % 4)
         if len(token) > _MAX_TOKEN_CHARS:
             raise ValueError("too long")
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        last_id, fingerprint = data["id"], data["f"]
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        last_id, fingerprint, rank = data["id"], data["f"], data.get("r")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise InvalidPageToken(_NOT_OURS) from exc
     # bool is an int to Python, and an id past the column's range is no id at all.
     if type(last_id) is not int or not 0 < last_id <= MAX_ID or type(fingerprint) is not str:
+        raise InvalidPageToken(_NOT_OURS)
+    if rank is not None and (type(rank) not in (int, float) or not math.isfinite(rank)):
         raise InvalidPageToken(_NOT_OURS)
     if fingerprint != filters_fingerprint(filters):
         raise InvalidPageToken(
             "page_token belongs to a query with other filters; repeat the same filters "
             "or start again without a page_token"
         )
-    return last_id
+    return last_id, None if rank is None else float(rank)
 
 
 @dataclass(frozen=True)
@@ -68,22 +84,29 @@ class PageRequest:
     size: int
     after_id: int | None
     filters: Mapping[str, object]
+    after_rank: float | None = None  # with after_id, in a listing ordered by a value
 
     @property
     def fetch(self) -> int:
         return self.size + 1  # one more than shown tells whether another page follows
 
-    def page(self, rows: list[T], key: Callable[[T], int]) -> Page[T]:
+    def page(self, rows: list[T], key: Callable[[T], int],
+             rank: Callable[[T], float | None] | None = None) -> Page[T]:
         shown = rows[: self.size]
-        more = len(rows) > self.size
-        return Page(shown, encode_cursor(key(shown[-1]), self.filters) if more else None)
+        if len(rows) <= self.size:
+            return Page(shown, None)
+        last = shown[-1]
+        return Page(shown, encode_cursor(key(last), self.filters,
+                                         rank(last) if rank is not None else None))
 
 
 def page_request(settings: Settings, limit: int | None, page_token: str | None,
                  filters: Mapping[str, object]) -> PageRequest:
     size = check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE)
-    after = decode_cursor(page_token, filters) if page_token else None
-    return PageRequest(size, after, filters)
+    if not page_token:
+        return PageRequest(size, None, filters)
+    after, rank = decode_ranked_cursor(page_token, filters)
+    return PageRequest(size, after, filters, rank)
 
 
 def check_limit(limit: int | None, default: int, cap: int) -> int:

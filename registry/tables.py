@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -129,6 +130,8 @@ class Adapter(Base, Timestamped):
         # Pushing identical content under a name again must find the existing version,
         # even when two pushes race: the database enforces it.
         UniqueConstraint("name", "content_digest"),
+        # GET /adapters?base=...&sort=gain_kept: a base's versions, best first.
+        Index("ix_adapters_base_id_gain_kept_id", "base_id", "gain_kept", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -147,6 +150,8 @@ class Adapter(Base, Timestamped):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     compression_ratio: Mapped[float | None] = mapped_column(Float)
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # quality["gain_kept"] as a column: listings sort by it, keyset-paged and indexed.
+    gain_kept: Mapped[float | None] = mapped_column(Float)
     finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # As on models: the draft's creator, its last touch and its declared files.
     created_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id"))
@@ -165,6 +170,16 @@ class Adapter(Base, Timestamped):
         back_populates="adapter", lazy="raise", cascade="all, delete-orphan",
         order_by="AdapterAlias.alias",
     )
+
+    def set_quality(self, quality: dict[str, Any] | None) -> None:
+        """The quality, and its headline gain kept where it states a finite number."""
+        self.quality = quality
+        value = quality.get("gain_kept") if quality else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                math.isfinite(value):
+            self.gain_kept = float(value)
+        else:
+            self.gain_kept = None
 
 
 class AdapterFile(Base, Timestamped):

@@ -59,12 +59,16 @@ async def list_adapters(
     name: str | None = None, alias: str | None = None,
     limit: Annotated[int | None, Query(description="page size (capped)")] = None,
     page_token: str | None = None,
+    sort: Annotated[Literal["newest", "gain_kept"], Query(
+        description="newest first (default), or by gain kept (quality.gain_kept, measured "
+                    "by a job's evaluate step), highest first, unmeasured last")] = "newest",
 ) -> PageOut[AdapterOut]:
-    """Newest first. Each item's `quality` is a summary; the adapter's own route has it all."""
+    """Each item's `quality` is a summary; the adapter's own route has it all."""
     def page(session: Session) -> PageOut[AdapterOut]:
         found = service.list_adapters(session, settings, base=base,
                                       kind=AdapterKind(kind) if kind else None, name=name,
-                                      alias=alias, limit=limit, page_token=page_token)
+                                      alias=alias, limit=limit, page_token=page_token,
+                                      sort=sort)
         return PageOut(items=_outs(session, found.items, summary=True),
                        next_page_token=found.next_page_token)
 

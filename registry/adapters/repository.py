@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text
+from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
@@ -124,12 +124,31 @@ class AdapterRepository:
         self.session.expire_all()  # loaded aliases lists are stale now
 
     def page(self, *, base_id: int | None, kind: AdapterKind | None, name: str | None,
-             alias: str | None, after_id: int | None, limit: int) -> list[Adapter]:
+             alias: str | None, after_id: int | None, limit: int,
+             by_gain: bool = False, after_gain: float | None = None) -> list[Adapter]:
+        """A page newest first, or (`by_gain`) by gain kept, highest first, versions
+        without one last, ties newest first; after the row (`after_gain`, `after_id`)."""
         query = self._query().where(Adapter.status == Status.READY)
         if alias is not None:
             query = query.where(Adapter.id.in_(select(AdapterAlias.adapter_id).where(
                 AdapterAlias.alias == alias)))
-        return newest_first(self.session, query, Adapter.id,
-                            equal={Adapter.base_id: base_id, Adapter.kind: kind,
-                                   Adapter.name: name},
-                            after_id=after_id, limit=limit)
+        equal = {Adapter.base_id: base_id, Adapter.kind: kind, Adapter.name: name}
+        if not by_gain:
+            return newest_first(self.session, query, Adapter.id, equal=equal,
+                                after_id=after_id, limit=limit)
+        for column, value in equal.items():
+            if value is not None:
+                query = query.where(column == value)
+        if after_id is not None:
+            query = query.where(_after_by_gain(after_gain, after_id))
+        return list(self.session.scalars(query.order_by(
+            Adapter.gain_kept.desc().nulls_last(), Adapter.id.desc()).limit(limit)))
+
+
+def _after_by_gain(gain: float | None, adapter_id: int) -> ColumnElement[bool]:
+    """Rows after (gain, id) in the order gain desc nulls last, id desc."""
+    if gain is None:
+        return and_(Adapter.gain_kept.is_(None), Adapter.id < adapter_id)
+    return or_(Adapter.gain_kept < gain,
+               and_(Adapter.gain_kept == gain, Adapter.id < adapter_id),
+               Adapter.gain_kept.is_(None))

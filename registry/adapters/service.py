@@ -204,7 +204,7 @@ def finalize_adapter(session: Session, store: BlobStore, settings: Settings, ref
                 draft.version = repo.max_version(draft.name) + 1
                 draft.content_digest = digest
                 draft.params = contents.params
-                draft.quality = contents.quality
+                draft.set_quality(contents.quality)
                 draft.size_bytes = size
                 draft.compression_ratio = ratio
                 draft.status = Status.READY
@@ -269,13 +269,21 @@ def delete_adapter(session: Session, ref: str, scopes: Iterable[str]) -> None:
 
 def list_adapters(session: Session, settings: Settings, *, base: str | None,
                   kind: AdapterKind | None, name: str | None, alias: str | None,
-                  limit: int | None, page_token: str | None) -> Page[Adapter]:
+                  limit: int | None, page_token: str | None,
+                  sort: str = "newest") -> Page[Adapter]:
+    """Ready versions newest first, or with `sort="gain_kept"` by measured gain kept."""
     for value, what in ((name, "adapter name"), (alias, "alias")):
         if value is not None:
             check_name(value, what)
+    by_gain = sort == "gain_kept"
+    # The sort joins the filters only when it is not the default, so that cursors issued
+    # before sorting existed stay valid.
     request = page_request(settings, limit, page_token,
-                           {"base": base, "kind": kind, "name": name, "alias": alias})
+                           {"base": base, "kind": kind, "name": name, "alias": alias,
+                            "sort": sort if by_gain else None})
     base_id = model_id(session, base) if base is not None else None  # unknown: 404
     rows = AdapterRepository(session).page(base_id=base_id, kind=kind, name=name, alias=alias,
-                                           after_id=request.after_id, limit=request.fetch)
-    return request.page(rows, key=lambda a: a.id)
+                                           after_id=request.after_id, limit=request.fetch,
+                                           by_gain=by_gain, after_gain=request.after_rank)
+    return request.page(rows, key=lambda a: a.id,
+                        rank=(lambda a: a.gain_kept) if by_gain else None)

@@ -30,7 +30,8 @@ COMMANDS: dict[str, Entry] = {
                           "evaluation data): upload its files and finalize.", CLIENT),
     "pull": Entry("transfer_commands", "Download an adapter's (or, with --model, a model's) "
                   "files, checked against their sha256.", CLIENT),
-    "ls": Entry("catalog_commands", "List adapters or models, newest first.", CLIENT),
+    "ls": Entry("catalog_commands", "List adapters or models, newest first, or adapters by "
+                "gain kept.", CLIENT),
     "show": Entry("catalog_commands", "Show one adapter version (or, with --model, one "
                   "model): aliases, files, lineage, quality.", CLIENT),
     "datasets": Entry("dataset_commands", "List data sets, newest first.", CLIENT),

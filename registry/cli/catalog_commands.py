@@ -30,9 +30,16 @@ class Listing(StrEnum):
     models = "models"
 
 
+class Sort(StrEnum):
+    newest = "newest"
+    gain_kept = "gain_kept"
+
+
 def _adapter_row(a: dict[str, Any]) -> list[object]:
+    gain = (a["quality"] or {}).get("gain_kept")
     return [a["id"], a["name"], a["version"], a["kind"], a["base"], a["source_model"] or "",
-            ", ".join(a["aliases"]), Size(a["size_bytes"])]
+            ", ".join(a["aliases"]), Size(a["size_bytes"]),
+            f"{gain:.3f}" if isinstance(gain, (int, float)) else ""]
 
 
 def _model_row(m: dict[str, Any]) -> list[object]:
@@ -47,18 +54,22 @@ def ls(
     name: Annotated[str | None, typer.Option(help="adapters: the versions of this name")]
     = None,
     alias: Annotated[str | None, typer.Option(help="adapters carrying this alias")] = None,
+    sort: Annotated[Sort, typer.Option(
+        help="adapters: newest first, or by measured gain kept (best first)")] = Sort.newest,
     json: Json = False, url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:
-    """List adapters or models, newest first."""
+    """List adapters or models, newest first, or adapters by gain kept."""
     with connected(url, token) as client:
         if what is Listing.adapters:
-            items = list(client.list_adapters(base=base, kind=kind, name=name, alias=alias))
-            columns = ["id", "name", "version", "kind", "base", "source", "aliases", "size"]
+            items = list(client.list_adapters(base=base, kind=kind, name=name, alias=alias,
+                                              sort=sort.value))
+            columns = ["id", "name", "version", "kind", "base", "source", "aliases", "size",
+                       "gain kept"]
             rows = [_adapter_row(a) for a in items]
         else:
-            if name or alias:
-                raise CommandFailure("bad option", "--name and --alias list adapters",
-                                     EXIT_USAGE)
+            if name or alias or sort is not Sort.newest:
+                raise CommandFailure("bad option", "--name, --alias and --sort list "
+                                     "adapters", EXIT_USAGE)
             items = list(client.list_models(base=base, kind=kind))
             columns = ["id", "name", "kind", "base", "status", "parameters", "size"]
             rows = [_model_row(m) for m in items]

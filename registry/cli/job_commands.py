@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from registry.cli.console import console, print_json, print_table, stdout
-from registry.cli.failures import EXIT_FAILED, EXIT_GATE, EXIT_OK
+from registry.cli.failures import EXIT_FAILED, EXIT_GATE, EXIT_OK, EXIT_USAGE, CommandFailure
 from registry.cli.remote import DEFAULT_URL, Json, Token, Url, connected
 from registry.client import DeltahubClient
 
@@ -55,6 +55,15 @@ def compress(
     = Verify.auto,
     max_error: Annotated[float | None, typer.Option(
         help="fail when the measured error is higher")] = None,
+    distill: Annotated[str | None, typer.Option(
+        help="bitdelta: distill the scales on this registered data set (push-dataset)")]
+    = None,
+    distill_steps: Annotated[int | None, typer.Option(help="distillation steps [200]")] = None,
+    distill_lr: Annotated[float | None, typer.Option(help="distillation AdamW lr [1e-4]")]
+    = None,
+    evaluate: Annotated[list[str] | None, typer.Option(
+        help="measure gain kept on this registered data set (repeat; the first is the "
+             "headline)")] = None,
     wait: Annotated[bool, typer.Option(help="follow the job to its end (exit 0 succeeded, "
                                             "1 failed, 3 cancelled)")] = False,
     url: Url = DEFAULT_URL, token: Token = None,
@@ -64,7 +73,9 @@ def compress(
         "name": name, "alias": alias, "targets": target or None, "scale_mode": scale_mode,
         "rank": rank, "target_error": target_error, "max_rank": max_rank,
         "targets_only": targets_only or None, "save_modules": save_modules or None,
-        "verify": verify.value, "max_error": max_error}
+        "verify": verify.value, "max_error": max_error,
+        "distill": _distill_options(distill, distill_steps, distill_lr),
+        "evaluate": {"datasets": evaluate} if evaluate else None}
     with connected(url, token) as client:
         # One key per invocation: if the connection drops after the server queued the
         # job, the retry finds that job instead of queueing a second.
@@ -77,6 +88,17 @@ def compress(
             job = follow(client, job)
     stdout.print(_summary(job))
     raise typer.Exit(_exit_status(job))
+
+
+def _distill_options(dataset: str | None, steps: int | None,
+                     lr: float | None) -> dict[str, Any] | None:
+    if dataset is None:
+        if steps is not None or lr is not None:
+            raise CommandFailure("bad option", "--distill-steps and --distill-lr go with "
+                                 "--distill DATASET", EXIT_USAGE)
+        return None
+    options = {"dataset": dataset, "steps": steps, "lr": lr}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def follow(client: DeltahubClient, job: dict[str, Any]) -> dict[str, Any]:

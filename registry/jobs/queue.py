@@ -128,7 +128,7 @@ def complete(session: Session, lease: Lease, claimed: ClaimedJob, store: BlobSto
     adapter, created = adapters.finalize_adapter(session, store, settings, str(draft.id))
     if created:
         adapter.params = {**adapter.params, "job": job.id, "codec": claimed.params}
-        adapter.quality = quality
+        adapter.set_quality(quality)
         session.flush()  # before set_alias, which expires what the session holds
     if claimed.alias:
         adapters.set_alias(session, str(adapter.id), claimed.alias)

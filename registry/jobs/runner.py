@@ -26,7 +26,7 @@ from compress.lora import SPECTRA_FILE, extract_lora, is_adapter_file
 from compress.progress import ProgressFn
 from compress.tensorio import TensorSource
 from registry.database import Database
-from registry.jobs import queue
+from registry.jobs import quality_stage, queue
 from registry.jobs.inputs import open_model
 from registry.settings import Settings
 from registry.storage.base import BlobStore
@@ -113,10 +113,22 @@ def run_attempt(claimed: queue.ClaimedJob, ctx: Context, control: Control) -> in
         base = open_model(ctx.database, ctx.store, claimed.base_id, control.checkpoint)
         _fault_point("reading", claimed.lease.job_id)
         finetune = open_model(ctx.database, ctx.store, claimed.model_id, control.checkpoint)
+        spans = _stage_spans(claimed)
         out = scratch / "out"
-        codec_report = _encode(claimed, base, finetune, out, ctx, report)
-        verified = _verify(claimed, base, finetune, out, ctx, report)
-        quality = _quality(claimed, codec_report, verified)
+        codec_report = _encode(claimed, base, finetune, out, ctx,
+                               report.callback("compressing", *spans["compressing"]))
+        distilled = None
+        if "distill" in claimed.params:
+            out, distilled = quality_stage.distill(
+                claimed.params["distill"], base, finetune, out, ctx, scratch,
+                report.callback("distilling", *spans["distilling"]))
+        verified = _verify(claimed, base, finetune, out, ctx, report, spans["verifying"])
+        evaluated = None
+        if "evaluate" in claimed.params:
+            evaluated = quality_stage.evaluate(
+                claimed.params["evaluate"], base, finetune, out, ctx, scratch,
+                report.callback("evaluating", *spans["evaluating"]))
+        quality = _quality(claimed, codec_report, verified, distilled, evaluated)
         _check_max_error(claimed, quality)
         report.stage("uploading", 0.95)
         files = _upload(claimed, out, ctx, control)
@@ -127,6 +139,27 @@ def run_attempt(claimed: queue.ClaimedJob, ctx: Context, control: Control) -> in
                                   files, quality)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# Rough shares of an attempt's time, for a progress bar that moves evenly: encoding reads
+# both models once; distillation runs a model per step; verification reads them again;
+# evaluation runs three models over the data.
+_STAGE_WEIGHTS = {"compressing": 6.0, "distilling": 4.0, "verifying": 2.5, "evaluating": 2.5}
+
+
+def _stage_spans(claimed: queue.ClaimedJob) -> dict[str, tuple[float, float]]:
+    """Each stage's (start, span) of the progress bar between reading and uploading."""
+    params = claimed.params
+    runs = {"compressing": True, "distilling": "distill" in params,
+            "verifying": claimed.method is CompressMethod.BITDELTA and params["verify"] != "off",
+            "evaluating": "evaluate" in params}
+    total = sum(w for stage, w in _STAGE_WEIGHTS.items() if runs[stage])
+    spans, start = {}, 0.1
+    for stage, weight in _STAGE_WEIGHTS.items():
+        span = 0.85 * weight / total if runs[stage] else 0.0
+        spans[stage] = (start, span)
+        start += span
+    return spans
 
 
 class _Reporter:
@@ -162,10 +195,8 @@ class _Reporter:
 
 
 def _encode(claimed: queue.ClaimedJob, base: TensorSource, finetune: TensorSource, out: Path,
-            ctx: Context,
-            report: _Reporter) -> dict[str, Any]:
+            ctx: Context, progress: ProgressFn) -> dict[str, Any]:
     params = claimed.params
-    progress = report.callback("compressing", 0.1, 0.6)
     if claimed.method is CompressMethod.BITDELTA:
         result = compress_bitdelta(base, finetune, out, scale=params["scale_mode"],
                                    targets=params["targets"], device=ctx.device,
@@ -189,15 +220,15 @@ def _targets_only(params: dict[str, Any]) -> bool:
 
 
 def _verify(claimed: queue.ClaimedJob, base: TensorSource, finetune: TensorSource, out: Path,
-            ctx: Context,
-            report: _Reporter) -> dict[str, Any] | None:
+            ctx: Context, report: _Reporter,
+            span: tuple[float, float]) -> dict[str, Any] | None:
     """BitDelta: the fused kernel (Triton on a GPU, the reference on a CPU) against the
     fine-tune's own layer outputs. LoRA: its factors' errors were measured as stored."""
     if claimed.method is not CompressMethod.BITDELTA or claimed.params["verify"] == "off":
         return None
     device = "cuda" if claimed.params["verify"] == "gpu" else ctx.device
     result = verify_delta(base, finetune, out, device=device,
-                          progress=report.callback("verifying", 0.7, 0.25))
+                          progress=report.callback("verifying", *span))
     summary: dict[str, Any] = result.to_dict()["summary"]
     if not result.ok:
         raise KernelDisagrees(
@@ -210,15 +241,21 @@ class KernelDisagrees(CodecError):
     """Verification found the kernel's output differs from the fp32 reference."""
 
 
-def _quality(claimed: queue.ClaimedJob, codec: dict[str, Any],
-             verified: dict[str, Any] | None) -> dict[str, Any]:
+def _quality(claimed: queue.ClaimedJob, codec: dict[str, Any], verified: dict[str, Any] | None,
+             distilled: dict[str, Any] | None,
+             evaluated: dict[str, Any] | None) -> dict[str, Any]:
     """The adapter's quality: headline figures at the top (listings show those), the
-    codec's summary and the verification summary below."""
+    codec's summary, the distillation, the verification and the evaluation below."""
     headline: dict[str, Any] = {"source": "deltahub job", "job": claimed.lease.job_id,
                                 "method": claimed.method.value}
     details = {k: v for k, v in codec.items()
                if k not in ("tensors", "modules", "files", "saved", "left_out",
                             "unchanged_targets", "omitted")}
+    if evaluated is not None:
+        headline["gain_kept"] = evaluated["gain_kept"]  # on the first data set
+    if distilled is not None:
+        headline.update(distilled=True, distill_loss_initial=distilled.get("initial_loss"),
+                        distill_loss_final=distilled.get("final_loss"))
     if verified is not None:
         headline.update(output_rel_error_max=verified["compression_rel_error_max"],
                         output_rel_error_mean=verified["compression_rel_error_mean"],
@@ -228,7 +265,8 @@ def _quality(claimed: queue.ClaimedJob, codec: dict[str, Any],
         headline.update(weight_rel_error_max=summary.get("max_error"),
                         weight_rel_error_mean=summary.get("mean_error"),
                         verified_with="factor errors measured as stored")
-    return {**headline, "codec": details, "verify": verified}
+    return {**headline, "codec": details, "distillation": distilled, "verify": verified,
+            "evaluation": evaluated}
 
 
 def _check_max_error(claimed: queue.ClaimedJob, quality: dict[str, Any]) -> None:

@@ -15,6 +15,29 @@ from registry.tables import Job
 TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.]{0,199}$")]
 
 VerifyMode = Literal["auto", "gpu", "cpu", "off"]
+DatasetName = Annotated[str, Field(pattern=f"^{NAME_PATTERN}$")]
+
+
+class DistillParams(Schema):
+    """BitDelta's second stage: train only the scales α so that the compressed model's
+    logits match the fine-tune's on calibration text. Defaults are the paper's."""
+
+    dataset: DatasetName = Field(description="a finalized data set (POST /datasets)")
+    steps: int = Field(default=200, ge=1, le=100_000)
+    lr: float = Field(default=1e-4, gt=0, le=1)
+    batch_size: int = Field(default=4, ge=1, le=256)
+    seq_len: int = Field(default=128, ge=2, le=8192)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class EvaluateParams(Schema):
+    """Held-out next-token loss of base, fine-tune and the result on each data set; the
+    adapter's gain kept is measured on the first."""
+
+    datasets: list[DatasetName] = Field(min_length=1, max_length=8)
+    batch_size: int = Field(default=4, ge=1, le=256)
+    seq_len: int = Field(default=128, ge=2, le=8192)
+    max_batches: int = Field(default=50, ge=1, le=10_000)
 
 
 class CompressRequest(Schema):
@@ -51,6 +74,10 @@ class CompressRequest(Schema):
     max_error: float | None = Field(
         default=None, gt=0, description="fail the job when the measured relative error of "
                                         "the layer outputs exceeds this")
+    distill: DistillParams | None = Field(
+        default=None, description="bitdelta: distill the scales on a calibration data set")
+    evaluate: EvaluateParams | None = Field(
+        default=None, description="measure the gain kept on evaluation data sets")
 
 
 class JobProgress(Schema):

@@ -24,6 +24,7 @@ from registry.errors import (
     NotAFinetune,
     NotReady,
 )
+from registry.jobs.quality_params import quality_params
 from registry.jobs.repository import JobRepository
 from registry.jobs.schemas import CompressRequest, JobAdapter, JobOut
 from registry.models.service import get_model, model_id, model_names
@@ -66,6 +67,7 @@ def enqueue(session: Session, settings: Settings, model_ref: str, method: Compre
                        f"/models/{model.name}/finalize first")
     assert model.manifest is not None
     params = job_params(method, request, Manifest.from_dict(model.manifest))
+    params.update(quality_params(session, method, request, model))
     name = check_name(request.name or f"{model.name}-{method.value}", "adapter name")
     job = repo.add(Job(
         method=method, model_id=model.id, base_id=model.base_id, adapter_name=name,
@@ -80,7 +82,7 @@ def enqueue(session: Session, settings: Settings, model_ref: str, method: Compre
 def job_params(method: CompressMethod, request: CompressRequest,
                manifest: Manifest) -> dict[str, Any]:
     """The codec options a worker will use, checked against the method and the model."""
-    given = request.model_dump(exclude_none=True)
+    given = request.model_dump(exclude_none=True, exclude={"distill", "evaluate"})
     wrong = sorted(k for k, only in _ONLY_FOR.items() if k in given and only is not method)
     if wrong:
         verb, pronoun = ("does", "it") if len(wrong) == 1 else ("do", "them")

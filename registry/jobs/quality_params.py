@@ -1,0 +1,65 @@
+"""The data-set options of a compression job: scale distillation and evaluation.
+
+Checked when the job is asked for, so that a worker never spends an hour compressing only
+to find a data set missing or unreadable: every named data set must exist and be final,
+and text data needs a tokenizer.json on the base or the fine-tune (what the codecs
+tokenize with). Each data set is recorded with its content digest: a data set is
+immutable once final, but an admin may delete it and push other content under the same
+name, and the worker then refuses to run on data the job was not asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from compress.quality import TOKENIZER_FILE
+from registry.datasets.service import get_final_dataset, needs_tokenizer
+from registry.errors import InvalidJobParameters
+from registry.jobs.schemas import CompressRequest
+from registry.models.service import get_model
+from registry.tables import CompressMethod, Model
+
+
+def quality_params(session: Session, method: CompressMethod, request: CompressRequest,
+                   finetune: Model) -> dict[str, Any]:
+    """`distill` and `evaluate` as the worker will run them (absent when not asked)."""
+    params: dict[str, Any] = {}
+    if request.distill is not None:
+        if method is not CompressMethod.BITDELTA:
+            raise InvalidJobParameters(
+                "distill trains BitDelta's scales; it does not apply to method=lora (leave "
+                "it out, or use method=bitdelta)")
+        distill = request.distill.model_dump()
+        distill["dataset"] = _pinned(session, distill["dataset"], finetune)
+        params["distill"] = distill
+    if request.evaluate is not None:
+        evaluate = request.evaluate.model_dump()
+        if len(set(evaluate["datasets"])) != len(evaluate["datasets"]):
+            raise InvalidJobParameters("evaluate.datasets names a data set twice; name each "
+                                       "once")
+        evaluate["datasets"] = [_pinned(session, name, finetune)
+                                for name in evaluate["datasets"]]
+        params["evaluate"] = evaluate
+    return params
+
+
+def _pinned(session: Session, name: str, finetune: Model) -> dict[str, str]:
+    """The data set `name` as {name, digest}, after checking it can be read."""
+    dataset = get_final_dataset(session, name)
+    if needs_tokenizer(dataset) and not _has_tokenizer(session, finetune):
+        raise InvalidJobParameters(
+            f"data set {name!r} holds text, and neither the fine-tune {finetune.name!r} nor "
+            f"its base has a {TOKENIZER_FILE} to tokenize it with; push the model's "
+            f"{TOKENIZER_FILE} (AutoTokenizer.from_pretrained(dir).save_pretrained(dir) "
+            "writes one), or push the data pre-tokenized (.safetensors with input_ids)",
+            name="MissingTokenizer")
+    assert dataset.content_digest is not None  # final data sets have one
+    return {"name": dataset.name, "digest": dataset.content_digest}
+
+
+def _has_tokenizer(session: Session, finetune: Model) -> bool:
+    assert finetune.base_id is not None
+    base = get_model(session, str(finetune.base_id))
+    return any(TOKENIZER_FILE in {f.filename for f in model.files} for model in (base, finetune))

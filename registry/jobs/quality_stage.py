@@ -1,0 +1,70 @@
+"""The data-set stages of a job attempt: scale distillation and quality evaluation.
+
+Both codecs take local data files; a job's data sets are in the blob store, so each one
+it names is fetched into the attempt's scratch directory first (sha256-checked; data sets
+are at most MAX_DATASET_BYTES a file, small next to the models, which stay in the store
+and are read in place). The digest pinned when the job was queued must still be the data
+set's: data deleted and pushed again under the name is not what the job was asked for.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compress.bitdelta import DistillConfig, distill_bitdelta
+from compress.progress import ProgressFn
+from compress.quality import evaluate_quality
+from compress.tensorio import TensorSource
+from registry.datasets.fetch import fetch_dataset_files
+from registry.datasets.service import get_final_dataset
+from registry.errors import Conflict
+
+if TYPE_CHECKING:
+    from registry.jobs.runner import Context  # runner imports this module
+
+
+class DatasetChanged(Conflict):
+    """A data set the job names was replaced since the job was queued."""
+
+
+def fetch_pinned(ctx: Context, pinned: dict[str, str], scratch: Path) -> list[Path]:
+    """The files of the data set `pinned` ({name, digest}) in `scratch/data/<name>/`."""
+    name, digest = pinned["name"], pinned["digest"]
+    with ctx.database.reading() as session:
+        current = get_final_dataset(session, name).content_digest
+    if current != digest:
+        raise DatasetChanged(
+            f"data set {name!r} was replaced after this job was queued (digest "
+            f"{digest[:12]} then, {str(current)[:12]} now); queue the job again to use it")
+    dest = scratch / "data" / name
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    return fetch_dataset_files(ctx.database, ctx.store, name, dest)
+
+
+def distill(params: dict[str, Any], base: TensorSource, finetune: TensorSource, delta: Path,
+            ctx: Context, scratch: Path, progress: ProgressFn) -> tuple[Path, dict[str, Any]]:
+    """The delta with distilled scales (a new directory beside `delta`), and its report."""
+    calibration = fetch_pinned(ctx, params["dataset"], scratch)
+    out = delta.with_name(f"{delta.name}-distilled")
+    config = DistillConfig(steps=params["steps"], lr=params["lr"],
+                           batch_size=params["batch_size"], seq_len=params["seq_len"],
+                           seed=params["seed"])
+    report = distill_bitdelta(base, finetune, delta, calibration, out, config=config,
+                              device=ctx.device, progress=progress)
+    shutil.rmtree(delta, ignore_errors=True)
+    return out, report.to_dict()
+
+
+def evaluate(params: dict[str, Any], base: TensorSource, finetune: TensorSource,
+             result: Path, ctx: Context, scratch: Path,
+             progress: ProgressFn) -> dict[str, Any]:
+    """Losses, perplexities and gain kept of `result` on each of the job's data sets."""
+    files = [path for pinned in params["datasets"]
+             for path in fetch_pinned(ctx, pinned, scratch)]
+    report = evaluate_quality(base, finetune, result, files, batch_size=params["batch_size"],
+                              seq_len=params["seq_len"], max_batches=params["max_batches"],
+                              device=ctx.device, progress=progress)
+    return report.to_dict()
