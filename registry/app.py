@@ -13,11 +13,13 @@ from registry.handlers import add_error_handlers
 from registry.health import add_health
 from registry.jobs.embedded import embedded_workers as _embedded_workers
 from registry.jobs.endpoints import router as jobs_router
+from registry.metrics import install_metrics
 from registry.models.endpoints import router as models_router
 from registry.openapi import install_openapi
 from registry.settings import Settings, get_settings
 from registry.storage.base import BlobStore
 from registry.storage.factory import make_blob_store
+from registry.ui import install_ui
 
 
 def create_app(settings: Settings | None = None, store: BlobStore | None = None,
@@ -38,5 +40,7 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
         app.include_router(router)
     add_error_handlers(app, settings)
     add_health(app)
+    install_metrics(app, settings, app.state.database)  # outermost: sees every answer
+    install_ui(app)
     install_openapi(app, settings)
     return app

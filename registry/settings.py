@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     # Scratch space for a job's output before it is uploaded (removed after each job).
     WORK_DIR: str = f"./{DEFAULT_DATA_DIR}/work"
 
+    # Web pages (registry/ui/) and /metrics (registry/metrics.py). The key signs page
+    # sessions and CSRF tokens; unset, each server process draws a random one (sign-ins
+    # then end when it restarts, and do not carry across replicas: set one for those).
+    SESSION_SECRET: str | None = Field(default=None, min_length=32)
+    SESSION_MAX_AGE_SECONDS: int = Field(default=12 * 3600, gt=0)
+    METRICS_PUBLIC: bool = False  # true: /metrics answers without a token
+
     HOST: str = "127.0.0.1"
     PORT: int = 8000
 

@@ -1,0 +1,260 @@
+"""`/metrics` in the Prometheus text format: HTTP traffic, uploads, storage errors, jobs.
+
+Each app gets a `CollectorRegistry` of its own (never prometheus_client's global one),
+so several apps in one process (the test suite) count apart and never collide.
+
+- HTTP: a pure ASGI middleware counts requests and observes latency by method, route
+  *template* (`/adapters/{ref}`, never the raw path: the label set stays bounded) and
+  status. A request no route matched is labelled `<unmatched>`.
+- Uploads and storage errors are read off the responses of this process, so no code
+  outside this module needs a hook: a `PUT .../files/...` that succeeds adds the bytes it
+  received; one that fails counts under the error name its JSON body carries; any
+  response whose error is `StorageUnavailable` counts as a storage error. (Workers are
+  other processes: their storage errors show as failed jobs.)
+- Jobs: counted in the database at scrape time (workers are other processes, so only
+  the database knows), as a gauge per status and a histogram of run time per method.
+
+`DELTAHUB_METRICS_PUBLIC=true` serves `/metrics` without a token; otherwise it needs a
+token with `read`, sent as `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry.auth.service import authenticate
+from registry.auth.tokens import Scope as TokenScope
+from registry.database import Database
+from registry.settings import Settings
+from registry.tables import CompressMethod, Job, JobStatus
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNMATCHED = "<unmatched>"
+# Error bodies are small JSON objects; anything longer is not read for its name.
+_MAX_ERROR_BODY = 64 * 1024
+# `PUT /models/{model}/files/{filename:path}`, `PUT /adapters/{ref}/files/...`
+_UPLOAD_SUFFIX = "/files/{filename:path}"
+# Seconds: compression jobs run from seconds (tiny models) to hours (70B).
+JOB_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """One app's instruments, in its own registry."""
+
+    def __init__(self, database: Database) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("deltahub_http_requests", "HTTP requests answered",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("deltahub_http_request_duration_seconds",
+                                 "Time to answer an HTTP request (to the last body byte)",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.upload_bytes = Counter("deltahub_upload_bytes",
+                                    "Bytes of files uploaded and stored",
+                                    registry=self.registry)
+        self.upload_failures = Counter("deltahub_upload_failures",
+                                       "File uploads refused or failed, by error name",
+                                       ["error"], registry=self.registry)
+        self.storage_errors = Counter("deltahub_storage_errors",
+                                      "Requests failed by the object store", ["route"],
+                                      registry=self.registry)
+        self.registry.register(JobsCollector(database))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+# -- jobs, counted in the database at scrape time ------------------------------------
+
+
+@dataclass(frozen=True)
+class JobStats:
+    by_status: dict[JobStatus, int]
+    durations: dict[CompressMethod, list[float]]  # seconds of each finished run
+
+
+class JobStatsRepository:
+    """The two queries a scrape makes (kept here: only /metrics asks them)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def counts_by_status(self) -> dict[JobStatus, int]:
+        rows = self.session.execute(select(Job.status, func.count()).group_by(Job.status))
+        return {status: int(count) for status, count in rows}
+
+    def finished_runs(self) -> Iterable[tuple[CompressMethod, datetime, datetime]]:
+        rows = self.session.execute(
+            select(Job.method, Job.started_at, Job.finished_at)
+            .where(Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)),
+                   Job.started_at.is_not(None), Job.finished_at.is_not(None)))
+        return [(method, started, finished) for method, started, finished in rows
+                if started is not None and finished is not None]
+
+
+def job_stats(session: Session) -> JobStats:
+    repo = JobStatsRepository(session)
+    durations: dict[CompressMethod, list[float]] = {m: [] for m in CompressMethod}
+    for method, started, finished in repo.finished_runs():
+        durations[method].append(max(0.0, (finished - started).total_seconds()))
+    return JobStats(repo.counts_by_status(), durations)
+
+
+class JobsCollector(Collector):
+    """Jobs by status (gauge) and run time by method (histogram), read at each scrape."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # computed at scrape time; nothing to describe up front
+
+    def collect(self) -> Iterator[Metric]:
+        # A scrape runs in a worker thread (see `metrics` below), never on the event loop.
+        with self.database.reading() as session:
+            stats = job_stats(session)
+        gauge = GaugeMetricFamily("deltahub_jobs", "Compression jobs by status",
+                                  labels=["status"])
+        for status in JobStatus:
+            gauge.add_metric([status.value], stats.by_status.get(status, 0))
+        yield gauge
+        histogram = HistogramMetricFamily(
+            "deltahub_job_duration_seconds",
+            "Run time of finished compression jobs (succeeded or failed), by method",
+            labels=["method"])
+        for method, seconds in stats.durations.items():
+            buckets = [(_bound(b), float(sum(1 for s in seconds if s <= b)))
+                       for b in JOB_BUCKETS]
+            buckets.append(("+Inf", float(len(seconds))))
+            histogram.add_metric([method.value], buckets, sum_value=sum(seconds))
+        yield histogram
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))
+
+
+# -- HTTP ----------------------------------------------------------------------------
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route template and status, and times it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        seen = _Seen()
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen.received += len(message.get("body", b""))
+            return message
+
+        async def watching_send(message: Message) -> None:
+            seen.watch(message)
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        finally:
+            self._record(scope, seen, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, seen: _Seen, seconds: float) -> None:
+        route = route_template(scope)
+        method = scope.get("method", "GET")
+        status = seen.status or 500  # no response started: the server will send a 500
+        self.metrics.requests.labels(method, route, str(status)).inc()
+        self.metrics.latency.labels(method, route).observe(seconds)
+        error = seen.error_name()
+        if method == "PUT" and route.endswith(_UPLOAD_SUFFIX):
+            if status < 400:
+                self.metrics.upload_bytes.inc(seen.received)
+            else:
+                self.metrics.upload_failures.labels(error or f"HTTP{status}").inc()
+        if error == "StorageUnavailable":
+            self.metrics.storage_errors.labels(route).inc()
+
+
+class _Seen:
+    """What a middleware saw of one exchange: bytes in, the status, an error body."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.status: int | None = None
+        self._json = False
+        self._body = bytearray()
+
+    def watch(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            headers = dict(message.get("headers", []))
+            self._json = headers.get(b"content-type", b"").startswith(b"application/json")
+        elif (message["type"] == "http.response.body" and self.status is not None
+              and self.status >= 400 and self._json
+              and len(self._body) < _MAX_ERROR_BODY):
+            self._body += message.get("body", b"")
+
+    def error_name(self) -> str | None:
+        if not self._body:
+            return None
+        try:
+            body: Any = json.loads(bytes(self._body))
+        except ValueError:
+            return None
+        name = body.get("error") if isinstance(body, dict) else None
+        # Our error names are class names: short identifiers. Anything else is not ours,
+        # and must not become a label value.
+        if isinstance(name, str) and name.isidentifier() and len(name) <= 64:
+            return name
+        return None
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+# -- the endpoint --------------------------------------------------------------------
+
+
+def install_metrics(app: FastAPI, settings: Settings, database: Database) -> Metrics:
+    metrics = Metrics(database)
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def scrape(
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> Response:
+        if not settings.METRICS_PUBLIC:
+            await database.read(
+                lambda session: authenticate(session, authorization, TokenScope.READ))
+        # The jobs collector queries the database: off the event loop.
+        body = await run_in_threadpool(metrics.exposition)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    return metrics

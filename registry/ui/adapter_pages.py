@@ -1,0 +1,109 @@
+"""An adapter version's page, its quality pictures, and its actions (aliases, delete)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Path, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from compress.errors import CodecError
+from compress.filenames import REPORT_FILE
+from compress.tensorio import strictjson
+from registry.adapters import service as adapters
+from registry.adapters.schemas import AdapterOut
+from registry.names import MAX_ID
+from registry.ui import plots
+from registry.ui.access import AdminAction, PushAction, ViewerDep, read, write
+from registry.ui.render import PageError, page, redirect
+from registry.ui.usage import snippets
+from registry.ui.views import adapter_outs
+
+router = APIRouter(prefix="/ui/adapters", include_in_schema=False)
+AdapterId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+@dataclass(frozen=True)
+class QualitySource:
+    """An adapter, and where its codec report is (None: none was pushed with it)."""
+
+    adapter: AdapterOut
+    report_sha256: str | None
+    report_size: int
+
+
+def _source(session: Session, adapter_id: int) -> QualitySource:
+    found = adapters.get_adapter(session, str(adapter_id))
+    out = adapter_outs(session, [found], summary=False)[0]
+    report = next((f for f in out.files if f.filename == REPORT_FILE), None)
+    return QualitySource(out, report.sha256 if report else None, report.size if report else 0)
+
+
+async def _document(request: Request, source: QualitySource) -> dict[str, Any]:
+    """What the plots draw from: the quality JSON and the pushed report, if readable."""
+    report: Any = None
+    limit = request.app.state.settings.MAX_REPORT_BYTES
+    if source.report_sha256 is not None and source.report_size <= limit:
+        raw = await run_in_threadpool(request.app.state.store.read_bytes, source.report_sha256)
+        try:
+            report = strictjson.loads(raw, REPORT_FILE)
+        except CodecError:
+            report = None  # shown without pictures rather than not at all
+    return {"quality": source.adapter.quality or {},
+            "report": report if isinstance(report, dict) else {}}
+
+
+@router.get("/{adapter_id}")
+async def adapter_page(request: Request, adapter_id: AdapterId,
+                       viewer: ViewerDep) -> HTMLResponse:
+    source = await read(request, lambda s: _source(s, adapter_id))
+    document = await _document(request, source)
+    server = str(request.base_url).rstrip("/")
+    return page(request, "adapter.html", viewer, adapter=source.adapter,
+                plots=plots.available(document), snippets=snippets(source.adapter, server),
+                quality=source.adapter.quality or {})
+
+
+@router.get("/{adapter_id}/plots/{kind}.png")
+async def plot(request: Request, adapter_id: AdapterId, kind: str,
+               viewer: ViewerDep) -> Response:
+    if kind not in plots.PLOTS:
+        raise PageError(404, "NotFound", f"no plot {kind!r}; plots: {', '.join(plots.PLOTS)}")
+    source = await read(request, lambda s: _source(s, adapter_id))
+    key = plots.content_key(source.adapter.quality, source.report_sha256, kind)
+    headers = {"ETag": f'"{key}"', "Cache-Control": "private, max-age=86400",
+               "X-Content-Type-Options": "nosniff"}
+    if request.headers.get("if-none-match") == f'"{key}"':
+        return Response(status_code=304, headers=headers)
+    cache: plots.PlotCache = request.app.state.plot_cache
+    png = cache.get(key)
+    if png is None:
+        document = await _document(request, source)
+        if kind not in dict(plots.available(document)):
+            raise PageError(404, "NotFound", f"this adapter's report has no data for {kind!r}")
+        png = await run_in_threadpool(plots.render_png, kind, document)
+        cache.put(key, png)
+    return Response(png, media_type="image/png", headers=headers)
+
+
+@router.post("/{adapter_id}/aliases")
+async def move_alias(request: Request, adapter_id: AdapterId, viewer: PushAction,
+                     alias: Annotated[str, Form()]) -> RedirectResponse:
+    """Point `alias` of this adapter's name at this version (moving it if it exists)."""
+    await write(request, lambda s: adapters.set_alias(s, str(adapter_id), alias.strip()))
+    return redirect(f"/ui/adapters/{adapter_id}")
+
+
+@router.post("/{adapter_id}/delete")
+async def delete(request: Request, adapter_id: AdapterId,
+                 viewer: AdminAction) -> RedirectResponse:
+    def remove(session: Session) -> str:
+        base = _source(session, adapter_id).adapter.base
+        adapters.delete_adapter(session, str(adapter_id), viewer.scopes)
+        return base
+
+    base = await write(request, remove)
+    return redirect(f"/ui/models/{base}")

@@ -1,0 +1,78 @@
+"""Compression jobs: the list, one job, the progress the page polls, and cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from sqlalchemy.orm import Session
+
+from registry.jobs import service as jobs
+from registry.jobs.schemas import JobOut
+from registry.names import MAX_ID
+from registry.tables import JobStatus
+from registry.ui import views
+from registry.ui.access import CompressAction, ViewerDep, read, write
+from registry.ui.render import PageError, page, redirect
+
+router = APIRouter(prefix="/ui/jobs", include_in_schema=False)
+JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
+MAX_POLLED = 100  # jobs one progress poll may ask about
+
+
+def progress_of(job: JobOut) -> dict[str, Any]:
+    """What the page's script updates: status, bar, stage, message, error, result."""
+    return {"id": job.id, "status": job.status, "fraction": job.progress.fraction,
+            "stage": job.progress.stage, "message": job.progress.message,
+            "cancel_requested": job.cancel_requested,
+            "error": job.error.model_dump() if job.error else None,
+            "adapter": job.adapter.id if job.adapter else None,
+            "finished": JobStatus(job.status) in jobs.TERMINAL}
+
+
+@router.get("/progress")
+async def progress(request: Request, viewer: ViewerDep,
+                   ids: Annotated[str, Query(max_length=2000)] = "") -> JSONResponse:
+    """The polled jobs' progress, as JSON for the page's script (cookie session)."""
+    wanted = []
+    for part in ids.split(","):
+        if part.strip().isdigit() and 0 < int(part) <= MAX_ID:
+            wanted.append(int(part))
+    if len(wanted) > MAX_POLLED:
+        raise PageError(400, "TooManyJobs", f"poll at most {MAX_POLLED} jobs at once")
+    found = await read(request, lambda s: views.job_views(s, wanted))
+    return JSONResponse({"jobs": [progress_of(j) for j in found]},
+                        headers={"Cache-Control": "no-store",
+                                 "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("")
+async def job_list(request: Request, viewer: ViewerDep,
+                   status: Literal["queued", "running", "succeeded", "failed", "cancelled",
+                                   ""] = "",
+                   page_token: str | None = None) -> HTMLResponse:
+    settings = request.app.state.settings
+    wanted = JobStatus(status) if status else None
+
+    def gather(session: Session) -> tuple[list[JobOut], str | None]:
+        return views.job_page(session, settings, wanted, page_token)
+
+    found, next_token = await read(request, gather)
+    return page(request, "jobs.html", viewer, jobs=found, next_page_token=next_token,
+                filters={"status": status}, terminal=[s.value for s in jobs.TERMINAL])
+
+
+@router.get("/{job_id}")
+async def job_detail(request: Request, job_id: JobId, viewer: ViewerDep) -> HTMLResponse:
+    found = await read(request, lambda s: jobs.job_views(s, [jobs.get_job(s, job_id)]))
+    return page(request, "job.html", viewer, job=found[0],
+                terminal=[s.value for s in jobs.TERMINAL])
+
+
+@router.post("/{job_id}/cancel")
+async def cancel(request: Request, job_id: JobId, viewer: CompressAction) -> RedirectResponse:
+    await write(request, lambda s: jobs.cancel_job(s, job_id))
+    return redirect(f"/ui/jobs/{job_id}")
+
+

@@ -1,0 +1,150 @@
+"""What the pages show, gathered through the domain services in one transaction each.
+
+Each function takes the request's session and returns plain view objects (the API's
+own output schemas where one fits), so templates never touch ORM rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from registry.adapters import service as adapters
+from registry.adapters.schemas import AdapterOut
+from registry.errors import JobNotFound
+from registry.jobs import service as jobs
+from registry.jobs.schemas import JobOut
+from registry.models import service as models
+from registry.models.repository import ModelRepository
+from registry.models.schemas import ModelOut
+from registry.settings import Settings
+from registry.tables import Adapter, AdapterKind, JobStatus, ModelKind
+
+# A base's fine-tunes are listed whole on its page, a page of the service at a time;
+# beyond this many the page says so rather than grow without bound.
+MAX_FINETUNES_SHOWN = 500
+JOBS_PER_FINETUNE = 20
+
+
+@dataclass(frozen=True)
+class BaseRow:
+    model: ModelOut
+    finetunes: int
+    adapters: int
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A fine-tune of the base, and the adapters (on this page) compressed from it."""
+
+    finetune: ModelOut
+    adapters: list[AdapterOut] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    base: ModelOut
+    branches: list[Branch]
+    direct: list[AdapterOut]  # pushed against the base with no source fine-tune
+    next_page_token: str | None
+    finetunes_truncated: bool
+
+
+def _model_outs(session: Session, found: list[Any]) -> list[ModelOut]:
+    names = models.model_names(session, [m.base_id for m in found])
+    return [ModelOut.of(m, names.get(m.base_id) if m.base_id else None) for m in found]
+
+
+def adapter_outs(session: Session, found: list[Adapter], summary: bool = True
+                 ) -> list[AdapterOut]:
+    names = models.model_names(session, [*(a.base_id for a in found),
+                                         *(a.source_model_id for a in found)])
+    return [AdapterOut.of(a, names, summary=summary) for a in found]
+
+
+def base_models(session: Session, settings: Settings, page_token: str | None
+                ) -> tuple[list[BaseRow], str | None]:
+    found = models.list_models(session, settings, ModelKind.BASE, None, None, page_token)
+    repo = ModelRepository(session)
+    rows = []
+    for out in _model_outs(session, found.items):
+        finetunes, adapter_count = repo.dependents(out.id)
+        rows.append(BaseRow(out, finetunes, adapter_count))
+    return rows, found.next_page_token
+
+
+def _finetunes(session: Session, settings: Settings, base: str) -> tuple[list[ModelOut], bool]:
+    shown: list[ModelOut] = []
+    token: str | None = None
+    while True:
+        found = models.list_models(session, settings, ModelKind.FINETUNE, base,
+                                   settings.MAX_PAGE_SIZE, token)
+        shown += _model_outs(session, found.items)
+        token = found.next_page_token
+        if token is None:
+            return shown, False
+        if len(shown) >= MAX_FINETUNES_SHOWN:
+            return shown, True
+
+
+def lineage(session: Session, settings: Settings, base_ref: str, kind: AdapterKind | None,
+            alias: str | None, page_token: str | None) -> Lineage:
+    """The base's fine-tunes, each with its adapters; then adapters pushed directly.
+
+    Adapters are paged (newest first, keyset); fine-tunes are all shown on the first
+    page, and on later pages only those with adapters there.
+    """
+    model = models.get_model(session, base_ref)
+    base = _model_outs(session, [model])[0]
+    if model.kind is not ModelKind.BASE:
+        raise models.not_found(session, base_ref, "base model", kind=ModelKind.BASE)
+    finetunes, truncated = _finetunes(session, settings, model.name)
+    found = adapters.list_adapters(session, settings, base=model.name, kind=kind, name=None,
+                                   alias=alias, limit=None, page_token=page_token)
+    outs = adapter_outs(session, found.items)
+    branches = {f.name: Branch(f) for f in finetunes}
+    direct = []
+    for out in outs:
+        branch = branches.get(out.source_model) if out.source_model else None
+        if branch is None:
+            direct.append(out)
+        else:
+            branch.adapters.append(out)
+    first_page = page_token is None
+    shown = [b for b in branches.values() if b.adapters or (first_page and not (kind or alias))]
+    return Lineage(base, shown, direct, found.next_page_token, truncated)
+
+
+@dataclass(frozen=True)
+class FinetuneView:
+    model: ModelOut
+    jobs: list[JobOut]
+
+
+def finetune(session: Session, settings: Settings, ref: str) -> FinetuneView:
+    model = models.get_model(session, ref)
+    if model.kind is not ModelKind.FINETUNE:
+        raise models.not_found(session, ref, "fine-tune", kind=ModelKind.FINETUNE)
+    found = jobs.list_jobs(session, settings, status=None, model=model.name, method=None,
+                           limit=JOBS_PER_FINETUNE, page_token=None)
+    return FinetuneView(_model_outs(session, [model])[0], jobs.job_views(session, found.items))
+
+
+def job_page(session: Session, settings: Settings, status: JobStatus | None,
+             page_token: str | None) -> tuple[list[JobOut], str | None]:
+    found = jobs.list_jobs(session, settings, status=status, model=None, method=None,
+                           limit=None, page_token=page_token)
+    return jobs.job_views(session, found.items), found.next_page_token
+
+
+def job_views(session: Session, ids: list[int]) -> list[JobOut]:
+    """The jobs with these ids that exist (the progress poll asks for several)."""
+    found = []
+    for job_id in ids:
+        try:
+            found.append(jobs.get_job(session, job_id))
+        except JobNotFound:
+            continue
+    return jobs.job_views(session, found)

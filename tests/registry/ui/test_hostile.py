@@ -1,0 +1,90 @@
+"""Hostile content is inert: whatever a user controls renders as text, never as markup.
+
+Names are held to the name rule by the API, so the fields that can carry markup are a
+pushed report's keys and values (kept as the adapter's quality), a job's error detail
+and message (written by workers from codec errors, which quote user input), and
+whatever a request's path or query brings back in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, update
+
+from registry.db import make_session_factory, unit_of_work
+from registry.tables import Job
+from tests.conftest import Tokens
+from tests.registry.ui.conftest import (
+    BASE,
+    FINETUNE,
+    Seeded,
+    UiModels,
+    push_adapter_dir,
+    sign_in,
+)
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+PAYLOAD = "<script>alert(1)</script>"
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+ATTRIBUTE = '"><img src=x onerror=alert(2)>'
+
+
+def _hostile_lora(ui_models: UiModels, folder: Path) -> Path:
+    shutil.copytree(ui_models.lora, folder)
+    report = json.loads((folder / "report.json").read_text())
+    report[PAYLOAD] = ATTRIBUTE
+    report["note"] = PAYLOAD
+    report["verified_with"] = PAYLOAD + ATTRIBUTE  # shown in a title attribute
+    report["summary"]["comment"] = PAYLOAD
+    report["modules"][0]["module"] = PAYLOAD  # drawn into a plot's labels
+    report["distillation"] = {"losses": [2.0, 1.5, 1.2], "dataset": PAYLOAD}
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder
+
+
+def _assert_inert(html: str, where: str) -> None:
+    assert PAYLOAD not in html, where
+    assert "<img src=x" not in html, where
+    assert ESCAPED in html or "&lt;img src=x" in html, f"{where}: payload not shown at all"
+
+
+def test_every_user_field_renders_as_text(client: TestClient, tokens: Tokens, seeded: Seeded,
+                                          ui_models: UiModels, engine: Engine,
+                                          tmp_path: Path) -> None:
+    adapter = push_adapter_dir(client, tokens.push, "hostile", _hostile_lora(
+        ui_models, tmp_path / "hostile"), source=FINETUNE)
+    job = client.post(f"/models/{FINETUNE}/compress?method=bitdelta",
+                      headers=tokens.compress).json()
+    with unit_of_work(make_session_factory(engine)) as session:
+        session.execute(update(Job).where(Job.id == job["id"]).values(
+            error_name="CodecError", error_detail=PAYLOAD + ATTRIBUTE, message=PAYLOAD))
+    sign_in(client, tokens.admin)
+    pages = {"adapter": f"/ui/adapters/{adapter['id']}",
+             "lineage": f"/ui/models/{BASE}",
+             "jobs": "/ui/jobs", "job": f"/ui/jobs/{job['id']}",
+             "fine-tune": f"/ui/models/{FINETUNE}",
+             "alias query": f"/ui/models/{BASE}?alias={PAYLOAD}",
+             "model path": f"/ui/models/{quote(ATTRIBUTE, safe='')}"}
+    for where, url in pages.items():
+        answer = client.get(url)
+        assert answer.headers["content-type"].startswith("text/html"), where
+        assert "script-src 'self'" in answer.headers["content-security-policy"], where
+        _assert_inert(answer.text, where)
+    # The pictures draw the hostile labels as pixels.
+    for kind in ("errors", "spectra", "loss"):
+        png = client.get(f"/ui/adapters/{adapter['id']}/plots/{kind}.png")
+        assert png.status_code == 200, kind
+        assert png.content.startswith(b"\x89PNG"), kind
+    # The progress poll is JSON, and its script writes it with textContent.
+    polled = client.get(f"/ui/jobs/progress?ids={job['id']}")
+    assert polled.headers["content-type"] == "application/json"
+    assert polled.json()["jobs"][0]["error"]["detail"] == PAYLOAD + ATTRIBUTE
+    script = Path("registry/ui/static/jobs.js").read_text()
+    assert "innerHTML" not in script
+    assert "textContent" in script
