@@ -243,8 +243,17 @@ def _jsonl_texts(name: str, text: str) -> list[str]:
         value = record.get(TEXT_FIELD) if isinstance(record, dict) else None
         if not isinstance(value, str):
             got = "no such field" if not isinstance(record, dict) or TEXT_FIELD not in record \
-                else f"a {type(value).__name__}"
+                else f"it is {_json_kind(value)}"
             raise InvalidDataset(f"{where}: each line must be a JSON object with a string "
                                  f"field {TEXT_FIELD!r} ({got})")
         texts.append(value)
     return texts
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words."""
+    if value is None:
+        return "null"
+    kinds = ((bool, "a boolean"), (int, "a number"), (float, "a number"), (list, "an array"),
+             (dict, "an object"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "not a string")

@@ -16,6 +16,7 @@ import typer
 
 from registry.cli.console import Size, print_fields, print_json, print_table, stdout
 from registry.cli.failures import EXIT_USAGE, CommandFailure
+from registry.cli.quality_table import print_evaluation
 from registry.cli.remote import DEFAULT_URL, Json, Token, Url, connected
 
 alias_app = typer.Typer(help="Point an alias at an adapter version, or remove it.",
@@ -92,6 +93,10 @@ def show(ref: AdapterRef, model: ModelFlag = False, json: Json = False,
     print_fields(title, fields)
     print_table("files", ["file", "size", "sha256"],
                 [[f["filename"], Size(f["size"]), f["sha256"]] for f in found["files"]])
+    evaluation = None if model else (found["quality"] or {}).get("evaluation")
+    if isinstance(evaluation, dict):
+        print_evaluation("evaluation (gain kept: 1 = all of the fine-tune's improvement, "
+                         "0 = none)", evaluation)
 
 
 def _adapter_fields(a: dict[str, Any]) -> list[tuple[str, object]]:

@@ -29,9 +29,10 @@ from compress.quality import (
     TextTokenizer,
     evaluate_quality,
 )
-from registry.cli.console import console, fail, print_json, print_table, stdout
+from registry.cli.console import console, fail, print_json, stdout
 from registry.cli.failures import EXIT_FAILED, EXIT_NOT_INSTALLED
 from registry.cli.options import Device
+from registry.cli.quality_table import print_evaluation
 
 
 class DtypeChoice(StrEnum):
@@ -92,16 +93,7 @@ def evaluate(
 
 
 def print_report(report: QualityReport) -> None:
-    rows: list[list[object]] = []
-    for data_set in report.datasets:
-        kept = data_set.gain_kept
-        scores = (("base", data_set.base, 0.0), ("fine-tune", data_set.finetune, 1.0),
-                  (report.compressed_kind, data_set.compressed, kept))
-        for model, score, gain in scores:
-            rows.append([data_set.name, model, score.loss, score.perplexity,
-                         "n/a (no gain)" if kept is None else gain])
-    print_table(f"Quality of {report.compressed}", ["data", "model", "loss (nats/token)",
-                                                    "perplexity", "gain kept"], rows, fold=True)
+    print_evaluation(f"Quality of {report.compressed}", report.to_dict())
     sizes = ", ".join(f"{d.name}: {d.rows} rows × {d.seq_len}" for d in report.datasets)
     stdout.print(f"scored {sizes}; {report.dtype} on {report.device}; one model of "
                   f"{report.resident_bytes / 1e9:.3g} GB resident at a time; "

@@ -90,7 +90,7 @@ def test_long_text_is_tokenized_in_chunks_exactly_as_a_whole(
                                                          "be a JSON object with a string field "
                                                          "'text' (no such field)"),
     ("number.jsonl", b'{"text": 3}\n', "line 1: each line must be a JSON object with a "
-                                      "string field 'text' (a int)"),
+                                      "string field 'text' (it is a number)"),
     ("list.jsonl", b'["text"]\n', "line 1: each line must be a JSON object"),
     ("broken.jsonl", b'{"text": "a"}\n{"text": \n', "broken.jsonl line 2 is not valid JSON"),
     ("nan.jsonl", b'{"text": "a", "score": NaN}\n', "NaN is not a JSON value"),

@@ -171,3 +171,37 @@ def test_no_token_is_a_usage_error(live_server: LiveServer) -> None:
     result = runner.invoke(app, ["ls", "adapters"], env=env_for(live_server.url, None))
     assert result.exit_code == EXIT_USAGE
     assert "DELTAHUB_TOKEN" in result.output
+
+
+def test_gain_kept_sorts_ls_and_show_prints_the_evaluation(cli: Cli,
+                                                           tiny_models: TinyModels) -> None:
+    """An evaluation stated in a pushed report.json (as `deltahub evaluate --json` writes
+    it) becomes the version's quality: `ls --sort gain_kept` ranks by it, `show` tables it."""
+    cli("push-model", str(tiny_models.base), "--name", "tiny-llama")
+    score = {"loss": 2.0, "perplexity": 7.389}
+    for name, gain in (("low", 0.5), ("high", 0.93)):
+        directory = tiny_models.lora.parent / f"lora-{name}"
+        if not directory.exists():
+            directory.mkdir()
+            for p in tiny_models.lora.iterdir():
+                (directory / p.name).write_bytes(p.read_bytes())
+        evaluation = {"compressed_kind": "lora", "gain_kept": gain, "datasets": [
+            {"name": "heldout.txt", "base": {"loss": 2.5, "perplexity": 12.18},
+             "finetune": {"loss": 1.9, "perplexity": 6.686}, "compressed": score,
+             "gain_kept": gain}]}
+        (directory / "report.json").write_text(json.dumps(
+            {"gain_kept": gain, "evaluation": evaluation}))
+        pushed = cli("push", str(directory), "--base", "tiny-llama", "--name", name)
+        assert pushed.exit_code == 0, pushed.output
+    ranked = json.loads(cli("ls", "adapters", "--sort", "gain_kept", "--json").stdout)
+    assert [a["name"] for a in ranked] == ["high", "low"]
+    table = cli("ls", "adapters", "--sort", "gain_kept", env={"COLUMNS": "200"}).stdout
+    assert table.index("0.930") < table.index("0.500")
+    shown = cli("show", "high", env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "evaluation" in shown.stdout
+    row = next(line for line in shown.stdout.splitlines() if "heldout.txt" in line and "lora" in line)
+    assert "7.389" in row
+    assert "0.93" in row
+    refused = cli("ls", "models", "--sort", "gain_kept")
+    assert refused.exit_code == EXIT_USAGE
