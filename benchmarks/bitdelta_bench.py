@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compress.bitdelta import compress_bitdelta  # after the sys.path fix-up above
-from compress.tensorio import BufferPool, ModelPair, PlannedTensor, ShardedWriter, fsync_path
+from compress.tensorio import (
+    DEFAULT_MAX_SHARD_BYTES,
+    BufferPool,
+    ModelPair,
+    PlannedTensor,
+    ShardedWriter,
+    fsync_path,
+)
 
 GB = 10**9
 MB = 10**6
@@ -78,22 +86,36 @@ TINY = Shape(256, 688)
 
 def ensure_models(shape: Shape, layers: int, tag: str) -> tuple[Path, Path]:
     """Generate (once) base and fine-tune directories for `layers` decoder layers."""
-    root = ROOT / f"{tag}-{layers}L"
+    spec = [item for i in range(layers) for item in shape.layer(i)]
+    plan = [PlannedTensor(name, "F16", dims) for name, dims in sorted(spec)]
+    generator = torch.Generator().manual_seed(layers)
+    # 1 GB shards: the 4-layer models are sharded, like real checkpoints.
+    return write_model_pair(ROOT / f"{tag}-{layers}L", plan,
+                            lambda item: _weights(item, generator), max_shard_bytes=GB)
+
+
+def write_model_pair(root: Path, plan: list[PlannedTensor],
+                     weights: Callable[[PlannedTensor], tuple[torch.Tensor, torch.Tensor]], *,
+                     config: dict[str, object] | None = None,
+                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> tuple[Path, Path]:
+    """`root/base` and `root/finetune` holding `plan`'s tensors as `weights` makes each
+    (base, fine-tune) pair, written once: a `complete` marker makes later calls reuse
+    them, and an interrupted run starts over."""
     base, finetune, done = root / "base", root / "finetune", root / "complete"
     if done.exists():
         return base, finetune
     shutil.rmtree(root, ignore_errors=True)
-    base.mkdir(parents=True)
-    finetune.mkdir()
-    spec = [item for i in range(layers) for item in shape.layer(i)]
-    plan = [PlannedTensor(name, "F16", dims) for name, dims in sorted(spec)]
-    shard = GB  # 1 GB shards: the 4-layer models are sharded, like real checkpoints
-    writers = [ShardedWriter(d, plan, {"format": "pt"}, max_shard_bytes=shard)
-               for d in (base, finetune)]
-    generator = torch.Generator().manual_seed(layers)
-    print(f"generating {layers}-layer fp16 models under {root} ...", file=sys.stderr)
+    writers = []
+    for directory in (base, finetune):
+        directory.mkdir(parents=True)
+        if config is not None:
+            (directory / "config.json").write_text(json.dumps(config, indent=1))
+        writers.append(ShardedWriter(directory, plan, {"format": "pt"},
+                                     max_shard_bytes=max_shard_bytes))
+    print(f"generating {len(plan)} tensors of fp16 models under {root} ...", file=sys.stderr,
+          flush=True)
     for item in plan:
-        w_base, w_ft = _weights(item, generator)
+        w_base, w_ft = weights(item)
         writers[0].write(item.name, w_base)
         writers[1].write(item.name, w_ft)
     for writer in writers:

@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,9 +28,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from benchmarks.bitdelta_bench import write_model_pair
 from benchmarks.lora_bench import synthesize
 from compress.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_key, parse_adapter_config
-from compress.tensorio import Checkpoint, PlannedTensor, ShardedWriter, fsync_path
+from compress.tensorio import Checkpoint, PlannedTensor
 
 REPO = Path(__file__).resolve().parents[1]
 DELTAHUB = REPO / ".venv" / "bin" / "deltahub"
@@ -130,28 +130,13 @@ def llama_config(layers: int) -> dict[str, object]:
 
 def ensure_llama_pair(root: Path, layers: int, seed: int = 0) -> tuple[Path, Path]:
     """Generate (once) base and fine-tune directories under `root`; reused after."""
-    base, finetune, done = root / "base", root / "finetune", root / "complete"
-    if done.exists():
-        return base, finetune
-    shutil.rmtree(root, ignore_errors=True)
     plan = [PlannedTensor(name, "F16", shape) for name, shape in llama_tensors(layers)]
-    writers = []
-    for directory in (base, finetune):
-        directory.mkdir(parents=True)
-        (directory / "config.json").write_text(json.dumps(llama_config(layers), indent=1))
-        writers.append(ShardedWriter(directory, plan, {"format": "pt"}))
     generator = torch.Generator().manual_seed(seed)
-    print(f"generating {layers}-layer fp16 Llama-7B-shaped models under {root} ...",
-          file=sys.stderr, flush=True)
-    for index, item in enumerate(plan):
-        w_base, w_ft = _pair_weights(item.shape, generator, seed * 1000 + index)
-        writers[0].write(item.name, w_base)
-        writers[1].write(item.name, w_ft)
-    for writer in writers:
-        for path in writer.close():
-            fsync_path(path)
-    done.write_text("ok\n")
-    return base, finetune
+    index = {item.name: i for i, item in enumerate(plan)}
+    return write_model_pair(
+        root, plan, lambda item: _pair_weights(item.shape, generator,
+                                               seed * 1000 + index[item.name]),
+        config=llama_config(layers))
 
 
 def _pair_weights(shape: tuple[int, ...], g: torch.Generator, seed: int
