@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from registry.ui.adapter_pages import router as adapter_router
 from registry.ui.auth_pages import router as auth_router
+from registry.ui.dataset_pages import router as dataset_router
 from registry.ui.job_pages import router as job_router
 from registry.ui.model_pages import router as model_router
 from registry.ui.plots import PlotCache
@@ -26,7 +27,7 @@ def install_ui(app: FastAPI) -> None:
     app.state.ui_keys = SessionKeys(app.state.settings)
     app.state.plot_cache = PlotCache()
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
-    for router in (auth_router, model_router, adapter_router, job_router):
+    for router in (auth_router, model_router, adapter_router, job_router, dataset_router):
         app.include_router(router)
 
     @app.get("/", include_in_schema=False)

@@ -16,7 +16,7 @@ from compress.tensorio import strictjson
 from registry.adapters import service as adapters
 from registry.adapters.schemas import AdapterOut
 from registry.names import MAX_ID
-from registry.ui import plots
+from registry.ui import plots, quality
 from registry.ui.access import AdminAction, PushAction, ViewerDep, read, write
 from registry.ui.render import PageError, page, redirect
 from registry.ui.usage import snippets
@@ -62,9 +62,12 @@ async def adapter_page(request: Request, adapter_id: AdapterId,
     source = await read(request, lambda s: _source(s, adapter_id))
     document = await _document(request, source)
     server = str(request.base_url).rstrip("/")
+    found = source.adapter.quality or {}
     return page(request, "adapter.html", viewer, adapter=source.adapter,
                 plots=plots.available(document), snippets=snippets(source.adapter, server),
-                quality=source.adapter.quality or {})
+                quality=found, evaluation=quality.evaluation(found),
+                distillation=quality.distillation(found, source.adapter.params),
+                gain_kept_meaning=quality.GAIN_KEPT_MEANING)
 
 
 @router.get("/{adapter_id}/plots/{kind}.png")

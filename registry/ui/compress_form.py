@@ -2,12 +2,14 @@
 
 The form has a field for each common option and an "advanced" JSON object for the
 rest, merged underneath, so options the jobs API gains work from the page at once.
+Distillation and evaluation fields are merged into the advanced object's `distill` and
+`evaluate` (when it has them), field by field, so either way of giving them works.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,6 +21,16 @@ TEXT_FIELDS = ("name", "alias", "scale_mode", "verify")
 INT_FIELDS = ("rank", "max_rank")
 FLOAT_FIELDS = ("target_error", "max_error")
 MAX_ADVANCED_CHARS = 10_000
+# Form field -> (key in the API's object, type, what the error message calls it).
+DISTILL_FIELDS: dict[str, tuple[str, type[int] | type[float], str]] = {
+    "distill_steps": ("steps", int, "distillation steps"),
+    "distill_lr": ("lr", float, "distillation learning rate"),
+    "distill_seq_len": ("seq_len", int, "distillation tokens per row"),
+}
+EVALUATE_FIELDS: dict[str, tuple[str, type[int] | type[float], str]] = {
+    "evaluate_seq_len": ("seq_len", int, "evaluation tokens per row"),
+    "evaluate_max_batches": ("max_batches", int, "evaluation batches per data set"),
+}
 
 
 def _invalid(detail: str) -> PageError:
@@ -39,15 +51,67 @@ def _advanced(text: str) -> dict[str, Any]:
     return parsed
 
 
-def _number(form: Mapping[str, str], key: str, kind: type[int] | type[float]) -> Any:
+def _number(form: Mapping[str, str], key: str, kind: type[int] | type[float],
+            label: str | None = None) -> Any:
     try:
         return kind(form[key])
     except ValueError:
-        raise _invalid(f"{key} must be a number, got {form[key]!r}") from None
+        raise _invalid(f"{label or key} must be a number, got {form[key]!r}") from None
 
 
-def compress_request(form: Mapping[str, str]) -> tuple[str, CompressRequest]:
-    """(method, request) from the submitted form; a 422 page when it does not validate."""
+def _section(body: dict[str, Any], key: str, filled: Mapping[str, str],
+             fields: Mapping[str, tuple[str, type[int] | type[float], str]]
+             ) -> dict[str, Any]:
+    """`body[key]` (from the advanced JSON, when an object) with the form's numbers on top."""
+    given = body.get(key)
+    section = dict(given) if isinstance(given, dict) else {}
+    for field, (name, kind, label) in fields.items():
+        if field in filled:
+            section[name] = _number(filled, field, kind, label)
+    return section
+
+
+def _distill(body: dict[str, Any], filled: Mapping[str, str], method: str) -> None:
+    section = _section(body, "distill", filled, DISTILL_FIELDS)
+    if "distill_dataset" in filled:
+        section["dataset"] = filled["distill_dataset"]
+    elif not any(f in filled for f in DISTILL_FIELDS):
+        return  # nothing asked in the form: the advanced JSON, if any, stands as given
+    if "dataset" not in section:
+        raise _invalid("distillation settings were given without a calibration data set; "
+                       "choose one under Distillation, or clear the steps and rate")
+    if method != "bitdelta":
+        # The API refuses this too; saying it in the form's own words is clearer.
+        raise _invalid(f"distillation trains BitDelta's scales and does not apply to "
+                       f"method {method!r}; set the calibration data set to none, or "
+                       "choose BitDelta")
+    body["distill"] = section
+
+
+def _evaluate(body: dict[str, Any], filled: Mapping[str, str],
+              checked: Sequence[str]) -> None:
+    section = _section(body, "evaluate", filled, EVALUATE_FIELDS)
+    names = [n.strip() for n in checked if n.strip()]
+    headline = filled.get("evaluate_headline")
+    if headline:
+        # The headline (the adapter's gain kept) is measured on the first data set.
+        names = [headline, *(n for n in names if n != headline)]
+    if names:
+        section["datasets"] = names
+    elif not any(f in filled for f in EVALUATE_FIELDS):
+        return
+    if "datasets" not in section:
+        raise _invalid("evaluation settings were given without an evaluation data set; "
+                       "check at least one under Evaluation")
+    body["evaluate"] = section
+
+
+def compress_request(form: Mapping[str, str],
+                     evaluate: Sequence[str] = ()) -> tuple[str, CompressRequest]:
+    """(method, request) from the submitted form; a 422 page when it does not validate.
+
+    `evaluate`: the checked evaluation data sets, in the page's order (a form field
+    that repeats, so not in `form`)."""
     method = form.get("method", "")
     body = _advanced(form.get("advanced", ""))
     filled = {k: v.strip() for k, v in form.items() if isinstance(v, str) and v.strip()}
@@ -64,6 +128,8 @@ def compress_request(form: Mapping[str, str]) -> tuple[str, CompressRequest]:
         body["targets"] = [t.strip() for t in filled["targets"].split(",") if t.strip()]
     if filled.get("targets_only") == "on":
         body["targets_only"] = True
+    _distill(body, filled, method)
+    _evaluate(body, filled, evaluate)
     try:
         return method, CompressRequest.model_validate(body)
     except ValidationError as exc:

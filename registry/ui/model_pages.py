@@ -55,7 +55,8 @@ async def model(request: Request, ref: str, viewer: ViewerDep,
 async def compress(request: Request, ref: str, viewer: CompressAction) -> RedirectResponse:
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    method, body = compress_request(fields)
+    checked = [v for v in form.getlist("evaluate") if isinstance(v, str)]
+    method, body = compress_request(fields, checked)
     settings = request.app.state.settings
     key = fields.get("idempotency_key") or None
 

@@ -84,6 +84,13 @@ def number(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def fixed(value: Any, digits: int = 3) -> str:
+    """A figure to `digits` decimals (losses, gain kept), or "–" when there is none."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return f"{value:.{digits}f}"
+    return "–"
+
+
 def percent(value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return f"{100 * value:.1f} %"
@@ -94,7 +101,7 @@ def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR),
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
-    env.filters.update(bytes=human_bytes, count=human_count, number=number,
+    env.filters.update(bytes=human_bytes, count=human_count, number=number, fixed=fixed,
                        percent=percent, query=lambda d: urlencode(
                            {k: v for k, v in d.items() if v not in (None, "")}))
     env.globals["CSRF_FIELD"] = CSRF_FIELD

@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from registry.adapters import service as adapters
 from registry.adapters.schemas import AdapterOut
+from registry.datasets import service as datasets
+from registry.datasets.schemas import DatasetOut
 from registry.errors import JobNotFound
 from registry.jobs import service as jobs
 from registry.jobs.schemas import JobOut
@@ -20,12 +22,14 @@ from registry.models import service as models
 from registry.models.repository import ModelRepository
 from registry.models.schemas import ModelOut
 from registry.settings import Settings
-from registry.tables import Adapter, AdapterKind, JobStatus, ModelKind
+from registry.tables import Adapter, AdapterKind, Dataset, JobStatus, ModelKind, Status
 
 # A base's fine-tunes are listed whole on its page, a page of the service at a time;
 # beyond this many the page says so rather than grow without bound.
 MAX_FINETUNES_SHOWN = 500
 JOBS_PER_FINETUNE = 20
+# The compress form offers every finalized data set, up to this many (newest first).
+MAX_DATASETS_OFFERED = 500
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,34 @@ def lineage(session: Session, settings: Settings, base_ref: str, kind: AdapterKi
 class FinetuneView:
     model: ModelOut
     jobs: list[JobOut]
+    datasets: list[DatasetOut]  # finalized: what distillation and evaluation may read
+    datasets_truncated: bool
+
+
+def dataset_outs(found: list[Dataset]) -> list[DatasetOut]:
+    return [DatasetOut.of(d, datasets.needs_tokenizer(d)) for d in found]
+
+
+def ready_datasets(session: Session, settings: Settings) -> tuple[list[DatasetOut], bool]:
+    """Every finalized data set, newest first, up to MAX_DATASETS_OFFERED (and whether
+    there were more)."""
+    shown: list[DatasetOut] = []
+    token: str | None = None
+    while True:
+        found = datasets.list_datasets(session, settings, Status.READY,
+                                       settings.MAX_PAGE_SIZE, token)
+        shown += dataset_outs(found.items)
+        token = found.next_page_token
+        if token is None:
+            return shown, False
+        if len(shown) >= MAX_DATASETS_OFFERED:
+            return shown, True
+
+
+def dataset_page(session: Session, settings: Settings, status: Status | None,
+                 page_token: str | None) -> tuple[list[DatasetOut], str | None]:
+    found = datasets.list_datasets(session, settings, status, None, page_token)
+    return dataset_outs(found.items), found.next_page_token
 
 
 def finetune(session: Session, settings: Settings, ref: str) -> FinetuneView:
@@ -129,7 +161,9 @@ def finetune(session: Session, settings: Settings, ref: str) -> FinetuneView:
         raise models.not_found(session, ref, "fine-tune", kind=ModelKind.FINETUNE)
     found = jobs.list_jobs(session, settings, status=None, model=model.name, method=None,
                            limit=JOBS_PER_FINETUNE, page_token=None)
-    return FinetuneView(_model_outs(session, [model])[0], jobs.job_views(session, found.items))
+    offered, truncated = ready_datasets(session, settings)
+    return FinetuneView(_model_outs(session, [model])[0], jobs.job_views(session, found.items),
+                        offered, truncated)
 
 
 def job_page(session: Session, settings: Settings, status: JobStatus | None,

@@ -8,6 +8,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 from httpx import Response
 
+from tests.finetune import FinetunePair
+
 
 def register_model(client: TestClient, headers: dict[str, str], name: str, directory: Path,
                    kind: str = "base", base: str | None = None) -> dict[str, Any]:
@@ -40,3 +42,33 @@ def push_adapter(client: TestClient, headers: dict[str, str], name: str, base: s
                              content=path.read_bytes(), headers=headers)
             assert put.status_code == 201, put.text
     return client.post(f"/adapters/{adapter_id}/finalize", headers=headers)
+
+
+def push_dataset(client: TestClient, headers: dict[str, str], name: str, *files: Path,
+                 description: str | None = None, finalize: bool = True) -> dict[str, Any]:
+    """Create the data set, upload `files`, finalize (unless not asked); the last answer."""
+    created = client.post("/datasets", json={"name": name, "description": description},
+                          headers=headers)
+    assert created.status_code == 201, created.text
+    for path in files:
+        put = client.put(f"/datasets/{name}/files/{path.name}", content=path.read_bytes(),
+                         headers=headers)
+        assert put.status_code == 201, put.text
+    answer = created
+    if finalize:
+        answer = client.post(f"/datasets/{name}/finalize", headers=headers)
+        assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def register_finetune_pair(client: TestClient, headers: dict[str, str], pair: FinetunePair,
+                           base: str, finetune: str) -> None:
+    """tests/finetune.py's real pair as `base` and `finetune` (with their tokenizer.json),
+    and its data as data sets: py-train (token ids), py-heldout (text), prose-heldout
+    (JSON lines)."""
+    register_model(client, headers, base, pair.base)
+    register_model(client, headers, finetune, pair.finetune, kind="finetune", base=base)
+    push_dataset(client, headers, "py-train", pair.python.train)
+    push_dataset(client, headers, "py-heldout", pair.python_text)
+    push_dataset(client, headers, "prose-heldout", pair.prose_jsonl)

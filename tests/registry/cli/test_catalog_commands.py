@@ -200,7 +200,8 @@ def test_gain_kept_sorts_ls_and_show_prints_the_evaluation(cli: Cli,
     shown = cli("show", "high", env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "evaluation" in shown.stdout
-    row = next(line for line in shown.stdout.splitlines() if "heldout.txt" in line and "lora" in line)
+    row = next(line for line in shown.stdout.splitlines()
+               if "heldout.txt" in line and "lora" in line)
     assert "7.389" in row
     assert "0.93" in row
     refused = cli("ls", "models", "--sort", "gain_kept")

@@ -8,7 +8,6 @@ listings sort by.
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,7 +20,7 @@ from registry.jobs.runner import _stage_spans
 from registry.tables import CompressMethod, Job
 from tests.conftest import Tokens
 from tests.finetune import FinetunePair
-from tests.registry.api import register_model
+from tests.registry.api import push_dataset, register_finetune_pair, register_model
 from tests.registry.conftest import TinyModels
 from tests.registry.jobs.test_api import run_all
 
@@ -31,28 +30,9 @@ DISTILL = {"dataset": "py-train", "steps": 150, "lr": 1e-3, "batch_size": 8, "se
 EVALUATE = {"datasets": ["py-heldout", "prose-heldout"], "seq_len": 64, "max_batches": 8}
 
 
-def push_dataset(client: TestClient, headers: dict[str, str], name: str,
-                 *files: Path) -> dict[str, Any]:
-    created = client.post("/datasets", json={"name": name}, headers=headers)
-    assert created.status_code == 201, created.text
-    for path in files:
-        put = client.put(f"/datasets/{name}/files/{path.name}", content=path.read_bytes(),
-                         headers=headers)
-        assert put.status_code == 201, put.text
-    final = client.post(f"/datasets/{name}/finalize", headers=headers)
-    assert final.status_code == 200, final.text
-    result: dict[str, Any] = final.json()
-    return result
-
-
 @pytest.fixture
 def registered(client: TestClient, tokens: Tokens, finetune_pair: FinetunePair) -> None:
-    register_model(client, tokens.push, BASE, finetune_pair.base)
-    register_model(client, tokens.push, FINETUNE, finetune_pair.finetune, kind="finetune",
-                   base=BASE)
-    push_dataset(client, tokens.push, "py-train", finetune_pair.python.train)
-    push_dataset(client, tokens.push, "py-heldout", finetune_pair.python_text)
-    push_dataset(client, tokens.push, "prose-heldout", finetune_pair.prose_jsonl)
+    register_finetune_pair(client, tokens.push, finetune_pair, BASE, FINETUNE)
 
 
 def _compress(client: TestClient, tokens: Tokens, method: str, **body: Any) -> dict[str, Any]:

@@ -8,7 +8,9 @@ whatever a request's path or query brings back in an error message.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import quote
@@ -88,3 +90,56 @@ def test_every_user_field_renders_as_text(client: TestClient, tokens: Tokens, se
     script = Path("registry/ui/static/jobs.js").read_text()
     assert "innerHTML" not in script
     assert "textContent" in script
+
+
+def _hostile_quality_lora(ui_models: UiModels, folder: Path) -> Path:
+    """A report claiming an evaluation and a distillation, with markup and junk types."""
+    shutil.copytree(ui_models.lora, folder)
+    report = json.loads((folder / "report.json").read_text())
+    report["evaluation"] = {"datasets": [
+        {"name": PAYLOAD, "tokens": ATTRIBUTE, "base": {"loss": PAYLOAD, "perplexity": 3.0},
+         "finetune": [1, 2], "compressed": {"loss": 1.25, "perplexity": None},
+         "gain_kept": ATTRIBUTE},
+        "not a row", {"name": ATTRIBUTE}]}
+    report["distillation"] = {"losses": [2.0, PAYLOAD, 1.0], "initial_loss": PAYLOAD,
+                              "final_loss": 1.0, "steps": ATTRIBUTE, "lr": [1],
+                              "calibration": [{"name": PAYLOAD, "rows": 2, "seq_len": 3},
+                                              ATTRIBUTE]}
+    (folder / "report.json").write_text(json.dumps(report))
+    return folder
+
+
+def test_data_sets_and_claimed_evaluations_render_as_text(
+        client: TestClient, tokens: Tokens, seeded: Seeded, ui_models: UiModels,
+        tmp_path: Path) -> None:
+    created = client.post("/datasets", json={"name": "hostile-data", "description": PAYLOAD},
+                          headers=tokens.push)
+    assert created.status_code == 201, created.text
+    text = tmp_path / "notes.txt"
+    text.write_text(PAYLOAD * 3)
+    assert client.put("/datasets/hostile-data/files/notes.txt", content=text.read_bytes(),
+                      headers=tokens.push).status_code == 201
+    assert client.post("/datasets/hostile-data/finalize",
+                       headers=tokens.push).status_code == 200
+    adapter = push_adapter_dir(client, tokens.push, "claims", _hostile_quality_lora(
+        ui_models, tmp_path / "claims"), source=FINETUNE)
+    sign_in(client, tokens.admin)
+    listing = client.get("/ui/datasets")
+    _assert_inert(listing.text, "data sets")
+    assert 'data-dataset="hostile-data"' in listing.text
+    page = client.get(f"/ui/adapters/{adapter['id']}")
+    assert page.status_code == 200
+    _assert_inert(page.text, "adapter with a claimed evaluation")
+    # The rows that are objects are shown, escaped; figures of the wrong type show as "–".
+    rows = re.findall(r'<tr data-dataset="([^"]*)">(.*?)</tr>', page.text, re.S)
+    assert [html.unescape(name) for name, _ in rows] == [PAYLOAD, ATTRIBUTE]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", rows[0][1], re.S)
+    assert [c.strip() for c in cells[1:]] == ["–", "–", "3.000", "–", "–", "1.250", "–", "–"]
+    assert "<tr><th>Loss</th><td>– → 1.000</td></tr>" in page.text  # junk initial loss
+    png = client.get(f"/ui/adapters/{adapter['id']}/plots/loss.png")
+    assert png.status_code == 200
+    assert png.content.startswith(b"\x89PNG")
+    # The fine-tune's compress form offers the data set by its (checked) name only.
+    form = client.get(f"/ui/models/{FINETUNE}").text
+    assert 'name="evaluate" value="hostile-data"' in form
+    _assert_inert(form + ESCAPED, "compress form")
