@@ -15,6 +15,7 @@
 #   kernel_cost  benchmarks/kernel_cost.py: the static cost model's predictions (CPU compile)
 #   compilecheck python -m kernels.compilecheck: registers, spills, shared memory (CPU compile)
 #   kernel_bench benchmarks/kernel_bench.py: the measured table (kernel_bench.md/.json)
+#   distill      benchmarks/distill_bench.py --steps 50 on the GPU (skipped without one)
 #   sweep        kernel_bench.py --sweep: decode tiles for 11008x4096 (sweep.md/.json)
 # kernel_cost and compilecheck need no GPU and run alongside the tests; the benchmark waits
 # for them, so its timings share the machine with nothing. Predictions (kernel_cost.md) and
@@ -60,7 +61,7 @@ unset TRITON_INTERPRET  # the GPU steps compile; only CPU fallbacks set it, per 
 budget=${GPU_CHECK_BUDGET_S:-560}
 status_dir=$(mktemp -d)
 trap 'rm -rf "$status_dir"' EXIT
-STEPS=(env tests_gpu tests_all kernel_cost compilecheck kernel_bench sweep)
+STEPS=(env tests_gpu tests_all kernel_cost compilecheck kernel_bench distill sweep)
 
 # step NAME BOX_SECONDS LOG COMMAND...: run COMMAND with stdout and stderr to LOG (stdout
 # elsewhere if COMMAND redirects it itself), within BOX_SECONDS and the run's budget; its
@@ -169,6 +170,15 @@ fi
 note=$cpu_note step kernel_bench 150 "$out/kernel_bench.log" "${interp[@]}" \
     "$python" benchmarks/kernel_bench.py "${bench_args[@]}" \
     --markdown "$out/kernel_bench.md" --json "$out/kernel_bench.json"
+# Scale distillation on the GPU (the Triton forward, the α backward): time and device peak
+# against compression, two model sizes. It needs transformers and google-re2 besides torch
+# (carry google-re2's wheel if the image lacks it); without them, or without a GPU, it is
+# recorded as skipped, not failed.
+if [[ $cuda == 1 ]] && "$python" -c 'import re2, transformers' 2>/dev/null; then
+    step distill 90 "$out/distill.log" "$python" benchmarks/distill_bench.py --steps 50
+else
+    echo "skipped: needs a CUDA device, transformers and google-re2" >"$status_dir/distill"
+fi
 note=$cpu_note step sweep 140 "$out/sweep.log" "${interp[@]}" \
     "$python" benchmarks/kernel_bench.py --sweep "${sweep_args[@]}" \
     --markdown "$out/sweep.md" --json "$out/sweep.json"

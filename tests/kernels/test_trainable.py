@@ -125,3 +125,29 @@ def _grads(fn: object, x: torch.Tensor, scale: torch.Tensor, upstream: torch.Ten
     assert xg.grad is not None
     assert ag.grad is not None
     return xg.grad, ag.grad
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("per_row", [True, False], ids=["alpha-per-row", "alpha-per-matrix"])
+def test_cuda_fp16_gradients_match_float64_at_a_7b_shape(triton_kernels: ModuleType,
+                                                         per_row: bool) -> None:
+    """What distillation runs on a GPU: fp16 activations and weights of a Llama-7B
+    projection, the Triton forward, against autograd through the dense float64 weight."""
+    n, k = 4096, 4096
+    w, bits, scale = _layer(n, k, per_row, torch.float16, seed=7)
+    x = torch.randn((2, 64, k), generator=torch.Generator().manual_seed(8)).half()
+    upstream = torch.randn((2, 64, n), generator=torch.Generator().manual_seed(9)).half()
+    cuda = torch.device("cuda")
+    xg = x.to(cuda).requires_grad_(True)
+    alpha = scale.to(cuda).requires_grad_(True)
+    y = bitdelta_linear_trainable(xg, w.to(cuda), bits.to(cuda), alpha, backend="triton")
+    y.backward(upstream.to(cuda))
+    ref_x, ref_alpha = _grads(lambda x, a: _dense(x, w.double(), bits, a), x.double(),
+                              scale.double(), upstream.double())
+    assert xg.grad is not None
+    assert alpha.grad is not None
+    # fp16 products over K = 4096 terms: compare in relative Frobenius terms.
+    for got, want in ((xg.grad, ref_x), (alpha.grad, ref_alpha)):
+        error = (got.double().cpu() - want).norm() / want.norm()
+        assert error < 2e-3, float(error)
