@@ -28,6 +28,7 @@ from compress.tensorio import TensorSource
 from registry.database import Database
 from registry.jobs import quality_stage, queue
 from registry.jobs.inputs import open_model
+from registry.jobs.layer_rows import codec_layers, verify_layers
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import AdapterKind, CompressMethod
@@ -229,12 +230,13 @@ def _verify(claimed: queue.ClaimedJob, base: TensorSource, finetune: TensorSourc
     device = "cuda" if claimed.params["verify"] == "gpu" else ctx.device
     result = verify_delta(base, finetune, out, device=device,
                           progress=report.callback("verifying", *span))
-    summary: dict[str, Any] = result.to_dict()["summary"]
+    full = result.to_dict()
+    summary: dict[str, Any] = full["summary"]
     if not result.ok:
         raise KernelDisagrees(
             f"the kernel disagreed with the reference on {summary['kernel_failures']}; "
             "the delta was not registered")
-    return summary
+    return {**summary, "layers": verify_layers(full)}
 
 
 class KernelDisagrees(CodecError):
@@ -266,7 +268,7 @@ def _quality(claimed: queue.ClaimedJob, codec: dict[str, Any], verified: dict[st
                         weight_rel_error_mean=summary.get("mean_error"),
                         verified_with="factor errors measured as stored")
     return {**headline, "codec": details, "distillation": distilled, "verify": verified,
-            "evaluation": evaluated}
+            "evaluation": evaluated, **codec_layers(codec)}
 
 
 def _check_max_error(claimed: queue.ClaimedJob, quality: dict[str, Any]) -> None:

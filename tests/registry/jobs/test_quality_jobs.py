@@ -78,6 +78,13 @@ def test_distilled_and_evaluated_jobs_rank_by_gain_kept(app: FastAPI, client: Te
     assert 0.5 < plain_q["gain_kept"] < distilled_q["gain_kept"] - 0.02
     assert "distillation" in plain_q
     assert plain_q["distillation"] is None
+    tensors, layers = distilled_q["tensors"], distilled_q["verify"]["layers"]
+    assert len(tensors) == len(layers) == 14  # seven projections in each of two layers
+    assert all(t["kind"] == "bitdelta" and 0 < t["weight_rel_error"] < 1 for t in tensors)
+    assert {row["module"] for row in layers} == {t["name"].removesuffix(".weight")
+                                                 for t in tensors}
+    listed = client.get("/adapters", params={"base": BASE}, headers=tokens.read).json()
+    assert all("tensors" not in a["quality"] for a in listed["items"])  # detail stays out
 
     ranked = client.get("/adapters", params={"base": BASE, "sort": "gain_kept"},
                         headers=tokens.read).json()["items"]
@@ -93,6 +100,10 @@ def test_a_lora_job_is_evaluated_too(app: FastAPI, client: TestClient, tokens: T
     quality = _finished(client, tokens, job["id"])["quality"]
     assert quality["gain_kept"] == quality["evaluation"]["datasets"][0]["gain_kept"]
     assert isinstance(quality["gain_kept"], float)
+    modules = quality["modules"]  # per module, for the adapter page's pictures
+    assert len(modules) == 14
+    assert all(m["rank"] == 4 and 0 < m["error"] < 1 for m in modules)
+    assert all(1 <= len(m["singular_values"]) <= 64 for m in modules)
 
 
 BAD = [

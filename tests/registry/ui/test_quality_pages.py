@@ -137,12 +137,15 @@ def test_a_job_from_the_form_shows_its_evaluation_and_distillation(
     assert _facts(page, "Steps") == "20"
     assert _facts(page, "Learning rate") == "0.001"
     assert _facts(page, "Calibration data").startswith("py-train: python_train.safetensors (")
-    loss_url = f"/ui/adapters/{adapter_id}/plots/loss.png"
-    assert f'src="{loss_url}"' in page
-    png = client.get(loss_url)
-    assert png.status_code == 200
-    assert png.headers["content-type"] == "image/png"
-    assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+    # A job-made adapter keeps its per-layer figures: weight errors, verification per
+    # layer, and the distillation's loss curve, each drawn.
+    for kind in ("loss", "errors", "verify"):
+        url = f"/ui/adapters/{adapter_id}/plots/{kind}.png"
+        assert f'src="{url}"' in page
+        png = client.get(url)
+        assert png.status_code == 200
+        assert png.headers["content-type"] == "image/png"
+        assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
 
     lineage = client.get(f"/ui/models/{PAIR_BASE}").text
     assert f"gain kept {100 * quality['gain_kept']:.1f} %" in _adapter_row(lineage,

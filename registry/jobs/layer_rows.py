@@ -1,0 +1,49 @@
+"""Per-layer figures a job keeps in the adapter's quality, cut to what pages draw.
+
+A job's codec report is not stored as a file (it carries timings, so identical weights
+would make new content each time), and its full per-tensor detail is more than a quality
+record needs. These keep, per layer, the numbers the adapter page plots: the weight
+error of each compressed tensor (BitDelta) or module (LoRA, with its leading singular
+values), and verification's output error per layer. Listings never carry them: they show
+only a quality's top-level figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Singular values kept per LoRA module: enough to see the decay past any useful rank.
+MAX_SINGULAR_VALUES = 64
+
+
+def codec_layers(codec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """`tensors` (BitDelta's compressed ones) and/or `modules` (LoRA), compacted."""
+    kept: dict[str, list[dict[str, Any]]] = {}
+    tensors = [_pick(row, ("name", "kind", "weight_rel_error", "delta_rel_error"))
+               for row in _rows(codec.get("tensors")) if row.get("kind") == "bitdelta"]
+    if tensors:
+        kept["tensors"] = tensors
+    modules = []
+    for row in _rows(codec.get("modules")):
+        module = _pick(row, ("module", "rank", "error"))
+        values = row.get("singular_values")
+        if isinstance(values, list):
+            module["singular_values"] = values[:MAX_SINGULAR_VALUES]
+        modules.append(module)
+    if modules:
+        kept["modules"] = modules
+    return kept
+
+
+def verify_layers(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each verified layer's output error against the fine-tune, and the kernel's."""
+    return [_pick(row, ("module", "compression_rel_error", "kernel_max_rel_error"))
+            for row in _rows(report.get("layers"))]
+
+
+def _rows(value: Any) -> list[dict[str, Any]]:
+    return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else []
+
+
+def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: row[key] for key in keys if key in row}
