@@ -52,7 +52,7 @@ CASES = [
     Hostile("jsonl_without_text", "docs.jsonl", b'{"text": "ok"}\n{"body": "no"}\n', 422,
             "InvalidDataset", "line 2"),
     Hostile("jsonl_text_not_a_string", "docs.jsonl", b'{"text": 5}\n', 422,
-            "InvalidDataset", "a int"),
+            "InvalidDataset", "it is a number"),
     Hostile("jsonl_not_json", "docs.jsonl", b'{"text": "ok"}\n{text: no}\n', 422,
             "InvalidDataset", "line 2"),
     Hostile("jsonl_nan", "docs.jsonl", b'{"text": "a", "w": NaN}\n', 422, "InvalidDataset",
