@@ -26,7 +26,7 @@ import pytest
 
 from registry.auth.service import create_token
 from registry.db import make_engine, make_session_factory, unit_of_work
-from tests.registry.api import register_model
+from tests.registry.api import push_dataset, register_model
 from tests.registry.serverproc import ServerProcess, serve
 from tests.registry.ui.conftest import BASE, DIRECT, FINETUNE, LORA, UiModels, push_adapter_dir
 from tests.registry.workerproc import WorkerPool, WorkerProcess, poll_until
@@ -142,6 +142,7 @@ def site(database_url: str, tmp_path: Path, ui_models: UiModels) -> Iterator[Sit
                              source=FINETUNE)
             push_adapter_dir(site.api, {}, DIRECT, ui_models.lora,  # type: ignore[arg-type]
                              skip=("report.json", "spectra.png"))
+            _push_text_dataset(site.api, tmp_path)
             pool.wait_started([worker])
             yield site
         except BaseException:
@@ -150,6 +151,14 @@ def site(database_url: str, tmp_path: Path, ui_models: UiModels) -> Iterator[Sit
         finally:
             site.api.close()
             pool.stop_all()
+
+
+def _push_text_dataset(api: httpx.Client, folder: Path) -> None:
+    """A data set to list: evaluation text in one file."""
+    path = folder / "heldout.txt"
+    path.write_text("def add(a, b):\n    return a + b\n" * 50)
+    push_dataset(api, {}, "code-heldout", path,  # type: ignore[arg-type]
+                 description="held-out Python for evaluation")
 
 
 def _sign_in(page: Any, site: Site, token: str) -> None:
@@ -198,6 +207,11 @@ def test_a_user_browses_compresses_and_cancels(browser: Any, site: Site,
 
     _cancel_a_job(page, site, artifacts)
     _compress_from_the_form(page, site, artifacts)
+
+    page.click("nav a[href='/ui/datasets']")
+    page.wait_for_url(site.url("/ui/datasets"))
+    assert page.locator("text=code-heldout").count() >= 1
+    _shot(page, artifacts, "datasets")
 
     page.click("#signout")
     page.wait_for_url(site.url("/ui/signin"))
