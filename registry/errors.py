@@ -89,6 +89,10 @@ class Conflict(APIError):
     status_code = 409
 
 
+class DatasetChanged(Conflict):
+    """A data set a job names was replaced since the job was queued."""
+
+
 class NameTaken(Conflict):
     pass
 

@@ -24,7 +24,6 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header
@@ -32,7 +31,6 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,8 +38,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from registry.auth.service import authenticate
 from registry.auth.tokens import Scope as TokenScope
 from registry.database import Database
+from registry.jobs.repository import JobRepository
 from registry.settings import Settings
-from registry.tables import CompressMethod, Job, JobStatus
+from registry.tables import CompressMethod, JobStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNMATCHED = "<unmatched>"
@@ -89,27 +88,8 @@ class JobStats:
     durations: dict[CompressMethod, list[float]]  # seconds of each finished run
 
 
-class JobStatsRepository:
-    """The two queries a scrape makes (kept here: only /metrics asks them)."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def counts_by_status(self) -> dict[JobStatus, int]:
-        rows = self.session.execute(select(Job.status, func.count()).group_by(Job.status))
-        return {status: int(count) for status, count in rows}
-
-    def finished_runs(self) -> Iterable[tuple[CompressMethod, datetime, datetime]]:
-        rows = self.session.execute(
-            select(Job.method, Job.started_at, Job.finished_at)
-            .where(Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)),
-                   Job.started_at.is_not(None), Job.finished_at.is_not(None)))
-        return [(method, started, finished) for method, started, finished in rows
-                if started is not None and finished is not None]
-
-
 def job_stats(session: Session) -> JobStats:
-    repo = JobStatsRepository(session)
+    repo = JobRepository(session)
     durations: dict[CompressMethod, list[float]] = {m: [] for m in CompressMethod}
     for method, started, finished in repo.finished_runs():
         durations[method].append(max(0.0, (finished - started).total_seconds()))

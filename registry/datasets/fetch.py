@@ -15,11 +15,12 @@ from registry.client.files import sha256_of, write_checked
 from registry.database import Database
 from registry.datasets.service import get_final_dataset
 from registry.downloads import StoredFile
+from registry.errors import DatasetChanged
 from registry.storage.base import BlobStore
 
 
-def fetch_dataset_files(database: Database, store: BlobStore, name: str,
-                        dest: Path) -> list[Path]:
+def fetch_dataset_files(database: Database, store: BlobStore, name: str, dest: Path,
+                        digest: str | None = None) -> list[Path]:
     """Write the files of the finalized data set `name` into `dest`; their paths, in file
     name order.
 
@@ -27,10 +28,16 @@ def fetch_dataset_files(database: Database, store: BlobStore, name: str,
     InvalidDataset (a CodecError: the job's input is bad, retrying will not help) when a
     stored blob does not hash to its recorded sha256. A file already in `dest` with the
     right sha256 is kept, so a retried job copies only what it lacks; no file appears in
-    `dest` until it is whole.
+    `dest` until it is whole. With `digest` (what a job pinned when it was queued), a data
+    set deleted and pushed again with other content since is refused (DatasetChanged).
     """
     with database.reading() as session:
         dataset = get_final_dataset(session, name)
+        if digest is not None and dataset.content_digest != digest:
+            raise DatasetChanged(
+                f"data set {name!r} was replaced after this job was queued (digest "
+                f"{digest[:12]} then, {str(dataset.content_digest)[:12]} now); queue the "
+                "job again to use it")
         files = [StoredFile(f.filename, f.sha256, f.size) for f in dataset.files]
     dest.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -4,7 +4,8 @@ Both codecs take local data files; a job's data sets are in the blob store, so e
 it names is fetched into the attempt's scratch directory first (sha256-checked; data sets
 are at most MAX_DATASET_BYTES a file, small next to the models, which stay in the store
 and are read in place). The digest pinned when the job was queued must still be the data
-set's: data deleted and pushed again under the name is not what the job was asked for.
+set's (checked in the transaction that lists the files): data deleted and pushed again
+under the name is not what the job was asked for.
 """
 
 from __future__ import annotations
@@ -18,30 +19,15 @@ from compress.progress import ProgressFn
 from compress.quality import evaluate_quality
 from compress.tensorio import TensorSource
 from registry.datasets.fetch import fetch_dataset_files
-from registry.datasets.service import get_final_dataset
-from registry.errors import Conflict
 
 if TYPE_CHECKING:
     from registry.jobs.runner import Context  # runner imports this module
 
 
-class DatasetChanged(Conflict):
-    """A data set the job names was replaced since the job was queued."""
-
-
 def fetch_pinned(ctx: Context, pinned: dict[str, str], scratch: Path) -> list[Path]:
     """The files of the data set `pinned` ({name, digest}) in `scratch/data/<name>/`."""
-    name, digest = pinned["name"], pinned["digest"]
-    with ctx.database.reading() as session:
-        current = get_final_dataset(session, name).content_digest
-    if current != digest:
-        raise DatasetChanged(
-            f"data set {name!r} was replaced after this job was queued (digest "
-            f"{digest[:12]} then, {str(current)[:12]} now); queue the job again to use it")
-    dest = scratch / "data" / name
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    return fetch_dataset_files(ctx.database, ctx.store, name, dest)
+    return fetch_dataset_files(ctx.database, ctx.store, pinned["name"],
+                               scratch / "data" / pinned["name"], digest=pinned["digest"])
 
 
 def distill(params: dict[str, Any], base: TensorSource, finetune: TensorSource, delta: Path,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.repository import newest_first
@@ -86,3 +86,17 @@ class JobRepository:
         now = utcnow()
         return self.fenced_update(lease, heartbeat_at=now,
                                   lease_expires_at=now + timedelta(seconds=lease_seconds))
+
+    # What /metrics reads at each scrape (registry/metrics.py).
+    def counts_by_status(self) -> dict[JobStatus, int]:
+        rows = self.session.execute(select(Job.status, func.count()).group_by(Job.status))
+        return {status: int(count) for status, count in rows}
+
+    def finished_runs(self) -> list[tuple[CompressMethod, datetime, datetime]]:
+        """(method, started, finished) of every job that ran to success or failure."""
+        rows = self.session.execute(
+            select(Job.method, Job.started_at, Job.finished_at)
+            .where(Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)),
+                   Job.started_at.is_not(None), Job.finished_at.is_not(None)))
+        return [(method, started, finished) for method, started, finished in rows
+                if started is not None and finished is not None]

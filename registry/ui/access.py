@@ -8,7 +8,7 @@ delete a version); anything less is a 403 page, never a redirect.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
@@ -65,16 +65,17 @@ AdminAction = Annotated[Viewer, Depends(RequireAction("admin"))]
 
 async def read(request: Request, work: Callable[[Session], T]) -> T:
     """`work` in a read transaction (registry/database.py); an API error becomes a page."""
-    try:
-        result: T = await request.app.state.database.read(work)
-    except APIError as exc:
-        raise PageError.of(exc) from exc
-    return result
+    return await _page_turn(request.app.state.database.read, work)
 
 
 async def write(request: Request, work: Callable[[Session], T]) -> T:
+    """`work` in a write transaction; an API error becomes a page."""
+    return await _page_turn(request.app.state.database.write, work)
+
+
+async def _page_turn(turn: Callable[[Callable[[Session], T]], Awaitable[T]],
+                     work: Callable[[Session], T]) -> T:
     try:
-        result: T = await request.app.state.database.write(work)
+        return await turn(work)
     except APIError as exc:
         raise PageError.of(exc) from exc
-    return result
