@@ -6,10 +6,11 @@ one α per matrix). The error is therefore known from two sums, Σ|ΔW| and ‖�
 materialising α·s: the encoder makes one pass over ΔW, a slab of rows at a time, and
 never holds more than the inputs plus a cache-sized float32 slab.
 
-On the CPU the elementwise work (float32 conversions, ΔW, its signs, |ΔW|) runs on
-L2-sized chunks of a slab and the sign bits are packed with numpy's SIMD compare and
-`packbits`; the reductions (row sums, norms) stay per slab, on the same float32 values in
-the same order as ever, so the output is bit-identical to the plain computation
+On the CPU the elementwise work (float32 conversions, ΔW, its signs, |ΔW|) and the row
+sums run on L2-sized chunks of a slab, and the sign bits are packed with numpy's SIMD
+compare and `packbits`. torch reduces each row on its own, so chunked row sums equal
+whole-matrix ones; the norms stay per slab, on the same float32 values in the same order
+as ever, so the output is bit-identical to the plain computation
 (tests/compress/bitdelta/test_codec_fast.py holds that computation).
 
 Statistics: row sums accumulate in float32 (torch's cascaded reductions, relative error
@@ -262,8 +263,8 @@ def _encode_slabs(slabs: list[tuple[int, int]], k: int, rows: _Rows, packed: tor
                   abs_sums: torch.Tensor) -> SlabSums:
     """Fill `packed` (sign bytes) and `abs_sums` for these slabs; return their norms².
 
-    Inside a slab, the elementwise work (conversions, ΔW, signs, |ΔW|) runs in chunks
-    of `_CHUNK_ELEMENTS` that stay in the core's L2 cache; the row sums and norms then
+    Inside a slab, the elementwise work (conversions, ΔW, signs, |ΔW|) and the row sums
+    run in chunks of `_CHUNK_ELEMENTS` that stay in the core's L2 cache; the norms then
     read the whole float32 slab once each.
     """
     if not slabs:
@@ -282,7 +283,9 @@ def _encode_slabs(slabs: list[tuple[int, int]], k: int, rows: _Rows, packed: tor
             rows.fill(d[lo:hi], ft[lo:hi], start + lo, start + hi)
             _pack_sign_bytes(d[lo:hi], flags, packed[start + lo : start + hi])
             d[lo:hi].abs_()
-        torch.sum(d, dim=1, out=abs_sums[start:stop])
+            # Each row is reduced on its own whatever the rows beside it (tested), so
+            # summing while the chunk is in L2 gives the per-slab sums' bits.
+            torch.sum(d[lo:hi], dim=1, out=abs_sums[start + lo : start + hi])
         finetune_sq = float(torch.linalg.vector_norm(ft)) ** 2 if rows.base is not None else 0.0
         sums.append((float(torch.linalg.vector_norm(d)) ** 2, finetune_sq))
     return sums
