@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -29,13 +29,21 @@ class _Failed:
 
 
 @contextlib.contextmanager
-def prefetching(items: Iterable[T], depth: int = 1) -> Iterator[Iterator[T]]:
+def prefetching(items: Iterable[T], depth: int = 1,
+                light: Callable[[T], bool] | None = None) -> Iterator[Iterator[T]]:
     """`with prefetching(gen) as it: for x in it: ...` with `gen` run on a reader thread.
 
     The reader starts on an item only when fewer than `depth` items wait ahead of the
     one the caller holds: with depth 1, it reads item k+1 while the caller works on
     item k, so two items are alive at a time.
+
+    Items for which `light(item)` is true (small ones) do not count towards `depth`:
+    otherwise the reader, having made a small item k+1 in a moment, would idle until
+    the caller finished item k, and the caller would then wait for all of item k+2.
     """
+    def is_light(item: T) -> bool:
+        return light is not None and light(item)
+
     slots: queue.Queue[T | _Done | _Failed] = queue.Queue()
     room = threading.Semaphore(depth)
     stop = threading.Event()
@@ -55,6 +63,8 @@ def prefetching(items: Iterable[T], depth: int = 1) -> Iterator[Iterator[T]]:
                 except StopIteration:
                     slots.put(_Done())
                     return
+                if is_light(item):
+                    room.release()  # it holds no room: the reader goes straight on
                 slots.put(item)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             slots.put(_Failed(exc))
@@ -66,7 +76,8 @@ def prefetching(items: Iterable[T], depth: int = 1) -> Iterator[Iterator[T]]:
                 return
             if isinstance(item, _Failed):
                 raise item.error
-            room.release()  # the reader may start on the next item now
+            if not is_light(item):
+                room.release()  # the reader may start on the next item now
             yield item
 
     thread = threading.Thread(target=produce, name="deltahub-prefetch", daemon=True)

@@ -55,3 +55,40 @@ def test_leaving_early_stops_the_producer() -> None:
         consume()
     assert threading.active_count() == before  # joined, not leaked
     assert len(produced) < 10  # at most a queue's worth ahead, then it stopped
+
+
+def test_light_items_do_not_hold_up_the_reader() -> None:
+    """With depth 1, a small item k+1 does not stop the reader from making item k+2 while
+    the caller still holds item k; a heavy one does."""
+    produced: list[str] = []
+    third_made = threading.Event()
+
+    def produce() -> Iterator[str]:
+        for name in ["heavy0", "light1", "heavy2", "heavy3"]:
+            produced.append(name)
+            if name == "heavy2":
+                third_made.set()
+            yield name
+
+    with prefetching(produce(), light=lambda item: item.startswith("light")) as items:
+        assert next(items) == "heavy0"
+        assert third_made.wait(timeout=30), f"the reader stopped after {produced}"
+        # heavy2 now holds the one room ahead: the reader must not start on heavy3.
+        threading.Event().wait(0.2)
+        assert produced == ["heavy0", "light1", "heavy2"]
+        assert list(items) == ["light1", "heavy2", "heavy3"]
+
+
+def test_without_light_items_a_small_item_takes_the_room() -> None:
+    produced: list[str] = []
+
+    def produce() -> Iterator[str]:
+        for name in ["heavy0", "light1", "heavy2"]:
+            produced.append(name)
+            yield name
+
+    with prefetching(produce()) as items:
+        assert next(items) == "heavy0"
+        threading.Event().wait(0.2)
+        assert produced == ["heavy0", "light1"]
+        assert list(items) == ["light1", "heavy2"]
