@@ -121,6 +121,11 @@ def compress_bitdelta(
     return report
 
 
+# A tensor stored whole up to this size (norms, biases; not embeddings) is read ahead
+# without waiting for room: a model's many small tensors together stay small.
+_LIGHT_BYTES = 1 << 20
+
+
 @dataclass(frozen=True)
 class _Job:
     """One fine-tune tensor to put in the delta: compressed (`spec` set) or stored whole."""
@@ -187,12 +192,25 @@ def _planned(job: _Job, mode: ScaleMode) -> list[PlannedTensor]:
 def _read_jobs(pair: ModelPair, jobs: list[_Job], buffers: BufferPool
                ) -> Iterator[tuple[_Job, torch.Tensor | None, torch.Tensor]]:
     """Runs on the reader thread, into `buffers` that `_stream` gives back once a job is
-    written. Stored tensors were checked finite by the scan."""
-    for job in jobs:
+    written. Stored tensors were checked finite by the scan.
+
+    Each job's read first asks for the next job's bytes ahead (`will_need`): from a cold
+    local disk, the device then streams job k+1 while job k is copied out of the page
+    cache, instead of idling between synchronous reads.
+    """
+    for i, job in enumerate(jobs):
+        if i + 1 < len(jobs):
+            _hint(pair, jobs[i + 1])
         base = None
         if job.spec is not None:
             base = pair.base.tensor(job.name, buffers.take(pair.base.entry(job.name).nbytes))
         yield job, base, pair.finetune.tensor(job.name, buffers.take(job.nbytes))
+
+
+def _hint(pair: ModelPair, job: _Job) -> None:
+    if job.spec is not None:
+        pair.base.will_need(job.name)
+    pair.finetune.will_need(job.name)
 
 
 def _stream(pair: ModelPair, jobs: list[_Job], writer: ShardedWriter, mode: ScaleMode,
@@ -203,7 +221,10 @@ def _stream(pair: ModelPair, jobs: list[_Job], writer: ShardedWriter, mode: Scal
     # the pair being encoded and the one the reader holds ahead of it, so as much memory
     # as fresh tensors took.
     buffers = BufferPool()
-    with prefetching(_read_jobs(pair, jobs, buffers)) as items:
+    # Tensors stored whole that are small (norms, biases) do not hold up the reader.
+    with prefetching(_read_jobs(pair, jobs, buffers),
+                     light=lambda item: item[0].spec is None and item[0].nbytes <= _LIGHT_BYTES
+                     ) as items:
         for job, base, finetune in items:
             if job.spec is None or base is None:
                 writer.write(job.name, finetune)

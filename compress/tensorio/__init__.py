@@ -4,7 +4,8 @@
   fine-tune, checked to match), `read_header`, `prefetching` (a reader thread ahead),
   `BufferPool` (read buffers reused from tensor to tensor);
 - sources: `TensorSource`, what every reader reads a model through (file names, sizes,
-  positioned reads), `LocalSource` over a path; a `ModelInput` is a path or a source;
+  positioned reads), `LocalSource` over a path (which can also read ahead,
+  `ReadAheadSource`); a `ModelInput` is a path or a source;
 - write: `ShardedWriter` (tensor by tensor, sharded past a size) inside
   `atomic_output_dir` (nothing appears unless the whole run succeeds);
 - validate: `StreamingValidator` (chunk by chunk, as an upload arrives), the header and
@@ -55,6 +56,7 @@ from compress.tensorio.prefetch import prefetching
 from compress.tensorio.sources import (
     LocalSource,
     ModelInput,
+    ReadAheadSource,
     TensorSource,
     as_source,
     describe_model,
@@ -87,6 +89,7 @@ __all__ = [
     "ModelInput",
     "ModelPair",
     "PlannedTensor",
+    "ReadAheadSource",
     "SafetensorsHeader",
     "ShardedWriter",
     "StreamingValidator",

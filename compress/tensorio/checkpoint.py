@@ -30,6 +30,7 @@ from compress.tensorio.pickles import PICKLE_SUFFIXES, pickle_refusal, refuse_pi
 from compress.tensorio.sources import (
     LocalSource,
     ModelInput,
+    ReadAheadSource,
     TensorSource,
     as_source,
     read_range,
@@ -125,6 +126,15 @@ class Checkpoint:
             self.source.read_into(spec.file, header.data_start + entry.start,
                                   data.numpy().data)
         return data.view(entry.torch_dtype).reshape(entry.shape)
+
+    def will_need(self, name: str) -> None:
+        """Hint that tensor `name` will be read soon (see `ReadAheadSource`); a source
+        that cannot prefetch ignores it."""
+        if isinstance(self.source, ReadAheadSource):
+            spec = self.manifest[name]
+            header = self.headers[spec.file]
+            entry = header.tensors[name]
+            self.source.will_need(spec.file, header.data_start + entry.start, entry.nbytes)
 
     def finite_tensor(self, name: str) -> torch.Tensor:
         """`tensor(name)`, refusing NaN and Inf with the tensor's name."""

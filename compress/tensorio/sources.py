@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from compress.errors import InvalidModel
 from compress.tensorio.pickles import refuse_pickle_name
@@ -51,6 +51,15 @@ class TensorSource(Protocol):
         """Release what the source holds open (files, connections, threads). Closing is
         not final: a later read opens what it needs again, so one source can serve
         several passes (a codec, then verification)."""
+
+
+@runtime_checkable
+class ReadAheadSource(Protocol):
+    """A source that can start fetching a range before it is read (local files)."""
+
+    def will_need(self, file: str, offset: int, length: int) -> None:
+        """Hint that `length` bytes of `file` from `offset` will be read soon; returns
+        at once. A source that cannot act on it does nothing."""
 
 
 # What every public reader of a model accepts: a path, as always, or a source.
@@ -118,6 +127,13 @@ class LocalSource:
                     f"{file}: ended at byte {offset + filled}, before the {len(buffer)} bytes "
                     f"asked for at byte {offset}; was the file changed while deltahub read it?")
             filled += got
+
+    def will_need(self, file: str, offset: int, length: int) -> None:
+        """The kernel reads the range into the page cache in the background, so the disk
+        keeps streaming the next tensor while the current one is copied and encoded."""
+        if hasattr(os, "posix_fadvise") and length > 0:  # not on macOS or Windows
+            os.posix_fadvise(self._handle(file).fileno(), offset, length,
+                             os.POSIX_FADV_WILLNEED)
 
     def read_bytes(self, file: str) -> bytes:
         return self._path(file).read_bytes()  # no handle kept: it is read once

@@ -22,6 +22,7 @@ from compress.tensorio import (
     LocalSource,
     ModelInput,
     ModelPair,
+    ReadAheadSource,
     TensorSource,
     copy_config,
     describe_model,
@@ -225,3 +226,55 @@ def test_a_failing_source_leaves_no_output(tiny_base: Path, tiny_finetune: Path,
     with pytest.raises(InvalidModel, match="the store went away"):
         compress_bitdelta(tiny_base, failing, tmp_path / "out", workers=1)
     assert nothing_written(tmp_path / "out")
+
+
+class HintedSource(MemorySource):
+    """A MemorySource that can read ahead: records each `will_need` hint among the reads."""
+
+    def __init__(self, name: str, files: dict[str, bytes]) -> None:
+        super().__init__(name, files)
+        self.events: list[tuple[str, str, int, int]] = []
+
+    def will_need(self, file: str, offset: int, length: int) -> None:
+        self.events.append(("hint", file, offset, length))
+
+    def read_into(self, file: str, offset: int, buffer: memoryview) -> None:
+        self.events.append(("read", file, offset, len(buffer)))
+        super().read_into(file, offset, buffer)
+
+
+def test_bitdelta_asks_for_each_tensor_ahead_of_reading_it(
+        tiny_base: Path, tiny_finetune: Path, tmp_path: Path) -> None:
+    """Each compressed weight's exact byte range is hinted, in both models, before it is
+    read, while an earlier tensor is still being read; the output is unchanged."""
+    base = HintedSource("base", MemorySource.of(tiny_base)._files)
+    tuned = HintedSource("tuned", MemorySource.of(tiny_finetune)._files)
+    assert isinstance(tuned, ReadAheadSource)
+    compress_bitdelta(tiny_base, tiny_finetune, tmp_path / "plain", workers=1)
+    report = compress_bitdelta(base, tuned, tmp_path / "hinted", workers=1)
+    assert output_files(tmp_path / "hinted") == output_files(tmp_path / "plain")
+    compressed = [t.name for t in report.tensors if t.kind == "bitdelta"]
+    assert len(compressed) > 1
+    for source, directory in ((base, tiny_base), (tuned, tiny_finetune)):
+        hints = [e[1:] for e in source.events if e[0] == "hint"]
+        with Checkpoint.open(directory) as ckpt:
+            header = ckpt.headers["model.safetensors"]
+            ranges = {("model.safetensors", header.data_start + header.tensors[n].start,
+                       header.tensors[n].nbytes) for n in compressed[1:]}
+        assert ranges <= set(hints)  # every weight after the first is asked for ahead
+        for hint in hints:
+            at = source.events.index(("hint", *hint))
+            assert ("read", *hint) in source.events[at:]  # then read, not forgotten
+
+
+def test_local_source_read_ahead_accepts_any_range_of_its_files(tiny_finetune: Path) -> None:
+    source = LocalSource(tiny_finetune)
+    assert isinstance(source, ReadAheadSource)
+    size = source.size("model.safetensors")
+    source.will_need("model.safetensors", 0, size)
+    source.will_need("model.safetensors", size - 1, 0)
+    with pytest.raises(InvalidModel, match="has no file"):
+        source.will_need("../secrets", 0, 1)
+    source.close()
+    with Checkpoint.open(MemorySource.of(tiny_finetune)) as ckpt:
+        ckpt.will_need(ckpt.manifest.names[0])  # a source that cannot read ahead: no-op
