@@ -68,6 +68,12 @@ def start_push(session: Session, settings: Settings, name: str, description: str
     """
     check_name(name, "data set name")
     digest = drafts.check_declared(declared, lambda f: dataset_file_rule(f, settings))
+    return drafts.racing_first_push(
+        session, lambda: _start_draft(session, name, description, token_id, digest))
+
+
+def _start_draft(session: Session, name: str, description: str | None,
+                 token_id: int | None, digest: str | None) -> tuple[Dataset, bool]:
     repo = DatasetRepository(session)
     existing = repo.by_name(name, lock=True)
     if existing is not None:

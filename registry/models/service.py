@@ -93,6 +93,12 @@ def start_push(session: Session, settings: Settings, name: str, kind: ModelKind,
     check_name(name, "model name")
     base_id = _base_id(session, kind, base_ref)
     digest = drafts.check_declared(declared, lambda f: model_file_rule(f, settings))
+    return drafts.racing_first_push(
+        session, lambda: _start_draft(session, name, kind, base_id, token_id, digest))
+
+
+def _start_draft(session: Session, name: str, kind: ModelKind, base_id: int | None,
+                 token_id: int | None, digest: str | None) -> tuple[Model, bool]:
     repo = ModelRepository(session)
     existing = repo.by_ref(name, lock=True)
     if existing is not None:
