@@ -22,6 +22,7 @@ cache (posix_fadvise DONTNEED, after fsync) before each timed run, so reads hit 
     python benchmarks/bitdelta_bench.py                        # 2 and 4 layers, warm and cold
     python benchmarks/bitdelta_bench.py --layers 2 4 8 --repeats 3 --cache warm
     python benchmarks/bitdelta_bench.py --tiny                 # seconds: a smoke check
+    python benchmarks/bitdelta_bench.py --baseline ac97bf7     # and the codec of a commit
 
 Models are generated once under .bench/bitdelta/ (git-ignored; about 0.8 GB per 2 layers per
 model) and reused; `--clean` removes them at the end.
@@ -169,11 +170,15 @@ def model_bytes(directory: Path) -> int:
 
 
 def read_both(base: Path, finetune: Path) -> None:
-    """Every tensor of both models, read as `compress_bitdelta` reads them."""
+    """Every tensor of both models, read as `compress_bitdelta` reads them: into reused
+    buffers, each read first asking for the next tensor's bytes ahead (`will_need`)."""
     buffers = BufferPool()
     with ModelPair.open(base, finetune) as pair:
-        for name in pair.names:
+        names = pair.names
+        for i, name in enumerate(names):
             for model in (pair.base, pair.finetune):
+                if i + 1 < len(names):
+                    model.will_need(names[i + 1])
                 buffers.give_back(model.tensor(name, buffers.take(model.entry(name).nbytes)))
 
 
@@ -211,9 +216,11 @@ def child(mode: str, base: Path, finetune: Path, cold: bool, workers: int | None
     return result
 
 
-def run_child(mode: str, base: Path, finetune: Path, cold: bool, workers: int | None = None
-              ) -> dict[str, float]:
-    command = [sys.executable, __file__, "--child", mode, "--base", str(base),
+def run_child(mode: str, base: Path, finetune: Path, cold: bool, workers: int | None = None,
+              script: Path = Path(__file__)) -> dict[str, float]:
+    """`mode` timed in a fresh process: this script's child, or (`script`) a baseline
+    checkout's own, which then imports that checkout's codec."""
+    command = [sys.executable, str(script), "--child", mode, "--base", str(base),
                "--finetune", str(finetune)] + (["--cold"] if cold else [])
     if workers is not None:
         command += ["--workers", str(workers)]
@@ -222,19 +229,38 @@ def run_child(mode: str, base: Path, finetune: Path, cold: bool, workers: int | 
     return result
 
 
+def baseline_script(rev: str) -> Path:
+    """This benchmark in a checkout of commit `rev` (extracted once under .bench/), so the
+    codec before a change runs interleaved with the codec now, on the same noisy box."""
+    repo = Path(__file__).resolve().parents[1]
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    tree = ROOT.parent / "baseline" / sha[:12]
+    if not (tree / "complete").exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", sha], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        (tree / "complete").write_text(sha + "\n")
+    return tree / "benchmarks" / "bitdelta_bench.py"
+
+
 # ---------------------------------------------------------------- the table
 
 
 def measure(layers: int, base: Path, finetune: Path, cache: str, repeats: int,
-            workers: int | None) -> dict[str, float]:
+            workers: int | None, baseline: Path | None = None) -> dict[str, float]:
     cold = cache == "cold"
     if not cold:  # warm the page cache once, untimed
         run_child("read", base, finetune, cold=False)
-    reads, fresh, compressions = [], [], []
+    reads, fresh, compressions, before = [], [], [], []
     for _ in range(repeats):  # interleaved, so drift on a shared machine hits all alike
         reads.append(run_child("read", base, finetune, cold))
         fresh.append(run_child("read-fresh", base, finetune, cold))
         compressions.append(run_child("compress", base, finetune, cold, workers))
+        if baseline is not None:
+            before.append(run_child("compress", base, finetune, cold, workers, baseline))
     read = min(reads, key=lambda r: r["seconds"])
     read_new = min(fresh, key=lambda r: r["seconds"])
     comp = min(compressions, key=lambda r: r["seconds"])
@@ -253,23 +279,29 @@ def measure(layers: int, base: Path, finetune: Path, cache: str, repeats: int,
         "rss_compress_mb": max(r["rss_peak"] for r in compressions) / MB,
         "size_ratio": comp["bytes_in"] / comp["bytes_out"],
         "delta_rel_error": comp["delta_rel_error"],
+        "baseline_s": min(r["seconds"] for r in before) if before else float("nan"),
     }
 
 
-def table(rows: list[dict[str, float]], cache: str) -> str:
+def table(rows: list[dict[str, float]], cache: str, baseline: str | None = None) -> str:
     head = ("| cache | layers | pair GB | read both s | compress s | compress/read | "
             "read fresh s | compress/read fresh | "
             "GB/s (pair) | GB/s (fine-tune) | CPU s read / compress | peak RSS read MB | "
             "peak RSS compress MB | size ratio |")
-    lines = [head, "|" + "---|" * 14]
+    if baseline:
+        head += f" compress at {baseline} s | now / {baseline} |"
+    lines = [head, "|" + "---|" * (16 if baseline else 14)]
     for r in rows:
+        extra = (f" {r['baseline_s']:.2f} | {r['compress_s'] / r['baseline_s']:.2f}× |"
+                 if baseline else "")
         lines.append(
             f"| {cache} | {int(r['layers'])} | {r['pair_gb']:.2f} | {r['read_s']:.2f} | "
             f"{r['compress_s']:.2f} | {r['ratio']:.2f}× | {r['fresh_s']:.2f} | "
             f"{r['fresh_ratio']:.2f}× | {r['pair_gb_per_s']:.2f} | "
             f"{r['gb_per_s']:.2f} | "
             f"{r['read_cpu_s']:.1f} / {r['compress_cpu_s']:.1f} | "
-            f"{r['rss_read_mb']:.0f} | {r['rss_compress_mb']:.0f} | {r['size_ratio']:.1f}× |")
+            f"{r['rss_read_mb']:.0f} | {r['rss_compress_mb']:.0f} | {r['size_ratio']:.1f}× |"
+            + extra)
     return "\n".join(lines)
 
 
@@ -304,6 +336,8 @@ def main() -> None:
     parser.add_argument("--finetune", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, help="encoder threads (default: the codec's)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time compression by the codec at git commit REV, interleaved")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.base, args.finetune, args.cold, args.workers)))
@@ -316,9 +350,11 @@ def main() -> None:
           f"torch threads; encoder workers {args.workers or 'default'}; best of "
           f"{args.repeats}; aims: ≥ {PAIR_GB_PER_S_AIM} GB/s of pair, compress/read ≤ "
           f"{RATIO_AIM}, peak RSS flat; load average {os.getloadavg()[0]:.2f} at the start")
+    baseline = baseline_script(args.baseline) if args.baseline else None
     for cache in caches:
-        rows = [measure(n, *models[n], cache, args.repeats, args.workers) for n in args.layers]
-        print(table(rows, cache))
+        rows = [measure(n, *models[n], cache, args.repeats, args.workers, baseline)
+                for n in args.layers]
+        print(table(rows, cache, args.baseline))
         print(verdict(rows))
         print(f"(peak RSS after imports alone: {rows[0]['rss_import_mb']:.0f} MB; "
               f"read both at {rows[-1]['read_gb_per_s']:.2f} GB/s of pair; "
