@@ -108,6 +108,10 @@ class BlobSource:
         if served < len(buffer):
             self._fetch(stored, offset + served, buffer[served:])
 
+    def will_need(self, file: str, offset: int, length: int) -> None:
+        """Passed to the store (a local disk reads ahead; an object store ignores it)."""
+        self._store.will_need(self._file(file).sha256, offset, length)
+
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None

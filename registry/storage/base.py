@@ -193,6 +193,12 @@ class BlobStore(abc.ABC):
         """
         return 0
 
+    def will_need(self, sha256: str, start: int, length: int) -> None:
+        """Hint that bytes [start, start + length) of a blob will be read soon; returns
+        at once. Only a local disk can act on it (the page cache); an object store's
+        reads are already parallel ranged requests (registry/jobs/inputs.py)."""
+        return  # deliberately nothing: stores that cannot prefetch ignore the hint
+
     def read_bytes(self, sha256: str, start: int = 0, end: int | None = None) -> bytes:
         return b"".join(self.read(sha256, start, end))
 

@@ -147,6 +147,20 @@ class LocalBlobStore(BlobStore):
         key = blob_key(sha256)
         return self._chunks(key, self._path(key), start, end)
 
+    def will_need(self, sha256: str, start: int, length: int) -> None:
+        # A job's reader asks for the next tensor while it copies this one: from a cold
+        # disk the kernel then reads ahead in the background (compress/tensorio/sources.py).
+        if not hasattr(os, "posix_fadvise") or length <= 0:
+            return
+        try:
+            fd = os.open(self._path(blob_key(sha256)), os.O_RDONLY)
+        except OSError:
+            return  # only a hint: the read that follows reports what is wrong
+        try:
+            os.posix_fadvise(fd, start, length, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
     def read_into(self, sha256: str, start: int, view: memoryview) -> int:
         # One copy, disk to the caller's buffer: a job reads whole models this way.
         check_range(start, start + len(view))

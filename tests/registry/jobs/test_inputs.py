@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from compress.bitdelta import compress_bitdelta, verify_delta
 from compress.errors import InvalidModel
-from compress.tensorio import Checkpoint, SafetensorsHeader
+from compress.tensorio import Checkpoint, ReadAheadSource, SafetensorsHeader
 from registry.errors import ModelNotFound
 from registry.jobs.inputs import CHUNK_BYTES, HEAD_BYTES, BlobSource, StoredFile, open_model
 from registry.models.repository import ModelRepository
@@ -57,6 +57,11 @@ class RecordsReads:
     iterator (`read`) or into a buffer (`read_into`, which may itself use `read`)."""
 
     reads: list[Read]
+    hints: list[Read]  # will_need calls, in order
+
+    def will_need(self, sha256: str, start: int, length: int) -> None:
+        self.hints.append(Read(sha256, start, start + length))
+        super().will_need(sha256, start, length)  # type: ignore[misc]
 
     def read(self, sha256: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         if not getattr(_INSIDE_READ_INTO, "active", False):
@@ -95,6 +100,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
                                     lambda **kwargs: gets.append("GET"))
         recording.http_gets = gets
     recording.reads = []
+    recording.hints = []
     return recording
 
 
@@ -229,6 +235,24 @@ def test_bitdelta_from_the_store_is_byte_identical(app: FastAPI, store: BlobStor
     assert checked.layers == verify_delta(pushed.base, pushed.finetune, tmp_path / "disk",
                                           "cpu").layers
     assert (checked.base, checked.finetune) == ("model 'stored-base'", "model 'stored-ft'")
+
+
+def test_a_job_asks_the_store_for_each_tensor_ahead(app: FastAPI, store: BlobStore,
+                                                    pushed: Pushed, tmp_path: Path) -> None:
+    """The codec's read-ahead reaches the store: each hint is a range read soon after (a
+    local store prefetches it into the page cache; S3 ignores it)."""
+    base = open_model(app.state.database, store, pushed.base_id)
+    finetune = open_model(app.state.database, store, pushed.finetune_id)
+    assert isinstance(base, ReadAheadSource)
+    compress_bitdelta(base, finetune, tmp_path / "out", workers=1)
+    hints: list[Read] = store.hints  # type: ignore[attr-defined]
+    reads: list[Read] = store.reads  # type: ignore[attr-defined]
+    assert hints
+    for hint in hints:  # read whole, or (past the head) in chunks that cover it
+        covered = [r for r in reads if r.sha256 == hint.sha256 and r.start < hint.length
+                   + hint.start and (r.end or 0) > hint.start]
+        assert covered, hint
+    store.will_need("0" * 64, 0, 10)  # a blob that is not there: a hint, not an error
 
 
 class Cancelled(Exception):
