@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from alembic import command
@@ -14,6 +15,14 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def alembic_config(url: str) -> Config:
+    # The migrations live beside the packages in a checkout (the fixed layout puts them
+    # at the top), so a wheel install has none: say so, rather than Alembic's bare
+    # "Path doesn't exist" from deep inside `db upgrade` or `serve`.
+    if not MIGRATIONS_DIR.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT, "deltahub's database migrations are not installed beside its "
+            "packages (a wheel does not carry them); install the server from a checkout "
+            "with pip install -e '.[server]', as the Dockerfile does", str(MIGRATIONS_DIR))
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # Alembic's Config interpolates %; URLs may contain %-escaped passwords.

@@ -78,6 +78,19 @@ def test_the_database_named_in_a_dot_env_file(elsewhere: Path) -> None:
     assert deltahub("token", "list").exit_code == 0
 
 
+def test_an_install_without_its_migrations_says_how_to_get_them(
+        elsewhere: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("registry.migrate.MIGRATIONS_DIR", elsewhere / "site-packages" /
+                        "migrations")
+    result = deltahub("db", "upgrade", env={
+        "DELTAHUB_DATABASE_URL": f"sqlite:///{elsewhere / 'hub.db'}"})
+    assert result.exit_code == 1, result.output
+    assert "migrations are not installed" in result.stderr
+    assert "pip install -e '.[server]'" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (elsewhere / "hub.db").exists()  # nothing half-made
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_admin_commands(database_url: str, elsewhere: Path) -> None:
     env = {"DELTAHUB_DATABASE_URL": f"sqlite:///{elsewhere / 'fresh.db'}",
