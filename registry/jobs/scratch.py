@@ -54,7 +54,7 @@ class Scratch:
             finally:
                 os.close(fd)
         if removed:
-            log.info("removed the scratch space of %d stopped worker(s)", removed)
+            log.info("removed %d scratch space(s) whose process stopped", removed)
         return removed
 
     def release(self) -> None:

@@ -62,7 +62,7 @@ class UploadPipeline:
         self._spool: Spool | None = None
         self._writer: StagingWriter = store.start_upload()
         if dataset:  # after the writer: a failure here leaves only staging, which gc sweeps
-            self._spool = Spool(filename)
+            self._spool = Spool(filename, rule.spool_dir)
 
     def feed(self, chunk: bytes) -> None:
         try:

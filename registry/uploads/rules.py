@@ -10,8 +10,10 @@ their quality) and its PNG pictures. A data set takes what compress.quality read
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from compress.bitdelta import CONFIG_FILE, DELTA_FILE, DELTA_INDEX, REPORT_FILE, is_delta_file
 from compress.errors import InvalidDataset, PickleRefused
@@ -48,6 +50,9 @@ class FileRule:
     max_bytes: int  # the whole file
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES  # a safetensors header
     max_json_depth: int = strictjson.DEFAULT_MAX_DEPTH  # a JSON file, or a safetensors header
+    # Where a file checked whole (a data set's) is copied while it arrives: the server's
+    # WORK_DIR, not the system temp directory, which may be RAM (tmpfs).
+    spool_dir: Path | None = None
 
     @classmethod
     def of(cls, kind: ContentKind, max_bytes: int, settings: Settings) -> FileRule:
@@ -106,7 +111,9 @@ def dataset_file_rule(filename: str, settings: Settings) -> FileRule:
         data_kind(filename)
     except InvalidDataset as exc:  # an unknown suffix: a kind of file, not bad content
         raise UnsupportedFile(exc.detail) from exc
-    return FileRule.of(ContentKind.DATASET, settings.MAX_DATASET_BYTES, settings)
+    return dataclasses.replace(
+        FileRule.of(ContentKind.DATASET, settings.MAX_DATASET_BYTES, settings),
+        spool_dir=Path(settings.WORK_DIR) / "uploads")
 
 
 def _rule(filename: str, settings: Settings) -> FileRule:

@@ -1,21 +1,27 @@
 """A local copy of an upload, for checks that need the whole file at once (data sets).
 
-The copy sits in a private temporary directory under the upload's own (already checked)
-file name: the readers that check it name the file they refuse by its path, and the
-kind of a data file is its suffix.
+The copy sits in a private directory under the upload's own (already checked) file name:
+the readers that check it name the file they refuse by its path, and the kind of a data
+file is its suffix. The directory is a `Scratch` (registry/jobs/scratch.py) under the
+rule's `spool_dir` (the server's `WORK_DIR/uploads`): it is locked while the upload runs,
+so a server killed mid-upload leaves a directory that the next upload, or the next
+worker to start, removes. Without a `spool_dir` it goes in the system temp directory.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
+import uuid
 from pathlib import Path
+
+from registry.jobs.scratch import Scratch
 
 
 class Spool:
-    def __init__(self, filename: str) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="deltahub-upload-"))
-        self.path = self._dir / filename
+    def __init__(self, filename: str, parent: Path | None = None) -> None:
+        root = parent if parent is not None else Path(tempfile.gettempdir()) / "deltahub-uploads"
+        self._scratch = Scratch(root, f"upload-{uuid.uuid4().hex}")
+        self.path = self._scratch.acquire() / filename
         self._file = self.path.open("wb")
 
     def write(self, chunk: bytes) -> None:
@@ -28,4 +34,4 @@ class Spool:
 
     def remove(self) -> None:
         self._file.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._scratch.release()

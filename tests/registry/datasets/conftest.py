@@ -1,4 +1,5 @@
-"""Every data set test checks that uploads leave no local copy behind (uploads/spool.py)."""
+"""Every data set test checks that uploads leave no local copy behind (uploads/spool.py):
+neither in the server's WORK_DIR/uploads, where copies go, nor in the temp directory."""
 
 from __future__ import annotations
 
@@ -16,4 +17,6 @@ def no_spool_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     yield scratch
-    assert list(scratch.glob("deltahub-upload-*")) == []
+    assert list(scratch.iterdir()) == []
+    spools = tmp_path / "work" / "uploads"  # the settings fixture's WORK_DIR
+    assert not spools.exists() or list(spools.iterdir()) == []
