@@ -204,7 +204,14 @@ def _read_jobs(pair: ModelPair, jobs: list[_Job], buffers: BufferPool
         base = None
         if job.spec is not None:
             base = pair.base.tensor(job.name, buffers.take(pair.base.entry(job.name).nbytes))
-        yield job, base, pair.finetune.tensor(job.name, buffers.take(job.nbytes))
+        # A light tensor gets its own small memory: from the pool it could take a large
+        # free buffer, and the next large tensor would then need a new one.
+        buffer = None if _is_light(job) else buffers.take(job.nbytes)
+        yield job, base, pair.finetune.tensor(job.name, buffer)
+
+
+def _is_light(job: _Job) -> bool:
+    return job.spec is None and job.nbytes <= _LIGHT_BYTES
 
 
 def _hint(pair: ModelPair, job: _Job) -> None:
@@ -222,8 +229,7 @@ def _stream(pair: ModelPair, jobs: list[_Job], writer: ShardedWriter, mode: Scal
     # as fresh tensors took.
     buffers = BufferPool()
     # Tensors stored whole that are small (norms, biases) do not hold up the reader.
-    with prefetching(_read_jobs(pair, jobs, buffers),
-                     light=lambda item: item[0].spec is None and item[0].nbytes <= _LIGHT_BYTES
+    with prefetching(_read_jobs(pair, jobs, buffers), light=lambda item: _is_light(item[0])
                      ) as items:
         for job, base, finetune in items:
             if job.spec is None or base is None:
