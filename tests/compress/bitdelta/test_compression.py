@@ -289,3 +289,29 @@ def test_existing_output_and_bad_scale_are_refused(tiny_base: Path, tiny_finetun
     with pytest.raises(InvalidParameter, match="scale mode"):
         compress_bitdelta(tiny_base, tiny_finetune, tmp_path / "delta", scale="column")
     assert nothing_written(tmp_path / "delta")
+
+
+def test_read_buffers_stay_at_two_pairs_of_the_largest_weight(
+        tiny_base: Path, tiny_finetune: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader runs ahead past small stored tensors (norms) without lending them a
+    pooled buffer: a norm holding a free large buffer would make the next weight take
+    a new one, and the pool would grow past the pair in use and the pair read ahead."""
+    import compress.bitdelta.compression as compression
+    from compress.tensorio import BufferPool
+
+    most = [0]
+
+    class Watched(BufferPool):
+        def take(self, nbytes: int) -> torch.Tensor:
+            taken = super().take(nbytes)
+            most[0] = max(most[0], self.held_bytes)
+            return taken
+
+    monkeypatch.setattr(compression, "BufferPool", Watched)
+    compress_bitdelta(tiny_base, tiny_finetune, tmp_path / "out", workers=1)
+    with Checkpoint.open(tiny_finetune) as ckpt:
+        sizes = {n: ckpt.entry(n).nbytes for n in ckpt.manifest.names}
+        largest = max(size for name, size in sizes.items() if name.endswith("proj.weight"))
+        assert any(size < largest for size in sizes.values())  # there are small ones
+    assert 0 < most[0] <= 4 * largest  # base and fine-tune, in use and read ahead
