@@ -3,49 +3,42 @@
 For fixed signs s = sign(ΔW) (s = +1 where ΔW ≥ 0), ‖ΔW − α·s‖² over a row of K values is
 ‖ΔW‖² − 2α·Σ|ΔW| + α²·K, minimised by α = Σ|ΔW| / K = mean|ΔW| (over the whole matrix for
 one α per matrix). The error is therefore known from two sums, Σ|ΔW| and ‖ΔW‖², without
-materialising α·s: the encoder makes one pass over ΔW, a slab of rows at a time, and
-never holds more than the inputs plus a cache-sized float32 slab.
+materialising α·s: the encoder makes one pass over ΔW, a chunk of rows at a time, and
+never holds more than the inputs plus a cache-sized float32 chunk.
 
-On the CPU the elementwise work (float32 conversions, ΔW, its signs, |ΔW|) and the row
-sums run on L2-sized chunks of a slab, and the sign bits are packed with numpy's SIMD
-compare and `packbits`. torch reduces each row on its own, so chunked row sums equal
-whole-matrix ones; the norms stay per slab, on the same float32 values in the same order
-as ever, so the output is bit-identical to the plain computation
+On the CPU one compiled loop (fused_cpu.py) does a chunk's elementwise work: the float32
+conversions, ΔW, its sign bits, |ΔW| and the two norms, with the GIL released so encoder
+threads run side by side. torch then sums each row of |ΔW| while the chunk is in L2; torch
+reduces each row on its own, so chunked row sums equal whole-matrix ones, and the sign
+bits and α are bit-identical to the plain computation
 (tests/compress/bitdelta/test_codec_fast.py holds that computation).
 
 Statistics: row sums accumulate in float32 (torch's cascaded reductions, relative error
-about 1e-7) and are combined in float64. The error formula uses the stored float32 α, so it
-is the error of exactly what is written. Where ΔW has nearly constant magnitude the
-cancellation in ‖ΔW‖² − 2α·Σ|ΔW| + α²K leaves an absolute error of about 1e-7·‖ΔW‖², i.e.
-relative errors below ~3e-4 read as noise; such deltas do not occur in practice.
+about 1e-7) and are combined in float64; the norms ‖ΔW‖² and ‖W_ft‖² accumulate in
+float64 (squares of float32 values are exact there). The error formula uses the stored
+float32 α, so it is the error of exactly what is written. Where ΔW has nearly constant
+magnitude the cancellation in ‖ΔW‖² − 2α·Σ|ΔW| + α²K leaves an absolute error of about
+1e-7·‖ΔW‖² (from the float32 row sums), i.e. relative errors below ~3e-4 read as noise;
+such deltas do not occur in practice.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
+from compress.bitdelta import cpu_encoder
+from compress.bitdelta.cpu_encoder import ChunkSums, Matrix
+from compress.bitdelta.cpu_encoder import EncoderPool as EncoderPool
+from compress.bitdelta.cpu_encoder import encoder_pool as encoder_pool
 from compress.bitdelta.format import ScaleMode
 from compress.errors import InvalidModel, InvalidParameter
-from compress.tensorio import ensure_finite
-from kernels.packing import pack_signs, packed_words, unpack_signs, words_from_row_bytes
-
-# Rows per slab on the CPU: 2^20 float32 values (4 MB) stay in the L2/L3 caches, so the
-# row-sum and norm passes over a slab do not go back to DRAM. The slab also fixes the
-# float32 reduction order of those sums, hence α and the error norms: changing it changes
-# the output's last bits. On a GPU the whole matrix is one slab.
-_SLAB_ELEMENTS = 1 << 20
-# Elements per chunk of a slab's elementwise work: 2^17 float32 (512 KB) per buffer keeps
-# the chunk's inputs, ΔW, W_ft and sign flags in a 2 MB L2. One 11008×4096 fp16 pair, one
-# thread (Xeon, AVX-512): 82 ms with whole 4 MB slabs, 68 ms with 2^17, 70 ms with 2^16.
-_CHUNK_ELEMENTS = 1 << 17
+from compress.tensorio import StoredRows, ensure_finite
+from kernels.packing import pack_signs, unpack_signs
 
 
 class ErrorSums:
@@ -104,8 +97,7 @@ def compress_delta(delta: torch.Tensor, scale: ScaleMode | str = ScaleMode.ROW,
                    name: str = "ΔW", pool: EncoderPool | None = None) -> CompressedDelta:
     """Compress a [N, K] ΔW of any float dtype (computed in float32); `name` is for errors."""
     _check_matrix(delta, name)
-    n, k = delta.shape
-    encoded = _encode(n, k, _Rows(delta, None), ScaleMode.parse(scale), pool,
+    encoded = _encode(_Rows(delta, None), ScaleMode.parse(scale), pool,
                       lambda: ensure_finite(name, delta), name)
     return dataclasses.replace(encoded, finetune_sq=math.nan)
 
@@ -119,16 +111,28 @@ def compress_pair(base: torch.Tensor, finetune: torch.Tensor, scale: ScaleMode, 
     `pool` (see `encoder_pool`) shares the rows out among CPU worker threads.
     """
     _check_matrix(finetune, name)
-    if base.shape != finetune.shape:
-        raise InvalidModel(f"{name!r}: base is {list(base.shape)}, fine-tune is "
-                           f"{list(finetune.shape)}")
-    n, k = finetune.shape
+    _check_same_shape(tuple(base.shape), tuple(finetune.shape), name)
 
     def explain_non_finite() -> None:
         ensure_finite(name, base, where[0])
         ensure_finite(name, finetune, where[1])
 
-    return _encode(n, k, _Rows(finetune, base), scale, pool, explain_non_finite, name)
+    return _encode(_Rows(finetune, base), scale, pool, explain_non_finite, name)
+
+
+def compress_stored_pair(base: StoredRows, finetune: StoredRows, scale: ScaleMode, name: str,
+                         where: tuple[str, str] = ("base", "fine-tune"),
+                         pool: EncoderPool | None = None) -> CompressedDelta:
+    """`compress_pair` of two matrices still on disk, on the CPU: the encoder's threads
+    read their blocks of rows themselves (cpu_encoder.py), so neither matrix is ever
+    held whole. The same bits and sums as `compress_pair` of the tensors read in full."""
+    _check_same_shape(base.shape, finetune.shape, name)
+
+    def explain_non_finite() -> None:  # only after a non-finite sum: read them whole
+        ensure_finite(name, _read_whole(base), where[0])
+        ensure_finite(name, _read_whole(finetune), where[1])
+
+    return _encode(_Rows(finetune, base), scale, pool, explain_non_finite, name)
 
 
 def decompress_delta(bits: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
@@ -139,40 +143,16 @@ def decompress_delta(bits: torch.Tensor, scale: torch.Tensor, k: int) -> torch.T
 
 
 @dataclass(frozen=True)
-class EncoderPool:
-    executor: Executor
-    workers: int
-
-
-@contextlib.contextmanager
-def encoder_pool(workers: int | None = None) -> Iterator[EncoderPool]:
-    """CPU worker threads for `compress_pair`, each running torch ops on one thread.
-
-    The encoder's ops work on cache-sized slabs, too small for torch's intra-op threads to
-    pay off: beside a reader thread they oversubscribe the cores, and on a busy machine
-    every op then waits for a time slice (measured on the shared 2-core dev box, two
-    7B-shaped layers: 2.7 s with two single-threaded workers, 20 s with torch's two
-    intra-op threads in one). Splitting the rows among single-threaded workers uses every
-    core without that. `workers` defaults to one less than `torch.get_num_threads()`
-    (at least 1), leaving a core to the reader thread: into reused buffers it costs about
-    half the CPU of encoding (0.17 vs 0.38 CPU-s per GB of fp16 pair), and on the busy
-    2-core box a second worker gained nothing (4 Llama-7B-shaped layers, 3 rounds:
-    3.6-3.9 s with one worker, 3.5-5.3 s with two).
-    """
-    count = max(1, torch.get_num_threads() - 1 if workers is None else workers)
-    # set_num_threads in a worker thread is local to it with torch's OpenMP backend
-    # (the default); the caller's own setting is untouched.
-    with ThreadPoolExecutor(count, "deltahub-encode", initializer=torch.set_num_threads,
-                            initargs=(1,)) as executor:
-        yield EncoderPool(executor, count)
-
-
-@dataclass(frozen=True)
 class _Rows:
-    """Where ΔW's rows come from: ΔW itself (`base` None), or a fine-tune and its base."""
+    """Where ΔW's rows come from: ΔW itself (`base` None), or a fine-tune and its base;
+    tensors, or (on the CPU only) matrices read from disk by blocks."""
 
-    first: torch.Tensor  # ΔW, or the fine-tune
-    base: torch.Tensor | None
+    first: Matrix  # ΔW, or the fine-tune
+    base: Matrix | None
+
+    @property
+    def device(self) -> torch.device:
+        return self.first.device if isinstance(self.first, torch.Tensor) else torch.device("cpu")
 
     def fill(self, d: torch.Tensor, finetune32: torch.Tensor, start: int, stop: int) -> None:
         """ΔW[start:stop] in float32 into `d`; for a pair, W_ft's rows into `finetune32`.
@@ -181,6 +161,8 @@ class _Rows:
         ~5x faster on the CPU than a mixed-dtype `d.sub_(fp16)`; the result is the same
         float32 ft − base either way (one rounding of the exact difference).
         """
+        assert isinstance(self.first, torch.Tensor)
+        assert not isinstance(self.base, StoredRows)
         if self.base is None:
             d.copy_(self.first[start:stop])
             return
@@ -189,19 +171,20 @@ class _Rows:
         torch.sub(finetune32, d, out=d)
 
 
-def _encode(n: int, k: int, rows: _Rows, mode: ScaleMode, pool: EncoderPool | None,
+def _encode(rows: _Rows, mode: ScaleMode, pool: EncoderPool | None,
             explain_non_finite: Callable[[], None], name: str) -> CompressedDelta:
-    """One pass over ΔW, a slab of rows at a time: signs, Σ|ΔW| per row, ‖ΔW‖²."""
-    device = rows.first.device
+    """One pass over ΔW, a chunk of rows at a time: signs, Σ|ΔW| per row, ‖ΔW‖²."""
+    n, k = rows.first.shape
+    device = rows.device
     abs_sums = torch.empty(n, dtype=torch.float32, device=device)
     if device.type == "cpu":
-        bits, slab_sums = _encode_cpu(n, k, rows, pool, abs_sums)
+        bits, chunk_sums = cpu_encoder.encode_matrix(n, k, rows.first, rows.base, abs_sums, pool)
     else:
-        bits, slab_sums = _encode_whole(n, k, rows, abs_sums)
-    # Summed slab by slab in row order from 0.0, as one worker always did: the totals do
+        bits, chunk_sums = _encode_whole(n, k, rows, abs_sums)
+    # Summed chunk by chunk in row order from 0.0, as one worker does: the totals do
     # not depend on how many workers shared the rows.
-    delta_sq = sum((s[0] for s in slab_sums), 0.0)
-    filled_sq = sum((s[1] for s in slab_sums), 0.0)
+    delta_sq = sum((s[0] for s in chunk_sums), 0.0)
+    filled_sq = sum((s[1] for s in chunk_sums), 0.0)
     l1 = abs_sums.double()
     # NaN or Inf anywhere in ΔW (hence in either input) makes these sums non-finite: the
     # check costs nothing, where torch.isfinite over both inputs would cost a full pass.
@@ -221,101 +204,35 @@ def _encode(n: int, k: int, rows: _Rows, mode: ScaleMode, pool: EncoderPool | No
     return CompressedDelta(bits.cpu(), alpha.cpu(), delta_sq, max(error_sq, 0.0), filled)
 
 
-SlabSums = list[tuple[float, float]]  # per slab, in row order: ‖ΔW‖², ‖W_ft‖² (0 for ΔW)
-
-
 def _encode_whole(n: int, k: int, rows: _Rows, abs_sums: torch.Tensor
-                  ) -> tuple[torch.Tensor, SlabSums]:
-    """On a GPU the whole matrix is one slab, with torch's packing kernel."""
-    device = rows.first.device
-    d = torch.empty(n, k, dtype=torch.float32, device=device)
+                  ) -> tuple[torch.Tensor, ChunkSums]:
+    """On a GPU the whole matrix is one chunk, with torch's packing kernel."""
+    d = torch.empty(n, k, dtype=torch.float32, device=rows.device)
     finetune32 = torch.empty_like(d) if rows.base is not None else d
     rows.fill(d, finetune32, 0, n)
-    finetune_sq = float(torch.linalg.vector_norm(finetune32)) ** 2 if rows.base is not None else 0.0
+    finetune_sq = _sum_of_squares(finetune32) if rows.base is not None else 0.0
     bits = pack_signs(d)
+    delta_sq = _sum_of_squares(d)
     d.abs_()
     torch.sum(d, dim=1, out=abs_sums)
-    return bits, [(float(torch.linalg.vector_norm(d)) ** 2, finetune_sq)]
+    return bits, [(delta_sq, finetune_sq)]
 
 
-def _encode_cpu(n: int, k: int, rows: _Rows, pool: EncoderPool | None,
-                abs_sums: torch.Tensor) -> tuple[torch.Tensor, SlabSums]:
-    """Slabs of `_slab_rows` rows from row 0, whole slabs shared out among the workers.
-
-    Row sums and norms are taken per slab, on the same [rows, K] float32 slabs whatever
-    the worker count, so α and the error sums do not depend on it.
-    """
-    step = _slab_rows(n, k)
-    slabs = [(start, min(start + step, n)) for start in range(0, n, step)]
-    packed = torch.empty(n, 4 * packed_words(k), dtype=torch.uint8)
-
-    def run(group: list[tuple[int, int]]) -> SlabSums:
-        return _encode_slabs(group, k, rows, packed, abs_sums)
-
-    if pool is None:
-        groups = [run(slabs)]
-    else:
-        groups = list(pool.executor.map(run, _groups(slabs, pool.workers)))
-    return words_from_row_bytes(packed), [s for group in groups for s in group]
+def _sum_of_squares(t: torch.Tensor) -> float:
+    """Σ t² in float64, as the CPU loop sums it; a row block at a time, to bound memory."""
+    step = max(1, cpu_encoder.CHUNK_ELEMENTS * 8 // max(t.shape[1], 1))
+    return sum((float(t[i:i + step].double().square().sum()) for i in range(0, t.shape[0], step)),
+               0.0)
 
 
-def _encode_slabs(slabs: list[tuple[int, int]], k: int, rows: _Rows, packed: torch.Tensor,
-                  abs_sums: torch.Tensor) -> SlabSums:
-    """Fill `packed` (sign bytes) and `abs_sums` for these slabs; return their norms².
-
-    Inside a slab, the elementwise work (conversions, ΔW, signs, |ΔW|) and the row sums
-    run in chunks of `_CHUNK_ELEMENTS` that stay in the core's L2 cache; the norms then
-    read the whole float32 slab once each.
-    """
-    if not slabs:
-        return []
-    most = max(stop - start for start, stop in slabs) * k
-    work = torch.empty(most, dtype=torch.float32)
-    finetune32 = torch.empty(most, dtype=torch.float32) if rows.base is not None else work
-    chunk = max(1, _CHUNK_ELEMENTS // max(k, 1))
-    flags = np.empty(chunk * k, dtype=np.bool_)
-    sums: SlabSums = []
-    for start, stop in slabs:
-        d = work[: (stop - start) * k].view(stop - start, k)
-        ft = finetune32[: d.numel()].view(d.shape)
-        for lo in range(0, stop - start, chunk):
-            hi = min(lo + chunk, stop - start)
-            rows.fill(d[lo:hi], ft[lo:hi], start + lo, start + hi)
-            _pack_sign_bytes(d[lo:hi], flags, packed[start + lo : start + hi])
-            d[lo:hi].abs_()
-            # Each row is reduced on its own whatever the rows beside it (tested), so
-            # summing while the chunk is in L2 gives the per-slab sums' bits.
-            torch.sum(d[lo:hi], dim=1, out=abs_sums[start + lo : start + hi])
-        finetune_sq = float(torch.linalg.vector_norm(ft)) ** 2 if rows.base is not None else 0.0
-        sums.append((float(torch.linalg.vector_norm(d)) ** 2, finetune_sq))
-    return sums
+def _check_same_shape(base: tuple[int, ...], finetune: tuple[int, ...], name: str) -> None:
+    if base != finetune:
+        raise InvalidModel(f"{name!r}: base is {list(base)}, fine-tune is {list(finetune)}")
 
 
-def _pack_sign_bytes(d: torch.Tensor, scratch: np.ndarray, out: torch.Tensor) -> None:
-    """Row bytes of kernels/packing.py's layout for float32 rows `d` [R, K] into `out`.
-
-    Bit 1 where ΔW ≥ 0 (−0.0 included, as `pack_signs`), least-significant bit first,
-    padding 0. numpy's SIMD compare and packbits take ~9 ms per 11008×4096 matrix where
-    torch's `d >= 0` and int64 shift-ors take ~45 ms (Xeon, AVX-512, one thread).
-    """
-    r, k = d.shape
-    flags = scratch[: r * k].reshape(r, k)
-    with np.errstate(invalid="ignore"):  # NaN compares False; the caller refuses it later
-        np.greater_equal(d.numpy(), 0, out=flags)
-    target = out.numpy()
-    used = (k + 7) // 8
-    target[:, :used] = np.packbits(flags, axis=-1, bitorder="little")
-    target[:, used:] = 0
-
-
-def _groups(slabs: list[tuple[int, int]], parts: int) -> list[list[tuple[int, int]]]:
-    """Consecutive runs of slabs, one per worker, as even as whole slabs allow."""
-    count = max(1, min(parts, len(slabs)))
-    return [slabs[len(slabs) * i // count : len(slabs) * (i + 1) // count] for i in range(count)]
-
-
-def _slab_rows(n: int, k: int) -> int:
-    return max(1, min(n, _SLAB_ELEMENTS // max(k, 1)))
+def _read_whole(matrix: StoredRows) -> torch.Tensor:
+    n = matrix.shape[0]
+    return matrix.read_rows(0, n, torch.empty(n * matrix.row_bytes, dtype=torch.uint8))
 
 
 def _check_matrix(t: torch.Tensor, name: str) -> None:

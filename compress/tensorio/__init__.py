@@ -19,6 +19,7 @@ from compress.tensorio.checkpoint import (
     CONFIG_FILE,
     MODEL_CARD,
     Checkpoint,
+    StoredRows,
     copy_config,
     ensure_finite,
     is_model_file,
@@ -54,6 +55,7 @@ from compress.tensorio.pickles import (
 )
 from compress.tensorio.prefetch import prefetching
 from compress.tensorio.sources import (
+    BlockSource,
     LocalSource,
     ModelInput,
     ReadAheadSource,
@@ -82,6 +84,7 @@ __all__ = [
     "PICKLE_SNIFF_BYTES",
     "SAFETENSORS_DTYPES",
     "TORCH_DTYPES",
+    "BlockSource",
     "BufferPool",
     "Checkpoint",
     "LocalSource",
@@ -92,6 +95,7 @@ __all__ = [
     "ReadAheadSource",
     "SafetensorsHeader",
     "ShardedWriter",
+    "StoredRows",
     "StreamingValidator",
     "TensorEntry",
     "TensorPair",

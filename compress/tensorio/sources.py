@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
 from typing import Protocol, TypeAlias, runtime_checkable
 
@@ -60,6 +61,17 @@ class ReadAheadSource(Protocol):
     def will_need(self, file: str, offset: int, length: int) -> None:
         """Hint that `length` bytes of `file` from `offset` will be read soon; returns
         at once. A source that cannot act on it does nothing."""
+
+
+@runtime_checkable
+class BlockSource(Protocol):
+    """A source whose small positioned reads are cheap and may run on several threads at
+    once (local files): an encoder can then read a tensor's rows a cache-sized block at a
+    time, straight into the block it is about to encode, instead of the whole tensor into
+    memory first. Object stores do not offer it: a request per block costs too much."""
+
+    def read_block(self, file: str, offset: int, buffer: memoryview) -> None:
+        """`read_into`, safe to call from several threads at once."""
 
 
 # What every public reader of a model accepts: a path, as always, or a source.
@@ -107,6 +119,7 @@ class LocalSource:
         self.root = path if path.is_dir() else path.parent
         self._only = None if path.is_dir() else path.name  # a single file is the whole model
         self._handles: dict[str, io.FileIO] = {}
+        self._opening = threading.RLock()  # block readers open files from several threads
 
     def files(self) -> list[str]:
         if self._only is not None:
@@ -123,9 +136,21 @@ class LocalSource:
         while filled < len(buffer):  # one read(2) returns at most ~2 GB on Linux
             got = handle.readinto(buffer[filled:])
             if not got:
-                raise InvalidModel(
-                    f"{file}: ended at byte {offset + filled}, before the {len(buffer)} bytes "
-                    f"asked for at byte {offset}; was the file changed while deltahub read it?")
+                raise _ended_early(file, offset, filled, len(buffer))
+            filled += got
+
+    def read_block(self, file: str, offset: int, buffer: memoryview) -> None:
+        """Positioned reads (pread), which share the file's handle safely between threads."""
+        if not hasattr(os, "preadv"):  # Windows: one reader at a time through the handle
+            with self._opening:
+                self.read_into(file, offset, buffer)
+            return
+        fd = self._handle(file).fileno()
+        filled = 0
+        while filled < len(buffer):
+            got = os.preadv(fd, [buffer[filled:]], offset + filled)
+            if not got:
+                raise _ended_early(file, offset, filled, len(buffer))
             filled += got
 
     def will_need(self, file: str, offset: int, length: int) -> None:
@@ -151,8 +176,11 @@ class LocalSource:
     def _handle(self, file: str) -> io.FileIO:
         handle = self._handles.get(file)
         if handle is None:
-            handle = io.FileIO(self._path(file), "rb")
-            self._handles[file] = handle
+            with self._opening:
+                handle = self._handles.get(file)
+                if handle is None:
+                    handle = io.FileIO(self._path(file), "rb")
+                    self._handles[file] = handle
         return handle
 
     def _path(self, file: str) -> Path:
@@ -161,3 +189,9 @@ class LocalSource:
         if file not in self.files():
             raise InvalidModel(f"{self.name} has no file {file!r}")
         return self.root / file
+
+
+def _ended_early(file: str, offset: int, filled: int, wanted: int) -> InvalidModel:
+    return InvalidModel(
+        f"{file}: ended at byte {offset + filled}, before the {wanted} bytes asked for at "
+        f"byte {offset}; was the file changed while deltahub read it?")

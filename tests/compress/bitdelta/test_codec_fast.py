@@ -1,12 +1,12 @@
-"""The CPU encoder (chunked elementwise work, numpy sign packing, slabs shared among
-workers) gives bit for bit what the plain computation gives: the same sign bits, the same
-float32 α and the same float64 error sums.
+"""The CPU encoder (the compiled loop over chunks of rows, chunks shared among workers)
+gives bit for bit what the plain computation gives: the same sign bits and the same
+float32 α; its float64 error sums equal exact float64 sums to float64 rounding.
 
 The reference below is the straightforward computation the format describes, written the
 slow way on purpose: ΔW in float32 for the whole matrix, `pack_signs` for the bits, and
-α from torch's float32 row sums of |ΔW| (what the encoder has always stored). The error
-sums are taken per slab of `2^20 // K` rows from row 0, added in row order, as the encoder
-with one worker always did.
+α from torch's float32 row sums of |ΔW| (what the encoder has always stored). The norms
+are float64 sums of the float32 values' squares (exact squares; only the order of the
+additions differs from the encoder's).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-import compress.bitdelta.codec as codec
+import compress.bitdelta.cpu_encoder as cpu_encoder
 from compress.bitdelta import ScaleMode, compress_delta
 from compress.bitdelta.codec import CompressedDelta, compress_pair, encoder_pool
 from compress.errors import NonFiniteTensor
@@ -37,8 +37,8 @@ class Reference:
     error_sq: float
 
 
-def reference(delta32: torch.Tensor, finetune32: torch.Tensor | None, mode: ScaleMode,
-              slab_elements: int = 1 << 20) -> Reference:
+def reference(delta32: torch.Tensor, finetune32: torch.Tensor | None, mode: ScaleMode
+              ) -> Reference:
     """The slow, plain encoding of a float32 ΔW (and the fine-tune, for its norm)."""
     n, k = delta32.shape
     bits = pack_signs(delta32)
@@ -47,12 +47,8 @@ def reference(delta32: torch.Tensor, finetune32: torch.Tensor | None, mode: Scal
         scale = (l1 / k).float()
     else:
         scale = torch.tensor(float(l1.sum()) / (n * k), dtype=torch.float32)
-    rows = max(1, min(n, slab_elements // k))
-    delta_sq = finetune_sq = 0.0
-    for start in range(0, n, rows):
-        delta_sq += float(torch.linalg.vector_norm(delta32[start:start + rows].abs())) ** 2
-        if finetune32 is not None:
-            finetune_sq += float(torch.linalg.vector_norm(finetune32[start:start + rows])) ** 2
+    delta_sq = float(delta32.double().square().sum())
+    finetune_sq = float(finetune32.double().square().sum()) if finetune32 is not None else 0.0
     a = scale.double()
     if mode is ScaleMode.ROW:
         error_sq = delta_sq - 2.0 * float((a * l1).sum()) + k * float((a * a).sum())
@@ -77,10 +73,11 @@ def _assert_same(got: CompressedDelta, want: Reference, *, finetune: bool) -> No
     assert torch.equal(got.bits, want.bits)
     assert got.scale.dtype == torch.float32
     assert torch.equal(got.scale, want.scale)
-    assert got.delta_sq == want.delta_sq
-    assert got.error_sq == want.error_sq
+    assert got.delta_sq == pytest.approx(want.delta_sq, rel=1e-12)
+    # error² = ‖ΔW‖² − …: what float64 rounding of ‖ΔW‖² moves it by, and no more
+    assert got.error_sq == pytest.approx(want.error_sq, rel=1e-9, abs=1e-12 * want.delta_sq)
     if finetune:
-        assert got.finetune_sq == want.finetune_sq
+        assert got.finetune_sq == pytest.approx(want.finetune_sq, rel=1e-12)
 
 
 @pytest.mark.parametrize("mode", list(ScaleMode))
@@ -125,21 +122,23 @@ def test_signs_of_zero_follow_the_layout(dtype: torch.dtype) -> None:
 
 @pytest.mark.parametrize("mode", list(ScaleMode))
 @pytest.mark.parametrize("workers", [1, 2, 3, 5])
-def test_workers_chunks_and_slabs_give_the_same_bits_and_sums(
+def test_workers_and_chunks_give_the_same_bits_and_sums(
         mode: ScaleMode, workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Small slabs and chunks, so every worker gets several slabs of several chunks."""
-    slab_elements = 9 * 333
-    monkeypatch.setattr(codec, "_SLAB_ELEMENTS", slab_elements)  # 9 rows: 12 slabs
-    monkeypatch.setattr(codec, "_CHUNK_ELEMENTS", 2 * 333)  # chunks of 2 rows, 1 left over
+    """Small chunks, so every worker gets several; the sums are equal to the last bit
+    whatever the worker count, since chunks' sums are added in row order."""
+    monkeypatch.setattr(cpu_encoder, "CHUNK_ELEMENTS", 2 * 333)  # chunks of 2 rows, 1 left over
     base, finetune = _pair((101, 333), torch.float16, seed=13)
-    want = reference(finetune.float() - base.float(), finetune.float(), mode, slab_elements)
+    want = reference(finetune.float() - base.float(), finetune.float(), mode)
+    alone = compress_pair(base, finetune, mode, "w")
     with encoder_pool(workers) as pool:
         got = compress_pair(base, finetune, mode, "w", pool=pool)
     _assert_same(got, want, finetune=True)
+    assert (got.delta_sq, got.error_sq, got.finetune_sq) == (
+        alone.delta_sq, alone.error_sq, alone.finetune_sq)
 
 
-def test_the_default_slab_and_chunk_sizes_on_a_7b_row_width() -> None:
-    """4096 columns: 256-row slabs of 32-row chunks, with one worker and with two."""
+def test_the_default_chunk_size_on_a_7b_row_width() -> None:
+    """4096 columns: 32-row chunks, with one worker and with two."""
     base, finetune = _pair((600, 4096), torch.float16, seed=14)
     want = reference(finetune.float() - base.float(), finetune.float(), ScaleMode.ROW)
     _assert_same(compress_pair(base, finetune, ScaleMode.ROW, "w"), want, finetune=True)
@@ -153,8 +152,7 @@ def test_the_default_slab_and_chunk_sizes_on_a_7b_row_width() -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_non_finite_inputs_are_refused_by_name(bad: float, side: str, dtype: torch.dtype,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(codec, "_SLAB_ELEMENTS", 4 * 40)
-    monkeypatch.setattr(codec, "_CHUNK_ELEMENTS", 3 * 40)
+    monkeypatch.setattr(cpu_encoder, "CHUNK_ELEMENTS", 3 * 40)
     base, finetune = _pair((64, 40), dtype, seed=15)
     (base if side == "base" else finetune)[61, 3] = bad  # a later chunk of the last worker
     with encoder_pool(2) as pool, pytest.raises(NonFiniteTensor) as caught:
