@@ -14,8 +14,8 @@ bits and α are bit-identical to the plain computation
 (tests/compress/bitdelta/test_codec_fast.py holds that computation).
 
 Statistics: row sums accumulate in float32 (torch's cascaded reductions, relative error
-about 1e-7) and are combined in float64; the norms ‖ΔW‖² and ‖W_ft‖² accumulate in
-float64 (squares of float32 values are exact there). The error formula uses the stored
+about 1e-7) and are combined in float64; the norms ‖ΔW‖² and ‖W_ft‖² sum each row in
+float32 and the rows in float64 (fused_cpu.py). The error formula uses the stored
 float32 α, so it is the error of exactly what is written. Where ΔW has nearly constant
 magnitude the cancellation in ‖ΔW‖² − 2α·Σ|ΔW| + α²K leaves an absolute error of about
 1e-7·‖ΔW‖² (from the float32 row sums), i.e. relative errors below ~3e-4 read as noise;
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import torch
 
 from compress.bitdelta import cpu_encoder
-from compress.bitdelta.cpu_encoder import ChunkSums, Matrix
+from compress.bitdelta.cpu_encoder import ChunkSums
 from compress.bitdelta.cpu_encoder import EncoderPool as EncoderPool
 from compress.bitdelta.cpu_encoder import encoder_pool as encoder_pool
 from compress.bitdelta.format import ScaleMode
 from compress.errors import InvalidModel, InvalidParameter
-from compress.tensorio import StoredRows, ensure_finite
+from compress.tensorio import ensure_finite
 from kernels.packing import pack_signs, unpack_signs
 
 
@@ -120,21 +120,6 @@ def compress_pair(base: torch.Tensor, finetune: torch.Tensor, scale: ScaleMode, 
     return _encode(_Rows(finetune, base), scale, pool, explain_non_finite, name)
 
 
-def compress_stored_pair(base: StoredRows, finetune: StoredRows, scale: ScaleMode, name: str,
-                         where: tuple[str, str] = ("base", "fine-tune"),
-                         pool: EncoderPool | None = None) -> CompressedDelta:
-    """`compress_pair` of two matrices still on disk, on the CPU: the encoder's threads
-    read their blocks of rows themselves (cpu_encoder.py), so neither matrix is ever
-    held whole. The same bits and sums as `compress_pair` of the tensors read in full."""
-    _check_same_shape(base.shape, finetune.shape, name)
-
-    def explain_non_finite() -> None:  # only after a non-finite sum: read them whole
-        ensure_finite(name, _read_whole(base), where[0])
-        ensure_finite(name, _read_whole(finetune), where[1])
-
-    return _encode(_Rows(finetune, base), scale, pool, explain_non_finite, name)
-
-
 def decompress_delta(bits: torch.Tensor, scale: torch.Tensor, k: int) -> torch.Tensor:
     """α ⊙ sign(ΔW) as float32 [N, K] from the stored bits and scale."""
     signs = unpack_signs(bits, k, torch.float32)
@@ -144,15 +129,14 @@ def decompress_delta(bits: torch.Tensor, scale: torch.Tensor, k: int) -> torch.T
 
 @dataclass(frozen=True)
 class _Rows:
-    """Where ΔW's rows come from: ΔW itself (`base` None), or a fine-tune and its base;
-    tensors, or (on the CPU only) matrices read from disk by blocks."""
+    """Where ΔW's rows come from: ΔW itself (`base` None), or a fine-tune and its base."""
 
-    first: Matrix  # ΔW, or the fine-tune
-    base: Matrix | None
+    first: torch.Tensor  # ΔW, or the fine-tune
+    base: torch.Tensor | None
 
     @property
     def device(self) -> torch.device:
-        return self.first.device if isinstance(self.first, torch.Tensor) else torch.device("cpu")
+        return self.first.device
 
     def fill(self, d: torch.Tensor, finetune32: torch.Tensor, start: int, stop: int) -> None:
         """ΔW[start:stop] in float32 into `d`; for a pair, W_ft's rows into `finetune32`.
@@ -161,8 +145,6 @@ class _Rows:
         ~5x faster on the CPU than a mixed-dtype `d.sub_(fp16)`; the result is the same
         float32 ft − base either way (one rounding of the exact difference).
         """
-        assert isinstance(self.first, torch.Tensor)
-        assert not isinstance(self.base, StoredRows)
         if self.base is None:
             d.copy_(self.first[start:stop])
             return
@@ -219,7 +201,8 @@ def _encode_whole(n: int, k: int, rows: _Rows, abs_sums: torch.Tensor
 
 
 def _sum_of_squares(t: torch.Tensor) -> float:
-    """Σ t² in float64, as the CPU loop sums it; a row block at a time, to bound memory."""
+    """Σ t² in float64 (at least as accurate as the CPU loop's sums); a row block at a
+    time, to bound memory."""
     step = max(1, cpu_encoder.CHUNK_ELEMENTS * 8 // max(t.shape[1], 1))
     return sum((float(t[i:i + step].double().square().sum()) for i in range(0, t.shape[0], step)),
                0.0)
@@ -228,11 +211,6 @@ def _sum_of_squares(t: torch.Tensor) -> float:
 def _check_same_shape(base: tuple[int, ...], finetune: tuple[int, ...], name: str) -> None:
     if base != finetune:
         raise InvalidModel(f"{name!r}: base is {list(base)}, fine-tune is {list(finetune)}")
-
-
-def _read_whole(matrix: StoredRows) -> torch.Tensor:
-    n = matrix.shape[0]
-    return matrix.read_rows(0, n, torch.empty(n * matrix.row_bytes, dtype=torch.uint8))
 
 
 def _check_matrix(t: torch.Tensor, name: str) -> None:

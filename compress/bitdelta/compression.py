@@ -27,12 +27,15 @@ exactly to the base, and knowing that it is unchanged would take another full re
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import torch
 
@@ -102,11 +105,14 @@ def compress_bitdelta(
                            finetune_digest=pair.finetune.manifest.digest(), mode=mode,
                            compressed=list(compressed.values())),
             stem=DELTA_STEM, max_shard_bytes=max_shard_bytes)
+        # On the CPU, local files are mapped: the encoder's threads read the page cache
+        # themselves, and the reader thread only reads what is stored whole.
+        mapping = target.type == "cpu" and pair.base.can_map and pair.finetune.can_map
         try:
-            with encoder_pool(workers) as pool:
+            with encoder_pool(workers, beside_reader=not mapping) as pool:
                 tensors = _stream(pair, jobs, writer, mode, target,
                                   pool if target.type == "cpu" else None, tracker,
-                                  (describe_model(base), describe_model(finetune)))
+                                  (describe_model(base), describe_model(finetune)), mapping)
             files = writer.close()
         except BaseException:
             writer.abort()
@@ -189,18 +195,23 @@ def _planned(job: _Job, mode: ScaleMode) -> list[PlannedTensor]:
             PlannedTensor(scale_key(job.spec.module), "F32", scale_shape(mode, n))]
 
 
-def _read_jobs(pair: ModelPair, jobs: list[_Job], buffers: BufferPool
+def _read_jobs(pair: ModelPair, jobs: list[_Job], buffers: BufferPool, mapping: bool
                ) -> Iterator[tuple[_Job, torch.Tensor | None, torch.Tensor]]:
     """Runs on the reader thread, into `buffers` that `_stream` gives back once a job is
-    written. Stored tensors were checked finite by the scan.
+    written. Stored tensors were checked finite by the scan. With `mapping`, weights to
+    compress are mapped, not read (`_mapped_pair`).
 
     Each job's read first asks for the next job's bytes ahead (`will_need`): from a cold
     local disk, the device then streams job k+1 while job k is copied out of the page
-    cache, instead of idling between synchronous reads.
+    cache (or encoded from it), instead of idling between synchronous reads.
     """
     for i, job in enumerate(jobs):
         if i + 1 < len(jobs):
             _hint(pair, jobs[i + 1])
+        mapped = _mapped_pair(pair, job) if mapping else None
+        if mapped is not None:
+            yield job, *mapped
+            continue
         base = None
         if job.spec is not None:
             base = pair.base.tensor(job.name, buffers.take(pair.base.entry(job.name).nbytes))
@@ -208,6 +219,14 @@ def _read_jobs(pair: ModelPair, jobs: list[_Job], buffers: BufferPool
         # free buffer, and the next large tensor would then need a new one.
         buffer = None if _is_light(job) else buffers.take(job.nbytes)
         yield job, base, pair.finetune.tensor(job.name, buffer)
+
+
+def _mapped_pair(pair: ModelPair, job: _Job) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A weight to compress, mapped in both models (None if either cannot be)."""
+    if job.spec is None:
+        return None
+    base, finetune = pair.base.mapped_tensor(job.name), pair.finetune.mapped_tensor(job.name)
+    return None if base is None or finetune is None else (base, finetune)
 
 
 def _is_light(job: _Job) -> bool:
@@ -222,32 +241,73 @@ def _hint(pair: ModelPair, job: _Job) -> None:
 
 def _stream(pair: ModelPair, jobs: list[_Job], writer: ShardedWriter, mode: ScaleMode,
             device: torch.device, pool: EncoderPool | None, tracker: ProgressCounter,
-            where: tuple[str, str]) -> list[TensorReport]:
+            where: tuple[str, str], mapping: bool) -> list[TensorReport]:
     reports: list[TensorReport] = []
     # Reused read buffers (3x less reader CPU than fresh tensors, see tensorio/buffers.py):
     # the pair being encoded and the one the reader holds ahead of it, so as much memory
     # as fresh tensors took.
     buffers = BufferPool()
     # Tensors stored whole that are small (norms, biases) do not hold up the reader.
-    with prefetching(_read_jobs(pair, jobs, buffers), light=lambda item: _is_light(item[0])
-                     ) as items:
+    with prefetching(_read_jobs(pair, jobs, buffers, mapping),
+                     light=lambda item: _is_light(item[0])) as items, _WriteBehind(writer) as out:
         for job, base, finetune in items:
             if job.spec is None or base is None:
-                writer.write(job.name, finetune)
-                buffers.give_back(finetune)
+                out.write([(job.name, finetune)], then=functools.partial(buffers.give_back,
+                                                                         finetune))
                 reports.append(TensorReport(job.name, "full", job.shape, job.dtype,
                                             job.nbytes, job.nbytes))
                 continue
             encoded = compress_pair(base.to(device), finetune.to(device), mode, job.name, where,
                                     pool)
-            buffers.give_back(base)  # done with both: the reader may fill them again
-            buffers.give_back(finetune)
-            del base, finetune
-            writer.write(bits_key(job.spec.module), encoded.bits)
-            writer.write(scale_key(job.spec.module), encoded.scale)
+            buffers.give_back(base)  # done with both: the reader may fill them again (a
+            buffers.give_back(finetune)  # mapped tensor is not the pool's: ignored)
+            del base, finetune  # a mapped pair is unmapped here
+            out.write([(bits_key(job.spec.module), encoded.bits),
+                       (scale_key(job.spec.module), encoded.scale)])
             out_bytes = encoded.bits.nbytes + encoded.scale.nbytes
             reports.append(TensorReport(job.name, "bitdelta", job.shape, job.dtype, job.nbytes,
                                         out_bytes, encoded.delta_sq, encoded.error_sq,
                                         encoded.finetune_sq))
             tracker.advance(job.nbytes, job.name)
     return reports
+
+
+class _WriteBehind:
+    """The delta's writes on a thread of their own, one job behind the encoder: writing
+    a job's output (a copy into the page cache, ~1/16 of its input) then overlaps
+    encoding the next, instead of idling the encoder's threads. Writes keep their order;
+    at most one job's waits, and its error is raised at the next write or at the end."""
+
+    def __init__(self, writer: ShardedWriter) -> None:
+        self._writer = writer
+        self._thread = ThreadPoolExecutor(1, "deltahub-write")
+        self._pending: Future[None] | None = None
+
+    def write(self, tensors: list[tuple[str, torch.Tensor]],
+              then: Callable[[], None] | None = None) -> None:
+        """Write `tensors` in order, then call `then` (e.g. give a read buffer back)."""
+        self._wait()
+        self._pending = self._thread.submit(self._write, tensors, then)
+
+    def _write(self, tensors: list[tuple[str, torch.Tensor]],
+               then: Callable[[], None] | None) -> None:
+        for name, tensor in tensors:
+            self._writer.write(name, tensor)
+        if then is not None:
+            then()
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> _WriteBehind:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if exc_type is None:
+                self._wait()  # its error is the one to raise
+        finally:
+            self._thread.shutdown(wait=True)  # after a failure: nothing writes on

@@ -11,8 +11,8 @@ arithmetic as before: a widening conversion (exact), one float32 subtraction, `a
 `≥ 0` compare. α's row sums are not taken here: the loop writes |ΔW| and the caller sums
 each row with `torch.sum`, as it always has, so α keeps its bits (torch's cascaded
 float32 order would be fragile to reproduce). The two norms, ‖ΔW‖² and ‖W_ft‖², which
-only the report uses, accumulate in float64 here: squares of float32 values are exact in
-float64, so the sums are accurate to ~1e-16 relative instead of float32's ~1e-7.
+only the report uses, add each row's squares in float32 across the vector lanes (as
+torch's float32 norms did, ~1e-7 relative) and the rows' totals in float64.
 
 Inputs are the stored bits: fp16 as int16, bf16 as uint16, float32 as it is (numba has
 no float16 arrays); `kernel_view` makes those views. fp16 widens with the CPU's own
@@ -83,9 +83,8 @@ def _widen_compiled(x):  # type: ignore[no-untyped-def]
     return None
 
 
-# fastmath "reassoc" only: it lets the two float64 norm sums vectorise. Every value
-# written (|ΔW|, the flags) comes from one IEEE operation each, which reassociation
-# cannot change.
+# fastmath "reassoc" only: it lets the norm sums vectorise. Every value written (|ΔW|, the
+# flags) comes from one IEEE operation each, which reassociation cannot change.
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
 def encode_rows(finetune, base, absd, packed, flags):  # type: ignore[no-untyped-def]
     """For rows [R, K] of the fine-tune (and its base; None when `finetune` is ΔW itself):
@@ -99,13 +98,19 @@ def encode_rows(finetune, base, absd, packed, flags):  # type: ignore[no-untyped
     delta_sq = 0.0
     finetune_sq = 0.0
     for i in range(r):
+        # A row's squares add up in float32 across the vector lanes (float64 would halve
+        # the loop's speed); the rows' totals add up in float64.
+        row_delta_sq = np.float32(0)
+        row_finetune_sq = np.float32(0)
         for c in range(k):
             f = _widen(finetune[i, c])
             d = f if base is None else f - _widen(base[i, c])
             absd[i, c] = abs(d)
             flags[c] = d >= 0
-            delta_sq += np.float64(d) * np.float64(d)
-            finetune_sq += np.float64(f) * np.float64(f)
+            row_delta_sq += d * d
+            row_finetune_sq += f * f
+        delta_sq += np.float64(row_delta_sq)
+        finetune_sq += np.float64(row_finetune_sq)
         for w in range(used):
             # Eight 0/1 bytes → one byte, first flag in bit 0: the multiply moves byte t's
             # bit to bit 56 + t with no carries (checked exhaustively in the tests).

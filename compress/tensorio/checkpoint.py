@@ -14,7 +14,6 @@ import io
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 from types import TracebackType
 from typing import Any
@@ -29,8 +28,8 @@ from compress.tensorio.header import SafetensorsHeader, TensorEntry, header_from
 from compress.tensorio.manifest import Manifest, manifest_from_headers, parse_weight_map
 from compress.tensorio.pickles import PICKLE_SUFFIXES, pickle_refusal, refuse_pickle_name
 from compress.tensorio.sources import (
-    BlockSource,
     LocalSource,
+    MappableSource,
     ModelInput,
     ReadAheadSource,
     TensorSource,
@@ -129,19 +128,27 @@ class Checkpoint:
                                   data.numpy().data)
         return data.view(entry.torch_dtype).reshape(entry.shape)
 
-    def stored_rows(self, name: str) -> StoredRows | None:
-        """Matrix `name` to be read a block of rows at a time, from several threads; None
-        unless the source reads small blocks cheaply (`BlockSource`: local files)."""
-        if not isinstance(self.source, BlockSource):
+    @property
+    def can_map(self) -> bool:
+        """Whether tensors can be mapped rather than read (`mapped_tensor`)."""
+        return isinstance(self.source, MappableSource) and self.source.can_map
+
+    def mapped_tensor(self, name: str) -> torch.Tensor | None:
+        """Tensor `name` mapped from its file rather than read (`MappableSource`), or None
+        where the source cannot map it. Only for tensors read once, front to back: its
+        pages come from the page cache as they are touched, and count towards resident
+        memory until the tensor is let go."""
+        if not self.can_map:
             return None
+        assert isinstance(self.source, MappableSource)
         spec = self.manifest[name]
         header = self.headers[spec.file]
         entry = header.tensors[name]
-        if len(entry.shape) != 2:
+        view = self.source.mapped(spec.file, header.data_start + entry.start, entry.nbytes)
+        if view is None:
             return None
-        n, k = entry.shape
-        return StoredRows(self.source, spec.file, header.data_start + entry.start,
-                          entry.torch_dtype, (n, k))
+        data = torch.frombuffer(view, dtype=torch.uint8, count=entry.nbytes)
+        return data.view(entry.torch_dtype).reshape(entry.shape)
 
     def will_need(self, name: str) -> None:
         """Hint that tensor `name` will be read soon (see `ReadAheadSource`); a source
@@ -161,31 +168,6 @@ class Checkpoint:
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.manifest.names:
             yield name, self.tensor(name)
-
-
-@dataclass(frozen=True)
-class StoredRows:
-    """A stored matrix read by blocks of rows: rows are contiguous in safetensors' row-major
-    data, so rows [lo, hi) are one positioned read."""
-
-    source: BlockSource
-    file: str
-    offset: int  # where row 0 starts in `file`
-    dtype: torch.dtype
-    shape: tuple[int, int]
-
-    @property
-    def row_bytes(self) -> int:
-        return self.shape[1] * self.dtype.itemsize
-
-    def read_rows(self, lo: int, hi: int, buffer: torch.Tensor) -> torch.Tensor:
-        """Rows [lo, hi) into the first bytes of `buffer` (contiguous uint8, large enough),
-        as a [hi − lo, K] tensor of the stored dtype."""
-        data = buffer[: (hi - lo) * self.row_bytes]
-        if data.numel():
-            self.source.read_block(self.file, self.offset + lo * self.row_bytes,
-                                   data.numpy().data)
-        return data.view(self.dtype).view(hi - lo, self.shape[1])
 
 
 def copy_config(sources: Iterable[ModelInput], out_dir: Path) -> None:

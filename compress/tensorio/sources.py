@@ -16,8 +16,8 @@ Everything public that opens a model takes a `ModelInput`: a path (as before) or
 from __future__ import annotations
 
 import io
+import mmap
 import os
-import threading
 from pathlib import Path
 from typing import Protocol, TypeAlias, runtime_checkable
 
@@ -64,14 +64,22 @@ class ReadAheadSource(Protocol):
 
 
 @runtime_checkable
-class BlockSource(Protocol):
-    """A source whose small positioned reads are cheap and may run on several threads at
-    once (local files): an encoder can then read a tensor's rows a cache-sized block at a
-    time, straight into the block it is about to encode, instead of the whole tensor into
-    memory first. Object stores do not offer it: a request per block costs too much."""
+class MappableSource(Protocol):
+    """A source whose files can be mapped into memory (local files).
 
-    def read_block(self, file: str, offset: int, buffer: memoryview) -> None:
-        """`read_into`, safe to call from several threads at once."""
+    A codec that only reads a large tensor once (the BitDelta encoder) then reads it
+    straight from the page cache, with no copy into a buffer of its own to be read again:
+    half the memory traffic, and the reads run on every encoder thread.
+    """
+
+    @property
+    def can_map(self) -> bool:
+        """Whether `mapped` serves at all (a source may be mappable only in some setups)."""
+
+    def mapped(self, file: str, offset: int, length: int) -> memoryview | None:
+        """Bytes [offset, offset + length) of `file`, mapped (never written back: the
+        mapping is private); None when this file cannot be mapped. The mapping lasts
+        while the view or anything made from it is referenced."""
 
 
 # What every public reader of a model accepts: a path, as always, or a source.
@@ -119,7 +127,6 @@ class LocalSource:
         self.root = path if path.is_dir() else path.parent
         self._only = None if path.is_dir() else path.name  # a single file is the whole model
         self._handles: dict[str, io.FileIO] = {}
-        self._opening = threading.RLock()  # block readers open files from several threads
 
     def files(self) -> list[str]:
         if self._only is not None:
@@ -136,29 +143,22 @@ class LocalSource:
         while filled < len(buffer):  # one read(2) returns at most ~2 GB on Linux
             got = handle.readinto(buffer[filled:])
             if not got:
-                raise _ended_early(file, offset, filled, len(buffer))
+                raise InvalidModel(
+                    f"{file}: ended at byte {offset + filled}, before the {len(buffer)} bytes "
+                    f"asked for at byte {offset}; was the file changed while deltahub read it?")
             filled += got
 
-    def read_block(self, file: str, offset: int, buffer: memoryview) -> None:
-        """Positioned reads (pread), which share the file's handle safely between threads."""
-        if not hasattr(os, "preadv"):  # Windows: one reader at a time through the handle
-            with self._opening:
-                self.read_into(file, offset, buffer)
-            return
-        fd = self._handle(file).fileno()
-        filled = 0
-        while filled < len(buffer):
-            got = os.preadv(fd, [buffer[filled:]], offset + filled)
-            if not got:
-                raise _ended_early(file, offset, filled, len(buffer))
-            filled += got
+    @property
+    def can_map(self) -> bool:
+        return True
+
+    def mapped(self, file: str, offset: int, length: int) -> memoryview | None:
+        return map_range(self._handle(file).fileno(), offset, length)
 
     def will_need(self, file: str, offset: int, length: int) -> None:
         """The kernel reads the range into the page cache in the background, so the disk
         keeps streaming the next tensor while the current one is copied and encoded."""
-        if hasattr(os, "posix_fadvise") and length > 0:  # not on macOS or Windows
-            os.posix_fadvise(self._handle(file).fileno(), offset, length,
-                             os.POSIX_FADV_WILLNEED)
+        advise_will_need(self._handle(file).fileno(), offset, length)
 
     def read_bytes(self, file: str) -> bytes:
         return self._path(file).read_bytes()  # no handle kept: it is read once
@@ -176,11 +176,8 @@ class LocalSource:
     def _handle(self, file: str) -> io.FileIO:
         handle = self._handles.get(file)
         if handle is None:
-            with self._opening:
-                handle = self._handles.get(file)
-                if handle is None:
-                    handle = io.FileIO(self._path(file), "rb")
-                    self._handles[file] = handle
+            handle = io.FileIO(self._path(file), "rb")
+            self._handles[file] = handle
         return handle
 
     def _path(self, file: str) -> Path:
@@ -191,7 +188,35 @@ class LocalSource:
         return self.root / file
 
 
-def _ended_early(file: str, offset: int, filled: int, wanted: int) -> InvalidModel:
-    return InvalidModel(
-        f"{file}: ended at byte {offset + filled}, before the {wanted} bytes asked for at "
-        f"byte {offset}; was the file changed while deltahub read it?")
+# Linux reads at most one readahead window (read_ahead_kb, a few MB) per WILLNEED advice,
+# however long the range: a tensor is asked for in pieces of this size, so the whole of it
+# is queued at once and the disk streams it while earlier tensors are encoded.
+_ADVICE_BYTES = 4 << 20
+
+
+def advise_will_need(fd: int, offset: int, length: int) -> None:
+    """Start reading bytes [offset, offset + length) of `fd` into the page cache, in the
+    background; returns without waiting. Does nothing where posix_fadvise is missing."""
+    if not hasattr(os, "posix_fadvise"):  # macOS, Windows
+        return
+    for start in range(offset, offset + length, _ADVICE_BYTES):
+        os.posix_fadvise(fd, start, min(_ADVICE_BYTES, offset + length - start),
+                         os.POSIX_FADV_WILLNEED)
+
+
+def map_range(fd: int, offset: int, length: int) -> memoryview | None:
+    """A private, copy-on-write mapping of bytes [offset, offset + length) of open file `fd`.
+
+    Writable, so torch and numpy take it without read-only warnings; a write would only
+    change this process's copy of the page, and nothing writes. None where mmap cannot
+    serve (an empty range, or a platform without MAP_PRIVATE).
+    """
+    if length <= 0 or not hasattr(mmap, "MAP_PRIVATE"):
+        return None
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapping = mmap.mmap(fd, offset - start + length, flags=mmap.MAP_PRIVATE,
+                        prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
+    if hasattr(mmap, "MADV_SEQUENTIAL"):  # the encoder reads it front to back, once
+        mapping.madvise(mmap.MADV_SEQUENTIAL)
+
+    return memoryview(mapping)[offset - start:]

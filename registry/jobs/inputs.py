@@ -16,8 +16,11 @@ Read-ahead suited to an object store, where a request costs a round trip:
 - the codecs' reader thread (compress/tensorio/prefetch.py) already fetches the next
   tensor pair while the current one is encoded, so the network overlaps the arithmetic.
 
-`checkpoint` (the attempt's cancellation point) runs before every request: a cancelled
-job, or one whose lease is lost, stops within one chunk.
+From a local blob directory the same source also maps tensors (`mapped`): the BitDelta
+encoder then reads the page cache itself, as it does for local files.
+
+`checkpoint` (the attempt's cancellation point) runs before every request and every
+mapping: a cancelled job, or one whose lease is lost, stops within one chunk or tensor.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from compress.errors import InvalidModel
+from compress.tensorio import map_range
 from registry.database import Database
 from registry.errors import ModelNotFound
 from registry.models.repository import ModelRepository
@@ -107,6 +111,26 @@ class BlobSource:
             buffer[:served] = head[offset:offset + served]
         if served < len(buffer):
             self._fetch(stored, offset + served, buffer[served:])
+
+    @property
+    def can_map(self) -> bool:
+        return self._store.is_local
+
+    def mapped(self, file: str, offset: int, length: int) -> memoryview | None:
+        """Maps the blob's file where the store is a local directory (a codec then reads
+        the page cache itself: compress/tensorio/sources.py); None for an object store.
+        A job's blobs are never rewritten in place, and a mapping outlives their removal,
+        so nothing can change under it."""
+        stored = self._file(file)
+        if offset < 0 or offset + length > stored.size:
+            raise InvalidModel(f"{file}: ended at byte {stored.size}, before the {length} "
+                               f"bytes asked for at byte {offset}")
+        self._checkpoint()  # a cancelled job stops here, as at a read
+        path = self._store.local_path(stored.sha256) if self._store.is_local else None
+        if path is None or path.stat().st_size != stored.size:
+            return None  # not local, or not the recorded blob: the reads report what is wrong
+        with path.open("rb") as handle:
+            return map_range(handle.fileno(), offset, length)  # the mapping keeps its own fd
 
     def will_need(self, file: str, offset: int, length: int) -> None:
         """Passed to the store (a local disk reads ahead; an object store ignores it)."""

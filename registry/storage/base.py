@@ -124,6 +124,9 @@ class StagingWriter(abc.ABC):
 class BlobStore(abc.ABC):
     """Content-addressed blob storage with a staging area."""
 
+    # Whether blobs are files on this machine (`local_path`), which readers may map.
+    is_local: bool = False
+
     @abc.abstractmethod
     def start_upload(self) -> StagingWriter:
         """Begin writing a new object under a random staging key."""
@@ -198,6 +201,11 @@ class BlobStore(abc.ABC):
         at once. Only a local disk can act on it (the page cache); an object store's
         reads are already parallel ranged requests (registry/jobs/inputs.py)."""
         return  # deliberately nothing: stores that cannot prefetch ignore the hint
+
+    def local_path(self, sha256: str) -> Path | None:
+        """The blob's file on this machine's disk, for a reader that maps it; None when
+        the store is not a local directory (or the blob is not there)."""
+        return None
 
     def read_bytes(self, sha256: str, start: int = 0, end: int | None = None) -> bytes:
         return b"".join(self.read(sha256, start, end))

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from compress.tensorio import fsync_path
+from compress.tensorio import advise_will_need, fsync_path
 from registry.storage.base import (
     BLOB_PREFIX,
     READ_CHUNK_BYTES,
@@ -63,6 +63,8 @@ def _os_error(op: str, key: str, path: Path, exc: OSError) -> StorageError:
 
 
 class LocalBlobStore(BlobStore):
+    is_local = True
+
     def __init__(self, root: Path) -> None:
         # Resolved once, so the guard in _path compares against the real location.
         self.root = root.resolve()
@@ -150,16 +152,20 @@ class LocalBlobStore(BlobStore):
     def will_need(self, sha256: str, start: int, length: int) -> None:
         # A job's reader asks for the next tensor while it copies this one: from a cold
         # disk the kernel then reads ahead in the background (compress/tensorio/sources.py).
-        if not hasattr(os, "posix_fadvise") or length <= 0:
+        if length <= 0:
             return
         try:
             fd = os.open(self._path(blob_key(sha256)), os.O_RDONLY)
         except OSError:
             return  # only a hint: the read that follows reports what is wrong
         try:
-            os.posix_fadvise(fd, start, length, os.POSIX_FADV_WILLNEED)
+            advise_will_need(fd, start, length)
         finally:
             os.close(fd)
+
+    def local_path(self, sha256: str) -> Path | None:
+        path = self._path(blob_key(sha256))
+        return path if path.is_file() else None
 
     def read_into(self, sha256: str, start: int, view: memoryview) -> int:
         # One copy, disk to the caller's buffer: a job reads whole models this way.

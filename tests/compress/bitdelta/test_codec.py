@@ -164,7 +164,7 @@ def test_workers_and_chunks_do_not_change_the_result(mode: ScaleMode,
     assert torch.equal(split.bits, whole.bits)
     assert torch.equal(split.scale, whole.scale)  # row sums are per row, whatever the chunk
     for field in ("delta_sq", "error_sq", "finetune_sq"):
-        # float64 sums over other partitions: equal to float64 rounding
+        # rows' sums added in float64 in another grouping: equal to float64 rounding
         assert getattr(split, field) == pytest.approx(getattr(whole, field), rel=1e-12)
 
 

@@ -1,12 +1,13 @@
 """The CPU encoder (the compiled loop over chunks of rows, chunks shared among workers)
 gives bit for bit what the plain computation gives: the same sign bits and the same
-float32 α; its float64 error sums equal exact float64 sums to float64 rounding.
+float32 α; its error sums (float32 per row, float64 across rows) equal exact sums to
+float32 rounding.
 
 The reference below is the straightforward computation the format describes, written the
 slow way on purpose: ΔW in float32 for the whole matrix, `pack_signs` for the bits, and
 α from torch's float32 row sums of |ΔW| (what the encoder has always stored). The norms
-are float64 sums of the float32 values' squares (exact squares; only the order of the
-additions differs from the encoder's).
+are float64 sums of the float32 values' squares (exact squares, summed exactly enough
+to stand for the true value).
 """
 
 from __future__ import annotations
@@ -73,11 +74,11 @@ def _assert_same(got: CompressedDelta, want: Reference, *, finetune: bool) -> No
     assert torch.equal(got.bits, want.bits)
     assert got.scale.dtype == torch.float32
     assert torch.equal(got.scale, want.scale)
-    assert got.delta_sq == pytest.approx(want.delta_sq, rel=1e-12)
-    # error² = ‖ΔW‖² − …: what float64 rounding of ‖ΔW‖² moves it by, and no more
-    assert got.error_sq == pytest.approx(want.error_sq, rel=1e-9, abs=1e-12 * want.delta_sq)
+    assert got.delta_sq == pytest.approx(want.delta_sq, rel=1e-5)
+    # error² = ‖ΔW‖² − …: what float32 rounding of ‖ΔW‖² moves it by, and no more
+    assert got.error_sq == pytest.approx(want.error_sq, rel=1e-5, abs=1e-5 * want.delta_sq)
     if finetune:
-        assert got.finetune_sq == pytest.approx(want.finetune_sq, rel=1e-12)
+        assert got.finetune_sq == pytest.approx(want.finetune_sq, rel=1e-5)
 
 
 @pytest.mark.parametrize("mode", list(ScaleMode))

@@ -30,6 +30,7 @@ from kernels import pack_signs
 from tests.compress.bitdelta.helpers import tensors_of, variant
 from tests.compress.conftest import TinyPairFactory
 from tests.compress.helpers import nothing_written
+from tests.compress.tensorio.test_sources import MemorySource
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LATE_WEIGHT = "model.layers.1.mlp.up_proj.weight"  # read after most others
@@ -309,9 +310,51 @@ def test_read_buffers_stay_at_two_pairs_of_the_largest_weight(
             return taken
 
     monkeypatch.setattr(compression, "BufferPool", Watched)
-    compress_bitdelta(tiny_base, tiny_finetune, tmp_path / "out", workers=1)
+    # From a source that cannot be mapped, so weights are read into the pool's buffers.
+    compress_bitdelta(MemorySource.of(tiny_base), MemorySource.of(tiny_finetune),
+                      tmp_path / "out", workers=1)
     with Checkpoint.open(tiny_finetune) as ckpt:
         sizes = {n: ckpt.entry(n).nbytes for n in ckpt.manifest.names}
         largest = max(size for name, size in sizes.items() if name.endswith("proj.weight"))
         assert any(size < largest for size in sizes.values())  # there are small ones
     assert 0 < most[0] <= 4 * largest  # base and fine-tune, in use and read ahead
+
+
+def test_local_weights_are_mapped_not_read_and_give_what_reads_give(
+        tiny_base: Path, tiny_finetune: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """From local files each weight to compress is mapped (the encoder's threads read the
+    page cache), never read into a buffer; the delta and its report's sums are those of
+    the same models read from a source that cannot be mapped."""
+    mapped: list[str] = []
+    read: list[str] = []
+    real_mapped, real_tensor = Checkpoint.mapped_tensor, Checkpoint.tensor
+
+    def record_mapped(self: Checkpoint, name: str) -> torch.Tensor | None:
+        mapped.append(name)
+        return real_mapped(self, name)
+
+    def record_read(self: Checkpoint, name: str, buffer: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        read.append(name)
+        return real_tensor(self, name, buffer)
+
+    monkeypatch.setattr(Checkpoint, "mapped_tensor", record_mapped)
+    monkeypatch.setattr(Checkpoint, "tensor", record_read)
+    on_disk = compress_bitdelta(tiny_base, tiny_finetune, tmp_path / "disk", workers=2)
+    compressed = {t.name for t in on_disk.tensors if t.kind == "bitdelta"}
+    assert len(compressed) > 1
+    assert set(mapped) == compressed
+    assert mapped.count(sorted(compressed)[0]) == 2  # in the base and in the fine-tune
+    assert not compressed & set(read)
+    monkeypatch.undo()
+    in_memory = compress_bitdelta(MemorySource.of(tiny_base), MemorySource.of(tiny_finetune),
+                                  tmp_path / "memory", workers=2)
+    assert [t.to_dict() for t in in_memory.tensors] == [t.to_dict() for t in on_disk.tensors]
+    written = sorted(p.name for p in (tmp_path / "disk").iterdir())
+    assert written == sorted(p.name for p in (tmp_path / "memory").iterdir())
+    assert "delta.safetensors" in written
+    for part in written:
+        if part != "report.json":  # it also holds the time taken and the models' names
+            assert (tmp_path / "memory" / part).read_bytes() == (
+                tmp_path / "disk" / part).read_bytes()
