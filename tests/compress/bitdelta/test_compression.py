@@ -358,3 +358,27 @@ def test_local_weights_are_mapped_not_read_and_give_what_reads_give(
         if part != "report.json":  # it also holds the time taken and the models' names
             assert (tmp_path / "memory" / part).read_bytes() == (
                 tmp_path / "disk" / part).read_bytes()
+
+
+def test_a_failed_write_behind_the_encoder_fails_the_run_and_leaves_nothing(
+        tiny_base: Path, tiny_finetune: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes run on their own thread, one job behind: a write that fails (a full disk)
+    still stops the run with its own error, and no output is left."""
+    from compress.tensorio import ShardedWriter
+
+    real_write = ShardedWriter.write
+    written: list[str] = []
+
+    def write(self: ShardedWriter, name: str, tensor: torch.Tensor) -> None:
+        if len(written) == 3:
+            raise OSError(28, "No space left on device")
+        written.append(name)
+        real_write(self, name, tensor)
+
+    monkeypatch.setattr(ShardedWriter, "write", write)
+    with pytest.raises(OSError, match="No space left"):
+        compress_bitdelta(tiny_base, tiny_finetune, tmp_path / "out", workers=2)
+    assert len(written) == 3
+    assert nothing_written(tmp_path / "out")
+

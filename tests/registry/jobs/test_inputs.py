@@ -303,6 +303,31 @@ def test_a_blob_shorter_than_its_row_is_refused(app: FastAPI, store: BlobStore,
         source.read_bytes("other.json")
 
 
+def test_a_local_stores_blobs_map_to_the_bytes_a_read_gives(app: FastAPI, store: BlobStore,
+                                                           pushed: Pushed) -> None:
+    """Only a local store's blobs are mapped; a mapping is the bytes a ranged read gives,
+    and one past the end, or of a blob whose file is not the recorded size, is refused or
+    left to the reads."""
+    source = open_model(app.state.database, store, pushed.finetune_id)
+    weights = next(f for f in stored_files(app, pushed.finetune_id)
+                   if f.filename.endswith(".safetensors"))
+    assert source.can_map == isinstance(store, LocalBlobStore)
+    offset, length = 1000, weights.size - 2000
+    view = source.mapped(weights.filename, offset, length)
+    if not isinstance(store, LocalBlobStore):
+        assert view is None
+        return
+    assert view is not None
+    read = bytearray(length)
+    source.read_into(weights.filename, offset, memoryview(read))
+    assert bytes(view) == bytes(read)
+    with pytest.raises(InvalidModel, match="ended at byte"):
+        source.mapped(weights.filename, offset, weights.size)
+    wrong_size = BlobSource("model 'other'", [StoredFile(weights.filename, weights.sha256,
+                                                         weights.size + 1)], store)
+    assert wrong_size.mapped(weights.filename, 0, 10) is None
+
+
 class FlakyStore(RecordingLocalStore):
     """Fails its fourth ranged read, as a connection reset mid-model would."""
 
