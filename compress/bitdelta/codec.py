@@ -8,7 +8,7 @@ never holds more than the inputs plus a cache-sized float32 chunk.
 
 On the CPU one compiled loop (fused_cpu.py) does a chunk's elementwise work: the float32
 conversions, ΔW, its sign bits, |ΔW| and the two norms, with the GIL released so encoder
-threads run side by side. torch then sums each row of |ΔW| while the chunk is in L2; torch
+threads run side by side. torch then sums each row of |ΔW| while the chunk is in cache; torch
 reduces each row on its own, so chunked row sums equal whole-matrix ones, and the sign
 bits and α are bit-identical to the plain computation
 (tests/compress/bitdelta/test_codec_fast.py holds that computation).
@@ -175,11 +175,11 @@ def _encode(rows: _Rows, mode: ScaleMode, pool: EncoderPool | None,
         explain_non_finite()
         raise _overflow(name)
     if mode is ScaleMode.ROW:
-        alpha = (l1 / k).float()
+        alpha = (l1 / max(k, 1)).float()  # an empty row (K = 0) has α = 0
         a = alpha.double()
         error_sq = delta_sq - 2.0 * float((a * l1).sum()) + k * float((a * a).sum())
     else:
-        alpha = torch.tensor(float(l1.sum()) / (n * k), dtype=torch.float32, device=device)
+        alpha = torch.tensor(float(l1.sum()) / max(n * k, 1), dtype=torch.float32, device=device)
         a_value = float(alpha)
         error_sq = delta_sq - 2.0 * a_value * float(l1.sum()) + n * k * a_value * a_value
     filled = filled_sq if rows.base is not None else 0.0

@@ -112,6 +112,8 @@ def _encode_chunks(claims: _Claims, chunks: list[Chunk], k: int, finetune: torch
                    sums: ChunkSums) -> None:
     """Encode the chunks this worker claims: their sign bytes into `packed`, row sums
     into `abs_sums`, norms² into `sums` at the chunk's index."""
+    if not chunks:  # a matrix with no rows
+        return
     from compress.bitdelta.fused_cpu import encode_rows, flag_scratch  # numba: on first use
 
     most = max(hi - lo for lo, hi in chunks)

@@ -93,6 +93,24 @@ def test_pair_is_bit_identical_to_the_plain_computation(shape: tuple[int, int],
 
 
 @pytest.mark.parametrize("mode", list(ScaleMode))
+@pytest.mark.parametrize("workers", [None, 2])
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
+def test_empty_matrices_encode_to_empty_bits(shape: tuple[int, int], workers: int | None,
+                                             mode: ScaleMode) -> None:
+    """No rows or no columns: the layout's empty bits, α = 0 (never 0/0), zero error."""
+    base, finetune = torch.zeros(shape, dtype=torch.float16), torch.ones(shape, dtype=torch.float16)
+    if workers is None:
+        got = compress_pair(base, finetune, mode, "w")
+    else:
+        with encoder_pool(workers) as pool:
+            got = compress_pair(base, finetune, mode, "w", pool=pool)
+    assert torch.equal(got.bits, pack_signs(finetune.float()))
+    assert got.scale.shape == ((shape[0],) if mode is ScaleMode.ROW else ())
+    assert not got.scale.any()
+    assert (got.delta_sq, got.error_sq, got.finetune_sq) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("mode", list(ScaleMode))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_delta_is_bit_identical_to_the_plain_computation(dtype: torch.dtype,
                                                          mode: ScaleMode) -> None:
