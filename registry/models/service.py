@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from compress.errors import CodecError
@@ -115,9 +116,23 @@ def _start_draft(session: Session, name: str, kind: ModelKind, base_id: int | No
             drafts.touch(existing)
             session.flush()
             return existing, False
-        _delete(session, existing)  # started for another kind, base or files: start over
+        if same_target:  # other files: start over in place, so drafts built on it stay
+            return _restart_draft(session, existing, digest), True
+        _delete(session, existing)  # started for another kind or base: start over
     return repo.add(Model(name=name, kind=kind, base_id=base_id, status=Status.PENDING,
                           created_by_token_id=token_id, declared_digest=digest)), True
+
+
+def _restart_draft(session: Session, draft: Model, digest: str | None) -> Model:
+    """`draft` emptied of its files, for a push that declares other files. A fine-tune
+    draft pushed on it meanwhile (a base pushed without its config.json, then its
+    fine-tune) keeps pointing at it, where deleting it would be refused."""
+    session.execute(delete(ModelFile).where(ModelFile.model_id == draft.id))
+    draft.declared_digest = digest
+    drafts.touch(draft)
+    session.flush()
+    session.expire(draft, ["files"])
+    return draft
 
 
 def _base_id(session: Session, kind: ModelKind, base_ref: str | None) -> int | None:

@@ -74,6 +74,36 @@ def test_a_rerun_for_another_kind_base_or_files_replaces_the_draft(
     status, other = _start(client, tokens.push, "m", kind="finetune", base="root",
                            files={"config.json": "b" * 64})
     assert (status, other["files"]) == (201, [])
+    assert other["id"] == declared_draft["id"]  # started over in place
+
+
+def test_a_base_pushed_again_with_its_missing_file_keeps_the_finetune_drafts_on_it(
+        client: TestClient, tokens: Tokens, tiny_models: TinyModels) -> None:
+    """A base pushed without config.json cannot be finalized, and its fine-tune's push
+    stops at "base not finalized". Pushing the base again with every file starts its
+    draft over in place: the fine-tune's draft still points at it, and both finalize."""
+    every = _files(tiny_models.base)
+    weights_only = {n: h for n, h in every.items() if n != "config.json"}
+    status, first = _start(client, tokens.push, "b", files=weights_only)
+    assert status == 201
+    for name in weights_only:
+        client.put(f"/models/b/files/{name}", content=(tiny_models.base / name).read_bytes(),
+                   headers=tokens.push)
+    missing = client.post("/models/b/finalize", json={"files": weights_only},
+                          headers=tokens.push)
+    assert (missing.status_code, missing.json()["error"]) == (422, "MissingFiles")
+    status, tuned = _start(client, tokens.push, "f", kind="finetune", base="b")
+    assert status == 201
+    status, again = _start(client, tokens.push, "b", files=every)
+    assert (status, again["id"], again["files"]) == (201, first["id"], [])
+    for name in every:
+        put = client.put(f"/models/b/files/{name}",
+                         content=(tiny_models.base / name).read_bytes(), headers=tokens.push)
+        assert put.status_code == 201
+    final = client.post("/models/b/finalize", json={"files": every}, headers=tokens.push)
+    assert final.status_code == 200, final.text
+    tuned_again = client.get("/models/f", headers=tokens.admin).json()
+    assert (tuned_again["id"], tuned_again["base"]) == (tuned["id"], "b")
 
 
 def test_another_tokens_draft_is_not_resumed_but_push_may_delete_it(
