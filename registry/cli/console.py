@@ -61,14 +61,24 @@ def transfer_progress() -> Progress:
 
 @contextlib.contextmanager
 def byte_progress(description: str) -> Iterator[ProgressFn]:
-    """A progress bar in bytes, driven by a codec's `progress(done, total, item)` callback."""
-    with transfer_progress() as bar:
-        task = bar.add_task(description, total=None, item="")
+    """A progress bar in bytes, driven by a codec's `progress(done, total, item)` callback.
 
-        def update(done: int, total: int, item: str) -> None:
-            bar.update(task, completed=done, total=total, item=item)
+    Drawn from the codec's first report on: a run refused before it starts (an output
+    that exists, a model that does not) prints its error with no empty bar above it.
+    """
+    bar = transfer_progress()
+    task = bar.add_task(description, total=None, item="")
 
+    def update(done: int, total: int, item: str) -> None:
+        if not bar.live.is_started:
+            bar.start()
+        bar.update(task, completed=done, total=total, item=item)
+
+    try:
         yield update
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]], *,

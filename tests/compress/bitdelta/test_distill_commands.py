@@ -73,3 +73,18 @@ def test_an_existing_output_is_refused_before_compressing(
     missing = runner.invoke(app, _args(finetune_pair, tmp_path / "d2", "--distill",
                                        str(tmp_path / "absent.txt")), env=WIDE)
     assert missing.exit_code == 2  # a usage error: typer checks the path exists
+
+
+def test_without_distill_an_existing_output_gets_its_error_and_no_empty_progress_bar(
+        finetune_pair: FinetunePair, tmp_path: Path) -> None:  # noqa: F811
+    """The bar is drawn from the codec's first report on: a refusal prints only itself."""
+    out = tmp_path / "delta"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    refused = runner.invoke(app, _args(finetune_pair, out), env=WIDE)
+    assert refused.exit_code == 1
+    assert "OutputExists" in refused.stderr
+    assert "compressing" not in refused.stderr
+    done = runner.invoke(app, _args(finetune_pair, tmp_path / "fresh"), env=WIDE)
+    assert done.exit_code == 0, done.output
+    assert "compressing" in done.stderr
