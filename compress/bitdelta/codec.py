@@ -111,7 +111,9 @@ def compress_pair(base: torch.Tensor, finetune: torch.Tensor, scale: ScaleMode, 
     `pool` (see `encoder_pool`) shares the rows out among CPU worker threads.
     """
     _check_matrix(finetune, name)
-    _check_same_shape(tuple(base.shape), tuple(finetune.shape), name)
+    if base.shape != finetune.shape:
+        raise InvalidModel(f"{name!r}: base is {list(base.shape)}, fine-tune is "
+                           f"{list(finetune.shape)}")
 
     def explain_non_finite() -> None:
         ensure_finite(name, base, where[0])
@@ -206,11 +208,6 @@ def _sum_of_squares(t: torch.Tensor) -> float:
     step = max(1, cpu_encoder.CHUNK_ELEMENTS * 8 // max(t.shape[1], 1))
     return sum((float(t[i:i + step].double().square().sum()) for i in range(0, t.shape[0], step)),
                0.0)
-
-
-def _check_same_shape(base: tuple[int, ...], finetune: tuple[int, ...], name: str) -> None:
-    if base != finetune:
-        raise InvalidModel(f"{name!r}: base is {list(base)}, fine-tune is {list(finetune)}")
 
 
 def _check_matrix(t: torch.Tensor, name: str) -> None:

@@ -97,11 +97,7 @@ class BlobSource:
         return bytes(buffer)
 
     def read_into(self, file: str, offset: int, buffer: memoryview) -> None:
-        stored = self._file(file)
-        end = offset + len(buffer)
-        if offset < 0 or end > stored.size:
-            raise InvalidModel(f"{file}: ended at byte {stored.size}, before the "
-                               f"{len(buffer)} bytes asked for at byte {offset}")
+        stored = self._in_range(file, offset, len(buffer))
         if not len(buffer):
             return
         served = 0
@@ -121,12 +117,9 @@ class BlobSource:
         the page cache itself: compress/tensorio/sources.py); None for an object store.
         A job's blobs are never rewritten in place, and a mapping outlives their removal,
         so nothing can change under it."""
-        stored = self._file(file)
-        if offset < 0 or offset + length > stored.size:
-            raise InvalidModel(f"{file}: ended at byte {stored.size}, before the {length} "
-                               f"bytes asked for at byte {offset}")
+        stored = self._in_range(file, offset, length)
         self._checkpoint()  # a cancelled job stops here, as at a read
-        path = self._store.local_path(stored.sha256) if self._store.is_local else None
+        path = self._store.local_path(stored.sha256)
         if path is None or path.stat().st_size != stored.size:
             return None  # not local, or not the recorded blob: the reads report what is wrong
         with path.open("rb") as handle:
@@ -141,6 +134,14 @@ class BlobSource:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _in_range(self, file: str, offset: int, length: int) -> StoredFile:
+        """`file`'s record, refusing a range that runs past its recorded size."""
+        stored = self._file(file)
+        if offset < 0 or offset + length > stored.size:
+            raise InvalidModel(f"{file}: ended at byte {stored.size}, before the {length} "
+                               f"bytes asked for at byte {offset}")
+        return stored
 
     def _file(self, file: str) -> StoredFile:
         stored = self._files.get(file)
