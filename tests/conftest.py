@@ -1,10 +1,11 @@
 """Fixtures shared by the whole suite: databases, the app, tokens, a live server.
 
-PostgreSQL tests run against the server at DELTAHUB_TEST_POSTGRES_URL (default: the
-local `test` database). They create a database of their own, migrate it once, and
-truncate it between tests. If the server is unreachable they FAIL rather than skip,
-so that CI never passes without them; set DELTAHUB_TEST_POSTGRES_URL=skip to opt out
-on a machine without PostgreSQL.
+PostgreSQL tests never skip. With DELTAHUB_TEST_POSTGRES_URL unset, the suite starts a
+throwaway PostgreSQL of its own (the `pgserver` wheel's binaries, on a Unix socket in a
+temporary directory) and stops it at the end, so a bare machine needs no server set up by
+hand. With it set, the tests use that server instead. Either way they create a database
+of their own, migrate it once, and truncate it between tests; an unreachable server fails
+them rather than skipping them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,23 +45,42 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 POSTGRES_ENV = "DELTAHUB_TEST_POSTGRES_URL"
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server to create test databases on: the named one, or our own."""
+    named = os.environ.get(POSTGRES_ENV)
+    if named:
+        yield named
+        return
+    with warnings.catch_warnings():
+        # platformdirs warns at pgserver's import when XDG_RUNTIME_DIR is unset (CI, root).
+        warnings.simplefilter("ignore")
+        import pgserver  # type: ignore[import-untyped]
+    # Short path: the server's Unix socket path must stay under the kernel's 107 bytes.
+    pgdata = Path(tempfile.mkdtemp(prefix="dh-pg-"))
+    server = pgserver.get_server(pgdata, cleanup_mode="delete")
+    socket_dir = make_url(server.get_uri()).query["host"]
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={socket_dir}"
+    finally:
+        server.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """A freshly created and migrated PostgreSQL database for this test session."""
-    admin_url = os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES_URL)
-    if admin_url == "skip":
-        pytest.skip(f"{POSTGRES_ENV}=skip")
+    admin_url = postgres_admin_url
     name = f"deltahub_test_{os.getpid()}_{secrets.token_hex(3)}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except OperationalError as exc:
-        pytest.fail(f"PostgreSQL is unreachable at {admin_url} ({exc.orig}); start it, point "
-                    f"{POSTGRES_ENV} at another server, or set {POSTGRES_ENV}=skip")
+        pytest.fail(f"PostgreSQL is unreachable at {admin_url} ({exc.orig}); start it, or "
+                    f"unset {POSTGRES_ENV} to let the suite start its own")
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     try:
         upgrade(url)

@@ -206,3 +206,27 @@ def test_each_event_loop_gets_its_own_turns(database: Database) -> None:
     """The app outlives event loops (TestClient, then uvicorn): turns are per loop."""
     for _ in range(2):
         assert asyncio.run(database.read(_names)) == []
+
+
+@pytest.mark.postgres
+def test_the_suite_brings_its_own_postgres_unless_one_is_named(postgres_url: str) -> None:
+    """With DELTAHUB_TEST_POSTGRES_URL unset, no shared server (127.0.0.1:5432) is used."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    named = os.environ.get("DELTAHUB_TEST_POSTGRES_URL")
+    url = make_url(postgres_url)
+    if named:
+        assert url.host == make_url(named).host
+        return
+    assert url.host is None
+    assert str(url.query["host"]).startswith("/")
+    engine = create_engine(postgres_url)
+    try:
+        with engine.connect() as conn:
+            # A Unix-socket connection has no server address: nothing reached over TCP.
+            assert conn.execute(text("SELECT inet_server_addr()")).scalar() is None
+            assert conn.execute(text("SHOW server_version_num")).scalar_one() >= "160000"
+    finally:
+        engine.dispose()
