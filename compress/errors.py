@@ -6,6 +6,8 @@ Every message says what was wrong and what to do about it.
 
 from __future__ import annotations
 
+import errno
+
 
 class CodecError(Exception):
     """Base of every error the codec layer raises on bad input."""
@@ -99,3 +101,24 @@ class MissingDependency(CodecError):
 
 class NonFiniteLoss(CodecError):
     """A model's loss on a data set is NaN or Inf: its weights are broken."""
+
+
+# Resource bounds of distillation and jobs (issue 22).
+
+# What a write to a full disk (or a full quota) fails with.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class ScratchDiskFull(CodecError):
+    """The disk under a run's scratch files is too full for them (ENOSPC, EDQUOT).
+
+    Permanent for a job: a retry would ask for the same bytes again.
+    """
+
+    def __init__(self, what: str, directory: str, needed: int | None, free: int,
+                 advice: str) -> None:
+        self.what, self.directory, self.needed, self.free = what, directory, needed, free
+        self.advice = advice
+        needs = f"needs {needed:,} bytes" if needed is not None else "ran out of space"
+        super().__init__(f"{what} {needs} in {directory}, where {free:,} bytes are free; "
+                         f"{advice}")

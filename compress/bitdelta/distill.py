@@ -39,12 +39,13 @@ failed run leaves no output at all.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from typing import Any
 import torch
 
 from compress.bitdelta.distill_data import (
+    BatchSchedule,
     Calibration,
     CalibrationSet,
     batch_schedule,
@@ -175,7 +177,9 @@ def distill_bitdelta(
     `base` and `finetune` are paths or TensorSources (the delta must have been made from
     them); `calibration` are data files (.txt, .jsonl, pre-tokenized .safetensors), text
     tokenized with `tokenizer`, by default the base's tokenizer.json, else the
-    fine-tune's. `progress(done, total, item)` counts teacher batches, then steps.
+    fine-tune's. `progress(done, total, item)` counts teacher batches, then steps; it is
+    also called, without advancing, for each tensor read and each probe batch, so that a
+    caller can stop the run (by raising) within one batch or one tensor of any phase.
     Returns the report, also saved in `out/report.json` under "distillation".
     """
     config.check()
@@ -196,7 +200,8 @@ def distill_bitdelta(
                                   config.seed)
         vocab = _vocab_size(base_ckpt, delta)
         shape = (config.batch_size, data.seq_len, vocab)
-        with teacher_file(out_path.parent, shape, config.teacher_dtype) as teacher:
+        with teacher_file(out_path.parent, shape, config.teacher_dtype,
+                          config.steps) as teacher:
             _teacher_phase(ft_ckpt, data, schedule, teacher, report, target, progress)
             scales = _student_phase(base_ckpt, delta, summary, data, schedule, teacher,
                                     report, target, progress)
@@ -225,18 +230,19 @@ def _check_inputs(base: Checkpoint, finetune: Checkpoint, delta: Checkpoint) -> 
     return summary
 
 
-def _teacher_phase(finetune: Checkpoint, data: Calibration, schedule: torch.Tensor,
+def _teacher_phase(finetune: Checkpoint, data: Calibration, schedule: BatchSchedule,
                    teacher: TeacherLogits, report: DistillReport, device: torch.device,
                    progress: ProgressFn) -> None:
     """Phase 1: the fine-tune's logits for every step's batch, to the scratch file."""
     started = time.perf_counter()
-    model = build_teacher(finetune, dtype=COMPUTE_DTYPES[report.config.dtype], device=device)
-    steps = int(schedule.shape[0])
+    steps = schedule.steps
+    model = build_teacher(finetune, dtype=COMPUTE_DTYPES[report.config.dtype], device=device,
+                          on_tensor=_stay(progress, 0, 2 * steps, "reading the fine-tune"))
     batch_logits = math.prod(teacher.shape) * 4  # float32 logits of one batch
     report.resident_bytes = max(report.resident_bytes, model_bytes(model) + batch_logits)
     with torch.inference_mode():
-        for step in range(steps):
-            rows = data.rows[schedule[step]].to(device)
+        for step, batch in enumerate(schedule):
+            rows = data.rows[batch].to(device)
             logits = model(input_ids=rows, use_cache=False).logits
             teacher.append(logits.float(), f"the calibration batch of step {step + 1}")
             progress(step + 1, 2 * steps, f"fine-tune logits, batch {step + 1}/{steps}")
@@ -245,24 +251,25 @@ def _teacher_phase(finetune: Checkpoint, data: Calibration, schedule: torch.Tens
 
 
 def _student_phase(base: Checkpoint, delta: Checkpoint, summary: BitDeltaSummary,
-                   data: Calibration, schedule: torch.Tensor, teacher: TeacherLogits,
+                   data: Calibration, schedule: BatchSchedule, teacher: TeacherLogits,
                    report: DistillReport, device: torch.device, progress: ProgressFn
                    ) -> dict[str, torch.Tensor]:
     """Phase 2: train α; returns the distilled α by tensor name, on the CPU."""
     config = report.config
-    model, layers = build_student(base, delta, summary, dtype=COMPUTE_DTYPES[config.dtype],
-                                  device=device)
+    total = 2 * config.steps
+    model, layers = build_student(
+        base, delta, summary, dtype=COMPUTE_DTYPES[config.dtype], device=device,
+        on_tensor=_stay(progress, config.steps, total, "reading the compressed model"))
     alphas = [layer.scale for layer in layers.values()]
     optimizer = torch.optim.AdamW(alphas, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / config.steps)))
     buffer = torch.empty(teacher.shape, dtype=teacher.dtype)
-    probes = range(min(PROBE_BATCHES, config.steps))
-    report.initial_loss = _probe_loss(model, data, schedule, teacher, probes, buffer, device,
-                                     config.loss)
-    for step in range(config.steps):
+    probe = _Probe(model, data, schedule, teacher, buffer, device, config.loss)
+    report.initial_loss = probe.loss(_stay(progress, config.steps, total, "initial loss"))
+    for step, batch in enumerate(schedule):
         target = teacher.read(step, buffer).to(device=device, dtype=torch.float32)
-        logits = model(input_ids=data.rows[schedule[step]].to(device), use_cache=False).logits
+        logits = model(input_ids=data.rows[batch].to(device), use_cache=False).logits
         loss = distillation_loss(config.loss, logits, target)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -275,25 +282,42 @@ def _student_phase(base: Checkpoint, delta: Checkpoint, summary: BitDeltaSummary
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         report.losses.append(value)
-        progress(config.steps + step + 1, 2 * config.steps,
+        progress(config.steps + step + 1, total,
                  f"step {step + 1}/{config.steps}: loss {value:.4g}")
-    report.final_loss = _probe_loss(model, data, schedule, teacher, probes, buffer, device,
-                                     config.loss)
+    report.final_loss = probe.loss(_stay(progress, total, total, "final loss"))
     report.resident_bytes = max(report.resident_bytes, _student_bytes(model, alphas, teacher))
     return _distilled_scales(layers)
 
 
-def _probe_loss(model: torch.nn.Module, data: Calibration, schedule: torch.Tensor,
-                teacher: TeacherLogits, probes: range, buffer: torch.Tensor,
-                device: torch.device, config_loss: str) -> float:
-    total = 0.0
-    with torch.no_grad():
-        for step in probes:
-            target = teacher.read(step, buffer).to(device=device, dtype=torch.float32)
-            logits = model(input_ids=data.rows[schedule[step]].to(device),
-                           use_cache=False).logits
-            total += float(distillation_loss(config_loss, logits, target))
-    return total / len(probes)
+@dataclass(frozen=True)
+class _Probe:
+    """The mean loss over the first PROBE_BATCHES steps' batches, for initial and final."""
+
+    model: torch.nn.Module
+    data: Calibration
+    schedule: BatchSchedule
+    teacher: TeacherLogits
+    buffer: torch.Tensor
+    device: torch.device
+    kind: str
+
+    def loss(self, on_batch: Callable[[str], None]) -> float:
+        total, batches = 0.0, itertools.islice(self.schedule, PROBE_BATCHES)
+        with torch.no_grad():
+            for step, batch in enumerate(batches):
+                on_batch(f"batch {step + 1}")
+                target = self.teacher.read(step, self.buffer).to(device=self.device,
+                                                                 dtype=torch.float32)
+                logits = self.model(input_ids=self.data.rows[batch].to(self.device),
+                                    use_cache=False).logits
+                total += float(distillation_loss(self.kind, logits, target))
+        return total / min(PROBE_BATCHES, self.schedule.steps)
+
+
+def _stay(progress: ProgressFn, done: int, total: int, what: str) -> Callable[[str], None]:
+    """A callback reporting `what` at `done` of `total` without advancing: a point where
+    the caller can stop the run between two tensors or two probe batches."""
+    return lambda item: progress(done, total, f"{what}: {item}")
 
 
 def distillation_loss(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,15 @@ the schedule could never visit more.
 
 Schedule: the pooled rows in a random order drawn from `seed` (a new order each time the
 rows run out), `batch_size` at a time, one batch per step: every row is seen once before
-any is seen twice, and the same seed gives the same batches.
+any is seen twice, and the same seed gives the same batches. The batches are drawn as
+they are visited, so the schedule holds one order of the rows and one batch, whatever
+the number of steps (a one-row set trained for 10⁵ steps once built 10⁷ orders up front).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,13 +73,34 @@ def load_calibration(data: Sequence[str | os.PathLike[str]], base: Checkpoint,
     return Calibration(rows.contiguous(), sets)
 
 
-def batch_schedule(rows: int, steps: int, batch_size: int, seed: int) -> torch.Tensor:
-    """int64 [steps, batch_size]: the row indices each step trains on (module docstring)."""
-    generator = torch.Generator().manual_seed(seed)
-    needed = steps * batch_size
-    orders = [torch.randperm(rows, generator=generator)
-              for _ in range(-(-needed // rows))]
-    return torch.cat(orders)[:needed].view(steps, batch_size)
+@dataclass(frozen=True)
+class BatchSchedule:
+    """Which rows each step trains on (module docstring); iterate it for the batches."""
+
+    rows: int
+    steps: int
+    batch_size: int
+    seed: int
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """int64 [batch_size] row indices per step, in step order, the same on every pass."""
+        generator = torch.Generator().manual_seed(self.seed)
+        order, used = torch.empty(0, dtype=torch.int64), 0
+        for _ in range(self.steps):
+            parts, wanted = [], self.batch_size
+            while wanted:
+                if used == order.numel():
+                    order, used = torch.randperm(self.rows, generator=generator), 0
+                take = min(wanted, order.numel() - used)
+                parts.append(order[used:used + take])
+                used, wanted = used + take, wanted - take
+            yield parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def batch_schedule(rows: int, steps: int, batch_size: int, seed: int) -> BatchSchedule:
+    if rows < 1:
+        raise InvalidParameter("the calibration data has no rows")
+    return BatchSchedule(rows, steps, batch_size, seed)
 
 
 def data_names(data: Sequence[str | os.PathLike[str]]) -> list[str]:

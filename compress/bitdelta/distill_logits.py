@@ -20,6 +20,10 @@ independent of α and largely cancel). It halves the file and the I/O against fl
 float32 is there for exactness. bfloat16 is not offered: its 8-bit significand would
 put 16 times that noise on every target. A value that
 is not finite, in the model's output or after rounding to the stored dtype, is refused.
+
+Size: `teacher_file_bytes` (steps × batch × seq × vocab × 2 or 4 bytes), checked against
+the disk's free space before the first batch is computed; a disk that fills up anyway
+(another writer) fails the run with ScratchDiskFull, as the check does.
 """
 
 from __future__ import annotations
@@ -27,17 +31,29 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from compress.errors import InvalidParameter
+from compress.errors import DISK_FULL_ERRNOS, InvalidParameter, ScratchDiskFull
 from compress.quality import NonFiniteLoss
 
 TEACHER_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _FILE_NAME = "teacher-logits.bin"
+_ADVICE = ("free space there, or distil with fewer steps, smaller batches or shorter rows "
+           "(the file holds steps × batch_size × seq_len × vocabulary logits)")
+
+
+def teacher_file_bytes(steps: int, shape: tuple[int, int, int], dtype: str) -> int:
+    """The scratch file's size: `steps` batches of `shape` logits in `dtype`."""
+    return steps * math.prod(shape) * TEACHER_DTYPES[dtype].itemsize
+
+
+def free_bytes(directory: Path) -> int:
+    return shutil.disk_usage(directory).free
 
 
 class TeacherLogits:
@@ -71,7 +87,13 @@ class TeacherLogits:
                                 f"{float(logits.abs().max()):.3g}, beyond {self.dtype}; "
                                 "store them as float32 (teacher_dtype)")
         self._file.seek(self._written * self.batch_bytes)
-        self._file.write(stored.cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+        try:
+            self._file.write(stored.cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+        except OSError as exc:
+            if exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            raise ScratchDiskFull(f"the fine-tune's logits ({what})", str(self.path.parent),
+                                  None, free_bytes(self.path.parent), _ADVICE) from exc
         self._written += 1
 
     def read(self, batch: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -87,9 +109,10 @@ class TeacherLogits:
 
 
 @contextlib.contextmanager
-def teacher_file(directory: Path, shape: tuple[int, int, int], dtype: str
+def teacher_file(directory: Path, shape: tuple[int, int, int], dtype: str, steps: int
                  ) -> Iterator[TeacherLogits]:
-    """A new scratch file in a private directory under `directory`, removed on exit.
+    """A new scratch file for `steps` batches in a private directory under `directory`,
+    removed on exit; ScratchDiskFull at once if the disk has no room for all of them.
 
     Beside the output rather than in /tmp, which is often memory (tmpfs): the file can be
     gigabytes and must not cost the memory it exists to save.
@@ -98,6 +121,10 @@ def teacher_file(directory: Path, shape: tuple[int, int, int], dtype: str
         raise InvalidParameter(f"teacher logits dtype must be one of "
                                f"{', '.join(TEACHER_DTYPES)}, got {dtype!r}")
     directory.mkdir(parents=True, exist_ok=True)
+    needed, free = teacher_file_bytes(steps, shape, dtype), free_bytes(directory)
+    if needed > free:
+        raise ScratchDiskFull("the fine-tune's logits for every step", str(directory),
+                              needed, free, _ADVICE)
     with tempfile.TemporaryDirectory(prefix=".deltahub-distill-", dir=directory) as scratch:
         path = Path(scratch) / _FILE_NAME
         with io.FileIO(path, "w+") as file:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -21,6 +22,10 @@ from compress.errors import InvalidModel
 from compress.quality.model import build_model, causal_lm_config
 from compress.tensorio import Checkpoint, describe_model
 from kernels import Backend, bitdelta_linear_trainable
+
+
+def _nothing(name: str) -> None:
+    """The default `on_tensor`: nothing to do between tensors."""
 
 
 class BitDeltaLinear(torch.nn.Module):
@@ -44,25 +49,33 @@ class BitDeltaLinear(torch.nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def build_teacher(finetune: Checkpoint, *, dtype: torch.dtype,
-                  device: torch.device) -> torch.nn.Module:
-    """The fine-tune, frozen, in eval mode."""
+def build_teacher(finetune: Checkpoint, *, dtype: torch.dtype, device: torch.device,
+                  on_tensor: Callable[[str], None] = _nothing) -> torch.nn.Module:
+    """The fine-tune, frozen, in eval mode; `on_tensor(name)` before each tensor is read."""
     source = describe_model(finetune.source)
-    return build_model(causal_lm_config(finetune.config, source),
-                       ((name, finetune.finite_tensor(name)) for name in finetune.manifest.names),
-                       dtype=dtype, device=device, source=source)
+
+    def tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        for name in finetune.manifest.names:
+            on_tensor(name)
+            yield name, finetune.finite_tensor(name)
+
+    return build_model(causal_lm_config(finetune.config, source), tensors(), dtype=dtype,
+                       device=device, source=source)
 
 
 def build_student(base: Checkpoint, delta: Checkpoint, summary: BitDeltaSummary, *,
-                  dtype: torch.dtype, device: torch.device, backend: Backend = "auto"
+                  dtype: torch.dtype, device: torch.device, backend: Backend = "auto",
+                  on_tensor: Callable[[str], None] = _nothing
                   ) -> tuple[torch.nn.Module, dict[str, BitDeltaLinear]]:
-    """The compressed model with trainable α, and its BitDeltaLinears by module name."""
+    """The compressed model with trainable α, and its BitDeltaLinears by module name;
+    `on_tensor(name)` before each tensor is read."""
     source = describe_model(delta.source)
     # The delta carries the fine-tune's config.json (the architecture both share).
     config = causal_lm_config(delta.config or base.config, source)
 
     def tensors() -> Any:
         for name in base.manifest.names:
+            on_tensor(name)
             stored = name in summary.full_tensors
             yield name, (delta if stored else base).finite_tensor(name)
 

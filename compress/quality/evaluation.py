@@ -68,8 +68,9 @@ def evaluate_quality(
     tokenized with `tokenizer`, by default the base's (else the fine-tune's)
     tokenizer.json. `seq_len` is the row length for text; at most `max_batches` batches
     of `batch_size` rows are scored per data set (None: all). `dtype` ("float32",
-    "bfloat16", "float16") is what the models compute in. Raises a CodecError subclass
-    on bad input before running any model.
+    "bfloat16", "float16") is what the models compute in. `progress(done, total, item)`
+    counts batches, and is also called, without advancing, for each tensor read. Raises
+    a CodecError subclass on bad input before running any model.
     """
     started = time.perf_counter()
     torch_dtype, target = _settings(batch_size, max_batches, dtype, device)
@@ -90,7 +91,8 @@ def evaluate_quality(
             math.ceil(s.rows.shape[0] / batch_size) for s in sets))
         scores: dict[str, list[Score]] = {}
         for label, (config, source, tensors) in runs.items():
-            model = build_model(causal_lm_config(config, source), tensors(), dtype=torch_dtype,
+            model = build_model(causal_lm_config(config, source),
+                                counter.each_tensor(label, tensors()), dtype=torch_dtype,
                                 device=target, source=source)
             report.resident_bytes = max(report.resident_bytes, model_bytes(model))
             scores[label] = [_score(model, s, batch_size, target, label, counter) for s in sets]
@@ -158,6 +160,14 @@ class _BatchCounter:
     def advance(self, item: str) -> None:
         self.done += 1
         self.progress(self.done, self.total, item)
+
+    def each_tensor(self, label: str, tensors: TensorStream) -> TensorStream:
+        """`tensors`, reporting each one read without advancing: a model of thousands of
+        tensors takes a while to read, and every report is a point where the caller can
+        stop the run (by raising)."""
+        for name, tensor in tensors:
+            self.progress(self.done, self.total, f"{label}: reading {name}")
+            yield name, tensor
 
 
 def _runs(base: Checkpoint, finetune: Checkpoint, variant: Variant

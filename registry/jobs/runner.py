@@ -29,6 +29,7 @@ from registry.database import Database
 from registry.jobs import quality_stage, queue
 from registry.jobs.inputs import open_model
 from registry.jobs.layer_rows import codec_layers, verify_layers
+from registry.jobs.scratch import disk_full_named
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import AdapterKind, CompressMethod
@@ -107,39 +108,45 @@ def run_attempt(claimed: queue.ClaimedJob, ctx: Context, control: Control) -> in
     """Run the job to its registered adapter's id; raises on any failure."""
     scratch = ctx.work_dir / f"job-{claimed.lease.job_id}-{claimed.lease.attempt}"
     shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
     try:
-        report = _Reporter(claimed, ctx, control)
-        report.stage("reading", 0.0)
-        base = open_model(ctx.database, ctx.store, claimed.base_id, control.checkpoint)
-        _fault_point("reading", claimed.lease.job_id)
-        finetune = open_model(ctx.database, ctx.store, claimed.model_id, control.checkpoint)
-        spans = _stage_spans(claimed)
-        out = scratch / "out"
-        codec_report = _encode(claimed, base, finetune, out, ctx,
-                               report.callback("compressing", *spans["compressing"]))
-        distilled = None
-        if "distill" in claimed.params:
-            out, distilled = quality_stage.distill(
-                claimed.params["distill"], base, finetune, out, ctx, scratch,
-                report.callback("distilling", *spans["distilling"]))
-        verified = _verify(claimed, base, finetune, out, ctx, report, spans["verifying"])
-        evaluated = None
-        if "evaluate" in claimed.params:
-            evaluated = quality_stage.evaluate(
-                claimed.params["evaluate"], base, finetune, out, ctx, scratch,
-                report.callback("evaluating", *spans["evaluating"]))
-        quality = _quality(claimed, codec_report, verified, distilled, evaluated)
-        _check_max_error(claimed, quality)
-        report.stage("uploading", 0.95)
-        files = _upload(claimed, out, ctx, control)
-        _fault_point("committed", claimed.lease.job_id)
-        control.checkpoint()
-        with ctx.database.writing() as session:
-            return queue.complete(session, claimed.lease, claimed, ctx.store, ctx.settings,
-                                  files, quality)
+        with disk_full_named(Path(ctx.settings.WORK_DIR), scratch):
+            scratch.mkdir(parents=True)
+            return _run(claimed, ctx, control, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(claimed: queue.ClaimedJob, ctx: Context, control: Control, scratch: Path) -> int:
+    """The attempt's stages, each writing under `scratch`."""
+    report = _Reporter(claimed, ctx, control)
+    report.stage("reading", 0.0)
+    base = open_model(ctx.database, ctx.store, claimed.base_id, control.checkpoint)
+    _fault_point("reading", claimed.lease.job_id)
+    finetune = open_model(ctx.database, ctx.store, claimed.model_id, control.checkpoint)
+    spans = _stage_spans(claimed)
+    out = scratch / "out"
+    codec_report = _encode(claimed, base, finetune, out, ctx,
+                           report.callback("compressing", *spans["compressing"]))
+    distilled = None
+    if "distill" in claimed.params:
+        out, distilled = quality_stage.distill(
+            claimed.params["distill"], base, finetune, out, ctx, scratch,
+            report.callback("distilling", *spans["distilling"]))
+    verified = _verify(claimed, base, finetune, out, ctx, report, spans["verifying"])
+    evaluated = None
+    if "evaluate" in claimed.params:
+        evaluated = quality_stage.evaluate(
+            claimed.params["evaluate"], base, finetune, out, ctx, scratch,
+            report.callback("evaluating", *spans["evaluating"]))
+    quality = _quality(claimed, codec_report, verified, distilled, evaluated)
+    _check_max_error(claimed, quality)
+    report.stage("uploading", 0.95)
+    files = _upload(claimed, out, ctx, control)
+    _fault_point("committed", claimed.lease.job_id)
+    control.checkpoint()
+    with ctx.database.writing() as session:
+        return queue.complete(session, claimed.lease, claimed, ctx.store, ctx.settings,
+                              files, quality)
 
 
 # Rough shares of an attempt's time, for a progress bar that moves evenly: encoding reads

@@ -10,11 +10,15 @@ and removes that directory.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+
+from compress.errors import DISK_FULL_ERRNOS, ScratchDiskFull
 
 log = logging.getLogger("deltahub.worker")
 
@@ -73,3 +77,30 @@ def _lock(path: Path, wait: bool) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+@contextlib.contextmanager
+def disk_full_named(work_dir: Path, attempt_dir: Path) -> Iterator[None]:
+    """A full disk under an attempt's scratch files becomes ScratchDiskFull naming
+    WORK_DIR: the worker ends the job for good on it (worker.classify), since a second
+    attempt would ask for the same bytes. The caller removes `attempt_dir` as it always
+    does."""
+    advice = (f"the worker's scratch space is WORK_DIR ({work_dir}, set by "
+              "DELTAHUB_WORK_DIR): give it a larger disk, or queue the job with less to write")
+    try:
+        yield
+    except ScratchDiskFull as exc:
+        raise ScratchDiskFull(exc.what, exc.directory, exc.needed, exc.free,
+                              f"{exc.advice}; {advice}") from exc
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise ScratchDiskFull("the job's scratch files", str(attempt_dir), None,
+                              _free_bytes(work_dir), advice) from exc
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0

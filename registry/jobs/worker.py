@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from compress.errors import CodecError
+from compress.errors import DISK_FULL_ERRNOS, CodecError, ScratchDiskFull
 from registry.database import Database
 from registry.errors import APIError, Unavailable
 from registry.jobs import queue
@@ -39,6 +39,35 @@ def default_capabilities() -> set[str]:
     import torch
 
     return {"gpu"} if torch.cuda.is_available() else set()
+
+
+# How an attempt's failure ends it: its error name (None: the exception's own), and whether
+# a later attempt may fare better (transient: back to the queue after a backoff) or not
+# (the job fails now). The first row whose class, and errno if given, matches decides.
+# Lease loss and cancellation are not failures and never get here.
+FAILURES: tuple[tuple[type[Exception], frozenset[int] | None, str | None, bool], ...] = (
+    # A full disk under the scratch files: a retry would ask for the same bytes again.
+    (ScratchDiskFull, None, None, False),
+    (OSError, DISK_FULL_ERRNOS, "ScratchDiskFull", False),
+    (CodecError, None, None, False),  # bad input, refused by the codec
+    (Unavailable, None, None, True),  # the database or the store is busy or down
+    (APIError, None, None, False),  # the job's inputs are gone or bad
+    (StorageError, None, "StorageUnavailable", True),
+    (OSError, None, "StorageUnavailable", True),
+    (Exception, None, None, True),  # unforeseen: retried, its traceback logged
+)
+
+
+def classify(exc: Exception) -> tuple[str, bool]:
+    """The error name a failed attempt records, and whether it is transient (FAILURES)."""
+    _, _, name, transient = _failure_row(exc)
+    return name or (exc.name if isinstance(exc, APIError) else type(exc).__name__), transient
+
+
+def _failure_row(exc: Exception) -> tuple[type[Exception], frozenset[int] | None, str | None,
+                                          bool]:
+    return next(row for row in FAILURES if isinstance(exc, row[0])
+                and (row[1] is None or getattr(exc, "errno", None) in row[1]))
 
 
 class Worker:
@@ -108,16 +137,12 @@ class Worker:
         except JobCancelled:
             self._end(claimed, lambda s: queue.cancelled(s, claimed.lease))
             log.info("job %d cancelled", job)
-        except (CodecError, APIError) as exc:
-            transient = isinstance(exc, Unavailable)
-            detail = exc.detail
-            self._fail(claimed, type(exc).__name__ if isinstance(exc, CodecError) else exc.name,
-                       detail, transient)
-        except (StorageError, OSError) as exc:
-            self._fail(claimed, "StorageUnavailable", str(exc), transient=True)
         except Exception as exc:
-            log.exception("job %d: attempt %d failed", job, claimed.lease.attempt)
-            self._fail(claimed, type(exc).__name__, str(exc) or repr(exc), transient=True)
+            name, transient = classify(exc)
+            if _failure_row(exc) is FAILURES[-1]:  # unforeseen: keep its traceback
+                log.exception("job %d: attempt %d failed", job, claimed.lease.attempt)
+            detail = exc.detail if isinstance(exc, CodecError | APIError) else str(exc)
+            self._fail(claimed, name, detail or repr(exc), transient)
 
     def _fail(self, claimed: queue.ClaimedJob, name: str, detail: str,
               transient: bool) -> None:
