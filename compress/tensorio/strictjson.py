@@ -10,6 +10,11 @@ encoded as UTF-8 again, so it fails the same way.
 `loads` measures the nesting depth first, in linear time and without recursion, and
 parses only what is within the limit; every refusal is an `InvalidJSON` naming the limit
 or the value that broke it.
+
+Valid JSON can still hold what a reader of it cannot handle: an integer of 400 digits
+(`float()` of it raises OverflowError), a name of megabytes. `past_bounds` finds the first
+such value of a parsed document and names its path, for callers that keep a document
+(a pushed report.json); `within_bounds` makes one stored before such checks safe to read.
 """
 
 from __future__ import annotations

@@ -244,14 +244,6 @@ class PlotCache:
         self.renders = 0  # pictures drawn
         self.shared = 0  # requests that waited for another request's drawing
 
-    def get(self, key: str) -> bytes | None:
-        with self._lock:
-            return self._cached(key)
-
-    def put(self, key: str, png: bytes) -> None:
-        with self._lock:
-            self._put(key, png)
-
     async def picture(self, key: str, draw: Callable[[], Awaitable[bytes]]) -> bytes:
         """The picture for `key`: cached, shared with the drawing of it under way, or drawn
         by `draw` (which draws through `bounded`)."""
