@@ -234,3 +234,8 @@ def from_codec_error(exc: CodecError) -> APIError:
         # its kind, which is a 415 decided by the file's name before any byte is read).
         return Unprocessable(exc.detail, name=name)
     return Unprocessable(exc.detail, name=name)
+
+
+# Quality reports and plots (registry/ui/plots.py)
+class PlotsBusy(Unavailable):
+    """Every plot drawing slot is taken (DELTAHUB_MAX_PLOT_RENDERS)."""

@@ -92,6 +92,16 @@ class Settings(BaseSettings):
     HOST: str = "127.0.0.1"
     PORT: int = 8000
 
+    # Quality reports and their plots (registry/adapters/contents.py, registry/ui/plots.py).
+    # Every string and key in a pushed report.json, and every array and object in it, is
+    # held to these at finalize (422 InvalidReport): a path is under 4,096 characters, and
+    # a model has far fewer tensors than 65,536.
+    MAX_REPORT_STRING_CHARS: int = Field(default=4096, gt=0)
+    MAX_REPORT_ITEMS: int = Field(default=65536, gt=0)
+    # Plot pictures drawn at once (each a CPU-bound matplotlib render); a request for one
+    # more that is not being drawn already gets a 503 with Retry-After.
+    MAX_PLOT_RENDERS: int = Field(default=4, gt=0)
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.DEFAULT_PAGE_SIZE > self.MAX_PAGE_SIZE:

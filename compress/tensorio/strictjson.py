@@ -10,6 +10,11 @@ encoded as UTF-8 again, so it fails the same way.
 `loads` measures the nesting depth first, in linear time and without recursion, and
 parses only what is within the limit; every refusal is an `InvalidJSON` naming the limit
 or the value that broke it.
+
+Valid JSON can still hold what a reader of it cannot handle: an integer of 400 digits
+(`float()` of it raises OverflowError), a name of megabytes. `past_bounds` finds the first
+such value of a parsed document and names its path, for callers that keep a document
+(a pushed report.json); `within_bounds` makes one stored before such checks safe to read.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
@@ -123,3 +129,103 @@ def _check_unicode(value: Any, source: str) -> None:
         raise InvalidJSON(source, "a string holds an unpaired surrogate escape such as "
                           "\\ud800, which is not Unicode",
                           "write the character itself, or a complete surrogate pair") from exc
+
+
+# The largest integer magnitude a client's JSON may hold where it is checked (a signed
+# 64-bit integer: what PostgreSQL's bigint and NumPy hold). JSON itself sets no bound, and
+# Python parses 4,000 digits happily, but `float()` and `math.isfinite` raise
+# OverflowError past 1.8e308, so every page or sort that reads such a number fails.
+MAX_INTEGER = 2**63 - 1
+# How much of a key a path quotes.
+_PATH_KEY_CHARS = 40
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a parsed document may hold beyond valid JSON (None: no bound)."""
+
+    max_string_chars: int | None = None  # every string and object key
+    max_items: int | None = None  # every array and object
+    max_integer: int = MAX_INTEGER
+
+
+def past_bounds(value: Any, bounds: Bounds) -> str | None:
+    """Where `value` first breaks `bounds` and how (`$.a.b[3]: ...`), or None.
+
+    Iterative, so any depth is walked without recursion; a path is spelled out only for
+    the value that breaks a bound.
+    """
+    stack: list[tuple[Any, _Where]] = [(value, None)]
+    while stack:
+        item, where = stack.pop()
+        if why := _why_past(item, bounds):
+            return f"{_path(where)}: {why}"
+        if isinstance(item, dict):
+            for key in item:
+                if (bounds.max_string_chars is not None
+                        and len(key) > bounds.max_string_chars):
+                    return (f"{_path(where)}: a key of {len(key)} characters, over the "
+                            f"limit of {bounds.max_string_chars}")
+            stack.extend((child, (where, key)) for key, child in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((item[i], (where, i)) for i in range(len(item) - 1, -1, -1))
+    return None
+
+
+def within_bounds(value: Any, max_integer: int = MAX_INTEGER) -> Any:
+    """A copy of `value` with every number that no float can hold (an integer past
+    `max_integer`, NaN, an infinity) replaced by None: a document stored before its numbers
+    were checked, made safe to read."""
+    if isinstance(value, dict):
+        return {key: within_bounds(child, max_integer) for key, child in value.items()}
+    if isinstance(value, list):
+        return [within_bounds(child, max_integer) for child in value]
+    return None if _number_past(value, max_integer) else value
+
+
+# A value's place: None for the document, else (the parent's place, key or index).
+_Where = tuple[Any, str | int] | None
+
+
+def _number_past(value: Any, max_integer: int) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) > max_integer
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _why_past(value: Any, bounds: Bounds) -> str | None:
+    if _number_past(value, bounds.max_integer):
+        if isinstance(value, float):
+            return f"{value} is not a finite number"
+        return (f"an integer of {len(str(abs(value)))} digits, past the limit of "
+                f"±{bounds.max_integer}")
+    if isinstance(value, str):
+        limit = bounds.max_string_chars
+        if limit is not None and len(value) > limit:
+            return f"a string of {len(value)} characters, over the limit of {limit}"
+    elif isinstance(value, list | dict):
+        limit = bounds.max_items
+        if limit is not None and len(value) > limit:
+            what = "an array" if isinstance(value, list) else "an object"
+            return f"{what} of {len(value)} items, over the limit of {limit}"
+    return None
+
+
+def _path(where: _Where) -> str:
+    parts: list[str] = []
+    while where is not None:
+        where, step = where
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        elif _IDENTIFIER.fullmatch(step):
+            parts.append(f".{step}")
+        else:
+            quoted = json.dumps(step[:_PATH_KEY_CHARS] + ("…" if len(step) > _PATH_KEY_CHARS
+                                                          else ""), ensure_ascii=True)
+            parts.append(f"[{quoted}]")
+    return "$" + "".join(reversed(parts))
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")

@@ -3,7 +3,9 @@
 Only headers (kept in the database at upload) and small JSON files are read: the
 tensor data was already checked for NaN/Inf while it streamed in. The JSON files are
 parsed strictly (compress/tensorio/strictjson.py), and a pushed report.json (LoRA or
-BitDelta) is kept as the adapter's quality only within the report size limit.
+BitDelta) is kept as the adapter's quality only within the report limits: its size, and
+for every value in it, finite numbers, integers within MAX_INTEGER, bounded strings
+and arrays.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class _JSONReader:
         return strictjson.loads(self.store.read_bytes(file.sha256), name,
                                 max_depth=self.settings.MAX_JSON_DEPTH)
 
-    def read_report(self, file: AdapterFile) -> Any:
+    def read_report(self, file: AdapterFile) -> dict[str, Any]:
         # Uploads cap report.json; one pushed before the cap (or a lowered cap) is
         # refused here rather than read whole and kept in the adapter's row.
         limit = self.settings.MAX_REPORT_BYTES
@@ -78,7 +80,23 @@ class _JSONReader:
                 f"{REPORT_FILE} is {file.size} bytes, over the {limit}-byte limit for "
                 f"reports; upload a smaller {REPORT_FILE} (its summary, without the "
                 "per-tensor list) or leave it out", name="ReportTooLarge")
-        return self.read(REPORT_FILE, file)
+        report = self.read(REPORT_FILE, file)
+        if not isinstance(report, dict):
+            raise Unprocessable(f"{REPORT_FILE} must be a JSON object (the codec's report); "
+                                f"this one is a JSON {type(report).__name__}",
+                                name="InvalidReport")
+        # The whole document, not only the summary kept in the row: pages and plots read
+        # the file too, and a number no float holds or a name of pages would break them.
+        bounds = strictjson.Bounds(max_string_chars=self.settings.MAX_REPORT_STRING_CHARS,
+                                   max_items=self.settings.MAX_REPORT_ITEMS)
+        if (where := strictjson.past_bounds(report, bounds)) is not None:
+            raise Unprocessable(
+                f"{REPORT_FILE} holds {where}; numbers must be finite and integers within "
+                f"±{bounds.max_integer} (write large counts as floats), names at most "
+                f"{bounds.max_string_chars} characters, arrays and objects at most "
+                f"{bounds.max_items} items. Fix the report and upload it again",
+                name="InvalidReport")
+        return report
 
 
 def _inspect_lora(files: Mapping[str, AdapterFile], base: Manifest,
@@ -128,10 +146,6 @@ def _pushed_quality(files: Mapping[str, AdapterFile],
     if REPORT_FILE not in files:
         return None
     report = reader.read_report(files[REPORT_FILE])
-    if not isinstance(report, dict):
-        raise Unprocessable(f"{REPORT_FILE} must be a JSON object (the codec's report); "
-                            f"this one is a JSON {type(report).__name__}",
-                            name="InvalidReport")
     quality = {k: v for k, v in report.items() if k not in _DETAIL_KEYS}
     summary = report.get("summary")
     if report.get("format") == LORA_REPORT_FORMAT and isinstance(summary, dict):

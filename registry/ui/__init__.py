@@ -25,7 +25,9 @@ from registry.ui.sessions import SessionKeys
 
 def install_ui(app: FastAPI) -> None:
     app.state.ui_keys = SessionKeys(app.state.settings)
-    app.state.plot_cache = PlotCache()
+    settings = app.state.settings
+    app.state.plot_cache = PlotCache(renders=settings.MAX_PLOT_RENDERS,
+                                     retry_after_seconds=settings.RETRY_AFTER_SECONDS)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
     for router in (auth_router, model_router, adapter_router, job_router, dataset_router):
         app.include_router(router)

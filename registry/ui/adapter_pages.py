@@ -15,6 +15,7 @@ from compress.filenames import REPORT_FILE
 from compress.tensorio import strictjson
 from registry.adapters import service as adapters
 from registry.adapters.schemas import AdapterOut
+from registry.errors import PlotsBusy
 from registry.names import MAX_ID
 from registry.ui import plots, quality
 from registry.ui.access import AdminAction, PushAction, ViewerDep, read, write
@@ -52,8 +53,9 @@ async def _document(request: Request, source: QualitySource) -> dict[str, Any]:
             report = strictjson.loads(raw, REPORT_FILE)
         except CodecError:
             report = None  # shown without pictures rather than not at all
+    # A report stored before reports were checked may hold numbers no float holds.
     return {"quality": source.adapter.quality or {},
-            "report": report if isinstance(report, dict) else {}}
+            "report": strictjson.within_bounds(report) if isinstance(report, dict) else {}}
 
 
 @router.get("/{adapter_id}")
@@ -82,13 +84,18 @@ async def plot(request: Request, adapter_id: AdapterId, kind: str,
     if request.headers.get("if-none-match") == f'"{key}"':
         return Response(status_code=304, headers=headers)
     cache: plots.PlotCache = request.app.state.plot_cache
-    png = cache.get(key)
-    if png is None:
+
+    async def draw() -> bytes:
         document = await _document(request, source)
         if kind not in dict(plots.available(document)):
             raise PageError(404, "NotFound", f"this adapter's report has no data for {kind!r}")
-        png = await run_in_threadpool(plots.render_png, kind, document)
-        cache.put(key, png)
+        return await run_in_threadpool(cache.bounded,
+                                       lambda: plots.render_png(kind, document))
+
+    try:
+        png = await cache.picture(key, draw)
+    except PlotsBusy as exc:
+        raise PageError.of(exc) from exc
     return Response(png, media_type="image/png", headers=headers)
 
 

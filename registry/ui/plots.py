@@ -10,26 +10,38 @@ Pictures are cached by content: the key is the sha256 of the quality JSON, the
 report file's sha256 (blobs are content-addressed) and the plot kind. The same key is
 the ETag, so a browser that has the picture gets a 304. matplotlib is imported on the
 first drawing only: the API never pays for it.
+
+Names in a report are the pusher's text: each is drawn as a short, literal label (never
+math text, which matplotlib would parse out of `$...$`). Each picture is its own
+`Figure`, never pyplot's global state, so pictures of different adapters draw at once;
+the same picture asked for again while it is drawn waits for that drawing (PlotCache).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import math
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from typing import Any
+
+from registry.errors import PlotsBusy
 
 # Labels and sizes. Plots stay small: one picture per figure, at most this many bars.
 MAX_BARS = 64
 MAX_CURVES = 24
+MAX_POINTS = 2048  # per curve: a loss curve is thinned to this, a spectrum cut
+MAX_LABEL_CHARS = 48  # a longer name is shown as its start, "…" and its end
 DPI = 100
 CACHE_ENTRIES = 128
-# pyplot keeps global state: one drawing at a time, whatever thread asks.
-_DRAWING = threading.Lock()
+DEFAULT_RENDERS = 4  # pictures drawn at once (DELTAHUB_MAX_PLOT_RENDERS)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _rows(document: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -60,7 +72,9 @@ def spectra(document: dict[str, Any]) -> list[tuple[str, list[float], int | None
     """LoRA: each module's leading singular values and the rank kept."""
     curves = []
     for row in _rows(document, "modules"):
-        values = [v for v in (_finite(s) for s in row.get("singular_values") or []) if v]
+        raw = row.get("singular_values")
+        values = [v for v in (_finite(s) for s in raw[:MAX_POINTS]) if v] \
+            if isinstance(raw, list) else []
         rank = row.get("rank")
         if values:
             curves.append((str(row.get("module")), values,
@@ -84,7 +98,7 @@ def loss_curve(document: dict[str, Any]) -> list[tuple[float, float]]:
                       for r in rows if isinstance(r, dict)]
         clean = [(x, y) for x, y in points if y is not None]
         if clean:
-            return clean
+            return _thin(clean)
     return []
 
 
@@ -105,17 +119,37 @@ def verify_errors(document: dict[str, Any]) -> list[tuple[str, float]]:
     return [(name, value) for name, value in found if value is not None][:MAX_BARS]
 
 
-def _short(name: str) -> str:
-    return name.removeprefix("base_model.model.").removeprefix("model.").removesuffix(".weight")
+def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """At most MAX_POINTS of a curve, evenly spaced, keeping its last point."""
+    if len(points) <= MAX_POINTS:
+        return points
+    step = math.ceil(len(points) / MAX_POINTS)
+    return points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
+
+
+def label(name: str) -> str:
+    """A name from a report as a plot shows it: the common prefixes dropped, on one line,
+    at most MAX_LABEL_CHARS, and its `$` escaped so that matplotlib draws it literally."""
+    short = _CONTROL.sub(" ", name.removeprefix("base_model.model.").removeprefix("model.")
+                         .removesuffix(".weight"))
+    if len(short) > MAX_LABEL_CHARS:
+        head = (MAX_LABEL_CHARS - 1) // 3
+        short = short[:head] + "…" + short[len(short) - (MAX_LABEL_CHARS - 1 - head):]
+    return short.replace("$", r"\$")
+
+
+def _figure(height: float) -> tuple[Any, Any]:
+    """A figure of its own and its axes: no pyplot, so no state shared with other renders."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, height), dpi=DPI)
+    return fig, fig.subplots()
 
 
 def _bars(title: str, xlabel: str, data: list[tuple[str, float]]) -> Any:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.22 * len(data)), dpi=DPI)
-    labels = [_short(n) for n, _ in data]
+    fig, ax = _figure(0.9 + 0.22 * len(data))
     ax.barh(range(len(data)), [v for _, v in data], color="#3b6ea5")
-    ax.set_yticks(range(len(data)), labels, fontsize=7)
+    ax.set_yticks(range(len(data)), [label(n) for n, _ in data], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
@@ -132,13 +166,16 @@ def _draw_verify(document: dict[str, Any]) -> Any:
 
 
 def _draw_spectra(document: dict[str, Any]) -> Any:
-    import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogFormatter, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=DPI)
+    fig, ax = _figure(4)
     for name, values, rank in spectra(document):
-        (line,) = ax.semilogy(range(1, len(values) + 1), values, lw=1, label=_short(name))
+        (line,) = ax.semilogy(range(1, len(values) + 1), values, lw=1, label=label(name))
         if rank is not None and 0 < rank <= len(values):
             ax.plot([rank], [values[rank - 1]], "o", ms=3, color=line.get_color())
+    # Plain tick labels: the default ones are math text, whose parser is shared by threads.
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("singular value index (dot: rank kept)")
     ax.set_ylabel("σ")
     ax.set_title("Singular values of ΔW per module", fontsize=10)
@@ -147,10 +184,8 @@ def _draw_spectra(document: dict[str, Any]) -> Any:
 
 
 def _draw_loss(document: dict[str, Any]) -> Any:
-    import matplotlib.pyplot as plt
-
     points = loss_curve(document)
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=DPI)
+    fig, ax = _figure(3.2)
     ax.plot([x for x, _ in points], [y for _, y in points], color="#a5523b")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
@@ -174,20 +209,11 @@ def available(document: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def render_png(kind: str, document: dict[str, Any]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; harmless when already chosen
-    import matplotlib.pyplot as plt
-
-    with _DRAWING:
-        fig = PLOTS[kind][2](document)
-        try:
-            fig.tight_layout()
-            out = io.BytesIO()
-            fig.savefig(out, format="png")
-            return out.getvalue()
-        finally:
-            plt.close(fig)
+    fig = PLOTS[kind][2](document)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
 
 
 def content_key(quality: dict[str, Any] | None, report_sha256: str | None, kind: str) -> str:
@@ -196,28 +222,89 @@ def content_key(quality: dict[str, Any] | None, report_sha256: str | None, kind:
 
 
 class PlotCache:
-    """The last CACHE_ENTRIES pictures drawn, by content key (an in-process LRU)."""
+    """The last CACHE_ENTRIES pictures drawn, by content key (an in-process LRU), and the
+    pictures being drawn now.
 
-    def __init__(self, entries: int = CACHE_ENTRIES) -> None:
+    A picture is drawn once however many ask for it at once: the first request draws it,
+    the others wait for that drawing and share its result (or its error). At most
+    `renders` pictures are drawn at a time; a request for one more is refused (PlotsBusy,
+    a 503 with Retry-After) rather than queued behind them.
+    """
+
+    def __init__(self, entries: int = CACHE_ENTRIES, renders: int = DEFAULT_RENDERS,
+                 retry_after_seconds: int = 2) -> None:
         self.entries = entries
+        self.retry_after_seconds = retry_after_seconds
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._drawing: dict[str, Future[bytes]] = {}
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(renders)
         self.hits = 0
         self.misses = 0
+        self.renders = 0  # pictures drawn
+        self.shared = 0  # requests that waited for another request's drawing
 
-    def get(self, key: str) -> bytes | None:
-        with self._lock:
-            found = self._items.get(key)
-            if found is None:
-                self.misses += 1
-                return None
-            self.hits += 1
-            self._items.move_to_end(key)
-            return found
+    async def picture(self, key: str, draw: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The picture for `key`: cached, shared with the drawing of it under way, or drawn
+        by `draw` (which draws through `bounded`)."""
+        while True:
+            with self._lock:
+                found = self._cached(key)
+                if found is not None:
+                    return found
+                drawing = self._drawing.get(key)
+                if drawing is None:
+                    drawing = self._drawing[key] = Future()
+                    break
+                self.shared += 1
+            try:
+                return await asyncio.wrap_future(drawing)
+            except asyncio.CancelledError:
+                if not drawing.cancelled():
+                    raise  # this request was cancelled, not the drawing it waited for
+        return await self._draw(key, drawing, draw)
 
-    def put(self, key: str, png: bytes) -> None:
+    def bounded(self, render: Callable[[], bytes]) -> bytes:
+        """`render()` in one of the drawing slots (in a worker thread), or PlotsBusy."""
+        if not self._slots.acquire(blocking=False):
+            raise PlotsBusy("every plot drawing slot is busy; retry shortly (the picture is "
+                            "cached once drawn)", retry_after_seconds=self.retry_after_seconds)
+        try:
+            with self._lock:
+                self.renders += 1
+            return render()
+        finally:
+            self._slots.release()
+
+    async def _draw(self, key: str, drawing: Future[bytes],
+                    draw: Callable[[], Awaitable[bytes]]) -> bytes:
+        try:
+            png = await draw()
+        except BaseException as exc:
+            with self._lock:
+                del self._drawing[key]
+            if isinstance(exc, Exception):
+                drawing.set_exception(exc)
+            else:  # cancelled: a waiter draws it instead
+                drawing.cancel()
+            raise
         with self._lock:
-            self._items[key] = png
-            self._items.move_to_end(key)
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
+            self._put(key, png)
+            del self._drawing[key]
+        drawing.set_result(png)
+        return png
+
+    def _cached(self, key: str) -> bytes | None:
+        found = self._items.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return found
+
+    def _put(self, key: str, png: bytes) -> None:
+        self._items[key] = png
+        self._items.move_to_end(key)
+        while len(self._items) > self.entries:
+            self._items.popitem(last=False)

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from compress.tensorio import strictjson
 from registry.adapters import service as adapters
 from registry.adapters.schemas import AdapterOut
 from registry.datasets import service as datasets
@@ -65,7 +66,10 @@ def adapter_outs(session: Session, found: list[Adapter], summary: bool = True
                  ) -> list[AdapterOut]:
     names = models.model_names(session, [*(a.base_id for a in found),
                                          *(a.source_model_id for a in found)])
-    return [AdapterOut.of(a, names, summary=summary) for a in found]
+    # A row stored before reports were checked may hold a number no float holds (a
+    # 400-digit integer): pages show it as missing rather than fail on it.
+    return [out.model_copy(update={"quality": strictjson.within_bounds(out.quality)})
+            for out in (AdapterOut.of(a, names, summary=summary) for a in found)]
 
 
 def base_models(session: Session, settings: Settings, page_token: str | None

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compress.errors import CodecError, InvalidJSON, InvalidModel
-from compress.tensorio.strictjson import DEFAULT_MAX_DEPTH, PairsHook, loads, nesting_depth
+from compress.tensorio.strictjson import (
+    DEFAULT_MAX_DEPTH,
+    Bounds,
+    PairsHook,
+    loads,
+    nesting_depth,
+    past_bounds,
+    within_bounds,
+)
 
 
 def reference_depth(value: Any) -> int:
@@ -152,3 +160,24 @@ def test_every_refusal_is_a_codec_error() -> None:
     for text in ["[" * 100, "NaN", "{", '["\\ud800"]']:
         with pytest.raises(CodecError):
             loads(text, "f.json")
+
+
+@pytest.mark.parametrize(("value", "found"), [
+    ({"a": [1, {"b": 10**400}]}, "$.a[1].b: an integer of 401 digits"),
+    ({"a": -(2**63)}, "$.a: an integer of 19 digits"),
+    ([1.5, float("nan")], "$[1]: nan is not a finite number"),
+    ({"a b": {"x" * 9: "y" * 9}}, '$["a b"]: a key of 9 characters, over the limit of 8'),
+    ({"k": ["y" * 9]}, "$.k[0]: a string of 9 characters, over the limit of 8"),
+    ({"k": list(range(5))}, "$.k: an array of 5 items, over the limit of 4"),
+])
+def test_past_bounds_names_the_first_value_out_of_bounds(value: Any, found: str) -> None:
+    where = past_bounds(value, Bounds(max_string_chars=8, max_items=4))
+    assert where is not None
+    assert where.startswith(found)
+
+
+def test_within_bounds_keeps_what_a_float_holds_and_drops_the_rest() -> None:
+    document = {"a": [2**63 - 1, -(2**63), True, 1.5, float("inf")], "b": {"c": 10**400}}
+    assert past_bounds({"a": [2**63 - 1, -(2**63 - 1), 1e308, "x" * 10**5]}, Bounds()) is None
+    assert within_bounds(document) == {"a": [2**63 - 1, None, True, 1.5, None],
+                                       "b": {"c": None}}

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 PAYLOAD = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 ATTRIBUTE = '"><img src=x onerror=alert(2)>'
+MATH_TEXT = r"$\frac{$"  # matplotlib's math text parser fails on it
 
 
 def _hostile_lora(ui_models: UiModels, folder: Path) -> Path:
@@ -45,6 +46,7 @@ def _hostile_lora(ui_models: UiModels, folder: Path) -> Path:
     report["verified_with"] = PAYLOAD + ATTRIBUTE  # shown in a title attribute
     report["summary"]["comment"] = PAYLOAD
     report["modules"][0]["module"] = PAYLOAD  # drawn into a plot's labels
+    report["modules"][1]["module"] = MATH_TEXT  # drawn as written, not parsed as math
     report["distillation"] = {"losses": [2.0, 1.5, 1.2], "dataset": PAYLOAD}
     (folder / "report.json").write_text(json.dumps(report))
     return folder
