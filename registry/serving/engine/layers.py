@@ -1,0 +1,144 @@
+"""Tenant-aware layers: the base's tensors once, each resident tenant's own parts beside them.
+
+Rows of a batch are grouped by tenant slot (`Layout`); slot 0 is the base alone. A linear
+layer keeps every slot's packed signs and α in one stack ([slots, ceil(K/32), N] int32 and
+[slots, N] float32, zeros for a slot without a delta in this layer) so a mixed batch is one
+`bitdelta_linear_multi` call. Tensors a delta stores whole (embeddings, norms, lm_head, or a
+projection left uncompressed) are kept per tenant as full copies and applied to that
+tenant's rows only: they are small next to the base for the fine-tunes BitDelta targets,
+and counted in the tenant's bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812  (torch's own convention)
+
+from kernels import bitdelta_linear_multi, packed_words
+
+
+@dataclass(frozen=True)
+class Group:
+    slot: int
+    lo: int  # rows lo:hi of the batch
+    hi: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which rows of a batch belong to which tenant slot (rows sorted by slot)."""
+
+    groups: tuple[Group, ...]
+    seg_starts: tuple[int, ...]  # one entry per slot of the stacks, plus the end
+    rows: int
+
+    @classmethod
+    def of(cls, slots: Sequence[int], counts: Sequence[int], capacity: int) -> Layout:
+        """Consecutive runs of `counts[i]` rows for `slots[i]` (non-decreasing slots)."""
+        if any(b < a for a, b in itertools.pairwise(slots)):
+            raise ValueError("rows must be sorted by tenant slot")
+        groups: list[Group] = []
+        per_slot, row = [0] * capacity, 0
+        for slot, count in zip(slots, counts, strict=True):
+            if groups and groups[-1].slot == slot:
+                groups[-1] = Group(slot, groups[-1].lo, row + count)
+            else:
+                groups.append(Group(slot, row, row + count))
+            per_slot[slot] += count
+            row += count
+        starts = [0]
+        for count in per_slot:
+            starts.append(starts[-1] + count)
+        return cls(tuple(groups), tuple(starts), row)
+
+
+class MultiTenantLinear:
+    """y = x·Wᵀ (+ b) for base rows, x·Wᵀ + α ⊙ (x·sign(ΔW)ᵀ) (+ b) for a tenant's rows."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight = weight.detach()
+        self.bias = None if bias is None else bias.detach()
+        n, k = self.weight.shape
+        self.k = k
+        device = self.weight.device
+        # One tuple, replaced whole when the stack grows, so a reader never pairs the bits
+        # of one stack with the scales of another.
+        self.stack = (torch.zeros(1, packed_words(k), n, dtype=torch.int32, device=device),
+                      torch.zeros(1, n, dtype=torch.float32, device=device))
+        self.with_bits: set[int] = set()
+        self.overrides: dict[int, torch.Tensor] = {}
+
+    def grow(self, capacity: int) -> None:
+        bits, scale = self.stack
+        extra = capacity - bits.shape[0]
+        if extra > 0:
+            self.stack = (torch.cat([bits, bits.new_zeros(extra, *bits.shape[1:])]),
+                          torch.cat([scale, scale.new_zeros(extra, scale.shape[1])]))
+
+    def install(self, slot: int, bits: torch.Tensor, scale: torch.Tensor) -> None:
+        stack_bits, stack_scale = self.stack
+        if tuple(bits.shape) != tuple(stack_bits.shape[1:]):
+            raise ValueError(f"bits of shape {tuple(bits.shape)}, the layer needs "
+                             f"{tuple(stack_bits.shape[1:])}")
+        stack_bits[slot] = bits.to(stack_bits.device)
+        stack_scale[slot] = scale.to(stack_scale.device, torch.float32).expand(
+            stack_scale.shape[1])
+        self.with_bits.add(slot)
+
+    def clear(self, slot: int) -> None:
+        self.stack[1][slot] = 0  # α = 0: the slot's stale signs add nothing
+        self.with_bits.discard(slot)
+        self.overrides.pop(slot, None)
+
+    def __call__(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
+        if any(g.slot in self.with_bits for g in layout.groups):
+            bits, scale = self.stack
+            y = bitdelta_linear_multi(x, self.weight, bits, scale, layout.seg_starts)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = F.linear(x, self.weight, self.bias)
+        for g in layout.groups:
+            if g.slot in self.overrides:
+                y[g.lo:g.hi] = F.linear(x[g.lo:g.hi], self.overrides[g.slot], self.bias)
+        return y
+
+    def slot_bytes(self) -> int:
+        """What one slot of the stack holds: packed signs and one α per output row."""
+        bits, scale = self.stack
+        return bits[0].nbytes + scale[0].nbytes
+
+
+class TenantEmbedding:
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight.detach()
+        self.overrides: dict[int, torch.Tensor] = {}
+
+    def __call__(self, ids: torch.Tensor, layout: Layout) -> torch.Tensor:
+        out = F.embedding(ids, self.weight)
+        for g in layout.groups:
+            if g.slot in self.overrides:
+                out[g.lo:g.hi] = F.embedding(ids[g.lo:g.hi], self.overrides[g.slot])
+        return out
+
+
+class TenantRMSNorm:
+    """Llama's RMSNorm (in float32, the weight applied in the input's dtype), per tenant."""
+
+    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+        self.weight = weight.detach()
+        self.eps = eps
+        self.overrides: dict[int, torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
+        x32 = x.float()
+        normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        out = normed * self.weight
+        for g in layout.groups:
+            if g.slot in self.overrides:
+                out[g.lo:g.hi] = normed[g.lo:g.hi] * self.overrides[g.slot]
+        return out
