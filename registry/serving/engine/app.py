@@ -180,13 +180,14 @@ async def _pieces(engine: Engine, generation: Generation
     """(new token ids, their text, finish reason) as the tokens come.
 
     The text of a step is what decoding all tokens so far adds to the text before it, so a
-    character split over several tokens arrives whole.
+    character split over several tokens arrives whole; text held back for a character
+    never completed comes with the last event.
     """
     ids: list[int] = []
     sent = ""
     async for event in generation.tokens():
         if isinstance(event, Finished):
-            yield [], "", event.reason
+            yield [], _decode(engine, ids)[len(sent):], event.reason  # what was held back
             return
         ids.append(event)
         text = _decode(engine, ids)

@@ -22,7 +22,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 @dataclass(frozen=True)
 class EngineLimits:
     max_tenants: int = 16
-    memory_budget_bytes: int = 8 * 2**30  # tenants' signs, α and full tensors
+    memory_budget_bytes: int = 8_000_000_000  # tenants' signs, α and full tensors
     max_batch: int = 32  # requests decoding together
     max_waiting: int = 64  # requests queued behind them; more get a 503
     dtype: torch.dtype = torch.float32

@@ -4,16 +4,23 @@ their merged models (the reference every engine answer must equal)."""
 from __future__ import annotations
 
 import json
+import shutil
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import uvicorn
 
 from compress.bitdelta import compress_bitdelta, merge_bitdelta
 from tests.finetune import TOKENIZER_FILE, VOCAB_SIZE, byte_tokenizer_json
 from tests.models import TINY_LLAMA, make_finetune
+from tests.s3server import free_port
 
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -83,3 +90,31 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def database_url(sqlite_template: Path, tmp_path: Path) -> str:
+    """SQLite only: the engine talks to the registry over HTTP, whatever its database."""
+    path = tmp_path / "deltahub.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+@contextmanager
+def running(app: Any) -> Iterator[str]:
+    """`app` behind a real uvicorn on loopback (its lifespan on); yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
