@@ -7,6 +7,7 @@ on first use; callers authenticate with their own registry tokens (read scope).
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -61,30 +62,37 @@ def engine(
     from registry.serving.engine.auth import RegistryTokens
     from registry.serving.engine.engine import Engine, EngineLimits
     from registry.serving.engine.errors import EngineError, ModelNotFound
-    from registry.serving.engine.sources import RegistryAdapters, pull_base
+    from registry.serving.engine.sources import RegistryAdapters
 
     if dtype not in DTYPES:
         raise CommandFailure("bad --dtype", f"{dtype!r} is not one of {', '.join(DTYPES)}",
                              EXIT_USAGE)
-    client = DeltahubClient(url, token)
-    local = Path(base)
     limits = EngineLimits(max_tenants=max_tenants,
                           memory_budget_bytes=int(memory_budget * 1e9), max_batch=max_batch,
                           max_waiting=max_waiting, dtype=DTYPES[dtype], device=device)
-    try:
-        if local.is_dir():
-            base_dir, base_name = local, name or local.resolve().name
-        else:
-            base_dir, base_name = pull_base(client, base, cache_dir), base
-        served = Engine(base_dir, base_name, RegistryAdapters(client, cache_dir, base_name),
-                        limits)
-    except EngineError as exc:
-        code = EXIT_NOT_FOUND if isinstance(exc, ModelNotFound) else EXIT_FAILED
-        raise CommandFailure(type(exc).__name__, exc.detail, code) from exc
-    console.print(f"serving {base_name} and its BitDelta fine-tunes from {url} on "
-                  f"http://{host}:{port}/v1", highlight=False)
-    uvicorn.run(create_app(served, None if public else RegistryTokens(url)), host=host,
-                port=port, log_level="info")
+    with closing(DeltahubClient(url, token)) as client:
+        try:
+            base_dir, base_name = _base(client, base, name, cache_dir)
+            served = Engine(base_dir, base_name,
+                            RegistryAdapters(client, cache_dir, base_name), limits)
+        except EngineError as exc:
+            code = EXIT_NOT_FOUND if isinstance(exc, ModelNotFound) else EXIT_FAILED
+            raise CommandFailure(type(exc).__name__, exc.detail, code) from exc
+        console.print(f"serving {base_name} and its BitDelta fine-tunes from {url} on "
+                      f"http://{host}:{port}/v1", highlight=False)
+        uvicorn.run(create_app(served, None if public else RegistryTokens(url)), host=host,
+                    port=port, log_level="info")
+
+
+def _base(client: DeltahubClient, base: str, name: str | None, cache_dir: Path
+          ) -> tuple[Path, str]:
+    """A local directory (named `name`, or as the directory), else a registered base pulled."""
+    from registry.serving.engine.sources import pull_base
+
+    local = Path(base)
+    if local.is_dir():
+        return local, name or local.resolve().name
+    return pull_base(client, base, cache_dir), base
 
 
 def register(app: typer.Typer) -> None:

@@ -57,45 +57,53 @@ class Layout:
 
 
 class MultiTenantLinear:
-    """y = x·Wᵀ (+ b) for base rows, x·Wᵀ + α ⊙ (x·sign(ΔW)ᵀ) (+ b) for a tenant's rows."""
+    """y = x·Wᵀ (+ b) for base rows, x·Wᵀ + α ⊙ (x·sign(ΔW)ᵀ) (+ b) for a tenant's rows.
+
+    The stack of signs and α exists from the first tenant that compresses this layer on
+    (a layer no tenant compresses, such as lm_head usually, holds none).
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.weight = weight.detach()
         self.bias = None if bias is None else bias.detach()
-        n, k = self.weight.shape
-        self.k = k
-        device = self.weight.device
+        self.n, self.k = self.weight.shape
         # One tuple, replaced whole when the stack grows, so a reader never pairs the bits
         # of one stack with the scales of another.
-        self.stack = (torch.zeros(1, packed_words(k), n, dtype=torch.int32, device=device),
-                      torch.zeros(1, n, dtype=torch.float32, device=device))
+        self.stack: tuple[torch.Tensor, torch.Tensor] | None = None
         self.with_bits: set[int] = set()
         self.overrides: dict[int, torch.Tensor] = {}
 
     def grow(self, capacity: int) -> None:
+        if self.stack is None:
+            return
         bits, scale = self.stack
         extra = capacity - bits.shape[0]
         if extra > 0:
             self.stack = (torch.cat([bits, bits.new_zeros(extra, *bits.shape[1:])]),
                           torch.cat([scale, scale.new_zeros(extra, scale.shape[1])]))
 
-    def install(self, slot: int, bits: torch.Tensor, scale: torch.Tensor) -> None:
-        stack_bits, stack_scale = self.stack
-        if tuple(bits.shape) != tuple(stack_bits.shape[1:]):
+    def install(self, slot: int, bits: torch.Tensor, scale: torch.Tensor, capacity: int
+                ) -> None:
+        if tuple(bits.shape) != (packed_words(self.k), self.n):
             raise ValueError(f"bits of shape {tuple(bits.shape)}, the layer needs "
-                             f"{tuple(stack_bits.shape[1:])}")
+                             f"{(packed_words(self.k), self.n)}")
+        if self.stack is None:
+            device = self.weight.device
+            self.stack = (torch.zeros(capacity, *bits.shape, dtype=torch.int32, device=device),
+                          torch.zeros(capacity, self.n, dtype=torch.float32, device=device))
+        stack_bits, stack_scale = self.stack
         stack_bits[slot] = bits.to(stack_bits.device)
-        stack_scale[slot] = scale.to(stack_scale.device, torch.float32).expand(
-            stack_scale.shape[1])
+        stack_scale[slot] = scale.to(stack_scale.device, torch.float32).expand(self.n)
         self.with_bits.add(slot)
 
     def clear(self, slot: int) -> None:
-        self.stack[1][slot] = 0  # α = 0: the slot's stale signs add nothing
+        if self.stack is not None:
+            self.stack[1][slot] = 0  # α = 0: the slot's stale signs add nothing
         self.with_bits.discard(slot)
         self.overrides.pop(slot, None)
 
     def __call__(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
-        if any(g.slot in self.with_bits for g in layout.groups):
+        if self.stack is not None and any(g.slot in self.with_bits for g in layout.groups):
             bits, scale = self.stack
             y = bitdelta_linear_multi(x, self.weight, bits, scale, layout.seg_starts)
             if self.bias is not None:
@@ -109,8 +117,7 @@ class MultiTenantLinear:
 
     def slot_bytes(self) -> int:
         """What one slot of the stack holds: packed signs and one α per output row."""
-        bits, scale = self.stack
-        return bits[0].nbytes + scale[0].nbytes
+        return packed_words(self.k) * self.n * 4 + self.n * 4
 
 
 class TenantEmbedding:

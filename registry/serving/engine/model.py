@@ -97,25 +97,23 @@ class EngineModel:
             linear.grow(capacity)
         self.capacity = max(self.capacity, capacity)
 
-    def slot_bytes(self) -> int:
-        """Bytes one slot of the stacks holds in every layer (the packed signs and α)."""
-        return sum(linear.slot_bytes() for linear in self.linears.values())
-
     def check(self, delta: BitDelta) -> int:
-        """The bytes the tenant's full tensors take here; raises if a tensor has no home."""
+        """The bytes the tenant takes here (its slot of each layer it compresses, and its
+        full tensors); raises if something it changes has no home."""
+        total = 0
         for spec in delta.summary.compressed.values():
             if spec.module not in self.linears:
                 raise UnsupportedAdapter(f"the delta compresses {spec.module}, which is not a "
                                          "linear layer of this base")
-        total = 0
+            total += self.linears[spec.module].slot_bytes()
         for name, tensor in delta.tensors.items():
-            self._owner(name)
-            total += tensor.numel() * self.dtype.itemsize
+            total += len(self._owner(name)) * tensor.numel() * self.dtype.itemsize
         return total
 
     def install(self, slot: int, delta: BitDelta) -> None:
         for weight in delta.weights.values():
-            self.linears[weight.spec.module].install(slot, weight.bits, weight.scale)
+            self.linears[weight.spec.module].install(slot, weight.bits, weight.scale,
+                                                     self.capacity)
         for name, tensor in delta.tensors.items():
             for owner in self._owner(name):
                 owner.overrides[slot] = tensor.to(self.device, self.dtype)

@@ -135,7 +135,7 @@ class TenantStore:
         except CodecError as exc:
             raise UnsupportedAdapter(f"{adapter.label} is not a BitDelta delta this engine's "
                                      f"base can serve: {exc}") from exc
-        nbytes = self.model.slot_bytes() + self.model.check(delta)
+        nbytes = self.model.check(delta)
         with self._lock:
             evicted = self._make_room(nbytes, adapter.label)
             slot = self._free_slot()

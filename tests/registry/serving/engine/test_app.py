@@ -23,7 +23,7 @@ from registry.serving.engine.scheduler import Generation, Sampling
 from registry.serving.engine.sources import RegistryAdapters, pull_base
 from tests.conftest import LiveServer, Tokens
 from tests.registry.api import push_adapter, register_model
-from tests.registry.serving.engine.conftest import (
+from tests.registry.serving.engine.helpers import (
     EngineModels,
     greedy_reference,
     running,

@@ -11,7 +11,7 @@ from registry.serving.engine.engine import Engine, EngineLimits
 from registry.serving.engine.errors import TenantCapacityExhausted
 from registry.serving.engine.scheduler import Finished, Generation, Sampling
 from registry.serving.engine.sources import LocalAdapters
-from tests.registry.serving.engine.conftest import EngineModels, greedy_reference
+from tests.registry.serving.engine.helpers import EngineModels, greedy_reference
 
 NEW_TOKENS = 32
 BASE = "tiny-base"
@@ -52,6 +52,9 @@ def test_mixed_batch_equals_each_merged_finetune(engine_models: EngineModels) ->
             engine.stop()
 
     got = asyncio.run(run())
+    # each tenant's own lm_head, embeddings and norms (stored whole) served its rows
+    assert set(engine.model.linears["lm_head"].overrides) == {1, 2, 3, 4}
+    assert set(engine.model.embedding.overrides) == {1, 2, 3, 4}
     assert engine.scheduler.steps < len(names) * NEW_TOKENS  # requests shared steps
     references = [t.merged for t in engine_models.tenants] + [engine_models.base] * 2
     for i, (tokens, reference) in enumerate(zip(got, references, strict=True)):
@@ -73,6 +76,7 @@ def test_least_recently_used_idle_tenant_is_evicted(engine_models: EngineModels)
     assert [t.adapter.key for t in store.resident()] == [first, third]
     assert store.stats.evictions == 1
     assert engine.model.linears["model.layers.0.mlp.up_proj"].with_bits == {1, 2}
+    assert engine.model.linears["lm_head"].stack is None  # no tenant compresses it
 
 
 def test_tenant_in_use_is_never_evicted(engine_models: EngineModels) -> None:
