@@ -28,6 +28,7 @@ TENANTS = 4
 @dataclass(frozen=True)
 class Tenant:
     name: str
+    finetune: Path
     delta: Path
     merged: Path
 
@@ -63,7 +64,7 @@ def make_models(root: Path) -> EngineModels:
         compress_bitdelta(base, finetune, delta, scale="tensor" if i == 3 else "row")
         merged = root / f"merged{i}"
         merge_bitdelta(base, delta, merged)
-        tenants.append(Tenant(f"tenant-{i}", delta, merged))
+        tenants.append(Tenant(f"tenant-{i}", finetune, delta, merged))
     return EngineModels(base, tenants)
 
 

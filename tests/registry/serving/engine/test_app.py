@@ -15,6 +15,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from compress.lora import extract_lora
 from registry.client import DeltahubClient
 from registry.serving.engine.app import create_app
 from registry.serving.engine.auth import RegistryTokens
@@ -162,6 +163,23 @@ def test_unknown_model_is_404_and_models_lists_base_and_adapters(
     assert listed.status_code == 200
     assert sorted(m["id"] for m in listed.json()["data"]) == [
         "tenant-0@1", "tenant-1@1", "tenant-2@1", "tenant-3@1", BASE]
+
+
+def test_lora_adapter_is_refused_with_422(serve: EngineFactory, client: TestClient,
+                                         tokens: Tokens, engine_models: EngineModels,
+                                         tmp_path: Path) -> None:
+    lora = tmp_path / "lora"
+    extract_lora(engine_models.base, engine_models.tenants[0].finetune, lora, rank=2)
+    pushed = push_adapter(client, tokens.push, "ft-lora", BASE, lora, kind="lora")
+    assert pushed.status_code == 201, pushed.text
+    with serve() as served, httpx.Client(base_url=served.url, headers=served.headers,
+                                         timeout=60) as http:
+        refused = http.post("/v1/completions", json=_completion("ft-lora", [1, 2]))
+        listed = http.get("/v1/models").json()["data"]
+    assert refused.status_code == 422
+    assert refused.json()["error"] == "UnsupportedAdapter"
+    assert served.engine.store.resident() == []
+    assert "ft-lora@1" not in [m["id"] for m in listed]
 
 
 def test_requests_need_a_registry_token(serve: EngineFactory) -> None:
