@@ -51,6 +51,14 @@ def decode(model: EngineModel, slots: list[int], prompt: int, tokens: int) -> fl
     return time.perf_counter() - started
 
 
+def logit_gap(engine: EngineModel, merged: EngineModel, prompt: int) -> float:
+    """max |engine − merged| / max |merged| over the prompt's last logits, tenant in slot 1."""
+    ids = list(range(1, prompt + 1))
+    ours = engine.forward([StepRows(1, ids, engine.new_cache(prompt))])
+    theirs = merged.forward([StepRows(0, ids, merged.new_cache(prompt))])
+    return float((ours - theirs).abs().max() / theirs.abs().max())
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -85,9 +93,11 @@ def main() -> None:
         merged = load(root / "merged", dtype, device)
     decode(engine, [1], args.prompt, 2)  # warm-up: kernel compiles, allocator
     decode(merged, [0], args.prompt, 2)
+    gap = logit_gap(engine, merged, args.prompt)
     name = torch.cuda.get_device_name() if cuda else "CPU"
     lines = [f"Engine decode throughput on {name}, {dtype}, {args.prompt}-token prompts, "
-             f"{tokens} tokens per request", "",
+             f"{tokens} tokens per request; a tenant's prompt logits differ from its merged "
+             f"model's by at most {gap:.2e} of their largest magnitude", "",
              "| tenants | engine tok/s | merged, one after another, tok/s | engine ÷ merged |",
              "|---:|---:|---:|---:|"]
     for t in TENANTS:

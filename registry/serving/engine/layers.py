@@ -35,9 +35,19 @@ class Layout:
     groups: tuple[Group, ...]
     seg_starts: tuple[int, ...]  # one entry per slot of the stacks, plus the end
     rows: int
+    # On CUDA, seg_starts uploaded once for every layer of the step (int32): the kernels
+    # then take it unchecked, with the most rows any slot has as their bound.
+    device_starts: torch.Tensor | None = None
+
+    def segments(self) -> torch.Tensor | tuple[int, ...]:
+        return self.seg_starts if self.device_starts is None else self.device_starts
+
+    def max_rows(self) -> int:
+        return max(b - a for a, b in itertools.pairwise(self.seg_starts))
 
     @classmethod
-    def of(cls, slots: Sequence[int], counts: Sequence[int], capacity: int) -> Layout:
+    def of(cls, slots: Sequence[int], counts: Sequence[int], capacity: int,
+           device: torch.device | None = None) -> Layout:
         """Consecutive runs of `counts[i]` rows for `slots[i]` (non-decreasing slots)."""
         if any(b < a for a, b in itertools.pairwise(slots)):
             raise ValueError("rows must be sorted by tenant slot")
@@ -53,7 +63,10 @@ class Layout:
         starts = [0]
         for count in per_slot:
             starts.append(starts[-1] + count)
-        return cls(tuple(groups), tuple(starts), row)
+        on_device = None
+        if device is not None and device.type == "cuda":
+            on_device = torch.tensor(starts, dtype=torch.int32, device=device)
+        return cls(tuple(groups), tuple(starts), row, on_device)
 
 
 class MultiTenantLinear:
@@ -105,7 +118,8 @@ class MultiTenantLinear:
     def __call__(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         if self.stack is not None and any(g.slot in self.with_bits for g in layout.groups):
             bits, scale = self.stack
-            y = bitdelta_linear_multi(x, self.weight, bits, scale, layout.seg_starts)
+            y = bitdelta_linear_multi(x, self.weight, bits, scale, layout.segments(),
+                                      max_rows_per_tenant=layout.max_rows())
             if self.bias is not None:
                 y = y + self.bias
         else:

@@ -149,7 +149,7 @@ class EngineModel:
         `batch` must be sorted by slot; every cache gains the new tokens.
         """
         counts = [len(s.tokens) for s in batch]
-        layout = Layout.of([s.slot for s in batch], counts, self.capacity)
+        layout = Layout.of([s.slot for s in batch], counts, self.capacity, self.device)
         ids = torch.tensor([t for s in batch for t in s.tokens], device=self.device)
         positions = torch.cat([torch.arange(s.cache.length, s.cache.length + len(s.tokens))
                                for s in batch]).to(self.device)
@@ -167,7 +167,7 @@ class EngineModel:
             s.cache.length += len(s.tokens)
         h = self.norms["model.norm"](h, layout)
         ends = torch.tensor(counts).cumsum(0) - 1
-        last = Layout.of([s.slot for s in batch], [1] * len(batch), self.capacity)
+        last = Layout.of([s.slot for s in batch], [1] * len(batch), self.capacity, self.device)
         return self.linears[LM_HEAD](h[ends.to(self.device)], last).float()
 
     def _attention(self, prefix: str, index: int, x: torch.Tensor, layout: Layout,

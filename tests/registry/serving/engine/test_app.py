@@ -165,6 +165,7 @@ def test_unknown_model_is_404_and_models_lists_base_and_adapters(
         "tenant-0@1", "tenant-1@1", "tenant-2@1", "tenant-3@1", BASE]
 
 
+@pytest.mark.slow
 def test_lora_adapter_is_refused_with_422(serve: EngineFactory, client: TestClient,
                                          tokens: Tokens, engine_models: EngineModels,
                                          tmp_path: Path) -> None:
