@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -68,6 +69,13 @@ def create_app(engine: Engine, tokens: RegistryTokens | None) -> FastAPI:
     async def engine_error(_: Request, exc: EngineError) -> JSONResponse:
         return JSONResponse({"error": type(exc).__name__, "detail": exc.detail},
                             status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+                 for e in exc.errors()]
+        return JSONResponse({"error": "ValidationError",
+                             "detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]

@@ -183,6 +183,25 @@ def test_lora_adapter_is_refused_with_422(serve: EngineFactory, client: TestClie
     assert "ft-lora@1" not in [m["id"] for m in listed]
 
 
+def test_bad_requests_are_refused_before_any_tenant_loads(serve: EngineFactory) -> None:
+    refusals = [
+        (_completion("tenant-0", [1] * 100, max_tokens=29), 400, "ContextTooLong"),  # 129 > 128
+        (_completion("tenant-0", [1, 256]), 400, "InvalidGenerationRequest"),  # vocab is 256
+        (_completion("tenant-0", []), 400, "InvalidGenerationRequest"),
+        (_completion("tenant-0", [1], n=2), 422, "ValidationError"),
+        (_completion("tenant-0", [1], temperature=-1), 422, "ValidationError"),
+    ]
+    with serve() as served, httpx.Client(base_url=served.url, headers=served.headers,
+                                         timeout=60) as http:
+        for body, status, error in refusals:
+            response = http.post("/v1/completions", json=body)
+            assert (response.status_code, response.json()["error"]) == (status, error), body
+        fits = http.post("/v1/completions", json=_completion(BASE, [1] * 100, max_tokens=28))
+    assert fits.status_code == 200
+    assert served.engine.store.resident() == []
+    assert served.engine.scheduler.tokens_generated == 28
+
+
 def test_requests_need_a_registry_token(serve: EngineFactory) -> None:
     with serve() as served, httpx.Client(base_url=served.url, timeout=60) as http:
         anonymous = http.post("/v1/completions", json=_completion(BASE, [1, 2]))

@@ -100,3 +100,23 @@ def test_memory_budget_bounds_resident_tenants(engine_models: EngineModels,
         budget.store.release(budget.store.acquire(tenant.name))
     assert len(budget.store.resident()) == 2
     assert budget.store.resident_bytes() <= one * 2.5
+
+
+def test_seeded_sampling_repeats_itself(engine_models: EngineModels) -> None:
+    engine = _engine(engine_models)
+    tenant = engine_models.tenants[0].name
+
+    async def run() -> list[list[int]]:
+        engine.start()
+        try:
+            runs = []
+            for seed in (7, 7, 8):
+                sampling = Sampling(max_tokens=16, temperature=1.0, top_p=0.9, seed=seed)
+                runs.append(await _drain(await engine.generate(tenant, _prompt(0), sampling)))
+            return runs
+        finally:
+            engine.stop()
+
+    first, again, other = asyncio.run(run())
+    assert first == again
+    assert first != other
