@@ -210,6 +210,7 @@ async def _collect(generation: Generation, request: Request) -> tuple[list[int],
     """All the tokens and the finish reason; cancels the generation if the client leaves."""
     ids: list[int] = []
     reason = "length"
+    failed: EngineError | None = None
     async with anyio.create_task_group() as group:
         async def watch() -> None:
             while not await request.is_disconnected():
@@ -217,12 +218,17 @@ async def _collect(generation: Generation, request: Request) -> tuple[list[int],
             generation.cancelled = True
 
         group.start_soon(watch)
-        async for event in generation.tokens():
-            if isinstance(event, Finished):
-                reason = event.reason
-            else:
-                ids.append(event)
+        try:
+            async for event in generation.tokens():
+                if isinstance(event, Finished):
+                    reason = event.reason
+                else:
+                    ids.append(event)
+        except EngineError as exc:  # raised past the group, not wrapped in an ExceptionGroup
+            failed = exc
         group.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
     return ids, reason
 
 
@@ -236,5 +242,13 @@ def _event(payload: Any) -> str:
 
 
 def _sse(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream",
+    async def guarded() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield event
+        except EngineError as exc:  # the status is sent: the error goes as the last event
+            body = {"error": type(exc).__name__, "detail": exc.detail}
+            yield f"data: {json.dumps(body)}\n\n"
+
+    return StreamingResponse(guarded(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})

@@ -53,3 +53,9 @@ class RegistryUnavailable(EngineError):
 
 class Unauthorized(EngineError):
     status_code = 401
+
+
+class GenerationFailed(EngineError):
+    """A decode step raised: its requests fail, the engine goes on with the next ones."""
+
+    status_code = 500

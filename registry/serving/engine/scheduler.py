@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from registry.serving.engine.errors import EngineOverloaded
+from registry.serving.engine.errors import EngineOverloaded, GenerationFailed
 from registry.serving.engine.model import EngineModel, KVCache, StepRows
 from registry.serving.engine.tenants import Lease
 
@@ -123,10 +123,13 @@ class Scheduler:
             except Exception as exc:  # a failed step fails its requests, not the engine
                 log.exception("decode step failed")
                 for generation in self.running:
-                    self._finish(generation, exc)
+                    self._finish(generation, GenerationFailed(
+                        f"the decode step failed ({type(exc).__name__}: {exc}); retry, and "
+                        "report it if it persists"))
                 self.running = []
         for generation in [*self.running, *self.waiting]:
-            self._finish(generation, RuntimeError("the engine is shutting down"))
+            self._finish(generation, GenerationFailed("the engine is shutting down; retry "
+                                                      "on another replica"))
 
     def _admit(self) -> None:
         while self.waiting and len(self.running) < self.max_batch:
