@@ -144,8 +144,14 @@ class TenantStore:
         with self.model_lock:
             for old in evicted:
                 self.model.clear(old.slot)
-            self.model.grow(slot + 1)
-            self.model.install(slot, delta)
+            try:
+                self.model.grow(slot + 1)
+                self.model.install(slot, delta)
+            except BaseException:  # e.g. out of memory: leave no half-installed tenant
+                self.model.clear(slot)
+                with self._lock:
+                    del self._tenants[adapter.key]
+                raise
         self.stats.loads += 1
         self.stats.evictions += len(evicted)
         return tenant
@@ -157,22 +163,23 @@ class TenantStore:
                 f"{label} needs {nbytes:,} bytes, more than the engine's whole tenant memory "
                 f"budget ({self.memory_budget_bytes:,}); restart it with a larger "
                 "--memory-budget")
-        evicted: list[Tenant] = []
+        count = len(self._tenants)
         used = sum(t.nbytes for t in self._tenants.values())
-        for key, tenant in list(self._tenants.items()):
-            if len(self._tenants) < self.max_tenants and used + nbytes <= self.memory_budget_bytes:
+        evicted: list[Tenant] = []
+        for tenant in self._tenants.values():  # least recently used first
+            if count < self.max_tenants and used + nbytes <= self.memory_budget_bytes:
                 break
             if tenant.leases == 0:
-                del self._tenants[key]
                 evicted.append(tenant)
+                count -= 1
                 used -= tenant.nbytes
-        if len(self._tenants) >= self.max_tenants or used + nbytes > self.memory_budget_bytes:
-            self._tenants.update((t.adapter.key, t) for t in evicted)  # keep them after all
+        if count >= self.max_tenants or used + nbytes > self.memory_budget_bytes:
             raise TenantCapacityExhausted(
                 f"every resident fine-tune has requests in flight and {label} does not fit "
-                f"beside them ({len(self._tenants)} of {self.max_tenants} tenants, "
-                f"{used:,} of {self.memory_budget_bytes:,} bytes); retry shortly, or add a "
-                "replica")
+                f"beside them ({count} of {self.max_tenants} tenants, {used:,} of "
+                f"{self.memory_budget_bytes:,} bytes); retry shortly, or add a replica")
+        for tenant in evicted:
+            del self._tenants[tenant.adapter.key]
         return evicted
 
     def _free_slot(self) -> int:
