@@ -15,6 +15,9 @@
 #   kernel_cost  benchmarks/kernel_cost.py: the static cost model's predictions (CPU compile)
 #   compilecheck python -m kernels.compilecheck: registers, spills, shared memory (CPU compile)
 #   kernel_bench benchmarks/kernel_bench.py: the measured table (kernel_bench.md/.json)
+#   serving      benchmarks/engine_throughput_bench.py: the serving engine's decode tokens/s at
+#                1 / 4 / 16 tenants against as many merged models served one after another
+#                (serving.md; a 134M-parameter Llama in float16; needs transformers)
 #   distill      benchmarks/distill_bench.py --steps 50 on the GPU (skipped without one)
 #   sweep        kernel_bench.py --sweep: decode tiles for 11008x4096 (sweep.md/.json)
 # kernel_cost and compilecheck need no GPU and run alongside the tests; the benchmark waits
@@ -36,9 +39,9 @@
 # Environment (optional): PYTHON (default: .venv/bin/python if present, else python3);
 # GPU_CHECK_BUDGET_S, the whole run's limit in seconds (default 560): a step never runs past
 # it, and one that would start with under 5 s left is not run (and counts as failed). The
-# boxes (30 + 75 + 180 + 150 + 140 s in the foreground) are far above what the steps should
-# take on an H100/H200 (about 5 minutes in all, an estimate: this has not yet run on a GPU);
-# the sweep compiles its ~200 variants in parallel within 75 s of its box.
+# boxes (30 + 75 + 180 + 150 + 120 + 140 s in the foreground, serving's 120 included) are far
+# above what the steps should take on an H100/H200 (about 5 minutes in all, an estimate: this
+# has not yet run on a GPU); the sweep compiles its ~200 variants in parallel within 75 s of its box.
 set -uo pipefail
 
 if [[ $# -ne 1 || $1 == -* ]]; then
@@ -61,7 +64,7 @@ unset TRITON_INTERPRET  # the GPU steps compile; only CPU fallbacks set it, per 
 budget=${GPU_CHECK_BUDGET_S:-560}
 status_dir=$(mktemp -d)
 trap 'rm -rf "$status_dir"' EXIT
-STEPS=(env tests_gpu tests_all kernel_cost compilecheck kernel_bench distill sweep)
+STEPS=(env tests_gpu tests_all kernel_cost compilecheck kernel_bench serving distill sweep)
 
 # step NAME BOX_SECONDS LOG COMMAND...: run COMMAND with stdout and stderr to LOG (stdout
 # elsewhere if COMMAND redirects it itself), within BOX_SECONDS and the run's budget; its
@@ -170,6 +173,16 @@ fi
 note=$cpu_note step kernel_bench 150 "$out/kernel_bench.log" "${interp[@]}" \
     "$python" benchmarks/kernel_bench.py "${bench_args[@]}" \
     --markdown "$out/kernel_bench.md" --json "$out/kernel_bench.json"
+# The serving engine (registry/serving/engine/): a batch of 1 / 4 / 16 BitDelta tenants against
+# merged models one after another. Without transformers it is recorded as skipped.
+if "$python" -c 'import transformers, safetensors' 2>/dev/null; then
+    if [[ $cuda == 1 ]]; then serving_args=(--tokens 64); else serving_args=(--tiny); fi
+    note=$cpu_note step serving 120 "$out/serving.log" \
+        "$python" benchmarks/engine_throughput_bench.py "${serving_args[@]}" \
+        --markdown "$out/serving.md"
+else
+    echo "skipped: needs transformers and safetensors" >"$status_dir/serving"
+fi
 # Scale distillation on the GPU (the Triton forward, the α backward): time and device peak
 # against compression, two model sizes. It needs transformers and google-re2 besides torch
 # (carry google-re2's wheel if the image lacks it); without them, or without a GPU, it is

@@ -52,6 +52,8 @@ COMMANDS: dict[str, Entry] = {
                     "float32 reference, and vs FINETUNE.", CODECS, "compress"),
     "evaluate": Entry("evaluate_commands", "Measure how much of FINETUNE's gain over BASE a "
                       "compressed model keeps, on data.", CODECS, "compress"),
+    "engine": Entry("engine_commands", "Serve BASE and its BitDelta fine-tunes from the "
+                    "registry (OpenAI-compatible API).", SERVER, "server"),
     "serve": Entry("server_commands", "Run the API server (the database must be migrated: "
                    "`deltahub db upgrade`).", SERVER, "server"),
     "worker": Entry("worker_commands", "Run compression jobs until interrupted.", SERVER,
