@@ -68,8 +68,10 @@ def start_push(session: Session, settings: Settings, name: str, description: str
     """
     check_name(name, "data set name")
     digest = drafts.check_declared(declared, lambda f: dataset_file_rule(f, settings))
-    return drafts.racing_first_push(
-        session, lambda: _start_draft(session, name, description, token_id, digest))
+    # Two first pushes of a new name would both find nothing to lock and both insert; the
+    # name's lock makes each see what the one before it committed (any number of them).
+    DatasetRepository(session).lock_name(name)
+    return _start_draft(session, name, description, token_id, digest)
 
 
 def _start_draft(session: Session, name: str, description: str | None,

@@ -94,8 +94,9 @@ def start_push(session: Session, settings: Settings, name: str, kind: ModelKind,
     check_name(name, "model name")
     base_id = _base_id(session, kind, base_ref)
     digest = drafts.check_declared(declared, lambda f: model_file_rule(f, settings))
-    return drafts.racing_first_push(
-        session, lambda: _start_draft(session, name, kind, base_id, token_id, digest))
+    # As for data sets: without the name's lock, racing first pushes both insert.
+    ModelRepository(session).lock_name(name)
+    return _start_draft(session, name, kind, base_id, token_id, digest)
 
 
 def _start_draft(session: Session, name: str, kind: ModelKind, base_id: int | None,

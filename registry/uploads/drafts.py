@@ -13,10 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
-
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from registry.auth.tokens import Scope, grants
 from registry.errors import APIError, DraftChanged, Forbidden, Unprocessable
@@ -33,24 +29,6 @@ from registry.tables import (
 )
 
 Draft = Model | Adapter | Dataset
-T = TypeVar("T")
-
-
-def racing_first_push(session: Session, start: Callable[[], T]) -> T:
-    """`start` (look the name up, then resume, replace or insert its draft), once more
-    if a push that began at the same moment inserted the name first.
-
-    Looking a new name up locks nothing, so two first pushes can both decide to insert;
-    the unique constraint stops the second, whose savepoint is rolled back. Its second
-    look sees the first push's row (PostgreSQL reports the violation only once that
-    push has committed) and answers as for any existing draft: resumed for the same
-    token, `DraftInProgress` for another.
-    """
-    try:
-        with session.begin_nested():
-            return start()
-    except IntegrityError:
-        return start()
 
 
 def owns(draft: Draft, token_id: int | None) -> bool:
