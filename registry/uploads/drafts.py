@@ -27,6 +27,7 @@ from registry.tables import (
     Status,
     utcnow,
 )
+from registry.uploads.flow import Uploaded
 
 Draft = Model | Adapter | Dataset
 
@@ -71,6 +72,16 @@ def same_files(draft: Draft, digest: str | None) -> bool:
     """Whether a push declaring files with `digest` may resume `draft` (a push or a draft
     that declared nothing matches any files)."""
     return digest is None or draft.declared_digest in (None, digest)
+
+
+def held_upload(draft: Draft, filename: str, sha256: str | None) -> Uploaded | None:
+    """An upload of `filename` answered as done, when `draft` was finalized (by another
+    run of the same push) holding exactly the bytes the client declares (`sha256`)."""
+    if draft.status is not Status.READY or sha256 is None:
+        return None
+    held = next((f for f in draft.files
+                 if f.filename == filename and f.sha256 == sha256.lower()), None)
+    return None if held is None else Uploaded(held.sha256, held.size, new=False)
 
 
 def touch(draft: Draft) -> None:
