@@ -234,3 +234,8 @@ def from_codec_error(exc: CodecError) -> APIError:
         # its kind, which is a 415 decided by the file's name before any byte is read).
         return Unprocessable(exc.detail, name=name)
     return Unprocessable(exc.detail, name=name)
+
+
+# Data sets and uploads (issue 22).
+class ContentChecksBusy(Unavailable):
+    """Every slot for checking an uploaded file whole is taken (MAX_CONCURRENT_CONTENT_CHECKS)."""
