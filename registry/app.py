@@ -16,6 +16,7 @@ from registry.jobs.endpoints import router as jobs_router
 from registry.metrics import install_metrics
 from registry.models.endpoints import router as models_router
 from registry.openapi import install_openapi
+from registry.paths import PathNameMiddleware
 from registry.settings import Settings, get_settings
 from registry.storage.base import BlobStore
 from registry.storage.factory import make_blob_store
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
     app.state.database = database or Database.from_settings(settings)
     app.state.store = store or make_blob_store(settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES)
+    app.add_middleware(PathNameMiddleware)  # before routing: see registry/paths.py
     for router in (models_router, adapters_router, jobs_router, tokens_router,
                    datasets_router):
         app.include_router(router)

@@ -239,3 +239,7 @@ def from_codec_error(exc: CodecError) -> APIError:
 # Quality reports and plots (registry/ui/plots.py)
 class PlotsBusy(Unavailable):
     """Every plot drawing slot is taken (DELTAHUB_MAX_PLOT_RENDERS)."""
+
+# Data sets and uploads (issue 22).
+class ContentChecksBusy(Unavailable):
+    """Every slot for checking an uploaded file whole is taken (MAX_CONCURRENT_CONTENT_CHECKS)."""

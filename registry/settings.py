@@ -102,6 +102,13 @@ class Settings(BaseSettings):
     # more that is not being drawn already gets a 503 with Retry-After.
     MAX_PLOT_RENDERS: int = Field(default=4, gt=0)
 
+    # Data sets and uploads (issue 22). A data set file is checked whole once it has
+    # arrived (text decoded, JSON lines parsed: a few times the file in memory); at most
+    # this many such checks run at once in one server process, and an upload that finds
+    # every slot taken for CONTENT_CHECK_WAIT_SECONDS answers 503 with Retry-After.
+    MAX_CONCURRENT_CONTENT_CHECKS: int = Field(default=2, gt=0)
+    CONTENT_CHECK_WAIT_SECONDS: float = Field(default=5.0, ge=0)
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.DEFAULT_PAGE_SIZE > self.MAX_PAGE_SIZE:

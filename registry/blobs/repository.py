@@ -51,6 +51,14 @@ class BlobRepository:
         self.session.flush()
         return row
 
+    def holds(self, row_type: type[ModelFile] | type[AdapterFile] | type[DatasetFile],
+              owner_column: str, owner_id: int, filename: str, sha256: str) -> bool:
+        """Whether the owner's `filename` points at the blob `sha256`."""
+        owner = getattr(row_type, owner_column)
+        return self.session.scalar(select(exists().where(
+            owner == owner_id, row_type.filename == filename,
+            row_type.sha256 == sha256))) is True
+
     def referenced(self) -> set[str]:
         """Every sha256 a model, adapter or data set file points at."""
         rows = self.session.execute(union(*(select(t.sha256) for t in _REFERENCING)))

@@ -6,8 +6,10 @@ same token left, with the files it already holds, or a new one. Only the missing
 are sent, and the finalize is guarded by the declared files, so a draft that changed
 meanwhile is refused (409 `DraftChanged`), never published. When several runs of the same
 push race (a CI matrix with one token):
-- an upload answered 409 `NotPending`: another run finalized the draft; finalize it
-  too, which returns that version;
+- an upload of a file another run already finalized with the same bytes is answered
+  200 by the server (models, data sets); an upload answered 409 `NotPending` (an older
+  server, or an adapter): another run finalized the draft; finalize it too, which
+  returns that version;
 - an upload or finalize answered 404: another run found the content already registered
   and dropped the draft; start again, once, and the finalize returns that version.
 """

@@ -19,7 +19,7 @@ from registry.downloads import StoredFile, file_response, find_file
 from registry.models.schemas import FinalizeRequest
 from registry.schemas import FileOut, PageOut, created_or_existing
 from registry.tables import Dataset, Status
-from registry.uploads.flow import store_request
+from registry.uploads.flow import SHA256_HEADER, store_request
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -66,17 +66,21 @@ async def get_dataset(name: str, db: DatabaseDep, _: ReadToken) -> DatasetOut:
     return await db.read(lambda session: _out(service.get_dataset(session, name)))
 
 
-@router.put("/{name}/files/{filename:path}", status_code=status.HTTP_201_CREATED)
+@router.put("/{name}/files/{filename:path}", status_code=status.HTTP_201_CREATED,
+            responses={200: {"model": FileOut}, 201: {"model": FileOut}})
 async def upload_dataset_file(name: str, filename: str, request: Request, store: StoreDep,
                               db: DatabaseDep, settings: SettingsDep,
-                              token: PushToken) -> FileOut:
+                              token: PushToken) -> JSONResponse:
     """Upload one file: UTF-8 .txt, .jsonl with a string "text" per line, or .safetensors
     token ids (an integer `input_ids` [n, seq]); checked whole before anything is kept."""
     target = await db.write(  # a write: it touches the draft
-        lambda session: service.upload_target(session, name, filename, settings))
+        lambda session: service.upload_target(session, name, filename, settings,
+                                              request.headers.get(SHA256_HEADER)))
     result = await store_request(request, store, db, target, token_id=token.id,
                                  idle_timeout_s=settings.UPLOAD_IDLE_TIMEOUT_SECONDS)
-    return FileOut(filename=filename, sha256=result.sha256, size=result.size)
+    # 200: another run of this push finalized the draft with these bytes already.
+    return created_or_existing(FileOut(filename=filename, sha256=result.sha256,
+                                       size=result.size), result.new)
 
 
 @router.post("/{name}/finalize")

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from registry.models.repository import candidate_names
+from registry.models.repository import candidate_names, lock_name
 from registry.repository import newest_first
 from registry.tables import Dataset, Status
 
@@ -25,6 +25,10 @@ class DatasetRepository:
         if lock:
             query = query.with_for_update(of=Dataset)
         return self.session.scalars(query).first()
+
+    def lock_name(self, name: str) -> None:
+        """Serialise the pushes that start or replace a draft of `name` (`lock_name`)."""
+        lock_name(self.session, f"dataset:{name}")
 
     def candidate_names(self, name: str) -> list[str]:
         """Names `name` may misspell, from bounded reads (see `candidate_names`)."""

@@ -68,8 +68,10 @@ def start_push(session: Session, settings: Settings, name: str, description: str
     """
     check_name(name, "data set name")
     digest = drafts.check_declared(declared, lambda f: dataset_file_rule(f, settings))
-    return drafts.racing_first_push(
-        session, lambda: _start_draft(session, name, description, token_id, digest))
+    # Two first pushes of a new name would both find nothing to lock and both insert; the
+    # name's lock makes each see what the one before it committed (any number of them).
+    DatasetRepository(session).lock_name(name)
+    return _start_draft(session, name, description, token_id, digest)
 
 
 def _start_draft(session: Session, name: str, description: str | None,
@@ -107,23 +109,32 @@ def pending_dataset(session: Session, name: str, dataset_id: int | None = None) 
     if dataset_id is not None and dataset.id != dataset_id:
         raise DatasetNotFound(f"the draft of data set {name!r} this upload went to was "
                               "deleted meanwhile; push again")
+    return _taking_files(dataset)
+
+
+def _taking_files(dataset: Dataset) -> Dataset:
     if dataset.status is not Status.PENDING:
-        raise NotPending(f"data set {name!r} is finalized and its files are immutable; "
-                         "push changed data under another name")
+        raise NotPending(f"data set {dataset.name!r} is finalized and its files are "
+                         "immutable; push changed data under another name")
     drafts.touch(dataset)  # an upload starting or ending: the draft is in use
     return dataset
 
 
-def upload_target(session: Session, name: str, filename: str,
-                  settings: Settings) -> UploadTarget:
-    """Where `PUT /datasets/{name}/files/{filename}` goes, if the draft still takes files.
+def upload_target(session: Session, name: str, filename: str, settings: Settings,
+                  sha256: str | None = None) -> UploadTarget:
+    """Where `PUT /datasets/{name}/files/{filename}` goes, if the draft still takes files
+    (or the data set holds the file with the `sha256` the client declares already).
 
     Run in a write transaction: it touches the draft (see pending_dataset).
     """
     rule = dataset_file_rule(filename, settings)
-    dataset_id = pending_dataset(session, name).id
+    dataset = get_dataset(session, name, lock=True)
+    held = drafts.held_upload(dataset, filename, sha256)
+    if held is None:
+        _taking_files(dataset)
+    dataset_id = dataset.id
     return UploadTarget(filename, DatasetFile, "dataset_id", dataset_id, rule,
-                        recheck=lambda s: pending_dataset(s, name, dataset_id))
+                        recheck=lambda s: pending_dataset(s, name, dataset_id), held=held)
 
 
 def finalize_dataset(session: Session, name: str,

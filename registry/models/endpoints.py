@@ -18,7 +18,7 @@ from registry.models import service
 from registry.models.schemas import FinalizeRequest, ModelCreate, ModelOut
 from registry.schemas import FileOut, PageOut, created_or_existing
 from registry.tables import Model, ModelKind
-from registry.uploads.flow import store_request
+from registry.uploads.flow import SHA256_HEADER, store_request
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -69,15 +69,19 @@ async def get_model(model: str, db: DatabaseDep, _: ReadToken) -> ModelOut:
     return await db.read(lambda session: _out(session, service.get_model(session, model)))
 
 
-@router.put("/{model}/files/{filename:path}", status_code=status.HTTP_201_CREATED)
+@router.put("/{model}/files/{filename:path}", status_code=status.HTTP_201_CREATED,
+            responses={200: {"model": FileOut}, 201: {"model": FileOut}})
 async def upload_model_file(model: str, filename: str, request: Request, store: StoreDep,
                             db: DatabaseDep, settings: SettingsDep,
-                            token: PushToken) -> FileOut:
+                            token: PushToken) -> JSONResponse:
     target = await db.write(  # a write: it touches the draft
-        lambda session: service.upload_target(session, model, filename, settings))
+        lambda session: service.upload_target(session, model, filename, settings,
+                                              request.headers.get(SHA256_HEADER)))
     result = await store_request(request, store, db, target, token_id=token.id,
                                  idle_timeout_s=settings.UPLOAD_IDLE_TIMEOUT_SECONDS)
-    return FileOut(filename=filename, sha256=result.sha256, size=result.size)
+    # 200: another run of this push finalized the draft with these bytes already.
+    return created_or_existing(FileOut(filename=filename, sha256=result.sha256,
+                                       size=result.size), result.new)
 
 
 @router.post("/{model}/finalize")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer, selectinload
 
 from registry.names import is_id, parse_id
@@ -25,6 +25,18 @@ def candidate_names(session: Session, column: InstrumentedAttribute[str], name: 
     before = query.where(key < folded).order_by(key.desc())
     newest = query.order_by(func.max(id_column).desc())
     return [found for q in (after, before, newest) for found in session.scalars(q)]
+
+
+def lock_name(session: Session, key: str) -> None:
+    """Serialise, until this transaction ends, the transactions that lock `key` (a name
+    with its kind, "model:llama"): looking up a name that does not exist locks no row.
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite needs none: every write
+    transaction there takes the database write lock at BEGIN (registry/db.py).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                        {"key": f"deltahub.{key}"})
 
 
 class ModelRepository:
@@ -73,6 +85,10 @@ class ModelRepository:
             return {}
         rows = self.session.execute(select(Model.id, Model.name).where(Model.id.in_(ids)))
         return {row.id: row.name for row in rows}
+
+    def lock_name(self, name: str) -> None:
+        """Serialise the pushes that start or replace a draft of `name` (`lock_name`)."""
+        lock_name(self.session, f"model:{name}")
 
     def candidate_names(self, name: str, kind: ModelKind | None = None) -> list[str]:
         """Names `name` may misspell, from bounded reads (see `candidate_names`)."""

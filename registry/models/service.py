@@ -94,8 +94,9 @@ def start_push(session: Session, settings: Settings, name: str, kind: ModelKind,
     check_name(name, "model name")
     base_id = _base_id(session, kind, base_ref)
     digest = drafts.check_declared(declared, lambda f: model_file_rule(f, settings))
-    return drafts.racing_first_push(
-        session, lambda: _start_draft(session, name, kind, base_id, token_id, digest))
+    # As for data sets: without the name's lock, racing first pushes both insert.
+    ModelRepository(session).lock_name(name)
+    return _start_draft(session, name, kind, base_id, token_id, digest)
 
 
 def _start_draft(session: Session, name: str, kind: ModelKind, base_id: int | None,
@@ -154,7 +155,10 @@ def _base_id(session: Session, kind: ModelKind, base_ref: str | None) -> int | N
 
 def pending_model(session: Session, ref: str) -> Model:
     """The model a file is being uploaded to; it must still accept files."""
-    model = get_model(session, ref, lock=True)
+    return _taking_files(get_model(session, ref, lock=True))
+
+
+def _taking_files(model: Model) -> Model:
     if model.status is not Status.PENDING:
         raise NotPending(f"model {model.name!r} is finalized and its files are immutable; "
                          "register a new model for new weights")
@@ -162,15 +166,21 @@ def pending_model(session: Session, ref: str) -> Model:
     return model
 
 
-def upload_target(session: Session, ref: str, filename: str, settings: Settings) -> UploadTarget:
-    """Where `PUT /models/{ref}/files/{filename}` goes, if the model still takes files.
+def upload_target(session: Session, ref: str, filename: str, settings: Settings,
+                  sha256: str | None = None) -> UploadTarget:
+    """Where `PUT /models/{ref}/files/{filename}` goes, if the model still takes files
+    (or the model holds the file with the `sha256` the client declares already).
 
     Run in a write transaction: it touches the draft (see pending_model).
     """
     rule = model_file_rule(filename, settings)
-    model_id = pending_model(session, ref).id
+    model = get_model(session, ref, lock=True)
+    held = drafts.held_upload(model, filename, sha256)
+    if held is None:
+        _taking_files(model)
+    model_id = model.id
     return UploadTarget(filename, ModelFile, "model_id", model_id, rule,
-                        recheck=lambda s: pending_model(s, str(model_id)))
+                        recheck=lambda s: pending_model(s, str(model_id)), held=held)
 
 
 def finalize_model(session: Session, store: BlobStore, ref: str,

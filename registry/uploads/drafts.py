@@ -13,10 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
-
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from registry.auth.tokens import Scope, grants
 from registry.errors import APIError, DraftChanged, Forbidden, Unprocessable
@@ -31,26 +27,9 @@ from registry.tables import (
     Status,
     utcnow,
 )
+from registry.uploads.flow import Uploaded
 
 Draft = Model | Adapter | Dataset
-T = TypeVar("T")
-
-
-def racing_first_push(session: Session, start: Callable[[], T]) -> T:
-    """`start` (look the name up, then resume, replace or insert its draft), once more
-    if a push that began at the same moment inserted the name first.
-
-    Looking a new name up locks nothing, so two first pushes can both decide to insert;
-    the unique constraint stops the second, whose savepoint is rolled back. Its second
-    look sees the first push's row (PostgreSQL reports the violation only once that
-    push has committed) and answers as for any existing draft: resumed for the same
-    token, `DraftInProgress` for another.
-    """
-    try:
-        with session.begin_nested():
-            return start()
-    except IntegrityError:
-        return start()
 
 
 def owns(draft: Draft, token_id: int | None) -> bool:
@@ -93,6 +72,16 @@ def same_files(draft: Draft, digest: str | None) -> bool:
     """Whether a push declaring files with `digest` may resume `draft` (a push or a draft
     that declared nothing matches any files)."""
     return digest is None or draft.declared_digest in (None, digest)
+
+
+def held_upload(draft: Draft, filename: str, sha256: str | None) -> Uploaded | None:
+    """An upload of `filename` answered as done, when `draft` was finalized (by another
+    run of the same push) holding exactly the bytes the client declares (`sha256`)."""
+    if draft.status is not Status.READY or sha256 is None:
+        return None
+    held = next((f for f in draft.files
+                 if f.filename == filename and f.sha256 == sha256.lower()), None)
+    return None if held is None else Uploaded(held.sha256, held.size, new=False)
 
 
 def touch(draft: Draft) -> None:

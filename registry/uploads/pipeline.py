@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from compress.errors import CodecError
@@ -124,6 +125,11 @@ class UploadPipeline:
         staged = self._writer.finish()
         return UploadResult(staged=staged, sha256=sha256, size=self.size, header=header)
 
+    def _check_whole(self, path: Path) -> None:
+        slots = self.rule.check_slots
+        with slots.slot(self.filename) if slots is not None else contextlib.nullcontext():
+            check_data_file(path, self.rule.max_bytes)
+
     def _validate(self, chunk: bytes) -> None:
         assert self._validator is not None
         try:
@@ -157,7 +163,7 @@ class UploadPipeline:
                       if self._validator is not None else None)
             if self._spool is not None:
                 # The same check an evaluation applies when it reads the file.
-                check_data_file(self._spool.close(), self.rule.max_bytes)
+                self._check_whole(self._spool.close())
         except CodecError as exc:
             raise from_codec_error(exc) from exc
         if self._validator is not None or self._spool is not None:

@@ -31,6 +31,7 @@ from registry.errors import UnsupportedFile, from_codec_error
 from registry.names import check_filename
 from registry.settings import Settings
 from registry.tables import AdapterKind
+from registry.uploads.checks import CheckSlots
 
 
 class ContentKind(StrEnum):
@@ -53,6 +54,8 @@ class FileRule:
     # Where a file checked whole (a data set's) is copied while it arrives: the server's
     # WORK_DIR, not the system temp directory, which may be RAM (tmpfs).
     spool_dir: Path | None = None
+    # The slots such a whole-file check waits for (registry/uploads/checks.py).
+    check_slots: CheckSlots | None = None
 
     @classmethod
     def of(cls, kind: ContentKind, max_bytes: int, settings: Settings) -> FileRule:
@@ -113,7 +116,7 @@ def dataset_file_rule(filename: str, settings: Settings) -> FileRule:
         raise UnsupportedFile(exc.detail) from exc
     return dataclasses.replace(
         FileRule.of(ContentKind.DATASET, settings.MAX_DATASET_BYTES, settings),
-        spool_dir=Path(settings.WORK_DIR) / "uploads")
+        spool_dir=Path(settings.WORK_DIR) / "uploads", check_slots=CheckSlots.of(settings))
 
 
 def _rule(filename: str, settings: Settings) -> FileRule:
