@@ -234,3 +234,15 @@ def from_codec_error(exc: CodecError) -> APIError:
         # its kind, which is a 415 decided by the file's name before any byte is read).
         return Unprocessable(exc.detail, name=name)
     return Unprocessable(exc.detail, name=name)
+
+
+# -- web pages' JSON endpoints (i22-http) ---------------------------------------------
+
+
+class SignInRequired(APIError):
+    """A script of the pages called without a live session (pages redirect instead).
+
+    No `WWW-Authenticate: Bearer`: the cure is the sign-in page, not a bearer token.
+    """
+
+    status_code = 401
