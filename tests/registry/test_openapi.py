@@ -37,6 +37,7 @@ from registry.openapi import (
 )
 from registry.openapi_errors import SERVICE_ERRORS
 from registry.openapi_rules import ADAPTER_FILE_RULE, DATASET_FILE_RULE, MODEL_FILE_RULE
+from registry.pagination import encode_cursor
 from registry.settings import Settings
 from registry.tables import AdapterKind
 from registry.uploads.flow import SHA256_HEADER
@@ -331,9 +332,12 @@ def test_page_tokens_have_the_form_the_server_takes(document: dict[str, Any],
     assert len(schemas) == 4  # models, adapters, jobs, data sets
     for schema in schemas:
         assert (schema["pattern"], schema["maxLength"]) == ("^[A-Za-z0-9_-]*$", 256)
-    # What the pattern refuses the server refuses, even where it would decode.
-    issued = "eyJpZCI6IDEsICJmIjogIjAifQ"  # base64url of {"id": 1, "f": "0"}
-    for token in (issued + "==", issued + "\n", "a" * 257):
+    # What the pattern refuses the server refuses, even where it would decode to a cursor
+    # of this very query.
+    issued = encode_cursor(1, {"kind": None, "base": None})  # GET /models, no filters
+    assert client.get("/models", params={"page_token": issued},
+                      headers=tokens.read).status_code == 200
+    for token in (issued + "==", issued + "\n", " " + issued, "a" * 257):
         refused = client.get("/models", params={"page_token": token}, headers=tokens.read)
         assert refused.status_code == 422, token
         assert refused.json()["error"] == "InvalidPageToken"
