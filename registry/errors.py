@@ -243,3 +243,14 @@ class PlotsBusy(Unavailable):
 # Data sets and uploads (issue 22).
 class ContentChecksBusy(Unavailable):
     """Every slot for checking an uploaded file whole is taken (MAX_CONCURRENT_CONTENT_CHECKS)."""
+
+# -- web pages' JSON endpoints (i22-http) ---------------------------------------------
+
+
+class SignInRequired(APIError):
+    """A script of the pages called without a live session (pages redirect instead).
+
+    No `WWW-Authenticate: Bearer`: the cure is the sign-in page, not a bearer token.
+    """
+
+    status_code = 401

@@ -3,6 +3,10 @@
 Whatever goes wrong, a client gets JSON it can parse, with a status that says whose
 problem it is: 4xx for the request, 503 + Retry-After for "busy or down, try again",
 and a JSON 500 (logged with its traceback) only for a bug.
+
+A bug's 500 is answered by `InternalErrorMiddleware`, not only by Starlette's handler
+for `Exception`: that one re-raises after answering, and uvicorn then closes the
+connection, so a client's next request on the same keep-alive connection would fail.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from compress.errors import CodecError
 from registry.database import translate_db_error
@@ -86,16 +91,54 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
         translated = translate_db_error(exc, retry_after)
         if isinstance(translated, APIError):
             return _api_error(translated)
-        return await internal_error(request, exc)
+        return internal_error_response(request.method, request.url.path, exc)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        # A bug: log everything, show nothing of the server's internals.
-        log.exception("unhandled error in %s %s", request.method, request.url.path,
-                      exc_info=exc)
-        return _error(500, "InternalError",
-                      "the server hit an unexpected error; it was logged. Retry, and report "
-                      "it if it persists")
+        # Reached only by a bug in a middleware outside InternalErrorMiddleware.
+        return internal_error_response(request.method, request.url.path, exc)
+
+    app.add_middleware(InternalErrorMiddleware)
+
+
+def internal_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
+    # A bug: log everything, show nothing of the server's internals.
+    log.exception("unhandled error in %s %s", method, path, exc_info=exc)
+    return _error(500, "InternalError",
+                  "the server hit an unexpected error; it was logged. Retry, and report "
+                  "it if it persists")
+
+
+class InternalErrorMiddleware:
+    """Answers a bug's exception with the JSON 500 and keeps the connection open.
+
+    Only when no response has started: after that the client has part of an answer,
+    and the exception goes on up so the server closes the connection (the one honest
+    end for a truncated response).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        except Exception as exc:
+            if started:
+                raise
+            response = internal_error_response(scope.get("method", ""),
+                                               scope.get("path", ""), exc)
+            await response(scope, receive, send)
 
 
 def allowed_methods(request: Request) -> list[str]:

@@ -5,7 +5,9 @@ so several apps in one process (the test suite) count apart and never collide.
 
 - HTTP: a pure ASGI middleware counts requests and observes latency by method, route
   *template* (`/adapters/{ref}`, never the raw path: the label set stays bounded) and
-  status. A request no route matched is labelled `<unmatched>`.
+  status. A request no route matched is labelled `<unmatched>`, and a method outside
+  HTTP's standard ones `other`: no label value is ever client text, so a client sending
+  made-up methods or paths cannot add series.
 - Uploads and storage errors are read off the responses of this process, so no code
   outside this module needs a hook: a `PUT .../files/...` that succeeds adds the bytes it
   received; one that fails counts under the error name its JSON body carries; any
@@ -44,6 +46,10 @@ from registry.tables import CompressMethod, JobStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNMATCHED = "<unmatched>"
+OTHER_METHOD = "other"
+# RFC 9110's methods plus PATCH; anything else (a server accepts any token) is `other`.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
+                           "TRACE", "CONNECT"})
 # Error bodies are small JSON objects; anything longer is not read for its name.
 _MAX_ERROR_BODY = 64 * 1024
 # `PUT /models/{model}/files/{filename:path}`, `PUT /adapters/{ref}/files/...`
@@ -164,7 +170,7 @@ class MetricsMiddleware:
 
     def _record(self, scope: Scope, seen: _Seen, seconds: float) -> None:
         route = route_template(scope)
-        method = scope.get("method", "GET")
+        method = method_label(scope)
         status = seen.status or 500  # no response started: the server will send a 500
         self.metrics.requests.labels(method, route, str(status)).inc()
         self.metrics.latency.labels(method, route).observe(seconds)
@@ -210,6 +216,11 @@ class _Seen:
         if isinstance(name, str) and name.isidentifier() and len(name) <= 64:
             return name
         return None
+
+
+def method_label(scope: Scope) -> str:
+    method = scope.get("method", "GET")
+    return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
 def route_template(scope: Scope) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +31,19 @@ from registry.auth.tokens import TOKEN_PREFIX, Scope
 from registry.datasets.schemas import DatasetCreate
 from registry.deps import RequireScope
 from registry.models.schemas import FinalizeRequest, ModelCreate
-from registry.names import FILENAME_PATTERN, MAX_SUGGESTIONS, NAME_PATTERN
+from registry.names import MAX_SUGGESTIONS
 from registry.openapi_errors import NOT_FOUND, SERVICE_ERRORS
+from registry.openapi_rules import (
+    ADAPTER_FILE_RULE,
+    ADAPTER_REF_RULE,
+    DATASET_FILE_RULE,
+    FILENAME_RULE,
+    MAX_LENGTHS,
+    MODEL_FILE_RULE,
+    MODEL_REF_RULE,
+    NAME_RULE,
+)
+from registry.pagination import CURSOR_PATTERN, MAX_PAGE_TOKEN_CHARS
 from registry.schemas import ErrorOut
 from registry.settings import Settings
 
@@ -49,37 +59,14 @@ _RETRY_AFTER = {"description": "seconds to wait before retrying", "required": Tr
 # registry/uploads/flow.py's SHA256_HEADER, as README and downloads spell it.
 SHA256_HEADER_NAME = "X-Content-SHA256"
 
-# The name rules as JSON Schema patterns (ECMA-262: `$` is the end of the input). They
-# restate the checks in registry/names.py around its patterns; tests/registry/
-# test_openapi.py holds each one to the function that enforces it.
-_NO_DOUBLE_DOT = r"(?!.*\.\.)"
-_N = f"(?:{NAME_PATTERN})"
-# check_name: and not only digits, which would read as an id.
-NAME_RULE = rf"^{_NO_DOUBLE_DOT}(?![0-9]+$){_N}$"
-# A model by name, or by id: any run of ASCII digits (one no row has is just not found).
-MODEL_REF_RULE = rf"^(?:[0-9]+|{_NO_DOUBLE_DOT}{_N})$"
-# <id>, <name>, <name>@<version> or <name>:<alias> (adapters.service.get_adapter).
-ADAPTER_REF_RULE = (rf"^{_NO_DOUBLE_DOT}(?:{_N}|(?![0-9]+@){_N}@[0-9]+"
-                    rf"|(?![0-9]+:){_N}:(?![0-9]+$){_N})$")
-FILENAME_RULE = rf"^{_NO_DOUBLE_DOT}(?:{FILENAME_PATTERN})$"
-
-
-def _longest_match(pattern: str, limit: int = 1024) -> int:
-    """The length of the longest run of one letter that `pattern` admits.
-
-    Asked of the pattern itself, so the bound follows registry/names.py; one letter
-    suffices because the names' repeated class takes letters.
-    """
-    compiled = re.compile(pattern)
-    longest = max(n for n in range(1, limit + 1) if compiled.fullmatch("a" * n))
-    if longest == limit:
-        raise ValueError(f"{pattern!r} admits names of {limit} characters or more")
-    return longest
-
-
-# References have no bound of their own: an id or a version may have any number of digits.
-_MAX_LENGTHS = {NAME_RULE: _longest_match(NAME_PATTERN),
-                FILENAME_RULE: _longest_match(FILENAME_PATTERN)}
+# The file names an upload's owner takes, by the path's first segment (openapi_rules.py).
+_UPLOAD_FILENAME_RULES = {"models": MODEL_FILE_RULE, "adapters": ADAPTER_FILE_RULE,
+                          "datasets": DATASET_FILE_RULE}
+# Names a push declares it will upload (registry/uploads/drafts.py), by the body's model.
+_DECLARED_FILE_RULES = {ModelCreate.__name__: MODEL_FILE_RULE,
+                        AdapterCreate.__name__: ADAPTER_FILE_RULE,
+                        DatasetCreate.__name__: DATASET_FILE_RULE,
+                        FinalizeRequest.__name__: FILENAME_RULE}  # either owner's files
 
 
 # Which rule each parameter and JSON body field follows, by the name the code gives it.
@@ -193,6 +180,9 @@ def _unique_operation_ids(app: FastAPI) -> dict[str, str]:
 def _describe_operation(operation: JsonObject, facts: RouteFacts, settings: Settings,
                         parameters: dict[str, JsonObject]) -> None:
     _describe_security(operation, facts.scope)
+    if facts.raw_body:  # the file name an upload takes depends on its owner
+        owner = facts.path.split("/")[1]
+        parameters = {**parameters, "filename": _string(_UPLOAD_FILENAME_RULES[owner])}
     for parameter in operation.get("parameters", []):
         _constrain_parameter(parameter, parameters)
     responses = operation["responses"]
@@ -325,12 +315,17 @@ def _parameter_schemas(settings: Settings) -> dict[str, JsonObject]:
     schemas = {name: _string(rule) for name, rule in _PARAMETER_RULES.items()}
     schemas["limit"] = {"type": "integer", "minimum": 1, "maximum": settings.MAX_PAGE_SIZE,
                         "default": settings.DEFAULT_PAGE_SIZE}
+    schemas["page_token"] = {
+        "type": "string", "pattern": f"^{CURSOR_PATTERN}$",
+        "maxLength": MAX_PAGE_TOKEN_CHARS,
+        "description": "the `next_page_token` of the previous page of the same query, "
+                       "unchanged (one from another query is refused: `InvalidPageToken`)"}
     return schemas
 
 
 def _string(rule: str) -> JsonObject:
     schema: JsonObject = {"type": "string", "pattern": rule}
-    if (longest := _MAX_LENGTHS.get(rule)) is not None:
+    if (longest := MAX_LENGTHS.get(rule)) is not None:
         schema["maxLength"] = longest
     return schema
 
@@ -358,11 +353,11 @@ def _constrain_body_fields(schemas: JsonObject) -> None:
                 if branch.get("type") == "string":
                     branch.update(constraint)
     # Declared and expected files (registry/uploads/drafts.py) are keyed by file name.
-    for keyed in (FinalizeRequest, ModelCreate, AdapterCreate, DatasetCreate):
-        files = schemas[keyed.__name__]["properties"]["files"]
+    for keyed, rule in _DECLARED_FILE_RULES.items():
+        files = schemas[keyed]["properties"]["files"]
         for branch in files.get("anyOf", [files]):
             if branch.get("type") == "object":
-                branch["propertyNames"] = _string(FILENAME_RULE)
+                branch["propertyNames"] = _string(rule)
     scopes = schemas[TokenCreate.__name__]["properties"]["scopes"]
     scopes["items"] = {"type": "string", "enum": [s.value for s in Scope]}
     scopes["minItems"] = 1

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -21,8 +22,11 @@ from registry.names import MAX_ID
 from registry.settings import Settings
 
 T = TypeVar("T")
-# Ours are ~60 characters; anything much longer was not issued here.
-_MAX_TOKEN_CHARS = 256
+# Ours are ~60 characters of unpadded base64url; anything else was not issued here. The
+# OpenAPI document states both (registry/openapi.py).
+MAX_PAGE_TOKEN_CHARS = 256
+CURSOR_PATTERN = "[A-Za-z0-9_-]*"
+_CURSOR = re.compile(CURSOR_PATTERN)
 _NOT_OURS = ("page_token is not one this server issued; pass the next_page_token of the "
              "previous page unchanged")
 
@@ -57,9 +61,9 @@ def decode_ranked_cursor(token: str, filters: Mapping[str, object]) -> tuple[int
     """The last id and, in a listing ordered by a value, the last row's value (None: the
     row had none, and the page ended among the rows without one)."""
     try:
+        if len(token) > MAX_PAGE_TOKEN_CHARS or not _CURSOR.fullmatch(token):
+            raise ValueError("not one of ours")
         padded = token + "=" * (-len(token) % 4)
-        if len(token) > _MAX_TOKEN_CHARS:
-            raise ValueError("too long")
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         last_id, fingerprint, rank = data["id"], data["f"], data.get("r")
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:

@@ -333,3 +333,19 @@ class Job(Base, Timestamped):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PageSession(Base):
+    """A signed-in web-page session (registry/ui/sessions.py): its cookie names `id`.
+
+    Signing out deletes the row, so a copy of the cookie kept from before names nothing.
+    """
+
+    __tablename__ = "page_sessions"
+
+    id: Mapped[str] = mapped_column(String(SHA256_LENGTH), primary_key=True)  # random
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"),
+                                          index=True)
+    # Indexed for the sweep of expired sessions at each sign-in.
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 index=True)

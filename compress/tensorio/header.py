@@ -7,7 +7,9 @@ keys (the reference silently keeps one of them, which would let two readers disa
 about the same bytes), extra fields in a tensor entry, and the FNUZ float8 variants
 (no torch dtype on every build). The header JSON is parsed strictly (bounded nesting, no
 NaN; strictjson.py), and a header over `max_header_bytes` is refused from its length
-prefix alone. A file that starts like a pickle is refused as one (pickles.py).
+prefix alone. A file that starts like a pickle or zip archive is refused as one
+(pickles.py), and a length prefix no safetensors file could have (past the file's end,
+over the format's limit, not followed by '{') as not safetensors, never as too large.
 """
 
 from __future__ import annotations
@@ -97,21 +99,33 @@ class SafetensorsHeader:
 
 
 def parse_length_prefix(prefix: bytes, source: str,
-                        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> int:
-    """Decode and bound the 8-byte header length."""
+                        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+                        file_size: int | None = None) -> int:
+    """Decode and bound the 8-byte header length.
+
+    `prefix` is the file's first bytes: 8 or more (a ninth byte, when given, must be the
+    header's opening '{'). A length no safetensors file could have (past the format's
+    limit or the file's end) or bytes that start like a pickle or zip archive mean the
+    file is not safetensors at all, and say so; only a header that looks real but is
+    over `max_header_bytes` is TooLarge.
+    """
     what = describe_pickle(prefix)
-    if what is not None and not _is_header_length(prefix):
-        raise pickle_refusal(source, what)
     if len(prefix) < 8:
+        if what is not None:
+            raise pickle_refusal(source, what)
         raise InvalidSafetensors(
             f"{source}: file is {len(prefix)} bytes, too small for a safetensors header "
             "(8-byte length prefix)"
         )
     (header_len,) = struct.unpack("<Q", prefix[:8])
-    if header_len > MAX_HEADER_BYTES:
+    reason = _not_a_header(int(header_len), prefix, file_size)
+    if what is not None and (reason is not None or header_len > max_header_bytes):
+        raise pickle_refusal(source, what)
+    if reason is not None:
         raise InvalidSafetensors(
-            f"{source}: header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit; "
-            "the file is corrupt or not safetensors"
+            f"{source}: not a safetensors file: {reason}. A safetensors file starts with "
+            "the 8-byte length of its JSON header, then the header; the file is corrupt "
+            "or in another format"
         )
     if header_len > max_header_bytes:
         raise TooLarge(
@@ -122,12 +136,19 @@ def parse_length_prefix(prefix: bytes, source: str,
     return int(header_len)
 
 
-def _is_header_length(prefix: bytes) -> bool:
+def _not_a_header(header_len: int, prefix: bytes, file_size: int | None) -> str | None:
+    """Why the length prefix cannot start a safetensors file, or None if it can."""
+    if header_len > MAX_HEADER_BYTES:
+        return (f"its header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit "
+                "of the format")
+    if file_size is not None and 8 + header_len > file_size:
+        return f"its header length {header_len} runs past the end of the {file_size}-byte file"
     # b"\x80\x02" (a pickle's start) also begins the length prefix of every file whose
-    # header is 640 bytes long (or 896, 1152, 1408, each plus any multiple of 65536): eight
-    # bytes that read as a length within the limit are parsed as safetensors, and a pickle
-    # that happens to start that way still fails the header checks that follow.
-    return len(prefix) >= 8 and int.from_bytes(prefix[:8], "little") <= MAX_HEADER_BYTES
+    # header is 640 bytes long (or 896, 1152, 1408, each plus any multiple of 65536), so
+    # the magic bytes alone do not refuse a file: the header's first byte decides.
+    if len(prefix) > 8 and header_len > 0 and prefix[8:9] != b"{":
+        return f"the {header_len}-byte header it announces does not start with '{{'"
+    return None
 
 
 def parse_header_json(header: bytes, header_len: int, source: str,
@@ -199,17 +220,13 @@ def header_from_reader(read: RangeReader, file_size: int, source: str,
                        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> SafetensorsHeader:
     """`read_header` over any positioned reader: the same checks, in the same words.
 
-    Two reads: the 8-byte length prefix, then exactly the header it announces (a reader
-    over an object store serves both from one fetch of the file's first bytes).
+    Two reads: the 8-byte length prefix with the header's first byte, then exactly the
+    header it announces (a reader over an object store serves both from one fetch of the
+    file's first bytes).
     """
     refuse_pickle_name(source)
-    prefix = read(0, min(8, file_size))
-    header_len = parse_length_prefix(prefix, source, max_header_bytes)
-    if 8 + header_len > file_size:
-        raise InvalidSafetensors(
-            f"{source}: header length {header_len} runs past the end of the "
-            f"{file_size}-byte file"
-        )
+    prefix = read(0, min(9, file_size))
+    header_len = parse_length_prefix(prefix, source, max_header_bytes, file_size)
     header = parse_header_json(read(8, header_len), header_len, source)
     check_file_size(header, file_size, source)
     return header

@@ -78,7 +78,8 @@ class StreamingValidator:
         if self._header_len is None:
             if len(self._pending) < 8:
                 return False
-            self._header_len = parse_length_prefix(bytes(self._pending[:8]), self._source,
+            # With the header's first byte when it has come: garbage fails on it.
+            self._header_len = parse_length_prefix(bytes(self._pending[:9]), self._source,
                                                    self._max_header_bytes)
             self._check_file_size(8 + self._header_len, "its header alone makes it a")
         end = 8 + self._header_len

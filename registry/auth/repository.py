@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from registry.tables import Token
+from registry.tables import PageSession, Token
 
 
 class TokenRepository:
@@ -34,3 +36,25 @@ class TokenRepository:
 
     def count(self) -> int:
         return int(self.session.scalar(select(func.count()).select_from(Token)) or 0)
+
+
+class PageSessionRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, page_session: PageSession) -> PageSession:
+        self.session.add(page_session)
+        self.session.flush()
+        return page_session
+
+    def token_of(self, session_id: str) -> Token | None:
+        """The token a live page session was signed in with (one primary-key lookup)."""
+        return self.session.scalars(
+            select(Token).join(PageSession, PageSession.token_id == Token.id)
+            .where(PageSession.id == session_id)).first()
+
+    def delete(self, session_id: str) -> None:
+        self.session.execute(delete(PageSession).where(PageSession.id == session_id))
+
+    def delete_created_before(self, cutoff: datetime) -> None:
+        self.session.execute(delete(PageSession).where(PageSession.created_at < cutoff))

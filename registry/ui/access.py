@@ -1,9 +1,10 @@
 """Who may see a page and who may act: the dependencies every page handler receives.
 
 A page (GET) needs a session whose token has `read`; without one it redirects to the
-sign-in form. An action (POST) needs a session, the page's CSRF token in the form, and
-its own scope (`compress` to start or cancel a job, `push` to move an alias, `admin` to
-delete a version); anything less is a 403 page, never a redirect.
+sign-in form (a JSON endpoint that a page's script polls answers a JSON 401 instead).
+An action (POST) needs a session, the page's CSRF token in the form, and its own scope
+(`compress` to start or cancel a job, `push` to move an alias, `admin` to delete a
+version); anything less is a 403 page, never a redirect.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from registry import errors
 from registry.errors import APIError
 from registry.ui.render import PageError, SignInRequired
 from registry.ui.sessions import CSRF_FIELD, SESSION_COOKIE, Viewer, keys, viewer_of
@@ -30,6 +32,21 @@ async def _require_viewer(request: Request) -> Viewer:
 
 
 ViewerDep = Annotated[Viewer, Depends(_require_viewer)]
+
+
+async def _require_script_viewer(request: Request) -> Viewer:
+    # A script cannot follow a redirect to a form: it gets JSON it can act on.
+    viewer = await viewer_of(request)
+    if viewer is None:
+        raise errors.SignInRequired("your session has ended or was never started (signed "
+                                    "out, expired, or its token revoked); sign in again at "
+                                    "/ui/signin")
+    request.state.viewer = viewer
+    return viewer
+
+
+# For JSON endpoints the pages' scripts poll: a dead session is a JSON 401, not a redirect.
+ScriptViewerDep = Annotated[Viewer, Depends(_require_script_viewer)]
 
 
 class RequireAction:

@@ -7,15 +7,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
 
 from registry.auth.tokens import Scope, grants
-from registry.ui.access import ViewerDep, read
+from registry.tables import Token
+from registry.ui.access import ViewerDep, write
 from registry.ui.render import PageError, page, redirect
 from registry.ui.sessions import (
     COOKIE_PATH,
     SESSION_COOKIE,
     SIGNIN_COOKIE,
+    close_session,
     keys,
+    open_session,
     token_for_secret,
     viewer_of,
 )
@@ -69,18 +73,25 @@ async def signin(request: Request, token: Annotated[str, Form()],
         raise PageError(403, "CSRFFailed", "the sign-in form expired or did not come from "
                                            "this site; open the sign-in page again")
     secret = token.strip()
-    found = (await read(request, lambda s: token_for_secret(s, secret))
-             if 0 < len(secret) <= _MAX_TOKEN_CHARS else None)
+
+    def open_if_allowed(session: Session) -> tuple[Token | None, str | None]:
+        found = token_for_secret(session, secret)
+        if found is None or not grants(found.scopes, Scope.READ):
+            return found, None
+        return found, open_session(session, found, session_keys.max_age_s)
+
+    found, session_id = (await write(request, open_if_allowed)
+                         if 0 < len(secret) <= _MAX_TOKEN_CHARS else (None, None))
     if found is None:
         return _signin_form(request, safe_next(next), status=401,
                             error="that token is unknown or revoked; paste the whole token "
                                   "(it starts with dh_), or ask an admin for a new one")
-    if not grants(found.scopes, Scope.READ):
+    if session_id is None:  # the token lacks `read`
         return _signin_form(request, safe_next(next), status=403,
                             error=f"this token has scopes {', '.join(sorted(found.scopes))}; "
                                   "the pages need one with 'read'")
     response = redirect(safe_next(next))
-    _cookie(response, request, SESSION_COOKIE, session_keys.session_cookie(secret),
+    _cookie(response, request, SESSION_COOKIE, session_keys.session_cookie(session_id),
             max_age=session_keys.max_age_s)
     response.delete_cookie(SIGNIN_COOKIE, path=COOKIE_PATH)
     return response
@@ -89,9 +100,12 @@ async def signin(request: Request, token: Annotated[str, Form()],
 @router.post("/signout")
 async def signout(request: Request, viewer: ViewerDep,
                   csrf_token: Annotated[str, Form()] = "") -> Response:
-    if not keys(request).csrf_ok(request.cookies.get(SESSION_COOKIE), csrf_token):
+    session_keys, cookie = keys(request), request.cookies.get(SESSION_COOKIE)
+    if not session_keys.csrf_ok(cookie, csrf_token):
         raise PageError(403, "CSRFFailed", "this form's security token is missing or does "
                                            "not match your session; reload and try again")
+    # Deleting the row ends every copy of this cookie, not just the browser's.
+    await write(request, lambda s: close_session(s, cookie, session_keys))
     response = redirect("/ui/signin")
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH, httponly=True, samesite="lax")
     return response

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
+from registry.errors import InvalidRequest, Unprocessable
 from registry.jobs import service as jobs
 from registry.jobs.schemas import JobOut
 from registry.names import MAX_ID
 from registry.tables import JobStatus
 from registry.ui import views
-from registry.ui.access import CompressAction, ViewerDep, read, write
-from registry.ui.render import PageError, page, redirect
+from registry.ui.access import CompressAction, ScriptViewerDep, ViewerDep, read, write
+from registry.ui.render import page, redirect
 
 router = APIRouter(prefix="/ui/jobs", include_in_schema=False)
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 MAX_POLLED = 100  # jobs one progress poll may ask about
+_JOB_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit takes "²" too
 
 
 def progress_of(job: JobOut) -> dict[str, Any]:
@@ -31,17 +34,27 @@ def progress_of(job: JobOut) -> dict[str, Any]:
             "finished": JobStatus(job.status) in jobs.TERMINAL}
 
 
+def polled_ids(ids: str) -> list[int]:
+    """`ids`: comma-separated job ids (1 to MAX_ID), at most MAX_POLLED of them."""
+    parts = [part.strip() for part in ids.split(",")] if ids.strip() else []
+    if len(parts) > MAX_POLLED:
+        raise Unprocessable(f"poll at most {MAX_POLLED} jobs at once", name="TooManyJobs")
+    if not all(_JOB_ID.fullmatch(part) and 0 < int(part) <= MAX_ID for part in parts):
+        raise InvalidRequest(f"ids must be job ids (1 to {MAX_ID}) separated by commas, "
+                             "e.g. ids=12,13")
+    return [int(part) for part in parts]
+
+
 @router.get("/progress")
-async def progress(request: Request, viewer: ViewerDep,
+async def progress(request: Request, viewer: ScriptViewerDep,
                    ids: Annotated[str, Query(max_length=2000)] = "") -> JSONResponse:
-    """The polled jobs' progress, as JSON for the page's script (cookie session)."""
-    wanted = []
-    for part in ids.split(","):
-        if part.strip().isdigit() and 0 < int(part) <= MAX_ID:
-            wanted.append(int(part))
-    if len(wanted) > MAX_POLLED:
-        raise PageError(400, "TooManyJobs", f"poll at most {MAX_POLLED} jobs at once")
-    found = await read(request, lambda s: views.job_views(s, wanted))
+    """The polled jobs' progress, as JSON for the page's script (cookie session).
+
+    Every error here is JSON too (`{"error", "detail"}`): 401 for a dead session, 422
+    for bad ids. Read straight from the database, not through `read`, which makes pages.
+    """
+    wanted = polled_ids(ids)
+    found = await request.app.state.database.read(lambda s: views.job_views(s, wanted))
     return JSONResponse({"jobs": [progress_of(j) for j in found]},
                         headers={"Cache-Control": "no-store",
                                  "X-Content-Type-Options": "nosniff"})

@@ -1,14 +1,17 @@
-"""Page sessions: a signed cookie naming an API token, and CSRF tokens bound to it.
+"""Page sessions: a signed cookie naming a session row, and CSRF tokens bound to it.
 
-Signing in is pasting an API token. The cookie does not hold that token: it holds the
-token's sha256 (the verifier the database already stores) and the time of sign-in,
+Signing in is pasting an API token. That creates a row in `page_sessions` (random id,
+the token's id, the time) and sets a cookie holding the row's id and the time of sign-in,
 signed with HMAC-SHA256 under the server's session key. So:
 
 - a stolen cookie is not an API token: it cannot be sent as `Authorization: Bearer`, and
-  it stops working at `SESSION_MAX_AGE_SECONDS` or when the token is revoked (each
-  request looks the token up again, as the API does);
-- a leaked database (token hashes) does not let anyone forge a cookie without the key;
-- there is no session table: nothing to migrate, nothing to clean up.
+  it stops working at `SESSION_MAX_AGE_SECONDS`, when the token is revoked, or when its
+  session signs out: every request looks the session up (one primary-key lookup joined to
+  its token, the lookup the API makes for a bearer token);
+- signing out deletes the row, so a copy of the cookie (and of its CSRF token) kept from
+  before reads nothing and changes nothing;
+- a leaked database (session ids, token hashes) does not let anyone forge a cookie
+  without the key. Expired rows are swept at each sign-in.
 
 The cookie is HttpOnly (no script reads it), SameSite=Lax and Path=/ui. Lax rather than
 Strict: a link to a page from a chat message or an e-mail then opens it signed in,
@@ -29,14 +32,15 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from registry.auth.repository import TokenRepository
+from registry.auth.repository import PageSessionRepository, TokenRepository
 from registry.auth.tokens import Scope, grants, hash_secret
 from registry.settings import Settings
-from registry.tables import Token
+from registry.tables import PageSession, Token, utcnow
 
 SESSION_COOKIE = "deltahub_session"
 SIGNIN_COOKIE = "deltahub_signin"
@@ -69,14 +73,14 @@ class SessionKeys:
         digest = hmac.new(self.key, f"{purpose}\x00{value}".encode(), hashlib.sha256)
         return _b64(digest.digest())
 
-    def session_cookie(self, token_secret: str, now: float | None = None) -> str:
-        payload = _b64(json.dumps({"h": hash_secret(token_secret.strip()),
+    def session_cookie(self, session_id: str, now: float | None = None) -> str:
+        payload = _b64(json.dumps({"s": session_id,
                                    "t": int(now if now is not None else time.time())},
                                   separators=(",", ":")).encode())
         return f"{payload}.{self._mac('session', payload)}"
 
-    def token_hash(self, cookie: str | None, now: float | None = None) -> str | None:
-        """The token hash a cookie names, if we signed it and it has not expired."""
+    def session_id(self, cookie: str | None, now: float | None = None) -> str | None:
+        """The session id a cookie names, if we signed it and it has not expired."""
         if not cookie or cookie.count(".") != 1 or len(cookie) > 512:
             return None
         payload, mac = cookie.split(".")
@@ -84,13 +88,13 @@ class SessionKeys:
             return None
         try:
             data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            token_hash, issued = data["h"], data["t"]
+            session_id, issued = data["s"], data["t"]
         except (ValueError, KeyError, TypeError):
             return None
         current = now if now is not None else time.time()
         if type(issued) is not int or not 0 <= current - issued <= self.max_age_s:
             return None
-        return token_hash if isinstance(token_hash, str) else None
+        return session_id if isinstance(session_id, str) else None
 
     def csrf_for(self, cookie: str) -> str:
         return self._mac("csrf", cookie)
@@ -110,27 +114,43 @@ def keys(request: Request) -> SessionKeys:
     return found
 
 
-def signed_in_token(session: Session, token_hash: str) -> Token | None:
-    """The live token a session names (None: unknown or revoked)."""
-    token = TokenRepository(session).by_hash(token_hash)
-    if token is None or token.revoked_at is not None:
-        return None
-    return token
+def signed_in_token(session: Session, session_id: str) -> Token | None:
+    """The live token a page session was signed in with (None: signed out or revoked)."""
+    return _live(PageSessionRepository(session).token_of(session_id))
 
 
 def token_for_secret(session: Session, secret: str) -> Token | None:
-    return signed_in_token(session, hash_secret(secret.strip()))
+    """The live token an API token's secret names (None: unknown or revoked)."""
+    return _live(TokenRepository(session).by_hash(hash_secret(secret.strip())))
+
+
+def _live(token: Token | None) -> Token | None:
+    return token if token is not None and token.revoked_at is None else None
+
+
+def open_session(session: Session, token: Token, max_age_s: int) -> str:
+    """Record a new page session for `token`; its id, for the cookie."""
+    sessions = PageSessionRepository(session)
+    sessions.delete_created_before(utcnow() - timedelta(seconds=max_age_s))
+    return sessions.add(PageSession(id=secrets.token_urlsafe(32), token_id=token.id)).id
+
+
+def close_session(session: Session, cookie: str | None, session_keys: SessionKeys) -> None:
+    """Sign out: the session the cookie names (if any) ends for every copy of it."""
+    session_id = session_keys.session_id(cookie)
+    if session_id is not None:
+        PageSessionRepository(session).delete(session_id)
 
 
 async def viewer_of(request: Request) -> Viewer | None:
     """The signed-in viewer with at least `read`, or None."""
     cookie = request.cookies.get(SESSION_COOKIE)
     session_keys = keys(request)
-    token_hash = session_keys.token_hash(cookie)
-    if token_hash is None or cookie is None:
+    session_id = session_keys.session_id(cookie)
+    if session_id is None or cookie is None:
         return None
     token = await request.app.state.database.read(
-        lambda session: signed_in_token(session, token_hash))
+        lambda session: signed_in_token(session, session_id))
     if token is None or not grants(token.scopes, Scope.READ):
         return None
     return Viewer(token.id, token.name, tuple(token.scopes), session_keys.csrf_for(cookie))

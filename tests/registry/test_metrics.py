@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,3 +173,33 @@ def test_storage_errors_are_counted_by_route(client: TestClient, tokens: Tokens,
         broken.state.database.dispose()
     assert value(samples, "deltahub_storage_errors_total",
                  route="/models/{model}/files/{filename:path}") == 1
+
+
+def _series(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> int:
+    return sum(1 for name, _ in samples if name.startswith("deltahub_http_"))
+
+
+@pytest.mark.slow
+def test_made_up_methods_and_paths_add_no_series(client: TestClient, tokens: Tokens) -> None:
+    rng = random.Random(22)
+
+    def hostile(count: int) -> None:
+        for _ in range(count):
+            method = "M" + "".join(rng.choices(string.ascii_uppercase + string.digits, k=8))
+            path = "/" + "".join(rng.choices(string.ascii_lowercase, k=12))
+            assert client.request(method, "/healthz").status_code == 405
+            assert client.request(rng.choice(["GET", method]), path).status_code in (404, 405)
+
+    hostile(50)
+    scrape(client, tokens.read)  # the scrape's own series show from the next one on
+    warmed = _series(scrape(client, tokens.read))
+    hostile(1000)  # 2,000 requests, each with a method and a path never seen before
+    samples = scrape(client, tokens.read)
+    assert _series(samples) == warmed  # nothing grew with the client's inventions
+    methods = {dict(labels).get("method") for name, labels in samples
+               if name == "deltahub_http_requests_total"}
+    assert methods <= {"GET", "other"}
+    assert value(samples, "deltahub_http_requests_total", method="other", route="/healthz",
+                 status="405") == 1050
+    assert value(samples, "deltahub_http_requests_total", method="GET", route="<unmatched>",
+                 status="404") > 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -20,7 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from registry.app import create_app
-from registry.errors import IncompatibleBase, InvalidFilename, InvalidName, ModelNotFound
+from registry.errors import (
+    APIError,
+    IncompatibleBase,
+    InvalidFilename,
+    InvalidName,
+    ModelNotFound,
+)
 from registry.names import check_filename, check_name, is_id
 from registry.openapi import (
     ADAPTER_REF_RULE,
@@ -30,8 +36,12 @@ from registry.openapi import (
     SHA256_HEADER_NAME,
 )
 from registry.openapi_errors import SERVICE_ERRORS
+from registry.openapi_rules import ADAPTER_FILE_RULE, DATASET_FILE_RULE, MODEL_FILE_RULE
+from registry.pagination import encode_cursor
 from registry.settings import Settings
+from registry.tables import AdapterKind
 from registry.uploads.flow import SHA256_HEADER
+from registry.uploads.rules import adapter_file_rule, dataset_file_rule, model_file_rule
 from tests.conftest import LiveServer, Tokens
 
 PAGE_CAP = 37  # not the default, so the document must have read it from the settings
@@ -189,6 +199,8 @@ def test_names_and_limits_are_constrained(document: dict[str, Any]) -> None:
         for parameter in operation.get("parameters", []):
             schema, name = parameter["schema"], parameter["name"]
             assert "anyOf" not in schema, (method, path, name)  # absent, never null
+            if name == "filename" and path in UPLOADS and method == "put":
+                continue  # the owner's own rule: test_uploads_name_the_files_each_owner_takes
             if name in expected:
                 seen.add(name)
                 assert schema["pattern"] == expected[name], (method, path, name)
@@ -289,3 +301,80 @@ def test_error_bodies_the_server_sends_match_the_error_schema(
     suggested = ModelNotFound("no model 'tiny-lama'", did_you_mean=["tiny-llama"])
     assert error.is_valid(suggested.body())
     assert "did_you_mean" not in ModelNotFound("no model 'x'", did_you_mean=[]).body()
+
+
+# --- the file names each owner takes, and the page token's form ---------------------------
+
+OWNER_FILE_RULES = {"/models/{model}/files/{filename}": MODEL_FILE_RULE,
+                    "/adapters/{ref}/files/{filename}": ADAPTER_FILE_RULE,
+                    "/datasets/{name}/files/{filename}": DATASET_FILE_RULE}
+
+
+def test_uploads_name_the_files_each_owner_takes(document: dict[str, Any]) -> None:
+    for path, rule in OWNER_FILE_RULES.items():
+        parameters = document["paths"][path]["put"]["parameters"]
+        filename = next(p for p in parameters if p["name"] == "filename")["schema"]
+        assert (filename["pattern"], filename["maxLength"]) == (rule, 255), path
+    bodies = document["components"]["schemas"]
+    for body, rule in (("ModelCreate", MODEL_FILE_RULE), ("AdapterCreate", ADAPTER_FILE_RULE),
+                       ("DatasetCreate", DATASET_FILE_RULE),
+                       ("FinalizeRequest", FILENAME_RULE)):
+        files = bodies[body]["properties"]["files"]["anyOf"]
+        names = next(b for b in files if b.get("type") == "object")["propertyNames"]
+        assert names["pattern"] == rule, body
+
+
+def test_page_tokens_have_the_form_the_server_takes(document: dict[str, Any],
+                                                    client: TestClient,
+                                                    tokens: Tokens) -> None:
+    schemas = [p["schema"] for _, _, operation in operations(document)
+               for p in operation.get("parameters", []) if p["name"] == "page_token"]
+    assert len(schemas) == 4  # models, adapters, jobs, data sets
+    for schema in schemas:
+        assert (schema["pattern"], schema["maxLength"]) == ("^[A-Za-z0-9_-]*$", 256)
+    # What the pattern refuses the server refuses, even where it would decode to a cursor
+    # of this very query.
+    issued = encode_cursor(1, {"kind": None, "base": None})  # GET /models, no filters
+    assert client.get("/models", params={"page_token": issued},
+                      headers=tokens.read).status_code == 200
+    for token in (issued + "==", issued + "\n", " " + issued, "a" * 257):
+        refused = client.get("/models", params={"page_token": token}, headers=tokens.read)
+        assert refused.status_code == 422, token
+        assert refused.json()["error"] == "InvalidPageToken"
+
+
+FILE_EDGES = ["model.safetensors", "config.json", "tokenizer.model", "merges.txt",
+              "README.md", "a.md", "model.SAFETENSORS", "a.TXT", "a.JsonL", "ids.safetensors",
+              "data.jsonl", "pytorch_model.bin", "a.pt", "a.pkl", "a.png", "spectra.png",
+              "A.PNG", ".png", "report.json", "adapter_config.json",
+              "adapter_model.safetensors", "delta.safetensors", "delta.safetensors.index.json",
+              "delta-00001-of-00002.safetensors", "delta-1-of-2.safetensors",
+              "delta-0000١-of-00002.safetensors", "a..json", "x" * 250 + ".json",
+              "x" * 251 + ".json", "json", ".json", "a.json/", "a.txt\n", ""]
+file_candidates = st.text(alphabet="adelt.-0_sfjonxpgTJ", max_size=16) | st.sampled_from(
+    FILE_EDGES)
+
+
+def _takes(rule: Callable[[str], object], name: str) -> bool:
+    try:
+        rule(name)
+    except APIError:
+        return False
+    return True
+
+
+def _owners_take(name: str) -> dict[str, bool]:
+    config = Settings(_env_file=None)
+    return {
+        MODEL_FILE_RULE: _takes(lambda n: model_file_rule(n, config), name),
+        DATASET_FILE_RULE: _takes(lambda n: dataset_file_rule(n, config), name),
+        ADAPTER_FILE_RULE: any(_takes(lambda n, k=kind: adapter_file_rule(k, n, config), name)
+                               for kind in AdapterKind),
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(file_candidates)
+def test_file_patterns_match_the_upload_rules(name: str) -> None:
+    for rule, taken in _owners_take(name).items():
+        assert valid(rule, name) == taken, (rule, name)

@@ -3,7 +3,8 @@
 uvicorn serves the app on loopback and schemathesis talks to it over real HTTP, on
 SQLite and on PostgreSQL, as an admin (a token with every scope). Every check is on: no
 5xx, status codes, bodies, headers and content types as documented, invalid input
-refused, valid input accepted, auth enforced, deleted things gone. All four phases run
+refused, valid input accepted (ST202; where state may decide, by the error's name:
+`document_states_the_rule`), auth enforced, deleted things gone. All four phases run
 (examples, coverage, fuzzing, stateful), with example counts bounded so that the file
 takes about three minutes on two cores.
 
@@ -84,6 +85,37 @@ STATE_OR_CONTENT_DECIDES = {
     "POST /models/{model}/compress": ["422"],
 }
 _ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+
+# The statuses above allow a 422 where state or content decides; the error name says
+# whether it did. These names mean the request broke a rule of its own shape (a type, a
+# range, a name's or file name's form, the kinds of file an owner takes), which the
+# document states: a schema-valid request refused with one is a gap in the document.
+SHAPE_ERRORS = frozenset({"ValidationError", "InvalidName", "InvalidFilename",
+                          "UnsupportedFile"})
+# Except where the shape rule hangs on state: which files an adapter takes depends on its
+# kind (LoRA or BitDelta), given at creation; the document states what either takes.
+SHAPE_DECIDED_BY_STATE = {
+    "POST /adapters": {"UnsupportedFile"},  # `files` for the other kind (a body field)
+    "PUT /adapters/{ref}/files/{filename}": {"UnsupportedFile"},
+}
+
+
+@schemathesis.check
+def document_states_the_rule(ctx: Any, response: Any, case: Any) -> bool | None:
+    """ST202 by error name: a schema-valid request refused for its shape."""
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or response.status_code < 400:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    name = body.get("error") if isinstance(body, dict) else None
+    if name in SHAPE_ERRORS - SHAPE_DECIDED_BY_STATE.get(case.operation.label, set()):
+        raise AssertionError(f"a schema-valid request was refused with {name} "
+                             f"({response.status_code}): the document does not state the "
+                             f"rule the server enforces: {body.get('detail')}")
+    return None
 
 
 @pytest.fixture

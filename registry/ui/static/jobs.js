@@ -1,5 +1,7 @@
 // Live job progress: poll the jobs still running and update their cards in place.
 // Text goes in with textContent only, so an error detail can never become markup.
+// A 401 means the session ended (signed out elsewhere, expired, token revoked): polling
+// stops and the page says so, rather than polling a dead session every second.
 "use strict";
 (function () {
   var POLL_MS = 1000;
@@ -41,13 +43,33 @@
     }
   }
 
+  function signedOut() {
+    var notice = document.createElement("p");
+    notice.className = "notice signed-out";
+    notice.setAttribute("role", "status");
+    var link = document.createElement("a");
+    link.href = "/ui/signin?next=" + encodeURIComponent(location.pathname + location.search);
+    link.textContent = "Sign in again";
+    notice.textContent = "Your session has ended, so progress is no longer updated. ";
+    notice.appendChild(link);
+    notice.appendChild(document.createTextNode(" to follow it."));
+    var main = document.querySelector("main") || document.body;
+    main.insertBefore(notice, main.firstChild);
+  }
+
   function poll() {
     var open = cards().filter(function (c) { return c.dataset.finished !== "true"; });
     if (!open.length) { return; }
     var ids = open.map(function (c) { return c.dataset.job; }).join(",");
+    var stopped = false;
     fetch("/ui/jobs/progress?ids=" + encodeURIComponent(ids),
           { credentials: "same-origin", headers: { "Accept": "application/json" } })
       .then(function (response) {
+        if (response.status === 401) {
+          stopped = true;
+          signedOut();
+          return { jobs: [] };
+        }
         if (!response.ok) { throw new Error("HTTP " + response.status); }
         return response.json();
       })
@@ -58,7 +80,7 @@
         });
       })
       .catch(function () { /* a missed poll: the next one tries again */ })
-      .finally(function () { window.setTimeout(poll, POLL_MS); });
+      .finally(function () { if (!stopped) { window.setTimeout(poll, POLL_MS); } });
   }
 
   window.setTimeout(poll, POLL_MS);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -307,13 +308,47 @@ def test_header_over_the_cap_is_too_large_from_its_prefix(tmp_path: Path) -> Non
     with pytest.raises(TooLarge, match=f"the header is {DEFAULT_MAX_HEADER_BYTES + 1} bytes, "
                        f"over the {DEFAULT_MAX_HEADER_BYTES}-byte limit for headers"):
         parse_length_prefix(struct.pack("<Q", DEFAULT_MAX_HEADER_BYTES + 1), "f")
-    # Only the prefix is read: the file holds nothing after it.
+    # A header longer than the whole file is no header at all, whatever the cap.
     path = write(tmp_path, struct.pack("<Q", DEFAULT_MAX_HEADER_BYTES + 1))
-    with pytest.raises(TooLarge, match="split the file into shards"):
+    with pytest.raises(InvalidSafetensors, match="not a safetensors file: its header length "
+                       f"{DEFAULT_MAX_HEADER_BYTES + 1} runs past the end of the 8-byte file"):
         read_header(path)
+    # A real-looking header over the cap: refused from its prefix and first byte.
+    path = write(tmp_path, struct.pack("<Q", DEFAULT_MAX_HEADER_BYTES + 1) + b"{" * 100)
+    with pytest.raises(TooLarge, match="split the file into shards"):
+        parse_length_prefix(path.read_bytes()[:9], "f")
     valid = valid_safetensors()
     header_len = struct.unpack("<Q", valid[:8])[0]
     with pytest.raises(TooLarge, match=f"the header is {header_len} bytes, over the 64-byte"):
         read_header(write(tmp_path, valid), max_header_bytes=64)
     assert read_header(write(tmp_path, valid), max_header_bytes=header_len).file_size == len(
         valid)
+
+
+# --- length prefixes no safetensors file has: "not safetensors", never "too large" --------------
+
+
+@pytest.mark.parametrize("rest", [b"\0\0\0\0", b"\0\0\0\0" + b"x" * 100, b"\0\0\0\0{"])
+def test_a_zip_whose_length_reads_under_the_format_limit_is_refused_as_a_zip(
+        tmp_path: Path, rest: bytes) -> None:
+    # b"PK\x03\x04\0\0\0\0" reads as a 67,324,752-byte header: under the format's limit,
+    # over the cap. It was refused as too large (413) instead of as the archive it is.
+    data = b"PK\x03\x04" + rest
+    with pytest.raises(PickleRefused, match="is a zip archive"):
+        parse_length_prefix(data[:9], "model.safetensors")
+    with pytest.raises(PickleRefused, match="is a zip archive"):
+        read_header(write(tmp_path, data))
+
+
+def test_an_absurd_length_is_not_safetensors() -> None:
+    over_cap = struct.pack("<Q", DEFAULT_MAX_HEADER_BYTES + 1)
+    with pytest.raises(InvalidSafetensors, match=re.escape(
+            "not a safetensors file: the 8388609-byte header it announces does not start "
+            "with '{'")):
+        parse_length_prefix(over_cap + b"\x00", "f")
+    with pytest.raises(InvalidSafetensors, match="runs past the end of the 4000-byte file"):
+        parse_length_prefix(struct.pack("<Q", 5000) + b"{", "f", file_size=4000)
+    # Under the cap too: garbage after a plausible length fails on its first byte.
+    with pytest.raises(InvalidSafetensors, match=re.escape("does not start with '{'")):
+        parse_length_prefix(struct.pack("<Q", 100) + b"[", "f")
+    assert parse_length_prefix(struct.pack("<Q", 100) + b"{", "f", file_size=108) == 100

@@ -97,8 +97,9 @@ def test_each_tensor_is_one_read_of_exactly_its_bytes(tiny_finetune: Path) -> No
         header = ckpt.headers["model.safetensors"]
         expected = sorted(("model.safetensors", header.data_start + e.start, e.nbytes)
                           for e in header.tensors.values() if e.nbytes)
-    # The header: its 8-byte length prefix, then exactly the JSON it announces.
-    assert header_reads == [("model.safetensors", 0, 8),
+    # The header: its 8-byte length prefix and the header's first byte (which must be
+    # '{'), then exactly the JSON it announces.
+    assert header_reads == [("model.safetensors", 0, 9),
                             ("model.safetensors", 8, header.header_len)]
     assert sorted(memory.reads) == expected
 

@@ -86,11 +86,13 @@ def test_tampered_expired_or_revoked_sessions_end(app: FastAPI, client: TestClie
     _use(client, f"{payload}.{mac[:-2]}xx")
     assert client.get("/ui/models", follow_redirects=False).status_code == 303
     keys: SessionKeys = app.state.ui_keys
-    old = keys.session_cookie(secret(tokens.admin), now=0)
+    session_id = keys.session_id(good)
+    assert session_id is not None
+    old = keys.session_cookie(session_id, now=0)
     _use(client, old)
     assert client.get("/ui/models", follow_redirects=False).status_code == 303
     # A cookie signed with another key (another server's, or before a key change).
-    other = SessionKeys(app.state.settings).session_cookie(secret(tokens.admin))
+    other = SessionKeys(app.state.settings).session_cookie(session_id)
     _use(client, other)
     assert client.get("/ui/models", follow_redirects=False).status_code == 303
     _use(client, good)

@@ -309,7 +309,8 @@ def test_header_over_the_cap_is_refused_without_the_rest(
         pending_model: str, declared: int | None) -> None:
     header_len = 50_000_000  # under the format's 100 MB, over the 8 MiB cap
     status, body = partial_put(live_server, f"/models/{pending_model}/files/model.safetensors",
-                               tokens, struct.pack("<Q", header_len) + FIRST_BATCH, declared)
+                               tokens, struct.pack("<Q", header_len) + b"{" + FIRST_BATCH,
+                               declared)  # a header's '{': zeros would be no header (422)
     assert (status, body["error"]) == (413, "PayloadTooLarge")
     assert (f"the header is {header_len} bytes, over the {DEFAULT_MAX_HEADER_BYTES}-byte limit "
             "for headers") in body["detail"]
