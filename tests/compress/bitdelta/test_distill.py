@@ -222,7 +222,8 @@ def test_progress_counts_teacher_batches_then_steps(
     assert done == sorted(done)  # tensor reads and probe batches report without advancing
     assert sorted(set(done) - {0}) == list(range(1, 2 * QUICK_STEPS + 1))
     assert {total for _, total, _ in calls} == {2 * QUICK_STEPS}
-    advancing = [item for (d, _, item), before in zip(calls, [0, *done]) if d != before]
+    advancing = [item for (d, _, item), before in zip(calls, [0, *done[:-1]], strict=True)
+                 if d != before]
     assert "fine-tune logits" in advancing[0]
     assert advancing[-1].startswith(f"step {QUICK_STEPS}/{QUICK_STEPS}: loss")
 
