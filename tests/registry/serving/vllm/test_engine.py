@@ -7,7 +7,9 @@ start); each test uses adapter names of its own.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,3 +211,36 @@ def test_refusal_is_a_404_and_one_log_line(stack: Stack, model: str, lora: str |
     # The engine goes on serving.
     stack.push("v1", "survivor")
     assert stack.tokens_of("survivor") == stack.tokens["v1"]
+
+
+_INSPECT = """
+import json, sys
+from pathlib import Path
+from registry.serving.vllm.plugin import DeltahubResolver
+from registry.serving.vllm.settings import PluginSettings
+
+resolver = DeltahubResolver(PluginSettings.from_env({}, ["api_server", "--max-lora-rank", "16"]))
+print(json.dumps({p.name: resolver._inspect(p) for p in map(Path, sys.argv[1:])}))
+"""
+
+
+def test_vllms_own_check_refuses_what_the_registry_cannot_tell(tmp_path: Path) -> None:
+    """DoRA, LoRA biases and base-changing inits: refused by vLLM's own rules on the
+    downloaded adapter_config.json (the registry refuses DoRA at push already)."""
+    plain = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    configs = {"plain": plain, "dora": {**plain, "use_dora": True},
+               "bias": {**plain, "lora_bias": True},
+               "pissa": {**plain, "init_lora_weights": "pissa"}}
+    for name, config in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps(config))
+
+    out = subprocess.run([str(vllm_python()), "-c", _INSPECT,
+                          *(str(tmp_path / name) for name in configs)],
+                         capture_output=True, text=True, timeout=300, check=True)
+    verdicts = json.loads(out.stdout.strip().splitlines()[-1])
+
+    assert verdicts["plain"] is None
+    assert "vLLM does not yet support DoRA" in verdicts["dora"]
+    assert "vLLM does not support LoRA bias" in verdicts["bias"]
+    assert "does not support init_lora_weights='pissa'" in verdicts["pissa"]
