@@ -40,7 +40,11 @@ class DeltahubResolver(LoRAResolver):  # type: ignore[misc]  # vLLM ships no typ
 
     async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
         source, follower = self._started(base_model_name)
-        resolved = await asyncio.to_thread(source.resolve, lora_name)
+        try:
+            resolved = await asyncio.to_thread(source.resolve, lora_name)
+        except Exception:  # a bug or a full disk: this request's 404, not the server's 500
+            _log.exception("deltahub: resolving %r failed", lora_name)
+            return None
         if resolved is None:
             return None
         follower.serving(lora_name, resolved)
