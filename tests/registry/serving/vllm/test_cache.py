@@ -80,6 +80,7 @@ def test_a_fetch_that_breaks_half_way_installs_nothing(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         cache.checkout("a" * 64, files, source)
     assert not (tmp_path / "entries" / ("a" * 64)).exists()
+    assert list((tmp_path / "staging").iterdir()) == []
     assert source.fetched == ["adapter_config.json", "adapter_model.safetensors"]
 
 

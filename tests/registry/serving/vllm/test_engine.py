@@ -76,6 +76,7 @@ class Stack:
     vllm: VllmServer
     loras: dict[str, Path]
     tokens: dict[str, list[int]]  # "base", "v1", "v2": greedy tokens of PROMPT
+    cache: Path  # the plugin's DELTAHUB_CACHE_DIR
 
     def push(self, lora: str, name: str, base: str = "tiny-llama") -> dict[str, Any]:
         paths = [self.loras[lora] / f for f in ("adapter_config.json",
@@ -128,7 +129,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                "DELTAHUB_CACHE_DIR": str(root / "cache"), "DELTAHUB_VLLM_BASE": "tiny-llama",
                "DELTAHUB_VLLM_REFRESH_SECONDS": str(REFRESH_SECONDS)}
         with vllm_server(base, root / "vllm", env) as vllm:
-            yield Stack(client, vllm, loras, tokens)
+            yield Stack(client, vllm, loras, tokens, root / "cache")
         client.close()
 
 
@@ -198,12 +199,14 @@ def test_deleted_version_is_followed(stack: Stack) -> None:
 ])
 def test_refusal_is_a_404_and_one_log_line(stack: Stack, model: str, lora: str | None,
                                            base: str | None, reason: str) -> None:
-    if lora is not None and base is not None:
-        stack.push(lora, model, base)
+    pushed = stack.push(lora, model, base) if lora is not None and base is not None else None
 
     status, body = stack.vllm.complete(model, PROMPT)
 
     assert status == 404, body
+    assert body["error"]["type"] == "NotFoundError"
+    if pushed is not None:  # refused from the registry's record: nothing downloaded
+        assert not (stack.cache / "entries" / pushed["content_digest"]).exists()
     lines = [line for line in stack.vllm.log().splitlines()
              if f"deltahub: not serving '{model}'" in line]
     assert len(lines) == 1, lines
