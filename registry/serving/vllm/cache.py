@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -62,18 +63,24 @@ Fetch = Callable[[CachedFile, Path], None]
 class Lease:
     """An entry held in use: not evicted, by any process, until released."""
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, cache: AdapterCache, digest: str, path: Path) -> None:
         self.path = path
-        self._fd: int | None = fd
+        self._cache = cache
+        self._digest = digest
+        self.held = True
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self.held:
+            self.held = False
+            self._cache._let_go(self._digest)
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
+
+@dataclass
+class _Hold:
+    """This process's shared lock on an entry: one descriptor for all its leases."""
+
+    fd: int
+    leases: int
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,10 @@ class AdapterCache:
         self.max_bytes = max_bytes
         self.entries_dir = root / "entries"
         self.staging_dir = root / "staging"
+        # One descriptor per entry in use however many names serve it (a server may serve
+        # thousands of names; descriptors are a few thousand per process).
+        self._holds: dict[str, _Hold] = {}
+        self._holds_lock = threading.Lock()
 
     def checkout(self, digest: str, files: Sequence[CachedFile], fetch: Fetch) -> Lease:
         """The entry `digest`, filled through `fetch` unless present, held until released."""
@@ -97,10 +108,14 @@ class AdapterCache:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         entry = self.entries_dir / digest
         for _ in range(_CHECKOUT_ATTEMPTS):
+            if self._hold_again(digest):
+                os.utime(entry)  # least recently used goes first
+                return Lease(self, digest, entry)
             fd = self._lock_entry(digest, fcntl.LOCK_SH)
             if entry.is_dir():
-                os.utime(entry)  # least recently used goes first
-                return Lease(entry, fd)
+                self._hold(digest, fd)
+                os.utime(entry)
+                return Lease(self, digest, entry)
             os.close(fd)
             fd = self._lock_entry(digest, fcntl.LOCK_EX)
             try:
@@ -111,6 +126,31 @@ class AdapterCache:
         raise CacheError(f"adapter {digest[:12]} was evicted by other processes "
                          f"{_CHECKOUT_ATTEMPTS} times as it arrived; raise "
                          "DELTAHUB_CACHE_MAX_BYTES")
+
+    def _hold_again(self, digest: str) -> bool:
+        with self._holds_lock:
+            hold = self._holds.get(digest)
+            if hold is not None:
+                hold.leases += 1
+            return hold is not None
+
+    def _hold(self, digest: str, fd: int) -> None:
+        with self._holds_lock:
+            hold = self._holds.get(digest)
+            if hold is None:
+                self._holds[digest] = _Hold(fd, 1)
+                return
+            hold.leases += 1  # another thread held it meanwhile
+        os.close(fd)
+
+    def _let_go(self, digest: str) -> None:
+        with self._holds_lock:
+            hold = self._holds[digest]
+            hold.leases -= 1
+            if hold.leases:
+                return
+            del self._holds[digest]
+        os.close(hold.fd)
 
     def entries(self) -> list[Entry]:
         """The whole entries, least recently used first."""

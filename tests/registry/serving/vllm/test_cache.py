@@ -220,3 +220,27 @@ def test_processes_on_one_disk_fetch_once_and_respect_each_others_leases(
 
     cache.checkout(other, files, Source(b"x" * 10))  # released: now it may go
     assert [e.digest for e in cache.entries()] == [other]
+
+
+def _open_fds() -> int:
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())
+
+
+def test_leases_of_one_entry_share_one_descriptor(tmp_path: Path) -> None:
+    cache = AdapterCache(tmp_path, max_bytes=150)
+    (a, a_files), (b, b_files) = _listing(b"a" * 100), _listing(b"b" * 100)
+    source = Source(b"a" * 100, b"b" * 100)
+    open_before = _open_fds()
+    leases = [cache.checkout(a, a_files, source) for _ in range(50)]  # 50 names, one version
+
+    assert _open_fds() == open_before + 1
+    for lease in leases[:-1]:
+        lease.release()
+    with pytest.raises(CacheFull):  # the last lease still holds it
+        cache.checkout(b, b_files, source)
+
+    leases[-1].release()
+    leases[-1].release()  # twice is once
+    assert _open_fds() == open_before
+    cache.checkout(b, b_files, source)
+    assert [e.digest for e in cache.entries()] == [b]
