@@ -121,10 +121,6 @@ class LastAdminToken(Conflict):
     pass
 
 
-class IdempotencyKeyReused(Conflict):
-    pass
-
-
 class JobFinished(Conflict):
     pass
 
@@ -254,3 +250,29 @@ class SignInRequired(APIError):
     """
 
     status_code = 401
+
+# Compression jobs (registry/jobs/): refusals at enqueue.
+class IdempotencyKeyReused(Unprocessable):
+    """The key was used before by this token for a different request (a 422, as the IETF
+    Idempotency-Key draft says: the request, not the server's state, is at fault)."""
+
+
+class JobTooLarge(Unprocessable):
+    """The job's estimated disk, memory or steps exceed a configured limit."""
+
+
+class SequenceTooLong(Unprocessable):
+    """A seq_len beyond the positions the model was trained for."""
+
+
+class TooManyQueuedJobs(APIError):
+    """The token already has its limit of jobs queued or running."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after_seconds: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}

@@ -65,12 +65,16 @@ SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("delete", "/tokens/{token_id}"): {
         409: "It is the last active admin token (`LastAdminToken`); create another first."},
     ("post", "/models/{model}/compress"): {
-        409: "The fine-tune is not finalized yet (`NotReady`), or the `Idempotency-Key` "
-             "was used for another request (`IdempotencyKeyReused`).",
+        409: "The fine-tune is not finalized yet (`NotReady`).",
         422: "The model is a base (`NotAFinetune`), the method is unknown "
              "(`UnknownMethod`), options do not fit the method or each other "
-             "(`InvalidJobParameters`), or targets match no linear weight "
-             "(`UnknownTargets`)."},
+             "(`InvalidJobParameters`), targets match no linear weight "
+             "(`UnknownTargets`), this token used the `Idempotency-Key` for another "
+             "request (`IdempotencyKeyReused`), a `seq_len` is over the fine-tune's "
+             "`max_position_embeddings` (`SequenceTooLong`), or the job's estimated "
+             "scratch disk, memory or distillation steps are over a limit (`JobTooLarge`).",
+        429: "The token already has its limit of jobs queued or running "
+             "(`TooManyQueuedJobs`); retry after `Retry-After` seconds."},
     ("get", "/jobs"): {404: "`model` names no model (`ModelNotFound`)."},
     ("post", "/datasets"): {
         409: "A finalized data set of that name holds other files (`NameTaken`: a data set "

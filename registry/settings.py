@@ -89,6 +89,17 @@ class Settings(BaseSettings):
     SESSION_MAX_AGE_SECONDS: int = Field(default=12 * 3600, gt=0)
     METRICS_PUBLIC: bool = False  # true: /metrics answers without a token
 
+    # Compression jobs: what one job may ask of a worker, and how many one token may have
+    # waiting (registry/jobs/footprint.py estimates a job against these at enqueue).
+    # Scratch disk: the fine-tune's logits a distillation keeps (steps x batch x seq_len
+    # x vocab in float16), the data sets fetched and the codec's output.
+    JOB_MAX_SCRATCH_BYTES: int = Field(default=32 * 2**30, gt=0)
+    # Memory: one model computing in float32 plus the batches' logits (distill, evaluate).
+    JOB_MAX_MEMORY_BYTES: int = Field(default=64 * 2**30, gt=0)
+    JOB_MAX_DISTILL_STEPS: int = Field(default=10_000, gt=0)
+    MAX_QUEUED_JOBS_PER_TOKEN: int = Field(default=32, gt=0)  # queued + running
+    QUEUE_FULL_RETRY_AFTER_SECONDS: int = Field(default=60, gt=0)  # sent with its 429
+
     HOST: str = "127.0.0.1"
     PORT: int = 8000
 

@@ -299,6 +299,8 @@ class Job(Base, Timestamped):
     __table_args__ = (
         # The claim query: queued jobs due to run, oldest first.
         Index("ix_jobs_status_next_run_at", "status", "next_run_at"),
+        # A key is the client's own name for a request: two tokens never share one.
+        UniqueConstraint("token_id", "idempotency_key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -328,7 +330,10 @@ class Job(Base, Timestamped):
     error_detail: Mapped[str | None] = mapped_column(Text)
     adapter_id: Mapped[int | None] = mapped_column(
         ForeignKey("adapters.id", ondelete="SET NULL"))
-    idempotency_key: Mapped[str | None] = mapped_column(String(NAME_LENGTH), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    # sha256 of the request a key was first sent with (registry/jobs/service.py): a retry
+    # must send the same one. Null for jobs queued before it was recorded.
+    request_digest: Mapped[str | None] = mapped_column(String(SHA256_LENGTH))
     token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id", ondelete="SET NULL"))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

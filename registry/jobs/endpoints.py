@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from registry.auth.tokens import Scope
-from registry.deps import DatabaseDep, ReadToken, RequireScope, SettingsDep
+from registry.deps import DatabaseDep, ReadToken, RequireScope, SettingsDep, StoreDep
 from registry.jobs import service
-from registry.jobs.schemas import CompressRequest, JobOut
+from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest, JobOut
 from registry.names import MAX_ID
 from registry.schemas import PageOut
 from registry.tables import JobStatus, Token
@@ -28,17 +28,22 @@ def _view(session: Session, job_id: int) -> JobOut:
 @router.post("/models/{model}/compress", status_code=status.HTTP_202_ACCEPTED,
              responses={200: {"model": JobOut}, 202: {"model": JobOut}})
 async def compress_model(
-    model: str, db: DatabaseDep, settings: SettingsDep, token: CompressToken,
+    model: str, db: DatabaseDep, settings: SettingsDep, store: StoreDep,
+    token: CompressToken,
     method: Annotated[Literal["bitdelta", "lora"], Query(description="the codec")],
     request: Annotated[CompressRequest | None, Body()] = None,
     idempotency_key: Annotated[str | None, Header(
-        description="retrying with the same key returns the same job (200)")] = None,
+        pattern=IDEMPOTENCY_KEY_PATTERN, min_length=1, max_length=128,
+        description="1-128 printable ASCII characters, e.g. a UUID; this token's retry of "
+                    "the same request with the same key returns the same job (200), the "
+                    "same key with another request is refused (422)")] = None,
 ) -> JSONResponse:
     """Queue a compression of the fine-tune `model`: 202 with the job, or 200 when an
-    `Idempotency-Key` retry finds the job it made before."""
+    `Idempotency-Key` retry finds the job it made before. 429 (`TooManyQueuedJobs`, with
+    `Retry-After`) when the token already has its limit of jobs queued or running."""
     def enqueue(session: Session) -> tuple[JobOut, bool]:
         job, created = service.enqueue(
-            session, settings, model, service.parse_method(method),
+            session, settings, store, model, service.parse_method(method),
             request or CompressRequest(), token_id=token.id, idempotency_key=idempotency_key)
         return _view(session, job.id), created
 

@@ -15,39 +15,53 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from compress.quality import TOKENIZER_FILE
+from compress.tensorio import Manifest
 from registry.datasets.service import get_final_dataset, needs_tokenizer
 from registry.errors import InvalidJobParameters
+from registry.jobs import footprint
 from registry.jobs.schemas import CompressRequest
 from registry.models.service import get_model
-from registry.tables import CompressMethod, Model
+from registry.settings import Settings
+from registry.storage.base import BlobStore
+from registry.tables import CompressMethod, Dataset, Model
 
 
-def quality_params(session: Session, method: CompressMethod, request: CompressRequest,
-                   finetune: Model) -> dict[str, Any]:
-    """`distill` and `evaluate` as the worker will run them (absent when not asked)."""
+def quality_params(session: Session, store: BlobStore, settings: Settings,
+                   method: CompressMethod, request: CompressRequest, finetune: Model,
+                   manifest: Manifest, targets: list[str]) -> dict[str, Any]:
+    """`distill` and `evaluate` as the worker will run them (absent when not asked), after
+    checking that they fit the fine-tune and the job limits (registry/jobs/footprint.py)."""
     params: dict[str, Any] = {}
+    if request.distill is None and request.evaluate is None:
+        return params
+    data: dict[str, Dataset] = {}
     if request.distill is not None:
         if method is not CompressMethod.BITDELTA:
             raise InvalidJobParameters(
                 "distill trains BitDelta's scales; it does not apply to method=lora (leave "
                 "it out, or use method=bitdelta)")
         distill = request.distill.model_dump()
-        distill["dataset"] = _pinned(session, distill["dataset"], finetune)
+        distill["dataset"] = _pinned(session, distill["dataset"], finetune, data)
         params["distill"] = distill
     if request.evaluate is not None:
         evaluate = request.evaluate.model_dump()
         if len(set(evaluate["datasets"])) != len(evaluate["datasets"]):
             raise InvalidJobParameters("evaluate.datasets names a data set twice; name each "
                                        "once")
-        evaluate["datasets"] = [_pinned(session, name, finetune)
+        evaluate["datasets"] = [_pinned(session, name, finetune, data)
                                 for name in evaluate["datasets"]]
         params["evaluate"] = evaluate
+    footprint.check(settings, footprint.finetune_shape(store, finetune, manifest, targets),
+                    params.get("distill"), params.get("evaluate"),
+                    sum(f.size for dataset in data.values() for f in dataset.files))
     return params
 
 
-def _pinned(session: Session, name: str, finetune: Model) -> dict[str, str]:
-    """The data set `name` as {name, digest}, after checking it can be read."""
-    dataset = get_final_dataset(session, name)
+def _pinned(session: Session, name: str, finetune: Model,
+            fetched: dict[str, Dataset]) -> dict[str, str]:
+    """The data set `name` as {name, digest}, after checking it can be read; recorded in
+    `fetched` (what the worker will fetch)."""
+    dataset = fetched[name] = get_final_dataset(session, name)
     if needs_tokenizer(dataset) and not _has_tokenizer(session, finetune):
         raise InvalidJobParameters(
             f"data set {name!r} holds text, and neither the fine-tune {finetune.name!r} nor "

@@ -115,8 +115,18 @@ def complete(session: Session, lease: Lease, claimed: ClaimedJob, store: BlobSto
     However often the job ran, only the attempt holding the lease gets here, and the
     adapter row commits with the job's success or not at all. Identical output under
     the name returns the existing version, as a push does. Returns the adapter's id.
+
+    A cancellation asked for since the attempt's last progress point wins: the job row
+    is locked first, so a cancel either committed before this check (and nothing is
+    published: JobCancelled, and the worker ends the job cancelled) or waits for this
+    transaction and finds the job succeeded. Its committed blobs are left to `gc`.
     """
     job = _leased(session, lease)
+    if job.cancel_requested:
+        # runner imports this module; its exception is the one the worker handles.
+        from registry.jobs.runner import JobCancelled
+
+        raise JobCancelled(f"job {job.id} was cancelled before it completed")
     kind = AdapterKind(claimed.method.value)
     draft = adapters.create_adapter(session, claimed.adapter_name, str(claimed.base_id), kind,
                                     str(claimed.model_id))

@@ -17,7 +17,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.repository import newest_first
-from registry.tables import CompressMethod, Job, JobStatus, utcnow
+from registry.tables import CompressMethod, Job, JobStatus, Token, utcnow
 
 # Candidates looked at per claim: enough to skip jobs this worker cannot run (a GPU job
 # on a CPU worker) without scanning the whole queue.
@@ -48,8 +48,21 @@ class JobRepository:
             query = query.with_for_update()
         return self.session.scalars(query).first()
 
-    def by_idempotency_key(self, key: str) -> Job | None:
-        return self.session.scalars(select(Job).where(Job.idempotency_key == key)).first()
+    def by_idempotency_key(self, token_id: int, key: str) -> Job | None:
+        return self.session.scalars(select(Job).where(
+            Job.token_id == token_id, Job.idempotency_key == key)).first()
+
+    def lock_token(self, token_id: int) -> None:
+        """Take the token's row lock until commit: one enqueue per token at a time, so its
+        key lookup and its count of active jobs each see the one before (PostgreSQL;
+        SQLite's single writer serialises them anyway)."""
+        self.session.execute(select(Token.id).where(Token.id == token_id).with_for_update())
+
+    def active_count(self, token_id: int) -> int:
+        """The token's jobs that are queued or running."""
+        return int(self.session.scalar(select(func.count()).select_from(Job).where(
+            Job.token_id == token_id,
+            Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))) or 0)
 
     def page(self, *, status: JobStatus | None, model_id: int | None,
              method: CompressMethod | None, after_id: int | None, limit: int) -> list[Job]:

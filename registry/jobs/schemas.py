@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from registry.names import NAME_PATTERN
 from registry.schemas import Schema, UTCDateTime
@@ -16,9 +16,19 @@ TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.]{0,199}$")
 
 VerifyMode = Literal["auto", "gpu", "cpu", "off"]
 DatasetName = Annotated[str, Field(pattern=f"^{NAME_PATTERN}$")]
+# What an Idempotency-Key may be: 1-128 printable ASCII characters (a UUID fits).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,128}$"
 
 
-class DistillParams(Schema):
+class _Finite(Schema):
+    """Every float a client sends is finite: JSON parsers read `Infinity` and `1e999`,
+    and neither the job's params column (PostgreSQL refuses them) nor its responses
+    (they render as null) can hold one."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class DistillParams(_Finite):
     """BitDelta's second stage: train only the scales α so that the compressed model's
     logits match the fine-tune's on calibration text. Defaults are the paper's."""
 
@@ -30,7 +40,7 @@ class DistillParams(Schema):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
-class EvaluateParams(Schema):
+class EvaluateParams(_Finite):
     """Held-out next-token loss of base, fine-tune and the result on each data set; the
     adapter's gain kept is measured on the first."""
 
@@ -40,7 +50,7 @@ class EvaluateParams(Schema):
     max_batches: int = Field(default=50, ge=1, le=10_000)
 
 
-class CompressRequest(Schema):
+class CompressRequest(_Finite):
     """What to make of the fine-tune. Codec options not used by the method are refused."""
 
     name: str | None = Field(default=None, pattern=f"^{NAME_PATTERN}$",

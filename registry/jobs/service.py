@@ -6,6 +6,9 @@ Everything that can be checked before a worker spends an hour is checked here, w
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -23,15 +26,17 @@ from registry.errors import (
     JobNotFound,
     NotAFinetune,
     NotReady,
+    TooManyQueuedJobs,
 )
 from registry.jobs.quality_params import quality_params
 from registry.jobs.repository import JobRepository
-from registry.jobs.schemas import CompressRequest, JobAdapter, JobOut
+from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest, JobAdapter, JobOut
 from registry.models.service import get_model, model_id, model_names
 from registry.names import MAX_ID, check_name
 from registry.pagination import Page, page_request
 from registry.settings import Settings
-from registry.tables import CompressMethod, Job, JobStatus, ModelKind, Status, utcnow
+from registry.storage.base import BlobStore
+from registry.tables import CompressMethod, Job, JobStatus, Model, ModelKind, Status, utcnow
 
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 _ONLY_FOR = {"scale_mode": CompressMethod.BITDELTA, "rank": CompressMethod.LORA,
@@ -48,16 +53,62 @@ def parse_method(value: str) -> CompressMethod:
             "method=lora (low-rank PEFT adapter)", name="UnknownMethod") from None
 
 
-def enqueue(session: Session, settings: Settings, model_ref: str, method: CompressMethod,
-            request: CompressRequest, *, token_id: int | None,
+def enqueue(session: Session, settings: Settings, store: BlobStore, model_ref: str,
+            method: CompressMethod, request: CompressRequest, *, token_id: int,
             idempotency_key: str | None) -> tuple[Job, bool]:
-    """The job for this request, and whether it is new (False: an idempotent retry)."""
+    """The job for this request, and whether it is new (False: an idempotent retry).
+
+    A key is the token's own: a retry (same token, key and request) gets the job the
+    first request made, however concurrent the two; the same key with any other request
+    is refused. A retry is answered before any other rule, so it never meets the quota.
+    """
     repo = JobRepository(session)
-    if idempotency_key is not None:
-        existing = repo.by_idempotency_key(_check_key(idempotency_key))
-        if existing is not None:
-            return _same_request(session, existing, model_ref, method, request), False
     model = get_model(session, model_ref, full=True)
+    digest = request_digest(model, method, request)
+    key = None if idempotency_key is None else _check_key(idempotency_key)
+    if key is not None and (existing := _retried(repo, token_id, key, digest)) is not None:
+        return existing, False
+    _check_compressible(model)
+    assert model.manifest is not None
+    manifest = Manifest.from_dict(model.manifest)
+    params = job_params(method, request, manifest)
+    params.update(quality_params(session, store, settings, method, request, model, manifest,
+                                 params["targets"]))
+    name = check_name(request.name or f"{model.name}-{method.value}", "adapter name")
+    repo.lock_token(token_id)
+    if key is not None and (existing := _retried(repo, token_id, key, digest)) is not None:
+        return existing, False  # a concurrent first request with this key won the lock
+    _check_quota(repo, settings, token_id)
+    job = repo.add(Job(
+        method=method, model_id=model.id, base_id=model.base_id, adapter_name=name,
+        alias=request.alias, params=params,
+        requirements=["gpu"] if request.verify == "gpu" else [],
+        status=JobStatus.QUEUED, attempt=0, max_attempts=settings.JOB_MAX_ATTEMPTS,
+        next_run_at=utcnow(), stage="queued", progress=0.0, cancel_requested=False,
+        idempotency_key=key, request_digest=digest, token_id=token_id, updated_at=utcnow()))
+    return job, True
+
+
+def request_digest(model: Model, method: CompressMethod, request: CompressRequest) -> str:
+    """What a retry must repeat: the fine-tune, the method and every field of the body,
+    defaults filled in (an omitted field and its default are the same request)."""
+    canonical = json.dumps({"model": model.id, "method": method.value,
+                            "request": request.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _retried(repo: JobRepository, token_id: int, key: str, digest: str) -> Job | None:
+    """The job this token made with `key` before, if the request is the same one."""
+    job = repo.by_idempotency_key(token_id, key)
+    if job is not None and job.request_digest != digest:
+        raise IdempotencyKeyReused(
+            f"this Idempotency-Key was used for job {job.id} ({job.method.value} of another "
+            "request, or with other options); use a new key for a new request, or repeat "
+            "that request exactly")
+    return job
+
+
+def _check_compressible(model: Model) -> None:
     if model.kind is not ModelKind.FINETUNE or model.base_id is None:
         raise NotAFinetune(
             f"{model.name!r} is a base model; compress a fine-tune of it instead (register "
@@ -65,18 +116,16 @@ def enqueue(session: Session, settings: Settings, model_ref: str, method: Compre
     if model.status is not Status.READY:
         raise NotReady(f"fine-tune {model.name!r} is not finalized yet; POST "
                        f"/models/{model.name}/finalize first")
-    assert model.manifest is not None
-    params = job_params(method, request, Manifest.from_dict(model.manifest))
-    params.update(quality_params(session, method, request, model))
-    name = check_name(request.name or f"{model.name}-{method.value}", "adapter name")
-    job = repo.add(Job(
-        method=method, model_id=model.id, base_id=model.base_id, adapter_name=name,
-        alias=request.alias, params=params,
-        requirements=["gpu"] if request.verify == "gpu" else [],
-        status=JobStatus.QUEUED, attempt=0, max_attempts=settings.JOB_MAX_ATTEMPTS,
-        next_run_at=utcnow(), stage="queued", progress=0.0, cancel_requested=False,
-        idempotency_key=idempotency_key, token_id=token_id, updated_at=utcnow()))
-    return job, True
+
+
+def _check_quota(repo: JobRepository, settings: Settings, token_id: int) -> None:
+    limit = settings.MAX_QUEUED_JOBS_PER_TOKEN
+    if repo.active_count(token_id) >= limit:
+        raise TooManyQueuedJobs(
+            f"this token already has {limit} jobs queued or running, its limit "
+            "(DELTAHUB_MAX_QUEUED_JOBS_PER_TOKEN); wait for some to finish, or cancel some "
+            "(POST /jobs/{id}/cancel)",
+            retry_after_seconds=settings.QUEUE_FULL_RETRY_AFTER_SECONDS)
 
 
 def job_params(method: CompressMethod, request: CompressRequest,
@@ -125,21 +174,12 @@ def _matches_any(manifest: Manifest, target: str) -> bool:
 
 
 def _check_key(key: str) -> str:
-    if not 1 <= len(key) <= 128 or not key.isascii() or not key.isprintable():
+    # The API's header is checked against the same pattern before it gets here; the web
+    # form's hidden field is not.
+    if re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key) is None:
         raise InvalidRequest("Idempotency-Key must be 1-128 printable ASCII characters, e.g. "
                              "a UUID", name="InvalidIdempotencyKey")
     return key
-
-
-def _same_request(session: Session, job: Job, model_ref: str, method: CompressMethod,
-                  request: CompressRequest) -> Job:
-    model = get_model(session, model_ref)
-    if job.model_id != model.id or job.method is not method or (
-            request.name and request.name != job.adapter_name):
-        raise IdempotencyKeyReused(
-            f"this Idempotency-Key was used for job {job.id} ({job.method.value} of another "
-            "request); use a new key for a new request")
-    return job
 
 
 def get_job(session: Session, job_id: int, lock: bool = False) -> Job:

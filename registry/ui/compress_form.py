@@ -8,12 +8,13 @@ Distillation and evaluation fields are merged into the advanced object's `distil
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
+from compress.errors import InvalidJSON
+from compress.tensorio import strictjson
 from registry.jobs.schemas import CompressRequest
 from registry.ui.render import PageError
 
@@ -37,15 +38,16 @@ def _invalid(detail: str) -> PageError:
     return PageError(422, "InvalidJobParameters", detail)
 
 
-def _advanced(text: str) -> dict[str, Any]:
+def _advanced(text: str, max_depth: int) -> dict[str, Any]:
     if not text.strip():
         return {}
     if len(text) > MAX_ADVANCED_CHARS:
         raise _invalid(f"advanced options are limited to {MAX_ADVANCED_CHARS} characters")
     try:
-        parsed = json.loads(text)
-    except ValueError as exc:
-        raise _invalid(f"advanced options must be a JSON object: {exc}") from None
+        # Strictly: bounded nesting (json recurses per level) and no Infinity or NaN.
+        parsed = strictjson.loads(text, "advanced options", max_depth=max_depth)
+    except InvalidJSON as exc:
+        raise _invalid(f"advanced options must be a JSON object: {exc.cause}") from None
     if not isinstance(parsed, dict):
         raise _invalid("advanced options must be a JSON object, e.g. {\"targets_only\": true}")
     return parsed
@@ -106,14 +108,16 @@ def _evaluate(body: dict[str, Any], filled: Mapping[str, str],
     body["evaluate"] = section
 
 
-def compress_request(form: Mapping[str, str],
-                     evaluate: Sequence[str] = ()) -> tuple[str, CompressRequest]:
+def compress_request(form: Mapping[str, str], evaluate: Sequence[str] = (), *,
+                     max_depth: int = strictjson.DEFAULT_MAX_DEPTH
+                     ) -> tuple[str, CompressRequest]:
     """(method, request) from the submitted form; a 422 page when it does not validate.
 
     `evaluate`: the checked evaluation data sets, in the page's order (a form field
-    that repeats, so not in `form`)."""
+    that repeats, so not in `form`). `max_depth`: the nesting the advanced JSON may
+    have (MAX_JSON_DEPTH)."""
     method = form.get("method", "")
-    body = _advanced(form.get("advanced", ""))
+    body = _advanced(form.get("advanced", ""), max_depth)
     filled = {k: v.strip() for k, v in form.items() if isinstance(v, str) and v.strip()}
     for key in TEXT_FIELDS:
         if key in filled:

@@ -56,12 +56,13 @@ async def compress(request: Request, ref: str, viewer: CompressAction) -> Redire
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     checked = [v for v in form.getlist("evaluate") if isinstance(v, str)]
-    method, body = compress_request(fields, checked)
     settings = request.app.state.settings
+    method, body = compress_request(fields, checked, max_depth=settings.MAX_JSON_DEPTH)
     key = fields.get("idempotency_key") or None
 
     def enqueue(session: Session) -> int:
-        job, _ = jobs.enqueue(session, settings, ref, jobs.parse_method(method), body,
+        job, _ = jobs.enqueue(session, settings, request.app.state.store, ref,
+                              jobs.parse_method(method), body,
                               token_id=viewer.token_id, idempotency_key=key)
         return job.id
 

@@ -17,34 +17,13 @@ from sqlalchemy import update
 from compress.bitdelta import merge_bitdelta
 from registry.jobs import queue
 from registry.jobs.runner import Control
-from registry.jobs.worker import Worker
 from registry.storage.base import BLOB_PREFIX, STAGING_PREFIX
 from registry.storage.local import LocalBlobStore
 from registry.tables import Job, utcnow
 from tests.conftest import Tokens
 from tests.models import TINY_LLAMA
-from tests.registry.api import register_model
 from tests.registry.conftest import TinyModels
-
-
-@pytest.fixture
-def finetune(client: TestClient, tokens: Tokens, tiny_models: TinyModels) -> str:
-    register_model(client, tokens.push, "tiny-base", tiny_models.base)
-    register_model(client, tokens.push, "tiny-ft", tiny_models.finetune, kind="finetune",
-                   base="tiny-base")
-    return "tiny-ft"
-
-
-def worker(app: FastAPI) -> Worker:
-    return Worker(app.state.database, app.state.store, app.state.settings, name="test-worker",
-                  capabilities=set())
-
-
-def run_all(app: FastAPI) -> int:
-    w, ran = worker(app), 0
-    while w.run_once():
-        ran += 1
-    return ran
+from tests.registry.jobs.drive import run_all, worker
 
 
 def test_bitdelta_job_registers_a_verified_adapter(app: FastAPI, client: TestClient,
@@ -200,7 +179,7 @@ def test_an_idempotency_key_returns_the_same_job(client: TestClient, tokens: Tok
     assert first.json()["id"] == again.json()["id"]
     other = client.post(f"/models/{finetune}/compress?method=lora", json={"rank": 2},
                         headers=headers)
-    assert other.status_code == 409
+    assert other.status_code == 422
     assert other.json()["error"] == "IdempotencyKeyReused"
     assert len(client.get("/jobs", headers=tokens.read).json()["items"]) == 1
 

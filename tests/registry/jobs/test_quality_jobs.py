@@ -22,7 +22,7 @@ from tests.conftest import Tokens
 from tests.finetune import FinetunePair
 from tests.registry.api import push_dataset, register_finetune_pair, register_model
 from tests.registry.conftest import TinyModels
-from tests.registry.jobs.test_api import run_all
+from tests.registry.jobs.drive import run_all
 
 BASE, FINETUNE = "pair-base", "pair-ft"
 # Enough steps, at a rate suited to this model's large scales, for distillation to show.

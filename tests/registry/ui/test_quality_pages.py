@@ -165,7 +165,8 @@ def test_the_advanced_json_is_merged_under_the_fields(client: TestClient, tokens
     form = {"csrf_token": csrf, "method": "bitdelta", "evaluate_seq_len": "32",
             "distill_steps": "7",
             "advanced": '{"evaluate": {"datasets": ["calib"], "max_batches": 3},'
-                        ' "distill": {"dataset": "calib", "steps": 99, "seed": 5}}'}
+                        ' "distill": {"dataset": "calib", "steps": 99, "seed": 5,'
+                        ' "seq_len": 64}}'}
     started = client.post(f"/ui/models/{FINETUNE}/compress", data=form, follow_redirects=False)
     assert started.status_code == 303, started.text
     job_id = started.headers["location"].rsplit("/", 1)[1]
