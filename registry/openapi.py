@@ -278,7 +278,7 @@ def _add_upload_errors(add: Callable[[int, str], None], settings: Settings) -> N
 def _error_response(status: int, description: str) -> JsonObject:
     response: JsonObject = {"description": description,
                             "content": {_JSON: {"schema": _ERROR_REF}}}
-    if status == 503:
+    if status in (429, 503):
         response["headers"] = {"Retry-After": _RETRY_AFTER}
     return response
 

@@ -41,6 +41,11 @@ class ClaimedJob:
     params: dict[str, Any]
 
 
+
+class JobCancelled(Exception):
+    """Cancellation was asked for; the attempt stops at its next progress point, and a
+    completion that finds it asked for publishes nothing."""
+
 def claim(session: Session, owner: str, capabilities: Collection[str],
           settings: Settings) -> ClaimedJob | None:
     """Lease the oldest job due that this worker can run, or None."""
@@ -123,9 +128,6 @@ def complete(session: Session, lease: Lease, claimed: ClaimedJob, store: BlobSto
     """
     job = _leased(session, lease)
     if job.cancel_requested:
-        # runner imports this module; its exception is the one the worker handles.
-        from registry.jobs.runner import JobCancelled
-
         raise JobCancelled(f"job {job.id} was cancelled before it completed")
     kind = AdapterKind(claimed.method.value)
     draft = adapters.create_adapter(session, claimed.adapter_name, str(claimed.base_id), kind,

@@ -29,6 +29,7 @@ from registry.database import Database
 from registry.jobs import quality_stage, queue
 from registry.jobs.inputs import open_model
 from registry.jobs.layer_rows import codec_layers, verify_layers
+from registry.jobs.queue import JobCancelled
 from registry.jobs.scratch import disk_full_named
 from registry.settings import Settings
 from registry.storage.base import BlobStore
@@ -66,10 +67,6 @@ def _fault_point(point: str, job_id: int) -> None:
             _faults_fired.add(variable)
             log.warning("fault injection: %s at %r in job %d", signum.name, point, job_id)
             os.kill(os.getpid(), signum)
-
-
-class JobCancelled(Exception):
-    """Cancellation was asked for; the attempt stops at its next progress point."""
 
 
 class QualityBelowThreshold(CodecError):
