@@ -10,9 +10,10 @@ They are session-scoped and shared: treat them as read-only (copy before changin
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -69,3 +70,18 @@ def tiny_sharded_finetune(tiny_finetune: Path, tmp_path_factory: pytest.TempPath
         writer.close()
     shutil.copyfile(tiny_finetune / "config.json", out / "config.json")
     return out
+
+
+@pytest.fixture
+def forwards() -> Iterator[list[str]]:
+    """The class of every whole causal LM run (teacher, student, or a model evaluated), in
+    order: tests count model runs to show where a cancelled run stopped."""
+    runs: list[str] = []
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+        if type(module).__name__.endswith("ForCausalLM"):
+            runs.append(type(module).__name__)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    yield runs
+    handle.remove()

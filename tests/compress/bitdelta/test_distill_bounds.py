@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,19 +54,6 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(torch, "randperm", counting)
     return sizes
 
-
-@pytest.fixture
-def forwards() -> Iterator[list[str]]:
-    """The class of every whole causal LM run (teacher or student), in order."""
-    runs: list[str] = []
-
-    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-        if type(module).__name__.endswith("ForCausalLM"):
-            runs.append(type(module).__name__)
-
-    handle = torch.nn.modules.module.register_module_forward_hook(hook)
-    yield runs
-    handle.remove()
 
 
 @pytest.mark.parametrize(("rows", "batch_size"), [(1, 256), (3, 5), (1000, 4)])

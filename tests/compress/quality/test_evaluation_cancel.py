@@ -3,11 +3,7 @@ read or run, not only between batches (issue 22: a cancelled job ran on for a mi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
-import torch
 
 from compress.quality import evaluate_quality
 from tests.compress.quality.conftest import Variants
@@ -19,18 +15,6 @@ BATCHES = 2  # per model: one data set of 2 batches
 class Stop(Exception):
     """What the test's progress callback raises: a caller cancelling the run."""
 
-
-@pytest.fixture
-def forwards() -> Iterator[list[str]]:
-    runs: list[str] = []
-
-    def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-        if type(module).__name__.endswith("ForCausalLM"):
-            runs.append(type(module).__name__)
-
-    handle = torch.nn.modules.module.register_module_forward_hook(hook)
-    yield runs
-    handle.remove()
 
 
 # The item reported at the point, and how many batches had run before it.

@@ -6,6 +6,7 @@ shapes), so these tests need torch and the codecs but not transformers.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from dataclasses import dataclass
@@ -132,3 +133,16 @@ def sign_in(client: TestClient, headers: dict[str, str]) -> str:
                        follow_redirects=False)
     assert done.status_code == 303, done.text
     return form_token(client.get("/ui/models").text)
+
+
+def cell_texts(row: str) -> list[str]:
+    return [html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
+            for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+
+
+def evaluation_rows(page: str) -> list[tuple[str, list[str]]]:
+    """(data set, cell texts) of each row of the page's evaluation table."""
+    table = re.search(r'<table class="list evaluation">(.*?)</table>', page, re.S)
+    assert table is not None, "the page has no evaluation table"
+    return [(html.unescape(name), cell_texts(row)) for name, row in
+            re.findall(r'<tr data-dataset="([^"]*)">(.*?)</tr>', table.group(1), re.S)]

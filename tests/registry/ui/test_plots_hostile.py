@@ -36,10 +36,10 @@ from tests.registry.ui.conftest import (
     FINETUNE,
     Seeded,
     UiModels,
+    evaluation_rows,
     push_adapter_dir,
     sign_in,
 )
-from tests.registry.ui.test_quality_pages import evaluation_rows
 
 # The unit tests below need no database; the page tests run on one.
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -25,8 +25,8 @@ from registry.ui.render import human_bytes
 from tests.conftest import Tokens
 from tests.finetune import FinetunePair
 from tests.registry.api import push_dataset, register_finetune_pair
-from tests.registry.jobs.test_api import run_all
-from tests.registry.ui.conftest import FINETUNE, Seeded, sign_in
+from tests.registry.jobs.drive import run_all
+from tests.registry.ui.conftest import FINETUNE, Seeded, cell_texts, evaluation_rows, sign_in
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 PAIR_BASE, PAIR_FT = "pair-base", "pair-ft"
@@ -50,19 +50,6 @@ def text_file(folder: Path, name: str = "notes.txt") -> Path:
     path = folder / name
     path.write_text("def f(x):\n    return x + 1\n" * 20)
     return path
-
-
-def _cells(row: str) -> list[str]:
-    return [html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
-            for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
-
-
-def evaluation_rows(page: str) -> list[tuple[str, list[str]]]:
-    """(data set, cell texts) of each row of the page's evaluation table."""
-    table = re.search(r'<table class="list evaluation">(.*?)</table>', page, re.S)
-    assert table is not None, "the page has no evaluation table"
-    return [(html.unescape(name), _cells(row)) for name, row in
-            re.findall(r'<tr data-dataset="([^"]*)">(.*?)</tr>', table.group(1), re.S)]
 
 
 def _facts(page: str, title: str) -> str:
@@ -225,17 +212,17 @@ def test_data_sets_page_lists_files_sizes_and_digests(client: TestClient, tokens
     first = client.get("/ui/datasets").text
     rows = dict(re.findall(r'<tr data-dataset="([^"]+)">(.*?)</tr>', first, re.S))
     assert list(rows) == ["half", "notes"]  # newest first, PAGE_SIZE a page
-    assert _cells(rows["notes"])[1:] == [
+    assert cell_texts(rows["notes"])[1:] == [
         "ready", f"notes.txt {human_bytes(notes['files'][0]['size'])}",
         human_bytes(notes["total_bytes"]),
         "yes (text: the model's tokenizer.json reads it)", notes["content_digest"]]
-    assert _cells(rows["half"])[-1] == "pending"
+    assert cell_texts(rows["half"])[-1] == "pending"
     more = re.search(r'<a rel="next" href="\?([^"]+)">', first)
     assert more is not None
     second = client.get(f"/ui/datasets?{html.unescape(more.group(1))}").text
     rows = dict(re.findall(r'<tr data-dataset="([^"]+)">(.*?)</tr>', second, re.S))
     assert list(rows) == ["calib"]
-    cells = _cells(rows["calib"])
+    cells = cell_texts(rows["calib"])
     assert cells[0].startswith("calib")
     assert "pre-tokenized rows" in cells[0]  # the description, under the name
     sizes = {f["filename"]: f["size"] for f in calib["files"]}
