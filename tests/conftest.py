@@ -36,7 +36,10 @@ from registry.db import Base, make_engine, make_session_factory, unit_of_work
 from registry.migrate import upgrade
 from registry.settings import Settings
 from registry.storage.local import LocalBlobStore
-from tests.s3server import free_port, s3_backend, s3_bucket, s3_server, s3rver_server  # noqa: F401  (fixtures)
+from tests.ports import free_port
+
+# Fixture modules, visible to every test (pytest takes this list in the root conftest only).
+pytest_plugins = ["tests.s3server", "tests.finetune", "tests.compress.bitdelta.distill_helpers"]
 
 # Without a GPU the Triton kernels run in Triton's interpreter. The variable is read when
 # triton is first imported (none of the imports above does), so it is set here, before

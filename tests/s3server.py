@@ -24,7 +24,6 @@ import contextlib
 import functools
 import http.client
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import pytest
 from registry.settings import Settings
 from registry.storage.s3 import S3BlobStore
 from registry.storage.s3_client import make_s3_client
+from tests.ports import free_port
 
 START_TIMEOUT_SECONDS = 30.0
 START_ATTEMPTS = 3  # a free port can be taken between choosing it and the server binding
@@ -48,13 +48,6 @@ REPO = Path(__file__).resolve().parent.parent
 S3RVER_BIN = REPO / ".s3rver" / "node_modules" / ".bin" / "s3rver"
 S3RVER_INSTALL = "npm install --prefix .s3rver --no-audit --no-fund s3rver@3.7.1"
 S3RVER_CREDENTIAL = "S3RVER"  # s3rver's built-in account: access key id and secret alike
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

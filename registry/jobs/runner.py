@@ -47,7 +47,7 @@ _BELONGS = {AdapterKind.BITDELTA: is_delta_file, AdapterKind.LORA: is_adapter_fi
 _PROGRESS_EVERY_SECONDS = 0.5
 
 
-# Test hook (tests/registry/test_job_failures.py): kill or pause this worker process at a
+# Test hook (tests/registry/jobs/test_failures.py): kill or pause this worker process at a
 # named point of an attempt, for failures that no timing from outside can hit, such as
 # between the blob commit and the database commit. DELTAHUB_FAULT_CRASH_AT=<point> sends
 # SIGKILL, DELTAHUB_FAULT_STOP_AT=<point> SIGSTOP (a worker paused past its lease; the

@@ -24,7 +24,8 @@ from registry.settings import Settings
 from registry.storage.local import LocalBlobStore
 from tests.conftest import Tokens
 from tests.malformed import valid_safetensors
-from tests.s3server import S3Server, free_port
+from tests.ports import free_port
+from tests.s3server import S3Server
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

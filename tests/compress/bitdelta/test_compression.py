@@ -30,7 +30,7 @@ from kernels import pack_signs
 from tests.compress.bitdelta.helpers import tensors_of, variant
 from tests.compress.conftest import TinyPairFactory
 from tests.compress.helpers import nothing_written
-from tests.compress.tensorio.test_sources import MemorySource
+from tests.compress.tensorio.helpers import MemorySource
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LATE_WEIGHT = "model.layers.1.mlp.up_proj.weight"  # read after most others

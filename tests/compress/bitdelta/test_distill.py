@@ -31,17 +31,16 @@ from tests.compress.bitdelta.distill_helpers import (
     Deltas,
     digests,
     make_deltas,
-    one_thread,  # noqa: F401  (a fixture)
 )
 from tests.compress.helpers import nothing_written
-from tests.finetune import FinetunePair, finetune_pair  # noqa: F401  (a fixture)
+from tests.finetune import FinetunePair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = DistillConfig(steps=QUICK_STEPS, lr=1e-3, batch_size=2, seq_len=32)
 
 
 @pytest.fixture(scope="module")
-def deltas(finetune_pair: FinetunePair,  # noqa: F811
+def deltas(finetune_pair: FinetunePair,
            tmp_path_factory: pytest.TempPathFactory) -> Deltas:
     return make_deltas(finetune_pair, tmp_path_factory.mktemp("distill-deltas"))
 
@@ -55,7 +54,7 @@ def _distill(pair: FinetunePair, delta: Path, out: Path, config: DistillConfig =
 
 @pytest.mark.parametrize("mode", list(ScaleMode), ids=str)
 def test_only_alpha_changes_and_everything_else_is_bit_identical(
-        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path,  # noqa: F811
+        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path,
         mode: ScaleMode) -> None:
     pair, delta = finetune_pair, deltas.of(mode)
     before = {d: digests(d) for d in (pair.base, pair.finetune, delta)}
@@ -87,7 +86,7 @@ def test_only_alpha_changes_and_everything_else_is_bit_identical(
 
 
 def test_report_json_gains_a_distillation_section_and_a_plot(
-        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path) -> None:  # noqa: F811
+        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path) -> None:
     out = tmp_path / "distilled"
     report = _distill(finetune_pair, deltas.row, out)
     saved = json.loads((out / "report.json").read_text())
@@ -110,7 +109,7 @@ def test_report_json_gains_a_distillation_section_and_a_plot(
 
 
 def test_the_student_trains_alpha_and_nothing_else(
-        finetune_pair: FinetunePair, deltas: Deltas) -> None:  # noqa: F811
+        finetune_pair: FinetunePair, deltas: Deltas) -> None:
     pair = finetune_pair
     with Checkpoint.open(pair.base) as base, Checkpoint.open(deltas.row) as delta:
         summary = inspect_bitdelta(delta.headers, None, base.manifest)
@@ -125,7 +124,7 @@ def test_the_student_trains_alpha_and_nothing_else(
         assert (parameter.grad is not None) == (name in trainable), name
 
 
-def test_one_model_is_alive_at_a_time(finetune_pair: FinetunePair, deltas: Deltas,  # noqa: F811
+def test_one_model_is_alive_at_a_time(finetune_pair: FinetunePair, deltas: Deltas,
                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[weakref.ref[torch.nn.Module]] = []
     real = distill_models.build_model
@@ -141,7 +140,7 @@ def test_one_model_is_alive_at_a_time(finetune_pair: FinetunePair, deltas: Delta
     assert len(built) == 2  # the fine-tune, then the student
 
 
-def test_the_same_seed_gives_the_same_alpha(finetune_pair: FinetunePair, deltas: Deltas,  # noqa: F811
+def test_the_same_seed_gives_the_same_alpha(finetune_pair: FinetunePair, deltas: Deltas,
                                             tmp_path: Path) -> None:
     runs = [tmp_path / "a", tmp_path / "b", tmp_path / "other-seed"]
     configs = [QUICK, QUICK, DistillConfig(**{**QUICK.__dict__, "seed": 1})]
@@ -154,7 +153,7 @@ def test_the_same_seed_gives_the_same_alpha(finetune_pair: FinetunePair, deltas:
 
 
 def test_a_diverging_loss_stops_with_nothing_written(
-        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path) -> None:  # noqa: F811
+        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path) -> None:
     out = tmp_path / "distilled"
     with pytest.raises(NonFiniteLoss, match="lower the learning rate"):
         _distill(finetune_pair, deltas.row, out, DistillConfig(**{**QUICK.__dict__,
@@ -164,7 +163,7 @@ def test_a_diverging_loss_stops_with_nothing_written(
 
 
 def test_bad_calibration_data_is_refused_before_any_model_runs(
-        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path) -> None:  # noqa: F811
+        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path) -> None:
     out = tmp_path / "distilled"
     floats = tmp_path / "floats.safetensors"
     save_file({"input_ids": torch.rand(4, 8)}, floats)
@@ -183,7 +182,7 @@ def test_bad_calibration_data_is_refused_before_any_model_runs(
     assert nothing_written(out)
 
 
-def test_text_needs_a_tokenizer(finetune_pair: FinetunePair, deltas: Deltas,  # noqa: F811
+def test_text_needs_a_tokenizer(finetune_pair: FinetunePair, deltas: Deltas,
                                 tmp_path: Path) -> None:
     pair = finetune_pair
     bare = {}
@@ -204,7 +203,7 @@ def test_text_needs_a_tokenizer(finetune_pair: FinetunePair, deltas: Deltas,  # 
     assert {s.seq_len for s in report.calibration} == {32}
 
 
-def test_a_delta_of_another_layout_is_refused(finetune_pair: FinetunePair,  # noqa: F811
+def test_a_delta_of_another_layout_is_refused(finetune_pair: FinetunePair,
                                               deltas: Deltas, tmp_path: Path) -> None:
     out = tmp_path / "distilled"
     with pytest.raises(InvalidDelta):
@@ -214,7 +213,7 @@ def test_a_delta_of_another_layout_is_refused(finetune_pair: FinetunePair,  # no
 
 
 def test_progress_counts_teacher_batches_then_steps(
-        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path) -> None:  # noqa: F811
+        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path) -> None:
     calls: list[tuple[int, int, str]] = []
     _distill(finetune_pair, deltas.row, tmp_path / "d",
              progress=lambda done, total, item: calls.append((done, total, item)))

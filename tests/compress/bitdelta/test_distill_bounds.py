@@ -17,12 +17,8 @@ from compress.bitdelta.distill import PROBE_BATCHES
 from compress.bitdelta.distill_data import batch_schedule
 from compress.bitdelta.distill_logits import TeacherLogits, teacher_file
 from compress.errors import ScratchDiskFull
-from tests.compress.bitdelta.distill_helpers import (
-    Deltas,
-    make_deltas,
-    one_thread,  # noqa: F401  (a fixture)
-)
-from tests.finetune import FinetunePair, finetune_pair  # noqa: F401  (a fixture)
+from tests.compress.bitdelta.distill_helpers import Deltas, make_deltas
+from tests.finetune import FinetunePair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 3
@@ -34,7 +30,7 @@ class Stop(Exception):
 
 
 @pytest.fixture(scope="module")
-def deltas(finetune_pair: FinetunePair,  # noqa: F811
+def deltas(finetune_pair: FinetunePair,
            tmp_path_factory: pytest.TempPathFactory) -> Deltas:
     return make_deltas(finetune_pair, tmp_path_factory.mktemp("bounds-deltas"))
 
@@ -76,7 +72,7 @@ def test_the_schedule_is_every_row_once_per_pass_and_the_same_each_time() -> Non
 
 
 def test_a_one_row_set_distils_many_steps_in_bounded_memory(
-        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path,  # noqa: F811
+        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path,
         drawn: list[int], forwards: list[str]) -> None:
     one_row = tmp_path / "one-row.safetensors"
     save_file({"input_ids": load_file(finetune_pair.python.train)["input_ids"][:1, :4]
@@ -111,7 +107,7 @@ STOP_POINTS = [
 
 @pytest.mark.parametrize(("point", "models_run"), STOP_POINTS, ids=[p for p, _ in STOP_POINTS])
 def test_every_phase_can_be_stopped_within_one_batch_or_tensor(
-        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path,  # noqa: F811
+        finetune_pair: FinetunePair, deltas: Deltas, tmp_path: Path,
         forwards: list[str], point: str, models_run: int) -> None:
     def progress(done: int, total: int, item: str) -> None:
         if point in item:

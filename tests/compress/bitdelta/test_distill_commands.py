@@ -9,9 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from registry.cli.app import app
-from tests.compress.bitdelta.distill_helpers import one_thread  # noqa: F401  (a fixture)
 from tests.compress.helpers import nothing_written
-from tests.finetune import FinetunePair, finetune_pair  # noqa: F401  (a fixture)
+from tests.finetune import FinetunePair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -23,7 +22,7 @@ def _args(pair: FinetunePair, out: Path, *extra: str) -> list[str]:
 
 
 def test_bitdelta_then_distil_prints_both_and_writes_one_delta(
-        finetune_pair: FinetunePair, tmp_path: Path) -> None:  # noqa: F811
+        finetune_pair: FinetunePair, tmp_path: Path) -> None:
     out = tmp_path / "delta"
     result = runner.invoke(app, _args(finetune_pair, out, "--distill",
                                       str(finetune_pair.python.train), "--steps", "3",
@@ -41,7 +40,7 @@ def test_bitdelta_then_distil_prints_both_and_writes_one_delta(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["delta"]  # no scratch left behind
 
 
-def test_a_failed_distillation_leaves_no_output(finetune_pair: FinetunePair,  # noqa: F811
+def test_a_failed_distillation_leaves_no_output(finetune_pair: FinetunePair,
                                                 tmp_path: Path) -> None:
     out = tmp_path / "delta"
     diverging = runner.invoke(app, _args(finetune_pair, out, "--distill",
@@ -60,7 +59,7 @@ def test_a_failed_distillation_leaves_no_output(finetune_pair: FinetunePair,  # 
 
 
 def test_an_existing_output_is_refused_before_compressing(
-        finetune_pair: FinetunePair, tmp_path: Path) -> None:  # noqa: F811
+        finetune_pair: FinetunePair, tmp_path: Path) -> None:
     out = tmp_path / "delta"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -76,7 +75,7 @@ def test_an_existing_output_is_refused_before_compressing(
 
 
 def test_without_distill_an_existing_output_gets_its_error_and_no_empty_progress_bar(
-        finetune_pair: FinetunePair, tmp_path: Path) -> None:  # noqa: F811
+        finetune_pair: FinetunePair, tmp_path: Path) -> None:
     """The bar is drawn from the codec's first report on: a refusal prints only itself."""
     out = tmp_path / "delta"
     out.mkdir()

@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 
 from compress.bitdelta import DistillConfig, distill_bitdelta
-from tests.compress.bitdelta.distill_helpers import one_thread  # noqa: F401  (a fixture)
 from tests.compress.quality.helpers import evaluate
-from tests.finetune import FinetunePair, finetune_pair  # noqa: F401  (a fixture)
+from tests.finetune import FinetunePair
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def test_distilled_alpha_keeps_clearly_more_of_the_gain(
-        finetune_pair: FinetunePair, tmp_path: Path) -> None:  # noqa: F811
+        finetune_pair: FinetunePair, tmp_path: Path) -> None:
     from compress.bitdelta import compress_bitdelta
 
     pair = finetune_pair

@@ -13,7 +13,7 @@ from compress.bitdelta import ScaleMode
 from compress.bitdelta.codec import compress_pair
 from compress.bitdelta.fused_cpu import encode_rows, flag_scratch, kernel_view
 from kernels import pack_signs
-from tests.compress.bitdelta.test_codec_fast import _assert_same, _pair, reference
+from tests.compress.bitdelta.helpers import assert_same, pair, reference
 
 
 def _every_pattern(dtype: torch.dtype) -> torch.Tensor:
@@ -53,15 +53,15 @@ def test_every_byte_of_sign_flags_packs_to_the_layout() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float8_e4m3fn, torch.float8_e5m2])
 def test_inputs_the_loop_cannot_read_in_place_are_widened_first(dtype: torch.dtype) -> None:
-    base, finetune = _pair((37, 300), torch.float32, seed=21)
+    base, finetune = pair((37, 300), torch.float32, seed=21)
     base, finetune = base.to(dtype), finetune.to(dtype)
     want = reference(finetune.float() - base.float(), finetune.float(), ScaleMode.ROW)
-    _assert_same(compress_pair(base, finetune, ScaleMode.ROW, "w"), want, finetune=True)
+    assert_same(compress_pair(base, finetune, ScaleMode.ROW, "w"), want, finetune=True)
 
 
 def test_strided_inputs_give_what_contiguous_ones_give() -> None:
-    base, finetune = _pair((300, 37), torch.float16, seed=22)
+    base, finetune = pair((300, 37), torch.float16, seed=22)
     base_t, finetune_t = base.t(), finetune.t()  # [37, 300], not contiguous
     assert not finetune_t.is_contiguous()
     want = reference(finetune_t.float() - base_t.float(), finetune_t.float(), ScaleMode.ROW)
-    _assert_same(compress_pair(base_t, finetune_t, ScaleMode.ROW, "w"), want, finetune=True)
+    assert_same(compress_pair(base_t, finetune_t, ScaleMode.ROW, "w"), want, finetune=True)

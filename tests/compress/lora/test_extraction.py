@@ -1,4 +1,5 @@
-"""LoRA extraction (compress/lora.py): the files it writes, the ranks it picks, its refusals."""
+"""LoRA extraction (compress/lora/extraction.py): the files it writes, the ranks it picks,
+its refusals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Randomized truncated SVD and rank selection (compress/lowrank.py) on synthetic deltas."""
+"""Randomized truncated SVD and rank selection (compress/lora/lowrank.py) on synthetic deltas."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from compress.bitdelta import compress_bitdelta
 from compress.lora import extract_lora
 from compress.quality import QualityReport
 from tests.compress.quality.helpers import evaluate
-from tests.finetune import FinetunePair, finetune_pair  # noqa: F401  (a fixture)
+from tests.finetune import FinetunePair
 
 LORA_RANKS = (4, 16)
 
@@ -41,7 +41,7 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def variants(finetune_pair: FinetunePair,  # noqa: F811
+def variants(finetune_pair: FinetunePair,
              tmp_path_factory: pytest.TempPathFactory) -> Variants:
     root = tmp_path_factory.mktemp("quality-variants")
     pair = finetune_pair
@@ -56,7 +56,7 @@ def variants(finetune_pair: FinetunePair,  # noqa: F811
 
 
 @pytest.fixture(scope="session")
-def measured(finetune_pair: FinetunePair, variants: Variants  # noqa: F811
+def measured(finetune_pair: FinetunePair, variants: Variants
              ) -> dict[str, QualityReport]:
     """Reports by variant: "bitdelta", "lora-r4", "lora-r16", "lora-r16-saved"."""
     paths = {"bitdelta": variants.bitdelta,

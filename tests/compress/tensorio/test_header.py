@@ -26,6 +26,7 @@ from compress.tensorio import (
     read_header,
 )
 from compress.tensorio.header import DTYPE_BYTES, parse_header_json, parse_length_prefix
+from tests.compress.tensorio.helpers import write
 from tests.malformed import (
     MALFORMED_CASES,
     PICKLE_CASES,
@@ -39,12 +40,6 @@ from tests.malformed import (
 )
 
 ALL_CASES = MALFORMED_CASES + PICKLE_CASES
-
-
-def write(tmp_path: Path, data: bytes, name: str = "model.safetensors") -> Path:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return path
 
 
 def reference_load(data: bytes) -> dict[str, torch.Tensor]:

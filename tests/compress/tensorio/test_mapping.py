@@ -14,7 +14,7 @@ import torch
 import compress.tensorio.sources as sources
 from compress.bitdelta import compress_bitdelta
 from compress.tensorio import Checkpoint, LocalSource, MappableSource, advise_will_need
-from tests.compress.tensorio.test_sources import MemorySource
+from tests.compress.tensorio.helpers import MemorySource
 
 
 def open_fds() -> int:

@@ -22,7 +22,7 @@ from compress.tensorio import (
     refuse_pickle_name,
 )
 from compress.tensorio.pickles import PICKLE_SUFFIXES
-from tests.compress.tensorio.test_header import write
+from tests.compress.tensorio.helpers import sentencepiece_model_bytes, write
 from tests.malformed import PICKLE_CASES, MalformedCase, valid_safetensors
 
 # --- by name and by magic bytes --------------------------------------------------------------
@@ -109,25 +109,6 @@ def test_a_prefix_that_runs_out_mid_opcode_is_a_pickle_only_if_incomplete() -> N
     data = pickle.dumps(PICKLED["large_list"], protocol=0)
     assert describe_pickle_stream(data[:5000], complete=False) is not None
     assert describe_pickle_stream(data[:5000], complete=True) is None  # cut: cannot load
-
-
-def sentencepiece_model_bytes() -> bytes:
-    """A small tokenizer.model as sentencepiece writes it: a ModelProto protobuf."""
-
-    def field(number: int, wire_type: int, payload: bytes) -> bytes:
-        return bytes([number << 3 | wire_type]) + payload
-
-    def length_delimited(number: int, payload: bytes) -> bytes:
-        assert len(payload) < 128  # one-byte varint length is all this needs
-        return field(number, 2, bytes([len(payload)]) + payload)
-
-    pieces = b"".join(
-        length_delimited(1, length_delimited(1, text.encode()) + field(2, 5, struct.pack(
-            "<f", -float(i))) + field(3, 0, bytes([kind])))
-        for i, (text, kind) in enumerate([("<unk>", 2), ("<s>", 3), ("</s>", 3), ("\u2581the", 1),
-                                          ("\u2581a", 1), ("s", 1), ("(", 1), (".", 1)]))
-    trainer = length_delimited(2, field(3, 0, bytes([1])) + field(4, 0, bytes([8])))
-    return pieces + trainer + length_delimited(3, length_delimited(1, b"nmt_nfkc"))
 
 
 NOT_PICKLES: dict[str, bytes] = {

@@ -28,41 +28,8 @@ from compress.tensorio import (
     describe_model,
 )
 from tests.compress.helpers import nothing_written
+from tests.compress.tensorio.helpers import MemorySource
 from tests.malformed import MALFORMED_CASES, PICKLE_CASES, MalformedCase, nan_safetensors
-
-
-class MemorySource:
-    """A model held as bytes in memory; records every positioned read."""
-
-    def __init__(self, name: str, files: dict[str, bytes]) -> None:
-        self.name = name
-        self._files = files
-        self.reads: list[tuple[str, int, int]] = []
-        self.closed = 0
-
-    @classmethod
-    def of(cls, directory: Path) -> MemorySource:
-        return cls(f"memory copy of {directory.name}",
-                   {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()})
-
-    def files(self) -> list[str]:
-        return sorted(self._files)
-
-    def size(self, file: str) -> int:
-        return len(self._files[file])
-
-    def read_into(self, file: str, offset: int, buffer: memoryview) -> None:
-        self.reads.append((file, offset, len(buffer)))
-        data = self._files[file][offset:offset + len(buffer)]
-        if len(data) < len(buffer):
-            raise InvalidModel(f"{file}: short read")
-        buffer[:] = data
-
-    def read_bytes(self, file: str) -> bytes:
-        return self._files[file]
-
-    def close(self) -> None:
-        self.closed += 1
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -27,8 +27,8 @@ from registry.cli.failures import (
     describe,
 )
 from registry.client import ChecksumMismatch, ClientError, ServerUnreachable
+from tests.ports import free_port
 from tests.registry.cli.conftest import runner
-from tests.s3server import free_port
 
 
 def run(url: str, *args: str, timeout: str = "60") -> Result:

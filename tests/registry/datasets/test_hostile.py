@@ -19,7 +19,7 @@ from registry.storage.local import LocalBlobStore
 from tests.conftest import LiveServer, Tokens
 from tests.malformed import PICKLE_CASES, nan_safetensors
 from tests.registry.datasets.helpers import TEXT, assert_nothing_stored, token_ids
-from tests.registry.uploads.test_bad_input import PATH_TRICKS, _raw
+from tests.registry.uploads.helpers import PATH_TRICKS, raw
 
 
 @dataclass(frozen=True)
@@ -116,13 +116,13 @@ def test_a_declared_file_that_would_be_refused_stores_nothing(client: TestClient
 @pytest.mark.parametrize("trick", [*PATH_TRICKS, "../x.txt", "..%2fx.txt"])
 def test_path_tricks_in_file_names(live_server: LiveServer, tokens: Tokens, engine: Engine,
                                    store: LocalBlobStore, draft: str, trick: str) -> None:
-    answer = _raw(live_server, "PUT", f"/datasets/{draft}/files/{trick}", tokens.push, TEXT)
+    answer = raw(live_server, "PUT", f"/datasets/{draft}/files/{trick}", tokens.push, TEXT)
     assert answer == (422, "InvalidFilename"), answer
     assert_nothing_stored(engine, store)
     # The same token, draft and body under a plain name are taken: the refusal above
     # was the name's, not the scope's or the draft's.
-    assert _raw(live_server, "PUT", f"/datasets/{draft}/files/x.txt", tokens.push,
-                TEXT)[0] == 201
+    assert raw(live_server, "PUT", f"/datasets/{draft}/files/x.txt", tokens.push,
+               TEXT)[0] == 201
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import Tokens
-from tests.finetune import finetune_pair  # noqa: F401  (a fixture)
 from tests.registry.api import register_model
 from tests.registry.conftest import TinyModels
 

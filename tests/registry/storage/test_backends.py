@@ -31,7 +31,8 @@ from registry.storage.local import LocalBlobStore
 from registry.storage.s3 import S3BlobStore
 from registry.storage.s3_client import make_s3_client
 from registry.storage.sweep import sweep_storage
-from tests.s3server import S3_SERVER_FIXTURES, S3Server, free_port, server_of
+from tests.ports import free_port
+from tests.s3server import S3_SERVER_FIXTURES, S3Server, server_of
 
 BIG = 11 * 1024 * 1024  # over PART_BYTES: a multipart upload with a short last part
 HOUR = 3600

@@ -87,7 +87,7 @@ def test_push_and_pull_of_a_file_over_the_multipart_threshold(
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_unreachable_storage_is_503_and_stores_nothing(
         settings: Settings, engine: Engine, tokens: Tokens) -> None:
-    from tests.s3server import free_port
+    from tests.ports import free_port
 
     dead = settings.model_copy(update={
         "STORAGE_URL": "s3://deltahub-test/x", "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",

@@ -20,7 +20,6 @@ from safetensors.torch import save_file
 
 from compress.lora import extract_lora
 from tests.conftest import Tokens
-from tests.finetune import finetune_pair  # noqa: F401  (a fixture)
 from tests.models import TINY_LLAMA, make_finetune
 from tests.registry.api import register_model
 

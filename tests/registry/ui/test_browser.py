@@ -16,7 +16,6 @@ one the test skips, saying so; in CI (CI=true or DELTAHUB_REQUIRE_BROWSER=1, whi
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from registry.db import make_engine, make_session_factory, unit_of_work
 from tests.registry.api import push_dataset, register_model
 from tests.registry.serverproc import ServerProcess, serve
 from tests.registry.ui.conftest import BASE, DIRECT, FINETUNE, LORA, UiModels, push_adapter_dir
+from tests.registry.ui.helpers import INSTALL_HINT, browser_required, chromium
 from tests.registry.workerproc import WorkerPool, WorkerProcess, poll_until
 
 try:
@@ -39,9 +39,6 @@ except ImportError:  # the `browser` fixture skips, or fails in CI, saying how t
 pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)]
 
-INSTALL_HINT = ("install Debian's Chromium (`sudo apt-get install -y chromium`) or set "
-                "DELTAHUB_CHROMIUM to a Chromium executable; Playwright comes with "
-                "`pip install -e '.[test]'`")
 # The processes run this checkout's packages, as pytest does (pythonpath = ["."]): an
 # installed distribution of the same top-level name (Hugging Face's `kernels`, which
 # recent transformers pull in) must not shadow ours.
@@ -50,27 +47,13 @@ JOB_SECONDS = 120.0  # a tiny job is ~1 s; a worker process starting takes ~5 s 
 UI_TIMEOUT_MS = 30_000
 
 
-def _required() -> bool:
-    return os.environ.get("CI") == "true" or os.environ.get("DELTAHUB_REQUIRE_BROWSER") == "1"
-
-
-def _chromium() -> str:
-    path = os.environ.get("DELTAHUB_CHROMIUM") or shutil.which("chromium") or ""
-    if not path or not Path(path).exists():
-        message = f"no Chromium found for the browser tests: {INSTALL_HINT}"
-        if _required():
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    executable = _chromium()
+    executable = chromium()
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        if _required():
+        if browser_required():
             pytest.fail(f"playwright is not installed: {INSTALL_HINT}")
         pytest.skip(f"playwright is not installed: {INSTALL_HINT}")
     with sync_playwright() as playwright:

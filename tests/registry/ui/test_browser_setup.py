@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.registry.ui.test_browser import INSTALL_HINT, _chromium
+from tests.registry.ui.helpers import INSTALL_HINT, chromium
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def no_browser(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("no_browser")
 def test_a_missing_browser_skips_with_the_way_to_install_one() -> None:
     with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
-        _chromium()
+        chromium()
 
 
 @pytest.mark.usefixtures("no_browser")
@@ -27,5 +27,5 @@ def test_a_missing_browser_fails_in_ci(monkeypatch: pytest.MonkeyPatch, variable
                                        setting: str) -> None:
     monkeypatch.setenv(variable, setting)
     with pytest.raises(pytest.fail.Exception) as failed:
-        _chromium()
+        chromium()
     assert INSTALL_HINT in str(failed.value)

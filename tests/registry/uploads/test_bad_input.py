@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import socket
 import time
 from collections.abc import Iterator
@@ -29,6 +27,7 @@ from tests.malformed import (
     pickle_like_valid_safetensors,
     valid_safetensors,
 )
+from tests.registry.uploads.helpers import PATH_TRICKS, raw
 
 
 def assert_nothing_stored(client: TestClient, store: LocalBlobStore, tokens: Tokens,
@@ -180,53 +179,19 @@ def test_bad_names_in_bodies(client: TestClient, tokens: Tokens, name: str) -> N
     assert adapter.status_code == 422
 
 
-# Raw request targets, sent byte for byte: no client-side normalisation of `..`.
-PATH_TRICKS = [
-    "../config.json",
-    "..%2fconfig.json",
-    "%2e%2e%2fconfig.json",
-    "%252e%252e%252fconfig.json",
-    "..%5cconfig.json",
-    "..\\config.json",
-    "/etc/passwd",
-    "%2fetc%2fpasswd",
-    "config.json%00",
-    "config.json%00.safetensors",
-    "C:%5cwindows%5cconfig.json",
-    "sub/config.json",
-]
-
-
-def _raw(server: LiveServer, method: str, target: str, headers: dict[str, str],
-         body: bytes = b"") -> tuple[int, str]:
-    """(status, error name) of a request sent with its target byte for byte."""
-    host, port = server.url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.putrequest(method, target, skip_accept_encoding=True)
-        for key, value in {**headers, "Content-Length": str(len(body))}.items():
-            conn.putheader(key, value)
-        conn.endheaders(body)
-        response = conn.getresponse()
-        body = response.read()
-        return response.status, json.loads(body)["error"] if response.status >= 400 else ""
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("trick", PATH_TRICKS)
 def test_path_tricks_in_file_names(live_server: LiveServer, client: TestClient,
                                    store: LocalBlobStore, tokens: Tokens, model: str,
                                    trick: str, tmp_path: Path) -> None:
     for owner in ("/models/m", "/adapters/1"):
-        answer = _raw(live_server, "PUT", f"{owner}/files/{trick}", tokens.push, b"{}")
+        answer = raw(live_server, "PUT", f"{owner}/files/{trick}", tokens.push, b"{}")
         assert answer == (422, "InvalidFilename"), (owner, trick, answer)
     assert_nothing_stored(client, store, tokens)
     assert not list(tmp_path.rglob("config.json"))
     assert not list(tmp_path.rglob("passwd"))
     # The same token, owner and body with a plain name are accepted: the refusal above
     # was the name's, not the scope's or the owner's.
-    assert _raw(live_server, "PUT", "/models/m/files/config.json", tokens.push, b"{}")[0] == 201
+    assert raw(live_server, "PUT", "/models/m/files/config.json", tokens.push, b"{}")[0] == 201
 
 
 # An encoded slash becomes a real one before routing, so no route matches at all.
@@ -241,7 +206,7 @@ def test_path_tricks_in_refs(live_server: LiveServer, tokens: Tokens, trick: str
     for method, target, token in (("GET", f"/models/{trick}", tokens.read),
                                   ("GET", f"/adapters/{trick}", tokens.read),
                                   ("PUT", f"/adapters/x/aliases/{trick}", tokens.push)):
-        answer = _raw(live_server, method, target, token)
+        answer = raw(live_server, method, target, token)
         assert answer == expected, (target, answer)
 
 

@@ -31,7 +31,7 @@ from registry.app import create_app
 from registry.settings import Settings
 from registry.storage.base import BLOB_PREFIX, STAGING_PREFIX
 from registry.storage.local import LocalBlobStore
-from tests.compress.tensorio.test_pickles import sentencepiece_model_bytes
+from tests.compress.tensorio.helpers import sentencepiece_model_bytes
 from tests.conftest import LiveServer, Tokens
 from tests.malformed import assemble, entry, valid_safetensors
 from tests.registry.api import register_model
