@@ -48,6 +48,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 POSTGRES_ENV = "DELTAHUB_TEST_POSTGRES_URL"
+# Read at import: the server may first be asked for inside a test that points tempfile
+# elsewhere (a spool check, say), and it must neither land nor be counted there.
+PG_PARENT_DIR = tempfile.gettempdir()
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +65,7 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         warnings.simplefilter("ignore")
         import pgserver  # type: ignore[import-untyped]
     # Short path: the server's Unix socket path must stay under the kernel's 107 bytes.
-    pgdata = Path(tempfile.mkdtemp(prefix="dh-pg-"))
+    pgdata = Path(tempfile.mkdtemp(prefix="dh-pg-", dir=PG_PARENT_DIR))
     server = pgserver.get_server(pgdata, cleanup_mode="delete")
     socket_dir = make_url(server.get_uri()).query["host"]
     try:
