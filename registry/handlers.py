@@ -34,6 +34,12 @@ log = logging.getLogger("deltahub")
 
 _HTTP_NAMES = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound",
                405: "MethodNotAllowed", 413: "PayloadTooLarge"}
+# FastAPI's words when `json.loads` of a body fails other than as invalid JSON (which is
+# a 422): nesting past Python's recursion limit, or an integer past 4,300 digits.
+_UNPARSED_BODY = "There was an error parsing the body"
+_UNPARSED_BODY_DETAIL = ("the JSON body could not be parsed: it nests thousands of levels "
+                         "deep or holds an integer of over 4,300 digits; send the request's "
+                         "documented fields (see /docs), with numbers a 64-bit value holds")
 
 
 def _error(status: int, name: str, detail: str, headers: dict[str, str] | None = None,
@@ -71,7 +77,10 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
-        return _error(exc.status_code, name, str(exc.detail), headers=headers)
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail == _UNPARSED_BODY:
+            detail = _UNPARSED_BODY_DETAIL
+        return _error(exc.status_code, name, detail, headers=headers)
 
     @app.exception_handler(StorageError)
     async def storage_error(_: Request, exc: StorageError) -> JSONResponse:

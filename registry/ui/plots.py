@@ -42,6 +42,10 @@ DPI = 100
 CACHE_ENTRIES = 128
 DEFAULT_RENDERS = 4  # pictures drawn at once (DELTAHUB_MAX_PLOT_RENDERS)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The largest magnitude drawn. A report's numbers are only finite, and matplotlib's tick
+# arithmetic overflows well below 1.8e308 (a loss of 1e308, singular values of 1e300 and
+# 1e150); no error, loss or singular value of a real model is near this.
+MAX_DRAWN = 1e100
 
 
 def _rows(document: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -54,7 +58,8 @@ def _rows(document: dict[str, Any], key: str) -> list[dict[str, Any]]:
 
 
 def _finite(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+    """`value` as a float that can be drawn, or None (not a number, or past MAX_DRAWN)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= MAX_DRAWN:
         return float(value)
     return None
 
@@ -113,7 +118,8 @@ def verify_errors(document: dict[str, Any]) -> list[tuple[str, float]]:
     else:
         report = document.get("report") or {}
         if isinstance(report.get("summary"), dict) and "kernel_failures" in report["summary"]:
-            rows = report.get("layers") or []  # a `deltahub verify` report pushed as is
+            layers = report.get("layers")  # a `deltahub verify` report pushed as is
+            rows = layers if isinstance(layers, list) else []
     found = [(str(r.get("module")), _finite(r.get("compression_rel_error")))
              for r in rows if isinstance(r, dict)]
     return [(name, value) for name, value in found if value is not None][:MAX_BARS]

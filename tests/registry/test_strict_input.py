@@ -197,3 +197,17 @@ def test_401_says_how_to_authenticate(client: TestClient) -> None:
     response = client.get("/models")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("body", [
+    '{"verify": "off", "rank": ' + "9" * 5000 + "}",  # int() of it raises ValueError
+    '{"verify": ' + "[" * 100_000 + "]" * 100_000 + "}",  # RecursionError
+])
+def test_a_json_body_too_deep_or_too_long_a_number_says_what_to_send(
+        client: TestClient, tokens: Tokens, model: str, body: str) -> None:
+    response = client.post("/models/m/compress?method=lora", content=body,
+                           headers={**tokens.compress, "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "BadRequest"
+    assert "nests thousands of levels" in response.json()["detail"]
+    assert client.get("/jobs", headers=tokens.read).json()["items"] == []
