@@ -90,8 +90,11 @@ def enqueue(session: Session, settings: Settings, store: BlobStore, model_ref: s
 
 
 def request_digest(model: Model, method: CompressMethod, request: CompressRequest) -> str:
-    """What a retry must repeat: the fine-tune, the method and every field of the body,
-    defaults filled in (an omitted field and its default are the same request)."""
+    """What a retry must repeat: the fine-tune, the method and every field of the body as
+    the schema reads it. A field omitted and sent with its schema default are the same
+    request; a field whose default the server picks later (`scale_mode`, `targets`,
+    `max_rank`: null in the schema) is not, when sent explicitly: repeat the request as
+    it was first sent."""
     canonical = json.dumps({"model": model.id, "method": method.value,
                             "request": request.model_dump(mode="json")}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -102,9 +105,9 @@ def _retried(repo: JobRepository, token_id: int, key: str, digest: str) -> Job |
     job = repo.by_idempotency_key(token_id, key)
     if job is not None and job.request_digest != digest:
         raise IdempotencyKeyReused(
-            f"this Idempotency-Key was used for job {job.id} ({job.method.value} of another "
-            "request, or with other options); use a new key for a new request, or repeat "
-            "that request exactly")
+            f"this Idempotency-Key was used for job {job.id} with another request (another "
+            "model, method or options); use a new key for a new request, or repeat that "
+            "request exactly as it was first sent")
     return job
 
 
