@@ -39,7 +39,7 @@ import pytest
 
 from registry.settings import Settings
 from registry.storage.s3 import S3BlobStore
-from registry.storage.s3_client import make_s3_client
+from registry.storage.s3.client import make_s3_client
 
 START_TIMEOUT_SECONDS = 30.0
 START_ATTEMPTS = 3  # a free port can be taken between choosing it and the server binding
