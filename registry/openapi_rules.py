@@ -3,7 +3,7 @@ the file names each owner takes.
 
 The name rules restate the checks in registry/names.py around its patterns.
 registry/uploads/rules.py decides which files a model, an adapter or a data set takes,
-from the formats' own lists (compress/filenames.py, compress/quality/data.py). The
+from the formats' own lists (compress/filenames.py, compress/modeling/data.py). The
 document states the same sets, built from the same lists, so a name it calls valid is
 never refused for its kind (415 `UnsupportedFile`, or 422 when a push declares it);
 tests/registry/test_openapi.py holds each pattern to the function that decides.
@@ -23,7 +23,7 @@ from compress.filenames import (
     PICTURE_SUFFIX,
     REPORT_FILE,
 )
-from compress.quality.data import DataKind
+from compress.modeling.data import DataKind
 from registry.names import FILENAME_PATTERN, NAME_PATTERN
 
 # ECMA-262 patterns: `$` is the end of the input.
@@ -56,7 +56,7 @@ def _ending_in(suffixes: list[str]) -> str:
 
 # compress.filenames.is_model_file: one of the suffixes, as written.
 MODEL_FILE_RULE = _ending_in([_literal(s) for s in MODEL_FILE_SUFFIXES])
-# compress.quality.data.data_kind: the suffix in any case.
+# compress.modeling.data.data_kind: the suffix in any case.
 DATASET_FILE_RULE = _ending_in([_any_case(kind.value) for kind in DataKind])
 # Either kind's files (is_adapter_file, is_delta_file) and the codec's report and
 # pictures (is_report_file). Which kind takes which is the adapter's state, not the name's.

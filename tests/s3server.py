@@ -38,7 +38,7 @@ import pytest
 
 from registry.settings import Settings
 from registry.storage.s3 import S3BlobStore
-from registry.storage.s3_client import make_s3_client
+from registry.storage.s3.client import make_s3_client
 from tests.ports import free_port
 
 START_TIMEOUT_SECONDS = 30.0

@@ -12,6 +12,8 @@
 
 from compress.bitdelta.codec import compress_delta, decompress_delta
 from compress.bitdelta.compression import compress_bitdelta
+from compress.bitdelta.distill import DistillConfig, DistillReport, distill_bitdelta
+from compress.bitdelta.distill_data import CalibrationSet
 from compress.bitdelta.format import (
     DELTA_FILE,
     DELTA_INDEX,
@@ -34,11 +36,6 @@ from compress.bitdelta.report import GB, BitDeltaReport
 from compress.bitdelta.verify import DEFAULT_ROWS, VerifyReport, verify_delta
 from compress.errors import IncompatibleModels, InvalidDelta
 from compress.tensorio import CONFIG_FILE  # a delta carries its fine-tune's config.json
-
-# isort: split
-# Last: distillation uses compress.quality, which imports the names above back from here.
-from compress.bitdelta.distill import DistillConfig, DistillReport, distill_bitdelta
-from compress.bitdelta.distill_data import CalibrationSet
 
 __all__ = [
     "CONFIG_FILE",

@@ -64,11 +64,10 @@ from compress.bitdelta.distill_models import BitDeltaLinear, build_student, buil
 from compress.bitdelta.distill_output import LOSS_PLOT, plot_losses, write_distilled, write_report
 from compress.bitdelta.format import BitDeltaSummary, ScaleMode, inspect_bitdelta, scale_key
 from compress.bitdelta.report import json_float
-from compress.errors import IncompatibleModels, InvalidDelta, InvalidParameter
+from compress.errors import IncompatibleModels, InvalidDelta, InvalidParameter, NonFiniteLoss
+from compress.modeling.model import model_bytes
+from compress.modeling.tokenizer import TextTokenizer
 from compress.progress import ProgressFn, no_progress
-from compress.quality import NonFiniteLoss
-from compress.quality.model import model_bytes
-from compress.quality.tokenizer import TextTokenizer
 from compress.tensorio import (
     Checkpoint,
     ModelInput,

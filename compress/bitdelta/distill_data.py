@@ -1,6 +1,6 @@
 """Calibration data for scale distillation: the rows, and which rows each step trains on.
 
-Data files are any kind `compress.quality.load_eval_data` reads (.txt, .jsonl,
+Data files are any kind `compress.modeling.data.load_eval_data` reads (.txt, .jsonl,
 pre-tokenized .safetensors); text is tokenized with the given tokenizer, else the base's
 tokenizer.json, else the fine-tune's. A model without one and text data is refused with
 MissingTokenizer (its message asks for a tokenizer.json or pre-tokenized ids).
@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from compress.errors import InvalidParameter
-from compress.quality.data import DataKind, data_kind, load_eval_data
-from compress.quality.tokenizer import TextTokenizer, model_tokenizer
+from compress.modeling.data import DataKind, data_kind, load_eval_data
+from compress.modeling.tokenizer import TextTokenizer, model_tokenizer
 from compress.tensorio import Checkpoint
 
 

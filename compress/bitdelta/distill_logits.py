@@ -38,8 +38,7 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import DISK_FULL_ERRNOS, InvalidParameter, ScratchDiskFull
-from compress.quality import NonFiniteLoss
+from compress.errors import DISK_FULL_ERRNOS, InvalidParameter, NonFiniteLoss, ScratchDiskFull
 
 TEACHER_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _FILE_NAME = "teacher-logits.bin"

@@ -19,7 +19,7 @@ import torch
 from compress.bitdelta.format import BitDeltaSummary
 from compress.bitdelta.merge import read_compressed
 from compress.errors import InvalidModel
-from compress.quality.model import build_model, causal_lm_config
+from compress.modeling.model import build_model, causal_lm_config
 from compress.tensorio import Checkpoint, describe_model
 from kernels import Backend, bitdelta_linear_trainable
 

@@ -2,17 +2,18 @@
 
 - `evaluate_quality(base, finetune, compressed, data)`: next-token loss and perplexity
   of the three models on each data set, and the gain kept, as a `QualityReport`;
-- data (data.py): `load_eval_data` reads `.txt`, `.jsonl` (a "text" field per line) or
-  pre-tokenized `.safetensors` (`input_ids` [n, seq]) into rows of token ids, refusing
-  pickles, oversized and malformed files; text is tokenized by `TextTokenizer` from the
-  model's own tokenizer.json (`model_tokenizer`);
 - the compressed model (variants.py): `open_variant` recognises a BitDelta delta, a
   PEFT LoRA adapter or a whole model directory and applies it to the base;
-- models (model.py): `build_model` runs a config.json's architecture (transformers,
-  imported lazily) on weights read by compress.tensorio.
+- re-exported from compress.modeling, which distillation shares: data (data.py):
+  `load_eval_data` reads `.txt`, `.jsonl` (a "text" field per line) or pre-tokenized
+  `.safetensors` (`input_ids` [n, seq]) into rows of token ids, refusing pickles,
+  oversized and malformed files; text is tokenized by `TextTokenizer` from the model's own
+  tokenizer.json (`model_tokenizer`); models (model.py): `build_model` runs a
+  config.json's architecture (transformers, imported lazily) on weights read by
+  compress.tensorio.
 """
 
-from compress.quality.data import (
+from compress.modeling.data import (
     DEFAULT_MAX_DATA_BYTES,
     INPUT_IDS,
     TEXT_FIELD,
@@ -24,6 +25,8 @@ from compress.quality.data import (
     read_documents,
     read_token_rows,
 )
+from compress.modeling.model import build_model, causal_lm_config, model_bytes
+from compress.modeling.tokenizer import TOKENIZER_FILE, TextTokenizer, model_tokenizer
 from compress.quality.errors import (
     InvalidDataset,
     MissingDependency,
@@ -38,7 +41,6 @@ from compress.quality.evaluation import (
     evaluate_quality,
     mean_loss,
 )
-from compress.quality.model import build_model, causal_lm_config, model_bytes
 from compress.quality.report import (
     MIN_GAIN_NATS,
     DatasetQuality,
@@ -46,7 +48,6 @@ from compress.quality.report import (
     Score,
     gain_kept,
 )
-from compress.quality.tokenizer import TOKENIZER_FILE, TextTokenizer, model_tokenizer
 from compress.quality.variants import Variant, VariantKind, open_variant, variant_kind
 
 __all__ = [

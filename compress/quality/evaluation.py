@@ -30,8 +30,7 @@ from typing import Any
 import torch
 
 from compress.errors import IncompatibleModels, InvalidParameter
-from compress.progress import ProgressFn, no_progress
-from compress.quality.data import (
+from compress.modeling.data import (
     DEFAULT_MAX_DATA_BYTES,
     DataKind,
     EvalData,
@@ -39,10 +38,11 @@ from compress.quality.data import (
     data_kind,
     load_eval_data,
 )
+from compress.modeling.model import build_model, causal_lm_config, model_bytes
+from compress.modeling.tokenizer import TextTokenizer, model_tokenizer
+from compress.progress import ProgressFn, no_progress
 from compress.quality.errors import NonFiniteLoss
-from compress.quality.model import build_model, causal_lm_config, model_bytes
 from compress.quality.report import DatasetQuality, QualityReport, Score
-from compress.quality.tokenizer import TextTokenizer, model_tokenizer
 from compress.quality.variants import Variant, open_variant
 from compress.tensorio import Checkpoint, ModelInput, describe_model, shape_mismatches
 
@@ -64,7 +64,7 @@ def evaluate_quality(
 ) -> QualityReport:
     """Score base, fine-tune and `compressed` on each of `data`; see the module docstring.
 
-    `data` are .txt, .jsonl or .safetensors files (compress/quality/data.py); text is
+    `data` are .txt, .jsonl or .safetensors files (compress/modeling/data.py); text is
     tokenized with `tokenizer`, by default the base's (else the fine-tune's)
     tokenizer.json. `seq_len` is the row length for text; at most `max_batches` batches
     of `batch_size` rows are scored per data set (None: all). `dtype` ("float32",

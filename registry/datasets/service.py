@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 from sqlalchemy.orm import Session
 
-from compress.quality.data import DataKind, data_kind
+from compress.modeling.data import DataKind, data_kind
 from registry.datasets.repository import DatasetRepository
 from registry.errors import DatasetNotFound, DraftInProgress, MissingFiles, NameTaken, NotPending
 from registry.names import check_name, close_matches, did_you_mean

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from compress.bitdelta import DistillConfig, distill_bitdelta
 from compress.progress import ProgressFn
 from compress.quality import evaluate_quality
 from compress.tensorio import TensorSource
 from registry.datasets.fetch import fetch_dataset_files
-
-if TYPE_CHECKING:
-    from registry.jobs.runner import Context  # runner imports this module
+from registry.jobs.attempt import Context
 
 
 def fetch_pinned(ctx: Context, pinned: dict[str, str], scratch: Path) -> list[Path]:

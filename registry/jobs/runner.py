@@ -12,9 +12,7 @@ import logging
 import os
 import shutil
 import signal
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +23,11 @@ from compress.lora import REPORT_FILE as LORA_REPORT
 from compress.lora import SPECTRA_FILE, extract_lora, is_adapter_file
 from compress.progress import ProgressFn
 from compress.tensorio import TensorSource
-from registry.database import Database
 from registry.jobs import quality_stage, queue
+from registry.jobs.attempt import Context, Control
 from registry.jobs.inputs import open_model
 from registry.jobs.layer_rows import codec_layers, verify_layers
-from registry.jobs.queue import JobCancelled
 from registry.jobs.scratch import disk_full_named
-from registry.settings import Settings
-from registry.storage.base import BlobStore
 from registry.tables import AdapterKind, CompressMethod
 from registry.uploads.flow import store_file
 from registry.uploads.pipeline import UploadResult
@@ -71,34 +66,6 @@ def _fault_point(point: str, job_id: int) -> None:
 
 class QualityBelowThreshold(CodecError):
     """The measured error exceeds the job's `max_error`."""
-
-
-@dataclass
-class Control:
-    """Shared by the attempt and its heartbeat thread."""
-
-    cancel: threading.Event  # the heartbeat saw a cancellation request
-    lost: threading.Event  # the heartbeat found the lease gone
-    finished: threading.Event  # the attempt is over; the heartbeat stops
-
-    @classmethod
-    def new(cls) -> Control:
-        return cls(threading.Event(), threading.Event(), threading.Event())
-
-    def checkpoint(self) -> None:
-        if self.lost.is_set():
-            raise queue.LeaseLost("lease lost")
-        if self.cancel.is_set():
-            raise JobCancelled("cancelled")
-
-
-@dataclass(frozen=True)
-class Context:
-    database: Database
-    store: BlobStore
-    settings: Settings
-    work_dir: Path
-    device: str  # where codec arithmetic runs: "cpu" or "cuda"
 
 
 def run_attempt(claimed: queue.ClaimedJob, ctx: Context, control: Control) -> int:

@@ -6,7 +6,7 @@ from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.storage.local import LocalBlobStore
 from registry.storage.s3 import S3BlobStore
-from registry.storage.s3_client import make_s3_client
+from registry.storage.s3.client import make_s3_client
 from registry.storage.urls import local_path, s3_location, storage_scheme
 
 

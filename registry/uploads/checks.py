@@ -1,6 +1,6 @@
 """At most `MAX_CONCURRENT_CONTENT_CHECKS` heavy content checks at once in a process.
 
-A data set file is checked whole once it has arrived (compress.quality.data reads it as
+A data set file is checked whole once it has arrived (compress.modeling.data reads it as
 an evaluation would), which holds a few times the file in memory; uploads arriving
 together would each hold theirs. An upload that finds every slot taken for
 `CONTENT_CHECK_WAIT_SECONDS` is answered 503 `ContentChecksBusy` with `Retry-After`,

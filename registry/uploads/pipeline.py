@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import CodecError
-from compress.quality.data import DataKind, check_data_file, data_kind
+from compress.modeling.data import DataKind, check_data_file, data_kind
 from compress.tensorio import (
     PICKLE_SNIFF_BYTES,
     StreamingValidator,

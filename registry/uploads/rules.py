@@ -19,7 +19,7 @@ from compress.bitdelta import CONFIG_FILE, DELTA_FILE, DELTA_INDEX, REPORT_FILE,
 from compress.errors import InvalidDataset, PickleRefused
 from compress.filenames import is_report_file
 from compress.lora import ADAPTER_FILES, SPECTRA_FILE, is_adapter_file
-from compress.quality.data import data_kind
+from compress.modeling.data import data_kind
 from compress.tensorio import (
     DEFAULT_MAX_HEADER_BYTES,
     MODEL_CARD,

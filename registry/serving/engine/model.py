@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812  (torch's own convention)
 
 from compress.bitdelta import BitDelta
-from compress.quality.model import build_model, causal_lm_config
+from compress.modeling.model import build_model, causal_lm_config
 from compress.tensorio import Checkpoint, describe_model
 from registry.serving.engine.errors import UnsupportedAdapter, UnsupportedModel
 from registry.serving.engine.layers import (

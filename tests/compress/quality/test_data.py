@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from compress.errors import InvalidParameter, PickleRefused, TooLarge
+from compress.modeling import tokenizer as tokenizer_module
 from compress.quality import (
     DataKind,
     InvalidDataset,
@@ -19,7 +20,6 @@ from compress.quality import (
     TextTokenizer,
     load_eval_data,
 )
-from compress.quality import tokenizer as tokenizer_module
 from tests.finetune import byte_tokenizer_json
 
 BYTES = TextTokenizer.from_json(byte_tokenizer_json().encode(), "bytes")

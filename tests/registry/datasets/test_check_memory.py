@@ -14,14 +14,14 @@ import torch
 from safetensors.torch import save_file
 
 from compress.errors import InvalidDataset
-from compress.quality.data import check_data_file, read_token_rows
+from compress.modeling.data import check_data_file, read_token_rows
 
 FILE_BYTES = 64 * 2**20
 
 # The peak resident memory a check adds, in a fresh process (ru_maxrss: KiB on Linux).
 _MEASURE = textwrap.dedent("""
     import resource, sys
-    from compress.quality.data import check_data_file
+    from compress.modeling.data import check_data_file
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     check_data_file(sys.argv[1], max_bytes=2**30)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from compress.quality.data import DataKind
+from compress.modeling.data import DataKind
 from registry.settings import Settings
 from registry.storage.local import LocalBlobStore
 from registry.uploads import pipeline

@@ -16,7 +16,7 @@ from sqlalchemy import update
 
 from compress.bitdelta import merge_bitdelta
 from registry.jobs import queue
-from registry.jobs.runner import Control
+from registry.jobs.attempt import Control
 from registry.storage.base import BLOB_PREFIX, STAGING_PREFIX
 from registry.storage.local import LocalBlobStore
 from registry.tables import Job, utcnow

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from registry.jobs import queue
-from registry.jobs.runner import Control
+from registry.jobs.attempt import Control
 from registry.jobs.worker import Worker
 from registry.storage.base import STAGING_PREFIX
 from registry.storage.local import LocalBlobStore

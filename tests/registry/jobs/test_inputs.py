@@ -30,7 +30,7 @@ from registry.models.repository import ModelRepository
 from registry.storage.base import BlobStore, StorageError
 from registry.storage.local import LocalBlobStore
 from registry.storage.s3 import S3BlobStore
-from registry.storage.s3_client import make_s3_client
+from registry.storage.s3.client import make_s3_client
 from tests.conftest import Tokens
 from tests.models import TINY_LLAMA, make_finetune
 from tests.registry.api import register_model

@@ -29,7 +29,7 @@ from registry.storage.base import (
 from registry.storage.factory import make_blob_store
 from registry.storage.local import LocalBlobStore
 from registry.storage.s3 import S3BlobStore
-from registry.storage.s3_client import make_s3_client
+from registry.storage.s3.client import make_s3_client
 from registry.storage.sweep import sweep_storage
 from tests.ports import free_port
 from tests.s3server import S3_SERVER_FIXTURES, S3Server, server_of
@@ -528,12 +528,12 @@ def test_s3_failed_abort_keeps_the_callers_error(s3_server: S3Server, s3_bucket:
     def upload_while_s3_goes_down() -> None:
         with store.start_upload() as writer:
             writer.write(payload(PART_BYTES + 1))
-            store.client = _unreachable_client()  # the backend goes down before the abort
+            store.s3.client = _unreachable_client()  # the backend goes down before the abort
             raise ValueError("bad content")
 
     with pytest.raises(ValueError, match="bad content"):
         upload_while_s3_goes_down()
-    store.client = live_client
+    store.s3.client = live_client
     assert len(pending_uploads(store)) == 1  # the abort could not reach S3 ...
     later = datetime.now(UTC) + timedelta(hours=2)
     assert sweep_storage(store, set(), grace_seconds=HOUR, now=later).uploads_aborted == 1

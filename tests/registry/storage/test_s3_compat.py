@@ -23,7 +23,7 @@ from registry.storage.base import (
     blob_key,
 )
 from registry.storage.s3 import S3_MIN_PART_BYTES, S3BlobStore
-from registry.storage.s3_copy import (
+from registry.storage.s3.copies import (
     COPY_PART_BYTES,
     MAX_COPY_OBJECT_BYTES,
     S3_MAX_PARTS,

@@ -25,8 +25,7 @@ from typing import Any
 
 import torch
 
-from compress.errors import InvalidModel
-from compress.quality.errors import MissingDependency
+from compress.errors import InvalidModel, MissingDependency
 
 _SHOWN_PROBLEMS = 10
 

@@ -30,7 +30,7 @@ from compress.errors import (
     MissingTokenizer,
     TooLarge,
 )
-from compress.quality.tokenizer import TextTokenizer
+from compress.modeling.tokenizer import TextTokenizer
 from compress.tensorio import (
     FLOAT_DTYPES,
     PICKLE_SNIFF_BYTES,

@@ -8,14 +8,12 @@ the parts it has and deletes the result, so nothing is left either way.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
 from registry.storage.base import StagedObject, StagingWriter
-
-if TYPE_CHECKING:
-    from registry.storage.s3 import S3BlobStore
+from registry.storage.s3.bucket import S3Bucket
 
 # What an S3-compatible server answers for an operation it does not have: NotImplemented
 # (501) as S3 documents it, or MethodNotAllowed (405), s3rver's answer to an abort.
@@ -27,11 +25,11 @@ def error_code(exc: ClientError) -> str:
     return code
 
 
-def abort_multipart(store: S3BlobStore, full: str, upload_id: str) -> bool:
+def abort_multipart(bucket: S3Bucket, full: str, upload_id: str) -> bool:
     """Abort a multipart upload; False if the server has no AbortMultipartUpload."""
-    with store.errors("abort", full):
+    with bucket.errors("abort", full):
         try:
-            store.client.abort_multipart_upload(Bucket=store.bucket, Key=full, UploadId=upload_id)
+            bucket.client.abort_multipart_upload(Bucket=bucket.name, Key=full, UploadId=upload_id)
         except ClientError as exc:
             code = error_code(exc)
             if code in UNSUPPORTED_CODES:
@@ -50,10 +48,11 @@ def part_checksums(response: dict[str, Any]) -> dict[str, Any]:
 class S3StagingWriter(StagingWriter):
     """Buffers one part at a time; a write smaller than a part becomes one PutObject."""
 
-    def __init__(self, store: S3BlobStore, key: str) -> None:
-        self._store = store
+    def __init__(self, bucket: S3Bucket, key: str, part_bytes: int) -> None:
+        self._bucket = bucket
+        self._part_bytes = part_bytes
         self._key = key
-        self._full = store.full_key(key)
+        self._full = bucket.full_key(key)
         self._buffer = bytearray()
         self._size = 0
         self._upload_id: str | None = None
@@ -71,14 +70,14 @@ class S3StagingWriter(StagingWriter):
             raise ValueError("write to an upload that is already finished or aborted")
         self._buffer += data
         self._size += len(data)
-        part = self._store.part_bytes
+        part = self._part_bytes
         while len(self._buffer) >= part:
             self._upload_part(bytes(self._buffer[:part]))
             del self._buffer[:part]
 
     def _upload_part(self, body: bytes) -> None:
-        client, bucket = self._store.client, self._store.bucket
-        with self._store.errors("upload", self._full):
+        client, bucket = self._bucket.client, self._bucket.name
+        with self._bucket.errors("upload", self._full):
             if self._upload_id is None:
                 created = client.create_multipart_upload(Bucket=bucket, Key=self._full)
                 self._upload_id = created["UploadId"]
@@ -95,9 +94,9 @@ class S3StagingWriter(StagingWriter):
 
     def _complete(self) -> None:
         self._may_exist = True
-        with self._store.errors("complete upload", self._full):
-            self._store.client.complete_multipart_upload(
-                Bucket=self._store.bucket,
+        with self._bucket.errors("complete upload", self._full):
+            self._bucket.client.complete_multipart_upload(
+                Bucket=self._bucket.name,
                 Key=self._full,
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
@@ -111,9 +110,9 @@ class S3StagingWriter(StagingWriter):
             raise ValueError("finish of an upload that was aborted")
         if self._upload_id is None:
             self._may_exist = True
-            with self._store.errors("upload", self._full):
-                self._store.client.put_object(
-                    Bucket=self._store.bucket, Key=self._full, Body=bytes(self._buffer)
+            with self._bucket.errors("upload", self._full):
+                self._bucket.client.put_object(
+                    Bucket=self._bucket.name, Key=self._full, Body=bytes(self._buffer)
                 )
         else:
             if self._buffer:
@@ -128,7 +127,7 @@ class S3StagingWriter(StagingWriter):
         self._closed = True
         self._buffer = bytearray()
         if self._upload_id is not None:
-            if abort_multipart(self._store, self._full, self._upload_id):
+            if abort_multipart(self._bucket, self._full, self._upload_id):
                 self._upload_id = None
             else:
                 # The server cannot abort, and would keep the parts where no listing
@@ -139,6 +138,6 @@ class S3StagingWriter(StagingWriter):
                     self._upload_part(b"")
                 self._complete()
         if self._may_exist:
-            with self._store.errors("delete", self._full):
-                self._store.client.delete_object(Bucket=self._store.bucket, Key=self._full)
+            with self._bucket.errors("delete", self._full):
+                self._bucket.client.delete_object(Bucket=self._bucket.name, Key=self._full)
             self._may_exist = False

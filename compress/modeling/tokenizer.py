@@ -21,8 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, NoReturn
 
-from compress.errors import InvalidModel, TooLarge
-from compress.quality.errors import MissingDependency
+from compress.errors import InvalidModel, MissingDependency, TooLarge
 from compress.tensorio import ModelInput, as_source, describe_model
 
 if TYPE_CHECKING:

@@ -17,6 +17,8 @@ from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
 
 from registry.settings import Settings
 
+# The boto3 S3 client. Typed as Any because boto3 ships no annotations; with
+# boto3-stubs[s3] installed this becomes mypy_boto3_s3.S3Client.
 S3Client = Any
 
 

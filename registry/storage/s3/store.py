@@ -16,22 +16,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from boto3.exceptions import Boto3Error  # type: ignore[import-untyped, unused-ignore]
 from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped, unused-ignore]
-from botocore.exceptions import (  # type: ignore[import-untyped, unused-ignore]
-    BotoCoreError,
-    ClientError,
-)
-from s3transfer.exceptions import (  # type: ignore[import-untyped, unused-ignore]
-    RetriesExceededError,
-    S3DownloadFailedError,
-)
+from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
 from registry.storage.base import (
     BLOB_PREFIX,
@@ -48,15 +39,16 @@ from registry.storage.base import (
     check_range,
     new_staging_key,
 )
-from registry.storage.s3_client import DENIED_HINT, S3Client, describe_failure
-from registry.storage.s3_copy import (
+from registry.storage.s3.bucket import S3Bucket
+from registry.storage.s3.client import S3Client
+from registry.storage.s3.copies import (
     COPY_PART_BYTES,
     MAX_COPY_OBJECT_BYTES,
     copy_part_ranges,
     uses_multipart_copy,
 )
-from registry.storage.s3_reads import BodyChunks, served_range
-from registry.storage.s3_writer import (
+from registry.storage.s3.reads import BodyChunks, served_range
+from registry.storage.s3.writer import (
     UNSUPPORTED_CODES,
     S3StagingWriter,
     abort_multipart,
@@ -64,16 +56,10 @@ from registry.storage.s3_writer import (
     part_checksums,
 )
 
-logger = logging.getLogger(__name__)
-
-# The boto3 S3 client. Typed as Any because boto3 ships no annotations; with
-# boto3-stubs[s3] installed this becomes mypy_boto3_s3.S3Client.
+# The name it had as one module, shared with bucket.py.
+logger = logging.getLogger("registry.storage.s3")
 
 S3_MIN_PART_BYTES = 5 * 1024 * 1024  # S3 refuses smaller parts, except the last
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
-_DENIED = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
-# The managed download (download_file) raises its own errors besides botocore's.
-_TRANSFER_ERRORS = (BotoCoreError, Boto3Error, RetriesExceededError, S3DownloadFailedError)
 
 
 class S3BlobStore(BlobStore):
@@ -94,9 +80,7 @@ class S3BlobStore(BlobStore):
         if not 0 < max_copy_object_bytes <= MAX_COPY_OBJECT_BYTES:
             raise ValueError(f"max_copy_object_bytes must be in (0, {MAX_COPY_OBJECT_BYTES}]")
         prefix = prefix.strip("/")
-        self.client = client
-        self.bucket = bucket
-        self.prefix = check_key(prefix) if prefix else ""
+        self.s3 = S3Bucket(client, bucket, check_key(prefix) if prefix else "")
         self.part_bytes = part_bytes
         # Managed download: parallel ranged GETs above the threshold.
         self.transfer_config = transfer_config or TransferConfig()
@@ -107,64 +91,24 @@ class S3BlobStore(BlobStore):
     def __repr__(self) -> str:
         return f"S3BlobStore(s3://{self.bucket}/{self.prefix})"
 
+    @property
+    def client(self) -> S3Client:
+        return self.s3.client
+
+    @property
+    def bucket(self) -> str:
+        return self.s3.name
+
+    @property
+    def prefix(self) -> str:
+        return self.s3.prefix
+
     def full_key(self, key: str) -> str:
         """The bucket key for a store key."""
-        check_key(key)
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def _full_prefix(self, prefix: str) -> str:
-        # A listing prefix may be "" (everything) or end in "/" (a folder).
-        if prefix.rstrip("/"):
-            check_key(prefix.rstrip("/"))
-        return f"{self.prefix}/{prefix}" if self.prefix else prefix
-
-    def _store_key(self, full: str) -> str:
-        """The store key (or listing prefix) for a bucket key under this store's prefix."""
-        if not self.prefix:
-            return full
-        return full.removeprefix(self.prefix).removeprefix("/")
-
-    @contextmanager
-    def errors(self, op: str, full: str, needed_for: str = "") -> Iterator[None]:
-        """Turn boto3 failures into StorageError (BlobNotFound for a missing key).
-
-        The message may reach a client (a 503 body, /readyz), so it names the store key
-        and S3's error code only; the bucket, the prefix and botocore's own text (which
-        quotes the endpoint URL) go to the log. `needed_for` says what an operation is
-        for, should the server not implement it.
-        """
-        key = self._store_key(full)
-        try:
-            yield
-        except ClientError as exc:
-            error: Mapping[str, str] = exc.response.get("Error", {})
-            code = error.get("Code", "")
-            if code in _NOT_FOUND:
-                raise BlobNotFound(f"s3: {op} {key}: not found") from exc
-            self._log(op, full, exc)
-            if code == "NoSuchBucket":
-                raise StorageError(
-                    f"s3: cannot {op} {key}: the bucket does not exist; "
-                    "create it or fix DELTAHUB_STORAGE_URL"
-                ) from exc
-            if code == "NotImplemented":
-                why = f", which {needed_for}" if needed_for else ""
-                raise StorageError(
-                    f"s3: cannot {op} {key}: the S3 server does not implement "
-                    f"{exc.operation_name} ({code}){why}; use a server that does"
-                ) from exc
-            message = error.get("Message") or "no message"
-            hint = f"; {DENIED_HINT}" if code in _DENIED else ""
-            raise StorageError(f"s3: cannot {op} {key}: {code}: {message}{hint}") from exc
-        except _TRANSFER_ERRORS as exc:
-            self._log(op, full, exc)
-            raise StorageError(f"s3: cannot {op} {key}: {describe_failure(exc)}") from exc
-
-    def _log(self, op: str, full: str, exc: Exception) -> None:
-        logger.warning("s3: cannot %s s3://%s/%s: %s", op, self.bucket, full, exc)
+        return self.s3.full_key(key)
 
     def start_upload(self) -> StagingWriter:
-        return S3StagingWriter(self, new_staging_key())
+        return S3StagingWriter(self.s3, new_staging_key(), self.part_bytes)
 
     def commit(self, staged: StagedObject, sha256: str) -> None:
         if not staged.key.startswith(STAGING_PREFIX):
@@ -179,7 +123,7 @@ class S3BlobStore(BlobStore):
                     f"s3: commit: staged object {staged.key} is gone "
                     "(already committed, discarded or collected); upload again"
                 ) from None
-        with self.errors("commit", src):
+        with self.s3.errors("commit", src):
             self.client.delete_object(Bucket=self.bucket, Key=src)
 
     def _refresh(self, existing: dict[str, Any], dest: str, src: str) -> bool:
@@ -210,7 +154,7 @@ class S3BlobStore(BlobStore):
             self._multipart_copy(src, dest, size)
             return None
         extra = {"MetadataDirective": "REPLACE"} if replace_metadata else {}
-        with self.errors("copy", src):
+        with self.s3.errors("copy", src):
             response = self.client.copy_object(
                 Bucket=self.bucket, Key=dest, CopySource={"Bucket": self.bucket, "Key": src},
                 **extra,
@@ -220,7 +164,7 @@ class S3BlobStore(BlobStore):
 
     def _multipart_copy(self, src: str, dest: str, size: int) -> None:
         source = {"Bucket": self.bucket, "Key": src}
-        with self.errors("copy", src):
+        with self.s3.errors("copy", src):
             upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=dest)[
                 "UploadId"
             ]
@@ -229,7 +173,7 @@ class S3BlobStore(BlobStore):
             for number, byte_range in enumerate(
                 copy_part_ranges(size, self.copy_part_bytes), start=1
             ):
-                with self.errors("copy", src, needed_for="objects over 5 GiB need"):
+                with self.s3.errors("copy", src, needed_for="objects over 5 GiB need"):
                     response = self.client.upload_part_copy(
                         Bucket=self.bucket, Key=dest, UploadId=upload_id, PartNumber=number,
                         CopySource=source, CopySourceRange=byte_range,
@@ -237,7 +181,7 @@ class S3BlobStore(BlobStore):
                 result = response["CopyPartResult"]
                 parts.append({"PartNumber": number, "ETag": result["ETag"],
                               **part_checksums(result)})
-            with self.errors("copy", src):
+            with self.s3.errors("copy", src):
                 self.client.complete_multipart_upload(
                     Bucket=self.bucket, Key=dest, UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
@@ -250,7 +194,7 @@ class S3BlobStore(BlobStore):
         # Best effort: the copy's own error is the one to report. An upload left
         # behind lies under blobs/, where gc finds and aborts it.
         try:
-            if not abort_multipart(self, dest, upload_id):
+            if not abort_multipart(self.s3, dest, upload_id):
                 logger.warning("s3: the server cannot abort the failed copy to s3://%s/%s "
                                "(upload %s); it keeps the parts", self.bucket, dest, upload_id)
         except StorageError:
@@ -272,7 +216,7 @@ class S3BlobStore(BlobStore):
             return None
 
     def _head(self, full: str) -> dict[str, Any]:
-        with self.errors("head", full):
+        with self.s3.errors("head", full):
             response: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=full)
             return response
 
@@ -291,7 +235,7 @@ class S3BlobStore(BlobStore):
         args = {"Bucket": self.bucket, "Key": full}
         if start or end is not None:
             args["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        with self.errors("read", full):
+        with self.s3.errors("read", full):
             try:
                 response = self.client.get_object(**args)
             except ClientError as exc:
@@ -309,15 +253,15 @@ class S3BlobStore(BlobStore):
             body.close()
             logger.warning("s3: read of s3://%s/%s from byte %d: the server sent from byte %d",
                            self.bucket, full, start, first)
-            raise StorageError(f"s3: cannot read {self._store_key(full)}: the S3 server "
+            raise StorageError(f"s3: cannot read {self.s3.store_key(full)}: the S3 server "
                                "ignored the byte range; use a server that supports ranged GETs")
         # Never more than asked: s3rver sends the whole object for `bytes=0-0`.
-        return BodyChunks(body, self, full, limit=None if end is None else end - start)
+        return BodyChunks(body, self.s3, full, limit=None if end is None else end - start)
 
     def download(self, sha256: str, dest: Path) -> None:
         full = self.full_key(blob_key(sha256))
         # download_file writes a temporary file beside dest and renames it when complete.
-        with self.errors("download", full):
+        with self.s3.errors("download", full):
             self.client.download_file(self.bucket, full, str(dest), Config=self.transfer_config)
 
     def delete(self, sha256: str) -> None:
@@ -325,19 +269,19 @@ class S3BlobStore(BlobStore):
 
     def delete_key(self, key: str) -> None:
         full = self.full_key(key)
-        with self.errors("delete", full):
+        with self.s3.errors("delete", full):
             self.client.delete_object(Bucket=self.bucket, Key=full)
 
     def list_objects(self, prefix: str) -> Iterator[StoredObject]:
-        full = self._full_prefix(prefix)
-        with self.errors("list", full):
+        full = self.s3.full_prefix(prefix)
+        with self.s3.errors("list", full):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=full
             )
             for page in pages:
                 for obj in page.get("Contents", []):
                     yield StoredObject(
-                        key=self._store_key(obj["Key"]),
+                        key=self.s3.store_key(obj["Key"]),
                         size=int(obj["Size"]),
                         modified=obj["LastModified"].astimezone(UTC),
                     )
@@ -348,7 +292,7 @@ class S3BlobStore(BlobStore):
         # under blobs/.
         aborted = 0
         for full, upload_id in self._uploads_started_before(older_than):
-            if abort_multipart(self, full, upload_id):
+            if abort_multipart(self.s3, full, upload_id):
                 aborted += 1
             else:
                 logger.warning("s3: the server cannot abort multipart uploads; "
@@ -360,11 +304,11 @@ class S3BlobStore(BlobStore):
         before `older_than`; none where the server cannot list them."""
         found = []
         for prefix in (STAGING_PREFIX, BLOB_PREFIX):
-            full = self._full_prefix(prefix)
+            full = self.s3.full_prefix(prefix)
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=full
             )
-            with self.errors("list uploads", full):
+            with self.s3.errors("list uploads", full):
                 try:
                     for page in pages:
                         found += [(upload["Key"], upload["UploadId"])
@@ -389,8 +333,8 @@ class S3BlobStore(BlobStore):
         # collection removes it if the delete fails. The client's connect and read
         # timeouts and its attempt limit bound how long this takes.
         probe = self.full_key(f"{STAGING_PREFIX}check-{uuid.uuid4().hex}")
-        staging = self._full_prefix(STAGING_PREFIX)
-        with self.errors("write to", staging):
+        staging = self.s3.full_prefix(STAGING_PREFIX)
+        with self.s3.errors("write to", staging):
             self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")
-        with self.errors("delete from", staging):
+        with self.s3.errors("delete from", staging):
             self.client.delete_object(Bucket=self.bucket, Key=probe)

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from registry.storage.base import READ_CHUNK_BYTES, StorageError
-
-if TYPE_CHECKING:
-    from registry.storage.s3 import S3BlobStore
-
+from registry.storage.s3.bucket import S3Bucket
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+)")
 
@@ -27,9 +24,9 @@ class BodyChunks(Iterator[bytes]):
     """Chunks of a GetObject body, at most `limit` bytes in all; closes the connection
     when done, failed or dropped."""
 
-    def __init__(self, body: Any, store: S3BlobStore, full: str, limit: int | None) -> None:
+    def __init__(self, body: Any, bucket: S3Bucket, full: str, limit: int | None) -> None:
         self._body: Any = body
-        self._store = store
+        self._bucket = bucket
         self._full = full
         self._left = limit
 
@@ -39,7 +36,7 @@ class BodyChunks(Iterator[bytes]):
             raise StopIteration
         want = READ_CHUNK_BYTES if self._left is None else min(READ_CHUNK_BYTES, self._left)
         try:
-            with self._store.errors("read", self._full):
+            with self._bucket.errors("read", self._full):
                 chunk: bytes = self._body.read(want)
         except StorageError:
             self.close()
