@@ -20,6 +20,7 @@ by the names schemathesis learns from responses (and by small ids) find somethin
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,25 @@ SHAPE_DECIDED_BY_STATE = {
 }
 
 
+def _path_values_fit_the_document(case: Any) -> bool:
+    """Whether every path value matches its parameter's declared pattern and length.
+
+    Generated values always do; the stateful phase fills path parameters from links (a file
+    name an adapter listed, used on a data set's route), and those need not.
+    """
+    for parameter in case.operation.path_parameters:
+        value = (case.path_parameters or {}).get(parameter.name)
+        schema = parameter.definition.get("schema", {})
+        if not isinstance(value, str):
+            continue
+        if len(value) > schema.get("maxLength", len(value)):
+            return False
+        pattern = schema.get("pattern")
+        if pattern is not None and re.search(pattern, value) is None:
+            return False
+    return True
+
+
 @schemathesis.check
 def document_states_the_rule(ctx: Any, response: Any, case: Any) -> bool | None:
     """ST202 by error name: a schema-valid request refused for its shape."""
@@ -111,6 +131,8 @@ def document_states_the_rule(ctx: Any, response: Any, case: Any) -> bool | None:
     except ValueError:
         return None
     name = body.get("error") if isinstance(body, dict) else None
+    if name in SHAPE_ERRORS and not _path_values_fit_the_document(case):
+        return None  # a stateful link filled the path from another answer: not schema-valid
     if name in SHAPE_ERRORS - SHAPE_DECIDED_BY_STATE.get(case.operation.label, set()):
         raise AssertionError(f"a schema-valid request was refused with {name} "
                              f"({response.status_code}): the document does not state the "
@@ -154,6 +176,10 @@ def schemathesis_config(url: str, token: str) -> schemathesis.Config:
         "continue-on-failure": True,
         "checks": {"enabled": True},
         "generation": {"database": "none"},
+        # A data set's file name must end in one of three suffixes in any case, a lookahead
+        # Hypothesis meets by filtering; its health check then calls the pattern too narrow,
+        # though every value it does generate is a real file name the server takes.
+        "suppress-health-check": ["filter_too_much"],
         "phases": {
             "examples": {"enabled": True},
             "coverage": {"enabled": True},
