@@ -14,8 +14,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
@@ -36,7 +33,7 @@ from registry.db import Base, make_engine, make_session_factory, unit_of_work
 from registry.migrate import upgrade
 from registry.settings import Settings
 from registry.storage.local import LocalBlobStore
-from tests.ports import free_port
+from tests.ports import serving_in_thread
 
 # Fixture modules, visible to every test (pytest takes this list in the root conftest only).
 pytest_plugins = ["tests.s3server", "tests.finetune", "tests.compress.bitdelta.distill_helpers"]
@@ -187,17 +184,5 @@ class LiveServer:
 @pytest.fixture
 def live_server(app: FastAPI) -> Iterator[LiveServer]:
     """The app behind a real uvicorn on loopback, for the CLI and raw-socket tests."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    yield LiveServer(f"http://127.0.0.1:{port}", app)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving_in_thread(app, lifespan="off", start_timeout_s=15) as url:
+        yield LiveServer(url, app)

@@ -4,8 +4,6 @@ the greedy reference every engine answer must equal, and an app behind a real uv
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -13,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import uvicorn
 
 from compress.bitdelta import compress_bitdelta, merge_bitdelta
 from tests.finetune import TOKENIZER_FILE, VOCAB_SIZE, byte_tokenizer_json
 from tests.models import TINY_LLAMA, make_finetune
-from tests.s3server import free_port
+from tests.ports import serving_in_thread
 
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -83,18 +80,5 @@ def greedy_reference(model_dir: Path, prompt: list[int], new_tokens: int) -> lis
 @contextmanager
 def running(app: Any) -> Iterator[str]:
     """`app` behind a real uvicorn on loopback (its lifespan on); yields its URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serving_in_thread(app, lifespan="on") as url:
+        yield url
