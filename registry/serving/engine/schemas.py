@@ -20,7 +20,9 @@ class SamplingFields(BaseModel):
     model: str = Field(min_length=1, max_length=512)
     temperature: float = Field(1.0, ge=0, le=2, description="0: greedy and deterministic")
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    # torch seeds a generator with an unsigned 64-bit integer; a larger one would fail the
+    # decode step, on the scheduler's thread, for the whole batch.
+    seed: int | None = Field(None, ge=0, le=2**64 - 1)
     n: Literal[1] = 1
     stream: bool = False
     ignore_eos: bool = False

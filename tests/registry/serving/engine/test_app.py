@@ -190,6 +190,8 @@ def test_bad_requests_are_refused_before_any_tenant_loads(serve: EngineFactory) 
         (_completion("tenant-0", []), 400, "InvalidGenerationRequest"),
         (_completion("tenant-0", [1], n=2), 422, "ValidationError"),
         (_completion("tenant-0", [1], temperature=-1), 422, "ValidationError"),
+        (_completion("tenant-0", [1], seed=10**400), 422, "ValidationError"),
+        (_completion("tenant-0", [1], seed=-1), 422, "ValidationError"),
     ]
     with serve() as served, httpx.Client(base_url=served.url, headers=served.headers,
                                          timeout=60) as http:
