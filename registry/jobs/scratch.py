@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from compress.errors import DISK_FULL_ERRNOS, ScratchDiskFull
 log = logging.getLogger("deltahub.worker")
 
 _LOCK_SUFFIX = ".lock"
+_SWEEP_GRACE_SECONDS = 5.0  # far longer than a sweep holds one lock file
 
 
 class Scratch:
@@ -34,9 +36,22 @@ class Scratch:
     def acquire(self) -> Path:
         """Lock this worker's directory, sweep dead workers' ones; the directory."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _lock(self.root / f"{self.path.name}{_LOCK_SUFFIX}", wait=False)
-        if self._lock_fd is None:
-            raise RuntimeError(f"scratch space {self.path} is locked by another worker")
+        lock_path = self.root / f"{self.path.name}{_LOCK_SUFFIX}"
+        # Another process's sweep may hold our new lock file for a moment, between our
+        # create and our flock, and then unlink it: wait that out, and lock again if the
+        # file we hold is no longer the one at the path. Only a lock that stays taken is
+        # another live owner of this name.
+        deadline = time.monotonic() + _SWEEP_GRACE_SECONDS
+        while True:
+            fd = _lock(lock_path)
+            if fd is not None and _still_linked(fd, lock_path):
+                break
+            if fd is not None:
+                os.close(fd)
+            elif time.monotonic() >= deadline:
+                raise RuntimeError(f"scratch space {self.path} is locked by another worker")
+            time.sleep(0.01)
+        self._lock_fd = fd
         self.sweep()
         self.path.mkdir(exist_ok=True)
         return self.path
@@ -47,9 +62,12 @@ class Scratch:
         for lock_file in self.root.glob(f"*{_LOCK_SUFFIX}"):
             if lock_file.name == f"{self.path.name}{_LOCK_SUFFIX}":
                 continue
-            fd = _lock(lock_file, wait=False)
+            fd = _lock(lock_file)
             if fd is None:
                 continue  # a live worker's
+            if not _still_linked(fd, lock_file):
+                os.close(fd)  # removed by another sweep since we listed it
+                continue
             try:
                 shutil.rmtree(self.root / lock_file.name.removesuffix(_LOCK_SUFFIX),
                               ignore_errors=True)
@@ -69,10 +87,19 @@ class Scratch:
             self._lock_fd = None
 
 
-def _lock(path: Path, wait: bool) -> int | None:
+def _still_linked(fd: int, path: Path) -> bool:
+    """Whether the file open as `fd` is still the one at `path` (no sweep unlinked it)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _lock(path: Path) -> int | None:
+    """An exclusive lock on `path` (created if missing) if free now; its descriptor."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None

@@ -62,8 +62,12 @@ class UploadPipeline:
             or (dataset and data_kind(filename) is DataKind.TOKENS) else None)
         self._spool: Spool | None = None
         self._writer: StagingWriter = store.start_upload()
-        if dataset:  # after the writer: a failure here leaves only staging, which gc sweeps
-            self._spool = Spool(filename, rule.spool_dir)
+        if dataset:
+            try:
+                self._spool = Spool(filename, rule.spool_dir)
+            except BaseException:
+                self.abort()  # the staging writer holds an open file
+                raise
 
     def feed(self, chunk: bytes) -> None:
         try:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from registry.jobs.scratch import Scratch
@@ -47,3 +48,20 @@ def test_a_killed_workers_scratch_is_removed_by_the_next_worker(tmp_path: Path) 
         alive.kill()
         alive.communicate(timeout=10)  # the lock goes with the process
     assert Scratch(tmp_path, "later").sweep() == 1  # now "alive" is gone too
+
+
+def test_scratch_spaces_taken_at_once_never_sweep_each_other(tmp_path: Path) -> None:
+    """Each new space sweeps its neighbours: a sweep that catches another's lock file
+    between its creation and its lock must not make that owner fail (concurrent uploads
+    each take one, issue 22's CI run)."""
+    def take(i: int) -> bool:
+        for round_ in range(40):
+            space = Scratch(tmp_path, f"space-{i}-{round_}")
+            path = space.acquire()
+            (path / "file").write_bytes(b"x")
+            space.release()
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(take, range(8)))
+    assert list(tmp_path.iterdir()) == []
