@@ -90,7 +90,7 @@ class Scratch:
 def _still_linked(fd: int, path: Path) -> bool:
     """Whether the file open as `fd` is still the one at `path` (no sweep unlinked it)."""
     try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
+        return path.stat().st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         return False
 
