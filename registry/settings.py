@@ -102,6 +102,11 @@ class Settings(BaseSettings):
 
     HOST: str = "127.0.0.1"
     PORT: int = 8000
+    # How long an idle keep-alive connection stays open. Longer than the idle expiry of
+    # common client pools (httpx 5 s, aiohttp 15 s) and load balancers (60 s): whichever
+    # side closes first must be the client, or a request sent as the server closes is lost
+    # ("server disconnected without a response"). uvicorn's own default is 5 s.
+    KEEP_ALIVE_SECONDS: int = Field(default=65, ge=1, le=3600)
 
     # Quality reports and their plots (registry/adapters/contents.py, registry/ui/plots.py).
     # Every string and key in a pushed report.json, and every array and object in it, is

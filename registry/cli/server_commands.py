@@ -46,7 +46,8 @@ def serve(
         console.print(f"  [bold]{issued.secret}[/bold]")
         console.print("Create narrower tokens with `deltahub token create --scopes read,push`.")
     uvicorn.run(create_app(settings), host=host or settings.HOST,
-                port=port or settings.PORT, log_level="info")
+                port=port or settings.PORT, log_level="info",
+                timeout_keep_alive=settings.KEEP_ALIVE_SECONDS)
 
 
 @db_app.command("upgrade")
