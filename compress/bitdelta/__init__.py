@@ -1,13 +1,9 @@
 """BitDelta: a fine-tune as its base plus a 1-bit delta, ΔW ≈ α ⊙ sign(ΔW).
 
-- on tensors: `compress_delta` / `decompress_delta`;
-- on model directories: `compress_bitdelta` (base + fine-tune -> delta), `load_bitdelta`
-  and `apply_bitdelta` (a delta in memory, onto a state dict), `merge_bitdelta` (base +
-  delta -> a model on disk), `verify_delta` (a delta against its fine-tune, layer by layer);
-- scale distillation (distill.py, the paper's second stage): `distill_bitdelta` trains α
-  alone so the compressed model's logits match the fine-tune's, into a new delta;
-- the format (version 1, format.py): `inspect_bitdelta` validates a delta from its headers
-  alone, raising `InvalidDelta` or `IncompatibleModels`; `is_delta_file` names its files.
+Tensors: `compress_delta` / `decompress_delta`. Model directories: `compress_bitdelta`,
+`load_bitdelta` / `apply_bitdelta` / `merge_bitdelta`, `verify_delta`, and scale distillation
+(`distill_bitdelta`). The format, version 1: `inspect_bitdelta` (the one validator),
+`is_delta_file`. See docs/codecs.md.
 """
 
 from compress.bitdelta.codec import compress_delta, decompress_delta

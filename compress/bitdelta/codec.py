@@ -1,25 +1,8 @@
 """BitDelta on tensors: ΔW ≈ α ⊙ sign(ΔW), α the least-squares scale per row or per matrix.
 
-For fixed signs s = sign(ΔW) (s = +1 where ΔW ≥ 0), ‖ΔW − α·s‖² over a row of K values is
-‖ΔW‖² − 2α·Σ|ΔW| + α²·K, minimised by α = Σ|ΔW| / K = mean|ΔW| (over the whole matrix for
-one α per matrix). The error is therefore known from two sums, Σ|ΔW| and ‖ΔW‖², without
-materialising α·s: the encoder makes one pass over ΔW, a chunk of rows at a time, and
-never holds more than the inputs plus a cache-sized float32 chunk.
-
-On the CPU one compiled loop (fused_cpu.py) does a chunk's elementwise work: the float32
-conversions, ΔW, its sign bits, |ΔW| and the two norms, with the GIL released so encoder
-threads run side by side. torch then sums each row of |ΔW| while the chunk is in cache; torch
-reduces each row on its own, so chunked row sums equal whole-matrix ones, and the sign
-bits and α are bit-identical to the plain computation
-(tests/compress/bitdelta/test_codec_fast.py holds that computation).
-
-Statistics: row sums accumulate in float32 (torch's cascaded reductions, relative error
-about 1e-7) and are combined in float64; the norms ‖ΔW‖² and ‖W_ft‖² sum each row in
-float32 and the rows in float64 (fused_cpu.py). The error formula uses the stored
-float32 α, so it is the error of exactly what is written. Where ΔW has nearly constant
-magnitude the cancellation in ‖ΔW‖² − 2α·Σ|ΔW| + α²K leaves an absolute error of about
-1e-7·‖ΔW‖² (from the float32 row sums), i.e. relative errors below ~3e-4 read as noise;
-such deltas do not occur in practice.
+α = mean|ΔW|, so the error follows from Σ|ΔW| and ‖ΔW‖² in one pass over ΔW, a chunk of rows
+at a time, without materialising α·sign; sign bits and α are bit-identical to the plain
+computation. See docs/codecs.md, "BitDelta compression" (the arithmetic and its precision).
 """
 
 from __future__ import annotations
@@ -143,8 +126,8 @@ class _Rows:
     def fill(self, d: torch.Tensor, finetune32: torch.Tensor, start: int, stop: int) -> None:
         """ΔW[start:stop] in float32 into `d`; for a pair, W_ft's rows into `finetune32`.
 
-        Converting each input to float32 first and subtracting float32 from float32 is
-        ~5x faster on the CPU than a mixed-dtype `d.sub_(fp16)`; the result is the same
+        Each input is converted to float32 first and subtracted in float32: faster on the CPU than
+        a mixed-dtype `d.sub_(fp16)` (docs/benchmarks.md, "Figures quoted from code"), and the same
         float32 ft − base either way (one rounding of the exact difference).
         """
         if self.base is None:

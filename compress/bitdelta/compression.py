@@ -1,28 +1,9 @@
 """Compress a full fine-tune into a BitDelta delta over its base, as a stream.
 
-`compress_bitdelta(base, finetune, out)` reads the two models tensor by tensor and writes
-the format of `compress.bitdelta.format` (read that module for the files and metadata):
-
-1. `ModelPair.open` checks the two layouts match and names every mismatch.
-2. The tensors that are not compressed (embeddings, lm_head, norms, biases) are compared
-   first, so the delta's header, which lists every tensor, can be written before any
-   data: changed ones are stored, unchanged ones omitted. They are small next to the
-   projections; the changed ones are read again when written (from the page cache for
-   local files; a second ranged read for stored blobs).
-3. Each compressed weight is read, encoded (`compress_pair`: float32 ΔW a cache-sized slab
-   at a time, signs, α, error norms; on the CPU its rows are shared among single-threaded
-   worker threads) and appended. A reader thread fetches the next pair while the current
-   one is encoded, so reading and arithmetic overlap; it reads into buffers reused from
-   pair to pair (`BufferPool`).
-
-Inputs are paths or any `TensorSource` (the registry streams stored blobs through one),
-read with `Checkpoint.tensor` (positioned reads), not `safetensors.safe_open`:
-mmap-touched pages count towards resident memory, reads keep it at the few tensors in
-flight. Everything is written inside `atomic_output_dir`: mismatched models, a NaN found
-half way, or any other failure leaves no output at all.
-
-Every compressed weight is stored, changed or not: an unchanged one gets α = 0 and decodes
-exactly to the base, and knowing that it is unchanged would take another full read.
+`compress_bitdelta(base, finetune, out)` checks the layouts match, writes the header first
+(tensors stored whole are compared before any data), then reads, encodes and appends each
+compressed weight with a reader thread one pair ahead. Nothing appears at `out` unless the
+whole run succeeds. See docs/codecs.md, "BitDelta compression".
 """
 
 from __future__ import annotations
@@ -243,7 +224,7 @@ def _stream(pair: ModelPair, jobs: list[_Job], writer: ShardedWriter, mode: Scal
             device: torch.device, pool: EncoderPool | None, tracker: ProgressCounter,
             where: tuple[str, str], mapping: bool) -> list[TensorReport]:
     reports: list[TensorReport] = []
-    # Reused read buffers (3x less reader CPU than fresh tensors, see tensorio/buffers.py):
+    # Reused read buffers (less reader CPU than fresh tensors, compress/tensorio/buffers.py):
     # the pair being encoded and the one the reader holds ahead of it, so as much memory
     # as fresh tensors took.
     buffers = BufferPool()

@@ -1,13 +1,8 @@
 """BitDelta's CPU encoder: a matrix a chunk of rows at a time, chunks shared among threads.
 
-Each chunk (`CHUNK_ELEMENTS` values, whole rows) goes through the compiled loop of
-fused_cpu.py, which writes its sign bytes and |ΔW| and returns its two norms; torch
-then sums each row of |ΔW| while the chunk is still in cache. Worker threads take the
-chunks one at a time, front to back, whichever is free; each chunk's sums are kept at its
-index and added in row order, so the totals are the same whoever encoded what.
-
-Inputs are tensors: read into memory, or mapped from the page cache
-(`Checkpoint.mapped_tensor`), where each worker then reads its own rows as it encodes them.
+Each chunk goes through fused_cpu.py's compiled loop, then torch sums each row of |ΔW| while
+the chunk is in cache; chunk sums are added in row order, so the totals do not depend on
+which thread encoded what. See docs/codecs.md, "BitDelta compression".
 """
 
 from __future__ import annotations
@@ -24,11 +19,9 @@ import torch
 from kernels.packing import packed_words, words_from_row_bytes
 
 # Values per chunk (whole rows): the compiled loop's unit of work, and the |ΔW| buffer torch
-# sums rows of. Larger chunks stream faster, small enough ones keep |ΔW| in cache: one
-# 11008×4096 fp16 pair, one thread, mapped inputs (Xeon, 2 MB L2): 33 ms with 2^17, 32 ms
-# with 2^18, 26 ms with 2^19, 28 ms with 2^20 (the loop alone: 30, 27, 19, 22 ms). The
-# chunk also fixes the order the norms' row totals are added in (not α: row sums are
-# per row).
+# sums rows of. Larger chunks stream faster, small enough ones keep |ΔW| in cache (the sweep
+# that chose 2^19: docs/benchmarks.md, "Figures quoted from code, moved here"). The chunk
+# also fixes the order the norms' row totals are added in (not α: row sums are per row).
 CHUNK_ELEMENTS = 1 << 19
 
 ChunkSums = list[tuple[float, float]]  # per chunk, in row order: ‖ΔW‖², ‖W_ft‖² (0 for ΔW)
@@ -46,14 +39,11 @@ def encoder_pool(workers: int | None = None, *, beside_reader: bool = True
                  ) -> Iterator[EncoderPool]:
     """CPU worker threads for the encoder, each running torch ops on one thread.
 
-    The encoder's ops work on cache-sized chunks, too small for torch's intra-op threads
-    to pay off: beside other threads they oversubscribe the cores, and on a busy machine
-    every op then waits for a time slice (measured on the shared 2-core dev box, two
-    7B-shaped layers: 2.7 s with two single-threaded workers, 20 s with torch's two
-    intra-op threads in one). Splitting the rows among single-threaded workers uses every
-    core without that. `workers` defaults to `torch.get_num_threads()`, less one
-    (at least 1) `beside_reader`: a reader thread copying whole tensors into memory
-    needs a core of its own. Workers encoding mapped tensors read their own rows.
+    On cache-sized chunks torch's intra-op threads do not pay off and oversubscribe the cores
+    beside other threads, so rows are split among single-threaded workers instead
+    (docs/benchmarks.md, "How we got here (BitDelta encoder)"). `workers` defaults to
+    `torch.get_num_threads()`, less one (at least 1) `beside_reader`: a reader thread copying
+    whole tensors into memory needs a core of its own.
     """
     threads = torch.get_num_threads()
     default = threads - 1 if beside_reader else threads

@@ -1,40 +1,10 @@
 """BitDelta scale distillation: train α alone, so the compressed model predicts like the fine-tune.
 
-The BitDelta paper's second stage. Compression (compression.py) picks each α as the
-least-squares fit of ΔW, weight by weight; distillation then adjusts every α together,
-with the sign bits and every other weight frozen, to minimise the distance between the
-compressed model's logits and the fine-tune's on calibration text. The output is a new
-delta in the same format whose α changed and nothing else.
-
-`distill_bitdelta(base, finetune, delta_dir, calibration, out)` runs in two phases, so
-that one model is resident at a time (the reference implementation holds base,
-fine-tune and student together):
-
-1. the fine-tune is built and run over exactly the batches the steps will visit; its
-   logits go to a scratch file beside `out` (distill_logits.py), and the model is freed;
-2. the student is built (distill_models.py: the base, the delta's whole tensors, and a
-   `BitDeltaLinear` per compressed weight holding the frozen base weight, the packed
-   sign bits and α, the one Parameter) and trained with AdamW on α for `steps` steps,
-   reading one batch of teacher logits per step.
-
-Resident during phase 2: one model in the compute dtype, the bits (1/32 of the
-compressed weights in float32), α with its two AdamW moments, one batch's activations
-and two batches of logits (teacher and student). The backward unpacks one matrix's
-signs at a time, transiently (kernels/trainable.py).
-
-Loss: by default the KL divergence KL(fine-tune ‖ compressed) of the next-token
-distributions, averaged over every position of every row, in float32; `loss="mse"` gives
-the paper's mean squared error of the logits. KL is the excess next-token loss of the
-compressed model over the fine-tune on the fine-tune's own predictions, i.e. what gain
-kept measures; the logits' squared error also spends α on things softmax ignores (a
-shift common to all logits, the exact values of improbable tokens). Measured on the tiny
-real fine-tune of tests/finetune.py (row α, 500 steps of 8 × 64 tokens of Python, lr
-1e-3): gain kept on held-out Python 0.841 undistilled, 0.944 with MSE, 0.963 with KL.
-
-Deterministic: the batches come from `seed` (distill_data.py) and nothing else is random;
-on the CPU, the same thread count gives bit-identical α. A non-finite loss stops the
-run with NonFiniteLoss, and everything is written inside `atomic_output_dir`, so a
-failed run leaves no output at all.
+`distill_bitdelta(base, finetune, delta_dir, calibration, out)` runs the fine-tune first and
+keeps its logits on disk (distill_logits.py), then trains the student's α with AdamW
+(distill_models.py), so one model is resident at a time. Loss KL by default, `loss="mse"`
+for the paper's. Deterministic from `seed`; a failed run leaves no output.
+See docs/codecs.md, "Scale distillation"; gain kept per loss is in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
 """Calibration data for scale distillation: the rows, and which rows each step trains on.
 
-Data files are any kind `compress.modeling.data.load_eval_data` reads (.txt, .jsonl,
-pre-tokenized .safetensors); text is tokenized with the given tokenizer, else the base's
-tokenizer.json, else the fine-tune's. A model without one and text data is refused with
-MissingTokenizer (its message asks for a tokenizer.json or pre-tokenized ids).
-
-Rows: text is cut into rows of `seq_len` tokens; pre-tokenized rows longer than that are
-cut to it. Rows of every file are pooled, all cut to the shortest row length among them,
-so batches mix files. Only the first `steps × batch_size` rows of each file are read:
-the schedule could never visit more.
-
-Schedule: the pooled rows in a random order drawn from `seed` (a new order each time the
-rows run out), `batch_size` at a time, one batch per step: every row is seen once before
-any is seen twice, and the same seed gives the same batches. The batches are drawn as
-they are visited, so the schedule holds one order of the rows and one batch, whatever
-the number of steps (a one-row set trained for 10⁵ steps once built 10⁷ orders up front).
+Rows of every file are pooled and cut to one length; each step takes the next `batch_size`
+rows of a seeded random order, drawn lazily, so every row is seen once before any twice and
+memory does not grow with the number of steps. See docs/codecs.md, "Scale distillation".
 """
 
 from __future__ import annotations

@@ -1,29 +1,9 @@
 """The fine-tune's logits for every training batch, kept in a scratch file on disk.
 
-Distillation compares the compressed model's logits with the fine-tune's. Holding both
-models at once (as the BitDelta reference code does, with the base as a third) would
-double the memory; instead the fine-tune runs first, over exactly the batches the steps
-will train on, and its logits go to this file, one batch after another in step order.
-Each step then reads its batch back with one contiguous positioned read.
-
-Plain reads, not a memory map: pages of a mapping count towards the process's resident
-memory as they are touched (compress/bitdelta/compression.py reads checkpoints the same
-way for the same reason), whereas a read into one preallocated batch buffer keeps it at
-a single batch whatever the file's size.
-
-Stored dtype: float16 by default. Logits of trained models lie well inside its range
-(|z| < 65504) and its 11-bit significand rounds each by at most 2⁻¹² relative: for
-logits up to 30 in size, under 0.008 absolute, so the teacher's log-probabilities move
-by under 0.016 nats at most, and by far less on average (the rounding errors are
-independent of α and largely cancel). It halves the file and the I/O against float32
-(for a 32000-token vocabulary, 200 steps of 4 × 128 tokens make 6.6 GB in float16).
-float32 is there for exactness. bfloat16 is not offered: its 8-bit significand would
-put 16 times that noise on every target. A value that
-is not finite, in the model's output or after rounding to the stored dtype, is refused.
-
-Size: `teacher_file_bytes` (steps × batch × seq × vocab × 2 or 4 bytes), checked against
-the disk's free space before the first batch is computed; a disk that fills up anyway
-(another writer) fails the run with ScratchDiskFull, as the check does.
+Written once in step order, read back a batch per step with a positioned read (not mmap,
+which would count towards resident memory). float16 by default: its rounding moves the
+teacher's log-probabilities by under 0.016 nats and halves the file. The size is checked
+against free disk first. See docs/codecs.md, "Scale distillation".
 """
 
 from __future__ import annotations

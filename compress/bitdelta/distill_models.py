@@ -1,12 +1,8 @@
 """The two models of scale distillation, built one at a time by `build_model`.
 
-- the teacher: the fine-tune as it is;
-- the student: the base's architecture and weights, with the tensors the delta stores
-  whole (embeddings, norms, lm_head of a full fine-tune) in place of the base's, and
-  each compressed Linear replaced by a `BitDeltaLinear`: the frozen base weight, the
-  delta's packed sign bits as a buffer, and α as the only Parameter of the whole model.
-  Its forward is `kernels.bitdelta_linear_trainable`, so W_ft = W_base + α·sign is never
-  formed: resident are one model in the compute dtype plus 1 bit per compressed weight.
+The teacher is the fine-tune as it is; the student is the base with the delta's whole
+tensors and a `BitDeltaLinear` (frozen base weight, packed signs, α the only Parameter)
+per compressed Linear. See docs/codecs.md, "Scale distillation".
 """
 
 from __future__ import annotations

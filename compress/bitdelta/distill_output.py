@@ -1,12 +1,8 @@
 """Write a distilled delta: the input delta's files with new α, its report, a loss plot.
 
-The output is the same format, version unchanged (compress/bitdelta/format.py): every
-shard keeps its name and its tensors in their order, each written with
-`SafetensorsWriter`; only the `<module>.weight.scale` tensors take the distilled α, and
-every other tensor (the sign bits, the tensors stored whole) is copied byte for byte.
-`__metadata__` gains one key, `distillation` (JSON: how α was distilled), on every
-shard and in the shard index. config.json and README.md are copied; report.json gains
-a "distillation" section; `distill_loss.png` draws the loss per step.
+Same format and version: only the `<module>.weight.scale` tensors change, every other tensor
+is copied byte for byte, and `__metadata__` gains `distillation`.
+See docs/codecs.md, "Scale distillation".
 """
 
 from __future__ import annotations

@@ -1,39 +1,9 @@
 """The BitDelta delta format, version 1 (DESIGN.md, "BitDelta deltas"): names, metadata, checks.
 
-A delta is a directory:
-
-- `delta.safetensors`, or past the shard limit `delta-0000i-of-0000N.safetensors` plus
-  `delta.safetensors.index.json` (the same layout `save_pretrained` uses for models);
-- `config.json`, copied from the fine-tune, so a merge can write a model `transformers` loads;
-- `report.json`, the compression report (informative; nothing reads it back);
-- optionally `README.md`, a card for the Hub.
-
-`is_delta_file` says which file names those are: the registry accepts them in an upload,
-and `deltahub push` sends them and skips the rest.
-
-For every compressed linear weight `<module>.weight` of shape [N, K] the safetensors hold
-`<module>.weight.bits` (int32 [ceil(K/32), N], the layout of `kernels.pack_signs`) and
-`<module>.weight.scale` (float32 [N] for scale mode "row", [] for "tensor"). Every other
-tensor the fine-tune changed is stored under its own name with the fine-tune's dtype;
-tensors absent from the delta are equal to the base's.
-
-`__metadata__` (identical on every shard; all values are strings):
-
-| key | value |
-|---|---|
-| `format` | `bitdelta` |
-| `format_version` | `1` |
-| `base_manifest_digest` | `Manifest.digest()` of the base the delta was made against |
-| `finetune_manifest_digest` | digest of the fine-tune; a merge must reproduce it exactly |
-| `scale_mode` | `row` or `tensor` |
-| `compressed_modules` | JSON list of the compressed modules (`<module>`, sorted) |
-| `compressed_shapes` | JSON object module -> [N, K], so the delta checks without its base |
-| `compressed_dtypes` | JSON object module -> the fine-tune's dtype (what a merge writes) |
-| `tool_version` | `deltahub <version>` that wrote it |
-
-This module reads headers only. `inspect_bitdelta` is the one validator: the registry calls
-it on parsed headers of uploaded blobs, and `load_bitdelta` / `merge_bitdelta` call it on
-files, so every check exists once.
+This module reads headers only. `inspect_bitdelta` is the one validator (the registry on
+uploaded headers, `load_bitdelta` / `merge_bitdelta` on files); `is_delta_file` names a
+delta's files. The files, tensors and `__metadata__` table: docs/codecs.md,
+"The BitDelta delta format (version 1)".
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
 """The CPU encoder's elementwise pass, compiled (numba): one loop over a chunk of rows.
 
-torch and numpy run each elementwise step as its own call over the chunk: two float32
-conversions, the difference, the sign compare, bit packing, |ΔW|, two norms. Each call is
-fast, but together they read and write the chunk about ten times, and at a 4-µs call on
-a 512-KB chunk Python's overhead is as large as the work. This loop does all of it in one
-pass, with the GIL released, so encoder threads really run side by side.
-
-What it must not change is the output. Every value it writes is the same IEEE float32
-arithmetic as before: a widening conversion (exact), one float32 subtraction, `abs`, the
-`≥ 0` compare. α's row sums are not taken here: the loop writes |ΔW| and the caller sums
-each row with `torch.sum`, as it always has, so α keeps its bits (torch's cascaded
-float32 order would be fragile to reproduce). The two norms, ‖ΔW‖² and ‖W_ft‖², which
-only the report uses, add each row's squares in float32 across the vector lanes (as
-torch's float32 norms did, ~1e-7 relative) and the rows' totals in float64.
-
-Inputs are the stored bits: fp16 as int16, bf16 as uint16, float32 as it is (numba has
-no float16 arrays); `kernel_view` makes those views. fp16 widens with the CPU's own
-conversion (F16C on x86), bf16 by a shift.
+One pass with the GIL released instead of ~10 torch/numpy calls over the chunk. It must not
+change the output: the same IEEE float32 arithmetic, and α's row sums stay with torch. Inputs
+are the stored bits (`kernel_view`). See docs/codecs.md, "BitDelta compression".
 """
 
 from __future__ import annotations
@@ -98,8 +84,8 @@ def encode_rows(finetune, base, absd, packed, flags):  # type: ignore[no-untyped
     delta_sq = 0.0
     finetune_sq = 0.0
     for i in range(r):
-        # A row's squares add up in float32 across the vector lanes (float64 would halve
-        # the loop's speed); the rows' totals add up in float64.
+        # A row's squares add up in float32 across the vector lanes (float64 was much slower:
+        # docs/benchmarks.md, "How we got here (BitDelta encoder)"); the rows' totals in float64.
         row_delta_sq = np.float32(0)
         row_finetune_sq = np.float32(0)
         for c in range(k):

@@ -1,14 +1,8 @@
 """Turn a BitDelta delta back into weights: load it, apply it in memory, merge it on disk.
 
-Ŵ_ft = W_base + α ⊙ sign(ΔW), computed in float32 and rounded to the fine-tune's dtype
-(recorded per compressed weight in the delta's metadata); stored tensors replace the
-base's; every other tensor is the base's. `merge_bitdelta` streams one tensor at a time
-into a safetensors model (`model.safetensors`, sharded past the limit, with the delta's
-`config.json`) that `transformers` loads; it first checks that the output's layout has the
-fine-tune's manifest digest, and writes nothing if anything fails.
-
-Every check on the delta's structure is `inspect_bitdelta`'s; this module adds the ones
-that need tensor data (finite scales and tensors, zero padding bits).
+Ŵ_ft = W_base + α ⊙ sign(ΔW) in float32, rounded to the fine-tune's dtype. Structural checks
+are `inspect_bitdelta`'s; this module adds those that need tensor data (finite values, zero
+padding bits). See docs/codecs.md, "Merge and apply".
 """
 
 from __future__ import annotations

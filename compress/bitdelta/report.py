@@ -1,13 +1,8 @@
 """The BitDelta compression report: per-tensor errors and sizes, totals, the ratio.
 
-Errors are reported for Ŵ_ft = W_base + α·sign(ΔW) in float32, i.e. for what the delta
-encodes. A merge then rounds Ŵ_ft to the fine-tune's dtype, which adds at most half a unit
-in the last place per element (for fp16 about 2⁻¹¹ relative), usually far below the
-1-bit error; that rounding is not in these numbers.
-
-Sizes: `bytes_in` is the fine-tune's safetensors files (headers included), `bytes_out` the
-delta's safetensors files (not config.json, report.json or the shard index); the ratio is
-bytes_in / bytes_out. GB = 10⁹ bytes.
+Errors are for Ŵ_ft in float32 (a merge's rounding to the fine-tune's dtype is not in them);
+ratio = bytes_in / bytes_out of the safetensors files. See docs/codecs.md, "BitDelta
+compression".
 """
 
 from __future__ import annotations

@@ -1,29 +1,9 @@
 """Verify a BitDelta delta against its uncompressed fine-tune, one compressed layer at a time.
 
-For every compressed linear weight, on `rows` random activations x (kernels.random_activations:
-RMS-1 rows with a few outlier channels, the scale of a projection's input after RMSNorm):
-
-1. kernel agreement: the fused kernel against the float32 reference computed from the same
-   bits and α. With the Triton backend it is checked at 1 row (the decode GEMV) and at
-   `rows` rows (the tensor-core GEMM past 4 rows): the two kernels serving runs. With the
-   torch backend the "kernel" is the reference itself, so the check only confirms the
-   arithmetic; `backend="triton"` (on the CPU under TRITON_INTERPRET=1) tests the Triton code.
-2. compression error: the kernel output y against y_ft = x·W_ftᵀ of the uncompressed
-   fine-tune: ‖y − y_ft‖/‖y_ft‖ over the batch, the worst row, and the effect error
-   ‖y − y_ft‖/‖y_ft − y_base‖ (the share of the fine-tune's effect on the output that the
-   delta loses). It is information, not a failure: 1-bit deltas are lossy by design.
-
-Choices, and why:
-
-- Streaming: one module's W_base, W_ft, bits and α are in memory (and the next module's,
-  read ahead on a thread), never the whole model.
-- Device: CUDA when there is one, else the CPU. Compute dtype: on CUDA the base's dtype when
-  it is fp16 or bf16 (what the model is served in), else fp16; on the CPU float32, because
-  CPU half-precision matmuls are slow and the torch path computes in float32 anyway.
-- Activations come from a CPU generator seeded by (seed, module name): a layer sees the same
-  x on any device and whatever `modules` selects, so two runs compare layer by layer.
-- Summary means are unweighted over layers: every projection writes into the same residual
-  stream, and weighting by output size would let the wide MLP layers hide the attention ones.
+Per compressed weight, on seeded random activations: kernel agreement (the fused kernel
+against the float32 reference; a failure is a bug) and compression error against x·W_ftᵀ
+(information: 1-bit deltas are lossy). Streams one module at a time.
+See docs/codecs.md, "Verification".
 """
 
 from __future__ import annotations
