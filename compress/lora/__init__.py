@@ -1,12 +1,9 @@
 """LoRA: a fine-tune distilled into low-rank factors, ΔW ≈ B·A, in the PEFT format.
 
-- on tensors: `factorize` (randomized truncated SVD at a rank or a target error);
-- on model directories: `extract_lora` (base + fine-tune -> a PEFT adapter, with its
-  report and plot);
-- the format (format.py, what `peft.save_pretrained` writes): `parse_adapter_config`
-  reads an adapter_config.json, `check_lora_against_base` checks the adapter's tensors
-  against a base (raising `InvalidDelta` or `IncompatibleModels`), `is_adapter_file`
-  names its files.
+Tensors: `factorize` (randomized truncated SVD at a rank or a target error). Models:
+`extract_lora` (base + fine-tune -> a PEFT adapter, report and plot). The format:
+`parse_adapter_config`, `check_lora_against_base`, `is_adapter_file`.
+See docs/codecs.md, "LoRA extraction".
 """
 
 from compress.errors import IncompatibleModels, InvalidDelta

@@ -1,17 +1,8 @@
 """Write extracted LoRA factors as the files `peft.save_pretrained` writes.
 
-- `adapter_config.json`: `lora_alpha = r` globally and per module (`alpha_pattern`
-  mirrors `rank_pattern`), so the LoRA scaling alpha/r is exactly 1 everywhere, also for
-  loaders that ignore the patterns and compute alpha/r from the global values. The global
-  `r` is the most common rank, so patterns list only the exceptions. `target_modules` is
-  the short list of module kinds (q_proj, ...) when that selects exactly the adapted
-  modules, otherwise their full names (an unchanged target must not be adapted).
-- `adapter_model.safetensors`: `base_model.model.<module>.lora_A.weight` [r, in] and
-  `.lora_B.weight` [out, r], plus the full tensors of `modules_to_save`, keys sorted, one
-  file (peft does not load sharded adapters).
-
-The ranks, and so the safetensors header, are known only after every module has been
-factored, so factors wait in a `FactorSpill` on disk, not in memory.
+`lora_alpha = r` everywhere, so PEFT's scaling is exactly 1; one unsharded safetensors file
+(peft loads no sharded adapter), whose header waits for every rank, so the factors wait in a
+`FactorSpill` on disk. See docs/codecs.md, "LoRA extraction".
 """
 
 from __future__ import annotations

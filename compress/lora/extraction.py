@@ -1,27 +1,9 @@
 """LoRA extraction: distill a full fine-tune into a standard PEFT LoRA adapter.
 
-For every target linear module, ΔW = W_ft − W_base (float32) is factored by a randomized
-truncated SVD (lowrank.py) into B = U·√S [out, r] and A = √S·Vᵀ [r, in], at a fixed rank
-or at the smallest rank whose relative Frobenius error meets a target. The output is what
-`peft.save_pretrained` writes (adapter.py), so peft, vLLM and LoRAX load it unchanged,
-plus `report.json` and `spectra.png` (report.py).
-
-Tensors that changed but are not LoRA targets: PEFT's `modules_to_save` wraps whole
-modules by name (ModulesToSaveWrapper: norms, embeddings and linear layers all work), so
-by default each changed non-target module is saved whole with the fine-tune's values
-(unchanged siblings such as a norm's bias included, so the module is complete): norms
-cost next to nothing, and leaving the embeddings and lm_head out loses much of what a
-fine-tune learned (benchmarks/quality_bench.py measures how much). `targets_only` gives
-a LoRA of the targets alone. A matrix inside a layer that is not a target is not carried by
-default: the caller narrowed the targets, and carrying it whole would cost what low rank
-saves. modules_to_save cannot carry a tensor outside any module, another tensor of a LoRA
-target module (e.g. the bias of q_proj: that module is already a LoRA layer), or a module
-containing LoRA targets. Every changed tensor not carried is reported as left out, with
-why and how much it changed; unchanged tensors are never carried nor listed.
-
-Streaming as in the BitDelta codec: one tensor pair in memory at a time through the
-shared `ModelPair` reader (which also does the compatibility check and refuses NaN/Inf);
-nothing appears at `out` unless the whole run succeeds.
+Per target linear module, ΔW is factored by a randomized truncated SVD (lowrank.py) at a
+fixed rank or a target error; changed non-target modules are carried whole through
+`modules_to_save` by default, and every changed tensor left out is reported. Streams one
+tensor pair at a time. See docs/codecs.md, "LoRA extraction".
 """
 
 from __future__ import annotations
@@ -94,17 +76,12 @@ def extract_lora(base: ModelInput, finetune: ModelInput, out: str | os.PathLike[
                  progress: ProgressFn = no_progress) -> LoraReport:
     """Write a PEFT LoRA adapter approximating `finetune` − `base` into the new dir `out`.
 
-    `base` and `finetune` are paths or TensorSources (e.g. the registry's stored blobs).
-    Exactly one of `rank` (every module gets this rank) and `target_error` (each module
-    gets the smallest rank with ‖ΔW − B·A‖/‖ΔW‖ ≤ target_error, capped at `max_rank`,
-    default 256; modules the cap stops are flagged in the report) must be given.
-    `factor_dtype` stores A and B in float32 or in the fine-tune's dtype; errors are
-    measured on the factors as stored. `device` runs the SVD arithmetic there (e.g.
-    "cuda"). `targets` (PEFT target_modules semantics) must name nn.Linear modules: the
-    manifest cannot tell an embedding from a linear layer, and peft adapts embeddings
-    with differently named factors. Changed non-target modules are carried through
-    modules_to_save unless `targets_only` (see the module docstring). Raises a
-    CodecError subclass on bad input, having written nothing.
+    `base` and `finetune` are paths or TensorSources. Exactly one of `rank` and `target_error`
+    (the smallest rank with ‖ΔW − B·A‖/‖ΔW‖ ≤ target_error, capped at `max_rank`; capped modules
+    are flagged) must be given. `factor_dtype`: float32 or the fine-tune's dtype (errors are
+    measured as stored); `device` runs the SVD there. `targets` must name nn.Linear modules;
+    changed non-targets go through modules_to_save unless `targets_only` (docs/codecs.md,
+    "LoRA extraction"). Raises a CodecError subclass on bad input, having written nothing.
     """
     rule = _check_rule(RankRule(rank, target_error, max_rank, factor_dtype, seed, device))
     with ModelPair.open(base, finetune) as pair:

@@ -1,16 +1,9 @@
 """The PEFT LoRA adapter format, as `peft.save_pretrained` writes it.
 
-Two files: `adapter_config.json` and `adapter_model.safetensors`, with keys
-`base_model.model.<module>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r], where
-`<module>.weight` is the base tensor being adapted. Full tensors kept through
-`modules_to_save` (and biases) are saved under `base_model.model.<module>.weight`.
-What peft writes, deltahub accepts unchanged; what deltahub writes, peft loads.
-`is_adapter_file` says which files make up an adapter (`ADAPTER_FILES`: those two and an
-optional README.md): the registry accepts them, and `deltahub push` sends them.
-
-The keys of `rank_pattern` and `alpha_pattern` are regular expressions from the client.
-They run on RE2, whose matching time is linear in the module name whatever the pattern,
-never on Python's backtracking `re`, where a key like `(a+)+$` takes exponential time.
+`adapter_config.json` and `adapter_model.safetensors` (`base_model.model.<module>.lora_A.weight`
+[r, in], `.lora_B.weight` [out, r]); `is_adapter_file` names them. The client's
+`rank_pattern`/`alpha_pattern` keys run on RE2 (linear time), never on backtracking `re`.
+See docs/codecs.md, "LoRA extraction".
 """
 
 from __future__ import annotations

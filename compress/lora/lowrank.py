@@ -1,22 +1,9 @@
 """Truncated SVD of a weight delta by randomized subspace iteration, and the rank it needs.
 
-`randomized_svd` is Halko, Martinsson & Tropp (2011), Algorithm 4.4: sketch the range of
-ΔW with a Gaussian test matrix, sharpen it with power iterations (re-orthonormalised by
-QR after every product, so small singular directions are not lost to round-off), then
-take the exact SVD of the small projected matrix Qᵀ·ΔW. Its cost is (2q + 2) products of
-ΔW with a thin [n, k + p] matrix, against O(m·n·min(m, n)) for the exact SVD.
-
-`factorize` turns ΔW into LoRA factors B = U·√S, A = √S·Vᵀ, either at a fixed rank or at
-the smallest rank whose relative Frobenius error meets a target. The rank search needs
-only the leading singular values: for the projection the sketch computes,
-
-    ‖ΔW − B·A‖² = ‖ΔW‖² − Σ_{i≤r} σ̂_i²     (σ̂: singular values of Qᵀ·ΔW)
-
-holds exactly, not just as an estimate, because B·A is ΔW projected onto r orthonormal
-directions. With ‖ΔW‖² computed exactly, the error of every candidate rank is known from
-one sketch. The error of the factors as stored is then measured directly (it differs from
-the formula by round-off, and by the cast when the factors are stored in half precision),
-and that measurement is what is reported.
+`randomized_svd` is Halko, Martinsson & Tropp (2011), Algorithm 4.4. `factorize` gives
+B = U·√S, A = √S·Vᵀ at a fixed rank or at the smallest rank meeting a target error, which one
+sketch gives exactly (‖ΔW − B·A‖² = ‖ΔW‖² − Σ σ̂_i²); the error as stored is then measured.
+See docs/codecs.md, "LoRA extraction".
 """
 
 from __future__ import annotations
@@ -28,32 +15,22 @@ import torch
 
 from compress.errors import InvalidParameter
 
-# Power iterations q and oversampling p, measured with `benchmarks/lora_bench.py --tune
-# 4096` (2-core CPU; docs/benchmarks.md): the worst error of the rank-k
-# truncation of the sketch over the optimal one, for ΔW = U·diag(i^-α)·Vᵀ (+ a Gaussian
-# noise floor) over α=0.5; α=1 + 30 % noise; α=0.75 + 50 % noise; α=2 + 5 % noise:
-#
-#     k      q=2,p=k/4  q=2,p=k/2  q=3,p=k/4  q=3,p=k/2  q=4,p=k/4
-#     64     1.0042     1.0037     1.0028     1.0025     1.0022
-#     256    1.0125     1.0102     1.0078     1.0060     1.0053
-#     cost   7.5        9          10         12         12.5     (products of ΔW, in units of k)
-#
-# A noise floor under the power law (σ_k ≈ σ_{k+p}) is the hard case; without power
-# iterations the error is 12-57 % above optimal, with one up to 5 % (2048²). q=2 misses
-# the 1 % goal at k=256; q=3, p=k/2 stays at 1.006 (2048²: 1.0053) for the cost of
-# q=4, p=k/4, and k + k/2 columns also give the plot a view past the chosen rank.
+# Power iterations q and oversampling p: the cheapest pair whose rank-k truncation stays
+# within 1 % of the optimal error at k = 256 even with a noise floor under the power law
+# (the hard case), measured with `benchmarks/lora_bench.py --tune 4096` (docs/benchmarks.md,
+# "How the constants in compress/lora/lowrank.py were chosen"). k + k/2 columns also give the
+# plot a view past the chosen rank.
 POWER_ITERATIONS = 3
 OVERSAMPLE_FRACTION = 0.5
 MIN_OVERSAMPLE = 8  # Halko et al.'s p≈5-10 for tiny k, where k/2 would be a handful
 # Near half the smaller dimension the sketch costs about as much as the exact SVD
-# (2048², q=3: width 512 took 0.29×, 768 0.49×, 1024 0.87× the time of torch.linalg.svd).
+# (docs/benchmarks.md, "How the constants in compress/lora/lowrank.py were chosen").
 EXACT_SVD_FRACTION = 0.5
 # A matrix this small (m·n·min(m, n) ≤ 2^22, e.g. 160×160 or 256×128) is decomposed
-# exactly: the exact SVD takes 1-3 ms there (2-core CPU: 128² 1.0 ms, 344×128 1.6 ms,
-# 192² 2.6 ms, against 0.7-1.0 ms for a rank-16 sketch), and a sketch left 0.02-0.2 %
-# of extra error on the 64-wide layers of the real fine-tune in benchmarks/peers_bench.py,
-# which kept less of it than mergekit's exact SVD (gain kept 0.9250 against 0.9275 at
-# rank 16; exact here: 0.9275 both). A 4096-wide layer is 16000× past the limit.
+# exactly: the exact SVD costs little more than a sketch there, and a sketch's extra error on
+# the 64-wide layers of the real fine-tune cost gain kept against mergekit's exact SVD
+# (figures: docs/benchmarks.md, "Figures quoted from code, moved here"). A 4096-wide layer
+# is 16000× past the limit.
 EXACT_SVD_MAX_WORK = 1 << 22
 # The target-error search starts at this sketch rank and doubles it: total work is at
 # most twice that of a single sketch at the final rank.

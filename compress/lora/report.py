@@ -1,13 +1,8 @@
 """What a LoRA extraction kept and lost: `report.json` and the `spectra.png` plot.
 
-Per adapted module: its rank, the relative Frobenius error ‖ΔW − B·A‖/‖ΔW‖ measured
-with the factors as stored, the energy of ΔW in the kept singular directions, bytes in
-(the fine-tune's weight) and out (A and B), whether a target error was met, and the
-leading singular values the sketch saw (what the plot draws). Tensors that changed but
-are not LoRA factors are listed as saved (through `modules_to_save`) or left out, each
-with its bytes and how much it changed (‖W_ft − W_base‖/‖W_base‖ and the largest
-|change|), so the size the carried tensors add and the change a left-out one loses are
-both visible, and nothing the fine-tune did is dropped silently.
+Per adapted module its rank, error as stored, energy kept, bytes and leading singular values;
+every changed tensor that is not a factor is listed as saved or left out with its bytes and
+change, so nothing is dropped silently. See docs/codecs.md, "LoRA extraction".
 """
 
 from __future__ import annotations

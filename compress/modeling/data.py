@@ -1,16 +1,8 @@
 """Evaluation (and calibration) data: read a file, check it, and cut it into rows of ids.
 
-Three kinds, told apart by the file's suffix:
-
-- `.txt`: UTF-8 text, one document;
-- `.jsonl`: one JSON object per line with a string field `text`, one document each;
-- `.safetensors`: pre-tokenized ids, an integer tensor `input_ids` [n, seq].
-
-Text is tokenized with the model's tokenizer (tokenizer.py); the documents' ids follow
-one another with nothing between them and are cut into rows of `seq_len`, the last
-partial row dropped. Pre-tokenized rows are used as they are (every position is scored,
-so padded rows are refused). Pickles are refused by name and by content, files over
-`max_bytes` before a byte is read, and every refusal names the file and what to fix.
+`.txt`, `.jsonl` (a string field `text` per line) or pre-tokenized `.safetensors`
+(`input_ids` [n, seq]). Pickles, oversized and malformed files are refused, naming the file
+and what to fix. See docs/codecs.md, "Quality evaluation and shared model code".
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """A runnable causal LM from a config.json and a stream of weights.
 
-The architecture comes from transformers (`AutoModelForCausalLM.from_config`), built
-without initialising its weights; the weights come from deltahub's own readers (a
-checkpoint read one tensor at a time, or a base with a delta applied), never from
-`from_pretrained`, so pickles stay refused and a model stored in the registry reads the
-same way as one on disk. Each tensor is cast to the evaluation dtype and moved to the
-device as it arrives, replacing the placeholder parameter: peak memory is one model in
-that dtype plus the tensor in flight (the placeholders are never written, so their
-pages are never touched).
-
-transformers is imported only here and only when a model is built, so the codecs work
-without it; its absence is a MissingDependency naming the extra to install. A config
-that asks for custom code (`auto_map`) is refused: deltahub runs no model code but
-transformers' own.
+transformers builds the architecture (imported lazily, without initialising weights);
+deltahub's own readers fill it tensor by tensor, never `from_pretrained`, so pickles stay
+refused and peak memory is one model. Custom code (`auto_map`) is refused.
+See docs/codecs.md, "Quality evaluation and shared model code".
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """Turn evaluation text into a model's token ids with the model's own `tokenizer.json`.
 
-Only `tokenizer.json` (the `tokenizers` format every Hugging Face fast tokenizer saves)
-is read: it is plain JSON, parsed by Rust, and runs no code. A model that ships only a
-sentencepiece `tokenizer.model` can be given one with
-`AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`.
-
-Special tokens (BOS, EOS) are not added: evaluation scores the text's own tokens, cut
-into rows, and a BOS in the middle of a row would be scored as text. Long texts are
-encoded a chunk at a time, each chunk ending at a line break followed by a character
-that is not whitespace (where pre-tokenizers of the GPT-2 and Llama-3 kinds split
-anyway), so the ids are those of the whole text while memory stays bounded and
-tokenization stops once the evaluation has the tokens it will use.
+Only tokenizer.json (plain JSON, runs no code); no BOS/EOS added; long texts are encoded a
+chunk at a time at safe split points, so the ids equal the whole text's with bounded memory.
+See docs/codecs.md, "Quality evaluation and shared model code".
 """
 
 from __future__ import annotations

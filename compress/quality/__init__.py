@@ -1,16 +1,9 @@
 """Quality evaluation: how much of a fine-tune's improvement a compressed model keeps.
 
-- `evaluate_quality(base, finetune, compressed, data)`: next-token loss and perplexity
-  of the three models on each data set, and the gain kept, as a `QualityReport`;
-- the compressed model (variants.py): `open_variant` recognises a BitDelta delta, a
-  PEFT LoRA adapter or a whole model directory and applies it to the base;
-- re-exported from compress.modeling, which distillation shares: data (data.py):
-  `load_eval_data` reads `.txt`, `.jsonl` (a "text" field per line) or pre-tokenized
-  `.safetensors` (`input_ids` [n, seq]) into rows of token ids, refusing pickles,
-  oversized and malformed files; text is tokenized by `TextTokenizer` from the model's own
-  tokenizer.json (`model_tokenizer`); models (model.py): `build_model` runs a
-  config.json's architecture (transformers, imported lazily) on weights read by
-  compress.tensorio.
+`evaluate_quality` (loss, perplexity and gain kept of base, fine-tune and compressed model,
+as a `QualityReport`); `open_variant` (a BitDelta delta, a PEFT LoRA or a whole model).
+Re-exports compress.modeling's data, tokenizer and model API.
+See docs/codecs.md, "Quality evaluation and shared model code".
 """
 
 from compress.modeling.data import (

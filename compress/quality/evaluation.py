@@ -1,22 +1,9 @@
 """How much of a fine-tune a compressed model keeps, measured as next-token loss on data.
 
-`evaluate_quality(base, finetune, compressed, data)` scores three models on the same
-rows of every data set: the base, the fine-tune, and the compressed variant (a BitDelta
-delta or a LoRA adapter applied to the base, or a whole model), and reports each loss,
-its perplexity and the gain kept (report.py).
-
-Memory: one model is resident at a time. Every input is validated first (the variant
-against the base, the fine-tune's layout, every data file), so a bad input fails before
-any model is built; then the base is built, scored on every data set and dropped, then
-the fine-tune, then the compressed model. Besides the model, memory holds the data rows
-(at most batch_size × max_batches per set), one batch's logits, and while the compressed
-model is built what variants.py describes. `QualityReport.resident_bytes` is the
-largest model's parameters and buffers.
-
-Deterministic: rows are taken in file order (the first batch_size × max_batches), models
-run in eval mode, and the loss is summed in float64 over the batches in order. On the
-CPU the same thread count gives the same numbers, which is what makes gain kept exactly
-1 for the fine-tune itself and exactly 0 for the base.
+`evaluate_quality(base, finetune, compressed, data)` validates every input first, then
+builds, scores and drops base, fine-tune and compressed model in turn (one resident at a
+time). Deterministic: gain kept is exactly 1 for the fine-tune and 0 for the base on the CPU.
+See docs/codecs.md, "Quality evaluation and shared model code".
 """
 
 from __future__ import annotations
@@ -97,7 +84,7 @@ def evaluate_quality(
             report.resident_bytes = max(report.resident_bytes, model_bytes(model))
             scores[label] = [_score(model, s, batch_size, target, label, counter) for s in sets]
             # Freed here by reference counting, before the next model is built (a full
-            # gc.collect() would cost 0.3 s a model once transformers is imported).
+            # gc.collect() is slow once transformers is imported: docs/benchmarks.md).
             del model
     report.datasets = [
         DatasetQuality(name=s.name, rows=int(s.rows.shape[0]), seq_len=s.seq_len,

@@ -1,12 +1,8 @@
 """What an evaluation found: losses, perplexities and the gain kept, per data set.
 
-gain kept = (loss_base − loss_compressed) / (loss_base − loss_finetune): 1 when the
-compressed model scores as the fine-tune does, 0 when it scores as the base. On the
-fine-tune's own domain the fine-tune's gain is positive; on another domain it is often
-negative (the fine-tune forgot some of the base), and the ratio then says how much of
-that change the compressed model carries too. When the fine-tune's loss is within
-MIN_GAIN_NATS of the base's there is no gain to keep, and the ratio (noise over noise)
-is reported as None.
+gain kept = (loss_base − loss_compressed) / (loss_base − loss_finetune): 1 as the fine-tune,
+0 as the base; None when the fine-tune's gain is under MIN_GAIN_NATS (noise over noise).
+See docs/codecs.md, "Quality evaluation and shared model code".
 """
 
 from __future__ import annotations

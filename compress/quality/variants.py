@@ -1,20 +1,9 @@
 """The compressed model being judged: a BitDelta delta, a LoRA adapter, or a whole model.
 
-`open_variant(path, base)` recognises the directory by its files and validates it
-against the base before any model is run (headers and small JSON only), with the
-formats' own validators: `inspect_bitdelta`, `parse_adapter_config` and
-`check_lora_against_base`. `Variant.tensors(base)` then yields the variant's weights one
-tensor at a time, for `build_model`:
-
-- BitDelta: `load_bitdelta` and `apply_bitdelta` (compress/bitdelta/merge.py), the base
-  handed over as a state dict whose tensors are read when asked for. apply_bitdelta
-  looks at every base tensor once to check names and shapes and again to merge, so the
-  base is read twice, and the merged tensors are held until handed over: resident are
-  the delta (about a tenth of the fine-tune) and one model in the stored dtypes.
-- LoRA: W_base + (α/r)·B·A per adapted module (α/√r with use_rslora), transposed for
-  fan_in_fan_out and for embedding factors as peft does; a lora_B bias adds to the base
-  bias; tensors saved through `modules_to_save` replace the base's. One tensor at a time.
-- a whole model (the output of `deltahub merge`, or another tool's): read as it is.
+`open_variant(path, base)` recognises the directory and validates it against the base from
+headers and small JSON, with the formats' own validators; `Variant.tensors(base)` yields its
+weights one tensor at a time for `build_model`.
+See docs/codecs.md, "Quality evaluation and shared model code".
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Safetensors models on disk: read, write and validate them, and describe their layout.
 
-- read: `Checkpoint` (one tensor at a time, positioned reads), `ModelPair` (a base and its
-  fine-tune, checked to match), `read_header`, `prefetching` (a reader thread ahead),
-  `BufferPool` (read buffers reused from tensor to tensor);
-- sources: `TensorSource`, what every reader reads a model through (file names, sizes,
-  positioned reads), `LocalSource` over a path (which can also read ahead,
-  `ReadAheadSource`); a `ModelInput` is a path or a source;
-- write: `ShardedWriter` (tensor by tensor, sharded past a size) inside
-  `atomic_output_dir` (nothing appears unless the whole run succeeds);
-- validate: `StreamingValidator` (chunk by chunk, as an upload arrives), the header and
-  pickle checks it is made of, and `strictjson` (JSON a client sent);
-- manifest: `Manifest`, every tensor's name, dtype, shape and file, with its digest.
+Read: `Checkpoint`, `ModelPair`, `read_header`, `prefetching`, `BufferPool`; sources:
+`TensorSource`, `LocalSource`, `ModelInput`; write: `ShardedWriter` in `atomic_output_dir`;
+validate: `StreamingValidator`, header and pickle checks, `strictjson`; `Manifest`.
+See docs/codecs.md, "Reading and writing models".
 """
 
 from compress.tensorio import strictjson

@@ -1,15 +1,8 @@
 """Read buffers that a codec fills over and over, instead of new memory per tensor.
 
-Reading a large tensor into new memory costs more than the copy: the allocator maps fresh
-pages for it, and the kernel zeroes and faults in each 4 KB page before the read fills it.
-Measured on the shared 2-core VM (Xeon, warm page cache), the seven projections of two
-Llama-7B-shaped layers, base and fine-tune (1.6 GB): 0.72-0.94 CPU-s into new tensors,
-0.23 CPU-s into reused buffers. A codec that streams a model pair therefore takes its
-buffers from a `BufferPool` (`Checkpoint.tensor(name, buffer=pool.take(nbytes))`) and gives
-each back when it is done with the tensor read into it.
-
-Memory stays flat: a buffer is only made when none is free, so the pool holds as many as
-were lent at the same time, each as large as the largest tensor read into it.
+Fresh memory costs more than the copy (page zeroing and faults; docs/benchmarks.md,
+"Figures quoted from code, moved here"). A buffer is made only when none is free, so the
+pool stays at the buffers lent at once. See docs/codecs.md, "Reading and writing models".
 """
 
 from __future__ import annotations

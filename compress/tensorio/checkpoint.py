@@ -1,11 +1,8 @@
 """Read a safetensors model (one file or a sharded set) one tensor at a time.
 
-The model comes from a `TensorSource` (sources.py): a path on disk, or anything else that
-offers positioned reads, such as the registry's stored blobs. Each tensor is read into a
-fresh buffer rather than through mmap: mapped pages that have been touched count towards
-resident memory until the file is closed, so a memory-mapped pass over a 13 GB model looks
-like a 13 GB process. With reads, peak memory is the few tensors in flight, whatever the
-model size or where its bytes live.
+From any `TensorSource`, each tensor read into a buffer rather than mapped: touched mapped
+pages count towards resident memory, so reads keep peak memory at the tensors in flight.
+See docs/codecs.md, "Reading and writing models".
 """
 
 from __future__ import annotations

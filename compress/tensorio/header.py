@@ -1,15 +1,8 @@
 """Safetensors headers: parsing and validation without touching tensor data.
 
-A safetensors file is an 8-byte little-endian header length n, n bytes of JSON
-({name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}), then the data.
-We refuse everything the reference library refuses, and additionally duplicate JSON
-keys (the reference silently keeps one of them, which would let two readers disagree
-about the same bytes), extra fields in a tensor entry, and the FNUZ float8 variants
-(no torch dtype on every build). The header JSON is parsed strictly (bounded nesting, no
-NaN; strictjson.py), and a header over `max_header_bytes` is refused from its length
-prefix alone. A file that starts like a pickle or zip archive is refused as one
-(pickles.py), and a length prefix no safetensors file could have (past the file's end,
-over the format's limit, not followed by '{') as not safetensors, never as too large.
+Refuses what the reference library refuses, plus duplicate JSON keys, extra tensor fields and
+FNUZ float8; strict JSON; pickles refused as pickles; an impossible length prefix as not
+safetensors. See docs/codecs.md, "Reading and writing models".
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Where a model's bytes come from: the small interface every reader takes, and local files.
 
-The readers (`Checkpoint`, hence `ModelPair` and every codec) see a model as a
-`TensorSource`: a flat list of file names, their sizes, positioned reads, and whole reads
-of the small JSON files. A directory
-or a single .safetensors file on disk is a `LocalSource`; the registry's worker hands in
-a source over stored blobs (registry/jobs/inputs.py). So a codec never knows whether its
-bytes come from a local file or an object store, and validation (header checks, pickle
-refusal, index consistency, finite checks) is the same code for both.
-
-A read fills the caller's buffer (`read_into`) rather than returning bytes: a tensor lands
-in its own memory with no second copy, so peak memory stays at the tensors in flight.
-Everything public that opens a model takes a `ModelInput`: a path (as before) or a source.
+`TensorSource` (file names, sizes, positioned reads into the caller's buffer, small JSON
+reads) and `LocalSource`; the registry hands in a source over stored blobs, so codecs and
+their validation never know where the bytes live. See docs/codecs.md, "Reading and writing
+models".
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """Validate a safetensors file while its bytes stream past, in one pass.
 
-The registry hashes uploads as they arrive; this validator rides the same pass, so a
-multi-gigabyte shard is checked (header, layout, exact length, finite floats) without
-being read twice or held in memory. It refuses as early as it can: a pickle or a bad
-header fails on the first chunk, a NaN on the chunk that carries it. A header over
-`max_header_bytes` fails on its 8-byte length prefix, and a header that describes a file
-over `max_file_bytes` fails as soon as it is parsed, not when the body runs over.
+Rides the registry's upload hashing: header, layout, exact length and finite floats, failing
+on the earliest chunk that shows the problem. See docs/codecs.md, "Reading and writing models".
 """
 
 from __future__ import annotations

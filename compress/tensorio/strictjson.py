@@ -1,20 +1,8 @@
 """Parse JSON that a client sent, refusing what would crash or poison the server.
 
-Python's `json` recurses once per nesting level, so `[[[[...` a few thousand deep raises
-RecursionError (a 500, not a 4xx). It also reads `NaN`, `Infinity` and `-Infinity` (not
-JSON at all) and numbers such as `1e999` that overflow to infinity: PostgreSQL's JSON
-column refuses them, SQLite stores them, and every later response that includes them
-fails to render. A lone surrogate escape (`"\\ud800"`) parses to a string that cannot be
-encoded as UTF-8 again, so it fails the same way.
-
-`loads` measures the nesting depth first, in linear time and without recursion, and
-parses only what is within the limit; every refusal is an `InvalidJSON` naming the limit
-or the value that broke it.
-
-Valid JSON can still hold what a reader of it cannot handle: an integer of 400 digits
-(`float()` of it raises OverflowError), a name of megabytes. `past_bounds` finds the first
-such value of a parsed document and names its path, for callers that keep a document
-(a pushed report.json); `within_bounds` makes one stored before such checks safe to read.
+`loads` bounds nesting without recursion and refuses NaN/Infinity, overflowing numbers and
+lone surrogates with `InvalidJSON`; `past_bounds` / `within_bounds` handle values a reader
+cannot (huge integers, huge names). See docs/codecs.md, "Reading and writing models".
 """
 
 from __future__ import annotations
