@@ -1,15 +1,9 @@
 """Layer 0: the 1-bit sign layout and the fused binary-GEMM kernels (torch and Triton only).
 
-- the layout: `pack_signs` / `unpack_signs` (the one definition, kernels/packing.py);
-- the fused linear y = x·W_baseᵀ + α ⊙ (x·sign(ΔW)ᵀ): `bitdelta_linear` (one delta) and
-  `bitdelta_linear_multi` (many tenants of one base), Triton on CUDA, the torch reference
-  elsewhere; `*_reference` are those references, called directly;
-- `bitdelta_linear_trainable`: the same fused linear with gradients for α and x (what
-  BitDelta scale distillation trains), kernels/trainable.py;
-- verification of one layer: `verify_layer`, judged by `KERNEL_TOLERANCE`.
-
-Importing this package does not import triton: the Triton kernels are loaded on their
-first call.
+`pack_signs` / `unpack_signs` (the layout); `bitdelta_linear` / `bitdelta_linear_multi`
+(y = x·W_baseᵀ + α ⊙ (x·sign(ΔW)ᵀ), Triton on CUDA, else the torch `*_reference`);
+`bitdelta_linear_trainable` (with gradients for α and x); `verify_layer`, judged by
+`KERNEL_TOLERANCE`. Importing this package does not import triton. See docs/codecs.md, "Kernels".
 """
 
 from kernels.bitdelta_linear import (

@@ -1,19 +1,9 @@
 """The launcher of the fused BitDelta kernels: one delta or many tenants of one base.
 
-y[m, n] = Σ_k x[m, k]·W_base[n, k] + α_t[n]·Σ_k x[m, k]·sign_t[n, k], with t the tenant that
-owns row m, in one launch. The kernels are kernels/decode_kernel.py (few rows per delta) and
-kernels/gemm_kernel.py (prefill); kernels/configs.py picks one.
-
-A launch does no host-to-device copy and never synchronises: a single delta needs no segment
-table at all, a scalar α becomes a device tensor by a fill kernel, and tenant boundaries
-either arrive as a device tensor or are uploaded once per distinct pattern and kept (a
-decode loop with a steady batch reuses its table). So a launch can be captured in a CUDA graph
-when its boundaries are given as a device tensor. It runs on x's device, whatever the current
-device is.
-
-This module imports triton at the top and is imported lazily by kernels/bitdelta_linear.py,
-so deltahub runs without triton. ``@triton.jit`` reads TRITON_INTERPRET when the kernel
-modules are first imported: set it before then to run them on CPU tensors.
+Picks decode_kernel.py or gemm_kernel.py (configs.py) and launches it with no host-to-device
+copy and no sync, so a launch with device-tensor boundaries can be captured in a CUDA graph.
+Imports triton, so it is imported lazily (set TRITON_INTERPRET before that to run on CPU
+tensors). See docs/codecs.md, "Kernels".
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Fused BitDelta linear: y = x·W_baseᵀ + α ⊙ (x·sign(ΔW)ᵀ), for one delta or many tenants.
 
-The entry points the rest of deltahub calls. They check the operands, then run
-
-- the Triton kernels (kernels/binary_gemm.py) for CUDA tensors when triton is installed,
-- the torch reference (kernels/reference.py) otherwise, so everything runs on any machine.
-
-``backend="triton"`` (or ``DELTAHUB_KERNEL_BACKEND=triton``) forces the kernels, which on CPU
-tensors needs the Triton interpreter: TRITON_INTERPRET=1 set before the first Triton call in
-the process (that is when kernels/binary_gemm.py, and with it ``@triton.jit``, is imported).
-The interpreter alone never changes what ``auto`` picks: it is far too slow to be chosen
-silently for CPU work.
+The entry points: operands are checked, then the Triton kernels run for CUDA tensors when
+triton is installed, the torch reference otherwise. ``backend="triton"`` forces the kernels
+(on CPU tensors under TRITON_INTERPRET=1); the interpreter never changes what ``auto`` picks.
+See docs/codecs.md, "Kernels".
 """
 
 from __future__ import annotations
@@ -62,13 +56,9 @@ def bitdelta_linear_multi(
 
     x [M, K] with rows grouped by tenant; bits int32 [T, ceil(K/32), N]; scale float32 [T, N]
     or [T]; tenant t owns rows seg_starts[t]:seg_starts[t+1] (T+1 non-decreasing entries from
-    0 to M; empty segments are fine).
-
-    seg_starts as a list or CPU tensor is checked, and uploaded once per distinct pattern. As
-    an int32 tensor on x's CUDA device it is used as it is, unchecked (checking would read it
-    back, a sync per call): that is the form a CUDA graph can capture. Then pass
-    `max_rows_per_tenant` (an upper bound) so the decode/prefill choice need not guess; either
-    kernel is exact for any split of the rows.
+    0 to M). A list or CPU tensor is checked and uploaded once per pattern; an int32 tensor on
+    x's CUDA device is used unchecked (CUDA-graph capturable: then pass `max_rows_per_tenant`).
+    See docs/codecs.md, "Kernels".
     """
     ops = multi_operands(x, w_base, bits, scale, seg_starts, max_rows_per_tenant)
     return _run(ops, backend, config)

@@ -4,10 +4,8 @@
     python -m kernels.compilecheck --json       # one JSON object per (variant, target)
     python -m kernels.compilecheck --recompiles # kernels compiled for many (M, T) launches
 
-A variant fails when it does not compile, when ptxas spills registers, or when its shared
-memory passes the per-block limit of the target (a launch would raise OutOfResources).
-tests/kernels/test_compilecheck.py runs this in a subprocess (it must not inherit
-TRITON_INTERPRET) as part of `make test`.
+A variant fails on a compile error, a spill or shared memory past the block limit.
+See docs/codecs.md, "Kernels".
 """
 
 from __future__ import annotations

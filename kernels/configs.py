@@ -1,22 +1,10 @@
 """Launch configurations of the fused BitDelta kernels and the rule that picks one.
 
-Two kernels:
-
-- ``decode`` (kernels/decode_kernel.py): up to DECODE_MAX_ROWS rows of one delta, or tenants of
-  one row each. A program owns BLOCK_N columns of BLOCK_M rows and walks all of K with no
-  reduction inside the loop.
-- ``prefill`` (kernels/gemm_kernel.py): a tiled tensor-core GEMM over W_base + α·sign.
-
-The choice depends only on the dtype, on whether the call is segmented (many tenants) and on a
-few row-count classes, never on M or T themselves: each kernel is compiled once per entry of
-the tables below (`dispatch_variants` lists them all; the compile check in
-kernels/compilecheck.py builds every one for sm_80 and sm_90), and M and T are runtime
-arguments the kernels do not specialise on.
-
-Tile sizes are chosen from the compiled code (registers, spills, shared memory and the
-instruction count per weight element of kernels/costmodel.py), not yet from a GPU: this
-project has never had one. ``benchmarks/gpu_check.sh`` sweeps the decode tiles on the first
-GPU it meets; replace a constant here with what it measures, saying the GPU and the speed-up.
+``decode`` (few rows of one delta, or tenants of one row) or ``prefill`` (a tensor-core
+GEMM), chosen by dtype, segmented or not and a few row classes, never by M or T, so each
+kernel compiles once per table entry. Tiles come from the compiled code and the cost model,
+not yet a GPU: replace a constant with what benchmarks/gpu_check.sh measures, naming the GPU
+and the speed-up. See docs/codecs.md, "Kernels".
 """
 
 from __future__ import annotations
@@ -58,10 +46,10 @@ class KernelConfig:
 
 # Rows per delta up to which the decode kernel is chosen over the tensor-core GEMM. With one
 # delta the decode kernel forms W_eff once per tile and each row adds one FMA per element, and
-# it stays memory-bound at 4 rows (3.1 instructions per row-element, benchmarks/kernel_cost.py).
-# With tenants every row pays for its own delta's signs in the decode kernel (4.4 per
-# row-element), while the GEMM expands each tenant's W_eff once per tile for all of its rows
-# (5.5 per tenant-element): from 2 rows per tenant (2.8 per row-element) the GEMM wins.
+# it stays memory-bound at 4 rows. With tenants every row pays for its own delta's signs in
+# the decode kernel, while the GEMM expands each tenant's W_eff once per tile for all of its
+# rows: from 2 rows per tenant the GEMM wins (instructions per element from
+# benchmarks/kernel_cost.py: docs/benchmarks.md, "Static cost model of the decode kernel").
 DECODE_MAX_ROWS = 4
 DECODE_MAX_ROWS_TENANTS = 1
 

@@ -1,18 +1,8 @@
 """A static cost model of the kernels, read from the SASS ptxas produced (kernels/toolchain.py).
 
-What it counts: the instructions a thread issues per K step of the hot loop, loop by loop
-(a back branch in the SASS closes a loop; nested loops are weighted by how often they run
-per K step, e.g. once per tenant), divided by the weight elements (times rows) a thread
-covers per K step. That is *instructions per weight element*, the figure that decides
-whether a decode kernel can keep up with HBM: at M = 1 each weight byte is used once.
-
-What it predicts, per GPU: the time to issue those instructions on every SM scheduler,
-the time to move the kernel's bytes at copy bandwidth, and the larger of the two as the
-kernel time, stretched by the last wave's idle slots (programs resident at once follow from
-registers, threads and shared memory). It assumes memory and issue overlap perfectly and
-ignores latency, barrier stalls and launch cost, so it is a floor: a GPU measurement
-replaces it. Copy bandwidth is taken as 90% of the
-HBM spec until `benchmarks/gpu_check.sh` measures it.
+Counts instructions per weight element in the hot loop and predicts, per GPU, the larger of
+issue time and copy time (at `copy_fraction` of HBM spec), stretched by the last wave. A
+floor, not a measurement. See docs/codecs.md, "Kernels".
 """
 
 from __future__ import annotations

@@ -1,26 +1,8 @@
 """The decode kernel: a few rows of one delta, or tenants of one row each; built for the roofline.
 
 y[m, n] = Σ_k x[m, k]·W_base[n, k] + α_t[n]·Σ_k x[m, k]·sign_t[n, k], t the tenant of row m.
-
-A program owns BLOCK_N output columns of BLOCK_M rows and walks all of K. Why it is shaped so:
-
-* **No reduction inside the K loop.** Products are accumulated element-wise in a
-  [BLOCK_M, BLOCK_N, BLOCK_WORDS, 32] fp32 tile and summed once after the loop, so the loop
-  has no cross-warp reduction and no barrier; each weight element costs a handful of SASS
-  instructions (kernels/costmodel.py counts them).
-* **Rows are lanes, not a loop.** Each row finds its tenant once, before the K loop, and loads
-  that tenant's sign words itself; rows of one tenant hit the same words in L1. No
-  `where(row == r)` updates of the whole accumulator per row.
-* **One delta (SEGMENTED=False):** W_eff = W_base + α·sign is built once per tile in fp32
-  registers (α with its sign bit flipped: two integer ops and an add) and every row does one
-  FMA per element with it.
-* **Many tenants (SEGMENTED=True):** with BASE_ON_DOT (fp16/bf16) the base term of all
-  BLOCK_M rows (≥ 16, one MMA tile) runs on the tensor cores from one W_base tile, and the
-  CUDA cores only add x with its sign bit flipped by the tenant's bits (a shift, a logical op
-  and an add per element); α is applied after the K loop. Without it (few rows) each row
-  forms its own W_eff.
-* Sign words are loaded once per (row, column, word) and expanded in registers; offsets that
-  can pass 2³¹ are computed in int64 (kernels/tile_math.py).
+A program owns BLOCK_N columns of BLOCK_M rows and walks all of K with no reduction inside
+the loop; rows are lanes. Why it is shaped so: docs/codecs.md, "Kernels".
 """
 
 # mypy: disable-error-code="no-untyped-def, untyped-decorator"

@@ -1,19 +1,8 @@
 """The prefill kernel: many rows per delta, a tiled tensor-core GEMM over W_eff = W_base + α·sign.
 
-Why it is shaped so:
-
-* W_eff is formed in fp32 registers and rounded once to x's dtype before ``tl.dot``: the same
-  rounding a dense matmul against a materialised fp16/bf16 W_ft makes. fp32 inputs use
-  ``input_precision="ieee"`` so they are not silently reduced to TF32, with tiles of their own
-  (kernels/configs.py) that fit the register file.
-* Sign words are loaded once, as a [BLOCK_K/32, BLOCK_N] tile, and expanded to 32 signs each
-  in registers; W_base is read as [BLOCK_K/32, 32, BLOCK_N] to match, and the expanded tile is
-  folded to [BLOCK_K, BLOCK_N] only for the dot. (Indexing words by k // 32 instead fetched
-  every word 32 times and, for fp32, needed more shared memory than a block may have.)
-* Grouped ordering: GROUP_M consecutive M tiles walk the same band of W_base columns, so a
-  W_base tile comes from HBM about once per group.
-* With tenants, each one with rows in the M tile adds its own α·sign to the W_base tile
-  already loaded and multiplies its rows (the others zeroed).
+W_eff is formed in fp32 registers and rounded once to x's dtype before ``tl.dot`` (fp32 runs
+IEEE dots); sign words are loaded once per tile and expanded in registers; grouped ordering
+reuses W_base tiles. See docs/codecs.md, "Kernels".
 """
 
 # mypy: disable-error-code="no-untyped-def, untyped-decorator"

@@ -1,17 +1,8 @@
 """Let the Triton interpreter of releases before 3.7 run the kernels on NumPy ≥ 2.4.
 
-The interpreter holds every runtime scalar as a one-element 1-D array and gives
-``tl.tensor`` the ``__index__`` ``int(handle.data)``, which NumPy 2.4 refuses (a TypeError;
-a DeprecationWarning since 1.25, an error under this suite's warning filter). Every loop
-whose bound is a runtime value (K, T, a segment end) goes through it. Triton 3.7 squeezes
-first (triton-lang/triton#9172). On older releases this installs the same ``__index__``
-after the interpreter's own patches, at every launch; on 3.7 and later it does nothing.
-
-Only the interpreter is touched (CPU tests, ``--backend triton`` on the CPU): compiled
-kernels never call ``__index__``. Rewriting the loops as ``while`` loops would avoid the
-patch but switch off Triton's software pipelining on the GPU, which pipelines ``for`` loops
-only. The function patched is private; its signature changed in 3.6, and both are handled.
-Needed on 3.4–3.6 of the supported range (benchmarks/triton_range.sh).
+NumPy 2.4 refuses the interpreter's ``__index__`` on one-element arrays; Triton 3.7 fixes it
+(triton-lang/triton#9172), and on 3.4–3.6 this installs the same fix at every launch. Only
+the interpreter is touched. See docs/codecs.md, "Kernels".
 """
 
 from __future__ import annotations

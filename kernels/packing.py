@@ -1,11 +1,8 @@
 """The one definition of deltahub's 1-bit sign layout (DESIGN.md, "BitDelta deltas").
 
-A weight delta ΔW of shape [N, K] (out, in) is stored as int32 bits of shape
-[ceil(K/32), N]: word j of column n holds the signs of ΔW[n, 32j … 32j+31],
-least-significant bit first; bit 1 means ΔW ≥ 0 (decodes to +1), bit 0 means
-ΔW < 0 (decodes to −1); padding bits past K are 0. Words are laid out K-major so a
-GEMM kernel reading a [BLOCK_K/32, BLOCK_N] tile of words reads contiguous memory
-along N, exactly like the BitDelta reference code and GemLite's 1-bit packing.
+ΔW [N, K] is stored as int32 bits [ceil(K/32), N]: word j of column n holds the signs of
+ΔW[n, 32j … 32j+31], least-significant bit first; bit 1 means ΔW ≥ 0 (+1), bit 0 means
+ΔW < 0 (−1); padding bits past K are 0. K-major, as the BitDelta reference code and GemLite.
 """
 
 from __future__ import annotations
@@ -15,9 +12,8 @@ import torch
 BITS_PER_WORD = 32
 
 # Rows are packed a slab at a time so that the uint8 intermediates stay small
-# (256 rows × 11008 columns ≈ 2.8 MB, cache-resident) whatever the matrix size. On a 2-core
-# AMD EPYC (AVX-512), packing an 11008×4096 fp32 ΔW took 60-70 ms with 256-row slabs,
-# 80-135 ms with 128 or 512, 480 ms with 4096.
+# (256 rows × 11008 columns ≈ 2.8 MB, cache-resident) whatever the matrix size; 256 was the
+# fastest slab (docs/benchmarks.md, "Figures quoted from code, moved here").
 _ROWS_PER_SLAB = 256
 
 _BYTE_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
@@ -70,8 +66,8 @@ def _flags_to_bytes(flags: torch.Tensor) -> torch.Tensor:
         bits8 = flags.view(flags.shape[0], -1, 8)
         return (bits8 * _BYTE_WEIGHTS.to(flags.device)).sum(dim=-1, dtype=torch.uint8)
     # Eight flag bytes read as one little-endian int64 hold flag i at bit 8i; three
-    # shift-ors gather them into the low byte. About 10x faster than multiplying by the
-    # bit weights and summing groups of 8 (620 -> 65 ms for 11008×4096 on the CPU above).
+    # shift-ors gather them into the low byte. Much faster than multiplying by the bit
+    # weights and summing groups of 8 (docs/benchmarks.md, "How we got here (BitDelta encoder)").
     x = flags.reshape(-1).view(torch.int64)  # flat: view() refuses some 1-row strides
     x = x | (x >> 7)  # byte j: flags j, j+1 in bits 0-1
     x |= x >> 14  # byte j: flags j..j+3 in bits 0-3

@@ -1,20 +1,9 @@
 """Compile the Triton kernels for a GPU this machine does not have, and read what ptxas made.
 
-Triton compiles for a target, not for a device: given a ``GPUTarget("cuda", 90, 32)`` it lowers
-a kernel to PTX and runs its own bundled ``ptxas`` to a cubin, all on the CPU. The only thing
-that needs a GPU is *loading* the cubin, which is where Triton checks shared memory against
-the device (``OutOfResources``). So this module
-
-1. points Triton's runtime at a stand-in driver that answers "the current target is sm_XX"
-   and then calls the kernel's own ``warmup`` with the same arguments a launch would bind
-   (dtypes, sizes and strides, hence the same specialisation as a real launch);
-2. re-runs the bundled ``ptxas -v`` on the PTX for registers, stack and spill bytes (Triton
-   only learns them when it loads the binary) and disassembles the cubin with the bundled
-   ``cuobjdump -sass`` for the cost model (kernels/costmodel.py).
-
-It needs triton and a process where TRITON_INTERPRET is unset: in interpreter mode
-``@triton.jit`` builds interpreted functions that cannot be compiled. The test suite runs it
-in a subprocess for that reason (``python -m kernels.compilecheck``).
+A stand-in driver reports the target, the kernel's own ``warmup`` compiles it as a launch
+would, and the bundled ``ptxas -v`` and ``cuobjdump -sass`` give resources and SASS for the
+cost model. Needs a process without TRITON_INTERPRET (hence compilecheck in a subprocess).
+See docs/codecs.md, "Kernels".
 """
 
 from __future__ import annotations

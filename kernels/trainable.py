@@ -1,19 +1,9 @@
 """The fused BitDelta linear with gradients for α and x: what scale distillation trains.
 
-y = x·W_baseᵀ + α ⊙ (x·Sᵀ), S = sign(ΔW) from the packed bits. The forward is
-`bitdelta_linear` (the Triton kernel on CUDA, the torch reference elsewhere). The backward,
-for an upstream gradient g = ∂L/∂y [..., N]:
-
-- ∂L/∂α_i = Σ_tokens g_{t,i}·(x·Sᵀ)_{t,i} (per row), summed over i for one α per matrix;
-- ∂L/∂x = g·W_base + (g ⊙ α)·S.
-
-W_base and the bits never get a gradient: distillation trains α alone, and the base is
-shared by every delta made from it. The backward unpacks S for this one matrix, for the
-duration of the call only ([N, K] in x's dtype, freed on return); W_ft = W_base + α·S is
-never formed, so the base stays the one copy of the weights in memory.
-
-float64 inputs (what `torch.autograd.gradcheck` needs) are outside the kernels' dtypes:
-they run the same formula in float64 with torch ops, on the torch backend only.
+Forward `bitdelta_linear`; backward ∂L/∂α_i = Σ_t g_{t,i}·(x·Sᵀ)_{t,i} and
+∂L/∂x = g·W_base + (g ⊙ α)·S, unpacking S for one matrix per call. W_base and the bits get no
+gradient; W_ft is never formed. float64 (gradcheck) runs in torch ops on the torch backend.
+See docs/codecs.md, "Kernels".
 """
 
 from __future__ import annotations

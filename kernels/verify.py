@@ -1,14 +1,8 @@
 """Layer-level verification of a BitDelta delta against the uncompressed fine-tune (pure torch).
 
-For one linear layer and a batch of activations x it measures two different things:
-
-1. kernel agreement: the dispatched fused kernel against the float32 reference computed from
-   the same bits and α. A failure here is a kernel bug, never a compression problem.
-2. compression error: the kernel output against x·W_ftᵀ, i.e. what replacing the fine-tune
-   by base + α·sign(ΔW) costs at the layer's output.
-
-The file-level check (compress/bitdelta/verify.py) loops this over a checkpoint; nothing here
-reads files.
+Kernel agreement (the fused kernel against the float32 reference: a failure is a kernel bug)
+and compression error (against x·W_ftᵀ). compress/bitdelta/verify.py loops this over a
+checkpoint. See docs/codecs.md, "Verification".
 """
 
 from __future__ import annotations
