@@ -21,7 +21,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD)
 
-# A BitDelta delta (compress/bitdelta/format.py describes each file).
+# A BitDelta delta (docs/codecs.md describes each file).
 DELTA_STEM = "delta"
 DELTA_FILE = "delta.safetensors"
 DELTA_INDEX = "delta.safetensors.index.json"
@@ -50,5 +50,5 @@ def is_report_file(name: str) -> bool:
 
 
 def is_delta_file(name: str) -> bool:
-    """Whether `name` is one of a delta's files (see compress/bitdelta/format.py)."""
+    """Whether `name` is one of a delta's files (docs/codecs.md describes them)."""
     return name in _DELTA_OTHER_FILES or _DELTA_SHARD.fullmatch(name) is not None

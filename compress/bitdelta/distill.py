@@ -46,7 +46,7 @@ from compress.tensorio import (
     shape_mismatches,
 )
 
-LOSSES = ("mse", "kl")  # see the module docstring
+LOSSES = ("mse", "kl")  # why KL by default: docs/codecs.md, "Scale distillation"
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                   "float16": torch.float16}
 PROBE_BATCHES = 4  # batches scored before and after training, for initial and final loss
@@ -65,7 +65,7 @@ class DistillConfig:
     weight_decay: float = 0.0
     dtype: str = "float32"  # what both models compute in
     teacher_dtype: str = "float16"  # how the fine-tune's logits are stored (distill_logits.py)
-    loss: str = "kl"  # KL(fine-tune ‖ ours), or "mse": the paper's (module docstring)
+    loss: str = "kl"  # KL(fine-tune ‖ ours), or "mse": the paper's (docs/codecs.md)
 
     def check(self) -> None:
         problems = [f"{name} must be positive, got {value}" for name, value in

@@ -63,7 +63,7 @@ def load_calibration(data: Sequence[str | os.PathLike[str]], base: Checkpoint,
 
 @dataclass(frozen=True)
 class BatchSchedule:
-    """Which rows each step trains on (module docstring); iterate it for the batches."""
+    """Which rows each step trains on (docs/codecs.md); iterate it for the batches."""
 
     rows: int
     steps: int

@@ -115,7 +115,7 @@ class StoredTensor:
 
 def delta_metadata(*, base_digest: str, finetune_digest: str, mode: ScaleMode,
                    compressed: list[CompressedSpec]) -> dict[str, str]:
-    """The `__metadata__` of a delta (see the module docstring)."""
+    """The `__metadata__` of a delta (the table in docs/codecs.md)."""
     ordered = sorted(compressed, key=lambda c: c.module)
     return {
         "format": FORMAT,

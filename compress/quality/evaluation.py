@@ -49,7 +49,7 @@ def evaluate_quality(
     device: str | torch.device = "cpu", max_data_bytes: int = DEFAULT_MAX_DATA_BYTES,
     progress: ProgressFn = no_progress,
 ) -> QualityReport:
-    """Score base, fine-tune and `compressed` on each of `data`; see the module docstring.
+    """Score base, fine-tune and `compressed` on each of `data`; see docs/codecs.md.
 
     `data` are .txt, .jsonl or .safetensors files (compress/modeling/data.py); text is
     tokenized with `tokenizer`, by default the base's (else the fine-tune's)
