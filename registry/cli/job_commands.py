@@ -61,9 +61,21 @@ def compress(
     distill_steps: Annotated[int | None, typer.Option(help="distillation steps [200]")] = None,
     distill_lr: Annotated[float | None, typer.Option(help="distillation AdamW lr [1e-4]")]
     = None,
+    distill_batch_size: Annotated[int | None, typer.Option(
+        help="distillation rows per step [4]")] = None,
+    distill_seq_len: Annotated[int | None, typer.Option(
+        help="distillation tokens per row [128]")] = None,
+    distill_seed: Annotated[int | None, typer.Option(
+        help="distillation data order seed [0]")] = None,
     evaluate: Annotated[list[str] | None, typer.Option(
         help="measure gain kept on this registered data set (repeat; the first is the "
              "headline)")] = None,
+    evaluate_batch_size: Annotated[int | None, typer.Option(
+        help="evaluation rows per batch [4]")] = None,
+    evaluate_seq_len: Annotated[int | None, typer.Option(
+        help="evaluation tokens per row [128]")] = None,
+    evaluate_max_batches: Annotated[int | None, typer.Option(
+        help="evaluation batches per data set, at most [50]")] = None,
     wait: Annotated[bool, typer.Option(help="follow the job to its end (exit 0 succeeded, "
                                             "1 failed, 3 cancelled)")] = False,
     url: Url = DEFAULT_URL, token: Token = None,
@@ -74,8 +86,12 @@ def compress(
         "rank": rank, "target_error": target_error, "max_rank": max_rank,
         "targets_only": targets_only or None, "save_modules": save_modules or None,
         "verify": verify.value, "max_error": max_error,
-        "distill": _distill_options(distill, distill_steps, distill_lr),
-        "evaluate": {"datasets": evaluate} if evaluate else None}
+        "distill": _section("distill", {"dataset": distill}, {
+            "steps": distill_steps, "lr": distill_lr, "batch_size": distill_batch_size,
+            "seq_len": distill_seq_len, "seed": distill_seed}),
+        "evaluate": _section("evaluate", {"datasets": evaluate}, {
+            "batch_size": evaluate_batch_size, "seq_len": evaluate_seq_len,
+            "max_batches": evaluate_max_batches})}
     with connected(url, token) as client:
         # One key per invocation: if the connection drops after the server queued the
         # job, the retry finds that job instead of queueing a second.
@@ -90,15 +106,20 @@ def compress(
     raise typer.Exit(_exit_status(job))
 
 
-def _distill_options(dataset: str | None, steps: int | None,
-                     lr: float | None) -> dict[str, Any] | None:
-    if dataset is None:
-        if steps is not None or lr is not None:
-            raise CommandFailure("bad option", "--distill-steps and --distill-lr go with "
-                                 "--distill DATASET", EXIT_USAGE)
+def _section(flag: str, main: dict[str, Any], tuning: dict[str, Any]
+             ) -> dict[str, Any] | None:
+    """A request section (distill, evaluate): present when its main flag is given; its
+    tuning flags (`--distill-steps`, ...) alone are a usage error, not silently dropped."""
+    (key, value), = main.items()
+    given = {k: v for k, v in tuning.items() if v is not None}
+    if not value:
+        if given:
+            flags = ", ".join(f"--{flag}-{k.replace('_', '-')}" for k in given)
+            what = "DATASET" if flag == "distill" else "DATASET (repeat)"
+            raise CommandFailure("bad option", f"{flags} go with --{flag} {what}",
+                                 EXIT_USAGE)
         return None
-    options = {"dataset": dataset, "steps": steps, "lr": lr}
-    return {k: v for k, v in options.items() if v is not None}
+    return {key: value, **given}
 
 
 def follow(client: DeltahubClient, job: dict[str, Any]) -> dict[str, Any]:
