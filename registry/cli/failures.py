@@ -37,7 +37,8 @@ EXIT_STATUS_HELP = "\n".join((
     "3 a gate you asked for (compress --wait: job cancelled; verify: over --max-error)",
     "4 not found (404) · 5 token refused (401, 403)",
     "6 server unreachable, too slow, or failing (5xx)",
-    "7 needs an extra: pip install 'deltahub\\[server]' (or \\[compress])",
+    "7 needs an extra: pip install 'deltahub\\[compress]' (or \\[server]); from a checkout: "
+    "pip install -e '.\\[compress]'",
     "8 db/token/gc: no migrated database where the settings point",
 ))
 
