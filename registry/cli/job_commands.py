@@ -18,6 +18,7 @@ jobs_app = typer.Typer(help="Compression jobs.", no_args_is_help=True)
 
 # Exit statuses of `deltahub compress --wait`: what CI scripts test (registry/cli/failures.py).
 EXIT_SUCCEEDED, EXIT_CANCELLED = EXIT_OK, EXIT_GATE
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 _POLL_SECONDS = 1.0
 
 
@@ -101,7 +102,7 @@ def compress(
         console.print(f"job {job['id']} queued: {method.value} of {model} -> "
                       f"{job['adapter_name']}")
         if wait:
-            job = follow(client, job)
+            job = _follow_until_interrupted(client, job)
     stdout.print(_summary(job))
     raise typer.Exit(_exit_status(job))
 
@@ -120,6 +121,16 @@ def _section(flag: str, main: dict[str, Any], tuning: dict[str, Any]
                                  EXIT_USAGE)
         return None
     return {key: value, **given}
+
+
+def _follow_until_interrupted(client: DeltahubClient, job: dict[str, Any]) -> dict[str, Any]:
+    """`follow`; Ctrl-C stops following, not the job, and says so."""
+    try:
+        return follow(client, job)
+    except KeyboardInterrupt:
+        console.print(f"job {job['id']} keeps running; `deltahub jobs cancel {job['id']}` "
+                      "to stop it", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def follow(client: DeltahubClient, job: dict[str, Any]) -> dict[str, Any]:

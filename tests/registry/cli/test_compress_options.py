@@ -28,6 +28,9 @@ class RecordingClient:
         return {"id": 7, "adapter_name": "a", "status": "queued", "adapter": None,
                 "error": None}
 
+    def get_job(self, job_id: int) -> dict[str, Any]:
+        raise KeyboardInterrupt  # the user presses Ctrl-C while the job runs
+
 
 @pytest.fixture
 def submitted(monkeypatch: pytest.MonkeyPatch) -> RecordingClient:
@@ -39,6 +42,10 @@ def submitted(monkeypatch: pytest.MonkeyPatch) -> RecordingClient:
 
     monkeypatch.setattr(job_commands, "connected", connected)
     return client
+
+
+def flat(output: str) -> str:
+    return " ".join(output.split())
 
 
 def compress(*args: str) -> Any:
@@ -66,3 +73,11 @@ def test_the_tuning_flags_reach_the_request(submitted: RecordingClient) -> None:
     (options,) = submitted.options
     assert options["distill"] == {"dataset": "calib", "batch_size": 2}
     assert options["evaluate"] == {"datasets": ["held"], "seq_len": 64}
+
+
+def test_ctrl_c_while_waiting_says_the_job_runs_on(submitted: RecordingClient,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(job_commands, "_POLL_SECONDS", 0.0)
+    result = compress("--method", "bitdelta", "--wait")
+    assert result.exit_code == 130, result.output
+    assert "job 7 keeps running; `deltahub jobs cancel 7` to stop it" in flat(result.output)
