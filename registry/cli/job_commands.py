@@ -11,8 +11,9 @@ import typer
 
 from registry.cli.console import console, print_json, print_table, stdout
 from registry.cli.failures import EXIT_FAILED, EXIT_GATE, EXIT_OK, EXIT_USAGE, CommandFailure
+from registry.cli.hints import compress_flags
 from registry.cli.remote import DEFAULT_URL, Json, Token, Url, connected
-from registry.client import DeltahubClient
+from registry.client import ClientError, DeltahubClient
 
 jobs_app = typer.Typer(help="Compression jobs.", no_args_is_help=True)
 
@@ -81,7 +82,12 @@ def compress(
                                             "1 failed, 3 cancelled)")] = False,
     url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:
-    """Compress a registered fine-tune into a BitDelta or LoRA adapter, as a server job."""
+    """Compress a registered fine-tune into a BitDelta or LoRA adapter, as a server job.
+
+    LoRA needs its size: --rank N (one rank for every module) or --target-error E (each
+    module the smallest rank within E).
+    """
+    _check_lora_size(method, rank, target_error)
     options: dict[str, Any] = {
         "name": name, "alias": alias, "targets": target or None, "scale_mode": scale_mode,
         "rank": rank, "target_error": target_error, "max_rank": max_rank,
@@ -96,15 +102,29 @@ def compress(
     with connected(url, token) as client:
         # One key per invocation: if the connection drops after the server queued the
         # job, the retry finds that job instead of queueing a second.
-        job = client.compress(model, method.value, {k: v for k, v in options.items()
-                                                    if v is not None},
-                              idempotency_key=f"cli-{uuid.uuid4()}")
+        try:
+            job = client.compress(model, method.value, {k: v for k, v in options.items()
+                                                        if v is not None},
+                                  idempotency_key=f"cli-{uuid.uuid4()}")
+        except ClientError as exc:
+            raise ClientError(exc.status, exc.error, compress_flags(exc.detail),
+                              method=exc.method, url=exc.url,
+                              did_you_mean=exc.did_you_mean) from exc
         console.print(f"job {job['id']} queued: {method.value} of {model} -> "
                       f"{job['adapter_name']}")
         if wait:
             job = _follow_until_interrupted(client, job)
     stdout.print(_summary(job))
     raise typer.Exit(_exit_status(job))
+
+
+def _check_lora_size(method: Method, rank: int | None, target_error: float | None) -> None:
+    if method is Method.lora and (rank is None) == (target_error is None):
+        given = "not both" if rank is not None else "one of them"
+        raise CommandFailure(
+            "bad option", f"--method lora takes --rank N (every module gets rank N; e.g. "
+            "--rank 16) or --target-error E (each module the smallest rank whose error "
+            f"‖ΔW − BA‖/‖ΔW‖ is within E; e.g. --target-error 0.3): {given}", EXIT_USAGE)
 
 
 def _section(flag: str, main: dict[str, Any], tuning: dict[str, Any]
