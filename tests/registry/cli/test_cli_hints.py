@@ -10,8 +10,6 @@ from tests.conftest import Tokens
 from tests.registry.cli.conftest import Cli
 from tests.registry.conftest import TinyModels
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
 
 def flat(output: str) -> str:
     return " ".join(output.split())
