@@ -132,8 +132,10 @@ def _repushed(model: Model, kind: ModelKind, base_id: int | None,
     """The finalized `model`, for a push of its very files (a CI retry), or of them plus
     tokenizer files it lacks (which that push then attaches); any other push of its name
     is refused, as a model's weights never change."""
-    if (model.kind is kind and model.base_id == base_id
-            and drafts.repushed(model.files, declared, is_tokenizer_file)):
+    if model.kind is not kind or model.base_id != base_id:
+        raise NameTaken(f"a model named {model.name!r} is registered already, with "
+                        "another kind or base; pick another name")
+    if drafts.repushed(model.files, declared, is_tokenizer_file):
         return model
     raise NameTaken(f"a model named {model.name!r} is finalized with other files; its "
                     "weights never change: pick another name for new weights. Tokenizer "
