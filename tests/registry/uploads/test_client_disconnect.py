@@ -38,21 +38,25 @@ def _logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("owner", ["models", "datasets"])
 def test_a_disconnect_mid_upload_is_one_info_line(live_server: LiveServer, client: TestClient,
                                                   tokens: Tokens, tiny_models: TinyModels,
                                                   caplog: pytest.LogCaptureFixture,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    created = client.post("/models", json={"name": "m", "kind": "base"}, headers=tokens.push)
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  owner: str) -> None:
+    body = {"name": "m", "kind": "base"} if owner == "models" else {"name": "m"}
+    created = client.post(f"/{owner}", json=body, headers=tokens.push)
     assert created.status_code == 201, created.text
+    filename = "model.safetensors" if owner == "models" else "text.txt"
+    data = ((tiny_models.base / "model.safetensors").read_bytes() if owner == "models"
+            else b"some words\n" * 200_000)
     caplog.set_level(logging.INFO)
     # uvicorn's own loggers do not propagate to the root, where caplog listens.
     monkeypatch.setattr(logging.getLogger("uvicorn.error"), "handlers", [caplog.handler])
-    _send_half_and_hang_up(live_server, "/models/m/files/model.safetensors", tokens.push,
-                           (tiny_models.base / "model.safetensors").read_bytes())
+    _send_half_and_hang_up(live_server, f"/{owner}/m/files/{filename}", tokens.push, data)
     mine = _logged(caplog)
     assert [(r.levelno, r.exc_info) for r in mine] == [(logging.INFO, None)], [
         r.getMessage() for r in mine]
-    assert ("client disconnected during PUT /models/m/files/model.safetensors"
-            in mine[0].getMessage())
+    assert f"client disconnected during PUT /{owner}/m/files/{filename}" in mine[0].getMessage()
     # Nothing was kept: the draft still has no file.
-    assert client.get("/models/m", headers=tokens.read).json()["files"] == []
+    assert client.get(f"/{owner}/m", headers=tokens.read).json()["files"] == []
