@@ -16,6 +16,11 @@ MODEL_CARD = "README.md"  # a model's (or an adapter's) card, as the Hugging Fac
 # files), a sentencepiece tokenizer.model, and text (merges.txt, README.md).
 MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".model", ".txt", ".md")
 
+# What a Hugging Face tokenizer's `save_pretrained` writes (fast and slow tokenizers).
+TOKENIZER_FILES = frozenset({
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt"})
+
 # A PEFT LoRA adapter, as `peft.save_pretrained` writes it.
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -37,6 +42,12 @@ _DELTA_OTHER_FILES = frozenset({DELTA_INDEX, CONFIG_FILE, REPORT_FILE, MODEL_CAR
 def is_model_file(name: str) -> bool:
     """Whether `name` is one of a model's files (not trainer state, a pickle or a dotfile)."""
     return not name.startswith(".") and name.endswith(MODEL_FILE_SUFFIXES)
+
+
+def is_tokenizer_file(name: str) -> bool:
+    """Whether `name` is one of the tokenizer files `save_pretrained` writes: a finalized
+    model may still gain these, since they change no weight."""
+    return name in TOKENIZER_FILES
 
 
 def is_adapter_file(name: str) -> bool:

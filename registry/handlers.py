@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -101,6 +102,14 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
         if isinstance(translated, APIError):
             return _api_error(translated)
         return internal_error_response(request.method, request.url.path, exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnect(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # A client that went away (Ctrl-C during a push) is no bug: one line, no
+        # traceback. Its upload stored nothing, and the push resumes when run again.
+        log.info("client disconnected during %s %s; the request was dropped",
+                 request.method, request.url.path)
+        return _error(400, "ClientDisconnect", "the client disconnected")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

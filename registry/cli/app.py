@@ -26,6 +26,8 @@ COMMANDS: dict[str, Entry] = {
                   "upload its files and get a version.", CLIENT),
     "push-model": Entry("transfer_commands", "Register a base model or a full fine-tune: "
                         "upload its files and finalize.", CLIENT),
+    "attach-tokenizer": Entry("transfer_commands", "Add tokenizer files to a registered "
+                              "model, whose weights stay as they are.", CLIENT),
     "push-dataset": Entry("dataset_commands", "Register a data set (calibration or "
                           "evaluation data): upload its files and finalize.", CLIENT),
     "pull": Entry("transfer_commands", "Download an adapter's (or, with --model, a model's) "

@@ -14,7 +14,14 @@ from typing import Annotated, Any
 
 import typer
 
-from registry.cli.console import Size, print_fields, print_json, print_table, stdout
+from registry.cli.console import (
+    Size,
+    print_fields,
+    print_fitted_table,
+    print_json,
+    print_table,
+    stdout,
+)
 from registry.cli.failures import EXIT_USAGE, CommandFailure
 from registry.cli.quality_table import print_evaluation
 from registry.cli.remote import DEFAULT_URL, Json, Token, Url, connected
@@ -36,11 +43,25 @@ class Sort(StrEnum):
     gain_kept = "gain_kept"
 
 
+# The adapter listing's columns, and which give way first on a narrow terminal (highest
+# number first; the name never): an adapter is found by name and version, and chosen by
+# gain kept (and the data set it was measured on) and kind.
+_ADAPTER_COLUMNS = {"id": 9, "name": 0, "version": 1, "kind": 3, "base": 7, "source": 10,
+                    "aliases": 6, "size": 8, "ratio": 5, "gain kept": 2, "data set": 4}
+
+_MODEL_COLUMNS = {"id": 6, "name": 0, "kind": 2, "base": 3, "status": 1, "parameters": 5,
+                  "size": 4}
+
+
 def _adapter_row(a: dict[str, Any]) -> list[object]:
-    gain = (a["quality"] or {}).get("gain_kept")
+    quality = a["quality"] or {}
+    gain, on = quality.get("gain_kept"), quality.get("gain_kept_on")
+    ratio = a["compression_ratio"]
     return [a["id"], a["name"], a["version"], a["kind"], a["base"], a["source_model"] or "",
             ", ".join(a["aliases"]), Size(a["size_bytes"]),
-            f"{gain:.3f}" if isinstance(gain, (int, float)) else ""]
+            f"{ratio:.1f}x" if isinstance(ratio, int | float) else "",
+            f"{gain:.3f}" if isinstance(gain, int | float) else "",
+            on if isinstance(on, str) else ""]
 
 
 def _model_row(m: dict[str, Any]) -> list[object]:
@@ -64,20 +85,18 @@ def ls(
         if what is Listing.adapters:
             items = list(client.list_adapters(base=base, kind=kind, name=name, alias=alias,
                                               sort=sort.value))
-            columns = ["id", "name", "version", "kind", "base", "source", "aliases", "size",
-                       "gain kept"]
             rows = [_adapter_row(a) for a in items]
         else:
             if name or alias or sort is not Sort.newest:
                 raise CommandFailure("bad option", "--name, --alias and --sort list "
                                      "adapters", EXIT_USAGE)
             items = list(client.list_models(base=base, kind=kind))
-            columns = ["id", "name", "kind", "base", "status", "parameters", "size"]
             rows = [_model_row(m) for m in items]
+    columns = _ADAPTER_COLUMNS if what is Listing.adapters else _MODEL_COLUMNS
     if json:
         print_json(items)
     else:
-        print_table(what.value, columns, rows)
+        print_fitted_table(what.value, list(columns), rows, list(columns.values()))
 
 
 def show(ref: AdapterRef, model: ModelFlag = False, json: Json = False,

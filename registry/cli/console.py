@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -105,6 +106,34 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
         table.add_row(*(c if numeric[i] or fold else Text(c, no_wrap=True, overflow="ellipsis")
                         for i, c in enumerate(row)))
     stdout.print(table)
+
+
+def print_fitted_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],
+                       priority: Sequence[int]) -> None:
+    """A listing that fits the terminal with every cell whole: columns are dropped, the
+    highest `priority` number first, until the table fits; priority 0 is never dropped
+    (a name: it is what the reader looks for, and wraps rather than being cut).
+    The dropped columns are named on stderr (`--json` has them all)."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([cell_len(name), *(cell_len(row[i]) for row in cells)])
+              for i, name in enumerate(columns)]
+    keep = list(range(len(columns)))
+    for i in sorted(keep, key=lambda i: priority[i], reverse=True):
+        if priority[i] == 0 or _table_width([widths[k] for k in keep]) <= stdout.width:
+            break
+        keep.remove(i)
+    print_table(title, [columns[k] for k in keep], [[row[k] for k in keep] for row in rows],
+                fold=True)
+    dropped = [name for i, name in enumerate(columns) if i not in keep]
+    if dropped and rows:
+        console.print(f"(not shown at this width: {', '.join(dropped)}; --json has every "
+                      "field)", style="dim", highlight=False)
+
+
+def _table_width(widths: Sequence[int]) -> int:
+    """How wide rich draws a table of columns this wide: one space of padding on each side
+    of a cell, and a border between and around them."""
+    return sum(widths) + 3 * len(widths) + 1
 
 
 def print_fields(title: str, fields: Sequence[tuple[str, object]]) -> None:

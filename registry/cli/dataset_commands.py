@@ -18,6 +18,12 @@ from registry.cli.failures import EXIT_USAGE, CommandFailure
 from registry.cli.remote import DEFAULT_URL, Json, Token, Url, connected
 from registry.cli.transfer_commands import pushing
 
+# What a text data set needs, said when it is pushed rather than when a job is refused.
+TEXT_NEEDS_TOKENIZER = (
+    "text: a job tokenizes it with the tokenizer.json of the fine-tune or its base; a model "
+    "without one can gain it (`deltahub attach-tokenizer MODEL DIR`), or push the data "
+    "pre-tokenized (.safetensors with input_ids)")
+
 
 def push_dataset(
     files: Annotated[list[Path], typer.Argument(
@@ -44,10 +50,11 @@ def push_dataset(
         dataset, created = pushing(client, sorted(files, key=lambda p: p.name)).dataset(
             name, description)
     what = "new" if created else "unchanged: the same files were registered already"
-    text = "; text, tokenized by the model's tokenizer" if dataset["needs_tokenizer"] else ""
     stdout.print(f"{dataset['name']}: {len(dataset['files'])} file(s), "
                  f"{dataset['total_bytes']:,} bytes, ready ({what}); digest "
-                 f"{dataset['content_digest'][:12]}{text}", highlight=False)
+                 f"{dataset['content_digest'][:12]}", highlight=False)
+    if dataset["needs_tokenizer"]:
+        stdout.print(TEXT_NEEDS_TOKENIZER, highlight=False)
 
 
 def _row(d: dict[str, Any]) -> list[object]:

@@ -37,9 +37,12 @@ EXIT_STATUS_HELP = "\n".join((
     "3 a gate you asked for (compress --wait: job cancelled; verify: over --max-error)",
     "4 not found (404) · 5 token refused (401, 403)",
     "6 server unreachable, too slow, or failing (5xx)",
-    "7 needs an extra: pip install 'deltahub\\[server]' (or \\[compress])",
+    "7 needs an extra: pip install 'deltahub\\[compress]' (or \\[server]); from a checkout: "
+    "pip install -e '.\\[compress]'",
     "8 db/token/gc: no migrated database where the settings point",
 ))
+
+_SCOPE_HINT = "use a token with that scope"
 
 
 class CommandFailure(Exception):
@@ -73,13 +76,17 @@ def describe(exc: BaseException) -> tuple[str, str, int] | None:
 
 
 def _refusal(exc: ClientError) -> tuple[str, str, int]:
+    from registry.cli.hints import for_cli
+
     request = f"({exc.method} {exc.url})"
-    detail = exc.detail
+    detail = for_cli(exc.detail)
     if exc.did_you_mean and "did you mean" not in detail.lower():
         detail += f"; did you mean {' or '.join(repr(s) for s in exc.did_you_mean)}?"
     if exc.status in (401, 403):
         hint = ("; check DELTAHUB_TOKEN or --token" if exc.status == 401 else
-                "; use a token with that scope (deltahub token create --scopes ...)")
+                f"; {_SCOPE_HINT} (deltahub token create --scopes ...)")
+        # The server may say it already: once is enough.
+        detail = detail.replace(f"; {_SCOPE_HINT}", "")
         return f"{exc.error} ({exc.status})", f"{detail} {request}{hint}", EXIT_AUTH
     if exc.status == 404:
         return exc.error, f"{detail} {request}", EXIT_NOT_FOUND

@@ -11,13 +11,15 @@ import typer
 
 from registry.cli.console import console, print_json, print_table, stdout
 from registry.cli.failures import EXIT_FAILED, EXIT_GATE, EXIT_OK, EXIT_USAGE, CommandFailure
+from registry.cli.hints import compress_flags
 from registry.cli.remote import DEFAULT_URL, Json, Token, Url, connected
-from registry.client import DeltahubClient
+from registry.client import ClientError, DeltahubClient
 
 jobs_app = typer.Typer(help="Compression jobs.", no_args_is_help=True)
 
 # Exit statuses of `deltahub compress --wait`: what CI scripts test (registry/cli/failures.py).
 EXIT_SUCCEEDED, EXIT_CANCELLED = EXIT_OK, EXIT_GATE
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 _POLL_SECONDS = 1.0
 
 
@@ -61,44 +63,94 @@ def compress(
     distill_steps: Annotated[int | None, typer.Option(help="distillation steps [200]")] = None,
     distill_lr: Annotated[float | None, typer.Option(help="distillation AdamW lr [1e-4]")]
     = None,
+    distill_batch_size: Annotated[int | None, typer.Option(
+        help="distillation rows per step [4]")] = None,
+    distill_seq_len: Annotated[int | None, typer.Option(
+        help="distillation tokens per row [128]")] = None,
+    distill_seed: Annotated[int | None, typer.Option(
+        help="distillation data order seed [0]")] = None,
     evaluate: Annotated[list[str] | None, typer.Option(
         help="measure gain kept on this registered data set (repeat; the first is the "
              "headline)")] = None,
+    evaluate_batch_size: Annotated[int | None, typer.Option(
+        help="evaluation rows per batch [4]")] = None,
+    evaluate_seq_len: Annotated[int | None, typer.Option(
+        help="evaluation tokens per row [128]")] = None,
+    evaluate_max_batches: Annotated[int | None, typer.Option(
+        help="evaluation batches per data set, at most [50]")] = None,
     wait: Annotated[bool, typer.Option(help="follow the job to its end (exit 0 succeeded, "
                                             "1 failed, 3 cancelled)")] = False,
     url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:
-    """Compress a registered fine-tune into a BitDelta or LoRA adapter, as a server job."""
+    """Compress a registered fine-tune into a BitDelta or LoRA adapter, as a server job.
+
+    LoRA needs its size: --rank N (one rank for every module) or --target-error E (each
+    module the smallest rank within E).
+    """
+    _check_lora_size(method, rank, target_error)
     options: dict[str, Any] = {
         "name": name, "alias": alias, "targets": target or None, "scale_mode": scale_mode,
         "rank": rank, "target_error": target_error, "max_rank": max_rank,
         "targets_only": targets_only or None, "save_modules": save_modules or None,
         "verify": verify.value, "max_error": max_error,
-        "distill": _distill_options(distill, distill_steps, distill_lr),
-        "evaluate": {"datasets": evaluate} if evaluate else None}
+        "distill": _section("distill", {"dataset": distill}, {
+            "steps": distill_steps, "lr": distill_lr, "batch_size": distill_batch_size,
+            "seq_len": distill_seq_len, "seed": distill_seed}),
+        "evaluate": _section("evaluate", {"datasets": evaluate}, {
+            "batch_size": evaluate_batch_size, "seq_len": evaluate_seq_len,
+            "max_batches": evaluate_max_batches})}
     with connected(url, token) as client:
         # One key per invocation: if the connection drops after the server queued the
         # job, the retry finds that job instead of queueing a second.
-        job = client.compress(model, method.value, {k: v for k, v in options.items()
-                                                    if v is not None},
-                              idempotency_key=f"cli-{uuid.uuid4()}")
+        try:
+            job = client.compress(model, method.value, {k: v for k, v in options.items()
+                                                        if v is not None},
+                                  idempotency_key=f"cli-{uuid.uuid4()}")
+        except ClientError as exc:
+            raise ClientError(exc.status, exc.error, compress_flags(exc.detail),
+                              method=exc.method, url=exc.url,
+                              did_you_mean=exc.did_you_mean) from exc
         console.print(f"job {job['id']} queued: {method.value} of {model} -> "
                       f"{job['adapter_name']}")
         if wait:
-            job = follow(client, job)
+            job = _follow_until_interrupted(client, job)
     stdout.print(_summary(job))
     raise typer.Exit(_exit_status(job))
 
 
-def _distill_options(dataset: str | None, steps: int | None,
-                     lr: float | None) -> dict[str, Any] | None:
-    if dataset is None:
-        if steps is not None or lr is not None:
-            raise CommandFailure("bad option", "--distill-steps and --distill-lr go with "
-                                 "--distill DATASET", EXIT_USAGE)
+def _check_lora_size(method: Method, rank: int | None, target_error: float | None) -> None:
+    if method is Method.lora and (rank is None) == (target_error is None):
+        given = "not both" if rank is not None else "one of them"
+        raise CommandFailure(
+            "bad option", f"--method lora takes --rank N (every module gets rank N; e.g. "
+            "--rank 16) or --target-error E (each module the smallest rank whose error "
+            f"‖ΔW − BA‖/‖ΔW‖ is within E; e.g. --target-error 0.3): {given}", EXIT_USAGE)
+
+
+def _section(flag: str, main: dict[str, Any], tuning: dict[str, Any]
+             ) -> dict[str, Any] | None:
+    """A request section (distill, evaluate): present when its main flag is given; its
+    tuning flags (`--distill-steps`, ...) alone are a usage error, not silently dropped."""
+    (key, value), = main.items()
+    given = {k: v for k, v in tuning.items() if v is not None}
+    if not value:
+        if given:
+            flags = ", ".join(f"--{flag}-{k.replace('_', '-')}" for k in given)
+            what = "DATASET" if flag == "distill" else "DATASET (repeat)"
+            raise CommandFailure("bad option", f"{flags} go with --{flag} {what}",
+                                 EXIT_USAGE)
         return None
-    options = {"dataset": dataset, "steps": steps, "lr": lr}
-    return {k: v for k, v in options.items() if v is not None}
+    return {key: value, **given}
+
+
+def _follow_until_interrupted(client: DeltahubClient, job: dict[str, Any]) -> dict[str, Any]:
+    """`follow`; Ctrl-C stops following, not the job, and says so."""
+    try:
+        return follow(client, job)
+    except KeyboardInterrupt:
+        console.print(f"job {job['id']} keeps running; `deltahub jobs cancel {job['id']}` "
+                      "to stop it", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def follow(client: DeltahubClient, job: dict[str, Any]) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class LazyGroup(TyperGroup):
             raise CommandFailure(
                 f"deltahub {cmd_name} is not installed",
                 f"it needs the {entry.extra} extra ({missing} is missing): "
-                f"pip install 'deltahub[{entry.extra}]'", EXIT_NOT_INSTALLED) from exc
+                f"{install_hint(entry.extra)}", EXIT_NOT_INSTALLED) from exc
         commands = typer.Typer()
         module.register(commands)
         for name, command in typer.main.get_group(commands).commands.items():
@@ -94,6 +94,13 @@ class LazyGroup(TyperGroup):
     def invoke(self, ctx: Context) -> Any:
         with reported(bool(ctx.params.get("debug"))):
             return super().invoke(ctx)
+
+
+def install_hint(extra: str) -> str:
+    """How to install `extra`: from the package index, and from a checkout (the only way
+    until the package is published, and the server's way: its migrations stay there)."""
+    return (f"pip install 'deltahub[{extra}]', or from a checkout: pip install -e "
+            f"'.[{extra}]' (or from its parent directory: pip install './deltahub[{extra}]')")
 
 
 def _summary_only(name: str, entry: Entry) -> Command:

@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 
 from registry.cli.failures import EXIT_USAGE, CommandFailure
-from registry.client import DEFAULT_TIMEOUT_SECONDS, DEFAULT_URL, DeltahubClient
+from registry.cli.refs import explain_missing_ref
+from registry.client import DEFAULT_TIMEOUT_SECONDS, DEFAULT_URL, ClientError, DeltahubClient
 
 Url = Annotated[str, typer.Option(envvar="DELTAHUB_URL", help="deltahub server")]
 Token = Annotated[str | None, typer.Option(envvar="DELTAHUB_TOKEN", show_default=False,
@@ -33,6 +34,11 @@ def connected(url: str, token: str | None) -> Iterator[DeltahubClient]:
     client = DeltahubClient(url, token, timeout_seconds=_timeout_seconds())
     try:
         yield client
+    except ClientError as exc:
+        explained = explain_missing_ref(client, exc)
+        if explained is exc:
+            raise
+        raise explained from exc
     finally:
         client.close()
 

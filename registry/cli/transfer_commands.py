@@ -1,4 +1,5 @@
-"""`deltahub push`, `push-model` and `pull`: files between a directory and the server.
+"""`deltahub push`, `push-model`, `attach-tokenizer` and `pull`: files between a directory
+and the server.
 
 A push resumes: run again after a failure, it sends only the files the server does not
 hold yet (the protocol is in registry/client/push.py).
@@ -16,10 +17,12 @@ import typer
 from compress.filenames import (
     ADAPTER_CONFIG,
     DELTA_FILE,
+    TOKENIZER_FILES,
     is_adapter_file,
     is_delta_file,
     is_model_file,
     is_report_file,
+    is_tokenizer_file,
 )
 from registry.cli.console import console, stdout, transfer_progress
 from registry.cli.failures import EXIT_FAILED, CommandFailure
@@ -133,13 +136,44 @@ def push_model(
 ) -> None:
     """Register a base model or a full fine-tune: upload its files and finalize.
 
-    Run again after a failure, it resumes this token's own draft of NAME.
+    Run again after a failure, it resumes this token's own draft of NAME. Identical
+    content again returns the model already registered; the same weights with tokenizer
+    files the model lacks add those (`attach-tokenizer` sends only them).
     """
     paths = files_to_push(directory, None)
     with connected(url, token) as client:
-        model = pushing(client, paths).model(name, base)
+        push = pushing(client, paths)
+        model, created = push.model(name, base)
+    what = ("new" if created else f"weights unchanged; added {', '.join(push.sent)}"
+            if push.sent else "unchanged: identical content already registered")
     stdout.print(f"{model['name']}: {model['tensor_count']} tensors, "
-                 f"{model['parameter_count']:,} parameters, ready", highlight=False)
+                 f"{model['parameter_count']:,} parameters, ready ({what})", highlight=False)
+
+
+def attach_tokenizer(
+    model: Annotated[str, typer.Argument(help="a registered model's name or id")],
+    directory: Annotated[Path, typer.Argument(
+        exists=True, file_okay=False, help="directory holding the tokenizer's files "
+        "(what tokenizer.save_pretrained writes)")],
+    url: Url = DEFAULT_URL, token: Token = None,
+) -> None:
+    """Add tokenizer files to a registered model, whose weights stay as they are.
+
+    Text data sets need a tokenizer.json on the fine-tune or its base. A model gains each
+    tokenizer file once: one it holds already with other bytes is refused.
+    """
+    paths = sorted(p for p in directory.iterdir() if p.is_file() and is_tokenizer_file(p.name))
+    if not paths:
+        raise CommandFailure("nothing to attach", f"{directory} holds no tokenizer file "
+                             f"({', '.join(sorted(TOKENIZER_FILES))})", EXIT_FAILED)
+    digests = _hash_all(paths)
+    with connected(url, token) as client:
+        found = client.get_model(model)
+        held = {f["filename"]: f["sha256"] for f in found["files"]}
+        todo = [p for p in paths if held.get(p.name) != digests[p.name]]
+        _upload_all(client, f"/models/{found['name']}", todo, digests)
+    added = ", ".join(p.name for p in todo) or "nothing (all there already)"
+    stdout.print(f"{found['name']}: added {added}; weights unchanged", highlight=False)
 
 
 def pull(
@@ -180,4 +214,5 @@ def _have(path: Path, sha256: str) -> bool:
 def register(app: typer.Typer) -> None:
     app.command()(push)
     app.command("push-model")(push_model)
+    app.command("attach-tokenizer")(attach_tokenizer)
     app.command()(pull)

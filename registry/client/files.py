@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -40,7 +40,7 @@ def write_checked(dest: Path, chunks: Iterable[bytes], sha256: str, url: str,
     Any error, a wrong checksum included, leaves `dest` as it was.
     """
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    fd, tmp = _create_beside(dest)
     try:
         with os.fdopen(fd, "wb") as out:
             for chunk in chunks:
@@ -53,3 +53,14 @@ def write_checked(dest: Path, chunks: Iterable[bytes], sha256: str, url: str,
         Path(tmp).replace(dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _create_beside(dest: Path) -> tuple[int, str]:
+    """A new file next to `dest`, exclusive, with the mode the user's umask gives any new
+    file (mkstemp's 0600 would make pulled files private to their puller)."""
+    while True:
+        tmp = str(dest.parent / f".{dest.name}.{secrets.token_hex(6)}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue

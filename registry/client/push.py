@@ -46,6 +46,7 @@ class Push:
         self.digests = digests
         self.say = say
         self.upload_all = upload_all
+        self.sent: list[str] = []  # the files this push uploaded
 
     def adapter(self, name: str, base: str, kind: str, source: str | None = None
                 ) -> tuple[Draft, bool]:
@@ -58,32 +59,41 @@ class Push:
             owner=lambda draft: f"/adapters/{draft['id']}",
             finalize=lambda draft: client.finalize_adapter(draft["id"], self.digests))
 
-    def model(self, name: str, base: str | None = None) -> Draft:
+    def model(self, name: str, base: str | None = None) -> tuple[Draft, bool]:
+        """The finalized model, and whether this push finalized it (False: the same files
+        were registered under the name already; `sent` then names the tokenizer files
+        this push added to it)."""
         client = self.client
-        model, _ = self._run(
+        return self._run_final(
             start=lambda: client.create_model(name, base, self.digests),
             discard=lambda draft: client.delete_model(draft["name"]),
             owner=lambda draft: f"/models/{draft['name']}",
-            finalize=lambda draft: (client.finalize_model(draft["name"], self.digests), True))
-        return model
+            finalize=lambda draft: client.finalize_model(draft["name"], self.digests))
 
     def dataset(self, name: str, description: str | None = None) -> tuple[Draft, bool]:
         """The finalized data set, and whether this push finalized it (False: the same
         files were registered under the name already)."""
         client = self.client
-        started: list[Draft] = []
-
-        def start() -> Draft:
-            started.append(client.create_dataset(name, description, self.digests))
-            return started[-1]
-
-        dataset, _ = self._run(
-            start=start,
+        return self._run_final(
+            start=lambda: client.create_dataset(name, description, self.digests),
             discard=lambda draft: client.delete_dataset(draft["name"]),
             owner=lambda draft: f"/datasets/{draft['name']}",
-            finalize=lambda draft: (client.finalize_dataset(draft["name"], self.digests),
-                                    True))
-        return dataset, started[-1]["status"] != "ready"
+            finalize=lambda draft: client.finalize_dataset(draft["name"], self.digests))
+
+    def _run_final(self, start: Callable[[], Draft], discard: Callable[[Draft], None],
+                   owner: Callable[[Draft], str],
+                   finalize: Callable[[Draft], Draft]) -> tuple[Draft, bool]:
+        """`_run` for owners (models, data sets) whose push of content already registered
+        is answered with the finalized owner itself: this push made it unless so."""
+        started: list[Draft] = []
+
+        def remembered() -> Draft:
+            started.append(start())
+            return started[-1]
+
+        final, _ = self._run(start=remembered, discard=discard, owner=owner,
+                             finalize=lambda draft: (finalize(draft), True))
+        return final, started[-1]["status"] != "ready"
 
     def _run(self, start: Callable[[], Draft], discard: Callable[[Draft], None],
              owner: Callable[[Draft], str],
@@ -121,6 +131,7 @@ class Push:
             return
         try:
             self.upload_all(self.client, owner, todo, self.digests)
+            self.sent += [p.name for p in todo]
         except ClientError as exc:
             if exc.error != "NotPending":
                 raise

@@ -71,16 +71,17 @@ def start_push(session: Session, settings: Settings, name: str, description: str
     # Two first pushes of a new name would both find nothing to lock and both insert; the
     # name's lock makes each see what the one before it committed (any number of them).
     DatasetRepository(session).lock_name(name)
-    return _start_draft(session, name, description, token_id, digest)
+    return _start_draft(session, name, description, token_id, declared, digest)
 
 
 def _start_draft(session: Session, name: str, description: str | None,
-                 token_id: int | None, digest: str | None) -> tuple[Dataset, bool]:
+                 token_id: int | None, declared: Mapping[str, str] | None,
+                 digest: str | None) -> tuple[Dataset, bool]:
     repo = DatasetRepository(session)
     existing = repo.by_name(name, lock=True)
     if existing is not None:
         if existing.status is Status.READY:
-            if digest is not None and digest == existing.content_digest:
+            if drafts.repushed(existing.files, declared):
                 return existing, False
             raise NameTaken(f"data set {name!r} is finalized with other files, and a data "
                             "set never changes (jobs and reports name it); push the new "

@@ -65,9 +65,11 @@ def _pinned(session: Session, name: str, finetune: Model,
     if needs_tokenizer(dataset) and not _has_tokenizer(session, finetune):
         raise InvalidJobParameters(
             f"data set {name!r} holds text, and neither the fine-tune {finetune.name!r} nor "
-            f"its base has a {TOKENIZER_FILE} to tokenize it with; push the model's "
-            f"{TOKENIZER_FILE} (AutoTokenizer.from_pretrained(dir).save_pretrained(dir) "
-            "writes one), or push the data pre-tokenized (.safetensors with input_ids)",
+            f"its base has a {TOKENIZER_FILE} to tokenize it with; add the model's "
+            f"tokenizer files to either (`deltahub attach-tokenizer {finetune.name} DIR`, "
+            f"or PUT /models/{finetune.name}/files/{TOKENIZER_FILE}; "
+            "AutoTokenizer.from_pretrained(dir).save_pretrained(dir) writes them), or push "
+            "the data pre-tokenized (.safetensors with input_ids)",
             name="MissingTokenizer")
     assert dataset.content_digest is not None  # final data sets have one
     return {"name": dataset.name, "digest": dataset.content_digest}

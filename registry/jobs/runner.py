@@ -226,6 +226,7 @@ def _quality(claimed: queue.ClaimedJob, codec: dict[str, Any], verified: dict[st
                             "unchanged_targets", "omitted")}
     if evaluated is not None:
         headline["gain_kept"] = evaluated["gain_kept"]  # on the first data set
+        headline["gain_kept_on"] = claimed.params["evaluate"]["datasets"][0]["name"]
     if distilled is not None:
         headline.update(distilled=True, distill_loss_initial=distilled.get("initial_loss"),
                         distill_loss_final=distilled.get("final_loss"))

@@ -74,6 +74,7 @@ async def get_model(model: str, db: DatabaseDep, _: ReadToken) -> ModelOut:
 async def upload_model_file(model: str, filename: str, request: Request, store: StoreDep,
                             db: DatabaseDep, settings: SettingsDep,
                             token: PushToken) -> JSONResponse:
+    """A file of a draft; a finalized model takes only a tokenizer file it lacks."""
     target = await db.write(  # a write: it touches the draft
         lambda session: service.upload_target(session, model, filename, settings,
                                               request.headers.get(SHA256_HEADER)))

@@ -9,6 +9,7 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from compress.errors import CodecError
+from compress.filenames import TOKENIZER_FILES, is_tokenizer_file
 from compress.tensorio import (
     Manifest,
     header_from_dict,
@@ -40,6 +41,7 @@ from registry.uploads.flow import UploadTarget
 from registry.uploads.rules import model_file_rule
 
 CONFIG_FILE = "config.json"
+_TOKENIZERS = ", ".join(sorted(TOKENIZER_FILES))
 INDEX_SUFFIX = ".safetensors.index.json"
 
 
@@ -96,16 +98,17 @@ def start_push(session: Session, settings: Settings, name: str, kind: ModelKind,
     digest = drafts.check_declared(declared, lambda f: model_file_rule(f, settings))
     # As for data sets: without the name's lock, racing first pushes both insert.
     ModelRepository(session).lock_name(name)
-    return _start_draft(session, name, kind, base_id, token_id, digest)
+    return _start_draft(session, name, kind, base_id, token_id, declared, digest)
 
 
 def _start_draft(session: Session, name: str, kind: ModelKind, base_id: int | None,
-                 token_id: int | None, digest: str | None) -> tuple[Model, bool]:
+                 token_id: int | None, declared: Mapping[str, str] | None,
+                 digest: str | None) -> tuple[Model, bool]:
     repo = ModelRepository(session)
     existing = repo.by_ref(name, lock=True)
     if existing is not None:
         if existing.status is Status.READY:
-            raise NameTaken(f"a model named {name!r} exists; pick another name")
+            return _repushed(existing, kind, base_id, declared), False
         if not drafts.owns(existing, token_id):
             raise DraftInProgress(
                 f"another token's push of {name!r} is pending; delete that draft "
@@ -122,6 +125,22 @@ def _start_draft(session: Session, name: str, kind: ModelKind, base_id: int | No
         _delete(session, existing)  # started for another kind or base: start over
     return repo.add(Model(name=name, kind=kind, base_id=base_id, status=Status.PENDING,
                           created_by_token_id=token_id, declared_digest=digest)), True
+
+
+def _repushed(model: Model, kind: ModelKind, base_id: int | None,
+              declared: Mapping[str, str] | None) -> Model:
+    """The finalized `model`, for a push of its very files (a CI retry), or of them plus
+    tokenizer files it lacks (which that push then attaches); any other push of its name
+    is refused, as a model's weights never change."""
+    if model.kind is not kind or model.base_id != base_id:
+        raise NameTaken(f"a model named {model.name!r} is registered already, with "
+                        "another kind or base; pick another name")
+    if drafts.repushed(model.files, declared, is_tokenizer_file):
+        return model
+    raise NameTaken(f"a model named {model.name!r} is finalized with other files; its "
+                    "weights never change: pick another name for new weights. Tokenizer "
+                    f"files ({_TOKENIZERS}) it lacks can be added: "
+                    f"deltahub attach-tokenizer {model.name} DIR")
 
 
 def _restart_draft(session: Session, draft: Model, digest: str | None) -> Model:
@@ -153,15 +172,16 @@ def _base_id(session: Session, kind: ModelKind, base_ref: str | None) -> int | N
     return base.id
 
 
-def pending_model(session: Session, ref: str) -> Model:
-    """The model a file is being uploaded to; it must still accept files."""
-    return _taking_files(get_model(session, ref, lock=True))
-
-
-def _taking_files(model: Model) -> Model:
+def _taking_files(model: Model, filename: str | None = None) -> Model:
+    """`model`, if it takes `filename`: a draft takes any file; a finalized model only a
+    tokenizer file it does not hold yet (None: any file, so only a draft)."""
     if model.status is not Status.PENDING:
+        if filename is not None and is_tokenizer_file(filename) and all(
+                f.filename != filename for f in model.files):
+            return model
         raise NotPending(f"model {model.name!r} is finalized and its files are immutable; "
-                         "register a new model for new weights")
+                         "register a new model for new weights (a finalized model can "
+                         f"gain only the tokenizer files it lacks: {_TOKENIZERS})")
     drafts.touch(model)  # an upload starting or ending: the draft is in use
     return model
 
@@ -171,16 +191,17 @@ def upload_target(session: Session, ref: str, filename: str, settings: Settings,
     """Where `PUT /models/{ref}/files/{filename}` goes, if the model still takes files
     (or the model holds the file with the `sha256` the client declares already).
 
-    Run in a write transaction: it touches the draft (see pending_model).
+    Run in a write transaction: it touches the draft (see _taking_files).
     """
     rule = model_file_rule(filename, settings)
     model = get_model(session, ref, lock=True)
     held = drafts.held_upload(model, filename, sha256)
     if held is None:
-        _taking_files(model)
+        _taking_files(model, filename)
     model_id = model.id
-    return UploadTarget(filename, ModelFile, "model_id", model_id, rule,
-                        recheck=lambda s: pending_model(s, str(model_id)), held=held)
+    return UploadTarget(
+        filename, ModelFile, "model_id", model_id, rule, held=held,
+        recheck=lambda s: _taking_files(get_model(s, str(model_id), lock=True), filename))
 
 
 def finalize_model(session: Session, store: BlobStore, ref: str,

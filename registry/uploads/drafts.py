@@ -74,6 +74,21 @@ def same_files(draft: Draft, digest: str | None) -> bool:
     return digest is None or draft.declared_digest in (None, digest)
 
 
+def repushed(held: Iterable[ModelFile | AdapterFile | DatasetFile],
+             declared: Mapping[str, str] | None,
+             may_add: Callable[[str], bool] = lambda _: False) -> bool:
+    """Whether a push declaring `declared` (name -> sha256) is a re-push of the finalized
+    owner holding `held`: every held file declared with its bytes, and any other declared
+    file one the owner may still gain (`may_add`: a model's tokenizer files). Such a push
+    finds the owner, and its upload sends only the files it adds."""
+    if declared is None:
+        return False
+    wanted = {name: sha256.lower() for name, sha256 in declared.items()}
+    files = {f.filename: f.sha256 for f in held}
+    return (all(wanted.get(name) == sha256 for name, sha256 in files.items())
+            and all(may_add(name) for name in wanted.keys() - files.keys()))
+
+
 def held_upload(draft: Draft, filename: str, sha256: str | None) -> Uploaded | None:
     """An upload of `filename` answered as done, when `draft` was finalized (by another
     run of the same push) holding exactly the bytes the client declares (`sha256`)."""

@@ -46,12 +46,8 @@ FLAG_NAMES = {"targets": "--target", "distill.dataset": "--distill",
               "evaluate.datasets": "--evaluate"}
 # Command options that are not request fields.
 CLI_OTHER_OPTIONS = {"--method", "--wait", "--url", "--token", "--help"}
-# Deliberately no flag: tuning knobs whose defaults are the paper's. The jobs API and
-# the page's advanced JSON set them.
-NOT_CLI_FLAGS = {
-    "distill.batch_size", "distill.seq_len", "distill.seed",
-    "evaluate.batch_size", "evaluate.seq_len", "evaluate.max_batches",
-}
+# Deliberately no flag: none (every field has one).
+NOT_CLI_FLAGS: set[str] = set()
 
 # Form fields whose name is not the field's: the checked data sets come as a repeated
 # `evaluate` field (compress_request's `evaluate` argument).

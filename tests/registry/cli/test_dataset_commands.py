@@ -29,7 +29,7 @@ def test_push_dataset_then_list(cli: Cli, files: list[str]) -> None:
     assert pushed.exit_code == 0, pushed.output
     size = sum(len(d) for d in KINDS.values())
     assert f"calib: 3 file(s), {size:,} bytes, ready (new)" in pushed.output
-    assert "tokenized by the model's tokenizer" in pushed.output
+    assert "deltahub attach-tokenizer MODEL DIR" in " ".join(pushed.output.split())
     again = cli("push-dataset", *files, "--name", "calib")
     assert again.exit_code == 0, again.output
     assert "unchanged: the same files were registered already" in again.output

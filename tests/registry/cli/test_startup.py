@@ -89,6 +89,8 @@ def test_a_missing_extra_is_named_in_one_line(args: list[str], extra: str) -> No
     lines = output.strip().splitlines()
     assert len(lines) == 1, output
     assert f"pip install 'deltahub[{extra}]'" in lines[0]
+    assert f"from a checkout: pip install -e '.[{extra}]'" in lines[0]
+    assert f"pip install './deltahub[{extra}]'" in lines[0]
     assert f"deltahub {args[0]} is not installed" in lines[0]
 
 

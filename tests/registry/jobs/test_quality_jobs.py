@@ -100,6 +100,7 @@ def test_a_lora_job_is_evaluated_too(app: FastAPI, client: TestClient, tokens: T
     quality = _finished(client, tokens, job["id"])["quality"]
     assert quality["gain_kept"] == quality["evaluation"]["datasets"][0]["gain_kept"]
     assert isinstance(quality["gain_kept"], float)
+    assert quality["gain_kept_on"] == "py-heldout"  # what `ls adapters` shows beside it
     modules = quality["modules"]  # per module, for the adapter page's pictures
     assert len(modules) == 14
     assert all(m["rank"] == 4 and 0 < m["error"] < 1 for m in modules)
