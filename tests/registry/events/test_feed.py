@@ -93,9 +93,14 @@ def test_a_cursor_older_than_retention_is_410(app: FastAPI, client: TestClient,
 def test_a_rolled_back_change_emits_nothing(app: FastAPI, feed: Feed) -> None:
     with app.state.database.writing() as session:
         token = create_token(session, "kept", ["read"]).token
-    with pytest.raises(RuntimeError), app.state.database.writing() as session:
-        revoke_token(session, token.id)
-        raise RuntimeError("the request failed after the change")
+
+    def failing_request() -> None:
+        with app.state.database.writing() as session:
+            revoke_token(session, token.id)
+            raise RuntimeError("the request failed after the change")
+
+    with pytest.raises(RuntimeError):
+        failing_request()
     with app.state.database.writing() as session:
         row = session.get(Token, token.id)
         assert row is not None
