@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # SQLite has no LISTEN/NOTIFY: one shared check of the newest event id this often
     # wakes a server process's long-polls (only while some are waiting).
     EVENTS_POLL_SECONDS: float = Field(default=0.2, gt=0)
+    # The longest `GET /events?wait=` may hold a request (more is a 422); under the idle
+    # timeouts of the usual proxies (60 s).
+    EVENTS_MAX_WAIT_SECONDS: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -32,6 +32,11 @@ class EventType(StrEnum):
     TOKEN_REVOKED = "token.revoked"  # noqa: S105 (an event name, not a secret)
 
 
+_ONE_TYPE = "|".join(t.value.replace(".", r"\.") for t in EventType)
+# `types`: a comma-separated list of them (the document states it; the feed checks it).
+TYPES_PATTERN = f"^({_ONE_TYPE})(,({_ONE_TYPE}))*$"
+
+
 class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

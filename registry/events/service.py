@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from registry.errors import CursorExpired, InvalidRequest
 from registry.events.repository import EventRepository
 from registry.events.schemas import EventOut, EventsPage, EventType
-from registry.names import check_name
+from registry.models.repository import ModelRepository
+from registry.names import check_name, is_id, parse_id
 from registry.pagination import check_limit
 from registry.settings import Settings
 from registry.tables import Event
@@ -29,11 +30,16 @@ class FeedQuery:
 
 
 def feed_query(settings: Settings, after: int, types: str | None, base: str | None,
-               name: str | None, limit: int | None) -> FeedQuery:
-    """The query, checked: 422 for an unknown type, a bad name or a limit out of range."""
-    for value, what in ((base, "base model name"), (name, "name")):
-        if value is not None:
-            check_name(value, what)
+               name: str | None, limit: int | None, wait_s: float = 0) -> FeedQuery:
+    """The query, checked: 422 for an unknown type, a bad name, a limit or a wait out of
+    range."""
+    if base is not None and not is_id(base):
+        check_name(base, "base model name")
+    if name is not None:
+        check_name(name, "name")
+    if wait_s > settings.EVENTS_MAX_WAIT_SECONDS:
+        raise InvalidRequest(f"wait: at most {settings.EVENTS_MAX_WAIT_SECONDS:g} seconds, "
+                             f"got {wait_s:g}; ask again when the answer comes")
     return FeedQuery(after, parse_types(types), base, name,
                      check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE))
 
@@ -55,12 +61,16 @@ def parse_types(text: str | None) -> tuple[str, ...]:
 def read_page(session: Session, query: FeedQuery) -> EventsPage:
     """The events after the cursor, oldest first; 410 when some were pruned."""
     repo = EventRepository(session)
+    base = query.base
+    if base is not None and is_id(base):  # events name their base; an id means its name
+        model_id = parse_id(base) or 0
+        base = ModelRepository(session).names_of({model_id}).get(model_id, base)
     pruned = repo.pruned_through()
     if query.after < pruned:
         raise CursorExpired(
             f"events up to {pruned} were pruned by retention, so some after {query.after} "
             f"are gone; resynchronise (list what you follow) and continue with after={pruned}")
-    rows = repo.after(query.after, types=query.types, base=query.base, name=query.name,
+    rows = repo.after(query.after, types=query.types, base=base, name=query.name,
                       limit=query.limit)
     return EventsPage(items=[event_out(row) for row in rows],
                       cursor=rows[-1].id if rows else query.after)

@@ -55,6 +55,10 @@ def test_models_adapters_and_aliases(client: TestClient, tokens: Tokens, feed: F
     assert events[4]["data"]["version"] == 2
     assert events[4]["data"]["previous_version"] == 1
     assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    by_base = client.get("/events", params={"base": "llama-tiny"}, headers=tokens.read)
+    by_id = client.get("/events", params={"base": str(model["id"])}, headers=tokens.read)
+    assert by_base.json() == by_id.json()  # a base by name or by id
+    assert _types(by_base.json()["items"]) == _types(events)[1:]  # not the base itself
 
     cursor = events[-1]["id"]
     assert client.put("/adapters/bot@1/aliases/prod", headers=tokens.push).status_code == 200

@@ -52,7 +52,7 @@ def test_cursor_limit_and_filters(app: FastAPI, client: TestClient, tokens: Toke
 
 @pytest.mark.parametrize(("query", "error"), [
     ("types=adapter.registred", "InvalidRequest"), ("types=,", "InvalidRequest"),
-    ("wait=31", "ValidationError"), ("wait=-1", "ValidationError"),
+    ("wait=30.5", "InvalidRequest"), ("wait=-1", "ValidationError"),
     ("after=-1", "ValidationError"), ("after=x", "ValidationError"),
     ("limit=0", "InvalidRequest"), ("limit=100000", "InvalidRequest"),
     ("name=bad%20name", "InvalidName"),
