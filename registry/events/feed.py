@@ -34,6 +34,7 @@ _IDLE_STOP_SECONDS = 60.0
 # With the LISTEN connection down, waiters read again this often instead.
 _FALLBACK_POLL_SECONDS = 1.0
 _RECONNECT_SECONDS = 1.0
+_IDLE_CHECK_SECONDS = 5.0
 
 
 class _LoopWatch:
@@ -89,6 +90,7 @@ class _LoopWatch:
 
     async def _poll(self) -> None:
         last = await self.feed.database.read(lambda s: EventRepository(s).last_id())
+        self.bump()  # an event may have committed between a waiter's read and `last`
         idle = 0.0
         while idle < _IDLE_STOP_SECONDS:
             await asyncio.sleep(self.feed.poll_s)
@@ -122,12 +124,9 @@ class _LoopWatch:
             self.bump()  # an event may have committed before the LISTEN took hold
             idle = 0.0
             while idle < _IDLE_STOP_SECONDS:
-                woke = False
-                async for _ in conn.notifies(timeout=5.0, stop_after=64):
-                    woke = True
-                if woke:
-                    self.bump()
-                idle = 0.0 if self.waiting else idle + 5.0
+                async for _ in conn.notifies(timeout=_IDLE_CHECK_SECONDS):
+                    self.bump()  # at once: each waiter reads again and answers
+                idle = 0.0 if self.waiting else idle + _IDLE_CHECK_SECONDS
         return True
 
 
