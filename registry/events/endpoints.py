@@ -41,4 +41,4 @@ async def list_events(
     query = service.feed_query(settings, after, types, base, name, limit, wait)
     feed: EventFeed = request.app.state.event_feed
     return await feed.follow(lambda: db.read(lambda session: service.read_page(session, query)),
-                             lambda page: bool(page.items), wait)
+                             lambda page: bool(page.items), wait, request.is_disconnected)

@@ -35,6 +35,7 @@ _IDLE_STOP_SECONDS = 60.0
 _FALLBACK_POLL_SECONDS = 1.0
 _RECONNECT_SECONDS = 1.0
 _IDLE_CHECK_SECONDS = 5.0
+_GONE_CHECK_SECONDS = 1.0
 
 
 class _LoopWatch:
@@ -70,14 +71,18 @@ class _LoopWatch:
         finally:
             self.waiting -= 1
 
-    async def changed_since(self, generation: int, timeout_s: float) -> None:
-        """Return when the generation moves past `generation`, or after `timeout_s`."""
+    async def changed_since(self, generation: int, timeout_s: float) -> bool:
+        """Wait up to `timeout_s`; whether to read again: the generation moved past
+        `generation`, the feed closed, or (LISTEN down) a fallback interval passed."""
         if self.generation != generation or self.closed:
-            return
-        if not self.feed.sqlite and not self.listening:
+            return True
+        fallback = not self.feed.sqlite and not self.listening
+        if fallback:
             timeout_s = min(timeout_s, _FALLBACK_POLL_SECONDS)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout_s)
+            return True
+        return fallback
 
     async def _watch(self) -> None:
         try:
@@ -151,10 +156,11 @@ class EventFeed:
             return sum(w.waiting for w in self._watches.values())
 
     async def follow(self, read: Callable[[], Awaitable[T]], found: Callable[[T], bool],
-                     wait_s: float) -> T:
+                     wait_s: float, gone: Callable[[], Awaitable[bool]] | None = None) -> T:
         """`read()` until `found` says it found something, for up to `wait_s`; its last
         answer. The generation is taken before each read, so an event committed between
-        the read and the wait still wakes this one.
+        the read and the wait still wakes this one. `gone()` says whether the client
+        went away (checked every second or so: it then stops waiting).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
@@ -163,10 +169,17 @@ class EventFeed:
             while True:
                 generation = watch.generation
                 page = await read()
-                remaining = deadline - loop.time()
-                if found(page) or remaining <= 0 or watch.closed:
+                if found(page) or watch.closed:
                     return page
-                await watch.changed_since(generation, remaining)
+                while True:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        return page
+                    if await watch.changed_since(generation,
+                                                 min(remaining, _GONE_CHECK_SECONDS)):
+                        break
+                    if gone is not None and await gone():
+                        return page
 
     def open(self) -> None:
         """Take waiters again (a new serving of the app after a `close`)."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -61,3 +65,32 @@ def test_follow_resumes_from_its_saved_cursor(cli: Cli, tmp_path: Path) -> None:
     pusher.join()
     assert [json.loads(x)["data"]["name"] for x in three.stdout.splitlines()] == ["third"]
     assert len(list((tmp_path / "state").glob("events-*.cursor"))) == 1
+
+
+def test_ctrl_c_stops_a_follower_with_one_line(cli: Cli, tmp_path: Path) -> None:
+    app = cli.server.app
+    _revoke(app, "seen")
+    env = {**os.environ, **cli.env, "DELTAHUB_STATE_DIR": str(tmp_path / "state"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    follower = subprocess.Popen(
+        [sys.executable, "-c", "from registry.cli.app import main; main()", "events",
+         "--follow"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while app.state.event_feed.waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until it has printed what there was and long-polls
+        assert app.state.event_feed.waiting == 1
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=30)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    assert "token.revoked" in out
+    assert err.strip().splitlines() == [err.strip()]  # one line, no traceback
+    assert err.startswith("stopped following at event 1 (saved in ")
+    assert [p.read_text() for p in (tmp_path / "state").glob("*.cursor")] == ["1\n"]
+    # The server notices its client went away and stops waiting for it.
+    deadline = time.monotonic() + 10
+    while app.state.event_feed.waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app.state.event_feed.waiting == 0
