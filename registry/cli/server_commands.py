@@ -129,17 +129,21 @@ def gc(
 
     Also prunes events older than DELTAHUB_EVENT_RETENTION_DAYS from the feed.
     """
+    from registry.events.service import prune_events  # the feed's rules: only here
+
     settings = Settings()
-    factory = make_session_factory(migrated_engine(settings))
+    engine = migrated_engine(settings)
+    factory = make_session_factory(engine)
     store = make_blob_store(settings)
     ttl = settings.DRAFT_TTL_SECONDS if draft_ttl_seconds is None else draft_ttl_seconds
     grace = settings.GC_GRACE_SECONDS if grace_seconds is None else grace_seconds
-    drafts = remove_stale_drafts(factory, store, ttl)
-    report, rows = collect_garbage(factory, store, grace)
-    from registry.events.service import prune_events  # the feed's rules: only here
-
-    with unit_of_work(factory) as session:
-        pruned = prune_events(session, settings)
+    try:
+        drafts = remove_stale_drafts(factory, store, ttl)
+        report, rows = collect_garbage(factory, store, grace)
+        with unit_of_work(factory) as session:
+            pruned = prune_events(session, settings)
+    finally:
+        engine.dispose()  # its pooled connections, now rather than at exit
     print_table("garbage collection", ["what", "count", "bytes"], [
         ["stale drafts removed", drafts, 0],
         ["staging objects removed", report.staging_deleted, report.staging_bytes_freed],
