@@ -184,3 +184,13 @@ def test_closing_the_feed_answers_waiters_at_once(app: FastAPI, live_server: Liv
     thread.join(timeout=30)
     assert time.monotonic() - started < 25
     assert answers[0].json() == {"items": [], "cursor": 0}
+
+
+def test_the_document_has_a_schema_per_event_type(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    items = doc["components"]["schemas"]["EventsPage"]["properties"]["items"]["items"]
+    mapping = items["discriminator"]["mapping"]
+    assert sorted(mapping) == sorted(t.value for t in EventType)
+    alias_set = doc["components"]["schemas"]["AliasData"]["properties"]
+    assert {"version", "previous_version"} <= set(alias_set)
+    assert "410" in doc["paths"]["/events"]["get"]["responses"]
