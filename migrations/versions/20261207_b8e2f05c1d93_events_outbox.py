@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = 'b8e2f05c1d93'
 down_revision: str | None = 'a7c3e19d5b42'
 branch_labels: str | Sequence[str] | None = None
