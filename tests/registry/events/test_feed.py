@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
 
 from registry.auth.service import create_token, revoke_token
 from registry.events.outbox import record_event
@@ -194,3 +195,31 @@ def test_the_document_has_a_schema_per_event_type(client: TestClient) -> None:
     alias_set = doc["components"]["schemas"]["AliasData"]["properties"]
     assert {"version", "previous_version"} <= set(alias_set)
     assert "410" in doc["paths"]["/events"]["get"]["responses"]
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("postgres", marks=pytest.mark.postgres)],
+                         indirect=True)
+def test_a_lost_listen_connection_still_wakes_waiters(app: FastAPI, live_server: LiveServer,
+                                                     tokens: Tokens, engine: Engine) -> None:
+    def listener_pids() -> list[int]:
+        with engine.connect() as conn:
+            return list(conn.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN deltahub_events%' "
+                "AND datname = current_database()")).scalars())
+
+    answers: list[Any] = []
+    wait = 8
+    thread = _long_poll(live_server.url, tokens.read, f"after=0&wait={wait}", answers)
+    deadline = time.monotonic() + 10
+    while not listener_pids() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = listener_pids()
+    assert len(pids) == 1  # one per server process, however many wait
+    with engine.connect() as conn:  # the server's LISTEN connection dies
+        for pid in pids:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    started = time.monotonic()
+    _revoke_tokens(app, 1, prefix="after-the-loss")
+    thread.join(timeout=wait + 10)
+    assert time.monotonic() - started < wait  # answered, not timed out
+    assert [e["data"]["name"] for e in answers[0].json()["items"]] == ["after-the-loss0"]
