@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from registry.adapters.endpoints import router as adapters_router
 from registry.auth.endpoints import router as tokens_router
 from registry.bodylimit import BodyLimitMiddleware
 from registry.database import Database
 from registry.datasets.endpoints import router as datasets_router
+from registry.events.endpoints import router as events_router
+from registry.events.feed import EventFeed
 from registry.handlers import add_error_handlers
 from registry.health import add_health
 from registry.jobs.embedded import embedded_workers as _embedded_workers
@@ -30,19 +36,34 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
         title="deltahub",
         summary="Adapter registry and delta compression for fine-tuned LLMs.",
         version="0.1.0",
-        lifespan=_embedded_workers,
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.database = database or Database.from_settings(settings)
     app.state.store = store or make_blob_store(settings)
+    app.state.event_feed = EventFeed(app.state.database, settings.EVENTS_POLL_SECONDS)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES)
     app.add_middleware(PathNameMiddleware)  # before routing: see registry/paths.py
     for router in (models_router, adapters_router, jobs_router, tokens_router,
-                   datasets_router):
+                   datasets_router, events_router):
         app.include_router(router)
     add_error_handlers(app, settings)
     add_health(app)
-    install_metrics(app, settings, app.state.database)  # outermost: sees every answer
+    metrics = install_metrics(app, settings, app.state.database)  # outermost: sees all
+    feed: EventFeed = app.state.event_feed
+    Gauge("deltahub_event_followers", "Long-polls of GET /events waiting right now",
+          registry=metrics.registry).set_function(lambda: feed.waiting)
     install_ui(app)
     install_openapi(app, settings)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    feed: EventFeed = app.state.event_feed
+    feed.open()
+    try:
+        async with _embedded_workers(app):
+            yield
+    finally:
+        feed.close()  # long-polls answer now rather than hold the shutdown up

@@ -276,3 +276,9 @@ class TooManyQueuedJobs(APIError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class CursorExpired(APIError):
+    """The feed's cursor is older than the events retention keeps: some were pruned."""
+
+    status_code = 410

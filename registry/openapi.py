@@ -315,6 +315,8 @@ def _parameter_schemas(settings: Settings) -> dict[str, JsonObject]:
     schemas = {name: _string(rule) for name, rule in _PARAMETER_RULES.items()}
     schemas["limit"] = {"type": "integer", "minimum": 1, "maximum": settings.MAX_PAGE_SIZE,
                         "default": settings.DEFAULT_PAGE_SIZE}
+    schemas["wait"] = {"type": "number", "minimum": 0,
+                       "maximum": settings.EVENTS_MAX_WAIT_SECONDS, "default": 0}
     schemas["page_token"] = {
         "type": "string", "pattern": f"^{CURSOR_PATTERN}$",
         "maxLength": MAX_PAGE_TOKEN_CHARS,

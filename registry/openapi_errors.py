@@ -91,4 +91,9 @@ SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
              "may delete only pending drafts."},
     ("post", "/jobs/{job_id}/cancel"): {
         409: "The job has already ended (`JobFinished`)."},
+    ("get", "/events"): {
+        410: "Events after `after` were pruned by retention (`CursorExpired`): "
+             "resynchronise, then follow from the cursor the detail names.",
+        422: "`types` names an unknown event type, or `wait` is over its bound "
+             "(`InvalidRequest`, `ValidationError`)."},
 }

@@ -125,6 +125,16 @@ class Settings(BaseSettings):
     MAX_CONCURRENT_CONTENT_CHECKS: int = Field(default=2, gt=0)
     CONTENT_CHECK_WAIT_SECONDS: float = Field(default=5.0, ge=0)
 
+    # The event feed (registry/events/). `deltahub gc` deletes events older than this; a
+    # follower whose cursor is older gets 410 and must resynchronise.
+    EVENT_RETENTION_DAYS: float = Field(default=7.0, gt=0)
+    # SQLite has no LISTEN/NOTIFY: one shared check of the newest event id this often
+    # wakes a server process's long-polls (only while some are waiting).
+    EVENTS_POLL_SECONDS: float = Field(default=0.2, gt=0)
+    # The longest `GET /events?wait=` may hold a request (more is a 422); under the idle
+    # timeouts of the usual proxies (60 s).
+    EVENTS_MAX_WAIT_SECONDS: float = Field(default=30.0, gt=0)
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.DEFAULT_PAGE_SIZE > self.MAX_PAGE_SIZE:

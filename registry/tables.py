@@ -354,3 +354,41 @@ class PageSession(Base):
     # Indexed for the sweep of expired sessions at each sign-in.
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  index=True)
+
+
+class Event(Base):
+    """One change a consumer cares about, written in the transaction that made it (the
+    outbox: registry/events/outbox.py). `id` is the feed's cursor: ids are never reused
+    (AUTOINCREMENT on SQLite) and commit in order (see docs/architecture.md, "Events").
+
+    A webhook dispatcher can later claim deliveries per event with its own table keyed
+    (webhook, event id), referencing this id.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        # The feed's filters: a base's or a name's events after a cursor.
+        Index("ix_events_base_id", "base", "id"),
+        Index("ix_events_name_id", "name", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(32))
+    # Indexed for retention: `deltahub gc` deletes the oldest.
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 index=True)
+    base: Mapped[str | None] = mapped_column(String(NAME_LENGTH))  # the base model's name
+    name: Mapped[str | None] = mapped_column(String(NAME_LENGTH))  # the object's name
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EventHorizon(Base):
+    """One row: the highest event id `deltahub gc` has pruned. A cursor below it may have
+    missed events (the feed answers 410); ids can have gaps, so the oldest id left cannot
+    tell that alone."""
+
+    __tablename__ = "event_horizon"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    pruned_through: Mapped[int] = mapped_column(BigInteger, default=0)

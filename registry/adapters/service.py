@@ -19,6 +19,9 @@ from registry.errors import (
     NotPending,
     NotReady,
 )
+from registry.events.outbox import record_event
+from registry.events.payloads import adapter_data, alias_data
+from registry.events.schemas import EventType
 from registry.models.repository import ModelRepository
 from registry.models.service import model_id, model_names, not_found
 from registry.names import check_filename, check_name, close_matches, did_you_mean, is_id, parse_id
@@ -199,6 +202,8 @@ def finalize_adapter(session: Session, store: BlobStore, settings: Settings, ref
         if existing is not None:
             repo.delete(draft)
             return existing, False
+        latest_before = repo.by_alias(draft.name, LATEST)
+        previous = latest_before.version if latest_before is not None else None
         try:
             with session.begin_nested():
                 draft.version = repo.max_version(draft.name) + 1
@@ -213,7 +218,10 @@ def finalize_adapter(session: Session, store: BlobStore, settings: Settings, ref
                 repo.set_alias(draft.name, LATEST, draft.id)
         except IntegrityError:
             continue
-        return get_adapter(session, str(draft.id)), True
+        adapter = get_adapter(session, str(draft.id))
+        record_event(session, EventType.ADAPTER_REGISTERED, adapter_data(session, adapter))
+        _alias_event(session, adapter.name, LATEST, adapter.base_id, adapter, previous)
+        return adapter, True
     raise Conflict(f"too many concurrent pushes of {draft.name!r}; retry the finalize")
 
 
@@ -234,8 +242,21 @@ def set_alias(session: Session, ref: str, alias: str) -> Adapter:
     adapter = get_adapter(session, ref)
     if adapter.status is not Status.READY:
         raise NotReady("only a finalized adapter version can carry an alias")
-    AdapterRepository(session).set_alias(adapter.name, alias, adapter.id)
-    return get_adapter(session, str(adapter.id))
+    repo = AdapterRepository(session)
+    before = repo.by_alias(adapter.name, alias)
+    repo.set_alias(adapter.name, alias, adapter.id)
+    adapter = get_adapter(session, str(adapter.id))
+    if before is None or before.id != adapter.id:  # pointing it where it points is no change
+        _alias_event(session, adapter.name, alias, adapter.base_id, adapter,
+                     before.version if before is not None else None)
+    return adapter
+
+
+def _alias_event(session: Session, name: str, alias: str, base_id: int, now: Adapter | None,
+                 previous_version: int | None) -> None:
+    """`alias.set` when it points at `now`, `alias.removed` when it is gone."""
+    record_event(session, EventType.ALIAS_SET if now is not None else EventType.ALIAS_REMOVED,
+                 alias_data(session, name, alias, base_id, now, previous_version))
 
 
 def remove_alias(session: Session, ref: str, alias: str) -> None:
@@ -248,7 +269,10 @@ def remove_alias(session: Session, ref: str, alias: str) -> None:
                        f"move it with PUT /adapters/{name}@<version>/aliases/{LATEST}",
                        name="AliasReserved")
     repo = AdapterRepository(session)
-    if not repo.delete_alias(name, alias):
+    before = repo.by_alias(name, alias)
+    if before is not None and repo.delete_alias(name, alias):
+        _alias_event(session, name, alias, before.base_id, None, before.version)
+    else:
         aliases = repo.aliases_of(name)
         matches = close_matches(alias, aliases)
         raise AliasNotFound(f"adapter {name!r} has no alias {alias!r}{did_you_mean(matches)}; "
@@ -261,10 +285,16 @@ def delete_adapter(session: Session, ref: str, scopes: Iterable[str]) -> None:
     adapter = get_adapter(session, ref, lock=True)
     drafts.check_may_delete(adapter.status, scopes,
                             f"adapter {adapter.name}@{adapter.version}")
-    name, had_latest = adapter.name, any(a.alias == LATEST for a in adapter.aliases)
+    name, aliases = adapter.name, [a.alias for a in adapter.aliases]
+    base_id, version = adapter.base_id, adapter.version
+    if adapter.status is Status.READY:  # a draft was never announced
+        record_event(session, EventType.ADAPTER_DELETED, adapter_data(session, adapter))
     repo.delete(adapter)
-    if had_latest and (newest := repo.latest(name)) is not None:
-        repo.set_alias(name, LATEST, newest.id)
+    for alias in aliases:  # they went with the version, but `latest` moves back
+        newest = repo.latest(name) if alias == LATEST else None
+        if newest is not None:
+            repo.set_alias(name, LATEST, newest.id)
+        _alias_event(session, name, alias, base_id, newest, version)
 
 
 def list_adapters(session: Session, settings: Settings, *, base: str | None,

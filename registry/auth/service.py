@@ -23,6 +23,9 @@ from registry.errors import (
     TokenNotFound,
     Unauthorized,
 )
+from registry.events.outbox import record_event
+from registry.events.payloads import token_data
+from registry.events.schemas import EventType
 from registry.names import check_name
 from registry.tables import Token, utcnow
 
@@ -93,6 +96,7 @@ def revoke_token(session: Session, token_id: int) -> Token:
                 "everyone out of administration. Create another admin token first "
                 "(POST /tokens with scopes [\"admin\"])")
         token.revoked_at = utcnow()
+        record_event(session, EventType.TOKEN_REVOKED, token_data(token))
     return token
 
 

@@ -44,6 +44,8 @@ COMMANDS: dict[str, Entry] = {
     "compress": Entry("job_commands", "Compress a registered fine-tune into a BitDelta or "
                       "LoRA adapter, as a server job.", CLIENT),
     "jobs": Entry("job_commands", "Compression jobs.", CLIENT),
+    "events": Entry("event_commands", "Print the registry's events, oldest first; --follow "
+                    "waits for new ones.", CLIENT),
     "bitdelta": Entry("bitdelta_commands", "Compress FINETUNE into a 1-bit BitDelta delta "
                       "over BASE.", CODECS, "compress"),
     "merge": Entry("bitdelta_commands", "Rebuild the fine-tune from BASE and DELTA as a "

@@ -6,6 +6,7 @@ way the server finds them; none creates a database but `db upgrade` (registry/cl
 
 from __future__ import annotations
 
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -45,9 +46,20 @@ def serve(
                       "once; store it now:[/bold yellow]")
         console.print(f"  [bold]{issued.secret}[/bold]")
         console.print("Create narrower tokens with `deltahub token create --scopes read,push`.")
-    uvicorn.run(create_app(settings), host=host or settings.HOST,
-                port=port or settings.PORT, log_level="info",
-                timeout_keep_alive=settings.KEEP_ALIVE_SECONDS)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=host or settings.HOST,
+                                           port=port or settings.PORT, log_level="info",
+                                           timeout_keep_alive=settings.KEEP_ALIVE_SECONDS))
+    signalled = server.handle_exit
+
+    def handle_exit(sig: int, frame: FrameType | None) -> None:
+        # Uvicorn waits for requests in flight before the lifespan's shutdown: answer
+        # the feed's long-polls first, or Ctrl-C would wait out their `wait`.
+        signalled(sig, frame)
+        app.state.event_feed.close()
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run()
 
 
 @db_app.command("upgrade")
@@ -114,20 +126,32 @@ def gc(
     draft_ttl_seconds: Annotated[float | None, typer.Option(
         help="remove drafts untouched this long [DELTAHUB_DRAFT_TTL_SECONDS]")] = None,
 ) -> None:
-    """Remove stale drafts, staging leftovers and blobs that nothing references."""
+    """Remove stale drafts, staging leftovers and blobs that nothing references.
+
+    Also prunes events older than DELTAHUB_EVENT_RETENTION_DAYS from the feed.
+    """
+    from registry.events.service import prune_events  # the feed's rules: only here
+
     settings = Settings()
-    factory = make_session_factory(migrated_engine(settings))
+    engine = migrated_engine(settings)
+    factory = make_session_factory(engine)
     store = make_blob_store(settings)
     ttl = settings.DRAFT_TTL_SECONDS if draft_ttl_seconds is None else draft_ttl_seconds
     grace = settings.GC_GRACE_SECONDS if grace_seconds is None else grace_seconds
-    drafts = remove_stale_drafts(factory, store, ttl)
-    report, rows = collect_garbage(factory, store, grace)
+    try:
+        drafts = remove_stale_drafts(factory, store, ttl)
+        report, rows = collect_garbage(factory, store, grace)
+        with unit_of_work(factory) as session:
+            pruned = prune_events(session, settings)
+    finally:
+        engine.dispose()  # its pooled connections, now rather than at exit
     print_table("garbage collection", ["what", "count", "bytes"], [
         ["stale drafts removed", drafts, 0],
         ["staging objects removed", report.staging_deleted, report.staging_bytes_freed],
         ["unfinished multipart uploads aborted", report.uploads_aborted, 0],
         ["blobs removed", report.blobs_deleted, report.blob_bytes_freed],
         ["blob rows removed", rows, 0],
+        [f"events pruned (older than {settings.EVENT_RETENTION_DAYS:g} days)", pruned, 0],
         ["kept (young or referenced)", report.kept_young + report.kept_referenced, 0],
     ])
 

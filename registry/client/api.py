@@ -160,6 +160,20 @@ class DeltahubClient:
     def cancel_job(self, job_id: int) -> dict[str, Any]:
         return self.transport.json("POST", f"/jobs/{job_id}/cancel")
 
+    # -- events -------------------------------------------------------------------------
+    def events(self, after: int = 0, *, types: list[str] | None = None,
+               base: str | None = None, name: str | None = None, limit: int | None = None,
+               wait_seconds: float = 0) -> dict[str, Any]:
+        """One page of `GET /events` (`{"items", "cursor"}`), long-polling `wait_seconds`."""
+        params: dict[str, Any] = {"after": after, "base": base, "name": name, "limit": limit,
+                                  "types": ",".join(types) if types else None}
+        if wait_seconds:
+            params["wait"] = wait_seconds
+        return self.transport.json(
+            "GET", "/events", params={k: v for k, v in params.items() if v is not None},
+            # The answer may take the whole wait: the usual timeout starts after it.
+            timeout=self.http.timeout.read + wait_seconds if self.http.timeout.read else None)
+
     # -- files --------------------------------------------------------------------------
     def upload(self, owner: str, path: Path, sha256: str,
                advance: Advance | None = None) -> dict[str, Any]:

@@ -15,6 +15,9 @@ from sqlalchemy.orm import Session
 from compress.modeling.data import DataKind, data_kind
 from registry.datasets.repository import DatasetRepository
 from registry.errors import DatasetNotFound, DraftInProgress, MissingFiles, NameTaken, NotPending
+from registry.events.outbox import record_event
+from registry.events.payloads import dataset_data
+from registry.events.schemas import EventType
 from registry.names import check_name, close_matches, did_you_mean
 from registry.pagination import Page, page_request
 from registry.settings import Settings
@@ -155,6 +158,7 @@ def finalize_dataset(session: Session, name: str,
     dataset.status = Status.READY
     dataset.finalized_at = utcnow()
     session.flush()
+    record_event(session, EventType.DATASET_REGISTERED, dataset_data(dataset))
     return dataset
 
 
@@ -169,4 +173,6 @@ def delete_dataset(session: Session, name: str, scopes: Iterable[str]) -> None:
     """Delete a data set: a pending draft with `push`, a finalized one with `admin`."""
     dataset = get_dataset(session, name, lock=True)
     drafts.check_may_delete(dataset.status, scopes, f"data set {name!r}")
+    if dataset.status is Status.READY:  # a draft was never announced
+        record_event(session, EventType.DATASET_DELETED, dataset_data(dataset))
     DatasetRepository(session).delete(dataset)

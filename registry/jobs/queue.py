@@ -16,11 +16,22 @@ from sqlalchemy.orm import Session
 
 from registry.adapters import service as adapters
 from registry.blobs.repository import BlobRepository
+from registry.events.outbox import record_event
+from registry.events.payloads import job_data, job_failed_data, job_succeeded_data
+from registry.events.schemas import EventType
 from registry.jobs.repository import JobRepository, Lease
 from registry.jobs.service import retry_delay
 from registry.settings import Settings
 from registry.storage.base import BlobStore
-from registry.tables import AdapterFile, AdapterKind, CompressMethod, Job, JobStatus, utcnow
+from registry.tables import (
+    Adapter,
+    AdapterFile,
+    AdapterKind,
+    CompressMethod,
+    Job,
+    JobStatus,
+    utcnow,
+)
 from registry.uploads.pipeline import UploadResult
 
 
@@ -55,7 +66,7 @@ def claim(session: Session, owner: str, capabilities: Collection[str],
             continue  # e.g. a GPU verification on a CPU worker: another worker's
         if job.status is JobStatus.RUNNING and job.attempt >= job.max_attempts:
             # Its worker died on the last attempt: nobody is left to finish it.
-            _end(job, JobStatus.FAILED, "WorkerLost",
+            _end(session, job, JobStatus.FAILED, "WorkerLost",
                  f"the worker running attempt {job.attempt} of {job.max_attempts} stopped "
                  "renewing its lease; no attempts are left. Start a new job")
             continue
@@ -65,6 +76,7 @@ def claim(session: Session, owner: str, capabilities: Collection[str],
         job.started_at = job.started_at or now
         job.stage, job.message = "starting", f"attempt {job.attempt} on {owner}"
         session.flush()
+        record_event(session, EventType.JOB_RUNNING, job_data(session, job))
         return ClaimedJob(Lease(job.id, owner, job.attempt), job.method, job.model_id,
                           job.base_id, job.adapter_name, job.alias, dict(job.params))
     return None
@@ -101,14 +113,15 @@ def fail(session: Session, lease: Lease, settings: Settings, name: str, detail: 
         job.error_name, job.error_detail = name, detail
         job.stage, job.message = "retrying", f"attempt {job.attempt} failed: {name}"
         job.updated_at = utcnow()
+        record_event(session, EventType.JOB_QUEUED, job_data(session, job))
     else:
-        _end(job, JobStatus.FAILED, name, detail)
+        _end(session, job, JobStatus.FAILED, name, detail)
     session.flush()
     return job.status
 
 
 def cancelled(session: Session, lease: Lease) -> None:
-    _end(_leased(session, lease), JobStatus.CANCELLED, None, None)
+    _end(session, _leased(session, lease), JobStatus.CANCELLED, None, None)
     session.flush()
 
 
@@ -144,8 +157,8 @@ def complete(session: Session, lease: Lease, claimed: ClaimedJob, store: BlobSto
         session.flush()  # before set_alias, which expires what the session holds
     if claimed.alias:
         adapters.set_alias(session, str(adapter.id), claimed.alias)
-    _end(job, JobStatus.SUCCEEDED, None, None)
     job.adapter_id, job.progress = adapter.id, 1.0
+    _end(session, job, JobStatus.SUCCEEDED, None, None, adapter)
     session.flush()
     return adapter.id
 
@@ -158,7 +171,9 @@ def _leased(session: Session, lease: Lease) -> Job:
     return job
 
 
-def _end(job: Job, status: JobStatus, error_name: str | None, detail: str | None) -> None:
+def _end(session: Session, job: Job, status: JobStatus, error_name: str | None,
+         detail: str | None, adapter: Adapter | None = None) -> None:
+    """End the job, and record its event (`adapter`: what a success registered)."""
     now = utcnow()
     job.status, job.finished_at, job.updated_at = status, now, now
     job.lease_owner, job.lease_expires_at = None, None
@@ -168,3 +183,11 @@ def _end(job: Job, status: JobStatus, error_name: str | None, detail: str | None
     else:
         job.error_name = job.error_detail = None
         job.message = None
+    if status is JobStatus.SUCCEEDED:
+        assert adapter is not None
+        record_event(session, EventType.JOB_SUCCEEDED, job_succeeded_data(session, job, adapter))
+    elif status is JobStatus.FAILED:
+        record_event(session, EventType.JOB_FAILED,
+                     job_failed_data(session, job, error_name or "Failed"))
+    else:
+        record_event(session, EventType.JOB_CANCELLED, job_data(session, job))

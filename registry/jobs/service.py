@@ -28,6 +28,9 @@ from registry.errors import (
     NotReady,
     TooManyQueuedJobs,
 )
+from registry.events.outbox import record_event
+from registry.events.payloads import job_data
+from registry.events.schemas import EventType
 from registry.jobs.quality_params import quality_params
 from registry.jobs.repository import JobRepository
 from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest, JobAdapter, JobOut
@@ -86,6 +89,7 @@ def enqueue(session: Session, settings: Settings, store: BlobStore, model_ref: s
         status=JobStatus.QUEUED, attempt=0, max_attempts=settings.JOB_MAX_ATTEMPTS,
         next_run_at=utcnow(), stage="queued", progress=0.0, cancel_requested=False,
         idempotency_key=key, request_digest=digest, token_id=token_id, updated_at=utcnow()))
+    record_event(session, EventType.JOB_QUEUED, job_data(session, job))
     return job, True
 
 
@@ -211,6 +215,7 @@ def cancel_job(session: Session, job_id: int) -> Job:
     now = utcnow()
     if job.status is JobStatus.QUEUED:
         job.status, job.finished_at, job.stage = JobStatus.CANCELLED, now, "cancelled"
+        record_event(session, EventType.JOB_CANCELLED, job_data(session, job))
     job.cancel_requested = True
     job.updated_at = now
     session.flush()

@@ -30,6 +30,9 @@ from registry.errors import (
     NotReady,
     from_codec_error,
 )
+from registry.events.outbox import record_event
+from registry.events.payloads import model_data
+from registry.events.schemas import EventType
 from registry.models.repository import ModelRepository
 from registry.names import check_name, close_matches, did_you_mean, is_id
 from registry.pagination import Page, page_request
@@ -224,6 +227,7 @@ def finalize_model(session: Session, store: BlobStore, ref: str,
     model.status = Status.READY
     model.finalized_at = utcnow()
     session.flush()
+    record_event(session, EventType.MODEL_REGISTERED, model_data(session, model))
     return model
 
 
@@ -293,4 +297,6 @@ def _delete(session: Session, model: Model) -> None:
             f"model {model.name!r} still has {finetunes} finetune(s) and {adapters} adapter(s) "
             "depending on it; delete those first"
         )
+    if model.status is Status.READY:  # a draft was never announced
+        record_event(session, EventType.MODEL_DELETED, model_data(session, model))
     repo.delete(model)

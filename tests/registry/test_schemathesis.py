@@ -37,6 +37,7 @@ from schemathesis.engine.events import (
 )
 from sqlalchemy import Engine, update
 
+from registry.settings import Settings
 from registry.tables import Token
 from tests.conftest import LiveServer, Tokens
 from tests.registry.api import push_adapter, register_model
@@ -138,6 +139,12 @@ def document_states_the_rule(ctx: Any, response: Any, case: Any) -> bool | None:
                              f"({response.status_code}): the document does not state the "
                              f"rule the server enforces: {body.get('detail')}")
     return None
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """GET /events long-polls up to its bound when nothing new comes: keep it short."""
+    return settings.model_copy(update={"EVENTS_MAX_WAIT_SECONDS": 0.2})
 
 
 @pytest.fixture

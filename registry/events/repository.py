@@ -1,0 +1,53 @@
+"""SQL for the event feed and its retention."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from registry.tables import Event, EventHorizon
+
+_HORIZON_ROW = 1
+
+
+class EventRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def after(self, after_id: int, *, types: Collection[str], base: str | None,
+              name: str | None, limit: int) -> list[Event]:
+        """Up to `limit` events after `after_id` that match, oldest first."""
+        query = select(Event).where(Event.id > after_id)
+        if types:
+            query = query.where(Event.type.in_(types))
+        if base is not None:
+            query = query.where(Event.base == base)
+        if name is not None:
+            query = query.where(Event.name == name)
+        return list(self.session.scalars(query.order_by(Event.id).limit(limit)))
+
+    def last_id(self) -> int:
+        return int(self.session.scalar(select(func.max(Event.id))) or 0)
+
+    def pruned_through(self) -> int:
+        row = self.session.get(EventHorizon, _HORIZON_ROW)
+        return row.pruned_through if row is not None else 0
+
+    def prune(self, created_before: datetime) -> int:
+        """Delete events older than `created_before`; how many. Ids commit in order
+        (registry/events/outbox.py), so everything up to the newest old one goes."""
+        through = self.session.scalar(select(func.max(Event.id)).where(
+            Event.created_at < created_before))
+        if through is None:
+            return 0
+        deleted = self.session.execute(delete(Event).where(Event.id <= through))
+        row = self.session.get(EventHorizon, _HORIZON_ROW, with_for_update=True)
+        if row is None:
+            self.session.add(EventHorizon(id=_HORIZON_ROW, pruned_through=through))
+        else:
+            row.pruned_through = max(row.pruned_through, through)
+        self.session.flush()
+        return int(getattr(deleted, "rowcount", 0) or 0)
