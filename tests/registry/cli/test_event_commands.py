@@ -71,20 +71,25 @@ def test_ctrl_c_stops_a_follower_with_one_line(cli: Cli, tmp_path: Path) -> None
     app = cli.server.app
     _revoke(app, "seen")
     env = {**os.environ, **cli.env, "DELTAHUB_STATE_DIR": str(tmp_path / "state"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[3]), "PYTHONUNBUFFERED": "1"}
     follower = subprocess.Popen(
         [sys.executable, "-c", "from registry.cli.app import main; main()", "events",
          "--follow"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert follower.stdout is not None
     try:
+        # Its first poll (after=0) also counts as waiting for a moment: only once the
+        # event is printed is the follower's long-poll the one the server holds.
+        first = follower.stdout.readline()
         deadline = time.monotonic() + 30
         while app.state.event_feed.waiting == 0 and time.monotonic() < deadline:
             time.sleep(0.05)  # until it has printed what there was and long-polls
         assert app.state.event_feed.waiting == 1
         follower.send_signal(signal.SIGINT)
-        out, err = follower.communicate(timeout=30)
+        rest, err = follower.communicate(timeout=30)
     finally:
         follower.kill()
     assert follower.returncode == 0, err
+    out = first + rest
     assert "token.revoked" in out
     assert err.strip().splitlines() == [err.strip()]  # one line, no traceback
     assert err.startswith("stopped following at event 1 (saved in ")
