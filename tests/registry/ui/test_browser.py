@@ -231,6 +231,7 @@ def _compress_from_the_form(page: Any, site: Site, artifacts: Path) -> None:
         status = page.locator("[data-field=status]")
         assert status.inner_text() in ("queued", "running")
         assert float(page.locator("progress").get_attribute("value")) < 1
+        assert page.locator("[data-field=finished]").inner_text() == "–"
     finally:
         site.worker.resume()
     # Only the page's polling can bring the bar to the end now.
@@ -240,6 +241,15 @@ def _compress_from_the_form(page: Any, site: Site, artifacts: Path) -> None:
     assert page.locator("[data-field=percent]").inner_text() == "100.0 %"
     assert page.locator("[data-field=result] a").count() == 1
     assert page.locator("[data-field=cancel]").count() == 0
+    # The facts beside the card moved too, to what a reload shows.
+    expect(page.locator("[data-field=finished]")).not_to_have_text("–")
+    live = {f: page.locator(f"[data-field={f}]").inner_text()
+            for f in ("attempt", "started", "finished", "result")}
+    assert live["result"] == "made from-the-browser@1"
+    page.reload()
+    assert live == {f: page.locator(f"[data-field={f}]").inner_text()
+                    for f in ("attempt", "started", "finished", "result")}
+    assert live["attempt"].startswith("1 of ")
     _shot(page, artifacts, "job")
 
 
