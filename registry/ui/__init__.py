@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from registry.ui.adapter_pages import router as adapter_router
@@ -35,6 +35,12 @@ def install_ui(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:
         return redirect("/ui")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        # Browsers ask for it whatever the page links; an SVG answers them all.
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     @app.exception_handler(PageError)
     async def page_error(request: Request, exc: PageError) -> HTMLResponse:
