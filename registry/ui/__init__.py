@@ -1,6 +1,7 @@
 """Web pages of the registry, served by the API's own app under `/ui`.
 
-Server-rendered (Jinja2); the only script polls job progress. Page handlers call the
+Server-rendered (Jinja2); two small scripts: jobs.js polls job progress, compress.js
+shows the compress form's fieldsets for the chosen method. Page handlers call the
 same services as the API (no SQL here), in the same `db.read` / `db.write` turns.
 docs/architecture.md, "Web pages", describes sessions, CSRF and the plot cache.
 """
