@@ -62,7 +62,7 @@ def _pinned(session: Session, name: str, finetune: Model,
     """The data set `name` as {name, digest}, after checking it can be read; recorded in
     `fetched` (what the worker will fetch)."""
     dataset = fetched[name] = get_final_dataset(session, name)
-    if needs_tokenizer(dataset) and not _has_tokenizer(session, finetune):
+    if needs_tokenizer(dataset) and not has_tokenizer(session, finetune):
         raise InvalidJobParameters(
             f"data set {name!r} holds text, and neither the fine-tune {finetune.name!r} nor "
             f"its base has a {TOKENIZER_FILE} to tokenize it with; add the model's "
@@ -75,7 +75,7 @@ def _pinned(session: Session, name: str, finetune: Model,
     return {"name": dataset.name, "digest": dataset.content_digest}
 
 
-def _has_tokenizer(session: Session, finetune: Model) -> bool:
+def has_tokenizer(session: Session, finetune: Model) -> bool:
     assert finetune.base_id is not None
     base = get_model(session, str(finetune.base_id))
     return any(TOKENIZER_FILE in {f.filename for f in model.files} for model in (base, finetune))

@@ -51,4 +51,8 @@ def evaluate(params: dict[str, Any], base: TensorSource, finetune: TensorSource,
     report = evaluate_quality(base, finetune, result, files, batch_size=params["batch_size"],
                               seq_len=params["seq_len"], max_batches=params["max_batches"],
                               device=ctx.device, progress=progress)
-    return report.to_dict()
+    found = report.to_dict()
+    # Where the worker kept its compressed copy (under WORK_DIR) is none of a user's
+    # business and changes with every attempt: `compressed_kind` says what was measured.
+    del found["compressed"]
+    return found

@@ -1,6 +1,7 @@
 """Web pages of the registry, served by the API's own app under `/ui`.
 
-Server-rendered (Jinja2); the only script polls job progress. Page handlers call the
+Server-rendered (Jinja2); two small scripts: jobs.js polls job progress, compress.js
+shows the compress form's fieldsets for the chosen method. Page handlers call the
 same services as the API (no SQL here), in the same `db.read` / `db.write` turns.
 docs/architecture.md, "Web pages", describes sessions, CSRF and the plot cache.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from registry.ui.adapter_pages import router as adapter_router
@@ -35,6 +36,12 @@ def install_ui(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:
         return redirect("/ui")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        # Browsers ask for it whatever the page links; an SVG answers them all.
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml",
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     @app.exception_handler(PageError)
     async def page_error(request: Request, exc: PageError) -> HTMLResponse:

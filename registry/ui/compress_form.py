@@ -34,22 +34,34 @@ EVALUATE_FIELDS: dict[str, tuple[str, type[int] | type[float], str]] = {
 }
 
 
-def _invalid(detail: str) -> PageError:
-    return PageError(422, "InvalidJobParameters", detail)
+class FormError(PageError):
+    """A 422 about the form, naming the field it is about (None: the form as a whole),
+    so the page can show it beside that field."""
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(422, "InvalidJobParameters", detail)
+        self.field = field
+
+
+def _invalid(detail: str, field: str | None = None) -> FormError:
+    return FormError(detail, field)
 
 
 def _advanced(text: str, max_depth: int) -> dict[str, Any]:
     if not text.strip():
         return {}
     if len(text) > MAX_ADVANCED_CHARS:
-        raise _invalid(f"advanced options are limited to {MAX_ADVANCED_CHARS} characters")
+        raise _invalid(f"advanced options are limited to {MAX_ADVANCED_CHARS} characters",
+                       "advanced")
     try:
         # Strictly: bounded nesting (json recurses per level) and no Infinity or NaN.
         parsed = strictjson.loads(text, "advanced options", max_depth=max_depth)
     except InvalidJSON as exc:
-        raise _invalid(f"advanced options must be a JSON object: {exc.cause}") from None
+        raise _invalid(f"advanced options must be a JSON object: {exc.cause}",
+                       "advanced") from None
     if not isinstance(parsed, dict):
-        raise _invalid("advanced options must be a JSON object, e.g. {\"targets_only\": true}")
+        raise _invalid("advanced options must be a JSON object, e.g. {\"targets_only\": true}",
+                       "advanced")
     return parsed
 
 
@@ -58,7 +70,7 @@ def _number(form: Mapping[str, str], key: str, kind: type[int] | type[float],
     try:
         return kind(form[key])
     except ValueError:
-        raise _invalid(f"{label or key} must be a number, got {form[key]!r}") from None
+        raise _invalid(f"{label or key} must be a number, got {form[key]!r}", key) from None
 
 
 def _section(body: dict[str, Any], key: str, filled: Mapping[str, str],
@@ -81,12 +93,13 @@ def _distill(body: dict[str, Any], filled: Mapping[str, str], method: str) -> No
         return  # nothing asked in the form: the advanced JSON, if any, stands as given
     if "dataset" not in section:
         raise _invalid("distillation settings were given without a calibration data set; "
-                       "choose one under Distillation, or clear the steps and rate")
+                       "choose one under Distillation, or clear the steps and rate",
+                       "distill_dataset")
     if method != "bitdelta":
         # The API refuses this too; saying it in the form's own words is clearer.
         raise _invalid(f"distillation trains BitDelta's scales and does not apply to "
                        f"method {method!r}; set the calibration data set to none, or "
-                       "choose BitDelta")
+                       "choose BitDelta", "distill_dataset")
     body["distill"] = section
 
 
@@ -104,7 +117,7 @@ def _evaluate(body: dict[str, Any], filled: Mapping[str, str],
         return
     if "datasets" not in section:
         raise _invalid("evaluation settings were given without an evaluation data set; "
-                       "check at least one under Evaluation")
+                       "check at least one under Evaluation", "evaluate")
     body["evaluate"] = section
 
 
@@ -139,4 +152,19 @@ def compress_request(form: Mapping[str, str], evaluate: Sequence[str] = (), *,
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                              for e in exc.errors())
-        raise _invalid(problems) from None
+        raise _invalid(problems, _field_of(exc)) from None
+
+
+def _field_of(exc: ValidationError) -> str | None:
+    """The form field the first problem is about, when the form has one by that name."""
+    loc = exc.errors()[0]["loc"]
+    top = str(loc[0]) if loc else ""
+    if top in (*TEXT_FIELDS, *INT_FIELDS, *FLOAT_FIELDS, "targets", "targets_only"):
+        return top
+    if top in ("distill", "evaluate") and len(loc) > 1:
+        fields = {**{(top, name): f for f, (name, _, _) in
+                     (DISTILL_FIELDS if top == "distill" else EVALUATE_FIELDS).items()},
+                  ("distill", "dataset"): "distill_dataset",
+                  ("evaluate", "datasets"): "evaluate"}
+        return fields.get((top, str(loc[1])), "advanced")
+    return "advanced" if top else None

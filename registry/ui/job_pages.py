@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
@@ -24,14 +25,23 @@ MAX_POLLED = 100  # jobs one progress poll may ask about
 _JOB_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit takes "²" too
 
 
+def _when(moment: datetime | None) -> str | None:
+    return None if moment is None else str(moment)  # as the page prints it
+
+
 def progress_of(job: JobOut) -> dict[str, Any]:
-    """What the page's script updates: status, bar, stage, message, error, result."""
+    """What the page's script updates: status, bar, stage, message, error, result, and
+    the job page's attempt, start and end."""
+    adapter = job.adapter
     return {"id": job.id, "status": job.status, "fraction": job.progress.fraction,
             "stage": job.progress.stage, "message": job.progress.message,
             "cancel_requested": job.cancel_requested,
             "error": job.error.model_dump() if job.error else None,
-            "adapter": job.adapter.id if job.adapter else None,
-            "finished": JobStatus(job.status) in jobs.TERMINAL}
+            "adapter": adapter.id if adapter else None,
+            "finished": JobStatus(job.status) in jobs.TERMINAL,
+            "attempt": job.attempt, "max_attempts": job.max_attempts,
+            "started_at": _when(job.started_at), "finished_at": _when(job.finished_at),
+            "adapter_label": f"{adapter.name}@{adapter.version}" if adapter else None}
 
 
 def polled_ids(ids: str) -> list[int]:

@@ -31,16 +31,26 @@
       var result = field(card, "result");
       var link = document.createElement("a");
       link.href = "/ui/adapters/" + Number(job.adapter);
-      link.textContent = "the new adapter";
+      link.textContent = job.adapter_label || "the new adapter";
       result.textContent = "made ";
       result.appendChild(link);
       result.hidden = false;
     }
+    facts(job);
     if (job.finished) {
       card.dataset.finished = "true";
       var cancel = field(card, "cancel");
       if (cancel) { cancel.remove(); }
     }
+  }
+
+  // The job page's table beside the card: attempt, start and end move as the job does.
+  function facts(job) {
+    var table = document.querySelector('[data-facts="' + Number(job.id) + '"]');
+    if (!table) { return; }
+    field(table, "attempt").textContent = job.attempt + " of " + job.max_attempts;
+    field(table, "started").textContent = job.started_at || "\u2013";
+    field(table, "finished").textContent = job.finished_at || "\u2013";
   }
 
   function signedOut() {

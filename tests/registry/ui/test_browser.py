@@ -221,7 +221,13 @@ def _cancel_a_job(page: Any, site: Site, artifacts: Path) -> None:
 
 def _compress_from_the_form(page: Any, site: Site, artifacts: Path) -> None:
     page.goto(site.url(f"/ui/models/{FINETUNE}"))
+    lora, bitdelta = (page.locator(f"fieldset[data-method={m}]") for m in ("lora", "bitdelta"))
+    page.select_option("#method", "lora")  # only the chosen method's settings show
+    expect(lora).to_be_visible()
+    expect(bitdelta.first).to_be_hidden()
     page.select_option("#method", "bitdelta")
+    expect(lora).to_be_hidden()
+    expect(bitdelta.first).to_be_visible()
     page.fill("input[name=name]", "from-the-browser")
     _shot(page, artifacts, "finetune")
     site.worker.pause()  # so the page surely opens before the job ends
@@ -231,6 +237,7 @@ def _compress_from_the_form(page: Any, site: Site, artifacts: Path) -> None:
         status = page.locator("[data-field=status]")
         assert status.inner_text() in ("queued", "running")
         assert float(page.locator("progress").get_attribute("value")) < 1
+        assert page.locator("[data-field=finished]").inner_text() == "–"
     finally:
         site.worker.resume()
     # Only the page's polling can bring the bar to the end now.
@@ -240,6 +247,15 @@ def _compress_from_the_form(page: Any, site: Site, artifacts: Path) -> None:
     assert page.locator("[data-field=percent]").inner_text() == "100.0 %"
     assert page.locator("[data-field=result] a").count() == 1
     assert page.locator("[data-field=cancel]").count() == 0
+    # The facts beside the card moved too, to what a reload shows.
+    expect(page.locator("[data-field=finished]")).not_to_have_text("–")
+    live = {f: page.locator(f"[data-field={f}]").inner_text()
+            for f in ("attempt", "started", "finished", "result")}
+    assert live["result"] == "made from-the-browser@1"
+    page.reload()
+    assert live == {f: page.locator(f"[data-field={f}]").inner_text()
+                    for f in ("attempt", "started", "finished", "result")}
+    assert live["attempt"].startswith("1 of ")
     _shot(page, artifacts, "job")
 
 
@@ -265,3 +281,54 @@ def test_a_read_only_token_sees_no_actions(browser: Any, site: Site) -> None:
     assert "compress" in forged.text()
     poll_until(lambda: site.job(job_id)["status"] == "queued", 1, "the job to stay queued")
     context.close()
+
+
+WIDTHS = (1280, 390)  # a desktop, and a phone (iPhone 12–15 CSS pixels)
+FITS = """() => ({width: document.documentElement.scrollWidth, viewport: window.innerWidth})"""
+
+
+def _fits(page: Any, width: int, route: str, signed_in: bool, artifacts: Path) -> list[str]:
+    """What is wrong with `route` at `width`: a page wider than the window, a hidden
+    Sign out. Prints the page's width, and shoots it (`<route>-<width>.png`)."""
+    page.goto(route)
+    measured = page.evaluate(FITS)
+    path = route.split("/ui/", 1)[1]
+    print(f"width {width}: /ui/{path} is {measured['width']} px wide")
+    _shot(page, artifacts, f"{path.replace('/', '-')}-{width}")
+    problems = []
+    if measured["width"] > measured["viewport"]:
+        problems.append(f"{route} at {width} px is {measured['width']} px wide")
+    if signed_in:
+        signout = page.locator("#signout")
+        box = signout.bounding_box()
+        if not signout.is_visible() or box is None or box["x"] < 0 or \
+                box["x"] + box["width"] > measured["viewport"]:
+            problems.append(f"{route} at {width} px: Sign out is not in view ({box})")
+    return problems
+
+
+def test_every_page_fits_a_desktop_and_a_phone(browser: Any, site: Site,
+                                               artifacts: Path) -> None:
+    job_id = site.gpu_job()
+    adapter_id = site.api.get(f"/adapters/{LORA}").json()["id"]
+    routes = ["/ui/models", f"/ui/models/{BASE}", f"/ui/models/{FINETUNE}",
+              f"/ui/adapters/{adapter_id}", "/ui/datasets", "/ui/jobs", f"/ui/jobs/{job_id}",
+              "/ui/adapters/999999"]  # the last is the error page (404)
+    context = browser.new_context(viewport={"width": WIDTHS[0], "height": 800})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    problems: list[str] = []
+    # Nothing a page loads (style, script, favicon, plot) fails; only the 404 page is one.
+    page.on("response", lambda r: problems.append(f"{r.url}: {r.status}")
+            if r.status >= 400 and not r.url.endswith("/999999") else None)
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 800})
+        problems += _fits(page, width, site.url("/ui/signin"), signed_in=False, artifacts=artifacts)
+    _sign_in(page, site, site.admin)
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 800})
+        for route in routes:
+            problems += _fits(page, width, site.url(route), signed_in=True, artifacts=artifacts)
+    assert page.locator("h1").inner_text().startswith("404")
+    context.close()
+    assert not problems, "\n".join(problems)
