@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from registry.adapters import service as adapters
 from registry.blobs.repository import BlobRepository
+from registry.jobs.params import JobParams, parse_params
 from registry.jobs.repository import JobRepository, Lease
 from registry.jobs.service import retry_delay
 from registry.settings import Settings
@@ -38,7 +39,7 @@ class ClaimedJob:
     base_id: int
     adapter_name: str
     alias: str | None
-    params: dict[str, Any]
+    params: JobParams
 
 
 
@@ -66,7 +67,8 @@ def claim(session: Session, owner: str, capabilities: Collection[str],
         job.stage, job.message = "starting", f"attempt {job.attempt} on {owner}"
         session.flush()
         return ClaimedJob(Lease(job.id, owner, job.attempt), job.method, job.model_id,
-                          job.base_id, job.adapter_name, job.alias, dict(job.params))
+                          job.base_id, job.adapter_name, job.alias,
+                          parse_params(job.method, job.params))
     return None
 
 
@@ -139,7 +141,7 @@ def complete(session: Session, lease: Lease, claimed: ClaimedJob, store: BlobSto
     session.expire(draft)  # its files list was loaded before the attach
     adapter, created = adapters.finalize_adapter(session, store, settings, str(draft.id))
     if created:
-        adapter.params = {**adapter.params, "job": job.id, "codec": claimed.params}
+        adapter.params = {**adapter.params, "job": job.id, "codec": claimed.params.to_json()}
         adapter.set_quality(quality)
         session.flush()  # before set_alias, which expires what the session holds
     if claimed.alias:

@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -28,6 +27,7 @@ from registry.errors import (
     NotReady,
     TooManyQueuedJobs,
 )
+from registry.jobs.params import BitDeltaParams, JobParams, LoraParams
 from registry.jobs.quality_params import quality_params
 from registry.jobs.repository import JobRepository
 from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest, JobAdapter, JobOut
@@ -71,9 +71,11 @@ def enqueue(session: Session, settings: Settings, store: BlobStore, model_ref: s
     _check_compressible(model)
     assert model.manifest is not None
     manifest = Manifest.from_dict(model.manifest)
-    params = job_params(method, request, manifest)
-    params.update(quality_params(session, store, settings, method, request, model, manifest,
-                                 params["targets"]))
+    codec = job_params(method, request, manifest)
+    distill, evaluate = quality_params(session, store, settings, method, request, model,
+                                       manifest, codec.targets)
+    params = codec.model_copy(update={"evaluate": evaluate} if distill is None
+                              else {"distill": distill, "evaluate": evaluate})
     name = check_name(request.name or f"{model.name}-{method.value}", "adapter name")
     repo.lock_token(token_id)
     if key is not None and (existing := _retried(repo, token_id, key, digest)) is not None:
@@ -81,7 +83,7 @@ def enqueue(session: Session, settings: Settings, store: BlobStore, model_ref: s
     _check_quota(repo, settings, token_id)
     job = repo.add(Job(
         method=method, model_id=model.id, base_id=model.base_id, adapter_name=name,
-        alias=request.alias, params=params,
+        alias=request.alias, params=params.to_json(),
         requirements=["gpu"] if request.verify == "gpu" else [],
         status=JobStatus.QUEUED, attempt=0, max_attempts=settings.JOB_MAX_ATTEMPTS,
         next_run_at=utcnow(), stage="queued", progress=0.0, cancel_requested=False,
@@ -132,7 +134,7 @@ def _check_quota(repo: JobRepository, settings: Settings, token_id: int) -> None
 
 
 def job_params(method: CompressMethod, request: CompressRequest,
-               manifest: Manifest) -> dict[str, Any]:
+               manifest: Manifest) -> JobParams:
     """The codec options a worker will use, checked against the method and the model."""
     given = request.model_dump(exclude_none=True, exclude={"distill", "evaluate"})
     wrong = sorted(k for k, only in _ONLY_FOR.items() if k in given and only is not method)
@@ -147,11 +149,9 @@ def job_params(method: CompressMethod, request: CompressRequest,
         raise InvalidJobParameters(
             f"targets {unknown} match no 2-D linear weight of this model; name module "
             "suffixes such as 'q_proj' or full module names", name="UnknownTargets")
-    params: dict[str, Any] = {"targets": targets, "verify": request.verify,
-                              "max_error": request.max_error}
     if method is CompressMethod.BITDELTA:
-        params["scale_mode"] = request.scale_mode or "row"
-        return params
+        return BitDeltaParams(targets=targets, verify=request.verify,
+                              max_error=request.max_error, scale_mode=request.scale_mode or "row")
     if (request.rank is None) == (request.target_error is None):
         raise InvalidJobParameters("method=lora takes exactly one of rank (every module "
                                    "gets it) and target_error (each module the smallest "
@@ -163,9 +163,9 @@ def job_params(method: CompressMethod, request: CompressRequest,
     if given.get("save_modules") and request.targets_only:
         raise InvalidJobParameters("save_modules (the default) contradicts targets_only; "
                                    "leave save_modules out")
-    params.update(rank=request.rank, target_error=request.target_error,
-                  max_rank=request.max_rank, targets_only=bool(request.targets_only))
-    return params
+    return LoraParams(targets=targets, verify=request.verify, max_error=request.max_error,
+                      rank=request.rank, target_error=request.target_error,
+                      max_rank=request.max_rank, targets_only=bool(request.targets_only))
 
 
 def _matches_any(manifest: Manifest, target: str) -> bool:
