@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from compress.bitdelta import DistillConfig, distill_bitdelta
 from compress.progress import ProgressFn
 from compress.quality import evaluate_quality
 from compress.tensorio import TensorSource
+from registry.adapters.quality import JSONObject
 from registry.datasets.fetch import fetch_dataset_files
 from registry.jobs.attempt import Context
 from registry.jobs.params import DistillStage, EvaluateStage, PinnedDataset
@@ -30,7 +30,7 @@ def fetch_pinned(ctx: Context, pinned: PinnedDataset, scratch: Path) -> list[Pat
 
 
 def distill(params: DistillStage, base: TensorSource, finetune: TensorSource, delta: Path,
-            ctx: Context, scratch: Path, progress: ProgressFn) -> tuple[Path, dict[str, Any]]:
+            ctx: Context, scratch: Path, progress: ProgressFn) -> tuple[Path, JSONObject]:
     """The delta with distilled scales (a new directory beside `delta`), and its report."""
     calibration = fetch_pinned(ctx, params.dataset, scratch)
     out = delta.with_name(f"{delta.name}-distilled")
@@ -44,7 +44,7 @@ def distill(params: DistillStage, base: TensorSource, finetune: TensorSource, de
 
 def evaluate(params: EvaluateStage, base: TensorSource, finetune: TensorSource,
              result: Path, ctx: Context, scratch: Path,
-             progress: ProgressFn) -> dict[str, Any]:
+             progress: ProgressFn) -> JSONObject:
     """Losses, perplexities and gain kept of `result` on each of the job's data sets."""
     files = [path for pinned in params.datasets
              for path in fetch_pinned(ctx, pinned, scratch)]

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from registry.adapters import service as adapters
+from registry.adapters.quality import Quality
 from registry.blobs.repository import BlobRepository
 from registry.jobs.params import JobParams, parse_params
 from registry.jobs.repository import JobRepository, Lease
@@ -116,7 +116,7 @@ def cancelled(session: Session, lease: Lease) -> None:
 
 def complete(session: Session, lease: Lease, claimed: ClaimedJob, store: BlobStore,
              settings: Settings, files: Sequence[tuple[str, UploadResult]],
-             quality: dict[str, Any]) -> int:
+             quality: Quality) -> int:
     """Register the output as an adapter and end the job, in this one transaction.
 
     However often the job ran, only the attempt holding the lease gets here, and the

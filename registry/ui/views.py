@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from compress.tensorio import strictjson
 from registry.adapters import service as adapters
+from registry.adapters.quality import Quality
 from registry.adapters.schemas import AdapterOut
 from registry.datasets import service as datasets
 from registry.datasets.schemas import DatasetOut
@@ -68,8 +69,12 @@ def adapter_outs(session: Session, found: list[Adapter], summary: bool = True
                                          *(a.source_model_id for a in found)])
     # A row stored before reports were checked may hold a number no float holds (a
     # 400-digit integer): pages show it as missing rather than fail on it.
-    return [out.model_copy(update={"quality": strictjson.within_bounds(out.quality)})
+    return [out.model_copy(update={"quality": _bounded(out.quality)})
             for out in (AdapterOut.of(a, names, summary=summary) for a in found)]
+
+
+def _bounded(quality: Quality | None) -> Quality | None:
+    return None if quality is None else Quality.parse(strictjson.within_bounds(quality.document))
 
 
 def base_models(session: Session, settings: Settings, page_token: str | None

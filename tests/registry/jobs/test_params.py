@@ -41,7 +41,8 @@ def test_absent_sections_stay_absent() -> None:
     params = BitDeltaParams(targets=["q_proj"], verify="off")
     assert params.to_json() == {"targets": ["q_proj"], "verify": "off", "max_error": None,
                                 "scale_mode": "row"}
-    assert params.distill is None and params.evaluate is None
+    assert params.distill is None
+    assert params.evaluate is None
 
 
 @pytest.mark.parametrize(("legacy", "targets_only"), [(True, False), (False, True)])
