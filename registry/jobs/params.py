@@ -56,10 +56,9 @@ class _Params(_Document):
     verify: VerifyMode
     max_error: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """What the job row's `params` column holds (and GET /jobs/{id} shows)."""
-        dumped: dict[str, Any] = self.model_dump(mode="json")
-        return dumped
+        return self.model_dump(mode="json")
 
 
 class BitDeltaParams(_Params):
