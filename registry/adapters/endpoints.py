@@ -46,7 +46,7 @@ async def create_adapter(body: AdapterCreate, db: DatabaseDep, settings: Setting
         adapter, created = service.start_push(session, settings, body.name, body.base,
                                               AdapterKind(body.kind), body.source, token.id,
                                               body.files)
-        return _out(session, service.get_adapter(session, str(adapter.id))), created
+        return _out(session, service.adapter_by_id(session, adapter.id)), created
 
     out, created = await db.write(create)
     return created_or_existing(out, created)
@@ -98,7 +98,9 @@ async def finalize_adapter(ref: str, db: DatabaseDep, store: StoreDep, settings:
     expected = body.files if body is not None else None
 
     def finalize(session: Session) -> tuple[AdapterOut, bool]:
-        adapter, created = service.finalize_adapter(session, store, settings, ref, expected)
+        draft = service.get_adapter(session, ref)
+        adapter, created = service.finalize_adapter(session, store, settings, draft.id,
+                                                    expected)
         return _out(session, adapter), created
 
     out, created = await db.write(finalize)
@@ -118,7 +120,8 @@ async def download_adapter_file(ref: str, filename: str, db: DatabaseDep, store:
 @router.put("/{ref}/aliases/{alias}")
 async def set_alias(ref: str, alias: str, db: DatabaseDep, _: PushToken) -> AdapterOut:
     return await db.write(
-        lambda session: _out(session, service.set_alias(session, ref, alias)))
+        lambda session: _out(session, service.set_alias(
+            session, service.get_adapter(session, ref), alias)))
 
 
 @router.delete("/{ref}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
@@ -131,5 +134,6 @@ async def remove_alias(ref: str, alias: str, db: DatabaseDep, _: PushToken) -> R
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_adapter(ref: str, db: DatabaseDep, token: PushToken) -> Response:
     """A finalized version: `admin`. A pending draft (by its id): any token with `push`."""
-    await db.write(lambda session: service.delete_adapter(session, ref, token.scopes))
+    await db.write(lambda session: service.delete_adapter(
+        session, service.get_adapter(session, ref).id, token.scopes))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

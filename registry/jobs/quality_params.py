@@ -19,7 +19,7 @@ from registry.errors import InvalidJobParameters
 from registry.jobs import footprint
 from registry.jobs.params import DistillStage, EvaluateStage, PinnedDataset
 from registry.jobs.schemas import CompressRequest
-from registry.models.service import get_model
+from registry.models.service import model_by_id
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import CompressMethod, Dataset, Model
@@ -73,5 +73,5 @@ def _pinned(session: Session, name: str, finetune: Model,
 
 def _has_tokenizer(session: Session, finetune: Model) -> bool:
     assert finetune.base_id is not None
-    base = get_model(session, str(finetune.base_id))
+    base = model_by_id(session, finetune.base_id)
     return any(TOKENIZER_FILE in {f.filename for f in model.files} for model in (base, finetune))

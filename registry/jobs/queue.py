@@ -132,20 +132,20 @@ def complete(session: Session, lease: Lease, claimed: ClaimedJob, store: BlobSto
     if job.cancel_requested:
         raise JobCancelled(f"job {job.id} was cancelled before it completed")
     kind = AdapterKind(claimed.method.value)
-    draft = adapters.create_adapter(session, claimed.adapter_name, str(claimed.base_id), kind,
-                                    str(claimed.model_id))
+    draft = adapters.create_adapter(session, claimed.adapter_name, claimed.base_id, kind,
+                                    claimed.model_id)
     blobs = BlobRepository(session)
     for filename, result in files:
         blobs.attach(AdapterFile, "adapter_id", draft.id, filename, result.sha256,
                      result.size, result.header)
     session.expire(draft)  # its files list was loaded before the attach
-    adapter, created = adapters.finalize_adapter(session, store, settings, str(draft.id))
+    adapter, created = adapters.finalize_adapter(session, store, settings, draft.id)
     if created:
         adapter.params = {**adapter.params, "job": job.id, "codec": claimed.params.to_json()}
         adapter.set_quality(quality)
         session.flush()  # before set_alias, which expires what the session holds
     if claimed.alias:
-        adapters.set_alias(session, str(adapter.id), claimed.alias)
+        adapters.set_alias(session, adapter, claimed.alias)
     _end(job, JobStatus.SUCCEEDED, None, None)
     job.adapter_id, job.progress = adapter.id, 1.0
     session.flush()

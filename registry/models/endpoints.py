@@ -42,7 +42,7 @@ async def create_model(body: ModelCreate, db: DatabaseDep, settings: SettingsDep
         model, created = service.start_push(session, settings, body.name,
                                             ModelKind(body.kind), body.base, token.id,
                                             body.files)
-        return _out(session, service.get_model(session, str(model.id))), created
+        return _out(session, service.model_by_id(session, model.id)), created
 
     out, created = await db.write(create)
     return created_or_existing(out, created)

@@ -77,8 +77,11 @@ class ModelRepository:
             query = select(Model.id).where(Model.name == ref)
         return None if query is None else self.session.scalar(query)
 
-    def by_id(self, model_id: int, full: bool = False) -> Model | None:
-        return self.session.scalars(self._query(full).where(Model.id == model_id)).first()
+    def by_id(self, model_id: int, lock: bool = False, full: bool = False) -> Model | None:
+        query = self._query(full).where(Model.id == model_id)
+        if lock:
+            query = query.with_for_update()
+        return self.session.scalars(query).first()
 
     def names_of(self, ids: set[int]) -> dict[int, str]:
         if not ids:

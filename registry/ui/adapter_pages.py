@@ -37,7 +37,7 @@ class QualitySource:
 
 
 def _source(session: Session, adapter_id: int) -> QualitySource:
-    found = adapters.get_adapter(session, str(adapter_id))
+    found = adapters.adapter_by_id(session, adapter_id)
     out = adapter_outs(session, [found], summary=False)[0]
     report = next((f for f in out.files if f.filename == REPORT_FILE), None)
     return QualitySource(out, report.sha256 if report else None, report.size if report else 0)
@@ -103,7 +103,8 @@ async def plot(request: Request, adapter_id: AdapterId, kind: str,
 async def move_alias(request: Request, adapter_id: AdapterId, viewer: PushAction,
                      alias: Annotated[str, Form()]) -> RedirectResponse:
     """Point `alias` of this adapter's name at this version (moving it if it exists)."""
-    await write(request, lambda s: adapters.set_alias(s, str(adapter_id), alias.strip()))
+    await write(request, lambda s: adapters.set_alias(s, adapters.adapter_by_id(s, adapter_id),
+                                                      alias.strip()))
     return redirect(f"/ui/adapters/{adapter_id}")
 
 
@@ -112,7 +113,7 @@ async def delete(request: Request, adapter_id: AdapterId,
                  viewer: AdminAction) -> RedirectResponse:
     def remove(session: Session) -> str:
         base = _source(session, adapter_id).adapter.base
-        adapters.delete_adapter(session, str(adapter_id), viewer.scopes)
+        adapters.delete_adapter(session, adapter_id, viewer.scopes)
         return base
 
     base = await write(request, remove)
