@@ -18,6 +18,7 @@ from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreD
 from registry.downloads import StoredFile, file_response, find_file
 from registry.models.schemas import FinalizeRequest
 from registry.models.service import model_names
+from registry.names import check_name
 from registry.schemas import FileOut, PageOut, created_or_existing
 from registry.tables import Adapter, AdapterKind
 from registry.uploads.flow import store_request
@@ -119,6 +120,7 @@ async def download_adapter_file(ref: str, filename: str, db: DatabaseDep, store:
 
 @router.put("/{ref}/aliases/{alias}")
 async def set_alias(ref: str, alias: str, db: DatabaseDep, _: PushToken) -> AdapterOut:
+    check_name(alias, "alias")  # the request's own mistake first, before any lookup
     return await db.write(
         lambda session: _out(session, service.set_alias(
             session, service.get_adapter(session, ref), alias)))
