@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from compress.errors import InvalidParameter
 from compress.targets import DEFAULT_TARGET_MODULES, select_linear_weights
 from compress.tensorio import Manifest
-from registry.adapters.repository import AdapterRepository
 from registry.errors import (
     IdempotencyKeyReused,
     InvalidJobParameters,
@@ -30,8 +29,8 @@ from registry.errors import (
 from registry.jobs.params import BitDeltaParams, JobParams, LoraParams
 from registry.jobs.quality_params import quality_params
 from registry.jobs.repository import JobRepository
-from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest, JobAdapter, JobOut
-from registry.models.service import get_model, model_id, model_names
+from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest
+from registry.models.service import get_model, model_id
 from registry.names import MAX_ID, check_name
 from registry.pagination import Page, page_request
 from registry.settings import Settings
@@ -215,18 +214,6 @@ def cancel_job(session: Session, job_id: int) -> Job:
     job.updated_at = now
     session.flush()
     return job
-
-
-def job_views(session: Session, jobs: list[Job]) -> list[JobOut]:
-    names = model_names(session, [*(j.model_id for j in jobs), *(j.base_id for j in jobs)])
-    adapters = AdapterRepository(session)
-    views = []
-    for job in jobs:
-        adapter = adapters.by_id(job.adapter_id) if job.adapter_id else None
-        ref = (JobAdapter(id=adapter.id, name=adapter.name, version=adapter.version)
-               if adapter else None)
-        views.append(JobOut.of(job, names, ref))
-    return views
 
 
 def retry_delay(settings: Settings, attempt: int) -> timedelta:

@@ -80,7 +80,8 @@ class ModelRepository:
     def by_id(self, model_id: int, lock: bool = False, full: bool = False) -> Model | None:
         query = self._query(full).where(Model.id == model_id)
         if lock:
-            query = query.with_for_update()
+            # As for adapters: a locked read sees the row the lock waited for.
+            query = query.with_for_update().execution_options(populate_existing=True)
         return self.session.scalars(query).first()
 
     def names_of(self, ids: set[int]) -> dict[int, str]:
