@@ -5,7 +5,7 @@ Two sources build one: a compression job (`from_job`) and a pushed report.json
 (this module is plain Python: the client installs without pydantic or torch). A pushed
 report is the pusher's text, so reading is lenient: a figure of the wrong type reads as
 None and a row that is not an object is skipped, never an error; the document itself is
-served as it was built. docs/architecture.md tells where each figure comes from.
+served as it was built. docs/architecture.md ("Typed documents").
 """
 
 from __future__ import annotations
