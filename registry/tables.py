@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -23,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from registry.adapters.quality import Quality
 from registry.db import Base
 
 NAME_LENGTH = 128
@@ -171,15 +171,10 @@ class Adapter(Base, Timestamped):
         order_by="AdapterAlias.alias",
     )
 
-    def set_quality(self, quality: dict[str, Any] | None) -> None:
-        """The quality, and its headline gain kept where it states a finite number."""
-        self.quality = quality
-        value = quality.get("gain_kept") if quality else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                math.isfinite(value):
-            self.gain_kept = float(value)
-        else:
-            self.gain_kept = None
+    def set_quality(self, quality: Quality | None) -> None:
+        """The quality's document, and its headline gain kept as a column."""
+        self.quality = None if quality is None else quality.document
+        self.gain_kept = None if quality is None else quality.gain_kept
 
 
 class AdapterFile(Base, Timestamped):

@@ -31,6 +31,7 @@ from compress.lora import (
 )
 from compress.lora.report import REPORT_FORMAT as LORA_REPORT_FORMAT
 from compress.tensorio import Manifest, header_from_dict, parse_weight_map, strictjson
+from registry.adapters.quality import JSONObject, Quality, from_report
 from registry.errors import MissingFiles, Unprocessable, from_codec_error
 from registry.settings import Settings
 from registry.storage.base import BlobStore
@@ -40,8 +41,8 @@ from registry.uploads.drafts import files_digest
 
 @dataclass(frozen=True)
 class AdapterContents:
-    params: dict[str, Any]
-    quality: dict[str, Any] | None = None
+    params: dict[str, Any]  # the codec's summary of the files
+    quality: Quality | None = None
 
 
 def inspect_adapter(kind: AdapterKind, files: Mapping[str, AdapterFile], base: Manifest,
@@ -71,7 +72,7 @@ class _JSONReader:
         return strictjson.loads(self.store.read_bytes(file.sha256), name,
                                 max_depth=self.settings.MAX_JSON_DEPTH)
 
-    def read_report(self, file: AdapterFile) -> dict[str, Any]:
+    def read_report(self, file: AdapterFile) -> JSONObject:
         # Uploads cap report.json; one pushed before the cap (or a lowered cap) is
         # refused here rather than read whole and kept in the adapter's row.
         limit = self.settings.MAX_REPORT_BYTES
@@ -129,33 +130,15 @@ def _inspect_bitdelta(files: Mapping[str, AdapterFile], base: Manifest,
     return AdapterContents(params=summary.to_params(), quality=_pushed_quality(files, reader))
 
 
-# Per-tensor and per-module lists: in the pushed file, which stays downloadable, but not
-# in the adapter's row, which every GET of the adapter carries.
-_DETAIL_KEYS = frozenset({"tensors", "files", "modules", "saved", "left_out",
-                          "unchanged_targets", "omitted"})
-
-
 def _pushed_quality(files: Mapping[str, AdapterFile],
-                    reader: _JSONReader) -> dict[str, Any] | None:
-    """The quality a pushed report.json states (None without one): its summary, marked as
-    the client's own, since the server did not measure it.
-
-    A LoRA report's error figures also go to the top level under the names a LoRA
-    compression job uses, so listings show pushed and compressed adapters alike.
-    """
+                    reader: _JSONReader) -> Quality | None:
+    """The quality a pushed report.json states (None without one)."""
     if REPORT_FILE not in files:
         return None
     report = reader.read_report(files[REPORT_FILE])
-    quality = {k: v for k, v in report.items() if k not in _DETAIL_KEYS}
-    summary = report.get("summary")
-    if report.get("format") == LORA_REPORT_FORMAT and isinstance(summary, dict):
-        quality.update(weight_rel_error_max=summary.get("max_error"),
-                       weight_rel_error_mean=summary.get("mean_error"))
-    quality["source"] = f"{REPORT_FILE} pushed with the adapter"
-    pictures = sorted(name for name in files if name.endswith(PICTURE_SUFFIX))
-    if pictures:
-        quality["pictures"] = pictures
-    return quality
+    return from_report(report, source=f"{REPORT_FILE} pushed with the adapter",
+                       lora=report.get("format") == LORA_REPORT_FORMAT,
+                       pictures=sorted(name for name in files if name.endswith(PICTURE_SUFFIX)))
 
 
 def _require(files: Mapping[str, AdapterFile], names: list[str], what: str) -> None:

@@ -14,25 +14,16 @@ from sqlalchemy.orm import Session
 
 from registry.adapters import service
 from registry.adapters.schemas import AdapterCreate, AdapterOut
+from registry.adapters.views import adapter_out, adapter_outs
 from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
 from registry.downloads import StoredFile, file_response, find_file
 from registry.models.schemas import FinalizeRequest
-from registry.models.service import model_names
+from registry.names import check_name
 from registry.schemas import FileOut, PageOut, created_or_existing
-from registry.tables import Adapter, AdapterKind
+from registry.tables import AdapterKind
 from registry.uploads.flow import store_request
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
-
-
-def _outs(session: Session, adapters: list[Adapter], summary: bool = False) -> list[AdapterOut]:
-    names = model_names(session, [*(a.base_id for a in adapters),
-                                  *(a.source_model_id for a in adapters)])
-    return [AdapterOut.of(a, names, summary=summary) for a in adapters]
-
-
-def _out(session: Session, adapter: Adapter) -> AdapterOut:
-    return _outs(session, [adapter])[0]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED,
@@ -46,7 +37,7 @@ async def create_adapter(body: AdapterCreate, db: DatabaseDep, settings: Setting
         adapter, created = service.start_push(session, settings, body.name, body.base,
                                               AdapterKind(body.kind), body.source, token.id,
                                               body.files)
-        return _out(session, service.get_adapter(session, str(adapter.id))), created
+        return adapter_out(session, service.adapter_by_id(session, adapter.id)), created
 
     out, created = await db.write(create)
     return created_or_existing(out, created)
@@ -69,7 +60,7 @@ async def list_adapters(
                                       kind=AdapterKind(kind) if kind else None, name=name,
                                       alias=alias, limit=limit, page_token=page_token,
                                       sort=sort)
-        return PageOut(items=_outs(session, found.items, summary=True),
+        return PageOut(items=adapter_outs(session, found.items, summary=True),
                        next_page_token=found.next_page_token)
 
     return await db.read(page)
@@ -77,7 +68,7 @@ async def list_adapters(
 
 @router.get("/{ref}")
 async def get_adapter(ref: str, db: DatabaseDep, _: ReadToken) -> AdapterOut:
-    return await db.read(lambda session: _out(session, service.get_adapter(session, ref)))
+    return await db.read(lambda session: adapter_out(session, service.get_adapter(session, ref)))
 
 
 @router.put("/{ref}/files/{filename:path}", status_code=status.HTTP_201_CREATED)
@@ -98,8 +89,10 @@ async def finalize_adapter(ref: str, db: DatabaseDep, store: StoreDep, settings:
     expected = body.files if body is not None else None
 
     def finalize(session: Session) -> tuple[AdapterOut, bool]:
-        adapter, created = service.finalize_adapter(session, store, settings, ref, expected)
-        return _out(session, adapter), created
+        draft = service.get_adapter(session, ref)
+        adapter, created = service.finalize_adapter(session, store, settings, draft.id,
+                                                    expected)
+        return adapter_out(session, adapter), created
 
     out, created = await db.write(finalize)
     return created_or_existing(out, created)
@@ -117,8 +110,10 @@ async def download_adapter_file(ref: str, filename: str, db: DatabaseDep, store:
 
 @router.put("/{ref}/aliases/{alias}")
 async def set_alias(ref: str, alias: str, db: DatabaseDep, _: PushToken) -> AdapterOut:
+    check_name(alias, "alias")  # the request's own mistake first, before any lookup
     return await db.write(
-        lambda session: _out(session, service.set_alias(session, ref, alias)))
+        lambda session: adapter_out(session, service.set_alias(
+            session, service.get_adapter(session, ref), alias)))
 
 
 @router.delete("/{ref}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT)
@@ -131,5 +126,6 @@ async def remove_alias(ref: str, alias: str, db: DatabaseDep, _: PushToken) -> R
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_adapter(ref: str, db: DatabaseDep, token: PushToken) -> Response:
     """A finalized version: `admin`. A pending draft (by its id): any token with `push`."""
-    await db.write(lambda session: service.delete_adapter(session, ref, token.scopes))
+    await db.write(lambda session: service.delete_adapter(
+        session, service.get_adapter(session, ref).id, token.scopes))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

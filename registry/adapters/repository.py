@@ -27,7 +27,9 @@ class AdapterRepository:
     def by_id(self, adapter_id: int, lock: bool = False, full: bool = False) -> Adapter | None:
         query = self._query(full).where(Adapter.id == adapter_id)
         if lock:
-            query = query.with_for_update(of=Adapter)
+            # What the lock waited for is read, even over a copy the session holds from
+            # resolving the reference.
+            query = query.with_for_update(of=Adapter).execution_options(populate_existing=True)
         return self.session.scalars(query).first()
 
     def by_version(self, name: str, version: int) -> Adapter | None:

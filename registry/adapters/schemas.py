@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
+from registry.adapters.quality import JSONObject, Quality
 from registry.models.schemas import DECLARED_FILES_DESCRIPTION, Sha256Hex
 from registry.schemas import FileOut, Schema, UTCDateTime
 from registry.tables import Adapter
@@ -28,10 +29,22 @@ class AdapterCreate(Schema):
 _SUMMARY_STRING_CHARS = 200
 
 
-def quality_summary(quality: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in quality.items()
-            if v is None or isinstance(v, bool | int | float)
-            or (isinstance(v, str) and len(v) <= _SUMMARY_STRING_CHARS)}
+def _parse_quality(value: object) -> Quality:
+    if isinstance(value, Quality):
+        return value
+    if isinstance(value, dict):
+        return Quality.parse(value)
+    raise ValueError("quality must be a JSON object")
+
+
+def _quality_document(quality: Quality) -> JSONObject:
+    return quality.document
+
+
+# In JSON, the quality's document as it was built (typed readers use its attributes).
+QualityDocument = Annotated[
+    Quality, PlainValidator(_parse_quality), PlainSerializer(_quality_document),
+    WithJsonSchema({"additionalProperties": True, "type": "object"})]
 
 
 class AdapterOut(Schema):
@@ -45,7 +58,7 @@ class AdapterOut(Schema):
     params: dict[str, Any]
     size_bytes: int
     compression_ratio: float | None
-    quality: dict[str, Any] | None = Field(
+    quality: QualityDocument | None = Field(
         description="how much of the fine-tune the adapter keeps; in listings only the "
                     "top-level figures, in full on GET /adapters/{ref}")
     content_digest: str | None
@@ -59,9 +72,9 @@ class AdapterOut(Schema):
            summary: bool = False) -> AdapterOut:
         """`summary`: quality cut to its top-level figures, as listings show it."""
         source = adapter.source_model_id
-        quality = adapter.quality
+        quality = Quality.parse_optional(adapter.quality)
         if summary and quality is not None:
-            quality = quality_summary(quality)
+            quality = quality.summary(_SUMMARY_STRING_CHARS)
         return cls(
             id=adapter.id, name=adapter.name, version=adapter.version, kind=adapter.kind.value,
             status=adapter.status.value, base=model_names[adapter.base_id],

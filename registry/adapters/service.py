@@ -23,7 +23,7 @@ from registry.events.outbox import record_event
 from registry.events.payloads import adapter_data, alias_data
 from registry.events.schemas import EventType
 from registry.models.repository import ModelRepository
-from registry.models.service import model_id, model_names, not_found
+from registry.models.service import model_by_id, model_id, model_names, not_found
 from registry.names import check_filename, check_name, close_matches, did_you_mean, is_id, parse_id
 from registry.pagination import Page, page_request
 from registry.settings import Settings
@@ -68,6 +68,15 @@ def get_adapter(session: Session, ref: str, lock: bool = False, full: bool = Fal
     return adapter
 
 
+def adapter_by_id(session: Session, ident: int, lock: bool = False,
+                  full: bool = False) -> Adapter:
+    """An adapter by its id (a reference already resolved, or a row's foreign key)."""
+    adapter = AdapterRepository(session).by_id(ident, lock=lock, full=full)
+    if adapter is None:
+        raise _not_found(session, f"{ident}")
+    return adapter
+
+
 def _not_found(session: Session, ref: str) -> AdapterNotFound:
     """The 404 for `ref`, suggesting adapter names when its name is unknown."""
     name = None if is_id(ref) else re.split("[@:]", ref, maxsplit=1)[0]
@@ -80,12 +89,13 @@ def _not_found(session: Session, ref: str) -> AdapterNotFound:
         did_you_mean=matches)
 
 
-def create_adapter(session: Session, name: str, base_ref: str, kind: AdapterKind,
-                   source_ref: str | None, token_id: int | None = None) -> Adapter:
-    """A new draft (compression jobs make theirs here too, with their fine-tune as source)."""
+def create_adapter(session: Session, name: str, base_id: int, kind: AdapterKind,
+                   source_model_id: int | None, token_id: int | None = None) -> Adapter:
+    """A new draft (compression jobs make theirs here, with their fine-tune as source)."""
     check_name(name, "adapter name")
-    base = _ready_model(session, base_ref, "base", "UnknownBase")
-    source_id = _source_id(session, source_ref, base) if source_ref is not None else None
+    base = _ready(model_by_id(session, base_id), "base")
+    source_id = (_checked_source(session, model_by_id(session, source_model_id), base)
+                 if source_model_id is not None else None)
     return AdapterRepository(session).add(Adapter(
         name=name, kind=kind, base_id=base.id, source_model_id=source_id,
         status=Status.PENDING, params={}, created_by_token_id=token_id))
@@ -129,14 +139,23 @@ def _ready_model(session: Session, ref: str, role: str, unknown: str) -> Model:
     model = ModelRepository(session).by_ref(ref)
     if model is None:
         raise not_found(session, ref, f"{role} model", name=unknown)
+    return _ready(model, role, ref)
+
+
+def _ready(model: Model, role: str, ref: str | None = None) -> Model:
     if model.status is not Status.READY:
+        ref = model.name if ref is None else ref
         raise NotReady(f"{role} {ref!r} is not finalized yet; POST /models/{ref}/finalize first")
     return model
 
 
 def _source_id(session: Session, ref: str, base: Model) -> int:
+    return _checked_source(session, _ready_model(session, ref, "source", "UnknownSource"), base)
+
+
+def _checked_source(session: Session, source: Model, base: Model) -> int:
     """The fine-tune an adapter was made from: finalized, and tuned from its base."""
-    source = _ready_model(session, ref, "source", "UnknownSource")
+    _ready(source, "source")
     if source.kind is not ModelKind.FINETUNE:
         raise InvalidSource(f"source {source.name!r} is a base model; the source is the "
                             "full fine-tune the adapter was made from")
@@ -148,8 +167,11 @@ def _source_id(session: Session, ref: str, base: Model) -> int:
     return source.id
 
 
-def pending_adapter(session: Session, ref: str) -> Adapter:
-    adapter = get_adapter(session, ref, lock=True)
+def pending_adapter(session: Session, ident: int) -> Adapter:
+    return _pending(adapter_by_id(session, ident, lock=True))
+
+
+def _pending(adapter: Adapter) -> Adapter:
     if adapter.status is not Status.PENDING:
         raise NotPending(f"adapter {adapter.name}@{adapter.version} is finalized and immutable; "
                          "push again (POST /adapters) to make a new version")
@@ -163,14 +185,14 @@ def upload_target(session: Session, ref: str, filename: str, settings: Settings)
     Run in a write transaction: it touches the draft (see pending_adapter).
     """
     check_filename(filename)
-    adapter = pending_adapter(session, ref)
+    adapter = _pending(get_adapter(session, ref, lock=True))
     adapter_id = adapter.id
     return UploadTarget(filename, AdapterFile, "adapter_id", adapter_id,
                         adapter_file_rule(adapter.kind, filename, settings),
-                        recheck=lambda s: pending_adapter(s, str(adapter_id)))
+                        recheck=lambda s: pending_adapter(s, adapter_id))
 
 
-def finalize_adapter(session: Session, store: BlobStore, settings: Settings, ref: str,
+def finalize_adapter(session: Session, store: BlobStore, settings: Settings, ident: int,
                      expected_files: Mapping[str, str] | None = None) -> tuple[Adapter, bool]:
     """Validate a pushed adapter and give it a version; (adapter, whether it is new).
 
@@ -180,7 +202,7 @@ def finalize_adapter(session: Session, store: BlobStore, settings: Settings, ref
     loser of a race retries and finds the winner's row. `expected_files` (name -> sha256)
     must be exactly the draft's files, when given.
     """
-    draft = get_adapter(session, ref, lock=True, full=True)
+    draft = adapter_by_id(session, ident, lock=True, full=True)
     # Also for a version already made: a concurrent push of the same files may have
     # finalized the draft this push resumed.
     drafts.check_expected_files(f"adapter {draft.id}", draft.files, expected_files)
@@ -218,7 +240,7 @@ def finalize_adapter(session: Session, store: BlobStore, settings: Settings, ref
                 repo.set_alias(draft.name, LATEST, draft.id)
         except IntegrityError:
             continue
-        adapter = get_adapter(session, str(draft.id))
+        adapter = adapter_by_id(session, draft.id)
         record_event(session, EventType.ADAPTER_REGISTERED, adapter_data(session, adapter))
         _alias_event(session, adapter.name, LATEST, adapter.base_id, adapter, previous)
         return adapter, True
@@ -237,15 +259,16 @@ def _compression_ratio(session: Session, draft: Adapter, base: Model, size: int)
     return weights / size if size else None
 
 
-def set_alias(session: Session, ref: str, alias: str) -> Adapter:
+def set_alias(session: Session, adapter: Adapter, alias: str) -> Adapter:
+    """Point `alias` at `adapter`; the adapter as read again after the move."""
     check_name(alias, "alias")
-    adapter = get_adapter(session, ref)
     if adapter.status is not Status.READY:
         raise NotReady("only a finalized adapter version can carry an alias")
     repo = AdapterRepository(session)
     before = repo.by_alias(adapter.name, alias)
-    repo.set_alias(adapter.name, alias, adapter.id)
-    adapter = get_adapter(session, str(adapter.id))
+    ident = adapter.id
+    repo.set_alias(adapter.name, alias, ident)
+    adapter = adapter_by_id(session, ident)
     if before is None or before.id != adapter.id:  # pointing it where it points is no change
         _alias_event(session, adapter.name, alias, adapter.base_id, adapter,
                      before.version if before is not None else None)
@@ -279,10 +302,10 @@ def remove_alias(session: Session, ref: str, alias: str) -> None:
                             f"its aliases: {', '.join(aliases)}", did_you_mean=matches)
 
 
-def delete_adapter(session: Session, ref: str, scopes: Iterable[str]) -> None:
+def delete_adapter(session: Session, ident: int, scopes: Iterable[str]) -> None:
     """Delete a version (`admin`) or a pending draft, by its id (`push`)."""
     repo = AdapterRepository(session)
-    adapter = get_adapter(session, ref, lock=True)
+    adapter = adapter_by_id(session, ident, lock=True)
     drafts.check_may_delete(adapter.status, scopes,
                             f"adapter {adapter.name}@{adapter.version}")
     name, aliases = adapter.name, [a.alias for a in adapter.aliases]

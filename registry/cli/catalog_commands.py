@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from registry.adapters.quality import Quality
 from registry.cli.console import (
     Size,
     print_fields,
@@ -54,14 +55,14 @@ _MODEL_COLUMNS = {"id": 6, "name": 0, "kind": 2, "base": 3, "status": 1, "parame
 
 
 def _adapter_row(a: dict[str, Any]) -> list[object]:
-    quality = a["quality"] or {}
-    gain, on = quality.get("gain_kept"), quality.get("gain_kept_on")
+    quality = Quality.parse_optional(a["quality"])
+    gain = quality.gain_kept if quality else None
+    on = quality.gain_kept_on if quality else None
     ratio = a["compression_ratio"]
     return [a["id"], a["name"], a["version"], a["kind"], a["base"], a["source_model"] or "",
             ", ".join(a["aliases"]), Size(a["size_bytes"]),
             f"{ratio:.1f}x" if isinstance(ratio, int | float) else "",
-            f"{gain:.3f}" if isinstance(gain, int | float) else "",
-            on if isinstance(on, str) else ""]
+            f"{gain:.3f}" if gain is not None else "", on or ""]
 
 
 def _model_row(m: dict[str, Any]) -> list[object]:
@@ -107,21 +108,21 @@ def show(ref: AdapterRef, model: ModelFlag = False, json: Json = False,
     if json:
         print_json(found)
         return
-    fields = _model_fields(found) if model else _adapter_fields(found)
+    quality = None if model else Quality.parse_optional(found["quality"])
+    fields = _model_fields(found) if model else _adapter_fields(found, quality)
     title = found["name"] if model else f"{found['name']}@{found['version'] or 'draft'}"
     print_fields(title, fields)
     print_table("files", ["file", "size", "sha256"],
                 [[f["filename"], Size(f["size"]), f["sha256"]] for f in found["files"]])
-    evaluation = None if model else (found["quality"] or {}).get("evaluation")
-    if isinstance(evaluation, dict):
+    evaluation = quality.evaluation if quality else None
+    if evaluation is not None:
         print_evaluation("evaluation (gain kept: 1 = all of the fine-tune's improvement, "
                          "0 = none)", evaluation)
 
 
-def _adapter_fields(a: dict[str, Any]) -> list[tuple[str, object]]:
-    quality = a["quality"] or {}
-    headline = ", ".join(f"{k}={_short(v)}" for k, v in quality.items()
-                         if isinstance(v, int | float | str) and not isinstance(v, bool))
+def _adapter_fields(a: dict[str, Any], quality: Quality | None) -> list[tuple[str, object]]:
+    headline = ", ".join(f"{k}={_short(v)}" for k, v in (quality.figures() if quality else [])
+                         if v is not None and not isinstance(v, bool))
     ratio = a["compression_ratio"]
     return [("id", a["id"]), ("kind", a["kind"]), ("status", a["status"]),
             ("base", a["base"]), ("source", a["source_model"]),

@@ -29,6 +29,7 @@ from compress.quality import (
     TextTokenizer,
     evaluate_quality,
 )
+from registry.adapters.quality import Evaluation
 from registry.cli.console import console, fail, print_json, stdout
 from registry.cli.failures import EXIT_FAILED, EXIT_NOT_INSTALLED
 from registry.cli.options import Device
@@ -93,7 +94,9 @@ def evaluate(
 
 
 def print_report(report: QualityReport) -> None:
-    print_evaluation(f"Quality of {report.compressed}", report.to_dict())
+    evaluation = Evaluation.parse(report.to_dict())
+    assert evaluation is not None  # the report's own dict
+    print_evaluation(f"Quality of {report.compressed}", evaluation)
     sizes = ", ".join(f"{d.name}: {d.rows} rows × {d.seq_len}" for d in report.datasets)
     stdout.print(f"scored {sizes}; {report.dtype} on {report.device}; one model of "
                   f"{report.resident_bytes / 1e9:.3g} GB resident at a time; "

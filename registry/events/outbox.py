@@ -58,9 +58,10 @@ def _write_pending(session: Session) -> None:
         row.created_at = now
     session.add_all(pending)
     session.flush()
-    if postgres:
+    if postgres:  # the payload is the newest id, as text (NOTIFY carries strings)
+        newest = pending[-1].id
         session.execute(text("SELECT pg_notify(:channel, :last)"),
-                        {"channel": NOTIFY_CHANNEL, "last": str(pending[-1].id)})
+                        {"channel": NOTIFY_CHANNEL, "last": f"{newest}"})
 
 
 @event.listens_for(Session, "after_transaction_end")

@@ -12,6 +12,7 @@ from registry.auth.tokens import Scope
 from registry.deps import DatabaseDep, ReadToken, RequireScope, SettingsDep, StoreDep
 from registry.jobs import service
 from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest, JobOut
+from registry.jobs.views import job_views
 from registry.names import MAX_ID
 from registry.schemas import PageOut
 from registry.tables import JobStatus, Token
@@ -22,7 +23,7 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def _view(session: Session, job_id: int) -> JobOut:
-    return service.job_views(session, [service.get_job(session, job_id)])[0]
+    return job_views(session, [service.get_job(session, job_id)])[0]
 
 
 @router.post("/models/{model}/compress", status_code=status.HTTP_202_ACCEPTED,
@@ -72,7 +73,7 @@ async def list_jobs(
             session, settings, status=JobStatus(status) if status else None, model=model,
             method=service.parse_method(method) if method else None, limit=limit,
             page_token=page_token)
-        return PageOut(items=service.job_views(session, found.items),
+        return PageOut(items=job_views(session, found.items),
                        next_page_token=found.next_page_token)
 
     return await db.read(page)

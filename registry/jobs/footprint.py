@@ -28,6 +28,7 @@ from compress.targets import select_linear_weights
 from compress.tensorio import Manifest, strictjson
 from compress.tensorio.header import DTYPE_BYTES
 from registry.errors import InvalidJobParameters, JobTooLarge, SequenceTooLong, from_codec_error
+from registry.jobs.params import DistillStage, EvaluateStage
 from registry.models.service import CONFIG_FILE
 from registry.settings import Settings
 from registry.storage.base import BlobStore
@@ -77,36 +78,36 @@ def finetune_shape(store: BlobStore, finetune: Model, manifest: Manifest,
                        or _positive_int(config, "n_positions")))
 
 
-def estimate(shape: FinetuneShape, distill: dict[str, Any] | None,
-             evaluate: dict[str, Any] | None, data_bytes: int) -> Footprint:
+def estimate(shape: FinetuneShape, distill: DistillStage | None,
+             evaluate: EvaluateStage | None, data_bytes: int) -> Footprint:
     """The most scratch disk and memory the data-set stages hold at once."""
     model = shape.parameters * _COMPUTE_BYTES
     vocab = shape.vocab_size or 0
     scratch, memory = data_bytes, 0
     if distill is not None:
-        batch = distill["batch_size"] * distill["seq_len"] * vocab
-        rows = min(distill["steps"] * distill["batch_size"] * distill["seq_len"], data_bytes)
+        batch = distill.batch_size * distill.seq_len * vocab
+        rows = min(distill.steps * distill.batch_size * distill.seq_len, data_bytes)
         delta = shape.target_parameters // 8 + shape.target_rows * 4 + shape.other_bytes
-        scratch += distill["steps"] * batch * _TEACHER_BYTES + delta
+        scratch += distill.steps * batch * _TEACHER_BYTES + delta
         # The second phase (the student) holds more than the first (the teacher).
         memory = (model + shape.target_parameters // 8 + _ALPHA_COPIES * 4 * shape.target_rows
                   + 2 * batch * _LOGIT_BYTES + batch * _TEACHER_BYTES + rows * _TOKEN_BYTES)
     if evaluate is not None:
-        batch = evaluate["batch_size"] * evaluate["seq_len"] * vocab
-        per_set = evaluate["max_batches"] * evaluate["batch_size"] * evaluate["seq_len"]
-        rows = min(per_set * len(evaluate["datasets"]), data_bytes)
+        batch = evaluate.batch_size * evaluate.seq_len * vocab
+        per_set = evaluate.max_batches * evaluate.batch_size * evaluate.seq_len
+        rows = min(per_set * len(evaluate.datasets), data_bytes)
         memory = max(memory, model + 2 * batch * _LOGIT_BYTES + rows * _TOKEN_BYTES)
     return Footprint(scratch, memory)
 
 
-def check(settings: Settings, shape: FinetuneShape, distill: dict[str, Any] | None,
-          evaluate: dict[str, Any] | None, data_bytes: int) -> None:
+def check(settings: Settings, shape: FinetuneShape, distill: DistillStage | None,
+          evaluate: EvaluateStage | None, data_bytes: int) -> None:
     """Refuse a job that cannot run on the fine-tune or does not fit the limits."""
     for stage, params in (("distill", distill), ("evaluate", evaluate)):
         if params is not None and shape.max_positions is not None \
-                and params["seq_len"] > shape.max_positions:
+                and params.seq_len > shape.max_positions:
             raise SequenceTooLong(
-                f"{stage}.seq_len is {params['seq_len']}, over the fine-tune's "
+                f"{stage}.seq_len is {params.seq_len}, over the fine-tune's "
                 f"max_position_embeddings of {shape.max_positions} (its config.json); ask "
                 f"for at most {shape.max_positions} tokens per row")
     if distill is not None:
@@ -124,10 +125,10 @@ def check(settings: Settings, shape: FinetuneShape, distill: dict[str, Any] | No
                 "batch_size or seq_len, or fewer evaluation batches")
 
 
-def _check_distill(settings: Settings, shape: FinetuneShape, distill: dict[str, Any]) -> None:
-    if distill["steps"] > settings.JOB_MAX_DISTILL_STEPS:
+def _check_distill(settings: Settings, shape: FinetuneShape, distill: DistillStage) -> None:
+    if distill.steps > settings.JOB_MAX_DISTILL_STEPS:
         raise JobTooLarge(
-            f"distill.steps is {distill['steps']}, over the limit of "
+            f"distill.steps is {distill.steps}, over the limit of "
             f"{settings.JOB_MAX_DISTILL_STEPS} (DELTAHUB_JOB_MAX_DISTILL_STEPS); the paper's "
             "200 is usually enough")
     if shape.vocab_size is None:

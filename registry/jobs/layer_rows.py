@@ -10,15 +10,17 @@ only a quality's top-level figures.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+
+from registry.adapters.quality import JSONObject
 
 # Singular values kept per LoRA module: enough to see the decay past any useful rank.
 MAX_SINGULAR_VALUES = 64
 
 
-def codec_layers(codec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def codec_layers(codec: Mapping[str, object]) -> dict[str, list[JSONObject]]:
     """`tensors` (BitDelta's compressed ones) and/or `modules` (LoRA), compacted."""
-    kept: dict[str, list[dict[str, Any]]] = {}
+    kept: dict[str, list[JSONObject]] = {}
     tensors = [_pick(row, ("name", "kind", "weight_rel_error", "delta_rel_error"))
                for row in _rows(codec.get("tensors")) if row.get("kind") == "bitdelta"]
     if tensors:
@@ -35,15 +37,15 @@ def codec_layers(codec: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return kept
 
 
-def verify_layers(report: dict[str, Any]) -> list[dict[str, Any]]:
+def verify_layers(report: Mapping[str, object]) -> list[JSONObject]:
     """Each verified layer's output error against the fine-tune, and the kernel's."""
     return [_pick(row, ("module", "compression_rel_error", "kernel_max_rel_error"))
             for row in _rows(report.get("layers"))]
 
 
-def _rows(value: Any) -> list[dict[str, Any]]:
+def _rows(value: object) -> list[JSONObject]:
     return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else []
 
 
-def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+def _pick(row: JSONObject, keys: tuple[str, ...]) -> JSONObject:
     return {key: row[key] for key in keys if key in row}

@@ -10,8 +10,6 @@ name, and the worker then refuses to run on data the job was not asked for.
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy.orm import Session
 
 from compress.quality import TOKENIZER_FILE
@@ -19,8 +17,9 @@ from compress.tensorio import Manifest
 from registry.datasets.service import get_final_dataset, needs_tokenizer
 from registry.errors import InvalidJobParameters
 from registry.jobs import footprint
+from registry.jobs.params import DistillStage, EvaluateStage, PinnedDataset
 from registry.jobs.schemas import CompressRequest
-from registry.models.service import get_model
+from registry.models.service import model_by_id
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import CompressMethod, Dataset, Model
@@ -28,38 +27,37 @@ from registry.tables import CompressMethod, Dataset, Model
 
 def quality_params(session: Session, store: BlobStore, settings: Settings,
                    method: CompressMethod, request: CompressRequest, finetune: Model,
-                   manifest: Manifest, targets: list[str]) -> dict[str, Any]:
-    """`distill` and `evaluate` as the worker will run them (absent when not asked), after
+                   manifest: Manifest, targets: list[str]
+                   ) -> tuple[DistillStage | None, EvaluateStage | None]:
+    """`distill` and `evaluate` as the worker will run them (None when not asked), after
     checking that they fit the fine-tune and the job limits (registry/jobs/footprint.py)."""
-    params: dict[str, Any] = {}
     if request.distill is None and request.evaluate is None:
-        return params
+        return None, None
     data: dict[str, Dataset] = {}
+    distill = evaluate = None
     if request.distill is not None:
         if method is not CompressMethod.BITDELTA:
             raise InvalidJobParameters(
                 "distill trains BitDelta's scales; it does not apply to method=lora (leave "
                 "it out, or use method=bitdelta)")
-        distill = request.distill.model_dump()
-        distill["dataset"] = _pinned(session, distill["dataset"], finetune, data)
-        params["distill"] = distill
+        distill = DistillStage(**{**request.distill.model_dump(), "dataset": _pinned(
+            session, request.distill.dataset, finetune, data)})
     if request.evaluate is not None:
-        evaluate = request.evaluate.model_dump()
-        if len(set(evaluate["datasets"])) != len(evaluate["datasets"]):
+        names = request.evaluate.datasets
+        if len(set(names)) != len(names):
             raise InvalidJobParameters("evaluate.datasets names a data set twice; name each "
                                        "once")
-        evaluate["datasets"] = [_pinned(session, name, finetune, data)
-                                for name in evaluate["datasets"]]
-        params["evaluate"] = evaluate
+        evaluate = EvaluateStage(**{**request.evaluate.model_dump(), "datasets": [
+            _pinned(session, name, finetune, data) for name in names]})
     footprint.check(settings, footprint.finetune_shape(store, finetune, manifest, targets),
-                    params.get("distill"), params.get("evaluate"),
+                    distill, evaluate,
                     sum(f.size for dataset in data.values() for f in dataset.files))
-    return params
+    return distill, evaluate
 
 
 def _pinned(session: Session, name: str, finetune: Model,
-            fetched: dict[str, Dataset]) -> dict[str, str]:
-    """The data set `name` as {name, digest}, after checking it can be read; recorded in
+            fetched: dict[str, Dataset]) -> PinnedDataset:
+    """The data set `name` with its digest, after checking it can be read; recorded in
     `fetched` (what the worker will fetch)."""
     dataset = fetched[name] = get_final_dataset(session, name)
     if needs_tokenizer(dataset) and not has_tokenizer(session, finetune):
@@ -72,10 +70,10 @@ def _pinned(session: Session, name: str, finetune: Model,
             "the data pre-tokenized (.safetensors with input_ids)",
             name="MissingTokenizer")
     assert dataset.content_digest is not None  # final data sets have one
-    return {"name": dataset.name, "digest": dataset.content_digest}
+    return PinnedDataset(name=dataset.name, digest=dataset.content_digest)
 
 
 def has_tokenizer(session: Session, finetune: Model) -> bool:
     assert finetune.base_id is not None
-    base = get_model(session, str(finetune.base_id))
+    base = model_by_id(session, finetune.base_id)
     return any(TOKENIZER_FILE in {f.filename for f in model.files} for model in (base, finetune))

@@ -12,44 +12,44 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from compress.bitdelta import DistillConfig, distill_bitdelta
 from compress.progress import ProgressFn
 from compress.quality import evaluate_quality
 from compress.tensorio import TensorSource
+from registry.adapters.quality import JSONObject
 from registry.datasets.fetch import fetch_dataset_files
 from registry.jobs.attempt import Context
+from registry.jobs.params import DistillStage, EvaluateStage, PinnedDataset
 
 
-def fetch_pinned(ctx: Context, pinned: dict[str, str], scratch: Path) -> list[Path]:
-    """The files of the data set `pinned` ({name, digest}) in `scratch/data/<name>/`."""
-    return fetch_dataset_files(ctx.database, ctx.store, pinned["name"],
-                               scratch / "data" / pinned["name"], digest=pinned["digest"])
+def fetch_pinned(ctx: Context, pinned: PinnedDataset, scratch: Path) -> list[Path]:
+    """The files of the data set `pinned` in `scratch/data/<name>/`."""
+    return fetch_dataset_files(ctx.database, ctx.store, pinned.name,
+                               scratch / "data" / pinned.name, digest=pinned.digest)
 
 
-def distill(params: dict[str, Any], base: TensorSource, finetune: TensorSource, delta: Path,
-            ctx: Context, scratch: Path, progress: ProgressFn) -> tuple[Path, dict[str, Any]]:
+def distill(params: DistillStage, base: TensorSource, finetune: TensorSource, delta: Path,
+            ctx: Context, scratch: Path, progress: ProgressFn) -> tuple[Path, JSONObject]:
     """The delta with distilled scales (a new directory beside `delta`), and its report."""
-    calibration = fetch_pinned(ctx, params["dataset"], scratch)
+    calibration = fetch_pinned(ctx, params.dataset, scratch)
     out = delta.with_name(f"{delta.name}-distilled")
-    config = DistillConfig(steps=params["steps"], lr=params["lr"],
-                           batch_size=params["batch_size"], seq_len=params["seq_len"],
-                           seed=params["seed"])
+    config = DistillConfig(steps=params.steps, lr=params.lr, batch_size=params.batch_size,
+                           seq_len=params.seq_len, seed=params.seed)
     report = distill_bitdelta(base, finetune, delta, calibration, out, config=config,
                               device=ctx.device, progress=progress)
     shutil.rmtree(delta, ignore_errors=True)
     return out, report.to_dict()
 
 
-def evaluate(params: dict[str, Any], base: TensorSource, finetune: TensorSource,
+def evaluate(params: EvaluateStage, base: TensorSource, finetune: TensorSource,
              result: Path, ctx: Context, scratch: Path,
-             progress: ProgressFn) -> dict[str, Any]:
+             progress: ProgressFn) -> JSONObject:
     """Losses, perplexities and gain kept of `result` on each of the job's data sets."""
-    files = [path for pinned in params["datasets"]
+    files = [path for pinned in params.datasets
              for path in fetch_pinned(ctx, pinned, scratch)]
-    report = evaluate_quality(base, finetune, result, files, batch_size=params["batch_size"],
-                              seq_len=params["seq_len"], max_batches=params["max_batches"],
+    report = evaluate_quality(base, finetune, result, files, batch_size=params.batch_size,
+                              seq_len=params.seq_len, max_batches=params.max_batches,
                               device=ctx.device, progress=progress)
     found = report.to_dict()
     # Where the worker kept its compressed copy (under WORK_DIR) is none of a user's

@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from registry.adapters import service as adapters
+from registry.adapters.quality import Quality
 from registry.blobs.repository import BlobRepository
 from registry.events.outbox import record_event
 from registry.events.payloads import job_data, job_failed_data, job_succeeded_data
 from registry.events.schemas import EventType
+from registry.jobs.params import JobParams, parse_params
 from registry.jobs.repository import JobRepository, Lease
 from registry.jobs.service import retry_delay
 from registry.settings import Settings
@@ -49,7 +50,7 @@ class ClaimedJob:
     base_id: int
     adapter_name: str
     alias: str | None
-    params: dict[str, Any]
+    params: JobParams
 
 
 
@@ -78,7 +79,8 @@ def claim(session: Session, owner: str, capabilities: Collection[str],
         session.flush()
         record_event(session, EventType.JOB_RUNNING, job_data(session, job))
         return ClaimedJob(Lease(job.id, owner, job.attempt), job.method, job.model_id,
-                          job.base_id, job.adapter_name, job.alias, dict(job.params))
+                          job.base_id, job.adapter_name, job.alias,
+                          parse_params(job.method, job.params))
     return None
 
 
@@ -127,7 +129,7 @@ def cancelled(session: Session, lease: Lease) -> None:
 
 def complete(session: Session, lease: Lease, claimed: ClaimedJob, store: BlobStore,
              settings: Settings, files: Sequence[tuple[str, UploadResult]],
-             quality: dict[str, Any]) -> int:
+             quality: Quality) -> int:
     """Register the output as an adapter and end the job, in this one transaction.
 
     However often the job ran, only the attempt holding the lease gets here, and the
@@ -143,20 +145,20 @@ def complete(session: Session, lease: Lease, claimed: ClaimedJob, store: BlobSto
     if job.cancel_requested:
         raise JobCancelled(f"job {job.id} was cancelled before it completed")
     kind = AdapterKind(claimed.method.value)
-    draft = adapters.create_adapter(session, claimed.adapter_name, str(claimed.base_id), kind,
-                                    str(claimed.model_id))
+    draft = adapters.create_adapter(session, claimed.adapter_name, claimed.base_id, kind,
+                                    claimed.model_id)
     blobs = BlobRepository(session)
     for filename, result in files:
         blobs.attach(AdapterFile, "adapter_id", draft.id, filename, result.sha256,
                      result.size, result.header)
     session.expire(draft)  # its files list was loaded before the attach
-    adapter, created = adapters.finalize_adapter(session, store, settings, str(draft.id))
+    adapter, created = adapters.finalize_adapter(session, store, settings, draft.id)
     if created:
-        adapter.params = {**adapter.params, "job": job.id, "codec": claimed.params}
+        adapter.params = {**adapter.params, "job": job.id, "codec": claimed.params.to_json()}
         adapter.set_quality(quality)
         session.flush()  # before set_alias, which expires what the session holds
     if claimed.alias:
-        adapters.set_alias(session, str(adapter.id), claimed.alias)
+        adapters.set_alias(session, adapter, claimed.alias)
     job.adapter_id, job.progress = adapter.id, 1.0
     _end(session, job, JobStatus.SUCCEEDED, None, None, adapter)
     session.flush()

@@ -14,7 +14,6 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 from compress.bitdelta import REPORT_FILE as BITDELTA_REPORT
 from compress.bitdelta import compress_bitdelta, is_delta_file, verify_delta
@@ -23,12 +22,14 @@ from compress.lora import REPORT_FILE as LORA_REPORT
 from compress.lora import SPECTRA_FILE, extract_lora, is_adapter_file
 from compress.progress import ProgressFn
 from compress.tensorio import TensorSource
+from registry.adapters.quality import JSONObject, Quality, from_job
 from registry.jobs import quality_stage, queue
 from registry.jobs.attempt import Context, Control
 from registry.jobs.inputs import open_model
 from registry.jobs.layer_rows import codec_layers, verify_layers
+from registry.jobs.params import BitDeltaParams
 from registry.jobs.scratch import disk_full_named
-from registry.tables import AdapterKind, CompressMethod
+from registry.tables import AdapterKind
 from registry.uploads.flow import store_file
 from registry.uploads.pipeline import UploadResult
 from registry.uploads.rules import adapter_file_rule
@@ -91,16 +92,17 @@ def _run(claimed: queue.ClaimedJob, ctx: Context, control: Control, scratch: Pat
     out = scratch / "out"
     codec_report = _encode(claimed, base, finetune, out, ctx,
                            report.callback("compressing", *spans["compressing"]))
+    params = claimed.params
     distilled = None
-    if "distill" in claimed.params:
+    if isinstance(params, BitDeltaParams) and params.distill is not None:
         out, distilled = quality_stage.distill(
-            claimed.params["distill"], base, finetune, out, ctx, scratch,
+            params.distill, base, finetune, out, ctx, scratch,
             report.callback("distilling", *spans["distilling"]))
     verified = _verify(claimed, base, finetune, out, ctx, report, spans["verifying"])
     evaluated = None
-    if "evaluate" in claimed.params:
+    if params.evaluate is not None:
         evaluated = quality_stage.evaluate(
-            claimed.params["evaluate"], base, finetune, out, ctx, scratch,
+            params.evaluate, base, finetune, out, ctx, scratch,
             report.callback("evaluating", *spans["evaluating"]))
     quality = _quality(claimed, codec_report, verified, distilled, evaluated)
     _check_max_error(claimed, quality)
@@ -122,9 +124,11 @@ _STAGE_WEIGHTS = {"compressing": 6.0, "distilling": 4.0, "verifying": 2.5, "eval
 def _stage_spans(claimed: queue.ClaimedJob) -> dict[str, tuple[float, float]]:
     """Each stage's (start, span) of the progress bar between reading and uploading."""
     params = claimed.params
-    runs = {"compressing": True, "distilling": "distill" in params,
-            "verifying": claimed.method is CompressMethod.BITDELTA and params["verify"] != "off",
-            "evaluating": "evaluate" in params}
+    bitdelta = params if isinstance(params, BitDeltaParams) else None
+    runs = {"compressing": True,
+            "distilling": bitdelta is not None and bitdelta.distill is not None,
+            "verifying": bitdelta is not None and bitdelta.verify != "off",
+            "evaluating": params.evaluate is not None}
     total = sum(w for stage, w in _STAGE_WEIGHTS.items() if runs[stage])
     spans, start = {}, 0.1
     for stage, weight in _STAGE_WEIGHTS.items():
@@ -167,85 +171,55 @@ class _Reporter:
 
 
 def _encode(claimed: queue.ClaimedJob, base: TensorSource, finetune: TensorSource, out: Path,
-            ctx: Context, progress: ProgressFn) -> dict[str, Any]:
+            ctx: Context, progress: ProgressFn) -> JSONObject:
     params = claimed.params
-    if claimed.method is CompressMethod.BITDELTA:
-        result = compress_bitdelta(base, finetune, out, scale=params["scale_mode"],
-                                   targets=params["targets"], device=ctx.device,
+    if isinstance(params, BitDeltaParams):
+        result = compress_bitdelta(base, finetune, out, scale=params.scale_mode,
+                                   targets=params.targets, device=ctx.device,
                                    progress=progress)
         return result.to_dict()
-    lora = extract_lora(base, finetune, out, rank=params.get("rank"),
-                        target_error=params.get("target_error"),
-                        max_rank=params.get("max_rank"), targets=params["targets"],
-                        targets_only=_targets_only(params),
+    lora = extract_lora(base, finetune, out, rank=params.rank,
+                        target_error=params.target_error,
+                        max_rank=params.max_rank, targets=params.targets,
+                        targets_only=params.targets_only,
                         base_model_name_or_path=f"deltahub:model/{claimed.base_id}",
                         device=ctx.device, progress=progress)
     return lora.to_dict()
 
 
-def _targets_only(params: dict[str, Any]) -> bool:
-    """A job queued before carrying non-targets became the default recorded save_modules
-    instead; it runs as it was asked to."""
-    if "targets_only" in params:
-        return bool(params["targets_only"])
-    return not params.get("save_modules", False)
-
-
 def _verify(claimed: queue.ClaimedJob, base: TensorSource, finetune: TensorSource, out: Path,
             ctx: Context, report: _Reporter,
-            span: tuple[float, float]) -> dict[str, Any] | None:
+            span: tuple[float, float]) -> JSONObject | None:
     """BitDelta: the fused kernel (Triton on a GPU, the reference on a CPU) against the
     fine-tune's own layer outputs. LoRA: its factors' errors were measured as stored."""
-    if claimed.method is not CompressMethod.BITDELTA or claimed.params["verify"] == "off":
+    if not isinstance(claimed.params, BitDeltaParams) or claimed.params.verify == "off":
         return None
-    device = "cuda" if claimed.params["verify"] == "gpu" else ctx.device
+    device = "cuda" if claimed.params.verify == "gpu" else ctx.device
     result = verify_delta(base, finetune, out, device=device,
                           progress=report.callback("verifying", *span))
     full = result.to_dict()
-    summary: dict[str, Any] = full["summary"]
     if not result.ok:
         raise KernelDisagrees(
-            f"the kernel disagreed with the reference on {summary['kernel_failures']}; "
+            f"the kernel disagreed with the reference on {full['summary']['kernel_failures']}; "
             "the delta was not registered")
-    return {**summary, "layers": verify_layers(full)}
+    return {**full["summary"], "layers": verify_layers(full)}
 
 
 class KernelDisagrees(CodecError):
     """Verification found the kernel's output differs from the fp32 reference."""
 
 
-def _quality(claimed: queue.ClaimedJob, codec: dict[str, Any], verified: dict[str, Any] | None,
-             distilled: dict[str, Any] | None,
-             evaluated: dict[str, Any] | None) -> dict[str, Any]:
-    """The adapter's quality: headline figures at the top (listings show those), the
-    codec's summary, the distillation, the verification and the evaluation below."""
-    headline: dict[str, Any] = {"source": "deltahub job", "job": claimed.lease.job_id,
-                                "method": claimed.method.value}
-    details = {k: v for k, v in codec.items()
-               if k not in ("tensors", "modules", "files", "saved", "left_out",
-                            "unchanged_targets", "omitted")}
-    if evaluated is not None:
-        headline["gain_kept"] = evaluated["gain_kept"]  # on the first data set
-        headline["gain_kept_on"] = claimed.params["evaluate"]["datasets"][0]["name"]
-    if distilled is not None:
-        headline.update(distilled=True, distill_loss_initial=distilled.get("initial_loss"),
-                        distill_loss_final=distilled.get("final_loss"))
-    if verified is not None:
-        headline.update(output_rel_error_max=verified["compression_rel_error_max"],
-                        output_rel_error_mean=verified["compression_rel_error_mean"],
-                        verified_with=f"{verified['backend']} on {verified['device']}")
-    elif claimed.method is CompressMethod.LORA:
-        summary = codec.get("summary", {})
-        headline.update(weight_rel_error_max=summary.get("max_error"),
-                        weight_rel_error_mean=summary.get("mean_error"),
-                        verified_with="factor errors measured as stored")
-    return {**headline, "codec": details, "distillation": distilled, "verify": verified,
-            "evaluation": evaluated, **codec_layers(codec)}
+def _quality(claimed: queue.ClaimedJob, codec: JSONObject, verified: JSONObject | None,
+             distilled: JSONObject | None, evaluated: JSONObject | None) -> Quality:
+    evaluate = claimed.params.evaluate
+    return from_job(claimed.lease.job_id, claimed.method.value, codec, codec_layers(codec),
+                    verified, distilled, evaluated,
+                    evaluate.datasets[0].name if evaluate and evaluate.datasets else None)
 
 
-def _check_max_error(claimed: queue.ClaimedJob, quality: dict[str, Any]) -> None:
-    limit = claimed.params.get("max_error")
-    measured = quality.get("output_rel_error_max", quality.get("weight_rel_error_max"))
+def _check_max_error(claimed: queue.ClaimedJob, quality: Quality) -> None:
+    limit = claimed.params.max_error
+    measured = quality.worst_error()
     if limit is not None and measured is not None and measured > limit:
         raise QualityBelowThreshold(
             f"the worst relative error measured is {measured:.4g}, over max_error={limit}; "

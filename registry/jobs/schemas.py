@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
+from registry.jobs.params import BitDeltaParams, LoraParams, VerifyMode, parse_params
 from registry.names import NAME_PATTERN
 from registry.schemas import Schema, UTCDateTime
 from registry.tables import Job
@@ -14,7 +15,6 @@ from registry.tables import Job
 # Only literal names: a regular expression from a client would run on our workers.
 TargetName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.]{0,199}$")]
 
-VerifyMode = Literal["auto", "gpu", "cpu", "off"]
 DatasetName = Annotated[str, Field(pattern=f"^{NAME_PATTERN}$")]
 # What an Idempotency-Key may be: 1-128 printable ASCII characters (a UUID fits).
 IDEMPOTENCY_KEY_PATTERN = r"^[\x20-\x7e]{1,128}$"
@@ -115,7 +115,7 @@ class JobOut(Schema):
     base: str
     adapter_name: str
     alias: str | None
-    params: dict[str, Any]
+    params: BitDeltaParams | LoraParams
     requirements: list[str]
     progress: JobProgress
     attempt: int
@@ -138,7 +138,8 @@ class JobOut(Schema):
             id=job.id, status=job.status.value, method=job.method.value,
             model=model_names.get(job.model_id, str(job.model_id)),
             base=model_names.get(job.base_id, str(job.base_id)),
-            adapter_name=job.adapter_name, alias=job.alias, params=job.params,
+            adapter_name=job.adapter_name, alias=job.alias,
+            params=parse_params(job.method, job.params),
             requirements=job.requirements,
             progress=JobProgress(fraction=job.progress, stage=job.stage, message=job.message),
             attempt=job.attempt, max_attempts=job.max_attempts,

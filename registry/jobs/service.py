@@ -10,14 +10,12 @@ import hashlib
 import json
 import re
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from compress.errors import InvalidParameter
 from compress.targets import DEFAULT_TARGET_MODULES, select_linear_weights
 from compress.tensorio import Manifest
-from registry.adapters.repository import AdapterRepository
 from registry.errors import (
     IdempotencyKeyReused,
     InvalidJobParameters,
@@ -31,10 +29,11 @@ from registry.errors import (
 from registry.events.outbox import record_event
 from registry.events.payloads import job_data
 from registry.events.schemas import EventType
+from registry.jobs.params import BitDeltaParams, JobParams, LoraParams
 from registry.jobs.quality_params import quality_params
 from registry.jobs.repository import JobRepository
-from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest, JobAdapter, JobOut
-from registry.models.service import get_model, model_id, model_names
+from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest
+from registry.models.service import get_model, model_id
 from registry.names import MAX_ID, check_name
 from registry.pagination import Page, page_request
 from registry.settings import Settings
@@ -74,9 +73,11 @@ def enqueue(session: Session, settings: Settings, store: BlobStore, model_ref: s
     _check_compressible(model)
     assert model.manifest is not None
     manifest = Manifest.from_dict(model.manifest)
-    params = job_params(method, request, manifest)
-    params.update(quality_params(session, store, settings, method, request, model, manifest,
-                                 params["targets"]))
+    codec = job_params(method, request, manifest)
+    distill, evaluate = quality_params(session, store, settings, method, request, model,
+                                       manifest, codec.targets)
+    params = codec.model_copy(update={"evaluate": evaluate} if distill is None
+                              else {"distill": distill, "evaluate": evaluate})
     name = check_name(request.name or f"{model.name}-{method.value}", "adapter name")
     repo.lock_token(token_id)
     if key is not None and (existing := _retried(repo, token_id, key, digest)) is not None:
@@ -84,7 +85,7 @@ def enqueue(session: Session, settings: Settings, store: BlobStore, model_ref: s
     _check_quota(repo, settings, token_id)
     job = repo.add(Job(
         method=method, model_id=model.id, base_id=model.base_id, adapter_name=name,
-        alias=request.alias, params=params,
+        alias=request.alias, params=params.to_json(),
         requirements=["gpu"] if request.verify == "gpu" else [],
         status=JobStatus.QUEUED, attempt=0, max_attempts=settings.JOB_MAX_ATTEMPTS,
         next_run_at=utcnow(), stage="queued", progress=0.0, cancel_requested=False,
@@ -136,7 +137,7 @@ def _check_quota(repo: JobRepository, settings: Settings, token_id: int) -> None
 
 
 def job_params(method: CompressMethod, request: CompressRequest,
-               manifest: Manifest) -> dict[str, Any]:
+               manifest: Manifest) -> JobParams:
     """The codec options a worker will use, checked against the method and the model."""
     given = request.model_dump(exclude_none=True, exclude={"distill", "evaluate"})
     wrong = sorted(k for k, only in _ONLY_FOR.items() if k in given and only is not method)
@@ -151,11 +152,9 @@ def job_params(method: CompressMethod, request: CompressRequest,
         raise InvalidJobParameters(
             f"targets {unknown} match no 2-D linear weight of this model; name module "
             "suffixes such as 'q_proj' or full module names", name="UnknownTargets")
-    params: dict[str, Any] = {"targets": targets, "verify": request.verify,
-                              "max_error": request.max_error}
     if method is CompressMethod.BITDELTA:
-        params["scale_mode"] = request.scale_mode or "row"
-        return params
+        return BitDeltaParams(targets=targets, verify=request.verify,
+                              max_error=request.max_error, scale_mode=request.scale_mode or "row")
     if (request.rank is None) == (request.target_error is None):
         raise InvalidJobParameters("method=lora takes exactly one of rank (every module "
                                    "gets it) and target_error (each module the smallest "
@@ -167,9 +166,9 @@ def job_params(method: CompressMethod, request: CompressRequest,
     if given.get("save_modules") and request.targets_only:
         raise InvalidJobParameters("save_modules (the default) contradicts targets_only; "
                                    "leave save_modules out")
-    params.update(rank=request.rank, target_error=request.target_error,
-                  max_rank=request.max_rank, targets_only=bool(request.targets_only))
-    return params
+    return LoraParams(targets=targets, verify=request.verify, max_error=request.max_error,
+                      rank=request.rank, target_error=request.target_error,
+                      max_rank=request.max_rank, targets_only=bool(request.targets_only))
 
 
 def _matches_any(manifest: Manifest, target: str) -> bool:
@@ -220,18 +219,6 @@ def cancel_job(session: Session, job_id: int) -> Job:
     job.updated_at = now
     session.flush()
     return job
-
-
-def job_views(session: Session, jobs: list[Job]) -> list[JobOut]:
-    names = model_names(session, [*(j.model_id for j in jobs), *(j.base_id for j in jobs)])
-    adapters = AdapterRepository(session)
-    views = []
-    for job in jobs:
-        adapter = adapters.by_id(job.adapter_id) if job.adapter_id else None
-        ref = (JobAdapter(id=adapter.id, name=adapter.name, version=adapter.version)
-               if adapter else None)
-        views.append(JobOut.of(job, names, ref))
-    return views
 
 
 def retry_delay(settings: Settings, attempt: int) -> timedelta:

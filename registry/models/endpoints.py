@@ -16,20 +16,12 @@ from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreD
 from registry.downloads import StoredFile, file_response, find_file
 from registry.models import service
 from registry.models.schemas import FinalizeRequest, ModelCreate, ModelOut
+from registry.models.views import model_out, model_outs
 from registry.schemas import FileOut, PageOut, created_or_existing
-from registry.tables import Model, ModelKind
+from registry.tables import ModelKind
 from registry.uploads.flow import SHA256_HEADER, store_request
 
 router = APIRouter(prefix="/models", tags=["models"])
-
-
-def _outs(session: Session, models: list[Model]) -> list[ModelOut]:
-    names = service.model_names(session, (m.base_id for m in models))
-    return [ModelOut.of(m, names.get(m.base_id) if m.base_id else None) for m in models]
-
-
-def _out(session: Session, model: Model) -> ModelOut:
-    return _outs(session, [model])[0]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED,
@@ -42,7 +34,7 @@ async def create_model(body: ModelCreate, db: DatabaseDep, settings: SettingsDep
         model, created = service.start_push(session, settings, body.name,
                                             ModelKind(body.kind), body.base, token.id,
                                             body.files)
-        return _out(session, service.get_model(session, str(model.id))), created
+        return model_out(session, service.model_by_id(session, model.id)), created
 
     out, created = await db.write(create)
     return created_or_existing(out, created)
@@ -58,7 +50,7 @@ async def list_models(
     def page(session: Session) -> PageOut[ModelOut]:
         found = service.list_models(session, settings, ModelKind(kind) if kind else None,
                                     base, limit, page_token)
-        return PageOut(items=_outs(session, found.items),
+        return PageOut(items=model_outs(session, found.items),
                        next_page_token=found.next_page_token)
 
     return await db.read(page)
@@ -66,7 +58,7 @@ async def list_models(
 
 @router.get("/{model}")
 async def get_model(model: str, db: DatabaseDep, _: ReadToken) -> ModelOut:
-    return await db.read(lambda session: _out(session, service.get_model(session, model)))
+    return await db.read(lambda session: model_out(session, service.get_model(session, model)))
 
 
 @router.put("/{model}/files/{filename:path}", status_code=status.HTTP_201_CREATED,
@@ -89,7 +81,7 @@ async def upload_model_file(model: str, filename: str, request: Request, store: 
 async def finalize_model(model: str, db: DatabaseDep, store: StoreDep, _: PushToken,
                          body: FinalizeRequest | None = None) -> ModelOut:
     expected = body.files if body is not None else None
-    return await db.write(lambda session: _out(
+    return await db.write(lambda session: model_out(
         session, service.finalize_model(session, store, model, expected)))
 
 

@@ -77,8 +77,12 @@ class ModelRepository:
             query = select(Model.id).where(Model.name == ref)
         return None if query is None else self.session.scalar(query)
 
-    def by_id(self, model_id: int, full: bool = False) -> Model | None:
-        return self.session.scalars(self._query(full).where(Model.id == model_id)).first()
+    def by_id(self, model_id: int, lock: bool = False, full: bool = False) -> Model | None:
+        query = self._query(full).where(Model.id == model_id)
+        if lock:
+            # As for adapters: a locked read sees the row the lock waited for.
+            query = query.with_for_update().execution_options(populate_existing=True)
+        return self.session.scalars(query).first()
 
     def names_of(self, ids: set[int]) -> dict[int, str]:
         if not ids:

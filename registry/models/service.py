@@ -58,6 +58,14 @@ def get_model(session: Session, ref: str, lock: bool = False, full: bool = False
     return model
 
 
+def model_by_id(session: Session, ident: int, lock: bool = False, full: bool = False) -> Model:
+    """A model by its id (a reference already resolved, or a row's foreign key)."""
+    model = ModelRepository(session).by_id(ident, lock=lock, full=full)
+    if model is None:
+        raise not_found(session, f"{ident}")
+    return model
+
+
 def model_id(session: Session, ref: str) -> int:
     """The id of a model by id or name, loading nothing else (for listing filters)."""
     if not is_id(ref):
@@ -175,6 +183,11 @@ def _base_id(session: Session, kind: ModelKind, base_ref: str | None) -> int | N
     return base.id
 
 
+def pending_model(session: Session, ident: int, filename: str | None = None) -> Model:
+    """The model a file is being uploaded to; it must still accept (that) file."""
+    return _taking_files(model_by_id(session, ident, lock=True), filename)
+
+
 def _taking_files(model: Model, filename: str | None = None) -> Model:
     """`model`, if it takes `filename`: a draft takes any file; a finalized model only a
     tokenizer file it does not hold yet (None: any file, so only a draft)."""
@@ -202,9 +215,8 @@ def upload_target(session: Session, ref: str, filename: str, settings: Settings,
     if held is None:
         _taking_files(model, filename)
     model_id = model.id
-    return UploadTarget(
-        filename, ModelFile, "model_id", model_id, rule, held=held,
-        recheck=lambda s: _taking_files(get_model(s, str(model_id), lock=True), filename))
+    return UploadTarget(filename, ModelFile, "model_id", model_id, rule,
+                        recheck=lambda s: pending_model(s, model_id, filename), held=held)
 
 
 def finalize_model(session: Session, store: BlobStore, ref: str,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -37,15 +37,15 @@ class QualitySource:
 
 
 def _source(session: Session, adapter_id: int) -> QualitySource:
-    found = adapters.get_adapter(session, str(adapter_id))
+    found = adapters.adapter_by_id(session, adapter_id)
     out = adapter_outs(session, [found], summary=False)[0]
     report = next((f for f in out.files if f.filename == REPORT_FILE), None)
     return QualitySource(out, report.sha256 if report else None, report.size if report else 0)
 
 
-async def _document(request: Request, source: QualitySource) -> dict[str, Any]:
-    """What the plots draw from: the quality JSON and the pushed report, if readable."""
-    report: Any = None
+async def _figures(request: Request, source: QualitySource) -> plots.Figures:
+    """What the plots draw from: the quality and the pushed report, if readable."""
+    report: object = None
     limit = request.app.state.settings.MAX_REPORT_BYTES
     if source.report_sha256 is not None and source.report_size <= limit:
         raw = await run_in_threadpool(request.app.state.store.read_bytes, source.report_sha256)
@@ -54,21 +54,21 @@ async def _document(request: Request, source: QualitySource) -> dict[str, Any]:
         except CodecError:
             report = None  # shown without pictures rather than not at all
     # A report stored before reports were checked may hold numbers no float holds.
-    return {"quality": source.adapter.quality or {},
-            "report": strictjson.within_bounds(report) if isinstance(report, dict) else {}}
+    return plots.Figures.of(source.adapter.quality, strictjson.within_bounds(report))
 
 
 @router.get("/{adapter_id}")
 async def adapter_page(request: Request, adapter_id: AdapterId,
                        viewer: ViewerDep) -> HTMLResponse:
     source = await read(request, lambda s: _source(s, adapter_id))
-    document = await _document(request, source)
+    figures = await _figures(request, source)
     server = str(request.base_url).rstrip("/")
-    found = source.adapter.quality or {}
+    found = source.adapter.quality
     return page(request, "adapter.html", viewer, adapter=source.adapter,
-                plots=plots.available(document), snippets=snippets(source.adapter, server),
+                plots=plots.available(figures), snippets=snippets(source.adapter, server),
                 quality=found, evaluation=quality.evaluation(found),
-                distillation=quality.distillation(found, source.adapter.params),
+                distillation=quality.distillation(found, source.adapter.kind,
+                                                  source.adapter.params),
                 gain_kept_meaning=quality.GAIN_KEPT_MEANING)
 
 
@@ -86,11 +86,11 @@ async def plot(request: Request, adapter_id: AdapterId, kind: str,
     cache: plots.PlotCache = request.app.state.plot_cache
 
     async def draw() -> bytes:
-        document = await _document(request, source)
-        if kind not in dict(plots.available(document)):
+        figures = await _figures(request, source)
+        if kind not in dict(plots.available(figures)):
             raise PageError(404, "NotFound", f"this adapter's report has no data for {kind!r}")
         return await run_in_threadpool(cache.bounded,
-                                       lambda: plots.render_png(kind, document))
+                                       lambda: plots.render_png(kind, figures))
 
     try:
         png = await cache.picture(key, draw)
@@ -103,7 +103,8 @@ async def plot(request: Request, adapter_id: AdapterId, kind: str,
 async def move_alias(request: Request, adapter_id: AdapterId, viewer: PushAction,
                      alias: Annotated[str, Form()]) -> RedirectResponse:
     """Point `alias` of this adapter's name at this version (moving it if it exists)."""
-    await write(request, lambda s: adapters.set_alias(s, str(adapter_id), alias.strip()))
+    await write(request, lambda s: adapters.set_alias(s, adapters.adapter_by_id(s, adapter_id),
+                                                      alias.strip()))
     return redirect(f"/ui/adapters/{adapter_id}")
 
 
@@ -112,7 +113,7 @@ async def delete(request: Request, adapter_id: AdapterId,
                  viewer: AdminAction) -> RedirectResponse:
     def remove(session: Session) -> str:
         base = _source(session, adapter_id).adapter.base
-        adapters.delete_adapter(session, str(adapter_id), viewer.scopes)
+        adapters.delete_adapter(session, adapter_id, viewer.scopes)
         return base
 
     base = await write(request, remove)

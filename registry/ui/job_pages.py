@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from registry.errors import InvalidRequest, Unprocessable
 from registry.jobs import service as jobs
 from registry.jobs.schemas import JobOut
+from registry.jobs.views import job_views
 from registry.names import MAX_ID
 from registry.tables import JobStatus
 from registry.ui import views
@@ -88,7 +89,7 @@ async def job_list(request: Request, viewer: ViewerDep,
 
 @router.get("/{job_id}")
 async def job_detail(request: Request, job_id: JobId, viewer: ViewerDep) -> HTMLResponse:
-    found = await read(request, lambda s: jobs.job_views(s, [jobs.get_job(s, job_id)]))
+    found = await read(request, lambda s: job_views(s, [jobs.get_job(s, job_id)]))
     return page(request, "job.html", viewer, job=found[0],
                 terminal=[s.value for s in jobs.TERMINAL])
 

@@ -29,8 +29,10 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
+from registry.adapters.quality import ModuleFigures, Quality, TensorFigures
 from registry.errors import PlotsBusy
 
 # Labels and sizes. Plots stay small: one picture per figure, at most this many bars.
@@ -48,80 +50,72 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_DRAWN = 1e100
 
 
-def _rows(document: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    """`report.<key>` (the codec's report.json), or `quality.<key>`, as a list of objects."""
-    for part in ("report", "quality"):
-        value = (document.get(part) or {}).get(key)
-        if isinstance(value, list):
-            return [row for row in value if isinstance(row, dict)]
-    return []
+@dataclass(frozen=True)
+class Figures:
+    """What the plots draw from: the adapter's quality and its pushed report.json, each
+    read once (registry/adapters/quality.py)."""
+
+    quality: Quality
+    report: Quality
+
+    @classmethod
+    def of(cls, quality: Quality | None, report: object) -> Figures:
+        """`report`: the report file's JSON (anything but an object reads as none)."""
+        return cls(quality or Quality.parse({}), Quality.parse_optional(report)
+                   or Quality.parse({}))
+
+    def modules(self) -> tuple[ModuleFigures, ...]:
+        """The codec report's per-module rows, else the quality's compact copy."""
+        return next((m for m in (self.report.modules, self.quality.modules) if m is not None),
+                    ())
+
+    def tensors(self) -> tuple[TensorFigures, ...]:
+        return next((t for t in (self.report.tensors, self.quality.tensors) if t is not None),
+                    ())
 
 
-def _finite(value: Any) -> float | None:
-    """`value` as a float that can be drawn, or None (not a number, or past MAX_DRAWN)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= MAX_DRAWN:
-        return float(value)
-    return None
+def _drawable(value: float | None) -> float | None:
+    """A finite figure that can be drawn, or None (past MAX_DRAWN)."""
+    return value if value is not None and abs(value) <= MAX_DRAWN else None
 
 
-def layer_errors(document: dict[str, Any]) -> list[tuple[str, float]]:
+def layer_errors(figures: Figures) -> list[tuple[str, float]]:
     """Per-module relative weight error: LoRA `modules[].error`, BitDelta
     `tensors[].weight_rel_error` (compressed tensors only)."""
-    found = [(str(r.get("module")), _finite(r.get("error"))) for r in _rows(document, "modules")]
-    found += [(str(r.get("name")), _finite(r.get("weight_rel_error")))
-              for r in _rows(document, "tensors") if r.get("kind") == "bitdelta"]
+    found = [(m.module, _drawable(m.error)) for m in figures.modules()]
+    found += [(t.name, _drawable(t.weight_error)) for t in figures.tensors()
+              if t.kind == "bitdelta"]
     return [(name, value) for name, value in found if value is not None][:MAX_BARS]
 
 
-def spectra(document: dict[str, Any]) -> list[tuple[str, list[float], int | None]]:
+def spectra(figures: Figures) -> list[tuple[str, list[float], int | None]]:
     """LoRA: each module's leading singular values and the rank kept."""
     curves = []
-    for row in _rows(document, "modules"):
-        raw = row.get("singular_values")
-        values = [v for v in (_finite(s) for s in raw[:MAX_POINTS]) if v] \
-            if isinstance(raw, list) else []
-        rank = row.get("rank")
+    for module in figures.modules():
+        values = [v for v in map(_drawable, module.singular_values[:MAX_POINTS]) if v]
         if values:
-            curves.append((str(row.get("module")), values,
-                           rank if isinstance(rank, int) else None))
+            curves.append((module.module, values, module.rank))
     return curves[:MAX_CURVES]
 
 
-def loss_curve(document: dict[str, Any]) -> list[tuple[float, float]]:
-    """Distillation loss by step: `losses` (a list) or `history` ([{step, loss}])."""
-    for part in ("quality", "report"):
-        distill = (document.get(part) or {}).get("distillation")
-        if not isinstance(distill, dict):
+def loss_curve(figures: Figures) -> list[tuple[float, float]]:
+    """Distillation loss by step."""
+    for part in (figures.quality, figures.report):
+        if part.distillation is None:
             continue
-        losses = distill.get("losses") or distill.get("loss_curve")
-        if isinstance(losses, list):
-            points = [(float(i), _finite(v)) for i, v in enumerate(losses)]
-        else:
-            history = distill.get("history")
-            rows = history if isinstance(history, list) else []
-            points = [(_finite(r.get("step")) or 0.0, _finite(r.get("loss")))
-                      for r in rows if isinstance(r, dict)]
-        clean = [(x, y) for x, y in points if y is not None]
+        clean = [(_drawable(x) or 0.0, y) for x, y in
+                 ((x, _drawable(y)) for x, y in part.distillation.curve) if y is not None]
         if clean:
             return _thin(clean)
     return []
 
 
-def verify_errors(document: dict[str, Any]) -> list[tuple[str, float]]:
+def verify_errors(figures: Figures) -> list[tuple[str, float]]:
     """Verification: each layer's output error against the fine-tune."""
-    rows: list[Any] = []
-    for part in ("quality", "report"):
-        verify = (document.get(part) or {}).get("verify")
-        if isinstance(verify, dict) and isinstance(verify.get("layers"), list):
-            rows = verify["layers"]
-            break
-    else:
-        report = document.get("report") or {}
-        if isinstance(report.get("summary"), dict) and "kernel_failures" in report["summary"]:
-            layers = report.get("layers")  # a `deltahub verify` report pushed as is
-            rows = layers if isinstance(layers, list) else []
-    found = [(str(r.get("module")), _finite(r.get("compression_rel_error")))
-             for r in rows if isinstance(r, dict)]
+    layers = next((part.verify_layers for part in (figures.quality, figures.report)
+                   if part.verify_layers is not None),
+                  figures.report.checked_layers)  # a `deltahub verify` report pushed as is
+    found = [(layer.module, _drawable(layer.error)) for layer in layers or ()]
     return [(name, value) for name, value in found if value is not None][:MAX_BARS]
 
 
@@ -162,20 +156,20 @@ def _bars(title: str, xlabel: str, data: list[tuple[str, float]]) -> Any:
     return fig
 
 
-def _draw_errors(document: dict[str, Any]) -> Any:
-    return _bars("Weight error per layer", "‖W − Ŵ‖ / ‖W‖", layer_errors(document))
+def _draw_errors(figures: Figures) -> Any:
+    return _bars("Weight error per layer", "‖W − Ŵ‖ / ‖W‖", layer_errors(figures))
 
 
-def _draw_verify(document: dict[str, Any]) -> Any:
+def _draw_verify(figures: Figures) -> Any:
     return _bars("Verification: output error per layer", "relative error of x·Wᵀ",
-                 verify_errors(document))
+                 verify_errors(figures))
 
 
-def _draw_spectra(document: dict[str, Any]) -> Any:
+def _draw_spectra(figures: Figures) -> Any:
     from matplotlib.ticker import LogFormatter, NullFormatter
 
     fig, ax = _figure(4)
-    for name, values, rank in spectra(document):
+    for name, values, rank in spectra(figures):
         (line,) = ax.semilogy(range(1, len(values) + 1), values, lw=1, label=label(name))
         if rank is not None and 0 < rank <= len(values):
             ax.plot([rank], [values[rank - 1]], "o", ms=3, color=line.get_color())
@@ -189,8 +183,8 @@ def _draw_spectra(document: dict[str, Any]) -> Any:
     return fig
 
 
-def _draw_loss(document: dict[str, Any]) -> Any:
-    points = loss_curve(document)
+def _draw_loss(figures: Figures) -> Any:
+    points = loss_curve(figures)
     fig, ax = _figure(3.2)
     ax.plot([x for x, _ in points], [y for _, y in points], color="#a5523b")
     ax.set_xlabel("step")
@@ -199,8 +193,8 @@ def _draw_loss(document: dict[str, Any]) -> Any:
     return fig
 
 
-PLOTS: dict[str, tuple[str, Callable[[dict[str, Any]], bool],
-                       Callable[[dict[str, Any]], Any]]] = {
+PLOTS: dict[str, tuple[str, Callable[[Figures], bool],
+                       Callable[[Figures], Any]]] = {
     "errors": ("Per-layer weight error", lambda d: bool(layer_errors(d)), _draw_errors),
     "spectra": ("LoRA singular-value spectra", lambda d: bool(spectra(d)), _draw_spectra),
     "loss": ("Distillation loss", lambda d: bool(loss_curve(d)), _draw_loss),
@@ -209,21 +203,22 @@ PLOTS: dict[str, tuple[str, Callable[[dict[str, Any]], bool],
 }
 
 
-def available(document: dict[str, Any]) -> list[tuple[str, str]]:
+def available(figures: Figures) -> list[tuple[str, str]]:
     """(kind, title) of every plot the document has data for."""
-    return [(kind, title) for kind, (title, has, _) in PLOTS.items() if has(document)]
+    return [(kind, title) for kind, (title, has, _) in PLOTS.items() if has(figures)]
 
 
-def render_png(kind: str, document: dict[str, Any]) -> bytes:
-    fig = PLOTS[kind][2](document)
+def render_png(kind: str, figures: Figures) -> bytes:
+    fig = PLOTS[kind][2](figures)
     fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png")
     return out.getvalue()
 
 
-def content_key(quality: dict[str, Any] | None, report_sha256: str | None, kind: str) -> str:
-    canonical = json.dumps(quality, sort_keys=True, separators=(",", ":"), default=str)
+def content_key(quality: Quality | None, report_sha256: str | None, kind: str) -> str:
+    document = None if quality is None else quality.document
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(f"{canonical}|{report_sha256}|{kind}".encode()).hexdigest()
 
 

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from registry.adapters.quality import finite
 from registry.errors import APIError
 from registry.ui.sessions import CSRF_FIELD, Viewer
 
@@ -86,15 +87,13 @@ def number(value: Any, digits: int = 4) -> str:
 
 def fixed(value: Any, digits: int = 3) -> str:
     """A figure to `digits` decimals (losses, gain kept), or "–" when there is none."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{value:.{digits}f}"
-    return "–"
+    number = finite(value)
+    return "–" if number is None else f"{number:.{digits}f}"
 
 
 def percent(value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{100 * value:.1f} %"
-    return "–"
+    number = finite(value)
+    return "–" if number is None else f"{100 * number:.1f} %"
 
 
 def _environment() -> Environment:

@@ -7,21 +7,24 @@ own output schemas where one fits), so templates never touch ORM rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.orm import Session
 
 from compress.tensorio import strictjson
 from registry.adapters import service as adapters
+from registry.adapters import views as adapter_views
+from registry.adapters.quality import Quality
 from registry.adapters.schemas import AdapterOut
 from registry.datasets import service as datasets
 from registry.datasets.schemas import DatasetOut
 from registry.errors import JobNotFound
 from registry.jobs import service as jobs
+from registry.jobs import views as jobs_views
 from registry.jobs.schemas import JobOut
 from registry.models import service as models
 from registry.models.repository import ModelRepository
 from registry.models.schemas import ModelOut
+from registry.models.views import model_outs
 from registry.settings import Settings
 from registry.tables import Adapter, AdapterKind, Dataset, JobStatus, ModelKind, Status
 
@@ -57,19 +60,16 @@ class Lineage:
     finetunes_truncated: bool
 
 
-def _model_outs(session: Session, found: list[Any]) -> list[ModelOut]:
-    names = models.model_names(session, [m.base_id for m in found])
-    return [ModelOut.of(m, names.get(m.base_id) if m.base_id else None) for m in found]
-
-
 def adapter_outs(session: Session, found: list[Adapter], summary: bool = True
                  ) -> list[AdapterOut]:
-    names = models.model_names(session, [*(a.base_id for a in found),
-                                         *(a.source_model_id for a in found)])
     # A row stored before reports were checked may hold a number no float holds (a
     # 400-digit integer): pages show it as missing rather than fail on it.
-    return [out.model_copy(update={"quality": strictjson.within_bounds(out.quality)})
-            for out in (AdapterOut.of(a, names, summary=summary) for a in found)]
+    return [out.model_copy(update={"quality": _bounded(out.quality)})
+            for out in adapter_views.adapter_outs(session, found, summary=summary)]
+
+
+def _bounded(quality: Quality | None) -> Quality | None:
+    return None if quality is None else Quality.parse(strictjson.within_bounds(quality.document))
 
 
 def base_models(session: Session, settings: Settings, page_token: str | None
@@ -77,7 +77,7 @@ def base_models(session: Session, settings: Settings, page_token: str | None
     found = models.list_models(session, settings, ModelKind.BASE, None, None, page_token)
     repo = ModelRepository(session)
     rows = []
-    for out in _model_outs(session, found.items):
+    for out in model_outs(session, found.items):
         finetunes, adapter_count = repo.dependents(out.id)
         rows.append(BaseRow(out, finetunes, adapter_count))
     return rows, found.next_page_token
@@ -89,7 +89,7 @@ def _finetunes(session: Session, settings: Settings, base: str) -> tuple[list[Mo
     while True:
         found = models.list_models(session, settings, ModelKind.FINETUNE, base,
                                    settings.MAX_PAGE_SIZE, token)
-        shown += _model_outs(session, found.items)
+        shown += model_outs(session, found.items)
         token = found.next_page_token
         if token is None:
             return shown, False
@@ -105,7 +105,7 @@ def lineage(session: Session, settings: Settings, base_ref: str, kind: AdapterKi
     page, and on later pages only those with adapters there.
     """
     model = models.get_model(session, base_ref)
-    base = _model_outs(session, [model])[0]
+    base = model_outs(session, [model])[0]
     if model.kind is not ModelKind.BASE:
         raise models.not_found(session, base_ref, "base model", kind=ModelKind.BASE)
     finetunes, truncated = _finetunes(session, settings, model.name)
@@ -166,7 +166,7 @@ def finetune(session: Session, settings: Settings, ref: str) -> FinetuneView:
     found = jobs.list_jobs(session, settings, status=None, model=model.name, method=None,
                            limit=JOBS_PER_FINETUNE, page_token=None)
     offered, truncated = ready_datasets(session, settings)
-    return FinetuneView(_model_outs(session, [model])[0], jobs.job_views(session, found.items),
+    return FinetuneView(model_outs(session, [model])[0], jobs_views.job_views(session, found.items),
                         offered, truncated)
 
 
@@ -174,7 +174,7 @@ def job_page(session: Session, settings: Settings, status: JobStatus | None,
              page_token: str | None) -> tuple[list[JobOut], str | None]:
     found = jobs.list_jobs(session, settings, status=status, model=None, method=None,
                            limit=None, page_token=page_token)
-    return jobs.job_views(session, found.items), found.next_page_token
+    return jobs_views.job_views(session, found.items), found.next_page_token
 
 
 def job_views(session: Session, ids: list[int]) -> list[JobOut]:
@@ -185,4 +185,4 @@ def job_views(session: Session, ids: list[int]) -> list[JobOut]:
             found.append(jobs.get_job(session, job_id))
         except JobNotFound:
             continue
-    return jobs.job_views(session, found)
+    return jobs_views.job_views(session, found)

@@ -302,9 +302,13 @@ def test_jobs_are_listed_with_filters_and_pages(app: FastAPI, client: TestClient
 def test_lora_jobs_queued_before_the_new_default_run_as_asked() -> None:
     """Params stored before targets_only existed hold save_modules; an upgrade mid-queue
     must not change what such a job makes."""
-    from registry.jobs.runner import _targets_only
+    from registry.jobs.params import LoraParams
 
-    assert _targets_only({"save_modules": False}) is True
-    assert _targets_only({"save_modules": True}) is False
-    assert _targets_only({"targets_only": True}) is True
-    assert _targets_only({"targets_only": False}) is False
+    def targets_only(stored: dict[str, object]) -> bool:
+        return LoraParams.model_validate({"targets": ["q_proj"], "verify": "off", "rank": 4,
+                                          **stored}).targets_only
+
+    assert targets_only({"save_modules": False}) is True
+    assert targets_only({"save_modules": True}) is False
+    assert targets_only({"targets_only": True}) is True
+    assert targets_only({"targets_only": False}) is False

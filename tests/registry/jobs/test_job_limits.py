@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from registry.jobs.footprint import FinetuneShape, estimate
+from registry.jobs.params import DistillStage, PinnedDataset
 from registry.tables import Job
 from tests.conftest import Tokens
 from tests.finetune import FinetunePair
@@ -99,7 +100,8 @@ def test_teacher_logits_are_sized_as_the_codec_writes_them() -> None:
                           other_bytes=10**5, vocab_size=96, max_positions=64)
 
     def scratch(steps: int) -> int:
-        distill = {"steps": steps, "batch_size": 256, "seq_len": 512}
+        distill = DistillStage(dataset=PinnedDataset(name="d", digest="0" * 64), steps=steps,
+                               lr=1e-4, batch_size=256, seq_len=512, seed=0)
         return estimate(shape, distill, None, data_bytes=0).scratch_bytes
 
     assert scratch(2) - scratch(1) == 256 * 512 * 96 * 2 == 24 * 2**20

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from registry.jobs.params import BitDeltaParams, DistillStage, EvaluateStage, PinnedDataset
 from registry.jobs.runner import _stage_spans
 from registry.tables import CompressMethod, Job
 from tests.conftest import Tokens
@@ -164,14 +165,18 @@ def test_a_data_set_replaced_after_queueing_fails_the_job(
 
 
 def test_progress_spans_cover_the_stages_that_run() -> None:
-    every = SimpleNamespace(method=CompressMethod.BITDELTA,
-                            params={"verify": "auto", "distill": {}, "evaluate": {}})
+    pinned = PinnedDataset(name="d", digest="0" * 64)
+    every = SimpleNamespace(method=CompressMethod.BITDELTA, params=BitDeltaParams(
+        targets=["q_proj"], verify="auto",
+        distill=DistillStage(dataset=pinned, steps=1, lr=0.1, batch_size=1, seq_len=2, seed=0),
+        evaluate=EvaluateStage(datasets=[pinned], batch_size=1, seq_len=2, max_batches=1)))
     spans = _stage_spans(every)  # type: ignore[arg-type]
     starts = [spans[s][0] for s in ("compressing", "distilling", "verifying", "evaluating")]
     assert starts == sorted(starts)
     assert starts[0] == pytest.approx(0.1)
     assert sum(spans["evaluating"]) == pytest.approx(0.95)
-    alone = SimpleNamespace(method=CompressMethod.BITDELTA, params={"verify": "off"})
+    alone = SimpleNamespace(method=CompressMethod.BITDELTA,
+                            params=BitDeltaParams(targets=["q_proj"], verify="off"))
     spans = _stage_spans(alone)  # type: ignore[arg-type]
     assert spans["compressing"] == pytest.approx((0.1, 0.85))
     assert spans["distilling"][1] == spans["verifying"][1] == 0.0

@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from compress.filenames import REPORT_FILE
+from registry.adapters.quality import Quality
 from registry.adapters.repository import AdapterRepository
 from registry.db import make_session_factory, unit_of_work
 from registry.storage.local import LocalBlobStore
@@ -139,8 +140,8 @@ def test_labels_are_short_literal_single_lines() -> None:
 
 def test_a_figure_of_long_names_has_bounded_labels() -> None:
     names = [f"model.layers.{i}." + "x" * 5000 for i in range(plots.MAX_BARS)]
-    document = {"report": {"modules": [{"module": n, "error": 0.1, "singular_values": [2.0]}
-                                       for n in names]}}
+    document = plots.Figures.of(None, {"modules": [
+        {"module": n, "error": 0.1, "singular_values": [2.0]} for n in names]})
     for kind, drawn in (("errors", plots.MAX_BARS), ("spectra", plots.MAX_CURVES)):
         figure = plots.PLOTS[kind][2](document)
         [axes] = figure.axes
@@ -148,7 +149,8 @@ def test_a_figure_of_long_names_has_bounded_labels() -> None:
                  else [t.get_text() for t in axes.get_legend().get_texts()])
         assert len(texts) == drawn, kind
         assert max(map(len, texts)) <= plots.MAX_LABEL_CHARS, kind
-    long_loss = {"quality": {"distillation": {"losses": [1.0] * 100_001}}}
+    long_loss = plots.Figures.of(Quality.parse({"distillation": {"losses": [1.0] * 100_001}}),
+                                 None)
     curve = plots.loss_curve(long_loss)
     assert len(curve) <= plots.MAX_POINTS
     assert curve[-1][0] == 100_000.0  # the last step is kept
@@ -170,7 +172,7 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     lock = threading.Lock()
     title, has, draw = plots.PLOTS["errors"]
 
-    def slow(document: dict[str, Any]) -> Any:
+    def slow(document: plots.Figures) -> Any:
         if not any(n.startswith("fast.") for n, _ in plots.layer_errors(document)):
             with lock:
                 found.calls += 1

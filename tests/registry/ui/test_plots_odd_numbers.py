@@ -19,31 +19,32 @@ def test_a_verify_report_whose_layers_are_not_a_list_has_no_verify_plot() -> Non
     # `deltahub verify`'s shape (summary.kernel_failures) with `layers` a number: the
     # page asks every plot whether it can draw, so this broke the whole page.
     for layers in (5, 2.5, True, "layers", {"module": "q_proj"}):
-        document = {"report": {"summary": {"kernel_failures": 0}, "layers": layers}}
+        document = plots.Figures.of(None, {"summary": {"kernel_failures": 0}, "layers": layers})
         assert plots.verify_errors(document) == [], layers
         assert "verify" not in dict(plots.available(document)), layers
 
 
-@pytest.mark.parametrize(("kind", "document"), [
-    ("loss", {"report": {"distillation": {"losses": [1e308, -1e308, 0.5]}}}),
-    ("loss", {"report": {"distillation": {"history": [{"step": 1e308, "loss": 1.0},
-                                                       {"step": -1e308, "loss": 2.0},
-                                                       {"step": 3, "loss": 0.5}]}}}),
-    ("spectra", {"report": {"modules": [{"module": "q_proj", "rank": 1,
-                                         "singular_values": [1e300, 1e150, 0.5]}]}}),
-    ("errors", {"report": {"modules": [{"module": "a", "error": 1e308},
-                                       {"module": "b", "error": -1e308},
-                                       {"module": "c", "error": 0.5}]}}),
+@pytest.mark.parametrize(("kind", "report"), [
+    ("loss", {"distillation": {"losses": [1e308, -1e308, 0.5]}}),
+    ("loss", {"distillation": {"history": [{"step": 1e308, "loss": 1.0},
+                                           {"step": -1e308, "loss": 2.0},
+                                           {"step": 3, "loss": 0.5}]}}),
+    ("spectra", {"modules": [{"module": "q_proj", "rank": 1,
+                              "singular_values": [1e300, 1e150, 0.5]}]}),
+    ("errors", {"modules": [{"module": "a", "error": 1e308},
+                            {"module": "b", "error": -1e308},
+                            {"module": "c", "error": 0.5}]}),
 ])
 def test_numbers_too_large_to_draw_are_left_out_of_the_picture(
-        kind: str, document: dict[str, Any]) -> None:
+        kind: str, report: dict[str, Any]) -> None:
+    document = plots.Figures.of(None, report)
     assert kind in dict(plots.available(document))  # the sane point is still drawn
     assert plots.render_png(kind, document)[:4] == PNG
 
 
 def test_what_is_drawn_is_within_the_drawable_magnitude() -> None:
-    document = {"report": {"modules": [
+    document = plots.Figures.of(None, {"modules": [
         {"module": "a", "error": plots.MAX_DRAWN, "singular_values": [1e101, 2.0]},
-        {"module": "b", "error": -1e101}]}}
+        {"module": "b", "error": -1e101}]})
     assert plots.layer_errors(document) == [("a", plots.MAX_DRAWN)]
     assert plots.spectra(document) == [("a", [2.0], None)]

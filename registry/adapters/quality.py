@@ -1,0 +1,282 @@
+"""An adapter's quality: the JSON document its row holds and the API serves, read once.
+
+Two sources build one: a compression job (`from_job`) and a pushed report.json
+(`from_report`); `parse` reads one back, from a row or from the API's JSON on a client
+(this module is plain Python: the client installs without pydantic or torch). A pushed
+report is the pusher's text, so reading is lenient: a figure of the wrong type reads as
+None and a row that is not an object is skipped, never an error; the document itself is
+served as it was built. docs/architecture.md ("Typed documents").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# A JSON object as `json.loads` gives it: each reader narrows what it takes out of one.
+JSONObject = dict[str, object]
+
+# Per-tensor and per-module lists of a codec report: in the pushed file, which stays
+# downloadable, but not in the adapter's row, which every GET of the adapter carries (a
+# job keeps a compact copy of some: registry/jobs/layer_rows.py).
+DETAIL_KEYS = frozenset({"tensors", "files", "modules", "saved", "left_out",
+                         "unchanged_targets", "omitted"})
+JOB_SOURCE = "deltahub job"
+
+
+def finite(value: object) -> float | None:
+    """`value` as a float when it is a finite JSON number (a bool is not one), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer no float holds
+        return None
+    return number if math.isfinite(number) else None
+
+
+def integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _object(value: object) -> JSONObject:
+    return value if isinstance(value, dict) else {}
+
+
+def _objects(value: object) -> list[JSONObject] | None:
+    """A list's objects (anything else in it skipped); None when `value` is no list."""
+    return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else None
+
+
+@dataclass(frozen=True)
+class Score:
+    loss: float | None
+    perplexity: float | None
+
+    @classmethod
+    def parse(cls, value: object) -> Score:
+        found = _object(value)
+        return cls(finite(found.get("loss")), finite(found.get("perplexity")))
+
+
+@dataclass(frozen=True)
+class EvaluatedSet:
+    name: str
+    tokens: int | None
+    base: Score
+    finetune: Score
+    compressed: Score
+    gain_kept: float | None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Losses and gain kept per data set (compress/quality `QualityReport.to_dict()`)."""
+
+    compressed_kind: str | None
+    datasets: tuple[EvaluatedSet, ...]  # the first is the headline
+
+    @classmethod
+    def parse(cls, value: object) -> Evaluation | None:
+        if not isinstance(value, dict):
+            return None
+        rows = _objects(value.get("datasets")) or []
+        return cls(_text(value.get("compressed_kind")), tuple(
+            EvaluatedSet(str(r.get("name", "")), integer(r.get("tokens")),
+                         Score.parse(r.get("base")), Score.parse(r.get("finetune")),
+                         Score.parse(r.get("compressed")), finite(r.get("gain_kept")))
+            for r in rows))
+
+
+@dataclass(frozen=True)
+class Distillation:
+    initial_loss: float | None
+    final_loss: float | None
+    steps: int | None
+    lr: float | None
+    calibration: tuple[str, ...]  # its files as used: "name (rows × seq_len tokens)"
+    curve: tuple[tuple[float | None, float | None], ...]  # (step, loss)
+
+    @classmethod
+    def parse(cls, value: object, headline: JSONObject) -> Distillation | None:
+        if not isinstance(value, dict):
+            return None
+        return cls(finite(value.get("initial_loss", headline.get("distill_loss_initial"))),
+                   finite(value.get("final_loss", headline.get("distill_loss_final"))),
+                   integer(value.get("steps")), finite(value.get("lr")),
+                   _calibration(value), _curve(value))
+
+
+def _calibration(distill: JSONObject) -> tuple[str, ...]:
+    sets = _objects(distill.get("calibration"))
+    if sets is not None:
+        found = []
+        for s in sets:
+            rows, seq = integer(s.get("rows")), integer(s.get("seq_len"))
+            shape = f" ({rows} rows × {seq} tokens)" if rows is not None and seq else ""
+            found.append(f"{s.get('name', '')}{shape}")
+        return tuple(found)
+    named = distill.get("data", distill.get("dataset"))
+    if isinstance(named, list):
+        return tuple(str(n) for n in named)
+    return (str(named),) if named is not None else ()
+
+
+def _curve(distill: JSONObject) -> tuple[tuple[float | None, float | None], ...]:
+    """Loss by step: `losses` (a list) or `history` ([{step, loss}])."""
+    losses = distill.get("losses") or distill.get("loss_curve")
+    if isinstance(losses, list):
+        return tuple((float(i), finite(v)) for i, v in enumerate(losses))
+    return tuple((finite(r.get("step")), finite(r.get("loss")))
+                 for r in _objects(distill.get("history")) or [])
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """A layer's relative output error against the fine-tune (verification)."""
+
+    module: str
+    error: float | None
+
+
+@dataclass(frozen=True)
+class ModuleFigures:
+    """A LoRA module: its weight error, rank kept and leading singular values."""
+
+    module: str
+    error: float | None
+    rank: int | None
+    singular_values: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class TensorFigures:
+    name: str
+    kind: str | None  # "bitdelta" for a compressed one
+    weight_error: float | None
+
+
+def _layers(rows: list[JSONObject] | None) -> tuple[LayerError, ...] | None:
+    return None if rows is None else tuple(
+        LayerError(str(r.get("module")), finite(r.get("compression_rel_error"))) for r in rows)
+
+
+def _modules(rows: list[JSONObject] | None) -> tuple[ModuleFigures, ...] | None:
+    if rows is None:
+        return None
+    return tuple(ModuleFigures(
+        str(r.get("module")), finite(r.get("error")), integer(r.get("rank")),
+        tuple(finite(v) for v in values) if isinstance(values := r.get("singular_values"),
+                                                      list) else ())
+        for r in rows)
+
+
+def _tensors(rows: list[JSONObject] | None) -> tuple[TensorFigures, ...] | None:
+    return None if rows is None else tuple(
+        TensorFigures(str(r.get("name")), _text(r.get("kind")), finite(r.get("weight_rel_error")))
+        for r in rows)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A quality document (`document`, as stored and served) and its figures."""
+
+    document: JSONObject
+    source: str | None
+    gain_kept: float | None  # on the first evaluation data set
+    gain_kept_on: str | None  # that data set's name
+    output_rel_error_max: float | None  # verification's worst layer (BitDelta)
+    weight_rel_error_max: float | None  # the worst factor error as stored (LoRA)
+    verified_with: str | None
+    evaluation: Evaluation | None
+    distillation: Distillation | None
+    verify_layers: tuple[LayerError, ...] | None  # `verify.layers`
+    checked_layers: tuple[LayerError, ...] | None  # a `deltahub verify` report's `layers`
+    modules: tuple[ModuleFigures, ...] | None
+    tensors: tuple[TensorFigures, ...] | None
+
+    @classmethod
+    def parse(cls, document: Mapping[str, object]) -> Quality:
+        doc = dict(document)
+        checked = "kernel_failures" in _object(doc.get("summary"))
+        return cls(
+            doc, _text(doc.get("source")), finite(doc.get("gain_kept")),
+            _text(doc.get("gain_kept_on")), finite(doc.get("output_rel_error_max")),
+            finite(doc.get("weight_rel_error_max")),
+            _text(doc.get("verified_with")), Evaluation.parse(doc.get("evaluation")),
+            Distillation.parse(doc.get("distillation"), doc),
+            _layers(_objects(_object(doc.get("verify")).get("layers"))),
+            _layers(_objects(doc.get("layers"))) if checked else None,
+            _modules(_objects(doc.get("modules"))), _tensors(_objects(doc.get("tensors"))))
+
+    @classmethod
+    def parse_optional(cls, document: object) -> Quality | None:
+        """A row's or a response's `quality` (null: none)."""
+        return cls.parse(document) if isinstance(document, dict) else None
+
+    def worst_error(self) -> float | None:
+        """The worst relative error measured: of the outputs when verified, else weights'."""
+        return (self.output_rel_error_max if self.output_rel_error_max is not None
+                else self.weight_rel_error_max)
+
+    def figures(self) -> list[tuple[str, object]]:
+        """The top-level figures (no nested tables), in the document's order."""
+        return [(k, v) for k, v in self.document.items()
+                if v is None or isinstance(v, bool | int | float | str)]
+
+    def summary(self, max_string_chars: int) -> Quality:
+        """The top-level figures only, strings past `max_string_chars` left out."""
+        return Quality.parse({k: v for k, v in self.figures()
+                              if not isinstance(v, str) or len(v) <= max_string_chars})
+
+
+def from_job(job: int, method: str, codec: Mapping[str, object],
+             layers: Mapping[str, object], verified: Mapping[str, object] | None,
+             distilled: Mapping[str, object] | None,
+             evaluated: Mapping[str, object] | None, evaluated_on: str | None = None) -> Quality:
+    """A job's quality: headline figures at the top (listings show those), the codec's
+    summary, the distillation, the verification and the evaluation below, then the
+    compacted per-layer `layers` (`tensors`, `modules`)."""
+    headline: JSONObject = {"source": JOB_SOURCE, "job": job, "method": method}
+    if evaluated is not None:
+        headline["gain_kept"] = evaluated["gain_kept"]  # on the first data set
+        headline["gain_kept_on"] = evaluated_on
+    if distilled is not None:
+        headline.update(distilled=True, distill_loss_initial=distilled.get("initial_loss"),
+                        distill_loss_final=distilled.get("final_loss"))
+    if verified is not None:
+        headline.update(output_rel_error_max=verified["compression_rel_error_max"],
+                        output_rel_error_mean=verified["compression_rel_error_mean"],
+                        verified_with=f"{verified['backend']} on {verified['device']}")
+    elif method == "lora":
+        summary = _object(codec.get("summary"))
+        headline.update(weight_rel_error_max=summary.get("max_error"),
+                        weight_rel_error_mean=summary.get("mean_error"),
+                        verified_with="factor errors measured as stored")
+    details = {k: v for k, v in codec.items() if k not in DETAIL_KEYS}
+    return Quality.parse({**headline, "codec": details, "distillation": distilled,
+                          "verify": verified, "evaluation": evaluated, **layers})
+
+
+def from_report(report: Mapping[str, object], *, source: str, lora: bool,
+                pictures: Sequence[str]) -> Quality:
+    """The quality a pushed report states: its summary, marked with `source` as the
+    client's own, since the server did not measure it.
+
+    A LoRA report's error figures (`lora`) also go to the top level under the names a
+    LoRA compression job uses, so listings show pushed and compressed adapters alike.
+    """
+    document = {k: v for k, v in report.items() if k not in DETAIL_KEYS}
+    summary = report.get("summary")
+    if lora and isinstance(summary, dict):
+        document.update(weight_rel_error_max=summary.get("max_error"),
+                        weight_rel_error_mean=summary.get("mean_error"))
+    document["source"] = source
+    if pictures:
+        document["pictures"] = list(pictures)
+    return Quality.parse(document)

@@ -1,0 +1,136 @@
+"""An adapter's quality as one typed document: one builder per source, read once, numbers
+checked for finiteness in one place, and the JSON it stores and serves unchanged."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from registry.adapters.quality import (
+    DETAIL_KEYS,
+    JOB_SOURCE,
+    Quality,
+    finite,
+    from_job,
+    from_report,
+)
+from registry.tables import Adapter
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, True, False, 10**400, "1.0",
+                                   None, [1.0], {"v": 1.0}])
+def test_only_finite_numbers_are_numbers(value: object) -> None:
+    assert finite(value) is None
+
+
+@pytest.mark.parametrize(("value", "number"), [(0, 0.0), (3, 3.0), (-2.5, -2.5), (1e308, 1e308)])
+def test_finite_numbers_read_as_floats(value: object, number: float) -> None:
+    assert finite(value) == number
+
+
+def test_a_job_quality_keeps_its_json_shape() -> None:
+    codec: dict[str, Any] = {"format": "bitdelta-report/1", "summary": {"ratio": 9.5},
+                             "tensors": [{"name": "t", "kind": "bitdelta"}], "files": ["a"]}
+    verified = {"compression_rel_error_max": 0.02, "compression_rel_error_mean": 0.01,
+                "backend": "reference", "device": "cpu", "layers": []}
+    evaluated = {"gain_kept": 0.9, "datasets": [{"name": "py", "gain_kept": 0.9}]}
+    layers = {"tensors": [{"name": "t", "kind": "bitdelta", "weight_rel_error": 0.3}]}
+    quality = from_job(7, "bitdelta", codec, layers, verified, None, evaluated)
+    assert list(quality.document) == [
+        "source", "job", "method", "gain_kept", "output_rel_error_max",
+        "output_rel_error_mean", "verified_with", "codec", "distillation", "verify",
+        "evaluation", "tensors"]
+    assert quality.document["codec"] == {"format": "bitdelta-report/1",
+                                         "summary": {"ratio": 9.5}}
+    assert quality.source == JOB_SOURCE
+    assert quality.gain_kept == 0.9
+    assert quality.worst_error() == 0.02
+    assert quality.verified_with == "reference on cpu"
+    assert quality.evaluation is not None
+    assert quality.evaluation.datasets[0].name == "py"
+    assert quality.tensors is not None
+    assert quality.tensors[0].weight_error == 0.3
+
+
+def test_a_lora_job_states_its_weight_errors() -> None:
+    codec = {"summary": {"max_error": 0.2, "mean_error": 0.1}, "modules": [{"module": "m"}]}
+    quality = from_job(1, "lora", codec, {}, None, None, None)
+    assert quality.worst_error() == 0.2
+    assert quality.document["weight_rel_error_mean"] == 0.1
+    assert "modules" not in quality.document["codec"]  # type: ignore[operator]
+
+
+def test_a_pushed_report_keeps_its_summary_without_the_detail() -> None:
+    report = {key: [] for key in DETAIL_KEYS} | {
+        "format": "lora-report/1", "summary": {"max_error": 0.25, "mean_error": 0.125},
+        "gain_kept": 0.5}
+    quality = from_report(report, source="report.json pushed with the adapter", lora=True,
+                          pictures=["errors.png"])
+    assert not DETAIL_KEYS & set(quality.document)
+    assert quality.weight_rel_error_max == 0.25
+    assert quality.document["pictures"] == ["errors.png"]
+    assert quality.gain_kept == 0.5
+    not_lora = from_report(report, source="s", lora=False, pictures=[])
+    assert not_lora.weight_rel_error_max is None
+    assert "pictures" not in not_lora.document
+
+
+def test_a_document_of_odd_types_reads_as_missing_figures_and_is_kept_as_is() -> None:
+    """A pushed report's figures are the pusher's text: wrong types read as None, the
+    document itself is stored and served untouched."""
+    odd: dict[str, Any] = {
+        "gain_kept": "high", "output_rel_error_max": True, "verified_with": 3,
+        "evaluation": {"datasets": [5, {"name": "d", "base": [], "gain_kept": math.inf}]},
+        "distillation": {"history": "none", "steps": 2.5, "calibration": [1, {"rows": 2}]},
+        "verify": {"layers": {"module": "x"}}, "modules": "m", "tensors": [None]}
+    quality = Quality.parse(odd)
+    assert quality.document == odd
+    assert quality.gain_kept is None
+    assert quality.output_rel_error_max is None
+    assert quality.verified_with is None
+    assert quality.evaluation is not None
+    [row] = quality.evaluation.datasets
+    assert (row.name, row.base.loss, row.gain_kept) == ("d", None, None)
+    assert quality.distillation is not None
+    assert quality.distillation.steps is None
+    assert quality.distillation.curve == ()
+    assert quality.distillation.calibration == ("",)
+    assert quality.verify_layers is None
+    assert quality.modules is None
+    assert quality.tensors == ()
+
+
+def test_a_row_stored_before_the_typing_reads_back() -> None:
+    """A job's quality as rows already hold it (no field added or renamed since)."""
+    row: dict[str, Any] = {
+        "source": "deltahub job", "job": 3, "method": "bitdelta", "distilled": True,
+        "distill_loss_initial": 2.0, "distill_loss_final": 1.5,
+        "codec": {}, "distillation": {"losses": [2.0, 1.5], "lr": 1e-4},
+        "verify": {"layers": [{"module": "q", "compression_rel_error": 0.01}]},
+        "evaluation": None}
+    quality = Quality.parse(row)
+    assert quality.distillation is not None
+    assert quality.distillation.initial_loss == 2.0  # from the headline
+    assert quality.distillation.curve == ((0.0, 2.0), (1.0, 1.5))
+    assert quality.verify_layers is not None
+    assert quality.verify_layers[0].error == 0.01
+    assert quality.evaluation is None
+    assert Quality.parse(quality.document) == quality
+
+
+@pytest.mark.parametrize(("quality", "gain_kept"), [
+    ({"gain_kept": 0.75, "nested": {"a": 1}}, 0.75), ({"gain_kept": math.nan}, None),
+    ({"gain_kept": "0.75"}, None), (None, None)])
+def test_the_row_stores_the_document_and_its_gain_kept(quality: dict[str, Any] | None,
+                                                       gain_kept: float | None) -> None:
+    adapter = Adapter()
+    adapter.set_quality(Quality.parse_optional(quality))
+    assert adapter.quality == quality
+    assert adapter.gain_kept == gain_kept
+
+
+def test_a_listing_summary_keeps_only_top_level_figures() -> None:
+    quality = Quality.parse({"a": 1, "b": "x" * 300, "c": {"d": 1}, "e": None, "f": "ok"})
+    assert quality.summary(200).document == {"a": 1, "e": None, "f": "ok"}
