@@ -238,15 +238,15 @@ class Quality:
 def from_job(job: int, method: str, codec: Mapping[str, object],
              layers: Mapping[str, object], verified: Mapping[str, object] | None,
              distilled: Mapping[str, object] | None,
-             evaluated: Mapping[str, object] | None) -> Quality:
+             evaluated: Mapping[str, object] | None, evaluated_on: str | None = None) -> Quality:
     """A job's quality: headline figures at the top (listings show those), the codec's
     summary, the distillation, the verification and the evaluation below, then the
-    compacted per-layer `layers` (`tensors`, `modules`)."""
+    compacted per-layer `layers` (`tensors`, `modules`). `evaluated_on` names the first
+    evaluation data set as registered (the evaluation itself names its files)."""
     headline: JSONObject = {"source": JOB_SOURCE, "job": job, "method": method}
     if evaluated is not None:
         headline["gain_kept"] = evaluated["gain_kept"]  # on the first data set
-        measured_on = _objects(evaluated.get("datasets")) or [{}]
-        headline["gain_kept_on"] = _text(measured_on[0].get("name"))
+        headline["gain_kept_on"] = evaluated_on  # the registry's name of that data set
     if distilled is not None:
         headline.update(distilled=True, distill_loss_initial=distilled.get("initial_loss"),
                         distill_loss_final=distilled.get("final_loss"))

@@ -211,8 +211,10 @@ class KernelDisagrees(CodecError):
 
 def _quality(claimed: queue.ClaimedJob, codec: JSONObject, verified: JSONObject | None,
              distilled: JSONObject | None, evaluated: JSONObject | None) -> Quality:
+    evaluate = claimed.params.evaluate
     return from_job(claimed.lease.job_id, claimed.method.value, codec, codec_layers(codec),
-                    verified, distilled, evaluated)
+                    verified, distilled, evaluated,
+                    evaluate.datasets[0].name if evaluate and evaluate.datasets else None)
 
 
 def _check_max_error(claimed: queue.ClaimedJob, quality: Quality) -> None:

@@ -37,7 +37,7 @@ def test_a_job_quality_keeps_its_json_shape() -> None:
                 "backend": "reference", "device": "cpu", "layers": []}
     evaluated = {"gain_kept": 0.9, "datasets": [{"name": "py", "gain_kept": 0.9}]}
     layers = {"tensors": [{"name": "t", "kind": "bitdelta", "weight_rel_error": 0.3}]}
-    quality = from_job(7, "bitdelta", codec, layers, verified, None, evaluated)
+    quality = from_job(7, "bitdelta", codec, layers, verified, None, evaluated, "py-set")
     assert list(quality.document) == [
         "source", "job", "method", "gain_kept", "gain_kept_on", "output_rel_error_max",
         "output_rel_error_mean", "verified_with", "codec", "distillation", "verify",
@@ -46,7 +46,7 @@ def test_a_job_quality_keeps_its_json_shape() -> None:
                                          "summary": {"ratio": 9.5}}
     assert quality.source == JOB_SOURCE
     assert quality.gain_kept == 0.9
-    assert quality.gain_kept_on == "py"  # the first data set's
+    assert quality.gain_kept_on == "py-set"  # the first data set, by its registered name
     assert quality.worst_error() == 0.02
     assert quality.verified_with == "reference on cpu"
     assert quality.evaluation is not None
