@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, Exists, exists, func, or_, select
 from sqlalchemy.orm import Session
@@ -89,10 +89,14 @@ def claim(session: Session, owner: str, settings: Settings) -> ClaimedWebhook | 
             session.flush()
             secrets = [webhook.secret]
             if (webhook.previous_secret and webhook.previous_secret_until
-                    and webhook.previous_secret_until > now):
+                    and _aware(webhook.previous_secret_until) > now):
                 secrets.append(webhook.previous_secret)
             return ClaimedWebhook(webhook.id, owner, webhook.url, secrets)
     return None
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # SQLite
 
 
 def matches(webhook: Webhook, event: Event) -> bool:
@@ -125,7 +129,7 @@ def due(session: Session, claimed: ClaimedWebhook, limit: int) -> list[Due]:
     now = utcnow()
     out = []
     for row in rows:
-        if row.next_attempt_at > now:
+        if _aware(row.next_attempt_at) > now:
             break  # a retry waits: the ones after it wait too (event order)
         out.append(Due(row.id, row.message_id, row.event_id, dict(row.payload)))
     return out
