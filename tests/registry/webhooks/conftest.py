@@ -31,7 +31,8 @@ class Received:
     payload: dict[str, Any]
 
 
-# How the receiver answers a request: (status, headers, body); or None to hang.
+# How the receiver answers a request: (status, headers, body); None to hang; status 0 to
+# drop the connection unanswered; status 200 with an "X-Huge" header to send 100 MiB.
 Behaviour = Callable[["Receiver", int], tuple[int, dict[str, str], bytes] | None]
 
 
@@ -43,6 +44,7 @@ class Receiver:
     requests: int = 0  # every request, whatever the answer
     behaviour: Behaviour | None = None
     release: threading.Event = field(default_factory=threading.Event)
+    huge_written: int = 0  # bytes of a huge answer the sender took before it hung up
 
     def ids(self) -> list[str]:
         return [r.headers["webhook-id"] for r in self.received]
@@ -62,6 +64,10 @@ def _handler(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
                 receiver.release.wait(30)
                 return
             status, extra, content = answer
+            if status == 0:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             if 200 <= status < 300:
                 payload = None
                 for secret in receiver.secrets:
@@ -75,8 +81,13 @@ def _handler(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
             self.end_headers()
             try:
                 self.wfile.write(content)
+                if "X-Huge" in extra:
+                    chunk = b"x" * 2**20
+                    for _ in range(100):
+                        self.wfile.write(chunk)
+                        receiver.huge_written += len(chunk)
             except OSError:
-                pass  # the sender stopped reading (a huge answer): as it should
+                self.close_connection = True  # the sender stopped reading: as it should
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -85,18 +96,29 @@ def _handler(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(Receiver("")))
-    server.daemon_threads = True
-    port = server.server_address[1]
-    receiver = Receiver(f"http://127.0.0.1:{port}/hook")
-    server.RequestHandlerClass = _handler(receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield receiver
-    receiver.release.set()
-    server.shutdown()
-    server.server_close()
+def make_receiver() -> Iterator[Callable[[], Receiver]]:
+    """`make_receiver()`: another receiver, on a port of its own."""
+    running: list[tuple[http.server.ThreadingHTTPServer, Receiver]] = []
+
+    def make() -> Receiver:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(Receiver("")))
+        server.daemon_threads = True
+        receiver = Receiver(f"http://127.0.0.1:{server.server_address[1]}/hook")
+        server.RequestHandlerClass = _handler(receiver)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        running.append((server, receiver))
+        return receiver
+
+    yield make
+    for server, receiver in running:
+        receiver.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def receiver(make_receiver: Callable[[], Receiver]) -> Receiver:
+    return make_receiver()
 
 
 @pytest.fixture
@@ -163,3 +185,11 @@ def no_connect(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"a connection to {address} was attempted")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def feed(client: TestClient, tokens: Tokens) -> list[dict[str, Any]]:
+    """Every event GET /events answers (up to 100)."""
+    answer = client.get("/events", params={"limit": 100}, headers=tokens.read)
+    assert answer.status_code == 200, answer.text
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return items
