@@ -81,6 +81,7 @@ def claim(session: Session, owner: str, settings: Settings) -> ClaimedWebhook | 
     for webhook in list(candidates):
         if webhook.last_event_id < last:
             fan_out(session, webhook)
+        now = utcnow()  # after the fan-out: its rows are due at once
         if session.scalar(select(exists().where(
                 WebhookDelivery.webhook_id == webhook.id, WebhookDelivery.status == "pending",
                 WebhookDelivery.next_attempt_at <= now))):
