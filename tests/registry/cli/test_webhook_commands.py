@@ -29,7 +29,8 @@ def test_webhooks_commands(cli: Cli, tokens: Tokens, monkeypatch: pytest.MonkeyP
     Dispatcher(app.state.database, app.state.settings, "cli-test").run_once()
     log = cli("webhooks", "deliveries", str(hook))
     assert log.exit_code == 0, log.output
-    assert "webhook.test" in log.stdout and "pending" in log.stdout
+    assert "webhook.test" in log.stdout
+    assert "pending" in log.stdout
     assert json.loads(cli("webhooks", "deliveries", str(hook), "--json").stdout)[0][
         "error"]
 

@@ -73,8 +73,10 @@ def test_refused_again_at_delivery(settings: Settings, url: str,
     """A check at each attempt: a name that rebinds to loopback after registration."""
     strict = settings.model_copy(update={"WEBHOOK_ALLOW_PRIVATE": False})
     outcome = send(url, {}, b"{}", strict)
-    assert outcome.refused and not outcome.retryable
-    assert outcome.error is not None and outcome.error.startswith("TargetRefused")
+    assert outcome.refused
+    assert not outcome.retryable
+    assert outcome.error is not None
+    assert outcome.error.startswith("TargetRefused")
 
 
 def test_rebinding_recorded_and_nothing_sent(client: TestClient, app: FastAPI,
@@ -102,5 +104,6 @@ def test_redirect_to_loopback_not_followed(client: TestClient, app: FastAPI, tok
     drain(app, lambda: bool(deliveries(client, tokens, hook["id"], status="failed")))
     [failed] = deliveries(client, tokens, hook["id"])
     assert failed["status_code"] == 302
-    assert "not followed" in failed["error"] and "127.0.0.1:1" in failed["error"]
+    assert "not followed" in failed["error"]
+    assert "127.0.0.1:1" in failed["error"]
     assert receiver.requests == 1  # once, and never to the Location
