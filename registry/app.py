@@ -28,6 +28,7 @@ from registry.storage.base import BlobStore
 from registry.storage.factory import make_blob_store
 from registry.ui import install_ui
 from registry.webhooks.endpoints import router as webhooks_router
+from registry.webhooks.metrics import WebhooksCollector
 
 
 def create_app(settings: Settings | None = None, store: BlobStore | None = None,
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
     feed: EventFeed = app.state.event_feed
     Gauge("deltahub_event_followers", "Long-polls of GET /events waiting right now",
           registry=metrics.registry).set_function(lambda: feed.waiting)
+    metrics.registry.register(WebhooksCollector(app.state.database))
     install_ui(app)
     install_openapi(app, settings)
     return app

@@ -133,3 +133,20 @@ def test_burst_of_1000_all_once_in_order(client: TestClient, app: FastAPI, token
     assert receiver.requests == 1000
     with database.reading() as session:
         assert session.query(WebhookDelivery).filter_by(status="delivered").count() == 1000
+
+
+def test_metrics(client: TestClient, app: FastAPI, tokens: Tokens, receiver: Receiver) -> None:
+    receiver.behaviour = lambda r, n: (500, {}, b"") if n == 1 else (204, {}, b"")
+    subscribe(client, tokens, receiver)
+    emit(app.state.database, 2)
+    drain(app, lambda: receiver.requests == 1)
+    text = client.get("/metrics", headers=tokens.read).text
+    assert "deltahub_webhook_deliveries_pending 2.0" in text
+    age = next(line for line in text.splitlines()
+               if line.startswith("deltahub_webhook_oldest_undelivered_event_age_seconds "))
+    assert float(age.split()[1]) >= 0
+    drain(app, lambda: len(receiver.received) == 2)
+    text = client.get("/metrics", headers=tokens.read).text
+    assert 'deltahub_webhook_deliveries_total{outcome="delivered"} 2.0' in text
+    assert "deltahub_webhook_delivery_latency_seconds_count 2.0" in text
+    assert "deltahub_webhook_oldest_undelivered_event_age_seconds 0.0" in text
