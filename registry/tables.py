@@ -401,7 +401,7 @@ class Webhook(Base, Timestamped):
 
     `last_event_id` is the fan-out's high-water mark: events up to it have their delivery
     rows. The lease makes one dispatcher at a time the webhook's sender, which keeps its
-    deliveries in event order (registry/webhooks/dispatch.py)."""
+    deliveries in event order (registry/webhooks/queue.py)."""
 
     __tablename__ = "webhooks"
 
