@@ -107,3 +107,23 @@ def test_redirect_to_loopback_not_followed(client: TestClient, app: FastAPI, tok
     assert "not followed" in failed["error"]
     assert "127.0.0.1:1" in failed["error"]
     assert receiver.requests == 1  # once, and never to the Location
+
+
+def test_resolved_once_and_pinned(settings: Settings, receiver: Receiver,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """One resolution per attempt; the socket goes to that address, and the Host header
+    names the URL's host. A rebinding answer afterwards is never asked for."""
+    answers = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.9.9.9")]
+    asked: list[str] = []
+
+    def resolve(host: str, port: int) -> list[target.IPAddress]:
+        asked.append(host)
+        return [answers[len(asked) - 1]]
+
+    monkeypatch.setattr(target, "resolve", resolve)
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: pytest.fail("re-resolved"))
+    port = receiver.url.split(":")[2].split("/")[0]
+    outcome = send(f"http://hooks.example.com:{port}/hook?x=1", {}, b"{}", settings)
+    assert outcome.status_code == 204, outcome
+    assert asked == ["hooks.example.com"]
+    assert receiver.received[0].headers["host"] == f"hooks.example.com:{port}"
