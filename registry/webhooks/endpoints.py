@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from registry.deps import AdminToken, DatabaseDep, SettingsDep
 from registry.names import MAX_ID
@@ -23,7 +23,8 @@ from registry.webhooks.schemas import (
 )
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
-WebhookId = Annotated[int, Query(ge=1, le=MAX_ID)]
+WebhookId = Annotated[int, Path(ge=1, le=MAX_ID)]
+EventId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 async def _check_url(url: str, settings: Settings) -> None:
@@ -48,12 +49,12 @@ async def list_webhooks(db: DatabaseDep, _: AdminToken) -> WebhookList:
 
 
 @router.get("/{webhook_id}")
-async def get_webhook(webhook_id: int, db: DatabaseDep, _: AdminToken) -> WebhookOut:
+async def get_webhook(webhook_id: WebhookId, db: DatabaseDep, _: AdminToken) -> WebhookOut:
     return await db.read(lambda session: service.webhook_out(service.get(session, webhook_id)))
 
 
 @router.patch("/{webhook_id}")
-async def patch_webhook(webhook_id: int, body: WebhookPatch, db: DatabaseDep,
+async def patch_webhook(webhook_id: WebhookId, body: WebhookPatch, db: DatabaseDep,
                         settings: SettingsDep, _: AdminToken) -> WebhookOut:
     """Change any of url, events, filters, enabled. `enabled: true` re-enables a webhook
     disabled after failures, and its pending deliveries resume."""
@@ -64,13 +65,13 @@ async def patch_webhook(webhook_id: int, body: WebhookPatch, db: DatabaseDep,
 
 
 @router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_webhook(webhook_id: int, db: DatabaseDep, _: AdminToken) -> Response:
+async def delete_webhook(webhook_id: WebhookId, db: DatabaseDep, _: AdminToken) -> Response:
     await db.write(lambda session: service.delete(session, webhook_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{webhook_id}/rotate-secret")
-async def rotate_secret(webhook_id: int, db: DatabaseDep, settings: SettingsDep,
+async def rotate_secret(webhook_id: WebhookId, db: DatabaseDep, settings: SettingsDep,
                         _: AdminToken) -> SecretRotated:
     """A new secret (shown this once). For DELTAHUB_WEBHOOK_SECRET_GRACE_SECONDS
     deliveries carry two signatures, the new secret's and the old one's."""
@@ -83,7 +84,7 @@ async def rotate_secret(webhook_id: int, db: DatabaseDep, settings: SettingsDep,
 
 @router.get("/{webhook_id}/deliveries")
 async def list_deliveries(
-    webhook_id: int, db: DatabaseDep, _: AdminToken,
+    webhook_id: WebhookId, db: DatabaseDep, _: AdminToken,
     delivery_status: Annotated[Literal["pending", "delivered", "failed"] | None,
                                Query(alias="status")] = None,
 ) -> DeliveryList:
@@ -96,7 +97,7 @@ async def list_deliveries(
 
 @router.post("/{webhook_id}/deliveries/{event_id}/redeliver",
              status_code=status.HTTP_202_ACCEPTED)
-async def redeliver(webhook_id: int, event_id: int, db: DatabaseDep,
+async def redeliver(webhook_id: WebhookId, event_id: EventId, db: DatabaseDep,
                     _: AdminToken) -> DeliveryOut:
     """Send an event again (with the same webhook-id), from the start of the schedule."""
     return await db.write(lambda session: service.delivery_out(
@@ -104,7 +105,7 @@ async def redeliver(webhook_id: int, event_id: int, db: DatabaseDep,
 
 
 @router.post("/{webhook_id}/test", status_code=status.HTTP_202_ACCEPTED)
-async def ping_webhook(webhook_id: int, db: DatabaseDep, _: AdminToken) -> DeliveryOut:
+async def ping_webhook(webhook_id: WebhookId, db: DatabaseDep, _: AdminToken) -> DeliveryOut:
     """Queue a signed `webhook.test` ping; its outcome shows in the delivery log."""
     return await db.write(lambda session: service.delivery_out(
         service.ping(session, webhook_id)))
