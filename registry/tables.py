@@ -361,8 +361,8 @@ class Event(Base):
     outbox: registry/events/outbox.py). `id` is the feed's cursor: ids are never reused
     (AUTOINCREMENT on SQLite) and commit in order (see docs/architecture.md, "Events").
 
-    A webhook dispatcher can later claim deliveries per event with its own table keyed
-    (webhook, event id), referencing this id.
+    Webhooks fan events out into `webhook_deliveries` past a per-webhook high-water mark
+    over this id (registry/webhooks/queue.py).
     """
 
     __tablename__ = "events"
