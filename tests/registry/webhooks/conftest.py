@@ -96,12 +96,12 @@ def _handler(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
 
 
 @pytest.fixture
-def make_receiver() -> Iterator[Callable[[], Receiver]]:
-    """`make_receiver()`: another receiver, on a port of its own."""
+def make_receiver() -> Iterator[Callable[..., Receiver]]:
+    """`make_receiver(port=0)`: another receiver, on a port of its own (or on `port`)."""
     running: list[tuple[http.server.ThreadingHTTPServer, Receiver]] = []
 
-    def make() -> Receiver:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(Receiver("")))
+    def make(port: int = 0) -> Receiver:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _handler(Receiver("")))
         server.daemon_threads = True
         receiver = Receiver(f"http://127.0.0.1:{server.server_address[1]}/hook")
         server.RequestHandlerClass = _handler(receiver)

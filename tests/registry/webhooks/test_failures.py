@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -150,3 +151,27 @@ def test_killed_between_send_and_record_redelivers_same_id(
     assert receiver.ids()[0] == receiver.ids()[1]  # the receiver's idempotency key
     [log] = deliveries(client, tokens, hook["id"])
     assert (log["status"], log["attempt"]) == ("delivered", 1)  # recorded once
+
+
+def test_nothing_listening_then_a_receiver(client: TestClient, app: FastAPI, tokens: Tokens,
+                                           make_receiver: Callable[..., Receiver]) -> None:
+    """Connection refused for a while (retried), then a receiver on that port."""
+    with socket.socket() as probe:  # a free port, closed again: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/hook"
+    created = client.post("/webhooks", json={"url": url}, headers=tokens.admin).json()
+    app.state.settings.WEBHOOK_RETRY_SCHEDULE = "0,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1"
+    emit(app.state.database)
+    drain(app, lambda: [d["attempt"] for d in deliveries(client, tokens, created["id"])]
+          >= [2])
+    refused = deliveries(client, tokens, created["id"])[0]
+    assert refused["status"] == "pending"
+    assert "Connection" in refused["error"] or "refused" in refused["error"]
+    receiver = make_receiver(port)
+    receiver.secrets.append(created["secret"])
+    drain(app, lambda: len(receiver.received) == 1)
+    [log] = deliveries(client, tokens, created["id"])
+    assert log["status"] == "delivered"
+    assert log["attempt"] >= 3
+    assert receiver.ids() == [f"msg_{receiver.received[0].payload['id']}_{created['id']}"]
