@@ -178,7 +178,7 @@ def record(session: Session, claimed: ClaimedWebhook, due_: Due, outcome: Outcom
     else:
         row.status = "failed"  # a 3xx, another 4xx, or a refused target: not retried
     session.flush()
-    return go_on
+    return go_on and webhook.enabled  # disabled by hand meanwhile: stop there
 
 
 def retry_delay(scheduled_s: float, retry_after_s: float | None) -> float:
