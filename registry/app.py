@@ -27,6 +27,8 @@ from registry.settings import Settings, get_settings
 from registry.storage.base import BlobStore
 from registry.storage.factory import make_blob_store
 from registry.ui import install_ui
+from registry.webhooks.endpoints import router as webhooks_router
+from registry.webhooks.metrics import WebhooksCollector
 
 
 def create_app(settings: Settings | None = None, store: BlobStore | None = None,
@@ -45,7 +47,7 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES)
     app.add_middleware(PathNameMiddleware)  # before routing: see registry/paths.py
     for router in (models_router, adapters_router, jobs_router, tokens_router,
-                   datasets_router, events_router):
+                   datasets_router, events_router, webhooks_router):
         app.include_router(router)
     add_error_handlers(app, settings)
     add_health(app)
@@ -53,6 +55,7 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
     feed: EventFeed = app.state.event_feed
     Gauge("deltahub_event_followers", "Long-polls of GET /events waiting right now",
           registry=metrics.registry).set_function(lambda: feed.waiting)
+    metrics.registry.register(WebhooksCollector(app.state.database))
     install_ui(app)
     install_openapi(app, settings)
     return app

@@ -282,3 +282,17 @@ class CursorExpired(APIError):
     """The feed's cursor is older than the events retention keeps: some were pruned."""
 
     status_code = 410
+
+
+# Signed webhooks (registry/webhooks/).
+class WebhookNotFound(NotFound):
+    pass
+
+
+class WebhookTargetRefused(Unprocessable):
+    """The URL is not http(s), does not resolve, or resolves to an address a webhook may
+    not reach (loopback, private, link-local, metadata...; DELTAHUB_WEBHOOK_ALLOW_PRIVATE)."""
+
+
+class DeliveryNotFound(NotFound):
+    pass

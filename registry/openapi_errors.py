@@ -10,13 +10,15 @@ from registry.errors import (
     JobNotFound,
     ModelNotFound,
     TokenNotFound,
+    WebhookNotFound,
 )
 
 # What a lookup by each path parameter fails with; an upload's filename is created, not
 # looked up.
 NOT_FOUND = {"model": ModelNotFound.__name__, "ref": AdapterNotFound.__name__,
               "filename": FileNotFound.__name__, "token_id": TokenNotFound.__name__,
-              "job_id": JobNotFound.__name__, "name": DatasetNotFound.__name__}
+              "job_id": JobNotFound.__name__, "name": DatasetNotFound.__name__,
+              "webhook_id": WebhookNotFound.__name__}
 # Errors that come from a service's rules about state, which no signature shows.
 SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("get", "/models"): {404: "`base` names no model (`ModelNotFound`, with `did_you_mean`)."},
@@ -96,4 +98,13 @@ SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
              "resynchronise, then follow from the cursor the detail names.",
         422: "`types` names an unknown event type, or `wait` is over its bound "
              "(`InvalidRequest`, `ValidationError`)."},
+    ("post", "/webhooks"): {
+        422: "The URL is not http(s), does not resolve, or resolves to a loopback, "
+             "private, link-local or metadata address (`WebhookTargetRefused`), or a "
+             "filter is not a valid name (`InvalidName`)."},
+    ("patch", "/webhooks/{webhook_id}"): {
+        422: "As at creation (`WebhookTargetRefused`, `InvalidName`)."},
+    ("post", "/webhooks/{webhook_id}/deliveries/{event_id}/redeliver"): {
+        404: "No such webhook, or it never had that event and the feed no longer has it "
+             "(`WebhookNotFound`, `DeliveryNotFound`)."},
 }

@@ -135,6 +135,33 @@ class Settings(BaseSettings):
     # timeouts of the usual proxies (60 s).
     EVENTS_MAX_WAIT_SECONDS: float = Field(default=30.0, gt=0)
 
+    # Signed webhooks (registry/webhooks/). Targets resolving to loopback, private,
+    # link-local, multicast or metadata addresses are refused unless this is true (a
+    # registry on a private network delivering to its neighbours; tests).
+    WEBHOOK_ALLOW_PRIVATE: bool = False
+    # Seconds before each attempt, the first one included: when the last fails, the
+    # webhook is disabled. Delays get +-20% jitter; a Retry-After longer wins.
+    WEBHOOK_RETRY_SCHEDULE: str = Field(default="0,5,300,1800,7200,18000,36000",
+                                        pattern=r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$")
+    WEBHOOK_CONNECT_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+    # One attempt, connect to the last byte read, is cut off after this long.
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(default=15.0, gt=0)
+    # Of a receiver's answer at most this much is read (its start is kept in the log).
+    WEBHOOK_MAX_RESPONSE_BYTES: int = Field(default=64 * 1024, gt=0)
+    # A dispatcher holds a webhook this long, renewed after each delivery; one that dies
+    # lets it expire and another resends what it had not recorded (same webhook-id).
+    WEBHOOK_LEASE_SECONDS: float = Field(default=60.0, gt=0)
+    # Dispatcher threads per `deltahub worker` and per `deltahub serve` (0: none there):
+    # each serves one webhook at a time, so a slow receiver holds one thread only.
+    WEBHOOK_DISPATCHERS: int = Field(default=4, ge=0)
+    WEBHOOK_POLL_SECONDS: float = Field(default=0.5, gt=0)
+    # After a secret rotation, deliveries carry both signatures this long.
+    WEBHOOK_SECRET_GRACE_SECONDS: float = Field(default=24 * 3600.0, ge=0)
+
+    @property
+    def webhook_retry_schedule(self) -> list[float]:
+        return [float(x) for x in self.WEBHOOK_RETRY_SCHEDULE.split(",")]
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.DEFAULT_PAGE_SIZE > self.MAX_PAGE_SIZE:
@@ -159,6 +186,11 @@ class Settings(BaseSettings):
                 ("http://", "https://")):
             raise ValueError(f"DELTAHUB_S3_ENDPOINT_URL={self.S3_ENDPOINT_URL!r} must be an "
                              "http:// or https:// URL, e.g. http://127.0.0.1:9000 for MinIO")
+        if self.WEBHOOK_LEASE_SECONDS <= self.WEBHOOK_TIMEOUT_SECONDS:
+            raise ValueError(
+                f"DELTAHUB_WEBHOOK_LEASE_SECONDS ({self.WEBHOOK_LEASE_SECONDS:g}) must be over "
+                f"DELTAHUB_WEBHOOK_TIMEOUT_SECONDS ({self.WEBHOOK_TIMEOUT_SECONDS:g}): a "
+                "dispatcher must record an attempt before its lease on the webhook ends")
         return self
 
 

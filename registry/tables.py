@@ -356,8 +356,8 @@ class Event(Base):
     outbox: registry/events/outbox.py). `id` is the feed's cursor: ids are never reused
     (AUTOINCREMENT on SQLite) and commit in order (see docs/architecture.md, "Events").
 
-    A webhook dispatcher can later claim deliveries per event with its own table keyed
-    (webhook, event id), referencing this id.
+    Webhooks fan events out into `webhook_deliveries` past a per-webhook high-water mark
+    over this id (registry/webhooks/queue.py).
     """
 
     __tablename__ = "events"
@@ -387,3 +387,60 @@ class EventHorizon(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
     pruned_through: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Webhook(Base, Timestamped):
+    """A signed-webhook subscription (registry/webhooks/). `secret` is kept as given
+    (`whsec_...`) because signing needs it: only admin-scope requests see this table, and
+    the API shows a secret once, at creation or rotation.
+
+    `last_event_id` is the fan-out's high-water mark: events up to it have their delivery
+    rows. The lease makes one dispatcher at a time the webhook's sender, which keeps its
+    deliveries in event order (registry/webhooks/queue.py)."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON)
+    filter_base: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    filter_name: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    filter_alias: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_secret_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_event_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(NAME_LENGTH))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base, Timestamped):
+    """One event (or test ping) for one webhook: the body it sends, where its retries
+    stand, and its last attempt. `message_id` is the `webhook-id` header, the same on
+    every attempt: the receiver's idempotency key."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event_id"),
+        # The sender's query: a webhook's pending deliveries, oldest first.
+        Index("ix_webhook_deliveries_pending", "webhook_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int | None] = mapped_column(BigInteger)  # null: a test ping
+    event_type: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # delivered, failed
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    attempted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -46,6 +46,8 @@ COMMANDS: dict[str, Entry] = {
     "jobs": Entry("job_commands", "Compression jobs.", CLIENT),
     "events": Entry("event_commands", "Print the registry's events, oldest first; --follow "
                     "waits for new ones.", CLIENT),
+    "webhooks": Entry("webhook_commands", "Signed webhooks: add, ls, rm, test, deliveries "
+                      "(an admin token).", CLIENT),
     "bitdelta": Entry("bitdelta_commands", "Compress FINETUNE into a 1-bit BitDelta delta "
                       "over BASE.", CODECS, "compress"),
     "merge": Entry("bitdelta_commands", "Rebuild the fine-tune from BASE and DELTA as a "
@@ -60,7 +62,8 @@ COMMANDS: dict[str, Entry] = {
                     "registry (OpenAI-compatible API).", SERVER, "server"),
     "serve": Entry("server_commands", "Run the API server (the database must be migrated: "
                    "`deltahub db upgrade`).", SERVER, "server"),
-    "worker": Entry("worker_commands", "Run compression jobs until interrupted.", SERVER,
+    "worker": Entry("worker_commands", "Run compression jobs, and send webhook deliveries, "
+                    "until interrupted.", SERVER,
                     "server"),
     "db": Entry("server_commands", "Database schema migrations.", SERVER, "server"),
     "token": Entry("server_commands", "API tokens, straight in the database.", SERVER,

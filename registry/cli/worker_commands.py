@@ -15,6 +15,7 @@ from registry.database import Database
 from registry.jobs.worker import Worker
 from registry.settings import Settings
 from registry.storage.factory import make_blob_store
+from registry.webhooks.dispatcher import Dispatchers
 
 
 def worker(
@@ -23,7 +24,7 @@ def worker(
     cpu_only: Annotated[bool, typer.Option(
         help="never use a GPU, and leave jobs that require one to others")] = False,
 ) -> None:
-    """Run compression jobs until interrupted.
+    """Run compression jobs, and send webhook deliveries, until interrupted.
 
     Start any number, on any machine: workers share only the database and the object
     store with the API (DELTAHUB_DATABASE_URL, DELTAHUB_STORAGE_URL).
@@ -43,7 +44,12 @@ def worker(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    runner.run()
+    dispatchers = Dispatchers(database, settings, runner.name)
+    dispatchers.start()  # webhook deliveries, beside the jobs
+    try:
+        runner.run()
+    finally:
+        dispatchers.stop()
     database.dispose()
 
 

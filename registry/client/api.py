@@ -174,6 +174,30 @@ class DeltahubClient:
             # The answer may take the whole wait: the usual timeout starts after it.
             timeout=self.http.timeout.read + wait_seconds if self.http.timeout.read else None)
 
+    # -- webhooks (scope admin) ----------------------------------------------------------
+    def create_webhook(self, url: str, events: list[str] | None = None,
+                       filters: dict[str, str] | None = None) -> dict[str, Any]:
+        """Subscribe `url`; the answer carries its `secret`, shown this once."""
+        return self.transport.json("POST", "/webhooks", json={
+            "url": url, "events": events or [], "filters": filters or {}})
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.transport.json("GET", "/webhooks")["items"]
+        return items
+
+    def delete_webhook(self, webhook_id: int) -> None:
+        self.transport.send("DELETE", f"/webhooks/{webhook_id}")
+
+    def test_webhook(self, webhook_id: int) -> dict[str, Any]:
+        return self.transport.json("POST", f"/webhooks/{webhook_id}/test")
+
+    def webhook_deliveries(self, webhook_id: int,
+                           status: str | None = None) -> list[dict[str, Any]]:
+        params = {"status": status} if status else None
+        items: list[dict[str, Any]] = self.transport.json(
+            "GET", f"/webhooks/{webhook_id}/deliveries", params=params)["items"]
+        return items
+
     # -- files --------------------------------------------------------------------------
     def upload(self, owner: str, path: Path, sha256: str,
                advance: Advance | None = None) -> dict[str, Any]:

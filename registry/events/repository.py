@@ -36,12 +36,15 @@ class EventRepository:
         row = self.session.get(EventHorizon, _HORIZON_ROW)
         return row.pruned_through if row is not None else 0
 
-    def prune(self, created_before: datetime) -> int:
-        """Delete events older than `created_before`; how many. Ids commit in order
-        (registry/events/outbox.py), so everything up to the newest old one goes."""
+    def prune(self, created_before: datetime, at_most: int | None = None) -> int:
+        """Delete events older than `created_before`, and none after `at_most`; how many.
+        Ids commit in order (registry/events/outbox.py), so everything up to the newest
+        old one goes."""
         through = self.session.scalar(select(func.max(Event.id)).where(
             Event.created_at < created_before))
-        if through is None:
+        if through is not None and at_most is not None:
+            through = min(through, at_most)
+        if through is None or through <= 0:
             return 0
         deleted = self.session.execute(delete(Event).where(Event.id <= through))
         row = self.session.get(EventHorizon, _HORIZON_ROW, with_for_update=True)

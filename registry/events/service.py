@@ -82,6 +82,9 @@ def event_out(row: Event) -> EventOut:
 
 
 def prune_events(session: Session, settings: Settings, now: datetime | None = None) -> int:
-    """Delete events older than the retention period; how many."""
+    """Delete events older than the retention period; how many. Events an enabled webhook
+    has yet to fan out or deliver are kept, however old."""
+    from registry.webhooks.queue import undelivered_floor  # webhooks build on the feed
+
     cutoff = (now or datetime.now(UTC)) - timedelta(days=settings.EVENT_RETENTION_DAYS)
-    return EventRepository(session).prune(cutoff)
+    return EventRepository(session).prune(cutoff, undelivered_floor(session))

@@ -1,5 +1,6 @@
 """The embedded shape: `deltahub serve` runs EMBEDDED_WORKERS worker threads beside the API,
-so one machine does the whole job with no other process to start."""
+and (with any) WEBHOOK_DISPATCHERS webhook dispatchers, so one machine does the whole job
+with no other process to start."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from registry.jobs.worker import Worker
+from registry.jobs.worker import Worker, worker_name
 from registry.settings import Settings
+from registry.webhooks.dispatcher import Dispatchers
 
 
 @contextlib.asynccontextmanager
@@ -22,9 +24,15 @@ async def embedded_workers(app: FastAPI) -> AsyncIterator[None]:
                for i, w in enumerate(workers)]
     for thread in threads:
         thread.start()
+    # Webhook deliveries go with the embedded workers: none when jobs are left to others.
+    dispatchers = Dispatchers(app.state.database, settings, worker_name()) if workers else None
+    if dispatchers is not None:
+        dispatchers.start()
     try:
         yield
     finally:
+        if dispatchers is not None:
+            dispatchers.stop()
         for worker in workers:
             worker.stop()
         for thread in threads:

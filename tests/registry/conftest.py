@@ -46,3 +46,23 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
         other)
     return TinyModels(base=base, finetune=make_finetune(base, root / "finetune"),
                       lora=_peft_lora(base, root / "lora"), other_base=other)
+
+
+@pytest.fixture(autouse=True)
+def _no_dns_for_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Webhook targets resolve address literals and localhost only: a test (or a fuzzer
+    inventing URLs) never sends a DNS query off this machine."""
+    import ipaddress
+    import socket
+
+    from registry.webhooks import target
+
+    def resolve(host: str, port: int) -> list[target.IPAddress]:
+        if host == "localhost":
+            return [ipaddress.ip_address("127.0.0.1")]
+        try:
+            return [ipaddress.ip_address(host)]
+        except ValueError:
+            raise socket.gaierror(socket.EAI_NONAME, f"{host}: no DNS in tests") from None
+
+    monkeypatch.setattr(target, "resolve", resolve)

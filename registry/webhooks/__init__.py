@@ -1,0 +1,1 @@
+"""Signed webhooks on the event outbox: subscriptions, safe delivery, dispatch by workers."""

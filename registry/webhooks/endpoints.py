@@ -1,0 +1,111 @@
+"""HTTP for webhooks (scope `admin`): subscriptions, secret rotation, the delivery log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import anyio.to_thread
+from fastapi import APIRouter, Path, Query, Response, status
+
+from registry.deps import AdminToken, DatabaseDep, SettingsDep
+from registry.names import MAX_ID
+from registry.settings import Settings
+from registry.webhooks import service
+from registry.webhooks.schemas import (
+    DeliveryList,
+    DeliveryOut,
+    SecretRotated,
+    WebhookCreated,
+    WebhookIn,
+    WebhookList,
+    WebhookOut,
+    WebhookPatch,
+)
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+WebhookId = Annotated[int, Path(ge=1, le=MAX_ID)]
+EventId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+async def _check_url(url: str, settings: Settings) -> None:
+    # Resolving blocks: in a thread, never on the event loop.
+    await anyio.to_thread.run_sync(service.check_url, url, settings)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_webhook(body: WebhookIn, db: DatabaseDep, settings: SettingsDep,
+                         _: AdminToken) -> WebhookCreated:
+    """Subscribe a URL to events committed from now on. The answer carries the
+    `whsec_` secret that signs its deliveries: shown this once."""
+    await _check_url(body.url, settings)
+    webhook, secret = await db.write(lambda session: service.create(session, body))
+    return WebhookCreated(**service.webhook_out(webhook).model_dump(), secret=secret)
+
+
+@router.get("")
+async def list_webhooks(db: DatabaseDep, _: AdminToken) -> WebhookList:
+    return WebhookList(items=await db.read(
+        lambda session: [service.webhook_out(w) for w in service.list_all(session)]))
+
+
+@router.get("/{webhook_id}")
+async def get_webhook(webhook_id: WebhookId, db: DatabaseDep, _: AdminToken) -> WebhookOut:
+    return await db.read(lambda session: service.webhook_out(service.get(session, webhook_id)))
+
+
+@router.patch("/{webhook_id}")
+async def patch_webhook(webhook_id: WebhookId, body: WebhookPatch, db: DatabaseDep,
+                        settings: SettingsDep, _: AdminToken) -> WebhookOut:
+    """Change any of url, events, filters, enabled. `enabled: true` re-enables a webhook
+    disabled after failures, and its pending deliveries resume."""
+    if body.url is not None:
+        await _check_url(body.url, settings)
+    return await db.write(lambda session: service.webhook_out(
+        service.patch(session, webhook_id, body)))
+
+
+@router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_webhook(webhook_id: WebhookId, db: DatabaseDep, _: AdminToken) -> Response:
+    await db.write(lambda session: service.delete(session, webhook_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{webhook_id}/rotate-secret")
+async def rotate_secret(webhook_id: WebhookId, db: DatabaseDep, settings: SettingsDep,
+                        _: AdminToken) -> SecretRotated:
+    """A new secret (shown this once). For DELTAHUB_WEBHOOK_SECRET_GRACE_SECONDS
+    deliveries carry two signatures, the new secret's and the old one's."""
+    webhook = await db.write(lambda session: service.rotate_secret(session, webhook_id,
+                                                                   settings))
+    assert webhook.previous_secret_until is not None
+    return SecretRotated(secret=webhook.secret,
+                         previous_secret_valid_until=webhook.previous_secret_until)
+
+
+@router.get("/{webhook_id}/deliveries")
+async def list_deliveries(
+    webhook_id: WebhookId, db: DatabaseDep, _: AdminToken,
+    delivery_status: Annotated[Literal["pending", "delivered", "failed"] | None,
+                               Query(alias="status")] = None,
+) -> DeliveryList:
+    """The newest 100 deliveries: each one's last attempt (status code, latency, error,
+    the start of the answer) and how many attempts it took."""
+    return DeliveryList(items=await db.read(lambda session: [
+        service.delivery_out(row)
+        for row in service.deliveries(session, webhook_id, delivery_status)]))
+
+
+@router.post("/{webhook_id}/deliveries/{event_id}/redeliver",
+             status_code=status.HTTP_202_ACCEPTED)
+async def redeliver(webhook_id: WebhookId, event_id: EventId, db: DatabaseDep,
+                    _: AdminToken) -> DeliveryOut:
+    """Send an event again (with the same webhook-id), from the start of the schedule."""
+    return await db.write(lambda session: service.delivery_out(
+        service.redeliver(session, webhook_id, event_id)))
+
+
+@router.post("/{webhook_id}/test", status_code=status.HTTP_202_ACCEPTED)
+async def ping_webhook(webhook_id: WebhookId, db: DatabaseDep, _: AdminToken) -> DeliveryOut:
+    """Queue a signed `webhook.test` ping; its outcome shows in the delivery log."""
+    return await db.write(lambda session: service.delivery_out(
+        service.ping(session, webhook_id)))

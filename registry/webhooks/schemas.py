@@ -1,0 +1,90 @@
+"""Request and response bodies of /webhooks."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.events.schemas import EventType
+from registry.schemas import UTCDateTime
+
+TEST_EVENT = "webhook.test"
+
+
+class WebhookFilters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base: str | None = Field(default=None, max_length=128,
+                             description="only events about this base model's objects")
+    name: str | None = Field(default=None, max_length=128,
+                             description="only events about this name")
+    alias: str | None = Field(default=None, max_length=128,
+                              description="only alias.set / alias.removed of this alias")
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048, description="http:// or https:// URL to POST to")
+    events: list[EventType] = Field(default_factory=list, max_length=64, description=(
+        "event types to deliver; empty (the default): all of them"))
+    filters: WebhookFilters = Field(default_factory=WebhookFilters)
+    enabled: bool = True
+
+
+class WebhookPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, max_length=2048)
+    events: list[EventType] | None = Field(default=None, max_length=64)
+    filters: WebhookFilters | None = None
+    enabled: bool | None = Field(default=None, description=(
+        "true re-enables a webhook disabled after failures (its pending deliveries resume)"))
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    events: list[str]
+    filters: WebhookFilters
+    enabled: bool
+    disabled_reason: str | None
+    previous_secret_valid_until: UTCDateTime | None = Field(description=(
+        "after a rotation: until when deliveries also carry the old secret's signature"))
+    created_at: UTCDateTime
+    updated_at: UTCDateTime
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="whsec_...: shown this once; keep it to verify "
+                                    "signatures")
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookOut]
+
+
+class SecretRotated(BaseModel):
+    secret: str = Field(description="the new whsec_ secret, shown this once")
+    previous_secret_valid_until: UTCDateTime
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    webhook_id: int
+    event_id: int | None = Field(description="null for a test ping")
+    event_type: str
+    message_id: str = Field(description="the webhook-id header, the same on every attempt")
+    status: str = Field(description="pending, delivered or failed")
+    attempt: int = Field(description="attempts made so far")
+    status_code: int | None
+    latency_ms: float | None
+    error: str | None
+    response_excerpt: str | None
+    next_attempt_at: UTCDateTime | None = Field(description="when pending")
+    attempted_at: UTCDateTime | None
+    delivered_at: UTCDateTime | None
+    created_at: UTCDateTime
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryOut]
