@@ -5,8 +5,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
 from registry.adapters.quality import JSONObject, Quality
+from registry.infra.schemas import FileOut, Schema, UTCDateTime
 from registry.models.schemas import DECLARED_FILES_DESCRIPTION, Sha256Hex
-from registry.schemas import FileOut, Schema, UTCDateTime
 from registry.tables import Adapter
 
 

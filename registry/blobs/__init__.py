@@ -1,1 +1,1 @@
-"""Blobs: the content-addressed files that models and adapters point at, and their GC."""
+"""Blobs: the rows of the content-addressed files that models, adapters and data sets point at."""

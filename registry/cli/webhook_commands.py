@@ -9,7 +9,8 @@ import typer
 from registry.cli.console import print_json, print_table, stdout
 from registry.cli.remote import DEFAULT_URL, Json, Token, Url, connected
 
-webhooks_app = typer.Typer(help="Signed webhooks (an admin token).", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Signed webhooks: add, ls, rm, test, deliveries (an admin token).",
+                           no_args_is_help=True)
 
 
 @webhooks_app.command("add")

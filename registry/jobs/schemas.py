@@ -6,9 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
+from registry.infra.schemas import Schema, UTCDateTime
 from registry.jobs.params import BitDeltaParams, LoraParams, VerifyMode, parse_params
 from registry.names import NAME_PATTERN
-from registry.schemas import Schema, UTCDateTime
 from registry.tables import Job
 
 # Module names as PEFT's target_modules list takes them ("q_proj", "model.layers.0.mlp").

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from registry.database import Database
+from registry.infra.database import Database
 from registry.settings import Settings
 from registry.webhooks import queue, signing
 from registry.webhooks.sender import send

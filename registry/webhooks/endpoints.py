@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Response, status
 
-from registry.deps import AdminToken, DatabaseDep, SettingsDep
+from registry.infra.deps import AdminToken, DatabaseDep, SettingsDep
 from registry.names import MAX_ID
 from registry.settings import Settings
 from registry.webhooks import service

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from registry.database import Database
+from registry.infra.database import Database
 from registry.tables import Event, WebhookDelivery, utcnow
 from registry.webhooks.queue import undelivered_floor
 

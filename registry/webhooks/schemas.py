@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.events.schemas import EventType
-from registry.schemas import UTCDateTime
+from registry.infra.schemas import UTCDateTime
 
 TEST_EVENT = "webhook.test"
 

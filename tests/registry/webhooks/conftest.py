@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook as Verifier
 
-from registry.database import Database
 from registry.events.outbox import record_event
 from registry.events.schemas import AliasData, EventType, TokenData
+from registry.infra.database import Database
 from registry.settings import Settings
 from registry.webhooks.dispatcher import Dispatcher
 from tests.conftest import Tokens
