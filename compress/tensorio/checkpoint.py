@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from compress.errors import InvalidModel, NonFiniteTensor
-from compress.tensorio import bnb4bit
 from compress.filenames import CONFIG_FILE as CONFIG_FILE
 from compress.filenames import MODEL_CARD as MODEL_CARD
 from compress.filenames import is_model_file as is_model_file
+from compress.tensorio import bnb4bit
 from compress.tensorio.header import SafetensorsHeader, TensorEntry, header_from_reader
 from compress.tensorio.manifest import (
     Manifest,

@@ -16,8 +16,9 @@ from registry.adapters import service
 from registry.adapters.schemas import AdapterCreate, AdapterOut
 from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
 from registry.downloads import StoredFile, file_response, find_file
+from registry.models import quantized
 from registry.models.schemas import FinalizeRequest
-from registry.models.service import model_names
+from registry.models.service import model_id, model_names
 from registry.schemas import FileOut, PageOut, created_or_existing
 from registry.tables import Adapter, AdapterKind
 from registry.uploads.flow import store_request
@@ -25,10 +26,17 @@ from registry.uploads.flow import store_request
 router = APIRouter(prefix="/adapters", tags=["adapters"])
 
 
-def _outs(session: Session, adapters: list[Adapter], summary: bool = False) -> list[AdapterOut]:
+def _outs(session: Session, adapters: list[Adapter], summary: bool = False,
+          relations: dict[int, str] | None = None) -> list[AdapterOut]:
+    """`relations` (a compatible listing): base id -> how that base relates to the one
+    asked for, shown as each item's `compatible_via`."""
     names = model_names(session, [*(a.base_id for a in adapters),
                                   *(a.source_model_id for a in adapters)])
-    return [AdapterOut.of(a, names, summary=summary) for a in adapters]
+    outs = [AdapterOut.of(a, names, summary=summary) for a in adapters]
+    if relations is not None:
+        for out, adapter in zip(outs, adapters, strict=True):
+            out.compatible_via = relations.get(adapter.base_id)
+    return outs
 
 
 def _out(session: Session, adapter: Adapter) -> AdapterOut:
@@ -62,14 +70,20 @@ async def list_adapters(
     sort: Annotated[Literal["newest", "gain_kept"], Query(
         description="newest first (default), or by gain kept (quality.gain_kept, measured "
                     "by a job's evaluate step), highest first, unmeasured last")] = "newest",
+    compatible: Annotated[bool, Query(
+        description="with `base`: also the adapters registered against the base it was "
+                    "quantized from, or against its 4-bit bases (each item's "
+                    "`compatible_via` says which)")] = False,
 ) -> PageOut[AdapterOut]:
     """Each item's `quality` is a summary; the adapter's own route has it all."""
     def page(session: Session) -> PageOut[AdapterOut]:
         found = service.list_adapters(session, settings, base=base,
                                       kind=AdapterKind(kind) if kind else None, name=name,
                                       alias=alias, limit=limit, page_token=page_token,
-                                      sort=sort)
-        return PageOut(items=_outs(session, found.items, summary=True),
+                                      sort=sort, compatible=compatible)
+        relations = (quantized.family(session, model_id(session, base))
+                     if compatible and base is not None else None)
+        return PageOut(items=_outs(session, found.items, summary=True, relations=relations),
                        next_page_token=found.next_page_token)
 
     return await db.read(page)

@@ -24,8 +24,11 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 
 def _outs(session: Session, models: list[Model]) -> list[ModelOut]:
-    names = service.model_names(session, (m.base_id for m in models))
-    return [ModelOut.of(m, names.get(m.base_id) if m.base_id else None) for m in models]
+    names = service.model_names(session, [*(m.base_id for m in models),
+                                          *(m.quantized_from_id for m in models)])
+    return [ModelOut.of(m, names.get(m.base_id) if m.base_id else None,
+                        names.get(m.quantized_from_id) if m.quantized_from_id else None)
+            for m in models]
 
 
 def _out(session: Session, model: Model) -> ModelOut:
@@ -41,7 +44,7 @@ async def create_model(body: ModelCreate, db: DatabaseDep, settings: SettingsDep
     def create(session: Session) -> tuple[ModelOut, bool]:
         model, created = service.start_push(session, settings, body.name,
                                             ModelKind(body.kind), body.base, token.id,
-                                            body.files)
+                                            body.files, body.quantized_from)
         return _out(session, service.get_model(session, str(model.id))), created
 
     out, created = await db.write(create)

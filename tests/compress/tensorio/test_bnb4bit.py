@@ -45,7 +45,8 @@ def test_dequantize_is_bit_identical_to_bitsandbytes(quant_type: str, double: bo
         spec, tensors, packed, state = _quantized(weight, quant_type, double, blocksize)
         ours = dequantize(spec, tensors.__getitem__)
         theirs = bnb.dequantize_4bit(packed, state)
-        assert ours.dtype == theirs.dtype == dtype and ours.shape == theirs.shape
+        assert ours.dtype == theirs.dtype == dtype
+        assert ours.shape == theirs.shape
         assert torch.equal(ours, theirs), (shape, blocksize)
 
 
@@ -90,7 +91,8 @@ def test_checkpoint_reads_logical_manifest_and_dequantized_weights(
                                                                                   double)
         name = "model.layers.1.mlp.down_proj.weight"
         weight = ckpt.tensor(name)
-        assert weight.dtype == torch.float16 and weight.shape == (48, 120)
+        assert weight.dtype == torch.float16
+        assert weight.shape == (48, 120)
         assert ckpt.mapped_tensor(name) is None  # packed bytes are never handed out as-is
         error = (weight.float() - full.tensor(name).float()).abs().max()
         assert 0 < error < 0.1
