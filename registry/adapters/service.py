@@ -136,12 +136,13 @@ def _ready_model(session: Session, ref: str, role: str, unknown: str) -> Model:
 
 
 def _source_id(session: Session, ref: str, base: Model) -> int:
-    """The fine-tune an adapter was made from: finalized, and tuned from its base."""
+    """The fine-tune an adapter was made from: finalized, and tuned from its base (or
+    from the base a 4-bit base was quantized from, or a 4-bit variant of it)."""
     source = _ready_model(session, ref, "source", "UnknownSource")
     if source.kind is not ModelKind.FINETUNE:
         raise InvalidSource(f"source {source.name!r} is a base model; the source is the "
                             "full fine-tune the adapter was made from")
-    if source.base_id != base.id:
+    if source.base_id is None or source.base_id not in quantized.family(session, base.id):
         tuned_from = model_names(session, [source.base_id]).get(source.base_id or 0)
         raise InvalidSource(f"source {source.name!r} is a fine-tune of {tuned_from!r}, not of "
                             f"{base.name!r}; push the adapter against {tuned_from!r}, or name "

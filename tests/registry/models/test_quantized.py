@@ -80,7 +80,8 @@ def test_malformed_4bit_checkpoint_is_refused_with_the_reason(
     answer = upload_model(client, tokens.push, "bad-4bit", bad, quantized_from="tiny")
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"] == "InvalidModel"
-    assert reason in answer.json()["detail"] and Q in answer.json()["detail"]
+    assert reason in answer.json()["detail"]
+    assert Q in answer.json()["detail"]
 
 
 def test_4bit_base_with_other_shapes_than_its_parent_is_refused(
