@@ -107,6 +107,21 @@ def quantization_of(config: Mapping[str, Any] | None) -> Quantization | None:
     return Quantization(quant_type, double, compute)
 
 
+def declared_quantization(stored: Manifest, config: Mapping[str, Any] | None
+                          ) -> Quantization | None:
+    """`quantization_of(config)`, refusing quant_state tensors that config.json does not
+    declare (their packed weights would pass for weights of the wrong shape)."""
+    quantization = quantization_of(config)
+    if quantization is None:
+        states = [s.name for s in stored if QUANT_STATE in s.name]
+        if states:
+            raise InvalidModel(
+                f"tensor {states[0]!r} is a bitsandbytes 4-bit quant_state, but config.json "
+                "has no quantization_config; push config.json as transformers saved it with "
+                "the 4-bit model")
+    return quantization
+
+
 def parse_quant_state(raw: bytes, where: str) -> QuantState:
     """A quant_state tensor's bytes, as JSON, checked field by field."""
     try:

@@ -57,7 +57,7 @@ class Checkpoint:
         # for a bitsandbytes 4-bit checkpoint, read dequantized: see bnb4bit.py).
         self.stored_manifest: Manifest = manifest_from_headers(self.headers, weight_map)
         self.config: dict[str, Any] | None = _read_config(source)
-        self.quantization = bnb4bit.quantization_of(self.config)
+        self.quantization = bnb4bit.declared_quantization(self.stored_manifest, self.config)
         self.quantized: dict[str, bnb4bit.QuantizedWeight] = {}
         self.manifest: Manifest = self.stored_manifest
         if self.quantization is not None:

@@ -15,7 +15,11 @@ from sqlalchemy.orm import Session
 
 from compress.errors import CodecError
 from compress.tensorio import Manifest, TensorSpec, header_from_dict, shape_mismatches
-from compress.tensorio.bnb4bit import logical_manifest, quantization_of, quantized_weights
+from compress.tensorio.bnb4bit import (
+    declared_quantization,
+    logical_manifest,
+    quantized_weights,
+)
 from registry.errors import IncompatibleBase, InvalidRequest, NotReady, from_codec_error
 from registry.models.repository import ModelRepository
 from registry.names import check_name
@@ -47,7 +51,7 @@ def apply_quantization(session: Session, store: BlobStore, model: Model, stored:
     """The manifest to record for `model`: its logical one if it is a 4-bit checkpoint
     (setting `model.quantization`, checked against its parent), else `stored`."""
     try:
-        quantization = quantization_of(config)
+        quantization = declared_quantization(stored, config)
         if quantization is None:
             if model.quantized_from_id is not None:
                 raise InvalidRequest(

@@ -147,6 +147,8 @@ MALFORMED: dict[str, tuple[Edit, str]] = {
         {"bnb_4bit_quant_type": "fp4"}), "config.json says fp4"),
     "8-bit": (lambda t, c: c["quantization_config"].update(  # type: ignore[attr-defined]
         {"load_in_4bit": False, "load_in_8bit": True}), "4-bit checkpoints only"),
+    "config without quantization_config": (lambda t, c: c.pop("quantization_config"),
+                                           "has no quantization_config"),
 }
 
 
