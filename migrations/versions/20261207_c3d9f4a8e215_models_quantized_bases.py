@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = 'c3d9f4a8e215'
 down_revision: str | None = 'b8e2f05c1d93'
 branch_labels: str | Sequence[str] | None = None

@@ -43,6 +43,8 @@ def parent_id(session: Session, kind: ModelKind, ref: str | None) -> int | None:
         what = "a finetune" if parent.kind is not ModelKind.BASE else "itself quantized"
         raise InvalidRequest(f"{ref!r} is {what}; 'quantized_from' names the "
                              "full-precision base the 4-bit checkpoint was quantized from")
+    if parent.status is not Status.READY:  # so no draft ever hangs from another draft
+        raise NotReady(f"base {parent.name!r} is not finalized yet; finalize it first")
     return parent.id
 
 
