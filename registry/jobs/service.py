@@ -137,8 +137,8 @@ def _job_base(session: Session, model: Model, ref: str | None) -> int:
     if base.id not in quantized.family(session, model.base_id):
         raise InvalidRequest(
             f"{base.name!r} is not the base of {model.name!r} nor a 4-bit base quantized "
-            "from it (deltahub push-model --quantized-from); omit 'base' to compress "
-            "against the fine-tune's own base")
+            "from it (deltahub push-model --quantized-from); omit 'base' (--base) to "
+            "compress against the fine-tune's own base")
     if base.status is not Status.READY:
         raise NotReady(f"base {base.name!r} is not finalized yet")
     return base.id
