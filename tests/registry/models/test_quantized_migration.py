@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import command
 from sqlalchemy import Engine, inspect
 
-from registry.migrate import alembic_config, current_revision, head_revision, upgrade
+from registry.infra.migrate import alembic_config, current_revision, head_revision, upgrade
 
 BEFORE = "b8e2f05c1d93"  # the events outbox
 QUANTIZED = "c3d9f4a8e215"
