@@ -96,8 +96,15 @@ class Model(Base, Timestamped):
     # (name -> sha256, digested as adapters' content_digest); a re-run resumes only a
     # draft started for the same files.
     declared_digest: Mapped[str | None] = mapped_column(String(SHA256_LENGTH))
+    # A bitsandbytes 4-bit base: how it is quantized ({"method", "quant_type",
+    # "double_quant", "blocksize", "compute_dtype"}) and the full-precision base it was
+    # quantized from, whose adapters it serves (no ON DELETE rule: see bc460c14b59f).
+    quantization: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    quantized_from_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"),
+                                                          index=True)
 
-    base: Mapped[Model | None] = relationship(remote_side=[id], lazy="raise")
+    base: Mapped[Model | None] = relationship(remote_side=[id], lazy="raise",
+                                              foreign_keys=[base_id])
     files: Mapped[list[ModelFile]] = relationship(
         back_populates="model", lazy="raise", cascade="all, delete-orphan",
         order_by="ModelFile.filename",

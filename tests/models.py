@@ -63,3 +63,44 @@ def _perturb(t: torch.Tensor, generator: torch.Generator, rel_scale: float, rank
         right = torch.randn(r, w.shape[1], generator=generator)
         delta += (left @ right) * scale / r**0.5
     return (w + delta).to(t.dtype)
+
+
+BNB_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def make_bnb4bit(base: Path, out: Path, quant_type: str = "nf4", double_quant: bool = True,
+                 blocksize: int = 64) -> Path:
+    """`base` quantized as transformers saves a bitsandbytes 4-bit model: each Linear
+    weight of the decoder layers as packed nibbles with the aux tensors of
+    `QuantState.as_dict(packed=True)`, and `quantization_config` in config.json.
+
+    Made with bitsandbytes' own quantizer (on the CPU) rather than `from_pretrained`, so
+    the quant type, double quant and block size are the caller's to pick.
+    """
+    import json
+
+    import bitsandbytes.functional as bnb
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    dtype = torch.float32
+    for src in sorted(base.glob("*.safetensors")):
+        for name, t in load_file(src).items():
+            dtype = t.dtype
+            if t.dim() == 2 and name.rsplit(".", 2)[-2] in BNB_TARGETS:
+                packed, state = bnb.quantize_4bit(t, blocksize=blocksize, quant_type=quant_type,
+                                                  compress_statistics=double_quant)
+                tensors[name] = packed
+                for key, value in state.as_dict(packed=True).items():
+                    tensors[f"{name}.{key}"] = value
+            else:
+                tensors[name] = t
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((base / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False,
+        "bnb_4bit_quant_type": quant_type, "bnb_4bit_use_double_quant": double_quant,
+        "bnb_4bit_compute_dtype": str(dtype).removeprefix("torch."),
+        "bnb_4bit_quant_storage": "uint8"}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out

@@ -48,8 +48,11 @@ def causal_lm_config(config: Mapping[str, Any] | None, source: str) -> Any:
         raise InvalidModel(f"{source}: model_type {model_type!r} is not an architecture "
                            f"transformers {transformers.__version__} knows; upgrade "
                            "transformers or evaluate another model") from exc
+    # A 4-bit base's tensors arrive dequantized (tensorio/bnb4bit.py): its architecture
+    # is the plain one, never quantized again.
+    plain = {k: v for k, v in config.items() if k != "quantization_config"}
     try:
-        return config_class.from_dict(dict(config))
+        return config_class.from_dict(plain)
     except (TypeError, ValueError) as exc:
         raise InvalidModel(f"{source}: config.json does not make a {model_type} config "
                            f"({exc})") from exc

@@ -21,8 +21,14 @@ from compress.errors import InvalidModel, NonFiniteTensor
 from compress.filenames import CONFIG_FILE as CONFIG_FILE
 from compress.filenames import MODEL_CARD as MODEL_CARD
 from compress.filenames import is_model_file as is_model_file
+from compress.tensorio import bnb4bit
 from compress.tensorio.header import SafetensorsHeader, TensorEntry, header_from_reader
-from compress.tensorio.manifest import Manifest, manifest_from_headers, parse_weight_map
+from compress.tensorio.manifest import (
+    Manifest,
+    TensorSpec,
+    manifest_from_headers,
+    parse_weight_map,
+)
 from compress.tensorio.pickles import PICKLE_SUFFIXES, pickle_refusal, refuse_pickle_name
 from compress.tensorio.sources import (
     LocalSource,
@@ -47,8 +53,17 @@ class Checkpoint:
             name: _read_header(source, name) for name in self.filenames
         }
         weight_map = _read_weight_map(source)
-        self.manifest: Manifest = manifest_from_headers(self.headers, weight_map)
+        # What the files hold; `manifest` is the model they stand for (the two differ
+        # for a bitsandbytes 4-bit checkpoint, read dequantized: see bnb4bit.py).
+        self.stored_manifest: Manifest = manifest_from_headers(self.headers, weight_map)
         self.config: dict[str, Any] | None = _read_config(source)
+        self.quantization = bnb4bit.declared_quantization(self.stored_manifest, self.config)
+        self.quantized: dict[str, bnb4bit.QuantizedWeight] = {}
+        self.manifest: Manifest = self.stored_manifest
+        if self.quantization is not None:
+            self.quantized = bnb4bit.quantized_weights(
+                self.stored_manifest, self.quantization, self._spec_bytes, self.config)
+            self.manifest = bnb4bit.logical_manifest(self.stored_manifest, self.quantized)
         # Let go of what validation opened: a Checkpoint only inspected (its manifest, its
         # headers) holds no file open, and tensors reopen theirs on demand.
         source.close()
@@ -103,13 +118,28 @@ class Checkpoint:
         return sum(h.file_size for h in self.headers.values())
 
     def entry(self, name: str) -> TensorEntry:
-        spec = self.manifest[name]
+        """The header record of a stored tensor (a 4-bit weight's: its packed bytes)."""
+        spec = self.stored_manifest[name]
         return self.headers[spec.file].tensors[name]
 
     def tensor(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """Read one tensor with its stored dtype and shape, into new CPU memory or into
-        the first bytes of `buffer` (1-D contiguous uint8, e.g. from a `BufferPool`)."""
-        spec = self.manifest[name]
+        the first bytes of `buffer` (1-D contiguous uint8, e.g. from a `BufferPool`).
+
+        A 4-bit weight comes dequantized, in new memory, with its logical dtype and shape.
+        """
+        weight = self.quantized.get(name)
+        if weight is not None:
+            return bnb4bit.dequantize(weight, self._stored_tensor)
+        return self._stored_tensor(name, buffer)
+
+    def _spec_bytes(self, spec: TensorSpec) -> bytes:
+        header = self.headers[spec.file]
+        entry = header.tensors[spec.name]
+        return read_range(self.source, spec.file, header.data_start + entry.start, entry.nbytes)
+
+    def _stored_tensor(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        spec = self.stored_manifest[name]
         header = self.headers[spec.file]
         entry = header.tensors[name]
         if buffer is None:
@@ -135,10 +165,10 @@ class Checkpoint:
         where the source cannot map it. Only for tensors read once, front to back: its
         pages come from the page cache as they are touched, and count towards resident
         memory until the tensor is let go."""
-        if not self.can_map:
+        if not self.can_map or name in self.quantized:
             return None
         assert isinstance(self.source, MappableSource)
-        spec = self.manifest[name]
+        spec = self.stored_manifest[name]
         header = self.headers[spec.file]
         entry = header.tensors[name]
         view = self.source.mapped(spec.file, header.data_start + entry.start, entry.nbytes)
@@ -151,7 +181,7 @@ class Checkpoint:
         """Hint that tensor `name` will be read soon (see `ReadAheadSource`); a source
         that cannot prefetch ignores it."""
         if isinstance(self.source, ReadAheadSource):
-            spec = self.manifest[name]
+            spec = self.stored_manifest[name]
             header = self.headers[spec.file]
             entry = header.tensors[name]
             self.source.will_need(spec.file, header.data_start + entry.start, entry.nbytes)

@@ -18,7 +18,9 @@ from registry.adapters.views import adapter_out, adapter_outs
 from registry.infra.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
 from registry.infra.downloads import StoredFile, file_response, find_file
 from registry.infra.schemas import FileOut, PageOut, created_or_existing
+from registry.models import quantized
 from registry.models.schemas import FinalizeRequest
+from registry.models.service import model_id
 from registry.names import check_name
 from registry.tables import AdapterKind
 from registry.uploads.flow import store_request
@@ -53,14 +55,21 @@ async def list_adapters(
     sort: Annotated[Literal["newest", "gain_kept"], Query(
         description="newest first (default), or by gain kept (quality.gain_kept, measured "
                     "by a job's evaluate step), highest first, unmeasured last")] = "newest",
+    compatible: Annotated[bool, Query(
+        description="with `base`: also the adapters registered against the base it was "
+                    "quantized from, or against its 4-bit bases (each item's "
+                    "`compatible_via` says which)")] = False,
 ) -> PageOut[AdapterOut]:
     """Each item's `quality` is a summary; the adapter's own route has it all."""
     def page(session: Session) -> PageOut[AdapterOut]:
         found = service.list_adapters(session, settings, base=base,
                                       kind=AdapterKind(kind) if kind else None, name=name,
                                       alias=alias, limit=limit, page_token=page_token,
-                                      sort=sort)
-        return PageOut(items=adapter_outs(session, found.items, summary=True),
+                                      sort=sort, compatible=compatible)
+        relations = (quantized.family(session, model_id(session, base))
+                     if compatible and base is not None else None)
+        return PageOut(items=adapter_outs(session, found.items, summary=True,
+                                          relations=relations),
                        next_page_token=found.next_page_token)
 
     return await db.read(page)

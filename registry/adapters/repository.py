@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, text
@@ -127,10 +128,14 @@ class AdapterRepository:
 
     def page(self, *, base_id: int | None, kind: AdapterKind | None, name: str | None,
              alias: str | None, after_id: int | None, limit: int,
-             by_gain: bool = False, after_gain: float | None = None) -> list[Adapter]:
+             by_gain: bool = False, after_gain: float | None = None,
+             base_ids: Collection[int] | None = None) -> list[Adapter]:
         """A page newest first, or (`by_gain`) by gain kept, highest first, versions
-        without one last, ties newest first; after the row (`after_gain`, `after_id`)."""
+        without one last, ties newest first; after the row (`after_gain`, `after_id`).
+        `base_ids`: on any of these bases (a compatible listing)."""
         query = self._query().where(Adapter.status == Status.READY)
+        if base_ids is not None:
+            query = query.where(Adapter.base_id.in_(sorted(base_ids)))
         if alias is not None:
             query = query.where(Adapter.id.in_(select(AdapterAlias.adapter_id).where(
                 AdapterAlias.alias == alias)))

@@ -66,6 +66,11 @@ class AdapterOut(Schema):
     files: list[FileOut]
     created_at: UTCDateTime
     finalized_at: UTCDateTime | None
+    compatible_via: str | None = Field(
+        default=None, description="in a `compatible=1` listing: how the base this adapter "
+        "was registered against (`base`) relates to the one asked for: \"same base\", "
+        "\"quantized from\" (the full-precision base it was quantized from) or "
+        "\"4-bit variant\" (a 4-bit base quantized from it)")
 
     @classmethod
     def of(cls, adapter: Adapter, model_names: dict[int, str],

@@ -23,6 +23,7 @@ from registry.events.outbox import record_event
 from registry.events.payloads import adapter_data, alias_data
 from registry.events.schemas import EventType
 from registry.infra.pagination import Page, page_request
+from registry.models import quantized
 from registry.models.repository import ModelRepository
 from registry.models.service import model_by_id, model_id, model_names, not_found
 from registry.names import check_filename, check_name, close_matches, did_you_mean, is_id, parse_id
@@ -154,12 +155,13 @@ def _source_id(session: Session, ref: str, base: Model) -> int:
 
 
 def _checked_source(session: Session, source: Model, base: Model) -> int:
-    """The fine-tune an adapter was made from: finalized, and tuned from its base."""
+    """The fine-tune an adapter was made from: finalized, and tuned from its base (or
+    from the base a 4-bit base was quantized from, or a 4-bit variant of it)."""
     _ready(source, "source")
     if source.kind is not ModelKind.FINETUNE:
         raise InvalidSource(f"source {source.name!r} is a base model; the source is the "
                             "full fine-tune the adapter was made from")
-    if source.base_id != base.id:
+    if source.base_id is None or source.base_id not in quantized.family(session, base.id):
         tuned_from = model_names(session, [source.base_id]).get(source.base_id or 0)
         raise InvalidSource(f"source {source.name!r} is a fine-tune of {tuned_from!r}, not of "
                             f"{base.name!r}; push the adapter against {tuned_from!r}, or name "
@@ -323,8 +325,10 @@ def delete_adapter(session: Session, ident: int, scopes: Iterable[str]) -> None:
 def list_adapters(session: Session, settings: Settings, *, base: str | None,
                   kind: AdapterKind | None, name: str | None, alias: str | None,
                   limit: int | None, page_token: str | None,
-                  sort: str = "newest") -> Page[Adapter]:
-    """Ready versions newest first, or with `sort="gain_kept"` by measured gain kept."""
+                  sort: str = "newest", compatible: bool = False) -> Page[Adapter]:
+    """Ready versions newest first, or with `sort="gain_kept"` by measured gain kept.
+
+    `compatible`: on `base` or any base of its 4-bit family (`quantized.family`)."""
     for value, what in ((name, "adapter name"), (alias, "alias")):
         if value is not None:
             check_name(value, what)
@@ -333,10 +337,15 @@ def list_adapters(session: Session, settings: Settings, *, base: str | None,
     # before sorting existed stay valid.
     request = page_request(settings, limit, page_token,
                            {"base": base, "kind": kind, "name": name, "alias": alias,
-                            "sort": sort if by_gain else None})
+                            "sort": sort if by_gain else None,
+                            "compatible": True if compatible else None})
     base_id = model_id(session, base) if base is not None else None  # unknown: 404
+    base_ids = None
+    if compatible and base_id is not None:
+        base_ids, base_id = set(quantized.family(session, base_id)), None
     rows = AdapterRepository(session).page(base_id=base_id, kind=kind, name=name, alias=alias,
                                            after_id=request.after_id, limit=request.fetch,
-                                           by_gain=by_gain, after_gain=request.after_rank)
+                                           by_gain=by_gain, after_gain=request.after_rank,
+                                           base_ids=base_ids)
     return request.page(rows, key=lambda a: a.id,
                         rank=(lambda a: a.gain_kept) if by_gain else None)

@@ -78,6 +78,9 @@ def compress(
         help="evaluation tokens per row [128]")] = None,
     evaluate_max_batches: Annotated[int | None, typer.Option(
         help="evaluation batches per data set, at most [50]")] = None,
+    base: Annotated[str | None, typer.Option(
+        help="compress against this 4-bit base of the fine-tune's base (push-model "
+             "--quantized-from), and register the adapter on it")] = None,
     wait: Annotated[bool, typer.Option(help="follow the job to its end (exit 0 succeeded, "
                                             "1 failed, 3 cancelled)")] = False,
     url: Url = DEFAULT_URL, token: Token = None,
@@ -98,7 +101,8 @@ def compress(
             "seq_len": distill_seq_len, "seed": distill_seed}),
         "evaluate": _section("evaluate", {"datasets": evaluate}, {
             "batch_size": evaluate_batch_size, "seq_len": evaluate_seq_len,
-            "max_batches": evaluate_max_batches})}
+            "max_batches": evaluate_max_batches}),
+        "base": base}
     with connected(url, token) as client:
         # One key per invocation: if the connection drops after the server queued the
         # job, the retry finds that job instead of queueing a second.

@@ -132,20 +132,37 @@ def push_model(
                                               help="model directory (safetensors + config)")],
     name: Annotated[str, typer.Option(help="model name, e.g. llama2-7b")],
     base: Annotated[str | None, typer.Option(help="for a fine-tune: its base model")] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="base or finetune (default: finetune with --base, else base)")] = None,
+    quantized_from: Annotated[str | None, typer.Option(
+        help="for a bitsandbytes 4-bit base: the full-precision base it was quantized "
+             "from (its adapters then fit both)")] = None,
     url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:
     """Register a base model or a full fine-tune: upload its files and finalize.
+
+    A bitsandbytes 4-bit checkpoint registers as a base with its logical shapes;
+    `--quantized-from` links it to the base it was quantized from.
 
     Run again after a failure, it resumes this token's own draft of NAME. Identical
     content again returns the model already registered; the same weights with tokenizer
     files the model lacks add those (`attach-tokenizer` sends only them).
     """
+    if kind is not None and kind != ("finetune" if base else "base"):
+        raise CommandFailure("bad --kind", "--kind base takes no --base; --kind finetune "
+                             "needs --base", EXIT_FAILED)
     paths = files_to_push(directory, None)
     with connected(url, token) as client:
         push = pushing(client, paths)
-        model, created = push.model(name, base)
+        model, created = push.model(name, base, quantized_from)
     what = ("new" if created else f"weights unchanged; added {', '.join(push.sent)}"
             if push.sent else "unchanged: identical content already registered")
+    four_bit = model.get("quantization")
+    if four_bit:
+        parent = model.get("quantized_from")
+        what += (f"; 4-bit {four_bit['quant_type']}"
+                 f"{', double quant' if four_bit['double_quant'] else ''}"
+                 f"{f', quantized from {parent}' if parent else ''}")
     stdout.print(f"{model['name']}: {model['tensor_count']} tensors, "
                  f"{model['parameter_count']:,} parameters, ready ({what})", highlight=False)
 

@@ -50,7 +50,8 @@ class DeltahubClient:
 
     # -- models -------------------------------------------------------------------------
     def create_model(self, name: str, base: str | None = None,
-                     files: Mapping[str, str] | None = None) -> dict[str, Any]:
+                     files: Mapping[str, str] | None = None,
+                     quantized_from: str | None = None) -> dict[str, Any]:
         """A pending model: new (201), or this token's own draft to resume (200).
 
         `files` (filename -> sha256) declares what this push will upload, so that a
@@ -60,6 +61,8 @@ class DeltahubClient:
                                 "base": base}
         if files is not None:
             body["files"] = dict(files)
+        if quantized_from is not None:  # a 4-bit base (older servers refuse the field)
+            body["quantized_from"] = quantized_from
         return self.transport.json("POST", "/models", json=body)
 
     def finalize_model(self, name: str, files: Mapping[str, str] | None = None

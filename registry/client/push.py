@@ -59,13 +59,14 @@ class Push:
             owner=lambda draft: f"/adapters/{draft['id']}",
             finalize=lambda draft: client.finalize_adapter(draft["id"], self.digests))
 
-    def model(self, name: str, base: str | None = None) -> tuple[Draft, bool]:
+    def model(self, name: str, base: str | None = None,
+              quantized_from: str | None = None) -> tuple[Draft, bool]:
         """The finalized model, and whether this push finalized it (False: the same files
         were registered under the name already; `sent` then names the tokenizer files
         this push added to it)."""
         client = self.client
         return self._run_final(
-            start=lambda: client.create_model(name, base, self.digests),
+            start=lambda: client.create_model(name, base, self.digests, quantized_from),
             discard=lambda draft: client.delete_model(draft["name"]),
             owner=lambda draft: f"/models/{draft['name']}",
             finalize=lambda draft: client.finalize_model(draft["name"], self.digests))

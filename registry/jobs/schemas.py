@@ -88,6 +88,11 @@ class CompressRequest(_Finite):
         default=None, description="bitdelta: distill the scales on a calibration data set")
     evaluate: EvaluateParams | None = Field(
         default=None, description="measure the gain kept on evaluation data sets")
+    base: str | None = Field(
+        default=None, pattern=f"^{NAME_PATTERN}$",
+        description="the base to take the delta against, and to register the adapter on "
+                    "(default: the fine-tune's base): a 4-bit base quantized from it, so "
+                    "the delta is taken against the dequantized weights you serve")
 
 
 class JobProgress(Schema):

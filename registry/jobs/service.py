@@ -34,6 +34,7 @@ from registry.jobs.params import BitDeltaParams, JobParams, LoraParams
 from registry.jobs.quality_params import quality_params
 from registry.jobs.repository import JobRepository
 from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest
+from registry.models import quantized
 from registry.models.service import get_model, model_id
 from registry.names import MAX_ID, check_name
 from registry.settings import Settings
@@ -84,8 +85,8 @@ def enqueue(session: Session, settings: Settings, store: BlobStore, model_ref: s
         return existing, False  # a concurrent first request with this key won the lock
     _check_quota(repo, settings, token_id)
     job = repo.add(Job(
-        method=method, model_id=model.id, base_id=model.base_id, adapter_name=name,
-        alias=request.alias, params=params.to_json(),
+        method=method, model_id=model.id, base_id=_job_base(session, model, request.base),
+        adapter_name=name, alias=request.alias, params=params.to_json(),
         requirements=["gpu"] if request.verify == "gpu" else [],
         status=JobStatus.QUEUED, attempt=0, max_attempts=settings.JOB_MAX_ATTEMPTS,
         next_run_at=utcnow(), stage="queued", progress=0.0, cancel_requested=False,
@@ -124,6 +125,23 @@ def _check_compressible(model: Model) -> None:
     if model.status is not Status.READY:
         raise NotReady(f"fine-tune {model.name!r} is not finalized yet; POST "
                        f"/models/{model.name}/finalize first")
+
+
+def _job_base(session: Session, model: Model, ref: str | None) -> int:
+    """The base the job compresses against: the fine-tune's own, or `ref` when it is a
+    4-bit base quantized from it (or the base the fine-tune's 4-bit base came from)."""
+    assert model.base_id is not None
+    if ref is None:
+        return model.base_id
+    base = get_model(session, ref)
+    if base.id not in quantized.family(session, model.base_id):
+        raise InvalidRequest(
+            f"{base.name!r} is not the base of {model.name!r} nor a 4-bit base quantized "
+            "from it (deltahub push-model --quantized-from); omit 'base' (--base) to "
+            "compress against the fine-tune's own base")
+    if base.status is not Status.READY:
+        raise NotReady(f"base {base.name!r} is not finalized yet")
+    return base.id
 
 
 def _check_quota(repo: JobRepository, settings: Settings, token_id: int) -> None:

@@ -33,7 +33,7 @@ async def create_model(body: ModelCreate, db: DatabaseDep, settings: SettingsDep
     def create(session: Session) -> tuple[ModelOut, bool]:
         model, created = service.start_push(session, settings, body.name,
                                             ModelKind(body.kind), body.base, token.id,
-                                            body.files)
+                                            body.files, body.quantized_from)
         return model_out(session, service.model_by_id(session, model.id)), created
 
     out, created = await db.write(create)

@@ -133,6 +133,15 @@ class ModelRepository:
             or_(Adapter.base_id == model_id, Adapter.source_model_id == model_id)))
         return int(finetunes or 0), int(adapters or 0)
 
+    def quantized_from_of(self, model_id: int) -> int | None:
+        """The base a 4-bit base was quantized from (None for any other model)."""
+        return self.session.scalar(select(Model.quantized_from_id).where(Model.id == model_id))
+
+    def quantized_children(self, model_id: int) -> list[int]:
+        """The 4-bit bases quantized from `model_id`, finalized or not."""
+        return list(self.session.scalars(select(Model.id).where(
+            Model.quantized_from_id == model_id).order_by(Model.id)))
+
     def delete(self, model: Model) -> None:
         self.session.delete(model)
         self.session.flush()

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints
 
@@ -19,6 +19,10 @@ class ModelCreate(Schema):
     name: str = Field(examples=["llama2-7b"])
     kind: Literal["base", "finetune"]
     base: str | None = Field(default=None, description="the base model, for a finetune")
+    quantized_from: str | None = Field(
+        default=None, examples=["llama2-7b"],
+        description="for a bitsandbytes 4-bit base: the full-precision base it was "
+                    "quantized from (same logical shapes); its adapters fit both")
     files: dict[str, Sha256Hex] | None = Field(default=None,
                                                description=DECLARED_FILES_DESCRIPTION)
 
@@ -47,9 +51,16 @@ class ModelOut(Schema):
     files: list[FileOut]
     created_at: UTCDateTime
     finalized_at: UTCDateTime | None
+    quantization: dict[str, Any] | None = Field(
+        default=None, description="a 4-bit base's quantization (method, quant_type, "
+                                  "double_quant, blocksize, compute_dtype); its manifest, "
+                                  "tensor_count and dtypes are its logical ones")
+    quantized_from: str | None = Field(
+        default=None, description="the full-precision base a 4-bit base was quantized from")
 
     @classmethod
-    def of(cls, model: Model, base_name: str | None) -> ModelOut:
+    def of(cls, model: Model, base_name: str | None,
+           quantized_from: str | None = None) -> ModelOut:
         files = [FileOut(filename=f.filename, sha256=f.sha256, size=f.size) for f in model.files]
         return cls(
             id=model.id, name=model.name, kind=model.kind.value, base=base_name,
@@ -57,4 +68,5 @@ class ModelOut(Schema):
             tensor_count=model.tensor_count, parameter_count=model.parameter_count,
             dtypes=model.dtypes, total_bytes=sum(f.size for f in files), files=files,
             created_at=model.created_at, finalized_at=model.finalized_at,
+            quantization=model.quantization, quantized_from=quantized_from,
         )

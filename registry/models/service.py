@@ -34,6 +34,7 @@ from registry.events.outbox import record_event
 from registry.events.payloads import model_data
 from registry.events.schemas import EventType
 from registry.infra.pagination import Page, page_request
+from registry.models import quantized
 from registry.models.repository import ModelRepository
 from registry.names import check_name, close_matches, did_you_mean, is_id
 from registry.settings import Settings
@@ -96,36 +97,42 @@ def model_names(session: Session, ids: Iterable[int | None]) -> dict[int, str]:
 
 def start_push(session: Session, settings: Settings, name: str, kind: ModelKind,
                base_ref: str | None, token_id: int | None,
-               declared: Mapping[str, str] | None = None) -> tuple[Model, bool]:
+               declared: Mapping[str, str] | None = None,
+               quantized_from: str | None = None) -> tuple[Model, bool]:
     """The draft a push of `name` uploads to, and whether it is new.
 
     The token's own pending draft of the name is resumed, its files kept, when it was
     started for the same kind and base and, if both pushes declared their files, for the
     same files. Otherwise it is replaced by a new draft. `declared` (name -> sha256) is
     checked against the file rules first, so a push that would be refused stores nothing.
+    `quantized_from`: the full-precision base a 4-bit base was quantized from.
     """
     check_name(name, "model name")
     base_id = _base_id(session, kind, base_ref)
+    parent_id = quantized.parent_id(session, kind, quantized_from)
     digest = drafts.check_declared(declared, lambda f: model_file_rule(f, settings))
     # As for data sets: without the name's lock, racing first pushes both insert.
     ModelRepository(session).lock_name(name)
-    return _start_draft(session, name, kind, base_id, token_id, declared, digest)
+    return _start_draft(session, name, kind, (base_id, parent_id), token_id, declared, digest)
 
 
-def _start_draft(session: Session, name: str, kind: ModelKind, base_id: int | None,
-                 token_id: int | None, declared: Mapping[str, str] | None,
+def _start_draft(session: Session, name: str, kind: ModelKind,
+                 bases: tuple[int | None, int | None], token_id: int | None,
+                 declared: Mapping[str, str] | None,
                  digest: str | None) -> tuple[Model, bool]:
+    base_id, parent_id = bases
     repo = ModelRepository(session)
     existing = repo.by_ref(name, lock=True)
     if existing is not None:
         if existing.status is Status.READY:
-            return _repushed(existing, kind, base_id, declared), False
+            return _repushed(existing, kind, bases, declared), False
         if not drafts.owns(existing, token_id):
             raise DraftInProgress(
                 f"another token's push of {name!r} is pending; delete that draft "
                 f"(DELETE /models/{name}, any token with push) or wait for it to expire, "
                 "or pick another name")
-        same_target = existing.kind is kind and existing.base_id == base_id
+        same_target = (existing.kind is kind
+                       and (existing.base_id, existing.quantized_from_id) == bases)
         if same_target and drafts.same_files(existing, digest):
             existing.declared_digest = digest or existing.declared_digest
             drafts.touch(existing)
@@ -135,17 +142,19 @@ def _start_draft(session: Session, name: str, kind: ModelKind, base_id: int | No
             return _restart_draft(session, existing, digest), True
         _delete(session, existing)  # started for another kind or base: start over
     return repo.add(Model(name=name, kind=kind, base_id=base_id, status=Status.PENDING,
-                          created_by_token_id=token_id, declared_digest=digest)), True
+                          quantized_from_id=parent_id, created_by_token_id=token_id,
+                          declared_digest=digest)), True
 
 
-def _repushed(model: Model, kind: ModelKind, base_id: int | None,
+def _repushed(model: Model, kind: ModelKind, bases: tuple[int | None, int | None],
               declared: Mapping[str, str] | None) -> Model:
     """The finalized `model`, for a push of its very files (a CI retry), or of them plus
     tokenizer files it lacks (which that push then attaches); any other push of its name
     is refused, as a model's weights never change."""
-    if model.kind is not kind or model.base_id != base_id:
+    if model.kind is not kind or (model.base_id, model.quantized_from_id) != bases:
         raise NameTaken(f"a model named {model.name!r} is registered already, with "
-                        "another kind or base; pick another name")
+                        "another kind or base (or quantized from another base); pick "
+                        "another name")
     if drafts.repushed(model.files, declared, is_tokenizer_file):
         return model
     raise NameTaken(f"a model named {model.name!r} is finalized with other files; its "
@@ -227,7 +236,9 @@ def finalize_model(session: Session, store: BlobStore, ref: str,
     drafts.check_expected_files(f"model {model.name!r}", model.files, expected_files)
     if model.status is Status.READY:
         return model  # finalize is idempotent
-    manifest = _build_manifest(model, store)
+    manifest = quantized.apply_quantization(session, store, model,
+                                            _build_manifest(model, store),
+                                            _read_config(model, store))
     if model.kind is ModelKind.FINETUNE:
         _check_against_base(session, model, manifest)
     summary = manifest.summary()
@@ -280,6 +291,18 @@ def _check_against_base(session: Session, model: Model, manifest: Manifest) -> N
             + "; ".join(problems[:20]), mismatches=problems)
 
 
+def _read_config(model: Model, store: BlobStore) -> dict[str, Any]:
+    """config.json (present: `_build_manifest` checked), for its quantization_config."""
+    file = next(f for f in model.files if f.filename == CONFIG_FILE)
+    try:
+        config = strictjson.loads(store.read_bytes(file.sha256), CONFIG_FILE)
+    except CodecError as exc:
+        raise from_codec_error(exc) from exc
+    if not isinstance(config, dict):
+        raise InvalidRequest(f"{CONFIG_FILE} of {model.name!r} must hold a JSON object")
+    return config
+
+
 def _read_json(store: BlobStore, sha256: str) -> Any:
     # Client JSON, parsed strictly (bounded depth, no NaN). The upload already applied
     # the configured depth; this function has no settings, so the default applies here.
@@ -304,10 +327,12 @@ def delete_model(session: Session, ref: str, scopes: Iterable[str]) -> None:
 def _delete(session: Session, model: Model) -> None:
     repo = ModelRepository(session)
     finetunes, adapters = repo.dependents(model.id)
-    if finetunes or adapters:
+    variants = len(repo.quantized_children(model.id))
+    if finetunes or adapters or variants:
+        four_bit = f", {variants} 4-bit base(s) quantized from it" if variants else ""
         raise HasDependents(
             f"model {model.name!r} still has {finetunes} finetune(s) and {adapters} adapter(s) "
-            "depending on it; delete those first"
+            f"depending on it{four_bit}; delete those first"
         )
     if model.status is Status.READY:  # a draft was never announced
         record_event(session, EventType.MODEL_DELETED, model_data(session, model))

@@ -12,10 +12,23 @@ from tests.finetune import FinetunePair
 
 
 def register_model(client: TestClient, headers: dict[str, str], name: str, directory: Path,
-                   kind: str = "base", base: str | None = None) -> dict[str, Any]:
+                   kind: str = "base", base: str | None = None,
+                   quantized_from: str | None = None) -> dict[str, Any]:
+    final = upload_model(client, headers, name, directory, kind, base, quantized_from)
+    assert final.status_code == 200, final.text
+    result: dict[str, Any] = final.json()
+    return result
+
+
+def upload_model(client: TestClient, headers: dict[str, str], name: str, directory: Path,
+                 kind: str = "base", base: str | None = None,
+                 quantized_from: str | None = None) -> Response:
+    """Create, upload every file of `directory`, finalize; returns the finalize response."""
     body: dict[str, Any] = {"name": name, "kind": kind}
     if base is not None:
         body["base"] = base
+    if quantized_from is not None:
+        body["quantized_from"] = quantized_from
     created = client.post("/models", json=body, headers=headers)
     assert created.status_code == 201, created.text
     for path in sorted(directory.iterdir()):
@@ -23,10 +36,7 @@ def register_model(client: TestClient, headers: dict[str, str], name: str, direc
             put = client.put(f"/models/{name}/files/{path.name}", content=path.read_bytes(),
                              headers=headers)
             assert put.status_code == 201, put.text
-    final = client.post(f"/models/{name}/finalize", headers=headers)
-    assert final.status_code == 200, final.text
-    result: dict[str, Any] = final.json()
-    return result
+    return client.post(f"/models/{name}/finalize", headers=headers)
 
 
 def push_adapter(client: TestClient, headers: dict[str, str], name: str, base: str,

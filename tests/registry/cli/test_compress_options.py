@@ -75,6 +75,13 @@ def test_the_tuning_flags_reach_the_request(submitted: RecordingClient) -> None:
     assert options["evaluate"] == {"datasets": ["held"], "seq_len": 64}
 
 
+def test_base_reaches_the_request(submitted: RecordingClient) -> None:
+    result = compress("--method", "bitdelta", "--base", "tiny-base-4bit")
+    assert result.exit_code == 0, result.output
+    (options,) = submitted.options
+    assert options["base"] == "tiny-base-4bit"
+
+
 def test_ctrl_c_while_waiting_says_the_job_runs_on(submitted: RecordingClient,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(job_commands, "_POLL_SECONDS", 0.0)
