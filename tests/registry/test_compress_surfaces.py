@@ -38,7 +38,7 @@ SAMPLES: dict[str, Any] = {
     "distill.dataset": "calib", "distill.steps": 7, "distill.lr": 0.001,
     "distill.batch_size": 2, "distill.seq_len": 64, "distill.seed": 3,
     "evaluate.datasets": ["held-out", "second"], "evaluate.batch_size": 2,
-    "evaluate.seq_len": 64, "evaluate.max_batches": 5,
+    "evaluate.seq_len": 64, "evaluate.max_batches": 5, "base": "tiny-base-nf4",
 }
 
 # Flags whose name is not the field's.
@@ -56,6 +56,7 @@ FORM_NAMES = {"evaluate.datasets": "evaluate"}
 NOT_FORM_FIELDS = {
     "save_modules",  # deprecated no-op, kept for older scripts
     "distill.batch_size", "distill.seed", "evaluate.batch_size",  # tuning knobs
+    "base",  # a 4-bit variant of the fine-tune's base: rare, so only in the advanced JSON
 }
 # Where a nested field's part is found, and what else it needs to be given.
 SECTION_NEEDS = {"distill": {"distill.dataset": "other-calib"},
