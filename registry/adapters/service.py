@@ -209,6 +209,7 @@ def finalize_adapter(session: Session, store: BlobStore, settings: Settings, ref
                 draft.version = repo.max_version(draft.name) + 1
                 draft.content_digest = digest
                 draft.params = contents.params
+                draft.peft_type = contents.peft_type
                 draft.set_quality(contents.quality)
                 draft.size_bytes = size
                 draft.compression_ratio = ratio
@@ -300,7 +301,7 @@ def delete_adapter(session: Session, ref: str, scopes: Iterable[str]) -> None:
 def list_adapters(session: Session, settings: Settings, *, base: str | None,
                   kind: AdapterKind | None, name: str | None, alias: str | None,
                   limit: int | None, page_token: str | None,
-                  sort: str = "newest") -> Page[Adapter]:
+                  sort: str = "newest", peft_type: str | None = None) -> Page[Adapter]:
     """Ready versions newest first, or with `sort="gain_kept"` by measured gain kept."""
     for value, what in ((name, "adapter name"), (alias, "alias")):
         if value is not None:
@@ -310,9 +311,12 @@ def list_adapters(session: Session, settings: Settings, *, base: str | None,
     # before sorting existed stay valid.
     request = page_request(settings, limit, page_token,
                            {"base": base, "kind": kind, "name": name, "alias": alias,
-                            "sort": sort if by_gain else None})
+                            "sort": sort if by_gain else None,
+                            # only when given: cursors issued before the filter stay valid
+                            **({"peft_type": peft_type} if peft_type is not None else {})})
     base_id = model_id(session, base) if base is not None else None  # unknown: 404
     rows = AdapterRepository(session).page(base_id=base_id, kind=kind, name=name, alias=alias,
+                                           peft_type=peft_type,
                                            after_id=request.after_id, limit=request.fetch,
                                            by_gain=by_gain, after_gain=request.after_rank)
     return request.page(rows, key=lambda a: a.id,
