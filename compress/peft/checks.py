@@ -8,11 +8,7 @@ from typing import Any
 
 from compress.errors import IncompatibleModels, InvalidDelta
 from compress.filenames import ADAPTER_WEIGHTS
-from compress.lora.format import (
-    _check_saved_tensor,
-    check_lora_against_base,
-    parse_adapter_config,
-)
+from compress.lora.format import check_lora_against_base, parse_adapter_config
 from compress.peft.config import LORA, PROMPT_TYPES, adapter_kind, name_list, peft_type_of
 from compress.peft.modules import (
     MODULE_TYPES,
@@ -105,7 +101,7 @@ def _modules(peft_type: str, raw: dict[str, Any], tensors: Mapping[str, TensorEn
             grouped.setdefault(split[0], {})[split[1]] = entry
         else:
             # modules_to_save: whole tensors of the base, saved as they were trained.
-            _check_saved_tensor(name.replace(".base_layer.", "."), entry, base, problems)
+            _check_saved(peft_type, name.replace(".base_layer.", "."), entry, base, problems)
             saved.append(name)
     fan = bool(raw.get("fan_in_fan_out"))
     layers: list[Layer] = []
@@ -131,6 +127,15 @@ def _modules(peft_type: str, raw: dict[str, Any], tensors: Mapping[str, TensorEn
         options["feedforward_modules"] = name_list(raw, "feedforward_modules")
     return PeftRecord("peft", _params(tensors, options) | {"saved_tensors": saved},
                       common | options)
+
+
+def _check_saved(peft_type: str, name: str, entry: TensorEntry, base: Manifest,
+                 problems: list[str]) -> None:
+    spec = base.get(name)
+    if spec is None:
+        problems.append(f"{name!r} is neither a {peft_type} tensor nor a tensor of the base")
+    elif spec.shape != entry.shape:
+        problems.append(f"{name!r} has shape {list(entry.shape)}, base has {list(spec.shape)}")
 
 
 def _params(tensors: Mapping[str, TensorEntry], options: dict[str, Any]) -> dict[str, Any]:
