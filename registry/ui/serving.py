@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from registry.adapters.serving import adapter_serving, peft_record
-from registry.tables import Adapter
+from registry.adapters.schemas import AdapterOut
 
 _ENGINES = (("vllm", "vLLM"), ("peft", "PEFT / transformers"), ("deltahub", "deltahub engine"))
 
 
-def serving_rows(adapter: Adapter) -> dict[str, Any]:
+def serving_rows(adapter: AdapterOut) -> dict[str, Any]:
     """(engine, loads, detail) per engine, the advice otherwise, and the PEFT type."""
-    serving = adapter_serving(adapter)
-    record = peft_record(adapter) or {}
+    serving = adapter.serving
+    record = adapter.peft or {}
     rows = []
     for key, label in _ENGINES if serving else ():
         verdict = serving.get(key) or {}
