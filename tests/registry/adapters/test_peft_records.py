@@ -46,7 +46,8 @@ def test_lora_records_its_options_and_where_it_serves(
     assert plain["serving"]["vllm"] == {"loads": True, "max_lora_rank": 16}
 
     dora = push_adapter(client, tokens.push, "dora", base, peft_adapters["dora"].path).json()
-    assert dora["kind"] == "lora" and dora["peft"]["use_dora"] is True
+    assert dora["kind"] == "lora"
+    assert dora["peft"]["use_dora"] is True
     assert dora["serving"]["vllm"]["loads"] is False
     assert "DoRA" in dora["serving"]["vllm"]["why"][0]
     assert "merge_and_unload" in dora["serving"]["otherwise"]
