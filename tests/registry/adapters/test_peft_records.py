@@ -154,3 +154,4 @@ def test_the_adapter_page_says_where_it_can_be_served(
     assert "merge_and_unload" in page
     page = client.get(f"/ui/adapters/{lora['id']}").text
     assert "✓ loads it as is: --max-lora-rank 16 or more" in page
+    assert "--lora-modules plain=./plain-v1" in page
