@@ -37,6 +37,7 @@ _PARTS = {
     "OFT": ("oft_R.weight",),
 }
 MODULE_TYPES = tuple(_PARTS)
+_KRONECKER = "lokr_w1 ⊗ lokr_w2"
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ def check_module(peft_type: str, layer: Layer, found: Mapping[str, TensorEntry],
     """Check one module's tensors; its rank (or 0 for a type without one) when they fit."""
     expected, rank = _EXPECTED[peft_type](layer, found, raw)
     ok = True
+    if _KRONECKER in expected:  # no tensor of its own: the product of two
+        problems.append(f"module {layer.module!r}: {expected.pop(_KRONECKER)[1]}")
+        ok = False
     for part, (shape, why) in expected.items():
         entry = found.get(part)
         if entry is None:
@@ -176,10 +180,9 @@ def _lokr(layer: Layer, found: Mapping[str, TensorEntry],
             expected[f"{w}_b"] = ((rank, cols), f"r={rank}")
     (a, c), (b, d) = factors["lokr_w1"], factors["lokr_w2"]
     if (a * b, c * d) != (layer.out_features, layer.in_features):
-        name = "lokr_w1 ⊗ lokr_w2"
-        expected[name] = ((layer.out_features, layer.in_features),
-                          f"the Kronecker product [{a}·{b}, {c}·{d}] must be the base weight's "
-                          f"[out, in]")
+        expected[_KRONECKER] = ((a * b, c * d), (
+            f"lokr_w1 ⊗ lokr_w2 is [{a}·{b}, {c}·{d}] = {[a * b, c * d]}, expected the base "
+            f"weight's [out, in] = {[layer.out_features, layer.in_features]}"))
     return expected, rank
 
 

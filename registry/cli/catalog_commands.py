@@ -58,7 +58,9 @@ def _adapter_row(a: dict[str, Any]) -> list[object]:
     quality = a["quality"] or {}
     gain, on = quality.get("gain_kept"), quality.get("gain_kept_on")
     ratio = a["compression_ratio"]
-    return [a["id"], a["name"], a["version"], a["kind"], a["base"], a["source_model"] or "",
+    peft_type = (a.get("peft") or {}).get("peft_type")
+    kind = f"{a['kind']} ({peft_type})" if a["kind"] == "peft" and peft_type else a["kind"]
+    return [a["id"], a["name"], a["version"], kind, a["base"], a["source_model"] or "",
             ", ".join(a["aliases"]), Size(a["size_bytes"]),
             f"{ratio:.1f}x" if isinstance(ratio, int | float) else "",
             f"{gain:.3f}" if isinstance(gain, int | float) else "",

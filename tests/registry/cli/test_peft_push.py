@@ -30,6 +30,8 @@ def test_push_infers_the_kind_and_show_says_where_it_serves(
     assert '"name": "dora"' in lora.output
     assert '"name": "ia3"' not in lora.output
 
+    table = cli("ls", "adapters")
+    assert "peft (IA3)" in table.output
     shown = cli("show", "ia3")
     assert shown.exit_code == 0, shown.output
     assert "where it can be served" in shown.output
