@@ -152,6 +152,9 @@ def test_the_adapter_page_says_where_it_can_be_served(
     assert "<code>IA3</code>" in page
     assert "vLLM loads LoRA adapters only, not IA3" in page
     assert "merge_and_unload" in page
+    lineage = client.get(f"/ui/models/{base}", params={"kind": "peft"}).text
+    assert f'href="/ui/adapters/{ia3["id"]}"' in lineage
+    assert f'href="/ui/adapters/{lora["id"]}"' not in lineage
     page = client.get(f"/ui/adapters/{lora['id']}").text
     assert "✓ loads it as is: --max-lora-rank 16 or more" in page
     assert "--lora-modules plain=./plain-v1" in page
