@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry.migrate import upgrade
+from registry.infra.migrate import upgrade
 from tests.registry.serverproc import issue_admin_token, serve
 
 AIM_SECONDS = 0.5

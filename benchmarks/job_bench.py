@@ -72,7 +72,7 @@ from benchmarks.bitdelta_bench import LLAMA_7B, TINY, Shape, ensure_models, run_
 from benchmarks.load_bench import commit, machine
 from compress.tensorio import CONFIG_FILE, is_model_file
 from registry.client import DeltahubClient, sha256_of
-from registry.migrate import upgrade
+from registry.infra.migrate import upgrade
 from registry.settings import Settings
 from tests.registry.serverproc import issue_admin_token, serve
 from tests.registry.workerproc import (
@@ -251,7 +251,7 @@ def run_timed_worker(name: str, events_path: Path) -> None:
     import registry.jobs.inputs as inputs
     import registry.jobs.runner as runner
     from registry.cli.app import main
-    from registry.database import Database
+    from registry.infra.database import Database
     from registry.jobs import queue
 
     main_thread = threading.main_thread()

@@ -58,8 +58,8 @@ from sqlalchemy.orm import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry.db import make_engine  # after the sys.path fix-up above
-from registry.migrate import upgrade
+from registry.infra.engines import make_engine  # after the sys.path fix-up above
+from registry.infra.migrate import upgrade
 from registry.tables import Adapter, AdapterAlias, AdapterFile, Status
 from tests.models import make_tiny_llama
 from tests.registry.serverproc import ServerProcess, issue_admin_token, serve

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from registry import tables  # noqa: F401  (registers every table on Base.metadata)
-from registry.db import Base, make_engine
+from registry.infra.engines import Base, make_engine
 from registry.settings import get_settings
 
 config = context.config

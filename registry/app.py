@@ -10,19 +10,19 @@ from prometheus_client import Gauge
 
 from registry.adapters.endpoints import router as adapters_router
 from registry.auth.endpoints import router as tokens_router
-from registry.bodylimit import BodyLimitMiddleware
-from registry.database import Database
 from registry.datasets.endpoints import router as datasets_router
 from registry.events.endpoints import router as events_router
 from registry.events.feed import EventFeed
-from registry.handlers import add_error_handlers
-from registry.health import add_health
+from registry.infra.bodylimit import BodyLimitMiddleware
+from registry.infra.control_chars import PathNameMiddleware
+from registry.infra.database import Database
+from registry.infra.error_handlers import add_error_handlers
+from registry.infra.health import add_health
+from registry.infra.metrics import install_metrics
+from registry.infra.openapi import install_openapi
 from registry.jobs.embedded import embedded_workers as _embedded_workers
 from registry.jobs.endpoints import router as jobs_router
-from registry.metrics import install_metrics
 from registry.models.endpoints import router as models_router
-from registry.openapi import install_openapi
-from registry.paths import PathNameMiddleware
 from registry.settings import Settings, get_settings
 from registry.storage.base import BlobStore
 from registry.storage.factory import make_blob_store
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
     app.state.store = store or make_blob_store(settings)
     app.state.event_feed = EventFeed(app.state.database, settings.EVENTS_POLL_SECONDS)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES)
-    app.add_middleware(PathNameMiddleware)  # before routing: see registry/paths.py
+    app.add_middleware(PathNameMiddleware)  # before routing: see registry/infra/control_chars.py
     for router in (models_router, adapters_router, jobs_router, tokens_router,
                    datasets_router, events_router):
         app.include_router(router)

@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     # Scratch space for a job's output before it is uploaded (removed after each job).
     WORK_DIR: str = f"./{DEFAULT_DATA_DIR}/work"
 
-    # Web pages (registry/ui/) and /metrics (registry/metrics.py). The key signs page
+    # Web pages (registry/ui/) and /metrics (registry/infra/metrics.py). The key signs page
     # sessions and CSRF tokens; unset, each server process draws a random one (sign-ins
     # then end when it restarts, and do not carry across replicas: set one for those).
     SESSION_SECRET: str | None = Field(default=None, min_length=32)

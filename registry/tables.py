@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from registry.db import Base
+from registry.infra.engines import Base
 
 NAME_LENGTH = 128
 SHA256_LENGTH = 64

@@ -29,8 +29,8 @@ from sqlalchemy.exc import OperationalError
 
 from registry.app import create_app
 from registry.auth.service import create_token
-from registry.db import Base, make_engine, make_session_factory, unit_of_work
-from registry.migrate import upgrade
+from registry.infra.engines import Base, make_engine, make_session_factory, unit_of_work
+from registry.infra.migrate import upgrade
 from registry.settings import Settings
 from registry.storage.local import LocalBlobStore
 from tests.ports import serving_in_thread

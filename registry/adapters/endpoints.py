@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 
 from registry.adapters import service
 from registry.adapters.schemas import AdapterCreate, AdapterOut
-from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
-from registry.downloads import StoredFile, file_response, find_file
+from registry.infra.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
+from registry.infra.downloads import StoredFile, file_response, find_file
+from registry.infra.schemas import FileOut, PageOut, created_or_existing
 from registry.models.schemas import FinalizeRequest
 from registry.models.service import model_names
-from registry.schemas import FileOut, PageOut, created_or_existing
 from registry.tables import Adapter, AdapterKind
 from registry.uploads.flow import store_request
 

@@ -7,8 +7,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
+from registry.infra.listing import newest_first
 from registry.models.repository import candidate_names
-from registry.repository import newest_first
 from registry.tables import Adapter, AdapterAlias, AdapterFile, AdapterKind, Status, utcnow
 
 
@@ -63,7 +63,7 @@ class AdapterRepository:
         """Serialise finalizes of one adapter name until this transaction ends.
 
         PostgreSQL: a transaction-scoped advisory lock on the name. SQLite needs none:
-        every transaction there takes the database write lock at BEGIN (registry/db.py).
+        every transaction there takes the database write lock at BEGIN (registry/infra/engines.py).
         """
         if self.session.get_bind().dialect.name == "postgresql":
             self.session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),

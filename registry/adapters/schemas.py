@@ -5,8 +5,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field
 
 from registry.adapters.serving import adapter_serving, peft_record
+from registry.infra.schemas import FileOut, Schema, UTCDateTime
 from registry.models.schemas import DECLARED_FILES_DESCRIPTION, Sha256Hex
-from registry.schemas import FileOut, Schema, UTCDateTime
 from registry.tables import Adapter
 
 

@@ -22,10 +22,10 @@ from registry.errors import (
 from registry.events.outbox import record_event
 from registry.events.payloads import adapter_data, alias_data
 from registry.events.schemas import EventType
+from registry.infra.pagination import Page, page_request
 from registry.models.repository import ModelRepository
 from registry.models.service import model_id, model_names, not_found
 from registry.names import check_filename, check_name, close_matches, did_you_mean, is_id, parse_id
-from registry.pagination import Page, page_request
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import Adapter, AdapterFile, AdapterKind, Model, ModelKind, Status, utcnow

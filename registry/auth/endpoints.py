@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from registry.auth import service
 from registry.auth.schemas import IssuedTokenOut, TokenCreate, TokenOut
-from registry.deps import AdminToken, DatabaseDep
+from registry.infra.deps import AdminToken, DatabaseDep
 from registry.names import MAX_ID
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from registry.schemas import Schema, UTCDateTime
+from registry.infra.schemas import Schema, UTCDateTime
 from registry.tables import Token
 
 

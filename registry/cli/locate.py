@@ -19,8 +19,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from registry.cli.failures import EXIT_NO_DATABASE, CommandFailure
-from registry.db import make_engine
-from registry.migrate import current_revision, head_revision
+from registry.infra.engines import make_engine
+from registry.infra.migrate import current_revision, head_revision
 from registry.settings import Settings
 
 DATABASE_ENV = "DELTAHUB_DATABASE_URL"

@@ -12,13 +12,13 @@ from typing import Annotated
 import typer
 
 from registry.auth import service as tokens
-from registry.blobs.drafts import remove_stale_drafts
-from registry.blobs.service import collect_garbage
 from registry.cli.console import console, print_json, print_table, stdout
 from registry.cli.locate import migrated_engine, shown, sqlite_path
 from registry.cli.remote import Json
-from registry.db import make_engine, make_session_factory, unit_of_work
-from registry.migrate import current_revision, head_revision, upgrade
+from registry.gc.collect import collect_garbage
+from registry.gc.stale_drafts import remove_stale_drafts
+from registry.infra.engines import make_engine, make_session_factory, unit_of_work
+from registry.infra.migrate import current_revision, head_revision, upgrade
 from registry.settings import Settings
 from registry.storage.factory import make_blob_store
 

@@ -11,7 +11,7 @@ import typer
 
 from registry.cli.console import console
 from registry.cli.locate import migrated_engine
-from registry.database import Database
+from registry.infra.database import Database
 from registry.jobs.worker import Worker
 from registry.settings import Settings
 from registry.storage.factory import make_blob_store

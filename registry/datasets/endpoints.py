@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session
 
 from registry.datasets import service
 from registry.datasets.schemas import DatasetCreate, DatasetOut
-from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
-from registry.downloads import StoredFile, file_response, find_file
+from registry.infra.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
+from registry.infra.downloads import StoredFile, file_response, find_file
+from registry.infra.schemas import FileOut, PageOut, created_or_existing
 from registry.models.schemas import FinalizeRequest
-from registry.schemas import FileOut, PageOut, created_or_existing
 from registry.tables import Dataset, Status
 from registry.uploads.flow import SHA256_HEADER, store_request
 

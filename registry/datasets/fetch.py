@@ -12,10 +12,10 @@ from pathlib import Path
 from compress.errors import InvalidDataset
 from registry.client.errors import ChecksumMismatch
 from registry.client.files import sha256_of, write_checked
-from registry.database import Database
 from registry.datasets.service import get_final_dataset
-from registry.downloads import StoredFile
 from registry.errors import DatasetChanged
+from registry.infra.database import Database
+from registry.infra.downloads import StoredFile
 from registry.storage.base import BlobStore
 
 

@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
+from registry.infra.listing import newest_first
 from registry.models.repository import candidate_names, lock_name
-from registry.repository import newest_first
 from registry.tables import Dataset, Status
 
 

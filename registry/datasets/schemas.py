@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from registry.infra.schemas import FileOut, Schema, UTCDateTime
 from registry.models.schemas import DECLARED_FILES_DESCRIPTION, Sha256Hex
-from registry.schemas import FileOut, Schema, UTCDateTime
 from registry.tables import Dataset
 
 DESCRIPTION_LENGTH = 2000

@@ -18,8 +18,8 @@ from registry.errors import DatasetNotFound, DraftInProgress, MissingFiles, Name
 from registry.events.outbox import record_event
 from registry.events.payloads import dataset_data
 from registry.events.schemas import EventType
+from registry.infra.pagination import Page, page_request
 from registry.names import check_name, close_matches, did_you_mean
-from registry.pagination import Page, page_request
 from registry.settings import Settings
 from registry.tables import Dataset, DatasetFile, Status, utcnow
 from registry.uploads import drafts

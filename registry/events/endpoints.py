@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from registry.deps import DatabaseDep, ReadToken, SettingsDep
 from registry.events import service
 from registry.events.feed import EventFeed
 from registry.events.schemas import TYPES_PATTERN, EventsPage
+from registry.infra.deps import DatabaseDep, ReadToken, SettingsDep
 from registry.names import MAX_ID
 
 router = APIRouter(tags=["events"])

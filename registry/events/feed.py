@@ -21,10 +21,10 @@ from typing import TypeVar
 import psycopg
 from sqlalchemy.engine import make_url
 
-from registry.database import Database
-from registry.db import is_sqlite
 from registry.events.outbox import NOTIFY_CHANNEL
 from registry.events.repository import EventRepository
+from registry.infra.database import Database
+from registry.infra.engines import is_sqlite
 
 log = logging.getLogger("deltahub.events")
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.schemas import UTCDateTime
+from registry.infra.schemas import UTCDateTime
 
 
 class EventType(StrEnum):

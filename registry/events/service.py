@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 from registry.errors import CursorExpired, InvalidRequest
 from registry.events.repository import EventRepository
 from registry.events.schemas import EventOut, EventsPage, EventType
+from registry.infra.pagination import check_limit
 from registry.models.repository import ModelRepository
 from registry.names import check_name, is_id, parse_id
-from registry.pagination import check_limit
 from registry.settings import Settings
 from registry.tables import Event
 

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.database import Database
+from registry.infra.database import Database
 from registry.jobs import queue
 from registry.jobs.queue import JobCancelled
 from registry.settings import Settings

@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from registry.auth.tokens import Scope
-from registry.deps import DatabaseDep, ReadToken, RequireScope, SettingsDep, StoreDep
+from registry.infra.deps import DatabaseDep, ReadToken, RequireScope, SettingsDep, StoreDep
+from registry.infra.schemas import PageOut
 from registry.jobs import service
 from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest, JobOut
 from registry.names import MAX_ID
-from registry.schemas import PageOut
 from registry.tables import JobStatus, Token
 
 router = APIRouter(tags=["jobs"])

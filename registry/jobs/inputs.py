@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from compress.errors import InvalidModel
 from compress.tensorio import map_range
-from registry.database import Database
 from registry.errors import ModelNotFound
+from registry.infra.database import Database
 from registry.models.repository import ModelRepository
 from registry.storage.base import BlobStore
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from registry.repository import newest_first
+from registry.infra.listing import newest_first
 from registry.tables import CompressMethod, Job, JobStatus, Token, utcnow
 
 # Candidates looked at per claim: enough to skip jobs this worker cannot run (a GPU job
@@ -100,7 +100,7 @@ class JobRepository:
         return self.fenced_update(lease, heartbeat_at=now,
                                   lease_expires_at=now + timedelta(seconds=lease_seconds))
 
-    # What /metrics reads at each scrape (registry/metrics.py).
+    # What /metrics reads at each scrape (registry/infra/metrics.py).
     def counts_by_status(self) -> dict[JobStatus, int]:
         rows = self.session.execute(select(Job.status, func.count()).group_by(Job.status))
         return {status: int(count) for status, count in rows}

@@ -23,11 +23,11 @@ from compress.lora import REPORT_FILE as LORA_REPORT
 from compress.lora import SPECTRA_FILE, extract_lora, is_adapter_file
 from compress.progress import ProgressFn
 from compress.tensorio import TensorSource
+from registry.infra.scratch import disk_full_named
 from registry.jobs import quality_stage, queue
 from registry.jobs.attempt import Context, Control
 from registry.jobs.inputs import open_model
 from registry.jobs.layer_rows import codec_layers, verify_layers
-from registry.jobs.scratch import disk_full_named
 from registry.tables import AdapterKind, CompressMethod
 from registry.uploads.flow import store_file
 from registry.uploads.pipeline import UploadResult

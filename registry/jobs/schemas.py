@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from registry.infra.schemas import Schema, UTCDateTime
 from registry.names import NAME_PATTERN
-from registry.schemas import Schema, UTCDateTime
 from registry.tables import Job
 
 # Module names as PEFT's target_modules list takes them ("q_proj", "model.layers.0.mlp").

@@ -31,12 +31,12 @@ from registry.errors import (
 from registry.events.outbox import record_event
 from registry.events.payloads import job_data
 from registry.events.schemas import EventType
+from registry.infra.pagination import Page, page_request
 from registry.jobs.quality_params import quality_params
 from registry.jobs.repository import JobRepository
 from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest, JobAdapter, JobOut
 from registry.models.service import get_model, model_id, model_names
 from registry.names import MAX_ID, check_name
-from registry.pagination import Page, page_request
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import CompressMethod, Job, JobStatus, Model, ModelKind, Status, utcnow

@@ -20,13 +20,13 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from compress.errors import DISK_FULL_ERRNOS, CodecError, ScratchDiskFull
-from registry.database import Database
 from registry.errors import APIError, Unavailable
+from registry.infra.database import Database
+from registry.infra.scratch import Scratch
 from registry.jobs import queue
 from registry.jobs.attempt import Context, Control
 from registry.jobs.queue import JobCancelled
 from registry.jobs.runner import run_attempt
-from registry.jobs.scratch import Scratch
 from registry.settings import Settings
 from registry.storage.base import BlobStore, StorageError
 

@@ -12,11 +12,11 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from registry.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
-from registry.downloads import StoredFile, file_response, find_file
+from registry.infra.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
+from registry.infra.downloads import StoredFile, file_response, find_file
+from registry.infra.schemas import FileOut, PageOut, created_or_existing
 from registry.models import service
 from registry.models.schemas import FinalizeRequest, ModelCreate, ModelOut
-from registry.schemas import FileOut, PageOut, created_or_existing
 from registry.tables import Model, ModelKind
 from registry.uploads.flow import SHA256_HEADER, store_request
 

@@ -5,8 +5,8 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Select, func, or_, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer, selectinload
 
+from registry.infra.listing import newest_first
 from registry.names import is_id, parse_id
-from registry.repository import newest_first
 from registry.tables import Adapter, Model, ModelFile, ModelKind, Status
 
 # How many names each suggestion query reads at most (see candidate_names).
@@ -32,7 +32,7 @@ def lock_name(session: Session, key: str) -> None:
     with its kind, "model:llama"): looking up a name that does not exist locks no row.
 
     PostgreSQL: a transaction-scoped advisory lock. SQLite needs none: every write
-    transaction there takes the database write lock at BEGIN (registry/db.py).
+    transaction there takes the database write lock at BEGIN (registry/infra/engines.py).
     """
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),

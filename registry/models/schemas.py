@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from registry.schemas import FileOut, Schema, UTCDateTime
+from registry.infra.schemas import FileOut, Schema, UTCDateTime
 from registry.tables import Model
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]

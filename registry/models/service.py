@@ -33,9 +33,9 @@ from registry.errors import (
 from registry.events.outbox import record_event
 from registry.events.payloads import model_data
 from registry.events.schemas import EventType
+from registry.infra.pagination import Page, page_request
 from registry.models.repository import ModelRepository
 from registry.names import check_name, close_matches, did_you_mean, is_id
-from registry.pagination import Page, page_request
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import Model, ModelFile, ModelKind, Status, utcnow

@@ -81,7 +81,7 @@ AdminAction = Annotated[Viewer, Depends(RequireAction("admin"))]
 
 
 async def read(request: Request, work: Callable[[Session], T]) -> T:
-    """`work` in a read transaction (registry/database.py); an API error becomes a page."""
+    """`work` in a read transaction (registry/infra/database.py); an API error becomes a page."""
     return await _page_turn(request.app.state.database.read, work)
 
 

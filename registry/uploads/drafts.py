@@ -3,7 +3,7 @@
 A draft remembers the token that started it, when a push last touched it, and the files
 the push declared. The same token re-running its push resumes its draft (adapters: only
 for the same declared files); a draft no push touches for `DRAFT_TTL_SECONDS` is
-abandoned, and `deltahub gc` removes it (registry/blobs/drafts.py). Deleting a draft
+abandoned, and `deltahub gc` removes it (registry/gc/stale_drafts.py). Deleting a draft
 needs only `push`; deleting a finalized model or version needs `admin`.
 docs/architecture.md ("Drafts") says why each rule is so.
 """

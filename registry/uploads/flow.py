@@ -24,8 +24,8 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.auth.service import check_not_revoked
 from registry.blobs.repository import BlobRepository
-from registry.database import Database
 from registry.errors import NotPending
+from registry.infra.database import Database
 from registry.storage.base import BlobStore
 from registry.tables import AdapterFile, DatasetFile, ModelFile
 from registry.uploads.pipeline import UploadPipeline, UploadResult

@@ -2,7 +2,7 @@
 
 The copy sits in a private directory under the upload's own (already checked) file name:
 the readers that check it name the file they refuse by its path, and the kind of a data
-file is its suffix. The directory is a `Scratch` (registry/jobs/scratch.py) under the
+file is its suffix. The directory is a `Scratch` (registry/infra/scratch.py) under the
 rule's `spool_dir` (the server's `WORK_DIR/uploads`): it is locked while the upload runs,
 so a server killed mid-upload leaves a directory that the next upload removes (each
 new copy sweeps the unlocked ones beside it). Without a `spool_dir` it goes in the
@@ -15,7 +15,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from registry.jobs.scratch import Scratch
+from registry.infra.scratch import Scratch
 
 
 class Spool:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.auth.service import create_token
-from registry.db import make_engine, make_session_factory, unit_of_work
+from registry.infra.engines import make_engine, make_session_factory, unit_of_work
 from tests.s3server import free_port
 
 START_TIMEOUT_SECONDS = 60.0  # importing torch and the app takes ~5 s on an idle 2-core box

@@ -1,6 +1,6 @@
 """The database layer under contention: reads never wait for writers, every wait is bounded.
 
-These drive `registry.database.Database` directly; tests/registry/test_load.py does the
+These drive `registry.infra.database.Database` directly; tests/registry/test_load.py does the
 same through a server process under load.
 """
 
@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
-from registry.database import Database
 from registry.errors import DatabaseBusy
+from registry.infra.database import Database
 from registry.tables import Model, ModelKind, Status
 
 
@@ -82,7 +82,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 def _migrate(url: str) -> None:
-    from registry.migrate import upgrade
+    from registry.infra.migrate import upgrade
 
     upgrade(url)
 

@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from registry.db import Base
-from registry.migrate import current_revision, head_revision
+from registry.infra.engines import Base
+from registry.infra.migrate import current_revision, head_revision
 
 
 def test_database_is_at_head(engine: Engine, database_url: str) -> None:

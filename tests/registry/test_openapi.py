@@ -27,17 +27,17 @@ from registry.errors import (
     InvalidName,
     ModelNotFound,
 )
-from registry.names import check_filename, check_name, is_id
-from registry.openapi import (
+from registry.infra.openapi import (
     ADAPTER_REF_RULE,
     FILENAME_RULE,
     MODEL_REF_RULE,
     NAME_RULE,
     SHA256_HEADER_NAME,
 )
-from registry.openapi_errors import SERVICE_ERRORS
-from registry.openapi_rules import ADAPTER_FILE_RULE, DATASET_FILE_RULE, MODEL_FILE_RULE
-from registry.pagination import encode_cursor
+from registry.infra.openapi_errors import SERVICE_ERRORS
+from registry.infra.openapi_rules import ADAPTER_FILE_RULE, DATASET_FILE_RULE, MODEL_FILE_RULE
+from registry.infra.pagination import encode_cursor
+from registry.names import check_filename, check_name, is_id
 from registry.settings import Settings
 from registry.tables import AdapterKind
 from registry.uploads.flow import SHA256_HEADER

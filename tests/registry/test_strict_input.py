@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
 
-from registry.db import make_session_factory, unit_of_work
+from registry.infra.engines import make_session_factory, unit_of_work
 from registry.storage.base import STAGING_PREFIX
 from registry.storage.local import LocalBlobStore
 from registry.tables import Token

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from registry.db import make_session_factory, unit_of_work
+from registry.infra.engines import make_session_factory, unit_of_work
 from registry.tables import Adapter, Status
 from tests.conftest import LiveServer, Tokens
 from tests.registry.api import push_adapter, register_model

@@ -8,7 +8,7 @@ from alembic import command
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from registry.migrate import alembic_config, current_revision, head_revision, upgrade
+from registry.infra.migrate import alembic_config, current_revision, head_revision, upgrade
 
 BEFORE = "b8e2f05c1d93"
 PEFT_KINDS = "c41d7e9a2b06"

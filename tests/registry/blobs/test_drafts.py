@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import Engine, func, select, update
 
-from registry.blobs.drafts import remove_stale_drafts
-from registry.db import make_session_factory, unit_of_work
+from registry.gc.stale_drafts import remove_stale_drafts
+from registry.infra.engines import make_session_factory, unit_of_work
 from registry.settings import Settings
 from registry.storage.base import BLOB_PREFIX
 from registry.storage.local import LocalBlobStore

@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from registry.blobs.service import collect_garbage
-from registry.db import make_session_factory, unit_of_work
+from registry.gc.collect import collect_garbage
+from registry.infra.engines import make_session_factory, unit_of_work
 from registry.storage.base import BLOB_PREFIX
 from registry.storage.local import LocalBlobStore
 from registry.tables import Blob

@@ -14,7 +14,7 @@ from registry.cli.app import app
 from registry.cli.failures import EXIT_UNAVAILABLE
 from registry.client import DeltahubClient
 from registry.client.files import Advance
-from registry.db import make_engine
+from registry.infra.engines import make_engine
 from registry.tables import Adapter, Status
 from tests.registry.cli.conftest import runner
 from tests.registry.conftest import TinyModels

@@ -80,7 +80,7 @@ def test_the_database_named_in_a_dot_env_file(elsewhere: Path) -> None:
 
 def test_an_install_without_its_migrations_says_how_to_get_them(
         elsewhere: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("registry.migrate.MIGRATIONS_DIR", elsewhere / "site-packages" /
+    monkeypatch.setattr("registry.infra.migrate.MIGRATIONS_DIR", elsewhere / "site-packages" /
                         "migrations")
     result = deltahub("db", "upgrade", env={
         "DELTAHUB_DATABASE_URL": f"sqlite:///{elsewhere / 'hub.db'}"})

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[3]
 HEAVY = ("torch", "numpy", "safetensors", "triton", "matplotlib", "fastapi", "starlette",
          "uvicorn", "sqlalchemy", "alembic", "psycopg", "boto3",
          "pydantic_settings", "re2", "kernels", "compress.tensorio", "compress.bitdelta",
-         "compress.lora", "registry.app", "registry.settings", "registry.db")
+         "compress.lora", "registry.app", "registry.settings", "registry.infra.engines")
 
 # Runs the console script's entry point and reports, at exit, every module it imported.
 # `blocked` packages are made to look uninstalled, as in `pip install deltahub` alone.

@@ -11,7 +11,7 @@ from httpx import Response
 from safetensors.torch import save
 from sqlalchemy import Engine, func, select
 
-from registry.db import make_session_factory, unit_of_work
+from registry.infra.engines import make_session_factory, unit_of_work
 from registry.storage.base import BLOB_PREFIX, STAGING_PREFIX, BlobStore
 from registry.tables import Blob, DatasetFile
 

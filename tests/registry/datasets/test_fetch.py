@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 
 from compress.errors import InvalidDataset
 from compress.quality import load_eval_data
-from registry.database import Database
 from registry.datasets.fetch import fetch_dataset_files
 from registry.datasets.service import get_final_dataset, needs_tokenizer
 from registry.errors import DatasetNotFound
+from registry.infra.database import Database
 from registry.settings import Settings
 from registry.storage.local import LocalBlobStore
 from tests.conftest import Tokens

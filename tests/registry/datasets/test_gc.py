@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from registry.blobs.drafts import remove_stale_drafts
-from registry.blobs.service import collect_garbage
-from registry.db import make_session_factory
+from registry.gc.collect import collect_garbage
+from registry.gc.stale_drafts import remove_stale_drafts
+from registry.infra.engines import make_session_factory
 from registry.storage.base import BLOB_PREFIX
 from registry.storage.local import LocalBlobStore
 from tests.conftest import Tokens

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import command
 from sqlalchemy import Engine, inspect
 
-from registry.migrate import alembic_config, current_revision, head_revision, upgrade
+from registry.infra.migrate import alembic_config, current_revision, head_revision, upgrade
 
 BEFORE = "bc460c14b59f"  # the revision the data set tables came after
 DATASETS = "d4e7a2c91f30"

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from registry.app import create_app
-from registry.database import Database
 from registry.datasets.fetch import fetch_dataset_files
+from registry.infra.database import Database
 from registry.settings import Settings
 from registry.storage.base import BLOB_PREFIX, STAGING_PREFIX
 from registry.storage.factory import make_blob_store

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from registry.blobs.repository import BlobRepository
 from registry.client import DeltahubClient, sha256_of
-from registry.db import make_engine
+from registry.infra.engines import make_engine
 from registry.storage.base import BLOB_PREFIX, STAGING_PREFIX
 from registry.tables import Adapter, Job, JobStatus, Status
 from tests.registry.conftest import TinyModels

@@ -9,12 +9,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from registry.jobs.scratch import Scratch
+from registry.infra.scratch import Scratch
 
 _HOLD = """
 import sys, time
 from pathlib import Path
-from registry.jobs.scratch import Scratch
+from registry.infra.scratch import Scratch
 path = Scratch(Path(sys.argv[1]), sys.argv[2]).acquire()
 (path / "job-1-1").mkdir()
 (path / "job-1-1" / "delta.safetensors").write_bytes(b"x" * 1000)

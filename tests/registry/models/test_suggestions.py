@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, insert
 
-from registry.db import make_session_factory, unit_of_work
+from registry.infra.engines import make_session_factory, unit_of_work
 from registry.models.repository import SUGGESTION_SCAN, ModelRepository
 from registry.names import MAX_SUGGESTIONS, close_matches
 from registry.tables import Model, ModelKind, Status

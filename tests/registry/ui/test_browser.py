@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from registry.auth.service import create_token
-from registry.db import make_engine, make_session_factory, unit_of_work
+from registry.infra.engines import make_engine, make_session_factory, unit_of_work
 from tests.registry.api import push_dataset, register_model
 from tests.registry.serverproc import ServerProcess, serve
 from tests.registry.ui.conftest import BASE, DIRECT, FINETUNE, LORA, UiModels, push_adapter_dir

@@ -26,7 +26,7 @@ from sqlalchemy import Engine
 
 from compress.filenames import REPORT_FILE
 from registry.adapters.repository import AdapterRepository
-from registry.db import make_session_factory, unit_of_work
+from registry.infra.engines import make_session_factory, unit_of_work
 from registry.storage.local import LocalBlobStore
 from registry.tables import Blob
 from registry.ui import plots

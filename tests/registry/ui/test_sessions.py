@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from registry.auth.repository import TokenRepository
 from registry.auth.tokens import hash_secret
-from registry.db import make_session_factory, unit_of_work
+from registry.infra.engines import make_session_factory, unit_of_work
 from registry.tables import utcnow
 from registry.ui.sessions import SESSION_COOKIE, SessionKeys
 from tests.conftest import Tokens

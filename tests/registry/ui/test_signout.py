@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from registry.db import make_session_factory, unit_of_work
+from registry.infra.engines import make_session_factory, unit_of_work
 from registry.tables import PageSession
 from registry.ui.sessions import SESSION_COOKIE
 from tests.conftest import Tokens

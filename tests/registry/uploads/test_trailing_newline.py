@@ -1,7 +1,7 @@
 """A name or file name ending in a newline (`%0A`) is refused as a name, everywhere.
 
 Starlette's route patterns end in `$`, which matches before a final newline: without
-registry/paths.py, `PUT /datasets/x/files/x.txt%0A` was stored as `x.txt` (201)."""
+registry/infra/control_chars.py, `PUT /datasets/x/files/x.txt%0A` was stored as `x.txt` (201)."""
 
 from __future__ import annotations
 

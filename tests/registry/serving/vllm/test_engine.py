@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from registry.client import DeltahubClient, Push, sha256_of
-from registry.migrate import upgrade
+from registry.infra.migrate import upgrade
 from tests.registry.serverproc import issue_admin_token, serve
 from tests.registry.serving.vllm.engine import TINY_LLAMA, VllmServer, vllm_python, vllm_server
 

@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.auth.service import authenticate
 from registry.auth.tokens import Scope as TokenScope
-from registry.database import Database
+from registry.infra.database import Database
 from registry.jobs.repository import JobRepository
 from registry.settings import Settings
 from registry.tables import CompressMethod, JobStatus

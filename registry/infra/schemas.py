@@ -49,8 +49,9 @@ def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)  # absent, never null: a null default would contradict the type
 
 
-# Only the OpenAPI document uses ErrorOut (registry/openapi.py): it is the shape clients
-# generated from /openapi.json parse an error into. registry/handlers.py writes the bodies.
+# Only the OpenAPI document uses ErrorOut (registry/infra/openapi.py): it is the shape
+# clients generated from /openapi.json parse an error into.
+# registry/infra/error_handlers.py writes the bodies.
 class ErrorOut(BaseModel):
     """Every error: a stable name to match on and a detail that says what to do."""
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.blobs.repository import BlobRepository
-from registry.db import unit_of_work
+from registry.infra.engines import unit_of_work
 from registry.storage.base import BlobStore
 from registry.storage.sweep import SweepReport, sweep_storage
 

@@ -8,7 +8,7 @@ from fastapi import Depends, Header, Request
 
 from registry.auth.service import authenticate
 from registry.auth.tokens import Scope
-from registry.database import Database
+from registry.infra.database import Database
 from registry.settings import Settings
 from registry.storage.base import BlobStore
 from registry.tables import Token
@@ -32,7 +32,7 @@ def _store(request: Request) -> BlobStore:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 # Endpoints run their SQL through `await db.read(fn)` / `await db.write(fn)`: one
 # transaction in one worker thread, committed there before the response is sent
-# (registry/database.py says why that matters under load).
+# (registry/infra/database.py says why that matters under load).
 DatabaseDep = Annotated[Database, Depends(_database)]
 StoreDep = Annotated[BlobStore, Depends(_store)]
 

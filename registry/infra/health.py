@@ -9,7 +9,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from registry.database import Database
+from registry.infra.database import Database
 from registry.storage.base import BlobStore
 
 # A readiness probe must answer quickly even when a dependency hangs.

@@ -1,5 +1,5 @@
 """The errors each operation can answer that no signature shows: lookups by path
-parameter, and the state rules services enforce. registry/openapi.py documents them."""
+parameter, and the state rules services enforce. registry/infra/openapi.py documents them."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 FastAPI builds the document from signatures, so it knows the paths, the parameters and
 the success bodies, but not what the rest of the code enforces: one error body for every
-failure (`ErrorOut`, written by registry/handlers.py), bearer tokens with scopes
+failure (`ErrorOut`, written by registry/infra/error_handlers.py), bearer tokens with scopes
 (`RequireScope`), uploads read raw from the request stream, the name rules of
 registry/names.py and the page-size cap. Clients generated from the plain document get
 all of that wrong. `install_openapi` rewrites the document once, deriving each fact from
@@ -29,11 +29,9 @@ from registry.adapters.schemas import AdapterCreate
 from registry.auth.schemas import TokenCreate
 from registry.auth.tokens import TOKEN_PREFIX, Scope
 from registry.datasets.schemas import DatasetCreate
-from registry.deps import RequireScope
-from registry.models.schemas import FinalizeRequest, ModelCreate
-from registry.names import MAX_SUGGESTIONS
-from registry.openapi_errors import NOT_FOUND, SERVICE_ERRORS
-from registry.openapi_rules import (
+from registry.infra.deps import RequireScope
+from registry.infra.openapi_errors import NOT_FOUND, SERVICE_ERRORS
+from registry.infra.openapi_rules import (
     ADAPTER_FILE_RULE,
     ADAPTER_REF_RULE,
     DATASET_FILE_RULE,
@@ -43,8 +41,10 @@ from registry.openapi_rules import (
     MODEL_REF_RULE,
     NAME_RULE,
 )
-from registry.pagination import CURSOR_PATTERN, MAX_PAGE_TOKEN_CHARS
-from registry.schemas import ErrorOut
+from registry.infra.pagination import CURSOR_PATTERN, MAX_PAGE_TOKEN_CHARS
+from registry.infra.schemas import ErrorOut
+from registry.models.schemas import FinalizeRequest, ModelCreate
+from registry.names import MAX_SUGGESTIONS
 from registry.settings import Settings
 
 JsonObject = dict[str, Any]

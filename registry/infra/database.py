@@ -30,8 +30,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.db import is_memory_sqlite, is_sqlite, make_engine, make_session_factory, unit_of_work
 from registry.errors import DatabaseBusy, DatabaseUnavailable, Unavailable
+from registry.infra.engines import (
+    is_memory_sqlite,
+    is_sqlite,
+    make_engine,
+    make_session_factory,
+    unit_of_work,
+)
 from registry.settings import Settings
 
 T = TypeVar("T")

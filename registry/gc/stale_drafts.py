@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.adapters.repository import AdapterRepository
 from registry.blobs.repository import BlobRepository
 from registry.datasets.repository import DatasetRepository
-from registry.db import unit_of_work
+from registry.infra.engines import unit_of_work
 from registry.models.repository import ModelRepository
 from registry.storage.base import BLOB_PREFIX, BlobStore
 

@@ -1,7 +1,7 @@
 """Engines and sessions for SQLite (embedded) and PostgreSQL (deployment).
 
 `unit_of_work` is one short transaction, for the CLI and tests. The server goes through
-`registry.database.Database`, which bounds every wait (registry/database.py).
+`registry.infra.database.Database`, which bounds every wait (registry/infra/database.py).
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from compress.errors import CodecError
-from registry.database import translate_db_error
 from registry.errors import APIError, DatabaseBusy, StorageUnavailable, from_codec_error
+from registry.infra.database import translate_db_error
 from registry.settings import Settings
 from registry.storage.base import StorageError
 

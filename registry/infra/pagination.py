@@ -23,7 +23,7 @@ from registry.settings import Settings
 
 T = TypeVar("T")
 # Ours are ~60 characters of unpadded base64url; anything else was not issued here. The
-# OpenAPI document states both (registry/openapi.py).
+# OpenAPI document states both (registry/infra/openapi.py).
 MAX_PAGE_TOKEN_CHARS = 256
 CURSOR_PATTERN = "[A-Za-z0-9_-]*"
 _CURSOR = re.compile(CURSOR_PATTERN)

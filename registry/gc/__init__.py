@@ -1,0 +1,1 @@
+"""Garbage collection: blobs nothing references, and drafts no push touches."""
