@@ -27,6 +27,7 @@ from registry.infra.engines import Base
 
 NAME_LENGTH = 128
 SHA256_LENGTH = 64
+PEFT_TYPE_LENGTH = 64
 
 
 def utcnow() -> datetime:
@@ -41,6 +42,7 @@ class ModelKind(StrEnum):
 class AdapterKind(StrEnum):
     LORA = "lora"
     BITDELTA = "bitdelta"
+    PEFT = "peft"  # every PEFT type but LoRA (IA3, VeRA, prompt tuning, ...)
 
 
 class Status(StrEnum):
@@ -165,6 +167,8 @@ class Adapter(Base, Timestamped):
     touched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                         default=utcnow)
     declared_digest: Mapped[str | None] = mapped_column(String(SHA256_LENGTH))
+    # adapter_config.json's peft_type (LORA, IA3, ...); None for BitDelta. Listings filter by it.
+    peft_type: Mapped[str | None] = mapped_column(String(PEFT_TYPE_LENGTH), index=True)
 
     base: Mapped[Model] = relationship(foreign_keys=[base_id], lazy="raise")
     source_model: Mapped[Model | None] = relationship(foreign_keys=[source_model_id],

@@ -26,7 +26,8 @@ from compress.tensorio import FLOAT_DTYPES, Manifest, TensorEntry
 KEY_PREFIX = "base_model.model."
 
 _LORA_KEY = re.compile(
-    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B"
+    r"|lora_magnitude_vector)"
     r"(?P<suffix>\.weight|\.bias)?$"
 )
 
@@ -149,10 +150,8 @@ def parse_adapter_config(raw: Any) -> LoraAdapterConfig:
     if peft_type != "LORA":
         raise InvalidDelta(
             f"{ADAPTER_CONFIG} has peft_type {peft_type!r}; deltahub registers LoRA adapters "
-            "(peft_type \"LORA\")"
+            "(peft_type \"LORA\") as kind lora, and every other PEFT type as kind peft"
         )
-    if raw.get("use_dora"):
-        raise InvalidDelta("DoRA adapters (use_dora: true) are not supported; push a plain LoRA")
     r, alpha, targets = raw.get("r"), raw.get("lora_alpha"), raw.get("target_modules")
     if not isinstance(r, int) or not is_positive_int(r):
         raise InvalidDelta(f"{ADAPTER_CONFIG}: r must be a positive integer, got {r!r}")
@@ -198,11 +197,12 @@ def _check_pattern_keys(field_name: str, patterns: Mapping[str, Any]) -> None:
 
 
 def check_lora_against_base(config: LoraAdapterConfig, tensors: Mapping[str, TensorEntry],
-                            base: Manifest) -> LoraAdapterSummary:
+                            base: Manifest, dora: bool = False) -> LoraAdapterSummary:
     """Check every adapter tensor against the base manifest; name each mismatch.
 
     For each adapted module: `<module>.weight` exists in the base and is 2-D [out, in];
-    lora_A is [r, in], lora_B is [out, r], with r the rank the config gives the module.
+    lora_A is [r, in], lora_B is [out, r], with r the rank the config gives the module;
+    with `dora` (use_dora), lora_magnitude_vector is [out].
     """
     problems: list[str] = []
     parts: dict[str, dict[str, TensorEntry]] = {}
@@ -226,7 +226,7 @@ def check_lora_against_base(config: LoraAdapterConfig, tensors: Mapping[str, Ten
         part = match["part"] + (match["suffix"] or "")
         parts.setdefault(match["module"], {})[part] = entry
     ranks = {module: rank for module, found in sorted(parts.items())
-             if (rank := _check_module(module, found, config, base, problems)) is not None}
+             if (rank := _check_module(module, found, config, base, problems, dora)) is not None}
     if problems:
         raise IncompatibleModels("the LoRA adapter", problems)
     if not ranks:
@@ -248,7 +248,7 @@ def _check_saved_tensor(name: str, entry: TensorEntry, base: Manifest,
 
 
 def _check_module(module: str, found: Mapping[str, TensorEntry], config: LoraAdapterConfig,
-                  base: Manifest, problems: list[str]) -> int | None:
+                  base: Manifest, problems: list[str], dora: bool = False) -> int | None:
     spec = base.get(f"{module}.weight")
     if spec is None:
         problems.append(f"module {module!r} has LoRA factors but the base has no "
@@ -284,11 +284,30 @@ def _check_module(module: str, found: Mapping[str, TensorEntry], config: LoraAda
     if bias is not None and bias.shape != (out_features,):
         problems.append(f"{module}.lora_B.bias is {list(bias.shape)}, expected [{out_features}]")
         ok = False
-    unknown = set(found) - {a_name, b_name, "lora_B.bias"}
+    ok = _check_magnitude(module, found.get(_MAGNITUDE), out_features, dora, problems) and ok
+    unknown = set(found) - {a_name, b_name, "lora_B.bias", _MAGNITUDE}
     if unknown:
         problems.append(f"module {module!r} has unexpected tensors {sorted(unknown)}")
         ok = False
     return rank if ok else None
+
+
+_MAGNITUDE = "lora_magnitude_vector"  # DoRA's per-output-row norm, [out]
+
+
+def _check_magnitude(module: str, entry: TensorEntry | None, out_features: int, dora: bool,
+                     problems: list[str]) -> bool:
+    if entry is None and dora:
+        problems.append(f"module {module!r} needs {_MAGNITUDE} (use_dora is true)")
+        return False
+    if entry is not None and not dora:
+        problems.append(f"{module}.{_MAGNITUDE} is a DoRA tensor, but use_dora is false")
+        return False
+    if entry is not None and entry.shape != (out_features,):
+        problems.append(f"{module}.{_MAGNITUDE} is {list(entry.shape)}, expected "
+                        f"[{out_features}] (DoRA magnitude, out={out_features})")
+        return False
+    return True
 
 
 def is_positive_int(value: object) -> bool:

@@ -23,15 +23,12 @@ from compress.bitdelta import (
 )
 from compress.errors import CodecError
 from compress.filenames import PICTURE_SUFFIX
-from compress.lora import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    check_lora_against_base,
-    parse_adapter_config,
-)
+from compress.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from compress.lora.report import REPORT_FORMAT as LORA_REPORT_FORMAT
+from compress.peft import adapter_kind, check_peft_against_base, peft_type_of
 from compress.tensorio import Manifest, header_from_dict, parse_weight_map, strictjson
 from registry.adapters.quality import JSONObject, Quality, from_report
+from registry.adapters.serving import PEFT_KEY
 from registry.errors import MissingFiles, Unprocessable, from_codec_error
 from registry.settings import Settings
 from registry.storage.base import BlobStore
@@ -43,14 +40,15 @@ from registry.uploads.drafts import files_digest
 class AdapterContents:
     params: dict[str, Any]  # the codec's summary of the files
     quality: Quality | None = None
+    peft_type: str | None = None
 
 
 def inspect_adapter(kind: AdapterKind, files: Mapping[str, AdapterFile], base: Manifest,
                     store: BlobStore, settings: Settings) -> AdapterContents:
     reader = _JSONReader(store, settings)
     try:
-        if kind is AdapterKind.LORA:
-            return _inspect_lora(files, base, reader)
+        if kind in (AdapterKind.LORA, AdapterKind.PEFT):
+            return _inspect_peft(kind, files, base, reader)
         return _inspect_bitdelta(files, base, reader)
     except CodecError as exc:
         raise from_codec_error(exc) from exc
@@ -100,14 +98,22 @@ class _JSONReader:
         return report
 
 
-def _inspect_lora(files: Mapping[str, AdapterFile], base: Manifest,
+def _inspect_peft(kind: AdapterKind, files: Mapping[str, AdapterFile], base: Manifest,
                   reader: _JSONReader) -> AdapterContents:
-    _require(files, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], "a LoRA adapter")
-    config = parse_adapter_config(reader.read(ADAPTER_CONFIG, files[ADAPTER_CONFIG]))
+    _require(files, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], f"a {kind.value} adapter")
+    raw = reader.read(ADAPTER_CONFIG, files[ADAPTER_CONFIG])
+    peft_type = peft_type_of(raw)
+    if adapter_kind(peft_type) != kind.value:
+        raise Unprocessable(
+            f"{ADAPTER_CONFIG} has peft_type {peft_type!r}, an adapter of kind "
+            f"{adapter_kind(peft_type)!r}, not {kind.value!r}; push it with kind "
+            f"{adapter_kind(peft_type)!r} (`deltahub push` infers it from the folder)",
+            name="WrongAdapterKind")
     weights = files[ADAPTER_WEIGHTS]
     assert weights.header is not None  # safetensors uploads always record their header
-    summary = check_lora_against_base(config, header_from_dict(weights.header).tensors, base)
-    return AdapterContents(params=summary.to_params(), quality=_pushed_quality(files, reader))
+    record = check_peft_against_base(raw, header_from_dict(weights.header).tensors, base)
+    return AdapterContents(params=record.params | {PEFT_KEY: record.peft},
+                           quality=_pushed_quality(files, reader), peft_type=peft_type)
 
 
 def _inspect_bitdelta(files: Mapping[str, AdapterFile], base: Manifest,

@@ -48,7 +48,9 @@ async def create_adapter(body: AdapterCreate, db: DatabaseDep, settings: Setting
 @router.get("")
 async def list_adapters(
     db: DatabaseDep, settings: SettingsDep, _: ReadToken,
-    base: str | None = None, kind: Literal["lora", "bitdelta"] | None = None,
+    base: str | None = None, kind: Literal["lora", "bitdelta", "peft"] | None = None,
+    peft_type: Annotated[str | None, Query(
+        max_length=64, description="adapter_config.json's peft_type (LORA, IA3, ...)")] = None,
     name: str | None = None, alias: str | None = None,
     limit: Annotated[int | None, Query(description="page size (capped)")] = None,
     page_token: str | None = None,
@@ -65,7 +67,8 @@ async def list_adapters(
         found = service.list_adapters(session, settings, base=base,
                                       kind=AdapterKind(kind) if kind else None, name=name,
                                       alias=alias, limit=limit, page_token=page_token,
-                                      sort=sort, compatible=compatible)
+                                      sort=sort, compatible=compatible,
+                                      peft_type=peft_type)
         relations = (quantized.family(session, model_id(session, base))
                      if compatible and base is not None else None)
         return PageOut(items=adapter_outs(session, found.items, summary=True,

@@ -127,7 +127,7 @@ class AdapterRepository:
         self.session.expire_all()  # loaded aliases lists are stale now
 
     def page(self, *, base_id: int | None, kind: AdapterKind | None, name: str | None,
-             alias: str | None, after_id: int | None, limit: int,
+             alias: str | None, after_id: int | None, limit: int, peft_type: str | None = None,
              by_gain: bool = False, after_gain: float | None = None,
              base_ids: Collection[int] | None = None) -> list[Adapter]:
         """A page newest first, or (`by_gain`) by gain kept, highest first, versions
@@ -139,7 +139,8 @@ class AdapterRepository:
         if alias is not None:
             query = query.where(Adapter.id.in_(select(AdapterAlias.adapter_id).where(
                 AdapterAlias.alias == alias)))
-        equal = {Adapter.base_id: base_id, Adapter.kind: kind, Adapter.name: name}
+        equal = {Adapter.base_id: base_id, Adapter.kind: kind, Adapter.name: name,
+                 Adapter.peft_type: peft_type}
         if not by_gain:
             return newest_first(self.session, query, Adapter.id, equal=equal,
                                 after_id=after_id, limit=limit)

@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
 from registry.adapters.quality import JSONObject, Quality
+from registry.adapters.serving import adapter_serving, peft_record
 from registry.infra.schemas import FileOut, Schema, UTCDateTime
 from registry.models.schemas import DECLARED_FILES_DESCRIPTION, Sha256Hex
 from registry.tables import Adapter
@@ -13,7 +14,9 @@ from registry.tables import Adapter
 class AdapterCreate(Schema):
     name: str = Field(examples=["support-bot"])
     base: str = Field(examples=["llama2-7b"], description="the model this adapter applies to")
-    kind: Literal["lora", "bitdelta"]
+    kind: Literal["lora", "bitdelta", "peft"] = Field(
+        description="lora: peft_type LORA (DoRA, rsLoRA included); peft: every other PEFT "
+                    "type; bitdelta: a BitDelta delta")
     # `source_model` was this field's first name; requests that use it still work.
     source: str | None = Field(
         default=None, validation_alias=AliasChoices("source", "source_model"),
@@ -71,6 +74,14 @@ class AdapterOut(Schema):
         "was registered against (`base`) relates to the one asked for: \"same base\", "
         "\"quantized from\" (the full-precision base it was quantized from) or "
         "\"4-bit variant\" (a 4-bit base quantized from it)")
+    peft: dict[str, Any] | None = Field(
+        default=None, description="a PEFT adapter's type and the options that change how it "
+                                  "is served (use_dora, use_rslora, modules_to_save, rank, "
+                                  "target modules); validated false for a type deltahub does "
+                                  "not check")
+    serving: dict[str, Any] = Field(
+        default_factory=dict, description="per engine (vllm, peft, deltahub), whether it "
+                                          "loads the adapter as is, and what to do otherwise")
 
     @classmethod
     def of(cls, adapter: Adapter, model_names: dict[int, str],
@@ -90,4 +101,5 @@ class AdapterOut(Schema):
             files=[FileOut(filename=f.filename, sha256=f.sha256, size=f.size)
                    for f in adapter.files],
             created_at=adapter.created_at, finalized_at=adapter.finalized_at,
+            peft=peft_record(adapter), serving=adapter_serving(adapter),
         )

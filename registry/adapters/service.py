@@ -233,6 +233,7 @@ def finalize_adapter(session: Session, store: BlobStore, settings: Settings, ide
                 draft.version = repo.max_version(draft.name) + 1
                 draft.content_digest = digest
                 draft.params = contents.params
+                draft.peft_type = contents.peft_type
                 draft.set_quality(contents.quality)
                 draft.size_bytes = size
                 draft.compression_ratio = ratio
@@ -325,7 +326,8 @@ def delete_adapter(session: Session, ident: int, scopes: Iterable[str]) -> None:
 def list_adapters(session: Session, settings: Settings, *, base: str | None,
                   kind: AdapterKind | None, name: str | None, alias: str | None,
                   limit: int | None, page_token: str | None,
-                  sort: str = "newest", compatible: bool = False) -> Page[Adapter]:
+                  sort: str = "newest", compatible: bool = False,
+                  peft_type: str | None = None) -> Page[Adapter]:
     """Ready versions newest first, or with `sort="gain_kept"` by measured gain kept.
 
     `compatible`: on `base` or any base of its 4-bit family (`quantized.family`)."""
@@ -338,12 +340,15 @@ def list_adapters(session: Session, settings: Settings, *, base: str | None,
     request = page_request(settings, limit, page_token,
                            {"base": base, "kind": kind, "name": name, "alias": alias,
                             "sort": sort if by_gain else None,
-                            "compatible": True if compatible else None})
+                            "compatible": True if compatible else None,
+                            # only when given: cursors issued before the filter stay valid
+                            **({"peft_type": peft_type} if peft_type is not None else {})})
     base_id = model_id(session, base) if base is not None else None  # unknown: 404
     base_ids = None
     if compatible and base_id is not None:
         base_ids, base_id = set(quantized.family(session, base_id)), None
     rows = AdapterRepository(session).page(base_id=base_id, kind=kind, name=name, alias=alias,
+                                           peft_type=peft_type,
                                            after_id=request.after_id, limit=request.fetch,
                                            by_gain=by_gain, after_gain=request.after_rank,
                                            base_ids=base_ids)

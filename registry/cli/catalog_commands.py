@@ -26,6 +26,7 @@ from registry.cli.console import (
 from registry.cli.failures import EXIT_USAGE, CommandFailure
 from registry.cli.quality_table import print_evaluation
 from registry.cli.remote import DEFAULT_URL, Json, Token, Url, connected
+from registry.cli.serving_table import print_serving
 
 alias_app = typer.Typer(help="Point an alias at an adapter version, or remove it.",
                         no_args_is_help=True)
@@ -59,7 +60,9 @@ def _adapter_row(a: dict[str, Any]) -> list[object]:
     gain = quality.gain_kept if quality else None
     on = quality.gain_kept_on if quality else None
     ratio = a["compression_ratio"]
-    return [a["id"], a["name"], a["version"], a["kind"], a["base"], a["source_model"] or "",
+    peft_type = (a.get("peft") or {}).get("peft_type")
+    kind = f"{a['kind']} ({peft_type})" if a["kind"] == "peft" and peft_type else a["kind"]
+    return [a["id"], a["name"], a["version"], kind, a["base"], a["source_model"] or "",
             ", ".join(a["aliases"]), Size(a["size_bytes"]),
             f"{ratio:.1f}x" if isinstance(ratio, int | float) else "",
             f"{gain:.3f}" if gain is not None else "", on or ""]
@@ -73,24 +76,27 @@ def _model_row(m: dict[str, Any]) -> list[object]:
 def ls(
     what: Annotated[Listing, typer.Argument(help="adapters or models")],
     base: Annotated[str | None, typer.Option(help="only those on this base")] = None,
-    kind: Annotated[str | None, typer.Option(help="lora/bitdelta, or base/finetune")] = None,
+    kind: Annotated[str | None, typer.Option(
+        help="lora/bitdelta/peft, or base/finetune")] = None,
     name: Annotated[str | None, typer.Option(help="adapters: the versions of this name")]
     = None,
     alias: Annotated[str | None, typer.Option(help="adapters carrying this alias")] = None,
     sort: Annotated[Sort, typer.Option(
         help="adapters: newest first, or by measured gain kept (best first)")] = Sort.newest,
     json: Json = False, url: Url = DEFAULT_URL, token: Token = None,
+    peft_type: Annotated[str | None, typer.Option(
+        help="adapters: of this PEFT type (LORA, IA3, PREFIX_TUNING, ...)")] = None,
 ) -> None:
     """List adapters or models, newest first, or adapters by gain kept."""
     with connected(url, token) as client:
         if what is Listing.adapters:
             items = list(client.list_adapters(base=base, kind=kind, name=name, alias=alias,
-                                              sort=sort.value))
+                                              sort=sort.value, peft_type=peft_type))
             rows = [_adapter_row(a) for a in items]
         else:
-            if name or alias or sort is not Sort.newest:
-                raise CommandFailure("bad option", "--name, --alias and --sort list "
-                                     "adapters", EXIT_USAGE)
+            if name or alias or peft_type or sort is not Sort.newest:
+                raise CommandFailure("bad option", "--name, --alias, --peft-type and --sort "
+                                     "list adapters", EXIT_USAGE)
             items = list(client.list_models(base=base, kind=kind))
             rows = [_model_row(m) for m in items]
     columns = _ADAPTER_COLUMNS if what is Listing.adapters else _MODEL_COLUMNS
@@ -112,6 +118,8 @@ def show(ref: AdapterRef, model: ModelFlag = False, json: Json = False,
     fields = _model_fields(found) if model else _adapter_fields(found, quality)
     title = found["name"] if model else f"{found['name']}@{found['version'] or 'draft'}"
     print_fields(title, fields)
+    if not model and found.get("serving"):
+        print_serving(found.get("peft"), found["serving"])
     print_table("files", ["file", "size", "sha256"],
                 [[f["filename"], Size(f["size"]), f["sha256"]] for f in found["files"]])
     evaluation = quality.evaluation if quality else None
@@ -128,7 +136,8 @@ def _adapter_fields(a: dict[str, Any], quality: Quality | None) -> list[tuple[st
             ("base", a["base"]), ("source", a["source_model"]),
             ("aliases", ", ".join(a["aliases"])), ("size", Size(a["size_bytes"])),
             ("compression ratio", f"{ratio:.1f}x" if ratio else None),
-            ("params", ", ".join(f"{k}={_short(v)}" for k, v in a["params"].items())),
+            ("params", ", ".join(f"{k}={_short(v)}" for k, v in a["params"].items()
+                                 if k != "peft")),
             ("quality", headline), ("content digest", a["content_digest"]),
             ("created", a["created_at"]), ("finalized", a["finalized_at"])]
 

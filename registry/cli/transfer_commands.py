@@ -7,6 +7,7 @@ hold yet (the protocol is in registry/client/push.py).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -36,6 +37,7 @@ class AdapterKindChoice(StrEnum):
 
     lora = "lora"
     bitdelta = "bitdelta"
+    peft = "peft"
 
 
 # Which files make up each thing pushed: the formats' rule, the one the server applies.
@@ -46,16 +48,30 @@ _MEMBERSHIP: dict[AdapterKindChoice | None, tuple[Callable[[str], bool], str]] =
                              "a LoRA adapter"),
     AdapterKindChoice.bitdelta: (lambda n: is_delta_file(n) or is_report_file(n),
                                  "a BitDelta delta"),
+    AdapterKindChoice.peft: (lambda n: is_adapter_file(n) or is_report_file(n),
+                             "a PEFT adapter"),
 }
 
 
 def detect_kind(directory: Path) -> AdapterKindChoice:
     if (directory / ADAPTER_CONFIG).exists():
-        return AdapterKindChoice.lora
+        return _peft_kind(directory / ADAPTER_CONFIG)
     if any(p.suffix == ".safetensors" and is_delta_file(p.name) for p in directory.iterdir()):
         return AdapterKindChoice.bitdelta
     raise typer.BadParameter(f"{directory} holds neither {ADAPTER_CONFIG} (a peft LoRA) nor "
                              f"{DELTA_FILE} (a BitDelta delta)")
+
+
+def _peft_kind(config: Path) -> AdapterKindChoice:
+    """lora for peft_type LORA (DoRA and rsLoRA too), peft for every other PEFT type; the
+    server checks the config again, so an unreadable one is left to its answer."""
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return AdapterKindChoice.lora
+    peft_type = raw.get("peft_type") if isinstance(raw, dict) else None
+    return AdapterKindChoice.peft if isinstance(peft_type, str) and peft_type != "LORA" \
+        else AdapterKindChoice.lora
 
 
 def files_to_push(directory: Path, kind: AdapterKindChoice | None) -> list[Path]:
@@ -103,7 +119,8 @@ def push(
     base: Annotated[str, typer.Option(help="base model name, e.g. llama2-7b")],
     name: Annotated[str, typer.Option(help="adapter name, e.g. support-bot")],
     kind: Annotated[AdapterKindChoice | None, typer.Option(
-        help="lora or bitdelta (detected)")] = None,
+        help="lora, peft or bitdelta (detected: adapter_config.json's peft_type LORA is "
+             "lora, any other type peft)")] = None,
     alias: Annotated[str | None, typer.Option(help="also point this alias at it")] = None,
     source: Annotated[str | None, typer.Option(
         help="the fine-tune it was made from (a registered fine-tune of BASE), kept as its "

@@ -54,7 +54,7 @@ class AdapterData(Payload):
     id: int
     name: str
     version: int
-    kind: Literal["lora", "bitdelta"]
+    kind: Literal["lora", "bitdelta", "peft"]
     base: str
     content_digest: str
     path: str = Field(description="the version's API path, e.g. /adapters/sql@3")

@@ -44,7 +44,7 @@ async def base_models(request: Request, viewer: ViewerDep,
 
 @router.get("/{ref}")
 async def model(request: Request, ref: str, viewer: ViewerDep,
-                kind: Literal["lora", "bitdelta", ""] = "", alias: str = "",
+                kind: Literal["lora", "bitdelta", "peft", ""] = "", alias: str = "",
                 page_token: str | None = None) -> HTMLResponse:
     """A base shows its lineage; a fine-tune its compress form and jobs."""
     settings = request.app.state.settings

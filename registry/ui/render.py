@@ -18,6 +18,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from registry.adapters.quality import finite
 from registry.errors import APIError
+from registry.ui.serving import serving_rows
 from registry.ui.sessions import CSRF_FIELD, Viewer
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -104,6 +105,7 @@ def _environment() -> Environment:
                        percent=percent, query=lambda d: urlencode(
                            {k: v for k, v in d.items() if v not in (None, "")}))
     env.globals["CSRF_FIELD"] = CSRF_FIELD
+    env.globals["serving_rows"] = serving_rows  # adapter.html: where it can be served
     return env
 
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from registry.adapters.schemas import AdapterOut
 
+# PEFT types that add virtual tokens: nothing to merge into the weights.
+_UNMERGEABLE = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
+
 
 @dataclass(frozen=True)
 class Snippet:
@@ -27,16 +30,23 @@ def snippets(adapter: AdapterOut, server_url: str) -> list[Snippet]:
                    f"deltahub pull {ref} -o {folder}")
     base = f"./{adapter.base}"
     fetch_base = f"deltahub pull {adapter.base} --model -o {base}"
-    if adapter.kind == "lora":
+    if adapter.kind in ("lora", "peft"):
         code = (f"# {fetch_base}\n"
                 "from peft import PeftModel\n"
                 "from transformers import AutoModelForCausalLM\n\n"
                 f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
                 f'model = PeftModel.from_pretrained(base, "{folder}")')
-        vllm = Snippet("Serve with vLLM", "shell",
-                       f"vllm serve {base} --enable-lora \\\n"
-                       f"    --lora-modules {adapter.name}={folder}")
-        return [pull, Snippet("Load with peft and transformers", "python", code), vllm]
+        shown = [pull, Snippet("Load with peft and transformers", "python", code)]
+        if (adapter.serving.get("vllm") or {}).get("loads"):
+            shown.append(Snippet("Serve with vLLM", "shell",
+                                 f"vllm serve {base} --enable-lora \\\n"
+                                 f"    --lora-modules {adapter.name}={folder}"))
+        elif (adapter.peft or {}).get("peft_type") not in _UNMERGEABLE:
+            # vLLM cannot load it as is: the merged model serves anywhere.
+            shown.append(Snippet("Merge it into the base (vLLM cannot load it as is)",
+                                 "python", f"{code}\n"
+                                 f'model.merge_and_unload().save_pretrained("{folder}-merged")'))
+        return shown
     merged = f"./{adapter.name}-v{adapter.version}-merged"
     merge = Snippet("Rebuild the fine-tune, then load it with transformers", "shell",
                     f"{fetch_base}\n"

@@ -92,9 +92,9 @@ def adapter_file_rule(kind: AdapterKind, filename: str, settings: Settings) -> F
             # Kept as the adapter's quality: a summary, not a log.
             return FileRule.of(ContentKind.JSON, settings.MAX_REPORT_BYTES, settings)
         return FileRule.of(ContentKind.PNG, settings.MAX_PICTURE_BYTES, settings)
-    if kind is AdapterKind.LORA and not is_adapter_file(filename):
+    if kind in (AdapterKind.LORA, AdapterKind.PEFT) and not is_adapter_file(filename):
         raise UnsupportedFile(
-            f"{filename!r}: a LoRA adapter takes the files peft writes "
+            f"{filename!r}: a PEFT adapter takes the files peft writes "
             f"({', '.join(ADAPTER_FILES[:-1])} and {ADAPTER_FILES[-1]}), plus the "
             f"extraction's {REPORT_FILE} and PNG pictures ({SPECTRA_FILE})"
         )

@@ -53,6 +53,10 @@ def _not_ready(adapter: dict[str, Any], served: Served) -> str | None:
 
 
 def _not_lora(adapter: dict[str, Any], served: Served) -> str | None:
+    if adapter["kind"] == "peft":
+        peft_type = (adapter.get("peft") or {}).get("peft_type", "PEFT")
+        return (f"is a {peft_type} adapter (kind peft); vLLM serves LoRA adapters only: "
+                f"{(adapter.get('serving') or {}).get('otherwise') or 'serve it with peft'}")
     if adapter["kind"] != "lora":
         return (f"is a {adapter['kind']} adapter; vLLM serves LoRA adapters only (BitDelta "
                 "deltas: deltahub's own engine, or `deltahub merge` into a full model)")
@@ -88,9 +92,16 @@ def _saves_modules(adapter: dict[str, Any], served: Served) -> str | None:
     return None
 
 
+def _dora(adapter: dict[str, Any], served: Served) -> str | None:
+    if (adapter.get("peft") or {}).get("use_dora"):
+        return ("is a DoRA adapter (use_dora), which vLLM does not load; merge it into the "
+                "base with peft's merge_and_unload() and serve the merged model")
+    return None
+
+
 # In order: the first that applies is the reason given.
 _CHECKS: tuple[Callable[[dict[str, Any], Served], str | None], ...] = (
-    _not_ready, _not_lora, _other_base, _rank_too_high, _saves_modules)
+    _not_ready, _not_lora, _other_base, _rank_too_high, _saves_modules, _dora)
 
 
 def refusal(adapter: dict[str, Any], served: Served) -> str | None:

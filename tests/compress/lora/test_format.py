@@ -304,7 +304,6 @@ def test_real_config_parses(real_config: dict[str, Any]) -> None:
     [
         ({"peft_type": "IA3"}, "has peft_type 'IA3'; deltahub registers LoRA adapters"),
         ({"peft_type": None}, "has peft_type None"),
-        ({"use_dora": True}, "DoRA adapters (use_dora: true) are not supported"),
         ({"r": 0}, "r must be a positive integer, got 0"),
         ({"r": -4}, "r must be a positive integer, got -4"),
         ({"r": 4.0}, "r must be a positive integer, got 4.0"),
@@ -338,10 +337,13 @@ def test_config_must_be_an_object(raw: object) -> None:
         parse_adapter_config(raw)
 
 
-def test_real_dora_adapter_is_refused(tmp_path: Path) -> None:
+def test_real_dora_adapter_checks_its_magnitude_vector(tmp_path: Path, base: Manifest) -> None:
+    """DoRA (issue 28): lora_magnitude_vector is [out]; without use_dora it is refused."""
     save_adapter(tmp_path, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
-    with pytest.raises(InvalidDelta, match="DoRA"):
-        load(tmp_path)
+    config, tensors = load(tmp_path)
+    assert check_lora_against_base(config, tensors, base, dora=True).ranks
+    with pytest.raises(IncompatibleModels, match="a DoRA tensor, but use_dora is false"):
+        check_lora_against_base(config, tensors, base)
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,10 @@ def test_adapter_page_shows_files_plots_and_usage(client: TestClient, tokens: To
     plots = re.findall(rf'src="/ui/adapters/{adapter_id}/plots/(\w+)\.png"', html)
     assert plots == ["errors", "spectra"]
     assert f"deltahub pull {LORA}@1 -o ./{LORA}-v1" in html
-    assert f"--lora-modules {LORA}=./{LORA}-v1" in html
+    # extract-lora keeps changed norms through modules_to_save, which vLLM does not load:
+    # the page offers the merge instead of a vLLM command that would fail (issue 28).
+    assert "--lora-modules" not in html
+    assert "merge_and_unload()" in html
     assert "PeftModel.from_pretrained" in html
     # Read-only: no action forms.
     assert 'id="alias-form"' not in html

@@ -56,6 +56,9 @@ SERVED = Served(base="llama2-7b", max_lora_rank=16)
         "lm_head.weight", "model.norm.weight", "model.embed_tokens.weight", "x.bias"]}),
      "carries whole tensors beside its LoRA factors (lm_head.weight, model.norm.weight, "
      "model.embed_tokens.weight and 1 more: modules_to_save or biases)"),
+    (_adapter(kind="peft", peft={"peft_type": "IA3"}, serving={"otherwise": "merge it"}),
+     "is a IA3 adapter (kind peft); vLLM serves LoRA adapters only: merge it"),
+    (_adapter(peft={"peft_type": "LORA", "use_dora": True}), "is a DoRA adapter (use_dora)"),
     # The first rule that applies is the reason given.
     (_adapter(base="mistral-7b", params={"r": 64, "ranks": [64]}), "is for the base"),
 ])
