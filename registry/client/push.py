@@ -1,17 +1,8 @@
-"""A push that resumes and tolerates a concurrent push of the same files.
+"""A push that resumes, and tolerates a concurrent push of the same files.
 
-The server's protocol (docs/architecture.md, "Drafts"): a push declares its files (name
--> sha256); the server hands back the draft that an earlier run of the same push by the
-same token left, with the files it already holds, or a new one. Only the missing files
-are sent, and the finalize is guarded by the declared files, so a draft that changed
-meanwhile is refused (409 `DraftChanged`), never published. When several runs of the same
-push race (a CI matrix with one token):
-- an upload of a file another run already finalized with the same bytes is answered
-  200 by the server (models, data sets); an upload answered 409 `NotPending` (an older
-  server, or an adapter): another run finalized the draft; finalize it too, which
-  returns that version;
-- an upload or finalize answered 404: another run found the content already registered
-  and dropped the draft; start again, once, and the finalize returns that version.
+It declares its files, sends only those the server's draft lacks and finalizes guarded
+by the declaration; when another run of the same push finalized or dropped the draft
+first, it answers with that version. The protocol: docs/architecture.md, "Data flow" (Drafts).
 """
 
 from __future__ import annotations

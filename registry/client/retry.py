@@ -1,16 +1,9 @@
 """When a failed request is tried again, and how long to wait first.
 
-A request is retried only when trying it again cannot do something twice:
-- nothing reached the server (connection refused): any request;
-- the server said it did nothing and to come back (429, 503, honouring `Retry-After`): any
-  request;
-- the answer is unknown (the connection broke mid-request, a proxy's 502 or 504): only
-  idempotent requests. Those are GET, PUT (a file upload is content-addressed and replaces
-  the draft's file of the same name; an alias points where it is told), and a POST that
-  carries an `Idempotency-Key`.
-
-Timeouts are not retried: the server may still be working, and waiting longer is the
-caller's call (DELTAHUB_TIMEOUT_SECONDS).
+Only when trying again cannot do something twice: nothing reached the server, or it
+answered 429/503 (any request); or the answer is unknown (a broken connection, 502, 504)
+and the request is idempotent (GET, PUT, a POST with an `Idempotency-Key`). Timeouts are
+not retried. docs/architecture.md, "The client and the CLI".
 """
 
 from __future__ import annotations

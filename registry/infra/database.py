@@ -1,17 +1,9 @@
 """The server's way into the database: bounded turns, one thread per transaction.
 
-Every request's SQL runs as one function in one worker thread, inside one
-transaction that commits in that same thread before the response is built. So a
-pooled connection is only ever held by a running thread, and the pool (sized to the
-number of turns) never makes anyone wait. What is bounded:
-
-- the wait for a turn (`DB_QUEUE_TIMEOUT_SECONDS`): readers and writers queue apart,
-  so a burst of writes (one at a time on SQLite) never starves reads;
-- the wait on a lock inside the database (`DB_LOCK_TIMEOUT_SECONDS`: SQLite's busy
-  timeout, PostgreSQL's lock_timeout), e.g. behind another process holding SQLite's
-  write lock.
-
-Either ends in a JSON 503 with `Retry-After` (DatabaseBusy), never a hang or a 500.
+Each request's SQL runs as one function in one worker thread, in one transaction that
+commits there, so a pooled connection is held only by a running thread. The wait for a
+turn and the wait on a lock are bounded; either ends in a JSON 503 `DatabaseBusy` with
+`Retry-After`. docs/architecture.md, "Requests and the database".
 """
 
 from __future__ import annotations

@@ -1,23 +1,8 @@
 """`/metrics` in the Prometheus text format: HTTP traffic, uploads, storage errors, jobs.
 
-Each app gets a `CollectorRegistry` of its own (never prometheus_client's global one),
-so several apps in one process (the test suite) count apart and never collide.
-
-- HTTP: a pure ASGI middleware counts requests and observes latency by method, route
-  *template* (`/adapters/{ref}`, never the raw path: the label set stays bounded) and
-  status. A request no route matched is labelled `<unmatched>`, and a method outside
-  HTTP's standard ones `other`: no label value is ever client text, so a client sending
-  made-up methods or paths cannot add series.
-- Uploads and storage errors are read off the responses of this process, so no code
-  outside this module needs a hook: a `PUT .../files/...` that succeeds adds the bytes it
-  received; one that fails counts under the error name its JSON body carries; any
-  response whose error is `StorageUnavailable` counts as a storage error. (Workers are
-  other processes: their storage errors show as failed jobs.)
-- Jobs: counted in the database at scrape time (workers are other processes, so only
-  the database knows), as a gauge per status and a histogram of run time per method.
-
-`DELTAHUB_METRICS_PUBLIC=true` serves `/metrics` without a token; otherwise it needs a
-token with `read`, sent as `Authorization: Bearer <token>`.
+One `CollectorRegistry` per app; label values never come from client text (route
+templates, `<unmatched>`, method `other`); jobs are counted in the database at scrape
+time because workers are other processes. docs/architecture.md, "Web pages and metrics".
 """
 
 from __future__ import annotations

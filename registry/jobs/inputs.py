@@ -1,26 +1,10 @@
 """A job's inputs: a stored model, read in place from the blob store as a TensorSource.
 
-There is no download and no scratch copy. A codec reads a model through `BlobSource`
-exactly as it reads a directory: the manifest from the headers, then one tensor at a
-time. Each read is a ranged read of the blob (`BlobStore.read(sha256, start, end)`), so
-peak memory stays at the tensors in flight, as with local files, whatever the model
-size, and the worker's disk holds only the codec's output.
-
-Read-ahead suited to an object store, where a request costs a round trip:
-- the first `HEAD_BYTES` of each file are fetched once and kept: the 8-byte length prefix
-  and the header after it (the two reads of every header check), the small JSON files
-  (config.json, the shard index) and the first small tensors cost one request in all;
-- each tensor is one ranged read; a large one is split into `CHUNK_BYTES` ranges fetched
-  `PARALLEL_READS` at a time straight into the tensor's own buffer, so no request is
-  unbounded and a 500 MB embedding arrives at the speed of several connections;
-- the codecs' reader thread (compress/tensorio/prefetch.py) already fetches the next
-  tensor pair while the current one is encoded, so the network overlaps the arithmetic.
-
-From a local blob directory the same source also maps tensors (`mapped`): the BitDelta
-encoder then reads the page cache itself, as it does for local files.
-
-`checkpoint` (the attempt's cancellation point) runs before every request and every
-mapping: a cancelled job, or one whose lease is lost, stops within one chunk or tensor.
+No download and no scratch copy: a codec reads the model through `BlobSource` one
+tensor at a time, each a ranged read (large ones split and fetched in parallel straight
+into the tensor's buffer), with the headers' first bytes fetched once. `checkpoint` runs
+before every request, so a cancelled job stops within one chunk. docs/architecture.md,
+"Compression jobs", says why.
 """
 
 from __future__ import annotations

@@ -1,26 +1,9 @@
-"""Page sessions: a signed cookie naming a session row, and CSRF tokens bound to it.
+"""Page sessions: a signed cookie naming a `page_sessions` row, and CSRF tokens bound to it.
 
-Signing in is pasting an API token. That creates a row in `page_sessions` (random id,
-the token's id, the time) and sets a cookie holding the row's id and the time of sign-in,
-signed with HMAC-SHA256 under the server's session key. So:
-
-- a stolen cookie is not an API token: it cannot be sent as `Authorization: Bearer`, and
-  it stops working at `SESSION_MAX_AGE_SECONDS`, when the token is revoked, or when its
-  session signs out: every request looks the session up (one primary-key lookup joined to
-  its token, the lookup the API makes for a bearer token);
-- signing out deletes the row, so a copy of the cookie (and of its CSRF token) kept from
-  before reads nothing and changes nothing;
-- a leaked database (session ids, token hashes) does not let anyone forge a cookie
-  without the key. Expired rows are swept at each sign-in.
-
-The cookie is HttpOnly (no script reads it), SameSite=Lax and Path=/ui. Lax rather than
-Strict: a link to a page from a chat message or an e-mail then opens it signed in,
-and Lax still withholds the cookie from every cross-site POST. Every action is a POST
-that also needs a CSRF token, HMAC(key, "csrf" + cookie), so an action needs both the
-cookie and a value only our own pages show. Pages (GET) change nothing.
-
-Before sign-in there is no session to bind a CSRF token to: the sign-in form uses a
-double-submit token (a random cookie, and its HMAC in the form).
+A cookie is not an API token, ends with its session (sign-out deletes the row), its
+token or `SESSION_MAX_AGE_SECONDS`, and cannot be forged from a leaked database without
+the key. Why each cookie flag and token is so: docs/architecture.md, "Web pages and
+metrics", Sessions.
 """
 
 from __future__ import annotations
