@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from compress.errors import InvalidDelta, InvalidModel
+from compress.errors import CodecError, InvalidDelta, InvalidModel
 from compress.filenames import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, TOKENIZER_FILES
 from compress.peft.checks import PeftRecord, check_peft_against_base
 from compress.peft.config import PROMPT_TYPES, peft_type_of
@@ -154,7 +154,12 @@ def _float_dtype(manifest: Manifest) -> torch.dtype:
 def _merged_state(base: Path, adapter: Path, record: PeftRecord, dtype: torch.dtype,
                   device: torch.device) -> dict[str, torch.Tensor]:
     import transformers
-    from peft import PeftModel
+
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise CodecError(f"merging a PEFT adapter needs peft, which is not installed ({exc}):"
+                         " pip install peft") from exc
 
     task = record.peft.get("task_type")
     auto = getattr(transformers, _AUTO_CLASSES.get(str(task), "AutoModelForCausalLM"))
