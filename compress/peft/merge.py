@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from compress.errors import CodecError, InvalidDelta, InvalidModel
+from compress.errors import CodecError, InvalidDelta, InvalidModel, OutputExists
 from compress.filenames import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, TOKENIZER_FILES
 from compress.peft.checks import PeftRecord, check_peft_against_base
 from compress.peft.config import PROMPT_TYPES, peft_type_of
@@ -107,7 +107,11 @@ def merge_peft(base: str | os.PathLike[str], adapter: str | os.PathLike[str],
     """Write `base` with the PEFT adapter merged in (peft's `merge_and_unload`) as a
     safetensors model in the new directory `out`, with the base's config and tokenizer."""
     started = time.perf_counter()
-    base_path, adapter_path = Path(base), Path(adapter)
+    base_path, adapter_path, out_path = Path(base), Path(adapter), Path(out)
+    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
+        # atomic_output_dir refuses it too, but only after the base is loaded.
+        raise OutputExists(f"{out_path} already exists and is not empty; choose a new "
+                           "output path")
     if not base_path.is_dir():
         raise InvalidModel(f"{base_path} is not a directory; merging a PEFT adapter needs "
                            "the base as transformers loads it (config.json and weights)")
@@ -120,7 +124,7 @@ def merge_peft(base: str | os.PathLike[str], adapter: str | os.PathLike[str],
     dtype = _float_dtype(manifest)
     state = _merged_state(base_path, adapter_path, record, dtype, torch.device(device))
     plan = _plan(manifest, state)
-    with atomic_output_dir(Path(out)) as scratch:
+    with atomic_output_dir(out_path) as scratch:
         writer = ShardedWriter(scratch, plan, {"format": "pt"}, stem=MODEL_STEM,
                                max_shard_bytes=max_shard_bytes)
         try:
