@@ -74,8 +74,10 @@ def test_each_mergeable_type_gives_peft_s_merged_model(
         label: str, base: Path, adapters: dict[str, MadeAdapter], tmp_path: Path) -> None:
     made, out = adapters[label], tmp_path / "merged"
     report = merge_peft(base, made.path, out)
-    assert report.peft_type == made.peft_type and report.validated
-    assert report.modules > 0 and report.files == ["model.safetensors"]
+    assert report.peft_type == made.peft_type
+    assert report.validated
+    assert report.modules > 0
+    assert report.files == ["model.safetensors"]
     written = load_file(out / "model.safetensors")
     expected = _peft_merged_state(base, made.path)
     assert list(written) == list(load_file(base / "model.safetensors"))  # the base's layout
@@ -90,7 +92,8 @@ def test_a_small_shard_size_writes_shards_transformers_loads(
         base: Path, adapters: dict[str, MadeAdapter], tmp_path: Path) -> None:
     out = tmp_path / "merged"
     report = merge_peft(base, adapters["loha"].path, out, max_shard_bytes=50_000)
-    assert len(report.files) > 2 and "model.safetensors.index.json" in report.files
+    assert len(report.files) > 2
+    assert "model.safetensors.index.json" in report.files
     torch.testing.assert_close(_logits(out), adapters["loha"].logits, rtol=0, atol=1e-5)
 
 
@@ -130,7 +133,7 @@ def test_a_pickled_adapter_is_refused(base: Path, adapters: dict[str, MadeAdapte
     weights.unlink()
     _no_loading(monkeypatch)
     out = tmp_path / "merged"
-    with pytest.raises(PickleRefused, match="adapter_model.bin"):
+    with pytest.raises(PickleRefused, match=r"adapter_model\.bin"):
         merge_peft(base, pickled, out)
     assert nothing_written(out)
 
