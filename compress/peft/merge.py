@@ -158,6 +158,7 @@ def _float_dtype(manifest: Manifest) -> torch.dtype:
 def _merged_state(base: Path, adapter: Path, record: PeftRecord, dtype: torch.dtype,
                   device: torch.device) -> dict[str, torch.Tensor]:
     import transformers
+    from transformers.utils import logging as hf_logging
 
     try:
         from peft import PeftModel
@@ -167,18 +168,38 @@ def _merged_state(base: Path, adapter: Path, record: PeftRecord, dtype: torch.dt
 
     task = record.peft.get("task_type")
     auto = getattr(transformers, _AUTO_CLASSES.get(str(task), "AutoModelForCausalLM"))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the CLI's report is the table, not their bars
+    try:
+        return _load_and_merge(auto, base, adapter, record, dtype, device, PeftModel)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_and_merge(auto: Any, base: Path, adapter: Path, record: PeftRecord,
+                    dtype: torch.dtype, device: torch.device, peft_model_class: Any
+                    ) -> dict[str, torch.Tensor]:
     with warnings.catch_warnings():
         # peft and transformers warn about choices the adapter made (saved embeddings,
         # projections from a PRNG key); the merge is exact either way.
         warnings.simplefilter("ignore")
-        model = auto.from_pretrained(base, dtype=dtype).to(device)
-        peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
+        model = auto.from_pretrained(base, **{_dtype_keyword(): dtype}).to(device)
+        peft_model = peft_model_class.from_pretrained(model, adapter, is_trainable=False)
         try:
             merged = peft_model.merge_and_unload()
         except (ValueError, NotImplementedError, AttributeError, TypeError) as exc:
             raise InvalidDelta(f"peft cannot merge this {record.peft['peft_type']} adapter: "
                                f"{exc}") from exc
     return {name: tensor.detach() for name, tensor in merged.state_dict().items()}
+
+
+def _dtype_keyword() -> str:
+    """`dtype` since transformers 4.56, `torch_dtype` before (the bounds allow 4.40)."""
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
 def _plan(manifest: Manifest, state: dict[str, torch.Tensor]) -> list[PlannedTensor]:
