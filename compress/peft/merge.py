@@ -169,12 +169,13 @@ def _merged_state(base: Path, adapter: Path, record: PeftRecord, dtype: torch.dt
     task = record.peft.get("task_type")
     auto = getattr(transformers, _AUTO_CLASSES.get(str(task), "AutoModelForCausalLM"))
     bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # the CLI's report is the table, not their bars
+    # The CLI reports with its table, not their bars.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         return _load_and_merge(auto, base, adapter, record, dtype, device, PeftModel)
     finally:
         if bars:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _load_and_merge(auto: Any, base: Path, adapter: Path, record: PeftRecord,
