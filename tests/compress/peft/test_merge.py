@@ -52,13 +52,15 @@ def _logits(model_dir: Path) -> torch.Tensor:
         return LlamaForCausalLM.from_pretrained(model_dir).eval()(input_ids=PROBE).logits
 
 
-def _peft_merged_state(base: Path, adapter: Path) -> dict[str, torch.Tensor]:
+def _peft_merged_state(base: Path, adapter: Path, dtype: torch.dtype = torch.float32
+                       ) -> dict[str, torch.Tensor]:
     from peft import PeftModel
     from transformers import LlamaForCausalLM
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base), adapter)
+        model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base, dtype=dtype),
+                                          adapter)
         return model.merge_and_unload().state_dict()
 
 
@@ -95,6 +97,23 @@ def test_a_small_shard_size_writes_shards_transformers_loads(
     assert len(report.files) > 2
     assert "model.safetensors.index.json" in report.files
     torch.testing.assert_close(_logits(out), adapters["loha"].logits, rtol=0, atol=1e-5)
+
+
+def test_a_bfloat16_base_with_tied_embeddings_keeps_its_dtype_and_layout(
+        tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = tmp_path / "tied"
+    config = LlamaConfig(**{**TINY_LLAMA, "tie_word_embeddings": True})
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(base)
+    made = make_peft_adapter(base, "lora", tmp_path / "lora")
+    out = tmp_path / "merged"
+    assert merge_peft(base, made.path, out).dtype == "BF16"
+    written = load_file(out / "model.safetensors")
+    assert list(written) == list(load_file(base / "model.safetensors"))  # no lm_head copy
+    expected = _peft_merged_state(base, made.path, torch.bfloat16)
+    for name, tensor in written.items():
+        assert torch.equal(tensor, expected[name]), name
 
 
 @pytest.mark.parametrize("label", PROMPT_LEARNING)
