@@ -6,8 +6,8 @@ modules_to_save (but `classifier`/`score`), DoRA, lora_bias, a bias other than "
 a base-changing init (PiSSA, OLoRA, CorDA, LoftQ), aLoRA, layer_replication, QALoRA or
 BD-LoRA, and with its largest rank at most `--max-lora-rank` (16 unless set). rsLoRA
 loads. PEFT/transformers loads every type peft saved; deltahub's own engine loads
-BitDelta deltas. `deltahub merge` merges BitDelta only; peft's `merge_and_unload`
-merges the other types that change weights (not prompt, p- or prefix tuning).
+BitDelta deltas. `deltahub merge` merges BitDelta deltas and every PEFT type that
+changes weights (with peft's `merge_and_unload`; not prompt, p- or prefix tuning).
 """
 
 from __future__ import annotations
@@ -75,9 +75,8 @@ def servability(kind: str, peft: dict[str, Any] | None) -> dict[str, Any]:
         otherwise = ("serve it with PEFT/transformers (PeftModel.from_pretrained); "
                      f"{peft_type} adds virtual tokens and cannot be merged into the weights")
     else:
-        otherwise = ("merge it into the base with peft's merge_and_unload() "
-                     "(PeftModel.from_pretrained(base, DIR).merge_and_unload()) and serve "
-                     "the merged model; `deltahub merge` merges BitDelta deltas only")
+        otherwise = ("`deltahub merge BASE ADAPTER -o DIR` merges it into the base "
+                     "(peft's merge_and_unload) as a full model, which any engine serves")
     return {"vllm": vllm, "peft": {"loads": True},
             "deltahub": {"loads": False, "why": ["deltahub's engine serves BitDelta deltas"]},
             "otherwise": otherwise}

@@ -50,8 +50,8 @@ COMMANDS: dict[str, Entry] = {
                       "(an admin token).", CLIENT),
     "bitdelta": Entry("bitdelta_commands", "Compress FINETUNE into a 1-bit BitDelta delta "
                       "over BASE.", CODECS, "compress"),
-    "merge": Entry("bitdelta_commands", "Rebuild the fine-tune from BASE and DELTA as a "
-                   "safetensors model transformers loads.", CODECS, "compress"),
+    "merge": Entry("merge_commands", "Rebuild the fine-tune from BASE and ADAPTER (BitDelta "
+                   "or PEFT) as a safetensors model.", CODECS, "compress"),
     "extract-lora": Entry("lora_commands", "Distill FINETUNE into a PEFT LoRA adapter over "
                           "BASE (randomized truncated SVD).", CODECS, "compress"),
     "verify": Entry("verify_commands", "Check every compressed layer of DELTA: kernel vs "

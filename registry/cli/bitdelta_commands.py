@@ -1,6 +1,7 @@
-"""`deltahub bitdelta` and `deltahub merge`: compress a fine-tune to a 1-bit delta and back.
+"""`deltahub bitdelta`: compress a fine-tune to a 1-bit delta (`deltahub merge`, in
+merge_commands.py, rebuilds it).
 
-Both run locally on files (no server), show a progress bar in bytes on stderr and end
+It runs locally on files (no server), shows a progress bar in bytes on stderr and ends
 with a summary table on stdout. Codec errors print their message and exit with status 1;
 the output directory is then never created.
 
@@ -26,7 +27,6 @@ from compress.bitdelta import (
     ScaleMode,
     compress_bitdelta,
     distill_bitdelta,
-    merge_bitdelta,
 )
 from compress.errors import CodecError, OutputExists
 from compress.targets import TargetSpec
@@ -110,33 +110,8 @@ def bitdelta(
     _print_distillation(distilled)
 
 
-def merge(
-    base: Annotated[Path, typer.Argument(help="the base the delta was made against")],
-    delta: Annotated[Path, typer.Argument(help="BitDelta delta directory")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="new model directory")],
-    device: Device = "cpu",
-    max_shard_gb: MaxShardGB = 5.0,
-) -> None:
-    """Rebuild the fine-tune from BASE and DELTA as a safetensors model transformers loads."""
-    try:
-        with byte_progress("merging") as progress:
-            report = merge_bitdelta(base, delta, output, device=device, progress=progress,
-                                    max_shard_bytes=_shard_bytes(max_shard_gb))
-    except CodecError as exc:
-        raise codec_failure(exc) from exc
-    print_table(f"Merged model: {output}", ["", "value"], [
-        ["weights rebuilt from bits", report.reconstructed],
-        ["tensors taken from the delta", report.replaced],
-        ["tensors taken from the base", report.copied],
-        ["size (GB)", report.bytes_out / GB],
-        ["files", ", ".join(report.files)],
-        ["seconds", report.seconds],
-    ], fold=True)
-
-
 def register(app: typer.Typer) -> None:
     app.command("bitdelta")(bitdelta)
-    app.command("merge")(merge)
 
 
 def _compress(base: Path, finetune: Path, output: Path, scale: ScaleMode, targets: TargetSpec,

@@ -95,7 +95,8 @@ def _saves_modules(adapter: dict[str, Any], served: Served) -> str | None:
 def _dora(adapter: dict[str, Any], served: Served) -> str | None:
     if (adapter.get("peft") or {}).get("use_dora"):
         return ("is a DoRA adapter (use_dora), which vLLM does not load; merge it into the "
-                "base with peft's merge_and_unload() and serve the merged model")
+                "base (`deltahub merge BASE ADAPTER -o DIR`, peft's merge_and_unload()) "
+                "and serve the merged model")
     return None
 
 
