@@ -308,7 +308,7 @@ def bench_database(kind: str, args: argparse.Namespace, workdir: Path
     if args.webhook_poll is not None:
         env["DELTAHUB_WEBHOOK_POLL_SECONDS"] = str(args.webhook_poll)
     latencies = Latencies()
-    pushes = int(args.rate * (args.seconds + 2 * (args.warmup + args.cpu_seconds)) + 50)
+    pushes = int(args.rate * (args.seconds + 3 * args.cpu_seconds)) + 50  # 3 cost runs
     with database(kind, args.postgres_url, workdir) as url, receiver(latencies) as hook:
         token = issue_admin_token(url, "bench-admin")
         ids = iter(tokens_to_revoke(url, pushes))
