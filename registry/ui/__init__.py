@@ -22,6 +22,7 @@ from registry.ui.model_pages import router as model_router
 from registry.ui.plots import PlotCache
 from registry.ui.render import STATIC_DIR, PageError, SignInRequired, error_page, redirect
 from registry.ui.sessions import SessionKeys
+from registry.ui.webhook_pages import router as webhook_router
 
 
 def install_ui(app: FastAPI) -> None:
@@ -30,7 +31,8 @@ def install_ui(app: FastAPI) -> None:
     app.state.plot_cache = PlotCache(renders=settings.MAX_PLOT_RENDERS,
                                      retry_after_seconds=settings.RETRY_AFTER_SECONDS)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
-    for router in (auth_router, model_router, adapter_router, job_router, dataset_router):
+    for router in (auth_router, model_router, adapter_router, job_router, dataset_router,
+                   webhook_router):
         app.include_router(router)
 
     @app.get("/", include_in_schema=False)

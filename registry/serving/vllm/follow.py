@@ -7,8 +7,13 @@ version into the cache and unloads the name through vLLM's runtime API. The next
 request for the name reaches the resolver again and loads the new version under its
 own versioned name (rules.served_name), with KV and prefix-cache entries of its own.
 
-`check` is per name, so an event feed can drive it (the name an event mentions) as
-well as the poll here (`run`: every name, every DELTAHUB_VLLM_REFRESH_SECONDS).
+`run` follows the registry's event feed (`GET /events?wait=`, long-polled): an alias set
+or removed, or a version deleted, checks the served names of that adapter within about
+a second. The feed asks by type only, not by name or base: the set of served names
+changes between polls, and a cursor moved by a filtered answer would skip the events of
+a name added meanwhile (or of an alias moved onto another base). Where the feed cannot
+be read (a registry without one, or none answering) it checks every name every
+DELTAHUB_VLLM_REFRESH_SECONDS instead, and follows the feed again once it answers.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from registry.serving.vllm.source import AdapterSource, Resolved
 _log = logging.getLogger(__name__)
 
 UNLOAD_TIMEOUT_SECONDS = 30.0
+FEED_TYPES = ["alias.set", "alias.removed", "adapter.deleted"]
+# Under the registry's cap on a long-poll (DELTAHUB_EVENTS_MAX_WAIT_SECONDS, 30 s).
+FEED_WAIT_SECONDS = 25.0
+_CURSOR_EXPIRED = 410
 
 # Unbinds a name in the engine; returns False when the engine does not know it.
 Unload = Callable[[str], bool]
@@ -32,10 +41,12 @@ Unload = Callable[[str], bool]
 
 class Follower:
     def __init__(self, source: AdapterSource, unload: Unload,
-                 log: logging.Logger = _log) -> None:
+                 log: logging.Logger = _log, feed_wait_seconds: float = FEED_WAIT_SECONDS
+                 ) -> None:
         self.source = source
         self.unload = unload
         self.log = log
+        self.feed_wait_seconds = feed_wait_seconds
         self._served: dict[str, Resolved] = {}
         self._lock = threading.Lock()
 
@@ -92,11 +103,69 @@ class Follower:
         self._forget(model, current)
 
     def run(self, every_seconds: float, stop: threading.Event) -> None:
-        while not stop.wait(every_seconds):
+        """Follow the feed until `stop`; every `every_seconds` while it cannot be read."""
+        cursor: int | None = None
+        feed_down = False
+        while not stop.is_set():
             try:
-                self.check_all()
+                if cursor is None:
+                    cursor = self._newest_cursor()
+                    if feed_down:
+                        self.log.info("deltahub: following the registry's event feed again")
+                    feed_down = False
+                    self.check_all()  # what moved while the feed was not followed
+                cursor = self.follow_once(cursor)
+            except ClientError as exc:
+                if exc.status == _CURSOR_EXPIRED:  # pruned past the cursor: start afresh
+                    cursor = None
+                    continue
+                cursor, feed_down = None, self._fell_back(exc, every_seconds, feed_down)
+                self._poll(every_seconds, stop)
+            except ServerUnreachable as exc:
+                cursor, feed_down = None, self._fell_back(exc, every_seconds, feed_down)
+                self._poll(every_seconds, stop)
             except Exception:  # the thread must outlive any one bad answer
-                self.log.exception("deltahub: checking served adapters failed")
+                self.log.exception("deltahub: following the registry failed")
+                cursor = None
+                self._poll(every_seconds, stop)
+
+    def follow_once(self, cursor: int) -> int:
+        """One long-poll of the feed after `cursor`: check the served names of every
+        adapter an event mentions; the cursor to pass next."""
+        page = self.source.client.events(cursor, types=FEED_TYPES,
+                                         wait_seconds=self.feed_wait_seconds)
+        mentioned = {item["data"]["name"] for item in page["items"]}
+        if mentioned:
+            with self._lock:
+                affected = [model for model, resolved in self._served.items()
+                            if resolved.adapter["name"] in mentioned]
+            for model in affected:
+                self.check(model)
+        return int(page["cursor"])
+
+    def _newest_cursor(self) -> int:
+        # Only what happens from now on matters: what is served was resolved just now.
+        cursor = 0
+        while True:
+            page = self.source.client.events(cursor, types=FEED_TYPES)
+            if not page["items"]:
+                return int(page["cursor"])
+            cursor = int(page["cursor"])
+
+    def _fell_back(self, exc: Exception, every_seconds: float, feed_down: bool) -> bool:
+        if not feed_down:
+            self.log.warning("deltahub: cannot follow the registry's event feed (%s); "
+                             "re-checking served adapters every %g s instead", exc,
+                             every_seconds)
+        return True
+
+    def _poll(self, every_seconds: float, stop: threading.Event) -> None:
+        if stop.wait(every_seconds):
+            return
+        try:
+            self.check_all()
+        except Exception:  # the thread must outlive any one bad answer
+            self.log.exception("deltahub: checking served adapters failed")
 
     def _forget(self, model: str, resolved: Resolved) -> None:
         # Only the version checked: a request may have resolved the name again meanwhile.

@@ -30,6 +30,7 @@ from tests.registry.serverproc import ServerProcess, serve
 from tests.registry.ui.conftest import BASE, DIRECT, FINETUNE, LORA, UiModels, push_adapter_dir
 from tests.registry.ui.helpers import INSTALL_HINT, browser_required, chromium
 from tests.registry.workerproc import WorkerPool, WorkerProcess, poll_until
+from tests.s3server import free_port
 
 try:
     from playwright.sync_api import expect
@@ -108,8 +109,9 @@ def _tokens(database_url: str) -> tuple[str, str]:
 @pytest.fixture
 def site(database_url: str, tmp_path: Path, ui_models: UiModels) -> Iterator[Site]:
     admin, reader = _tokens(database_url)
+    # Private webhook targets: the webhooks pages' log has a delivery to a closed port.
     settings = {"DELTAHUB_EMBEDDED_WORKERS": "0", "DELTAHUB_JOB_POLL_SECONDS": "0.2",
-                "PYTHONPATH": CHECKOUT}
+                "DELTAHUB_WEBHOOK_ALLOW_PRIVATE": "true", "PYTHONPATH": CHECKOUT}
     with serve(database_url, tmp_path / "server", settings) as server:
         pool = WorkerPool({"DELTAHUB_DATABASE_URL": database_url,
                            "DELTAHUB_STORAGE_URL": f"file://{tmp_path / 'server' / 'blobs'}",
@@ -283,6 +285,19 @@ def test_a_read_only_token_sees_no_actions(browser: Any, site: Site) -> None:
     context.close()
 
 
+def _failing_webhook(site: Site) -> int:
+    """A webhook with a long URL on a closed port, and its test delivery attempted."""
+    made = site.api.post("/webhooks", json={
+        "url": f"http://127.0.0.1:{free_port()}/hooks/a-rather-long-path-that-must-wrap",
+        "events": ["adapter.registered", "alias.set", "alias.removed", "job.failed"]})
+    assert made.status_code == 201, made.text
+    hook_id: int = made.json()["id"]
+    assert site.api.post(f"/webhooks/{hook_id}/test").status_code in (200, 201, 202)
+    poll_until(lambda: site.api.get(f"/webhooks/{hook_id}/deliveries").json()["items"][0][
+        "attempt"] >= 1, 30, "the test delivery to be attempted")
+    return hook_id
+
+
 WIDTHS = (1280, 390)  # a desktop, and a phone (iPhone 12–15 CSS pixels)
 FITS = """() => ({width: document.documentElement.scrollWidth, viewport: window.innerWidth})"""
 
@@ -311,8 +326,10 @@ def test_every_page_fits_a_desktop_and_a_phone(browser: Any, site: Site,
                                                artifacts: Path) -> None:
     job_id = site.gpu_job()
     adapter_id = site.api.get(f"/adapters/{LORA}").json()["id"]
+    hook_id = _failing_webhook(site)
     routes = ["/ui/models", f"/ui/models/{BASE}", f"/ui/models/{FINETUNE}",
               f"/ui/adapters/{adapter_id}", "/ui/datasets", "/ui/jobs", f"/ui/jobs/{job_id}",
+              "/ui/webhooks", f"/ui/webhooks/{hook_id}",
               "/ui/adapters/999999"]  # the last is the error page (404)
     context = browser.new_context(viewport={"width": WIDTHS[0], "height": 800})
     context.set_default_timeout(UI_TIMEOUT_MS)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from registry.client import NO_RETRY, DeltahubClient, Push, sha256_of
+from registry.client import NO_RETRY, ClientError, DeltahubClient, Push, sha256_of
 from registry.serving.vllm.cache import AdapterCache
 from registry.serving.vllm.follow import Follower
 from registry.serving.vllm.rules import Served
@@ -168,3 +170,85 @@ def test_an_unreachable_registry_keeps_what_is_served(
     assert unloads.names == []
     assert follower.names() == ["support-bot"]
     assert "serving support-bot@1 until the registry answers" in caplog.text
+
+
+class Following:
+    """`Follower.run` in a thread of its own, stopped at the end."""
+
+    def __init__(self, follower: Follower, every_seconds: float) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=follower.run, args=(every_seconds, self.stop),
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def _eventually(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class NoFeed(DeltahubClient):
+    """A registry from before the feed: `GET /events` is a 404."""
+
+    def events(self, after: int = 0, **_: Any) -> dict[str, Any]:
+        raise ClientError(404, "NotFound", "no route /events", method="GET", url="/events")
+
+
+def test_the_feed_unloads_a_moved_alias_without_waiting_for_the_interval(
+        client: DeltahubClient, tiny_models: TinyModels, second_lora: Path,
+        tmp_path: Path) -> None:
+    v1 = _push(client, tiny_models.lora, "support-bot")
+    client.set_alias(str(v1["id"]), "prod")
+    other = _push(client, second_lora, "other-bot")
+    source, unloads = _source(client, tmp_path), Unloads()
+    follower = Follower(source, unloads, feed_wait_seconds=2)
+    for model in ("support-bot:prod", "other-bot"):
+        resolved = source.resolve(model)
+        assert resolved is not None
+        follower.serving(model, resolved)
+    following = Following(follower, every_seconds=3600)  # only the feed can act in time
+    try:
+        v2 = _push(client, second_lora, "support-bot")
+        client.set_alias(str(v2["id"]), "prod")
+        assert _eventually(lambda: unloads.names == ["support-bot:prod"]), unloads.names
+        client.delete_adapter(other["id"])
+        assert _eventually(lambda: "other-bot" in unloads.names), unloads.names
+    finally:
+        following.close()
+    assert unloads.names == ["support-bot:prod", "other-bot"]
+    assert follower.names() == []
+
+
+def test_without_a_feed_it_falls_back_to_the_interval(
+        client: DeltahubClient, tiny_models: TinyModels, second_lora: Path,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    v1 = _push(client, tiny_models.lora, "support-bot")
+    client.set_alias(str(v1["id"]), "prod")
+    secret = client.http.headers["Authorization"].removeprefix("Bearer ")
+    old = NoFeed(str(client.http.base_url), secret, retry=NO_RETRY)
+    source, unloads = _source(old, tmp_path), Unloads()
+    follower = Follower(source, unloads, feed_wait_seconds=2)
+    resolved = source.resolve("support-bot:prod")
+    assert resolved is not None
+    follower.serving("support-bot:prod", resolved)
+    with caplog.at_level(logging.WARNING):
+        following = Following(follower, every_seconds=0.2)
+        try:
+            v2 = _push(client, second_lora, "support-bot")
+            client.set_alias(str(v2["id"]), "prod")
+            assert _eventually(lambda: unloads.names == ["support-bot:prod"]), unloads.names
+        finally:
+            following.close()
+        old.close()
+    warnings = [r.getMessage() for r in caplog.records
+                if "cannot follow the registry's event feed" in r.getMessage()]
+    assert len(warnings) == 1  # once per outage, not once per interval
+    assert "re-checking served adapters every 0.2 s instead" in warnings[0]
