@@ -17,6 +17,9 @@ transaction sends a NOTIFY, delivered at commit, that wakes long-polls (feed.py)
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -27,6 +30,23 @@ NOTIFY_CHANNEL = "deltahub_events"
 # The advisory lock that orders event commits (any fixed 64-bit key of our own).
 ORDER_LOCK_KEY = 0x64656C7461687562  # "deltahub"
 _PENDING = "deltahub.events.pending"
+_WROTE = "deltahub.events.wrote"
+# Called (in the committing thread) after a transaction that wrote events commits: this
+# process's webhook dispatchers wake at once instead of at their next poll.
+_on_commit: list[Callable[[], None]] = []
+_on_commit_lock = threading.Lock()
+
+
+def add_commit_listener(listener: Callable[[], None]) -> None:
+    """Call `listener` (quick, non-blocking) whenever events commit in this process."""
+    with _on_commit_lock:
+        _on_commit.append(listener)
+
+
+def remove_commit_listener(listener: Callable[[], None]) -> None:
+    with _on_commit_lock:
+        if listener in _on_commit:
+            _on_commit.remove(listener)
 
 
 def record_event(session: Session, type: EventType, data: Payload) -> None:
@@ -58,10 +78,20 @@ def _write_pending(session: Session) -> None:
         row.created_at = now
     session.add_all(pending)
     session.flush()
+    session.info[_WROTE] = True
     if postgres:  # the payload is the newest id, as text (NOTIFY carries strings)
         newest = pending[-1].id
         session.execute(text("SELECT pg_notify(:channel, :last)"),
                         {"channel": NOTIFY_CHANNEL, "last": f"{newest}"})
+
+
+@event.listens_for(Session, "after_commit")
+def _announce(session: Session) -> None:
+    if session.info.pop(_WROTE, False):
+        with _on_commit_lock:
+            listeners = list(_on_commit)
+        for listener in listeners:
+            listener()
 
 
 @event.listens_for(Session, "after_transaction_end")
@@ -69,3 +99,4 @@ def _drop_pending(session: Session, transaction: SessionTransaction) -> None:
     # The outermost transaction ended without committing them (a rollback): they go too.
     if transaction.parent is None:
         session.info.pop(_PENDING, None)
+        session.info.pop(_WROTE, None)
