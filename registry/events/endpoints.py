@@ -40,5 +40,6 @@ async def list_events(
     by retention: resynchronise, then follow from the cursor the error names."""
     query = service.feed_query(settings, after, types, base, name, limit, wait)
     feed: EventFeed = request.app.state.event_feed
-    return await feed.follow(lambda: db.read(lambda session: service.read_page(session, query)),
-                             lambda page: bool(page.items), wait, request.is_disconnected)
+    return await feed.follow(
+        lambda: db.read(lambda session: service.read_page_checked(session, query)),
+        lambda page: bool(page.items), wait, request.is_disconnected, query.matcher())

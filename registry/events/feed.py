@@ -1,10 +1,12 @@
 """Long-polling `GET /events?wait=`: answer as soon as a matching event commits.
 
 A waiting request holds no database connection and no thread: it reads once, and when
-nothing matched it awaits a wake-up on the event loop, then reads again. One watcher per
-server process (per event loop) wakes every waiter: on PostgreSQL one connection that
-LISTENs to the outbox's NOTIFY (registry/events/outbox.py), on SQLite a shared check of
-the newest id every EVENTS_POLL_SECONDS. The watcher starts with the first waiter and
+nothing matched it awaits a wake-up on the event loop. One watcher per server process
+(per event loop) reads each new event's key (id, type, base, name) once and wakes every
+waiter: on PostgreSQL when the outbox's NOTIFY (registry/events/outbox.py) arrives on its
+one LISTEN connection, on SQLite by a shared look every EVENTS_POLL_SECONDS. A waiter
+reads the database again only when a new key matches its query, so followers of events
+that do not come cost nothing per commit. The watcher starts with the first waiter and
 stops after a quiet minute. `close()` (server shutdown) answers every waiter at once.
 """
 
@@ -12,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import psycopg
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from registry.events.outbox import NOTIFY_CHANNEL
-from registry.events.repository import EventRepository
+from registry.events.repository import EventKey, EventRepository
 from registry.infra.database import Database
 from registry.infra.engines import is_sqlite
 
@@ -36,6 +41,9 @@ _FALLBACK_POLL_SECONDS = 1.0
 _RECONNECT_SECONDS = 1.0
 _IDLE_CHECK_SECONDS = 5.0
 _GONE_CHECK_SECONDS = 1.0
+# New events' keys kept for waiters to match against; past this, waiters read again.
+_KEY_LOG = 4096
+_KEY_BATCH = 1000
 
 
 class _LoopWatch:
@@ -49,6 +57,11 @@ class _LoopWatch:
         self.closed = False
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Every event with logged_from < id <= seen_through has its key in `keys`
+        # (None: not tracking, e.g. the LISTEN connection is down).
+        self.keys: deque[EventKey] = deque(maxlen=_KEY_LOG)
+        self.logged_from: int | None = None
+        self.seen_through = 0
 
     def bump(self) -> None:
         self.generation += 1
@@ -84,6 +97,35 @@ class _LoopWatch:
             return True
         return fallback
 
+    def nothing_for(self, checked: int, matches: Callable[[EventKey], bool]) -> int | None:
+        """For a waiter whose read took events up to `checked` into account: the id it
+        may move `checked` to when no new event matches, else None (read again)."""
+        if self.logged_from is None or self.logged_from > checked:
+            return None
+        if any(key.id > checked and matches(key) for key in self.keys):
+            return None
+        return max(checked, self.seen_through)
+
+    async def _start_log(self) -> None:
+        last = await self.feed.database.read(lambda s: EventRepository(s).last_id())
+        self.keys.clear()
+        self.logged_from = self.seen_through = last
+
+    async def _catch_up(self) -> bool:
+        """Read the keys of events committed since the last look; whether there were any."""
+        added = False
+        while True:
+            keys = await self.feed.database.read(
+                functools.partial(_keys_after, after=self.seen_through))
+            for key in keys:
+                if len(self.keys) == self.keys.maxlen:
+                    self.logged_from = self.keys[0].id  # the oldest falls out
+                self.keys.append(key)
+                self.seen_through = key.id
+            added = added or bool(keys)
+            if len(keys) < _KEY_BATCH:
+                return added
+
     async def _watch(self) -> None:
         try:
             await (self._poll() if self.feed.sqlite else self._listen())
@@ -91,20 +133,17 @@ class _LoopWatch:
             raise
         except Exception:  # a watcher must never take waiters down with it
             log.exception("event watcher failed; long-polls fall back to reading again")
+            self.logged_from = None
             self.bump()
 
     async def _poll(self) -> None:
-        last = await self.feed.database.read(lambda s: EventRepository(s).last_id())
-        self.bump()  # an event may have committed between a waiter's read and `last`
+        await self._start_log()
+        self.bump()  # an event may have committed between a waiter's read and the log's start
         idle = 0.0
         while idle < _IDLE_STOP_SECONDS:
             await asyncio.sleep(self.feed.poll_s)
             idle = 0.0 if self.waiting else idle + self.feed.poll_s
-            if not self.waiting:
-                continue
-            newest = await self.feed.database.read(lambda s: EventRepository(s).last_id())
-            if newest != last:
-                last = newest
+            if self.waiting and await self._catch_up():
                 self.bump()
 
     async def _listen(self) -> None:
@@ -116,6 +155,7 @@ class _LoopWatch:
                 log.warning("event LISTEN connection failed (%s); retrying", exc)
             finally:
                 self.listening = False
+                self.logged_from = None  # events may commit unseen until LISTEN is back
             self.bump()  # waiters read again rather than trust a lost wake-up
             await asyncio.sleep(_RECONNECT_SECONDS)
 
@@ -125,14 +165,20 @@ class _LoopWatch:
                                                      connect_timeout=5)
         async with conn:
             await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            await self._start_log()  # after the LISTEN: no commit falls between the two
             self.listening = True
             self.bump()  # an event may have committed before the LISTEN took hold
             idle = 0.0
             while idle < _IDLE_STOP_SECONDS:
                 async for _ in conn.notifies(timeout=_IDLE_CHECK_SECONDS):
-                    self.bump()  # at once: each waiter reads again and answers
+                    if await self._catch_up():
+                        self.bump()  # at once: each waiter whose query matches answers
                 idle = 0.0 if self.waiting else idle + _IDLE_CHECK_SECONDS
         return True
+
+
+def _keys_after(session: Session, after: int) -> list[EventKey]:
+    return EventRepository(session).keys_after(after, _KEY_BATCH)
 
 
 class EventFeed:
@@ -155,12 +201,16 @@ class EventFeed:
         with self._lock:
             return sum(w.waiting for w in self._watches.values())
 
-    async def follow(self, read: Callable[[], Awaitable[T]], found: Callable[[T], bool],
-                     wait_s: float, gone: Callable[[], Awaitable[bool]] | None = None) -> T:
+    async def follow(self, read: Callable[[], Awaitable[tuple[T, int]]],
+                     found: Callable[[T], bool], wait_s: float,
+                     gone: Callable[[], Awaitable[bool]] | None = None,
+                     matches: Callable[[EventKey], bool] | None = None) -> T:
         """`read()` until `found` says it found something, for up to `wait_s`; its last
-        answer. The generation is taken before each read, so an event committed between
-        the read and the wait still wakes this one. `gone()` says whether the client
-        went away (checked every second or so: it then stops waiting).
+        answer. `read` also gives the newest event id it took into account; after a
+        wake-up, a waiter with `matches` reads again only if a newer event matches (None:
+        on every wake-up). The generation is taken before each read, so an event
+        committed between the read and the wait still wakes this one. `gone()` says
+        whether the client went away (checked every second or so: it then stops waiting).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
@@ -168,7 +218,7 @@ class EventFeed:
         with watch.joined():
             while True:
                 generation = watch.generation
-                page = await read()
+                page, checked = await read()
                 if found(page) or watch.closed:
                     return page
                 while True:
@@ -177,7 +227,14 @@ class EventFeed:
                         return page
                     if await watch.changed_since(generation,
                                                  min(remaining, _GONE_CHECK_SECONDS)):
-                        break
+                        # No await from here to the check: the log is as of `now`.
+                        now = watch.generation
+                        moved = (watch.nothing_for(checked, matches)
+                                 if matches is not None and not watch.closed else None)
+                        if moved is None:
+                            break
+                        checked, generation = moved, now
+                        continue
                     if gone is not None and await gone():
                         return page
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
@@ -11,6 +12,16 @@ from sqlalchemy.orm import Session
 from registry.tables import Event, EventHorizon
 
 _HORIZON_ROW = 1
+
+
+@dataclass(frozen=True)
+class EventKey:
+    """An event's id and the columns the feed filters on."""
+
+    id: int
+    type: str
+    base: str | None
+    name: str | None
 
 
 class EventRepository:
@@ -28,6 +39,13 @@ class EventRepository:
         if name is not None:
             query = query.where(Event.name == name)
         return list(self.session.scalars(query.order_by(Event.id).limit(limit)))
+
+    def keys_after(self, after_id: int, limit: int) -> list[EventKey]:
+        """What the feed filters on, for up to `limit` events after `after_id`, in order."""
+        rows = self.session.execute(
+            select(Event.id, Event.type, Event.base, Event.name)
+            .where(Event.id > after_id).order_by(Event.id).limit(limit))
+        return [EventKey(*row) for row in rows]
 
     def last_id(self) -> int:
         return int(self.session.scalar(select(func.max(Event.id))) or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -9,7 +10,7 @@ from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
 from registry.errors import CursorExpired, InvalidRequest
-from registry.events.repository import EventRepository
+from registry.events.repository import EventKey, EventRepository
 from registry.events.schemas import EventOut, EventsPage, EventType
 from registry.infra.pagination import check_limit
 from registry.models.repository import ModelRepository
@@ -27,6 +28,16 @@ class FeedQuery:
     base: str | None
     name: str | None
     limit: int
+
+    def matcher(self) -> Callable[[EventKey], bool] | None:
+        """Whether an event is one this query asks for, from its key alone; None when
+        that needs the database (a base given by id: events name their base)."""
+        if self.base is not None and is_id(self.base):
+            return None
+        types, base, name = frozenset(self.types), self.base, self.name
+        return lambda key: ((not types or key.type in types)
+                            and (base is None or key.base == base)
+                            and (name is None or key.name == name))
 
 
 def feed_query(settings: Settings, after: int, types: str | None, base: str | None,
@@ -74,6 +85,14 @@ def read_page(session: Session, query: FeedQuery) -> EventsPage:
                       limit=query.limit)
     return EventsPage(items=[event_out(row) for row in rows],
                       cursor=rows[-1].id if rows else query.after)
+
+
+def read_page_checked(session: Session, query: FeedQuery) -> tuple[EventsPage, int]:
+    """`read_page`, and the newest event id it took into account: every event up to it
+    was visible to the page's read (ids commit in order), so a long-poll that found
+    nothing need only look at events after it."""
+    newest = EventRepository(session).last_id()  # first: the page's read sees all up to it
+    return read_page(session, query), newest
 
 
 def event_out(row: Event) -> EventOut:

@@ -74,7 +74,7 @@ _PARAMETER_RULES = {"model": MODEL_REF_RULE, "base": MODEL_REF_RULE, "ref": ADAP
                     "alias": NAME_RULE, "name": NAME_RULE, "filename": FILENAME_RULE}
 # ModelCreate.base goes through check_name (no ids); AdapterCreate's models may be ids.
 _BODY_FIELD_RULES: dict[str, dict[str, str]] = {
-    ModelCreate.__name__: {"name": NAME_RULE, "base": NAME_RULE},
+    ModelCreate.__name__: {"name": NAME_RULE, "base": NAME_RULE, "quantized_from": NAME_RULE},
     AdapterCreate.__name__: {"name": NAME_RULE, "base": MODEL_REF_RULE,
                              "source": MODEL_REF_RULE},
     TokenCreate.__name__: {"name": NAME_RULE},

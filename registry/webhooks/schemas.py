@@ -6,6 +6,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry.events.schemas import EventType
 from registry.infra.schemas import UTCDateTime
+from registry.names import NAME_PATTERN
+
+# What the document can say of a target; where it resolves to (a private address is
+# refused) only DNS can (registry/webhooks/target.py).
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+([/?#]\S*)?$"
+# Stated in the document (json_schema_extra) but checked by the service, whose refusals
+# say what to do rather than quote a regular expression.
+_NAME = f"^{NAME_PATTERN}$"
 
 TEST_EVENT = "webhook.test"
 
@@ -13,18 +21,19 @@ TEST_EVENT = "webhook.test"
 class WebhookFilters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base: str | None = Field(default=None, max_length=128,
+    base: str | None = Field(default=None, max_length=128, json_schema_extra={"pattern": _NAME},
                              description="only events about this base model's objects")
-    name: str | None = Field(default=None, max_length=128,
+    name: str | None = Field(default=None, max_length=128, json_schema_extra={"pattern": _NAME},
                              description="only events about this name")
-    alias: str | None = Field(default=None, max_length=128,
+    alias: str | None = Field(default=None, max_length=128, json_schema_extra={"pattern": _NAME},
                               description="only alias.set / alias.removed of this alias")
 
 
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(max_length=2048, description="http:// or https:// URL to POST to")
+    url: str = Field(max_length=2048, json_schema_extra={"pattern": URL_PATTERN},
+                     description="http:// or https:// URL to POST to")
     events: list[EventType] = Field(default_factory=list, max_length=64, description=(
         "event types to deliver; empty (the default): all of them"))
     filters: WebhookFilters = Field(default_factory=WebhookFilters)
@@ -34,7 +43,8 @@ class WebhookIn(BaseModel):
 class WebhookPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(default=None, max_length=2048)
+    url: str | None = Field(default=None, max_length=2048,
+                            json_schema_extra={"pattern": URL_PATTERN})
     events: list[EventType] | None = Field(default=None, max_length=64)
     filters: WebhookFilters | None = None
     enabled: bool | None = Field(default=None, description=(

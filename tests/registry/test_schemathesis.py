@@ -85,6 +85,10 @@ STATE_OR_CONTENT_DECIDES = {
     # a base model (not a fine-tune), options of the other method (the method is a query
     # parameter, so no body schema can tie them), targets no linear weight of the model has
     "POST /models/{model}/compress": ["422"],
+    # a target whose host resolves to a loopback, private or metadata address (DNS
+    # decides; the suite's resolver answers only for address literals and localhost)
+    "POST /webhooks": ["422"],
+    "PATCH /webhooks/{webhook_id}": ["422"],
 }
 _ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
 

@@ -223,3 +223,45 @@ def test_a_lost_listen_connection_still_wakes_waiters(app: FastAPI, live_server:
     thread.join(timeout=wait + 10)
     assert time.monotonic() - started < wait  # answered, not timed out
     assert [e["data"]["name"] for e in answers[0].json()["items"]] == ["after-the-loss0"]
+
+
+def test_events_a_waiter_does_not_ask_for_do_not_make_it_read_again(
+        app: FastAPI, live_server: LiveServer, tokens: Tokens,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watcher reads each new event's key once; a follower of other events is woken
+    but matches nothing, so the database is not read again for it (issue 24's CPU aim:
+    100 idle followers cost a read each per commit before)."""
+    from registry.events import service
+
+    reads: list[int] = []
+    read_page = service.read_page
+
+    def counted(session: Any, query: Any) -> Any:
+        reads.append(query.after)
+        return read_page(session, query)
+
+    monkeypatch.setattr(service, "read_page", counted)
+    answers: list[Any] = []
+    thread = _long_poll(live_server.url, tokens.read,
+                        "types=alias.set&name=wanted&wait=20", answers)
+    deadline = time.monotonic() + 20
+    while app.state.event_feed.waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # the watcher has started its log
+    first = len(reads)
+    _revoke_tokens(app, 10, prefix="other")  # ten commits, none a match
+    time.sleep(1.0)  # SQLite's watcher looks every EVENTS_POLL_SECONDS
+    assert thread.is_alive()
+    assert len(reads) == first  # woken ten times, read nothing
+    with app.state.database.writing() as session:
+        record_event(session, EventType.ALIAS_SET, _alias("wanted"))
+    thread.join(timeout=20)
+    assert [e["data"]["name"] for e in answers[0].json()["items"]] == ["wanted"]
+    assert len(reads) == first + 1
+
+
+def _alias(name: str) -> Any:
+    from registry.events.schemas import AliasData
+
+    return AliasData(name=name, alias="prod", base="b", adapter_id=1, version=1,
+                     previous_version=None, path=f"/adapters/{name}:prod")
