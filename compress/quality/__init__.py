@@ -36,9 +36,11 @@ from compress.quality.evaluation import (
 )
 from compress.quality.report import (
     MIN_GAIN_NATS,
+    Change,
     DatasetQuality,
     QualityReport,
     Score,
+    finetune_change,
     gain_kept,
 )
 from compress.quality.variants import Variant, VariantKind, open_variant, variant_kind
@@ -53,6 +55,7 @@ __all__ = [
     "MIN_GAIN_NATS",
     "TEXT_FIELD",
     "TOKENIZER_FILE",
+    "Change",
     "DataKind",
     "DatasetQuality",
     "EvalData",
@@ -70,6 +73,7 @@ __all__ = [
     "check_data_file",
     "data_kind",
     "evaluate_quality",
+    "finetune_change",
     "gain_kept",
     "load_eval_data",
     "mean_loss",

@@ -23,6 +23,8 @@ JSONObject = dict[str, object]
 DETAIL_KEYS = frozenset({"tensors", "files", "modules", "saved", "left_out",
                          "unchanged_targets", "omitted"})
 JOB_SOURCE = "deltahub job"
+# compress.quality.report.MIN_GAIN_NATS, restated: this module is read where torch is not.
+MIN_CHANGE_NATS = 1e-3
 
 
 def finite(value: object) -> float | None:
@@ -64,6 +66,17 @@ class Score:
         return cls(finite(found.get("loss")), finite(found.get("perplexity")))
 
 
+def change_of(base: Score, finetune: Score) -> str | None:
+    """"improved", "regressed" or "unchanged": what the fine-tune did to the base's loss
+    (a report before this was stated says it through its losses); None when unknown."""
+    if base.loss is None or finetune.loss is None:
+        return None
+    delta = finetune.loss - base.loss
+    if abs(delta) < MIN_CHANGE_NATS:
+        return "unchanged"
+    return "improved" if delta < 0 else "regressed"
+
+
 @dataclass(frozen=True)
 class EvaluatedSet:
     name: str
@@ -71,7 +84,23 @@ class EvaluatedSet:
     base: Score
     finetune: Score
     compressed: Score
-    gain_kept: float | None
+    gain_kept: float | None  # the share of the fine-tune's change kept, either direction
+
+    @property
+    def change(self) -> str | None:
+        return change_of(self.base, self.finetune)
+
+    @property
+    def loss_change(self) -> float | None:
+        """The fine-tune's loss minus the base's (nats per token; negative: improved)."""
+        if self.base.loss is None or self.finetune.loss is None:
+            return None
+        return self.finetune.loss - self.base.loss
+
+    @property
+    def gain_kept_shown(self) -> float | None:
+        """Gain kept, None where the fine-tune changed nothing (a ratio of noise)."""
+        return None if self.change == "unchanged" else self.gain_kept
 
 
 @dataclass(frozen=True)
@@ -204,11 +233,12 @@ class Quality:
     def parse(cls, document: Mapping[str, object]) -> Quality:
         doc = dict(document)
         checked = "kernel_failures" in _object(doc.get("summary"))
+        evaluation = Evaluation.parse(doc.get("evaluation"))
         return cls(
-            doc, _text(doc.get("source")), finite(doc.get("gain_kept")),
+            doc, _text(doc.get("source")), _headline(finite(doc.get("gain_kept")), evaluation),
             _text(doc.get("gain_kept_on")), finite(doc.get("output_rel_error_max")),
             finite(doc.get("weight_rel_error_max")),
-            _text(doc.get("verified_with")), Evaluation.parse(doc.get("evaluation")),
+            _text(doc.get("verified_with")), evaluation,
             Distillation.parse(doc.get("distillation"), doc),
             _layers(_objects(_object(doc.get("verify")).get("layers"))),
             _layers(_objects(doc.get("layers"))) if checked else None,
@@ -231,8 +261,21 @@ class Quality:
 
     def summary(self, max_string_chars: int) -> Quality:
         """The top-level figures only, strings past `max_string_chars` left out."""
-        return Quality.parse({k: v for k, v in self.figures()
-                              if not isinstance(v, str) or len(v) <= max_string_chars})
+        kept = {k: v for k, v in self.figures()
+                if not isinstance(v, str) or len(v) <= max_string_chars}
+        if "gain_kept" in kept:  # as ranked: the evaluation, left out here, may void it
+            kept["gain_kept"] = self.gain_kept
+        return Quality.parse(kept)
+
+
+def _headline(gain: float | None, evaluation: Evaluation | None) -> float | None:
+    """The headline gain kept, which listings rank by: only where the first data set shows
+    the fine-tune improving (elsewhere a higher figure is a worse loss, or noise). A
+    report stored before that rule may state one for a regressing set: it is dropped."""
+    first = evaluation.datasets[0] if evaluation and evaluation.datasets else None
+    if first is not None and first.change in ("regressed", "unchanged"):
+        return None
+    return gain
 
 
 def from_job(job: int, method: str, codec: Mapping[str, object],
@@ -245,7 +288,9 @@ def from_job(job: int, method: str, codec: Mapping[str, object],
     evaluation data set as registered (the evaluation itself names its files)."""
     headline: JSONObject = {"source": JOB_SOURCE, "job": job, "method": method}
     if evaluated is not None:
-        headline["gain_kept"] = evaluated["gain_kept"]  # on the first data set
+        # On the first data set, where the fine-tune improved it (`_headline`).
+        headline["gain_kept"] = _headline(finite(evaluated.get("gain_kept")),
+                                          Evaluation.parse(evaluated))
         headline["gain_kept_on"] = evaluated_on  # the registry's name of that data set
     if distilled is not None:
         headline.update(distilled=True, distill_loss_initial=distilled.get("initial_loss"),

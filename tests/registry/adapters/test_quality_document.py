@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
+from compress.quality.report import MIN_GAIN_NATS
 from registry.adapters.quality import (
     DETAIL_KEYS,
     JOB_SOURCE,
+    MIN_CHANGE_NATS,
+    Evaluation,
     Quality,
     finite,
     from_job,
@@ -135,3 +138,42 @@ def test_the_row_stores_the_document_and_its_gain_kept(quality: dict[str, Any] |
 def test_a_listing_summary_keeps_only_top_level_figures() -> None:
     quality = Quality.parse({"a": 1, "b": "x" * 300, "c": {"d": 1}, "e": None, "f": "ok"})
     assert quality.summary(200).document == {"a": 1, "e": None, "f": "ok"}
+
+
+def _regressing_first() -> dict[str, Any]:
+    """An evaluation whose first set is off the fine-tune's domain: it got worse there."""
+    return {"gain_kept": 0.985, "datasets": [
+        {"name": "english", "base": {"loss": 1.283}, "finetune": {"loss": 1.503},
+         "compressed": {"loss": 1.4997}, "gain_kept": 0.985},
+        {"name": "python", "base": {"loss": 2.0}, "finetune": {"loss": 1.5},
+         "compressed": {"loss": 1.6}, "gain_kept": 0.8}]}
+
+
+def test_a_regressing_headline_set_gives_no_rankable_gain_kept() -> None:
+    """Where the fine-tune regressed, a higher gain kept is a worse loss: listings, which
+    rank by the headline (and the adapters.gain_kept column), must not see it."""
+    quality = from_job(3, "bitdelta", {}, {}, None, None, _regressing_first(), "english")
+    assert quality.document["gain_kept"] is None
+    assert quality.gain_kept is None
+    adapter = Adapter()
+    adapter.set_quality(quality)
+    assert adapter.gain_kept is None
+    # A report stored before the rule still states it: read back, it is dropped too.
+    stored = Quality.parse({"gain_kept": 0.985, "evaluation": _regressing_first()})
+    assert stored.gain_kept is None
+    assert stored.summary(100).gain_kept is None
+    assert stored.evaluation is not None
+    english, python = stored.evaluation.datasets
+    assert (english.change, python.change) == ("regressed", "improved")
+    assert english.loss_change == pytest.approx(0.22)
+    assert english.gain_kept_shown == 0.985  # shown, beside its direction
+
+
+def test_a_set_the_fine_tune_did_not_change_shows_no_gain_kept() -> None:
+    evaluated = {"datasets": [{"name": "flat", "base": {"loss": 2.0},
+                               "finetune": {"loss": 2.0004}, "compressed": {"loss": 1.0},
+                               "gain_kept": -2500.0}]}
+    [flat] = Evaluation.parse(evaluated).datasets  # type: ignore[union-attr]
+    assert flat.change == "unchanged"
+    assert flat.gain_kept_shown is None
+    assert MIN_CHANGE_NATS == MIN_GAIN_NATS  # restated where torch is not imported
