@@ -13,8 +13,9 @@ from registry.cli.console import print_table, stdout
 # Loss in nats per token (the note says so); the fine-tune's direction is one word, its
 # size is the base and fine-tune rows' difference: the table fits 80 columns.
 _COLUMNS = ["data", "model", "loss", "perplexity", "fine-tune", "gain kept"]
-_NOTE = ("loss: nats per token. gain kept: the share of the fine-tune's change in loss kept (1 as the fine-tune, "
-         "0 as the base); where the fine-tune regressed, higher keeps more of the regression. "
+_NOTE = ("loss: nats per token. gain kept: the share of the fine-tune's change in loss "
+         "kept (1 as the fine-tune, 0 as the base); where the fine-tune regressed, higher "
+         "keeps more of the regression. "
          "docs/architecture.md, \"Gain kept\".")
 
 
