@@ -29,6 +29,7 @@ from compress.quality.errors import (
 from compress.quality.evaluation import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_BATCHES,
+    DEFAULT_MAX_TOKENS,
     DEFAULT_SEQ_LEN,
     DTYPES,
     evaluate_quality,
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_MAX_BATCHES",
     "DEFAULT_MAX_DATA_BYTES",
+    "DEFAULT_MAX_TOKENS",
     "DEFAULT_SEQ_LEN",
     "DTYPES",
     "INPUT_IDS",

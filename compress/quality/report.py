@@ -69,6 +69,7 @@ class DatasetQuality:
     base: Score
     finetune: Score
     compressed: Score
+    truncated: bool = False  # a bound (the token budget, max_batches) cut the set short
 
     @property
     def gain_kept(self) -> float | None:
@@ -98,7 +99,7 @@ class DatasetQuality:
                 "gain_kept": self.gain_kept,
                 "finetune_change": None if self.change is None else self.change.value,
                 "finetune_loss_change": _finite(delta),
-                "gain_kept_note": self.gain_kept_note()}
+                "gain_kept_note": self.gain_kept_note(), "truncated": self.truncated}
 
 
 @dataclass
@@ -114,6 +115,7 @@ class QualityReport:
     datasets: list[DatasetQuality] = field(default_factory=list)
     resident_bytes: int = 0  # the largest model held (one at a time), parameters and buffers
     seconds: float = 0.0
+    max_tokens: int | None = None  # the token budget per data set (None: none)
 
     @property
     def gain_kept(self) -> float | None:
@@ -127,7 +129,8 @@ class QualityReport:
             "gain_kept": self.gain_kept,
             "base": self.base, "finetune": self.finetune, "compressed": self.compressed,
             "compressed_kind": self.compressed_kind, "batch_size": self.batch_size,
-            "max_batches": self.max_batches, "dtype": self.dtype, "device": self.device,
+            "max_batches": self.max_batches, "max_tokens": self.max_tokens,
+            "dtype": self.dtype, "device": self.device,
             "datasets": [d.to_dict() for d in self.datasets],
             "resident_bytes": self.resident_bytes, "seconds": self.seconds,
         }

@@ -23,6 +23,14 @@ JSONObject = dict[str, object]
 DETAIL_KEYS = frozenset({"tensors", "files", "modules", "saved", "left_out",
                          "unchanged_targets", "omitted"})
 JOB_SOURCE = "deltahub job"
+# The relative errors a quality states, each under one name for every codec (a figure
+# under a name means that quantity, whoever measured it).
+ERROR_QUANTITIES = {
+    "output_rel_error": "‖y − y_ft‖ / ‖y_ft‖: a layer's outputs on probe inputs (verification)",
+    "delta_rel_error": "‖ΔW − ΔŴ‖ / ‖ΔW‖: the error relative to the fine-tune's change",
+    "weight_rel_error": "‖W_ft − Ŵ_ft‖ / ‖W_ft‖: the error relative to the fine-tuned weights",
+}
+LORA_FACTORS_AS_STORED = "factor errors measured as stored"
 # compress.quality.report.MIN_GAIN_NATS, restated: this module is read where torch is not.
 MIN_CHANGE_NATS = 1e-3
 
@@ -40,6 +48,10 @@ def finite(value: object) -> float | None:
 
 def integer(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _flag(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 def _text(value: object) -> str | None:
@@ -85,6 +97,8 @@ class EvaluatedSet:
     finetune: Score
     compressed: Score
     gain_kept: float | None  # the share of the fine-tune's change kept, either direction
+    rows: int | None = None  # rows scored
+    truncated: bool | None = None  # a bound cut the set short (None: not stated)
 
     @property
     def change(self) -> str | None:
@@ -109,6 +123,9 @@ class Evaluation:
 
     compressed_kind: str | None
     datasets: tuple[EvaluatedSet, ...]  # the first is the headline
+    max_tokens: int | None = None  # the token budget per data set, when one was stated
+    max_batches: int | None = None
+    batch_size: int | None = None
 
     @classmethod
     def parse(cls, value: object) -> Evaluation | None:
@@ -118,8 +135,20 @@ class Evaluation:
         return cls(_text(value.get("compressed_kind")), tuple(
             EvaluatedSet(str(r.get("name", "")), integer(r.get("tokens")),
                          Score.parse(r.get("base")), Score.parse(r.get("finetune")),
-                         Score.parse(r.get("compressed")), finite(r.get("gain_kept")))
-            for r in rows))
+                         Score.parse(r.get("compressed")), finite(r.get("gain_kept")),
+                         integer(r.get("rows")), _flag(r.get("truncated")))
+            for r in rows), integer(value.get("max_tokens")), integer(value.get("max_batches")),
+            integer(value.get("batch_size")))
+
+    def bound(self) -> str:
+        """What each data set was cut to, in words."""
+        if self.max_tokens is not None:
+            return (f"each data set scored whole, up to a budget of {self.max_tokens:,} "
+                    "predicted tokens")
+        if self.max_batches is not None and self.batch_size is not None:
+            return (f"each data set's first {self.max_batches * self.batch_size:,} rows at "
+                    f"most ({self.max_batches} batches of {self.batch_size})")
+        return "each data set scored whole"
 
 
 @dataclass(frozen=True)
@@ -175,19 +204,21 @@ class LayerError:
 
 @dataclass(frozen=True)
 class ModuleFigures:
-    """A LoRA module: its weight error, rank kept and leading singular values."""
+    """A LoRA module: its errors, rank kept and leading singular values."""
 
     module: str
-    error: float | None
+    error: float | None  # delta_rel_error (the report's `error`)
     rank: int | None
     singular_values: tuple[float | None, ...]
+    weight_error: float | None = None  # weight_rel_error; None in reports before it
 
 
 @dataclass(frozen=True)
 class TensorFigures:
     name: str
     kind: str | None  # "bitdelta" for a compressed one
-    weight_error: float | None
+    weight_error: float | None  # weight_rel_error
+    delta_error: float | None = None  # delta_rel_error
 
 
 def _layers(rows: list[JSONObject] | None) -> tuple[LayerError, ...] | None:
@@ -199,15 +230,18 @@ def _modules(rows: list[JSONObject] | None) -> tuple[ModuleFigures, ...] | None:
     if rows is None:
         return None
     return tuple(ModuleFigures(
-        str(r.get("module")), finite(r.get("error")), integer(r.get("rank")),
+        str(r.get("module")), finite(r.get("delta_rel_error", r.get("error"))),
+        integer(r.get("rank")),
         tuple(finite(v) for v in values) if isinstance(values := r.get("singular_values"),
-                                                      list) else ())
+                                                      list) else (),
+        finite(r.get("weight_rel_error")))
         for r in rows)
 
 
 def _tensors(rows: list[JSONObject] | None) -> tuple[TensorFigures, ...] | None:
     return None if rows is None else tuple(
-        TensorFigures(str(r.get("name")), _text(r.get("kind")), finite(r.get("weight_rel_error")))
+        TensorFigures(str(r.get("name")), _text(r.get("kind")), finite(r.get("weight_rel_error")),
+                      finite(r.get("delta_rel_error")))
         for r in rows)
 
 
@@ -220,7 +254,7 @@ class Quality:
     gain_kept: float | None  # on the first evaluation data set
     gain_kept_on: str | None  # that data set's name
     output_rel_error_max: float | None  # verification's worst layer (BitDelta)
-    weight_rel_error_max: float | None  # the worst factor error as stored (LoRA)
+    weight_rel_error_max: float | None  # the worst ‖W_ft − Ŵ_ft‖/‖W_ft‖ stated (LoRA)
     verified_with: str | None
     evaluation: Evaluation | None
     distillation: Distillation | None
@@ -228,21 +262,24 @@ class Quality:
     checked_layers: tuple[LayerError, ...] | None  # a `deltahub verify` report's `layers`
     modules: tuple[ModuleFigures, ...] | None
     tensors: tuple[TensorFigures, ...] | None
+    delta_rel_error_max: float | None = None  # the worst ‖ΔW − ΔŴ‖/‖ΔW‖ stated (LoRA)
 
     @classmethod
     def parse(cls, document: Mapping[str, object]) -> Quality:
         doc = dict(document)
         checked = "kernel_failures" in _object(doc.get("summary"))
         evaluation = Evaluation.parse(doc.get("evaluation"))
+        delta_max, weight_max = _lora_maxima(doc)
         return cls(
             doc, _text(doc.get("source")), _headline(finite(doc.get("gain_kept")), evaluation),
             _text(doc.get("gain_kept_on")), finite(doc.get("output_rel_error_max")),
-            finite(doc.get("weight_rel_error_max")),
+            weight_max,
             _text(doc.get("verified_with")), evaluation,
             Distillation.parse(doc.get("distillation"), doc),
             _layers(_objects(_object(doc.get("verify")).get("layers"))),
             _layers(_objects(doc.get("layers"))) if checked else None,
-            _modules(_objects(doc.get("modules"))), _tensors(_objects(doc.get("tensors"))))
+            _modules(_objects(doc.get("modules"))), _tensors(_objects(doc.get("tensors"))),
+            delta_max)
 
     @classmethod
     def parse_optional(cls, document: object) -> Quality | None:
@@ -250,9 +287,26 @@ class Quality:
         return cls.parse(document) if isinstance(document, dict) else None
 
     def worst_error(self) -> float | None:
-        """The worst relative error measured: of the outputs when verified, else weights'."""
-        return (self.output_rel_error_max if self.output_rel_error_max is not None
-                else self.weight_rel_error_max)
+        """What a job's max_error bounds: the worst output error when verified, else a
+        LoRA's worst delta-relative factor error (as it always has)."""
+        if self.output_rel_error_max is not None:
+            return self.output_rel_error_max
+        lora = self.verified_with == LORA_FACTORS_AS_STORED
+        return self.delta_rel_error_max if lora else None
+
+    def error_maxima(self) -> dict[str, float | None]:
+        """The worst of each quantity of ERROR_QUANTITIES, stated or from the layers."""
+        tensors = [t for t in self.tensors or () if t.kind == "bitdelta"]
+        modules = self.modules or ()
+        return {
+            "output_rel_error": self.output_rel_error_max,
+            "delta_rel_error": _worst(self.delta_rel_error_max,
+                                      [t.delta_error for t in tensors]
+                                      + [m.error for m in modules]),
+            "weight_rel_error": _worst(self.weight_rel_error_max,
+                                       [t.weight_error for t in tensors]
+                                       + [m.weight_error for m in modules]),
+        }
 
     def figures(self) -> list[tuple[str, object]]:
         """The top-level figures (no nested tables), in the document's order."""
@@ -266,6 +320,23 @@ class Quality:
         if "gain_kept" in kept:  # as ranked: the evaluation, left out here, may void it
             kept["gain_kept"] = self.gain_kept
         return Quality.parse(kept)
+
+
+def _worst(stated: float | None, values: list[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    return stated if stated is not None else (max(found) if found else None)
+
+
+def _lora_maxima(doc: JSONObject) -> tuple[float | None, float | None]:
+    """(delta_rel_error_max, weight_rel_error_max). A LoRA quality stored before the two
+    were told apart put its delta-relative factor error under `weight_rel_error_max`
+    (without `delta_rel_error_max`): that figure reads as what it is."""
+    weight = finite(doc.get("weight_rel_error_max"))
+    if "delta_rel_error_max" in doc:
+        return finite(doc.get("delta_rel_error_max")), weight
+    legacy = (doc.get("verified_with") == LORA_FACTORS_AS_STORED
+              or "max_error" in _object(doc.get("summary")))
+    return (weight, None) if legacy else (None, weight)
 
 
 def _headline(gain: float | None, evaluation: Evaluation | None) -> float | None:
@@ -301,9 +372,15 @@ def from_job(job: int, method: str, codec: Mapping[str, object],
                         verified_with=f"{verified['backend']} on {verified['device']}")
     elif method == "lora":
         summary = _object(codec.get("summary"))
-        headline.update(weight_rel_error_max=summary.get("max_error"),
-                        weight_rel_error_mean=summary.get("mean_error"),
-                        verified_with="factor errors measured as stored")
+        headline.update(delta_rel_error_max=summary.get("max_error"),
+                        delta_rel_error_mean=summary.get("mean_error"),
+                        weight_rel_error_max=summary.get("weight_rel_error_max"),
+                        weight_rel_error_mean=summary.get("weight_rel_error_mean"),
+                        verified_with=LORA_FACTORS_AS_STORED)
+    if method == "bitdelta":  # the same quantities a LoRA states, for listings
+        worst = Quality.parse(dict(layers)).error_maxima()
+        headline.update(delta_rel_error_max=worst["delta_rel_error"],
+                        weight_rel_error_max=worst["weight_rel_error"])
     details = {k: v for k, v in codec.items() if k not in DETAIL_KEYS}
     return Quality.parse({**headline, "codec": details, "distillation": distilled,
                           "verify": verified, "evaluation": evaluated, **layers})
@@ -315,13 +392,16 @@ def from_report(report: Mapping[str, object], *, source: str, lora: bool,
     client's own, since the server did not measure it.
 
     A LoRA report's error figures (`lora`) also go to the top level under the names a
-    LoRA compression job uses, so listings show pushed and compressed adapters alike.
+    LoRA compression job uses (ERROR_QUANTITIES), so listings show pushed and compressed
+    adapters alike.
     """
     document = {k: v for k, v in report.items() if k not in DETAIL_KEYS}
     summary = report.get("summary")
     if lora and isinstance(summary, dict):
-        document.update(weight_rel_error_max=summary.get("max_error"),
-                        weight_rel_error_mean=summary.get("mean_error"))
+        document.update(delta_rel_error_max=summary.get("max_error"),
+                        delta_rel_error_mean=summary.get("mean_error"),
+                        weight_rel_error_max=summary.get("weight_rel_error_max"),
+                        weight_rel_error_mean=summary.get("weight_rel_error_mean"))
     document["source"] = source
     if pictures:
         document["pictures"] = list(pictures)

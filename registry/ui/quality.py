@@ -36,6 +36,12 @@ def evaluation(quality: Quality | None) -> list[EvaluatedSet]:
     return list(quality.evaluation.datasets[:MAX_ROWS])
 
 
+def evaluation_bound(quality: Quality | None) -> str:
+    """What the evaluation's data sets were cut to (the token budget), in words."""
+    found = quality.evaluation if quality is not None else None
+    return found.bound() if found is not None else ""
+
+
 @dataclass(frozen=True)
 class Distillation:
     initial_loss: float | None

@@ -15,6 +15,7 @@ import torch
 from compress.bitdelta import compress_bitdelta, merge_bitdelta
 from compress.errors import IncompatibleModels, InvalidDelta, InvalidModel, InvalidParameter
 from compress.quality import (
+    DEFAULT_MAX_TOKENS,
     Change,
     DatasetQuality,
     MissingTokenizer,
@@ -240,3 +241,27 @@ def test_the_headline_is_only_where_the_fine_tune_improved() -> None:
     assert report.to_dict()["gain_kept"] is None
     report.datasets.reverse()
     assert report.gain_kept == pytest.approx(0.8)
+
+
+def test_a_data_set_is_scored_whole_within_the_stated_token_budget(
+        finetune_pair: FinetunePair, variants: Variants) -> None:
+    """Issue 27: evaluation silently took the first 200 rows (4 × 50). By default now every
+    row is scored, up to a token budget the report states; each set says what it used."""
+    data = [finetune_pair.python.heldout]
+    whole = evaluation_module.evaluate_quality(
+        finetune_pair.base, finetune_pair.finetune, variants.bitdelta, data, max_tokens=None)
+    by_default = evaluation_module.evaluate_quality(
+        finetune_pair.base, finetune_pair.finetune, variants.bitdelta, data)
+    [every], [default] = whole.datasets, by_default.datasets
+    assert (default.rows, default.tokens, default.truncated) == (every.rows, every.tokens,
+                                                                 False)
+    assert by_default.to_dict()["max_tokens"] == DEFAULT_MAX_TOKENS
+    budget = 3 * (every.seq_len - 1)
+    cut = evaluation_module.evaluate_quality(
+        finetune_pair.base, finetune_pair.finetune, variants.bitdelta, data, max_tokens=budget)
+    row = cut.to_dict()["datasets"][0]
+    assert (row["rows"], row["tokens"], row["truncated"]) == (3, budget, True)
+    assert cut.to_dict()["max_tokens"] == budget
+    with pytest.raises(InvalidParameter, match="max tokens must be positive"):
+        evaluation_module.evaluate_quality(finetune_pair.base, finetune_pair.finetune,
+                                           variants.bitdelta, data, max_tokens=0)

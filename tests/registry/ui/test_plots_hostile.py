@@ -94,7 +94,7 @@ def test_a_stored_report_with_huge_numbers_renders_what_is_valid(
     assert page.status_code == 200
     [(name, cells)] = evaluation_rows(page.text)
     assert (name, cells[1:]) == ("held-out",
-                                 ["–", "2.000", "–", "1.000", "–", "–", "–",
+                                 ["– tokens", "2.000", "–", "1.000", "–", "–", "–",
                                   "improved by 1.000", "–"])
     assert "<tr><th>Loss</th><td>– → 1.000</td></tr>" in page.text
     assert client.get(f"/ui/models/{BASE}").status_code == 200  # the lineage's gain kept
@@ -146,7 +146,7 @@ def test_a_figure_of_long_names_has_bounded_labels() -> None:
         {"module": n, "error": 0.1, "singular_values": [2.0]} for n in names]})
     for kind, drawn in (("errors", plots.MAX_BARS), ("spectra", plots.MAX_CURVES)):
         figure = plots.PLOTS[kind][2](document)
-        [axes] = figure.axes
+        axes = figure.axes[0]  # the errors plot: its first panel names the layers
         texts = ([t.get_text() for t in axes.get_yticklabels()] if kind == "errors"
                  else [t.get_text() for t in axes.get_legend().get_texts()])
         assert len(texts) == drawn, kind
