@@ -10,12 +10,28 @@ served as it was built. docs/architecture.md ("Typed documents").
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-# A JSON object as `json.loads` gives it: each reader narrows what it takes out of one.
-JSONObject = dict[str, object]
+from registry.adapters.json_values import (
+    JSONObject,
+    finite,
+    integer,
+    json_object,
+    json_objects,
+    string,
+)
+from registry.adapters.quality_evaluation import (
+    MIN_CHANGE_NATS,
+    EvaluatedSet,
+    Evaluation,
+    Score,
+    change_of,
+)
+
+__all__ = ["MIN_CHANGE_NATS", "EvaluatedSet", "Evaluation", "JSONObject", "Score",
+           "change_of", "finite", "integer"]
+
 
 # Per-tensor and per-module lists of a codec report: in the pushed file, which stays
 # downloadable, but not in the adapter's row, which every GET of the adapter carries (a
@@ -31,124 +47,8 @@ ERROR_QUANTITIES = {
     "weight_rel_error": "‖W_ft − Ŵ_ft‖ / ‖W_ft‖: the error relative to the fine-tuned weights",
 }
 LORA_FACTORS_AS_STORED = "factor errors measured as stored"
-# compress.quality.report.MIN_GAIN_NATS, restated: this module is read where torch is not.
-MIN_CHANGE_NATS = 1e-3
-
-
-def finite(value: object) -> float | None:
-    """`value` as a float when it is a finite JSON number (a bool is not one), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer no float holds
-        return None
-    return number if math.isfinite(number) else None
-
-
-def integer(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _flag(value: object) -> bool | None:
-    return value if isinstance(value, bool) else None
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _object(value: object) -> JSONObject:
-    return value if isinstance(value, dict) else {}
-
-
-def _objects(value: object) -> list[JSONObject] | None:
-    """A list's objects (anything else in it skipped); None when `value` is no list."""
-    return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else None
-
-
-@dataclass(frozen=True)
-class Score:
-    loss: float | None
-    perplexity: float | None
-
-    @classmethod
-    def parse(cls, value: object) -> Score:
-        found = _object(value)
-        return cls(finite(found.get("loss")), finite(found.get("perplexity")))
-
-
-def change_of(base: Score, finetune: Score) -> str | None:
-    """"improved", "regressed" or "unchanged": what the fine-tune did to the base's loss
-    (a report before this was stated says it through its losses); None when unknown."""
-    if base.loss is None or finetune.loss is None:
-        return None
-    delta = finetune.loss - base.loss
-    if abs(delta) < MIN_CHANGE_NATS:
-        return "unchanged"
-    return "improved" if delta < 0 else "regressed"
-
-
-@dataclass(frozen=True)
-class EvaluatedSet:
-    name: str
-    tokens: int | None
-    base: Score
-    finetune: Score
-    compressed: Score
-    gain_kept: float | None  # the share of the fine-tune's change kept, either direction
-    rows: int | None = None  # rows scored
-    truncated: bool | None = None  # a bound cut the set short (None: not stated)
-
-    @property
-    def change(self) -> str | None:
-        return change_of(self.base, self.finetune)
-
-    @property
-    def loss_change(self) -> float | None:
-        """The fine-tune's loss minus the base's (nats per token; negative: improved)."""
-        if self.base.loss is None or self.finetune.loss is None:
-            return None
-        return self.finetune.loss - self.base.loss
-
-    @property
-    def gain_kept_shown(self) -> float | None:
-        """Gain kept, None where the fine-tune changed nothing (a ratio of noise)."""
-        return None if self.change == "unchanged" else self.gain_kept
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Losses and gain kept per data set (compress/quality `QualityReport.to_dict()`)."""
-
-    compressed_kind: str | None
-    datasets: tuple[EvaluatedSet, ...]  # the first is the headline
-    max_tokens: int | None = None  # the token budget per data set, when one was stated
-    max_batches: int | None = None
-    batch_size: int | None = None
-
-    @classmethod
-    def parse(cls, value: object) -> Evaluation | None:
-        if not isinstance(value, dict):
-            return None
-        rows = _objects(value.get("datasets")) or []
-        return cls(_text(value.get("compressed_kind")), tuple(
-            EvaluatedSet(str(r.get("name", "")), integer(r.get("tokens")),
-                         Score.parse(r.get("base")), Score.parse(r.get("finetune")),
-                         Score.parse(r.get("compressed")), finite(r.get("gain_kept")),
-                         integer(r.get("rows")), _flag(r.get("truncated")))
-            for r in rows), integer(value.get("max_tokens")), integer(value.get("max_batches")),
-            integer(value.get("batch_size")))
-
-    def bound(self) -> str:
-        """What each data set was cut to, in words."""
-        if self.max_tokens is not None:
-            return (f"each data set scored whole, up to a budget of {self.max_tokens:,} "
-                    "predicted tokens")
-        if self.max_batches is not None and self.batch_size is not None:
-            return (f"each data set's first {self.max_batches * self.batch_size:,} rows at "
-                    f"most ({self.max_batches} batches of {self.batch_size})")
-        return "each data set scored whole"
+# Set on a distilled job's quality: its per-layer weight errors are the undistilled delta's.
+BEFORE_DISTILLATION = "weight_errors_before_distillation"
 
 
 @dataclass(frozen=True)
@@ -171,7 +71,7 @@ class Distillation:
 
 
 def _calibration(distill: JSONObject) -> tuple[str, ...]:
-    sets = _objects(distill.get("calibration"))
+    sets = json_objects(distill.get("calibration"))
     if sets is not None:
         found = []
         for s in sets:
@@ -191,7 +91,7 @@ def _curve(distill: JSONObject) -> tuple[tuple[float | None, float | None], ...]
     if isinstance(losses, list):
         return tuple((float(i), finite(v)) for i, v in enumerate(losses))
     return tuple((finite(r.get("step")), finite(r.get("loss")))
-                 for r in _objects(distill.get("history")) or [])
+                 for r in json_objects(distill.get("history")) or [])
 
 
 @dataclass(frozen=True)
@@ -240,7 +140,7 @@ def _modules(rows: list[JSONObject] | None) -> tuple[ModuleFigures, ...] | None:
 
 def _tensors(rows: list[JSONObject] | None) -> tuple[TensorFigures, ...] | None:
     return None if rows is None else tuple(
-        TensorFigures(str(r.get("name")), _text(r.get("kind")), finite(r.get("weight_rel_error")),
+        TensorFigures(str(r.get("name")), string(r.get("kind")), finite(r.get("weight_rel_error")),
                       finite(r.get("delta_rel_error")))
         for r in rows)
 
@@ -267,18 +167,18 @@ class Quality:
     @classmethod
     def parse(cls, document: Mapping[str, object]) -> Quality:
         doc = dict(document)
-        checked = "kernel_failures" in _object(doc.get("summary"))
+        checked = "kernel_failures" in json_object(doc.get("summary"))
         evaluation = Evaluation.parse(doc.get("evaluation"))
         delta_max, weight_max = _lora_maxima(doc)
         return cls(
-            doc, _text(doc.get("source")), _headline(finite(doc.get("gain_kept")), evaluation),
-            _text(doc.get("gain_kept_on")), finite(doc.get("output_rel_error_max")),
+            doc, string(doc.get("source")), _headline(finite(doc.get("gain_kept")), evaluation),
+            string(doc.get("gain_kept_on")), finite(doc.get("output_rel_error_max")),
             weight_max,
-            _text(doc.get("verified_with")), evaluation,
+            string(doc.get("verified_with")), evaluation,
             Distillation.parse(doc.get("distillation"), doc),
-            _layers(_objects(_object(doc.get("verify")).get("layers"))),
-            _layers(_objects(doc.get("layers"))) if checked else None,
-            _modules(_objects(doc.get("modules"))), _tensors(_objects(doc.get("tensors"))),
+            _layers(json_objects(json_object(doc.get("verify")).get("layers"))),
+            _layers(json_objects(doc.get("layers"))) if checked else None,
+            _modules(json_objects(doc.get("modules"))), _tensors(json_objects(doc.get("tensors"))),
             delta_max)
 
     @classmethod
@@ -293,6 +193,13 @@ class Quality:
             return self.output_rel_error_max
         lora = self.verified_with == LORA_FACTORS_AS_STORED
         return self.delta_rel_error_max if lora else None
+
+    @property
+    def weight_errors_predate_distillation(self) -> bool:
+        """Whether the weight errors are the codec's, measured before scale distillation
+        changed α (a job's verification, run after it, is of the distilled delta)."""
+        return self.document.get(BEFORE_DISTILLATION) is True or (
+            self.document.get("distilled") is True and self.source == JOB_SOURCE)
 
     def error_maxima(self) -> dict[str, float | None]:
         """The worst of each quantity of ERROR_QUANTITIES, stated or from the layers."""
@@ -335,7 +242,7 @@ def _lora_maxima(doc: JSONObject) -> tuple[float | None, float | None]:
     if "delta_rel_error_max" in doc:
         return finite(doc.get("delta_rel_error_max")), weight
     legacy = (doc.get("verified_with") == LORA_FACTORS_AS_STORED
-              or "max_error" in _object(doc.get("summary")))
+              or "max_error" in json_object(doc.get("summary")))
     return (weight, None) if legacy else (None, weight)
 
 
@@ -371,7 +278,7 @@ def from_job(job: int, method: str, codec: Mapping[str, object],
                         output_rel_error_mean=verified["compression_rel_error_mean"],
                         verified_with=f"{verified['backend']} on {verified['device']}")
     elif method == "lora":
-        summary = _object(codec.get("summary"))
+        summary = json_object(codec.get("summary"))
         headline.update(delta_rel_error_max=summary.get("max_error"),
                         delta_rel_error_mean=summary.get("mean_error"),
                         weight_rel_error_max=summary.get("weight_rel_error_max"),
@@ -381,6 +288,8 @@ def from_job(job: int, method: str, codec: Mapping[str, object],
         worst = Quality.parse(dict(layers)).error_maxima()
         headline.update(delta_rel_error_max=worst["delta_rel_error"],
                         weight_rel_error_max=worst["weight_rel_error"])
+        if distilled is not None:  # the codec measured them; distillation then moved α
+            headline[BEFORE_DISTILLATION] = True
     details = {k: v for k, v in codec.items() if k not in DETAIL_KEYS}
     return Quality.parse({**headline, "codec": details, "distillation": distilled,
                           "verify": verified, "evaluation": evaluated, **layers})

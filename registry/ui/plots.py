@@ -184,7 +184,9 @@ def _draw_errors(figures: Figures) -> Any:
                      else f"{quantity}: not in this report", fontsize=9)
     axes[0].set_yticks(range(len(names)), [label(n) for n in names], fontsize=7)
     axes[0].invert_yaxis()
-    fig.suptitle("Weight errors per layer", fontsize=10)
+    fig.suptitle("Weight errors per layer" + (
+        " (measured before scale distillation changed α)"
+        if figures.quality.weight_errors_predate_distillation else ""), fontsize=10)
     return fig
 
 

@@ -216,3 +216,18 @@ def test_a_lora_row_stored_before_the_names_reads_its_figure_as_delta_relative(
     quality = Quality.parse(document)
     assert (quality.delta_rel_error_max, quality.weight_rel_error_max) == (0.3, None)
     assert quality.document == document  # served as stored
+
+
+def test_a_distilled_job_says_its_weight_errors_predate_distillation() -> None:
+    """Issue 27, item 3: a distilled delta's weight-error figures were the plain delta's
+    (the codec measured them before α was trained) and nothing said so."""
+    layers = {"tensors": [{"name": "t", "kind": "bitdelta", "weight_rel_error": 0.095,
+                           "delta_rel_error": 0.7}]}
+    distilled = from_job(4, "bitdelta", {}, layers, None, {"initial_loss": 1.0}, None)
+    plain = from_job(5, "bitdelta", {}, layers, None, None, None)
+    assert distilled.document["weight_errors_before_distillation"] is True
+    assert distilled.weight_errors_predate_distillation
+    assert not plain.weight_errors_predate_distillation
+    # A row stored before the flag: a job's distilled adapter, read the same way.
+    assert Quality.parse({"source": JOB_SOURCE, "distilled": True}
+                         ).weight_errors_predate_distillation

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from registry.adapters.quality import JOB_SOURCE, Quality
 from registry.ui import plots
 
 PNG = b"\x89PNG"
@@ -67,3 +68,13 @@ def test_both_codecs_draw_the_same_two_named_weight_errors_side_by_side() -> Non
     old = plots.Figures.of(None, {"modules": [{"module": "m", "error": 0.3}]})
     figure = plots.PLOTS["errors"][2](old)
     assert figure.axes[1].get_title() == "weight_rel_error: not in this report"
+
+
+def test_a_distilled_jobs_weight_errors_are_titled_as_predating_distillation() -> None:
+    rows = {"tensors": [{"name": "t", "kind": "bitdelta", "weight_rel_error": 0.1,
+                         "delta_rel_error": 0.7}]}
+    distilled = plots.Figures.of(Quality.parse({"source": JOB_SOURCE, "distilled": True,
+                                                **rows}), None)
+    plain = plots.Figures.of(Quality.parse({"source": JOB_SOURCE, **rows}), None)
+    assert "before scale distillation" in plots.PLOTS["errors"][2](distilled).get_suptitle()
+    assert "before" not in plots.PLOTS["errors"][2](plain).get_suptitle()

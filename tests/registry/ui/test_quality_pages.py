@@ -120,6 +120,9 @@ def test_a_job_from_the_form_shows_its_evaluation_and_distillation(
     assert "headline" in rows[0][1][0]
     assert quality["gain_kept"] == expected[0]["gain_kept"]
     assert "the share of the fine-tune's change in loss" in html.unescape(page)
+    # Distilled: the codec's weight errors predate α's training, and the page says so.
+    assert "weight error ≤" in page
+    assert "(before distillation)" in page
 
     distill = quality["distillation"]
     assert _facts(page, "Loss") == (f"{distill['initial_loss']:.3f} → "
