@@ -112,8 +112,10 @@ def print_table(reports: dict[str, QualityReport], sizes: dict[str, int],
     print(f"loss (nats/byte): base {python.base.loss:.4f} / fine-tune {python.finetune.loss:.4f}"
           f" on Python; base {prose.base.loss:.4f} / fine-tune {prose.finetune.loss:.4f} on "
           "prose\n")
-    print("| variant | size / fine-tune | loss Python | gain kept Python | loss prose | "
-          "gain kept prose |")
+    # Which way the fine-tune moved each set: where it regressed, a higher gain kept keeps
+    # more of the regression (docs/architecture.md, "Gain kept").
+    print(f"| variant | size / fine-tune | loss Python | gain kept Python ({python.change}) "
+          f"| loss prose | gain kept prose ({prose.change}) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, report in reports.items():
         py, pr = report.datasets

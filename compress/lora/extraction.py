@@ -190,7 +190,8 @@ def _factor_one(tensors: TensorPair, nbytes: int, rule: RankRule, spill: FactorS
         report.unchanged.append(module)
         return
     dtype = tensors.finetune.dtype if rule.factor_dtype == "finetune" else torch.float32
-    factors = factorize(tensors.delta(), rank=rule.rank, target_error=rule.target_error,
+    delta = tensors.delta()
+    factors = factorize(delta, rank=rule.rank, target_error=rule.target_error,
                         max_rank=rule.max_rank, dtype=dtype, seed=rule.seed,
                         device=rule.device)
     if factors.rank == 0:  # stored values differ only in dtype: ΔW is exactly zero
@@ -203,7 +204,18 @@ def _factor_one(tensors: TensorPair, nbytes: int, rule: RankRule, spill: FactorS
         module=module, shape=(out_features, in_features), rank=factors.rank,
         error=factors.error, energy=factors.energy, target_met=factors.target_met,
         bytes_in=nbytes, bytes_out=factors.A.nbytes + factors.B.nbytes,
-        singular_values=factors.singular_values.tolist()))
+        singular_values=factors.singular_values.tolist(),
+        weight_rel_error=_weight_relative(factors.error, delta, tensors.finetune)))
+
+
+def _weight_relative(delta_rel: float, delta: torch.Tensor, finetune: torch.Tensor
+                     ) -> float | None:
+    """‖W_ft − Ŵ_ft‖ / ‖W_ft‖ from ‖ΔW − B·A‖ / ‖ΔW‖ (W_ft − Ŵ_ft = ΔW − B·A); None when
+    W_ft is all zero."""
+    finetune_norm = float(torch.linalg.vector_norm(finetune.float()))
+    if finetune_norm == 0.0:
+        return None
+    return delta_rel * float(torch.linalg.vector_norm(delta)) / finetune_norm
 
 
 def _why_not_saved(name: str, target_modules: Sequence[str], targets_only: bool,

@@ -36,12 +36,16 @@ class ModuleResult:
     bytes_in: int
     bytes_out: int
     singular_values: list[float]
+    # ‖W_ft − Ŵ_ft‖ / ‖W_ft‖ = error · ‖ΔW‖ / ‖W_ft‖: the figure BitDelta's
+    # weight_rel_error is, so the codecs compare (`error` is delta-relative).
+    weight_rel_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"module": self.module, "shape": list(self.shape), "rank": self.rank,
                 "error": self.error, "energy": self.energy, "target_met": self.target_met,
                 "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-                "singular_values": [float(f"{s:.6g}") for s in self.singular_values]}
+                "singular_values": [float(f"{s:.6g}") for s in self.singular_values],
+                "delta_rel_error": self.error, "weight_rel_error": self.weight_rel_error}
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,16 @@ class LoraReport:
 
     def to_dict(self) -> dict[str, Any]:
         errors = [m.error for m in self.modules]
+        weight = [m.weight_rel_error for m in self.modules if m.weight_rel_error is not None]
         return {
             "format": REPORT_FORMAT, "version": REPORT_VERSION, **self.settings,
             "summary": {
+                # max_error / mean_error: delta-relative, under their first names.
                 "modules": len(self.modules), "max_error": max(errors, default=0.0),
                 "mean_error": sum(errors) / len(errors) if errors else 0.0,
+                "delta_rel_error_max": max(errors, default=0.0),
+                "weight_rel_error_max": max(weight, default=0.0),
+                "weight_rel_error_mean": sum(weight) / len(weight) if weight else 0.0,
                 "missed_target": [m.module for m in self.missed_target],
                 "finetune_bytes": self.finetune_bytes, "adapter_bytes": self.adapter_bytes,
                 "lora_bytes_in": sum(m.bytes_in for m in self.modules),

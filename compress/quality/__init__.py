@@ -29,6 +29,7 @@ from compress.quality.errors import (
 from compress.quality.evaluation import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_BATCHES,
+    DEFAULT_MAX_TOKENS,
     DEFAULT_SEQ_LEN,
     DTYPES,
     evaluate_quality,
@@ -36,9 +37,11 @@ from compress.quality.evaluation import (
 )
 from compress.quality.report import (
     MIN_GAIN_NATS,
+    Change,
     DatasetQuality,
     QualityReport,
     Score,
+    finetune_change,
     gain_kept,
 )
 from compress.quality.variants import Variant, VariantKind, open_variant, variant_kind
@@ -47,12 +50,14 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_MAX_BATCHES",
     "DEFAULT_MAX_DATA_BYTES",
+    "DEFAULT_MAX_TOKENS",
     "DEFAULT_SEQ_LEN",
     "DTYPES",
     "INPUT_IDS",
     "MIN_GAIN_NATS",
     "TEXT_FIELD",
     "TOKENIZER_FILE",
+    "Change",
     "DataKind",
     "DatasetQuality",
     "EvalData",
@@ -70,6 +75,7 @@ __all__ = [
     "check_data_file",
     "data_kind",
     "evaluate_quality",
+    "finetune_change",
     "gain_kept",
     "load_eval_data",
     "mean_loss",

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,7 +36,10 @@ from compress.tensorio import Checkpoint, ModelInput, describe_model, shape_mism
 
 DEFAULT_BATCH_SIZE = 4
 DEFAULT_SEQ_LEN = 128
-DEFAULT_MAX_BATCHES = 50
+DEFAULT_MAX_BATCHES: int | None = None  # every row, within the token budget
+# Predicted tokens scored per data set at most (2,048 rows of 128): a data set is scored
+# whole up to this, and the report states the budget and what each set used.
+DEFAULT_MAX_TOKENS = 262_144
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 TensorStream = Iterable[tuple[str, torch.Tensor]]
@@ -47,32 +51,37 @@ def evaluate_quality(
     batch_size: int = DEFAULT_BATCH_SIZE, seq_len: int = DEFAULT_SEQ_LEN,
     max_batches: int | None = DEFAULT_MAX_BATCHES, dtype: str = "float32",
     device: str | torch.device = "cpu", max_data_bytes: int = DEFAULT_MAX_DATA_BYTES,
-    progress: ProgressFn = no_progress,
+    progress: ProgressFn = no_progress, max_tokens: int | None = DEFAULT_MAX_TOKENS,
 ) -> QualityReport:
     """Score base, fine-tune and `compressed` on each of `data`; see docs/codecs.md.
 
     `data` are .txt, .jsonl or .safetensors files (compress/modeling/data.py); text is
     tokenized with `tokenizer`, by default the base's (else the fine-tune's)
-    tokenizer.json. `seq_len` is the row length for text; at most `max_batches` batches
-    of `batch_size` rows are scored per data set (None: all). `dtype` ("float32",
+    tokenizer.json. `seq_len` is the row length for text. Each data set is scored whole,
+    in file order, up to `max_tokens` predicted tokens (None: no budget) and, when given,
+    `max_batches` batches of `batch_size` rows; each set's report says how many rows and
+    tokens it used and whether a bound cut it (`truncated`). `dtype` ("float32",
     "bfloat16", "float16") is what the models compute in. `progress(done, total, item)`
     counts batches, and is also called, without advancing, for each tensor read. Raises
     a CodecError subclass on bad input before running any model.
     """
     started = time.perf_counter()
     torch_dtype, target = _settings(batch_size, max_batches, dtype, device)
-    max_rows = None if max_batches is None else batch_size * max_batches
+    if max_tokens is not None and max_tokens < 1:
+        raise InvalidParameter(f"max tokens must be positive (or none: all), got {max_tokens}")
+    bounds = _Bounds(None if max_batches is None else batch_size * max_batches, max_tokens)
     with Checkpoint.open(base) as base_ckpt, Checkpoint.open(finetune) as ft_ckpt:
         variant = open_variant(compressed, base_ckpt.manifest)
         mismatches = shape_mismatches(base_ckpt.manifest, ft_ckpt.manifest)
         if mismatches:
             raise IncompatibleModels("the fine-tune", mismatches)
-        sets = _load_data(data, base_ckpt, ft_ckpt, tokenizer, seq_len, max_rows,
-                          max_data_bytes)
+        sets, truncated = _load_data(data, base_ckpt, ft_ckpt, tokenizer, seq_len, bounds,
+                                     max_data_bytes)
         report = QualityReport(
             base=describe_model(base), finetune=describe_model(finetune),
             compressed=os.fspath(compressed), compressed_kind=variant.kind.value,
-            batch_size=batch_size, max_batches=max_batches, dtype=dtype, device=str(target))
+            batch_size=batch_size, max_batches=max_batches, dtype=dtype, device=str(target),
+            max_tokens=max_tokens)
         runs = _runs(base_ckpt, ft_ckpt, variant)
         counter = _BatchCounter(progress, len(runs) * sum(
             math.ceil(s.rows.shape[0] / batch_size) for s in sets))
@@ -89,7 +98,8 @@ def evaluate_quality(
     report.datasets = [
         DatasetQuality(name=s.name, rows=int(s.rows.shape[0]), seq_len=s.seq_len,
                        tokens=int(s.rows.shape[0]) * (s.seq_len - 1), base=scores["base"][i],
-                       finetune=scores["finetune"][i], compressed=scores["compressed"][i])
+                       finetune=scores["finetune"][i], compressed=scores["compressed"][i],
+                       truncated=truncated[i])
         for i, s in enumerate(sets)]
     report.seconds = time.perf_counter() - started
     return report
@@ -124,18 +134,43 @@ def _score(model: torch.nn.Module, data_set: EvalData, batch_size: int,
     return Score(loss)
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    """What a data set is cut to: rows (max_batches × batch_size) and predicted tokens."""
+
+    rows: int | None
+    tokens: int | None
+
+    def rows_at(self, row_len: int) -> int | None:
+        """The most rows of `row_len` tokens scored (None: all); at least one."""
+        by_tokens = None if self.tokens is None else max(1, self.tokens // (row_len - 1))
+        found = [n for n in (self.rows, by_tokens) if n is not None]
+        return min(found) if found else None
+
+
 def _load_data(data: Sequence[str | os.PathLike[str]], base: Checkpoint, finetune: Checkpoint,
-               tokenizer: TextTokenizer | None, seq_len: int, max_rows: int | None,
-               max_bytes: int) -> list[EvalData]:
-    """Every data set as rows, checked; text tokenized by the models' own tokenizer."""
+               tokenizer: TextTokenizer | None, seq_len: int, bounds: _Bounds,
+               max_bytes: int) -> tuple[list[EvalData], list[bool]]:
+    """Every data set as rows, checked, cut to `bounds`, and whether each was cut; text
+    tokenized by the models' own tokenizer."""
     if not data:
         raise InvalidParameter("give at least one data file to evaluate on")
     if tokenizer is None and any(data_kind(path) is not DataKind.TOKENS for path in data):
         tokenizer = model_tokenizer(base.source, finetune.source)
     vocab = (base.config or {}).get("vocab_size")
-    return [load_eval_data(path, tokenizer=tokenizer, seq_len=seq_len, max_rows=max_rows,
-                           vocab_size=vocab if isinstance(vocab, int) else None,
-                           max_bytes=max_bytes) for path in data]
+    sets, cut = [], []
+    for path in data:
+        text = data_kind(path) is not DataKind.TOKENS
+        # One row past the bound is read, so a cut is known rather than guessed.
+        first = bounds.rows_at(seq_len) if text else bounds.rows
+        found = load_eval_data(path, tokenizer=tokenizer, seq_len=seq_len,
+                               max_rows=None if first is None else first + 1,
+                               vocab_size=vocab if isinstance(vocab, int) else None,
+                               max_bytes=max_bytes)
+        keep = bounds.rows_at(found.seq_len)
+        cut.append(keep is not None and found.rows.shape[0] > keep)
+        sets.append(EvalData(found.name, found.kind, found.rows[:keep]))
+    return sets, cut
 
 
 class _BatchCounter:

@@ -56,7 +56,8 @@ async def list_adapters(
     page_token: str | None = None,
     sort: Annotated[Literal["newest", "gain_kept"], Query(
         description="newest first (default), or by gain kept (quality.gain_kept, measured "
-                    "by a job's evaluate step), highest first, unmeasured last")] = "newest",
+                    "by a job's evaluate step on its first data set, and only where the "
+                    "fine-tune improved that set), highest first, unmeasured last")] = "newest",
     compatible: Annotated[bool, Query(
         description="with `base`: also the adapters registered against the base it was "
                     "quantized from, or against its 4-bit bases (each item's "

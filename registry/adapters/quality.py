@@ -10,12 +10,28 @@ served as it was built. docs/architecture.md ("Typed documents").
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-# A JSON object as `json.loads` gives it: each reader narrows what it takes out of one.
-JSONObject = dict[str, object]
+from registry.adapters.json_values import (
+    JSONObject,
+    finite,
+    integer,
+    json_object,
+    json_objects,
+    string,
+)
+from registry.adapters.quality_evaluation import (
+    MIN_CHANGE_NATS,
+    EvaluatedSet,
+    Evaluation,
+    Score,
+    change_of,
+)
+
+__all__ = ["MIN_CHANGE_NATS", "EvaluatedSet", "Evaluation", "JSONObject", "Score",
+           "change_of", "finite", "integer"]
+
 
 # Per-tensor and per-module lists of a codec report: in the pushed file, which stays
 # downloadable, but not in the adapter's row, which every GET of the adapter carries (a
@@ -23,74 +39,16 @@ JSONObject = dict[str, object]
 DETAIL_KEYS = frozenset({"tensors", "files", "modules", "saved", "left_out",
                          "unchanged_targets", "omitted"})
 JOB_SOURCE = "deltahub job"
-
-
-def finite(value: object) -> float | None:
-    """`value` as a float when it is a finite JSON number (a bool is not one), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer no float holds
-        return None
-    return number if math.isfinite(number) else None
-
-
-def integer(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _object(value: object) -> JSONObject:
-    return value if isinstance(value, dict) else {}
-
-
-def _objects(value: object) -> list[JSONObject] | None:
-    """A list's objects (anything else in it skipped); None when `value` is no list."""
-    return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else None
-
-
-@dataclass(frozen=True)
-class Score:
-    loss: float | None
-    perplexity: float | None
-
-    @classmethod
-    def parse(cls, value: object) -> Score:
-        found = _object(value)
-        return cls(finite(found.get("loss")), finite(found.get("perplexity")))
-
-
-@dataclass(frozen=True)
-class EvaluatedSet:
-    name: str
-    tokens: int | None
-    base: Score
-    finetune: Score
-    compressed: Score
-    gain_kept: float | None
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Losses and gain kept per data set (compress/quality `QualityReport.to_dict()`)."""
-
-    compressed_kind: str | None
-    datasets: tuple[EvaluatedSet, ...]  # the first is the headline
-
-    @classmethod
-    def parse(cls, value: object) -> Evaluation | None:
-        if not isinstance(value, dict):
-            return None
-        rows = _objects(value.get("datasets")) or []
-        return cls(_text(value.get("compressed_kind")), tuple(
-            EvaluatedSet(str(r.get("name", "")), integer(r.get("tokens")),
-                         Score.parse(r.get("base")), Score.parse(r.get("finetune")),
-                         Score.parse(r.get("compressed")), finite(r.get("gain_kept")))
-            for r in rows))
+# The relative errors a quality states, each under one name for every codec (a figure
+# under a name means that quantity, whoever measured it).
+ERROR_QUANTITIES = {
+    "output_rel_error": "‖y − y_ft‖ / ‖y_ft‖: a layer's outputs on probe inputs (verification)",
+    "delta_rel_error": "‖ΔW − ΔŴ‖ / ‖ΔW‖: the error relative to the fine-tune's change",
+    "weight_rel_error": "‖W_ft − Ŵ_ft‖ / ‖W_ft‖: the error relative to the fine-tuned weights",
+}
+LORA_FACTORS_AS_STORED = "factor errors measured as stored"
+# Set on a distilled job's quality: its per-layer weight errors are the undistilled delta's.
+BEFORE_DISTILLATION = "weight_errors_before_distillation"
 
 
 @dataclass(frozen=True)
@@ -113,7 +71,7 @@ class Distillation:
 
 
 def _calibration(distill: JSONObject) -> tuple[str, ...]:
-    sets = _objects(distill.get("calibration"))
+    sets = json_objects(distill.get("calibration"))
     if sets is not None:
         found = []
         for s in sets:
@@ -133,7 +91,7 @@ def _curve(distill: JSONObject) -> tuple[tuple[float | None, float | None], ...]
     if isinstance(losses, list):
         return tuple((float(i), finite(v)) for i, v in enumerate(losses))
     return tuple((finite(r.get("step")), finite(r.get("loss")))
-                 for r in _objects(distill.get("history")) or [])
+                 for r in json_objects(distill.get("history")) or [])
 
 
 @dataclass(frozen=True)
@@ -146,19 +104,21 @@ class LayerError:
 
 @dataclass(frozen=True)
 class ModuleFigures:
-    """A LoRA module: its weight error, rank kept and leading singular values."""
+    """A LoRA module: its errors, rank kept and leading singular values."""
 
     module: str
-    error: float | None
+    error: float | None  # delta_rel_error (the report's `error`)
     rank: int | None
     singular_values: tuple[float | None, ...]
+    weight_error: float | None = None  # weight_rel_error; None in reports before it
 
 
 @dataclass(frozen=True)
 class TensorFigures:
     name: str
     kind: str | None  # "bitdelta" for a compressed one
-    weight_error: float | None
+    weight_error: float | None  # weight_rel_error
+    delta_error: float | None = None  # delta_rel_error
 
 
 def _layers(rows: list[JSONObject] | None) -> tuple[LayerError, ...] | None:
@@ -170,15 +130,18 @@ def _modules(rows: list[JSONObject] | None) -> tuple[ModuleFigures, ...] | None:
     if rows is None:
         return None
     return tuple(ModuleFigures(
-        str(r.get("module")), finite(r.get("error")), integer(r.get("rank")),
+        str(r.get("module")), finite(r.get("delta_rel_error", r.get("error"))),
+        integer(r.get("rank")),
         tuple(finite(v) for v in values) if isinstance(values := r.get("singular_values"),
-                                                      list) else ())
+                                                      list) else (),
+        finite(r.get("weight_rel_error")))
         for r in rows)
 
 
 def _tensors(rows: list[JSONObject] | None) -> tuple[TensorFigures, ...] | None:
     return None if rows is None else tuple(
-        TensorFigures(str(r.get("name")), _text(r.get("kind")), finite(r.get("weight_rel_error")))
+        TensorFigures(str(r.get("name")), string(r.get("kind")), finite(r.get("weight_rel_error")),
+                      finite(r.get("delta_rel_error")))
         for r in rows)
 
 
@@ -191,7 +154,7 @@ class Quality:
     gain_kept: float | None  # on the first evaluation data set
     gain_kept_on: str | None  # that data set's name
     output_rel_error_max: float | None  # verification's worst layer (BitDelta)
-    weight_rel_error_max: float | None  # the worst factor error as stored (LoRA)
+    weight_rel_error_max: float | None  # the worst ‖W_ft − Ŵ_ft‖/‖W_ft‖ stated (LoRA)
     verified_with: str | None
     evaluation: Evaluation | None
     distillation: Distillation | None
@@ -199,20 +162,24 @@ class Quality:
     checked_layers: tuple[LayerError, ...] | None  # a `deltahub verify` report's `layers`
     modules: tuple[ModuleFigures, ...] | None
     tensors: tuple[TensorFigures, ...] | None
+    delta_rel_error_max: float | None = None  # the worst ‖ΔW − ΔŴ‖/‖ΔW‖ stated (LoRA)
 
     @classmethod
     def parse(cls, document: Mapping[str, object]) -> Quality:
         doc = dict(document)
-        checked = "kernel_failures" in _object(doc.get("summary"))
+        checked = "kernel_failures" in json_object(doc.get("summary"))
+        evaluation = Evaluation.parse(doc.get("evaluation"))
+        delta_max, weight_max = _lora_maxima(doc)
         return cls(
-            doc, _text(doc.get("source")), finite(doc.get("gain_kept")),
-            _text(doc.get("gain_kept_on")), finite(doc.get("output_rel_error_max")),
-            finite(doc.get("weight_rel_error_max")),
-            _text(doc.get("verified_with")), Evaluation.parse(doc.get("evaluation")),
+            doc, string(doc.get("source")), _headline(finite(doc.get("gain_kept")), evaluation),
+            string(doc.get("gain_kept_on")), finite(doc.get("output_rel_error_max")),
+            weight_max,
+            string(doc.get("verified_with")), evaluation,
             Distillation.parse(doc.get("distillation"), doc),
-            _layers(_objects(_object(doc.get("verify")).get("layers"))),
-            _layers(_objects(doc.get("layers"))) if checked else None,
-            _modules(_objects(doc.get("modules"))), _tensors(_objects(doc.get("tensors"))))
+            _layers(json_objects(json_object(doc.get("verify")).get("layers"))),
+            _layers(json_objects(doc.get("layers"))) if checked else None,
+            _modules(json_objects(doc.get("modules"))), _tensors(json_objects(doc.get("tensors"))),
+            delta_max)
 
     @classmethod
     def parse_optional(cls, document: object) -> Quality | None:
@@ -220,9 +187,33 @@ class Quality:
         return cls.parse(document) if isinstance(document, dict) else None
 
     def worst_error(self) -> float | None:
-        """The worst relative error measured: of the outputs when verified, else weights'."""
-        return (self.output_rel_error_max if self.output_rel_error_max is not None
-                else self.weight_rel_error_max)
+        """What a job's max_error bounds: the worst output error when verified, else a
+        LoRA's worst delta-relative factor error (as it always has)."""
+        if self.output_rel_error_max is not None:
+            return self.output_rel_error_max
+        lora = self.verified_with == LORA_FACTORS_AS_STORED
+        return self.delta_rel_error_max if lora else None
+
+    @property
+    def weight_errors_predate_distillation(self) -> bool:
+        """Whether the weight errors are the codec's, measured before scale distillation
+        changed α (a job's verification, run after it, is of the distilled delta)."""
+        return self.document.get(BEFORE_DISTILLATION) is True or (
+            self.document.get("distilled") is True and self.source == JOB_SOURCE)
+
+    def error_maxima(self) -> dict[str, float | None]:
+        """The worst of each quantity of ERROR_QUANTITIES, stated or from the layers."""
+        tensors = [t for t in self.tensors or () if t.kind == "bitdelta"]
+        modules = self.modules or ()
+        return {
+            "output_rel_error": self.output_rel_error_max,
+            "delta_rel_error": _worst(self.delta_rel_error_max,
+                                      [t.delta_error for t in tensors]
+                                      + [m.error for m in modules]),
+            "weight_rel_error": _worst(self.weight_rel_error_max,
+                                       [t.weight_error for t in tensors]
+                                       + [m.weight_error for m in modules]),
+        }
 
     def figures(self) -> list[tuple[str, object]]:
         """The top-level figures (no nested tables), in the document's order."""
@@ -231,8 +222,38 @@ class Quality:
 
     def summary(self, max_string_chars: int) -> Quality:
         """The top-level figures only, strings past `max_string_chars` left out."""
-        return Quality.parse({k: v for k, v in self.figures()
-                              if not isinstance(v, str) or len(v) <= max_string_chars})
+        kept = {k: v for k, v in self.figures()
+                if not isinstance(v, str) or len(v) <= max_string_chars}
+        if "gain_kept" in kept:  # as ranked: the evaluation, left out here, may void it
+            kept["gain_kept"] = self.gain_kept
+        return Quality.parse(kept)
+
+
+def _worst(stated: float | None, values: list[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    return stated if stated is not None else (max(found) if found else None)
+
+
+def _lora_maxima(doc: JSONObject) -> tuple[float | None, float | None]:
+    """(delta_rel_error_max, weight_rel_error_max). A LoRA quality stored before the two
+    were told apart put its delta-relative factor error under `weight_rel_error_max`
+    (without `delta_rel_error_max`): that figure reads as what it is."""
+    weight = finite(doc.get("weight_rel_error_max"))
+    if "delta_rel_error_max" in doc:
+        return finite(doc.get("delta_rel_error_max")), weight
+    legacy = (doc.get("verified_with") == LORA_FACTORS_AS_STORED
+              or "max_error" in json_object(doc.get("summary")))
+    return (weight, None) if legacy else (None, weight)
+
+
+def _headline(gain: float | None, evaluation: Evaluation | None) -> float | None:
+    """The headline gain kept, which listings rank by: only where the first data set shows
+    the fine-tune improving (elsewhere a higher figure is a worse loss, or noise). A
+    report stored before that rule may state one for a regressing set: it is dropped."""
+    first = evaluation.datasets[0] if evaluation and evaluation.datasets else None
+    if first is not None and first.change in ("regressed", "unchanged"):
+        return None
+    return gain
 
 
 def from_job(job: int, method: str, codec: Mapping[str, object],
@@ -245,7 +266,9 @@ def from_job(job: int, method: str, codec: Mapping[str, object],
     evaluation data set as registered (the evaluation itself names its files)."""
     headline: JSONObject = {"source": JOB_SOURCE, "job": job, "method": method}
     if evaluated is not None:
-        headline["gain_kept"] = evaluated["gain_kept"]  # on the first data set
+        # On the first data set, where the fine-tune improved it (`_headline`).
+        headline["gain_kept"] = _headline(finite(evaluated.get("gain_kept")),
+                                          Evaluation.parse(evaluated))
         headline["gain_kept_on"] = evaluated_on  # the registry's name of that data set
     if distilled is not None:
         headline.update(distilled=True, distill_loss_initial=distilled.get("initial_loss"),
@@ -255,10 +278,18 @@ def from_job(job: int, method: str, codec: Mapping[str, object],
                         output_rel_error_mean=verified["compression_rel_error_mean"],
                         verified_with=f"{verified['backend']} on {verified['device']}")
     elif method == "lora":
-        summary = _object(codec.get("summary"))
-        headline.update(weight_rel_error_max=summary.get("max_error"),
-                        weight_rel_error_mean=summary.get("mean_error"),
-                        verified_with="factor errors measured as stored")
+        summary = json_object(codec.get("summary"))
+        headline.update(delta_rel_error_max=summary.get("max_error"),
+                        delta_rel_error_mean=summary.get("mean_error"),
+                        weight_rel_error_max=summary.get("weight_rel_error_max"),
+                        weight_rel_error_mean=summary.get("weight_rel_error_mean"),
+                        verified_with=LORA_FACTORS_AS_STORED)
+    if method == "bitdelta":  # the same quantities a LoRA states, for listings
+        worst = Quality.parse(dict(layers)).error_maxima()
+        headline.update(delta_rel_error_max=worst["delta_rel_error"],
+                        weight_rel_error_max=worst["weight_rel_error"])
+        if distilled is not None:  # the codec measured them; distillation then moved α
+            headline[BEFORE_DISTILLATION] = True
     details = {k: v for k, v in codec.items() if k not in DETAIL_KEYS}
     return Quality.parse({**headline, "codec": details, "distillation": distilled,
                           "verify": verified, "evaluation": evaluated, **layers})
@@ -270,13 +301,16 @@ def from_report(report: Mapping[str, object], *, source: str, lora: bool,
     client's own, since the server did not measure it.
 
     A LoRA report's error figures (`lora`) also go to the top level under the names a
-    LoRA compression job uses, so listings show pushed and compressed adapters alike.
+    LoRA compression job uses (ERROR_QUANTITIES), so listings show pushed and compressed
+    adapters alike.
     """
     document = {k: v for k, v in report.items() if k not in DETAIL_KEYS}
     summary = report.get("summary")
     if lora and isinstance(summary, dict):
-        document.update(weight_rel_error_max=summary.get("max_error"),
-                        weight_rel_error_mean=summary.get("mean_error"))
+        document.update(delta_rel_error_max=summary.get("max_error"),
+                        delta_rel_error_mean=summary.get("mean_error"),
+                        weight_rel_error_max=summary.get("weight_rel_error_max"),
+                        weight_rel_error_mean=summary.get("weight_rel_error_mean"))
     document["source"] = source
     if pictures:
         document["pictures"] = list(pictures)

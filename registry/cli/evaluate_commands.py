@@ -22,7 +22,7 @@ from compress.errors import CodecError
 from compress.progress import ProgressFn
 from compress.quality import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_MAX_BATCHES,
+    DEFAULT_MAX_TOKENS,
     DEFAULT_SEQ_LEN,
     MissingDependency,
     QualityReport,
@@ -63,14 +63,18 @@ def evaluate(
     seq_len: Annotated[int, typer.Option(
         min=2, help="tokens per row for text (pre-tokenized rows keep theirs)")
                        ] = DEFAULT_SEQ_LEN,
-    max_batches: Annotated[int, typer.Option(min=1, help="batches scored per data set")
-                           ] = DEFAULT_MAX_BATCHES,
+    max_batches: Annotated[int | None, typer.Option(
+        min=1, help="batches scored per data set at most (default: all, within "
+        "--max-tokens)", show_default=False)] = None,
     tokenizer: Annotated[Path | None, typer.Option(
         help="tokenizer.json for text data (default: BASE's, else FINETUNE's)",
         show_default=False)] = None,
     dtype: Annotated[DtypeChoice, typer.Option(help="what the models compute in")
                      ] = DtypeChoice.float32,
     device: Device = "cpu",
+    max_tokens: Annotated[int, typer.Option(
+        min=1, help="the token budget: predicted tokens scored per data set at most; each "
+        "set is scored whole up to it")] = DEFAULT_MAX_TOKENS,
 ) -> None:
     """Measure how much of FINETUNE's gain over BASE a compressed model keeps, on data."""
     try:
@@ -79,7 +83,7 @@ def evaluate(
             report = evaluate_quality(
                 base, finetune, compressed, data, tokenizer=text_tokenizer,
                 batch_size=batch_size, seq_len=seq_len, max_batches=max_batches,
-                dtype=dtype.value, device=device, progress=progress)
+                dtype=dtype.value, device=device, progress=progress, max_tokens=max_tokens)
     except MissingDependency as exc:
         raise fail("deltahub evaluate is not installed", exc.detail, EXIT_NOT_INSTALLED
                       ) from exc
@@ -97,8 +101,11 @@ def print_report(report: QualityReport) -> None:
     evaluation = Evaluation.parse(report.to_dict())
     assert evaluation is not None  # the report's own dict
     print_evaluation(f"Quality of {report.compressed}", evaluation)
-    sizes = ", ".join(f"{d.name}: {d.rows} rows × {d.seq_len}" for d in report.datasets)
-    stdout.print(f"scored {sizes}; {report.dtype} on {report.device}; one model of "
+    sizes = ", ".join(f"{d.name}: {d.rows} rows × {d.seq_len} = {d.tokens:,} tokens"
+                      f"{' (cut short)' if d.truncated else ' (all)'}" for d in report.datasets)
+    budget = ("no token budget" if report.max_tokens is None
+              else f"token budget {report.max_tokens:,} per data set")
+    stdout.print(f"scored {sizes}; {budget}; {report.dtype} on {report.device}; one model of "
                   f"{report.resident_bytes / 1e9:.3g} GB resident at a time; "
                   f"{report.seconds:.1f} s", highlight=False, soft_wrap=True)
 

@@ -40,6 +40,7 @@ _FIELDS = {
     "distill.seq_len": "--distill-seq-len", "distill.seed": "--distill-seed",
     "evaluate.datasets": "--evaluate", "evaluate.batch_size": "--evaluate-batch-size",
     "evaluate.seq_len": "--evaluate-seq-len", "evaluate.max_batches": "--evaluate-max-batches",
+    "evaluate.max_tokens": "--evaluate-max-tokens",
     "distill": "--distill",  # not bare "evaluate": refusals use it as a verb
 }
 # A field's name as a word of its own (not inside a longer name, a path or plain English

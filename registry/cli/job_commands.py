@@ -77,7 +77,11 @@ def compress(
     evaluate_seq_len: Annotated[int | None, typer.Option(
         help="evaluation tokens per row [128]")] = None,
     evaluate_max_batches: Annotated[int | None, typer.Option(
-        help="evaluation batches per data set, at most [50]")] = None,
+        help="evaluation batches per data set, at most [all, within the token budget]")
+    ] = None,
+    evaluate_max_tokens: Annotated[int | None, typer.Option(
+        help="evaluation token budget: predicted tokens per data set, at most [262,144]")
+    ] = None,
     base: Annotated[str | None, typer.Option(
         help="compress against this 4-bit base of the fine-tune's base (push-model "
              "--quantized-from), and register the adapter on it")] = None,
@@ -101,7 +105,7 @@ def compress(
             "seq_len": distill_seq_len, "seed": distill_seed}),
         "evaluate": _section("evaluate", {"datasets": evaluate}, {
             "batch_size": evaluate_batch_size, "seq_len": evaluate_seq_len,
-            "max_batches": evaluate_max_batches}),
+            "max_batches": evaluate_max_batches, "max_tokens": evaluate_max_tokens}),
         "base": base}
     with connected(url, token) as client:
         # One key per invocation: if the connection drops after the server queued the

@@ -94,10 +94,21 @@ def estimate(shape: FinetuneShape, distill: DistillStage | None,
                   + 2 * batch * _LOGIT_BYTES + batch * _TEACHER_BYTES + rows * _TOKEN_BYTES)
     if evaluate is not None:
         batch = evaluate.batch_size * evaluate.seq_len * vocab
-        per_set = evaluate.max_batches * evaluate.batch_size * evaluate.seq_len
+        per_set = _evaluated_tokens(evaluate, data_bytes)
         rows = min(per_set * len(evaluate.datasets), data_bytes)
         memory = max(memory, model + 2 * batch * _LOGIT_BYTES + rows * _TOKEN_BYTES)
     return Footprint(scratch, memory)
+
+
+def _evaluated_tokens(evaluate: EvaluateStage, data_bytes: int) -> int:
+    """Tokens held per data set at most: its bounds, else all of the data."""
+    bounds = [data_bytes]
+    if evaluate.max_batches is not None:
+        bounds.append(evaluate.max_batches * evaluate.batch_size * evaluate.seq_len)
+    if evaluate.max_tokens is not None:
+        rows = max(1, evaluate.max_tokens // (evaluate.seq_len - 1))
+        bounds.append(rows * evaluate.seq_len)
+    return min(bounds)
 
 
 def check(settings: Settings, shape: FinetuneShape, distill: DistillStage | None,

@@ -27,7 +27,7 @@ def codec_layers(codec: Mapping[str, object]) -> dict[str, list[JSONObject]]:
         kept["tensors"] = tensors
     modules = []
     for row in _rows(codec.get("modules")):
-        module = _pick(row, ("module", "rank", "error"))
+        module = _pick(row, ("module", "rank", "error", "weight_rel_error"))
         values = row.get("singular_values")
         if isinstance(values, list):
             module["singular_values"] = values[:MAX_SINGULAR_VALUES]

@@ -43,12 +43,14 @@ class DistillStage(_Document):
 
 
 class EvaluateStage(_Document):
-    """The gain-kept evaluation on each data set (the first is the headline)."""
+    """The gain-kept evaluation on each data set (the first is the headline). A job queued
+    before the token budget has max_batches and no max_tokens: it runs as it was asked."""
 
     datasets: list[PinnedDataset]
     batch_size: int
     seq_len: int
-    max_batches: int
+    max_batches: int | None = None  # None: every row, within max_tokens
+    max_tokens: int | None = _ABSENT  # predicted tokens per data set at most
 
 
 class _Params(_Document):

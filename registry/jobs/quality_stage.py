@@ -50,7 +50,8 @@ def evaluate(params: EvaluateStage, base: TensorSource, finetune: TensorSource,
              for path in fetch_pinned(ctx, pinned, scratch)]
     report = evaluate_quality(base, finetune, result, files, batch_size=params.batch_size,
                               seq_len=params.seq_len, max_batches=params.max_batches,
-                              device=ctx.device, progress=progress)
+                              max_tokens=params.max_tokens, device=ctx.device,
+                              progress=progress)
     found = report.to_dict()
     # Where the worker kept its compressed copy (under WORK_DIR) is none of a user's
     # business and changes with every attempt: `compressed_kind` says what was measured.

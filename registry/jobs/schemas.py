@@ -40,6 +40,9 @@ class DistillParams(_Finite):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
+# compress.quality.DEFAULT_MAX_TOKENS, restated: the API does not import torch.
+EVALUATE_MAX_TOKENS = 262_144
+
 class EvaluateParams(_Finite):
     """Held-out next-token loss of base, fine-tune and the result on each data set; the
     adapter's gain kept is measured on the first."""
@@ -47,7 +50,15 @@ class EvaluateParams(_Finite):
     datasets: list[DatasetName] = Field(min_length=1, max_length=8)
     batch_size: int = Field(default=4, ge=1, le=256)
     seq_len: int = Field(default=128, ge=2, le=8192)
-    max_batches: int = Field(default=50, ge=1, le=10_000)
+    max_batches: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="batches of batch_size rows scored per data set at most (default: all, "
+                    "within max_tokens)")
+    max_tokens: int = Field(
+        default=EVALUATE_MAX_TOKENS, ge=1, le=2**24,
+        description=f"the token budget: predicted tokens scored per data set at most "
+                    f"(default {EVALUATE_MAX_TOKENS:,}); each set is scored whole up to it, "
+                    "and the report states the budget and the rows and tokens each set used")
 
 
 class CompressRequest(_Finite):

@@ -69,7 +69,8 @@ async def adapter_page(request: Request, adapter_id: AdapterId,
                 quality=found, evaluation=quality.evaluation(found),
                 distillation=quality.distillation(found, source.adapter.kind,
                                                   source.adapter.params),
-                gain_kept_meaning=quality.GAIN_KEPT_MEANING)
+                gain_kept_meaning=quality.GAIN_KEPT_MEANING,
+                evaluation_bound=quality.evaluation_bound(found))
 
 
 @router.get("/{adapter_id}/plots/{kind}.png")

@@ -31,6 +31,7 @@ DISTILL_FIELDS: dict[str, tuple[str, type[int] | type[float], str]] = {
 EVALUATE_FIELDS: dict[str, tuple[str, type[int] | type[float], str]] = {
     "evaluate_seq_len": ("seq_len", int, "evaluation tokens per row"),
     "evaluate_max_batches": ("max_batches", int, "evaluation batches per data set"),
+    "evaluate_max_tokens": ("max_tokens", int, "evaluation token budget per data set"),
 }
 
 

@@ -32,7 +32,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from registry.adapters.quality import ModuleFigures, Quality, TensorFigures
+from registry.adapters.quality import ERROR_QUANTITIES, ModuleFigures, Quality, TensorFigures
 from registry.errors import PlotsBusy
 
 # Labels and sizes. Plots stay small: one picture per figure, at most this many bars.
@@ -79,13 +79,20 @@ def _drawable(value: float | None) -> float | None:
     return value if value is not None and abs(value) <= MAX_DRAWN else None
 
 
-def layer_errors(figures: Figures) -> list[tuple[str, float]]:
-    """Per-module relative weight error: LoRA `modules[].error`, BitDelta
-    `tensors[].weight_rel_error` (compressed tensors only)."""
-    found = [(m.module, _drawable(m.error)) for m in figures.modules()]
-    found += [(t.name, _drawable(t.weight_error)) for t in figures.tensors()
-              if t.kind == "bitdelta"]
+def layer_errors(figures: Figures, quantity: str = "delta_rel_error"
+                 ) -> list[tuple[str, float]]:
+    """Per-layer `quantity` (ERROR_QUANTITIES: delta_rel_error or weight_rel_error) of
+    either codec: LoRA `modules[]`, BitDelta `tensors[]` (compressed tensors only)."""
+    delta = quantity == "delta_rel_error"
+    found = [(m.module, _drawable(m.error if delta else m.weight_error))
+             for m in figures.modules()]
+    found += [(t.name, _drawable(t.delta_error if delta else t.weight_error))
+              for t in figures.tensors() if t.kind == "bitdelta"]
     return [(name, value) for name, value in found if value is not None][:MAX_BARS]
+
+
+def _has_errors(figures: Figures) -> bool:
+    return any(layer_errors(figures, q) for q in _WEIGHT_ERRORS)
 
 
 def spectra(figures: Figures) -> list[tuple[str, list[float], int | None]]:
@@ -156,12 +163,36 @@ def _bars(title: str, xlabel: str, data: list[tuple[str, float]]) -> Any:
     return fig
 
 
+# The two weight errors drawn side by side, each under its one name (ERROR_QUANTITIES).
+_WEIGHT_ERRORS = ("delta_rel_error", "weight_rel_error")
+
+
 def _draw_errors(figures: Figures) -> Any:
-    return _bars("Weight error per layer", "‖W − Ŵ‖ / ‖W‖", layer_errors(figures))
+    """delta_rel_error and weight_rel_error per layer, side by side, on shared rows."""
+    from matplotlib.figure import Figure
+
+    series = {q: dict(layer_errors(figures, q)) for q in _WEIGHT_ERRORS}
+    names = list(dict.fromkeys(n for q in _WEIGHT_ERRORS for n in series[q]))[:MAX_BARS]
+    fig = Figure(figsize=(9, 2.4 + 0.22 * len(names)), dpi=DPI)  # room for two titles
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, quantity in zip(axes, _WEIGHT_ERRORS, strict=True):
+        values = [series[quantity].get(n) for n in names]
+        ax.barh(range(len(names)), [v or 0.0 for v in values], color="#3b6ea5")
+        formula, _, meaning = ERROR_QUANTITIES[quantity].partition(": ")
+        ax.set_xlabel(formula)
+        ax.set_title(f"{quantity}\n({meaning})" if any(v is not None for v in values)
+                     else f"{quantity}: not in this report", fontsize=9)
+    axes[0].set_yticks(range(len(names)), [label(n) for n in names], fontsize=7)
+    axes[0].invert_yaxis()
+    fig.suptitle("Weight errors per layer" + (
+        " (measured before scale distillation changed α)"
+        if figures.quality.weight_errors_predate_distillation else ""), fontsize=10)
+    return fig
 
 
 def _draw_verify(figures: Figures) -> Any:
-    return _bars("Verification: output error per layer", "relative error of x·Wᵀ",
+    return _bars("Verification: output_rel_error per layer",
+                 ERROR_QUANTITIES["output_rel_error"].partition(": ")[0],
                  verify_errors(figures))
 
 
@@ -195,7 +226,8 @@ def _draw_loss(figures: Figures) -> Any:
 
 PLOTS: dict[str, tuple[str, Callable[[Figures], bool],
                        Callable[[Figures], Any]]] = {
-    "errors": ("Per-layer weight error", lambda d: bool(layer_errors(d)), _draw_errors),
+    "errors": ("Weight errors per layer: delta_rel_error and weight_rel_error", _has_errors,
+               _draw_errors),
     "spectra": ("LoRA singular-value spectra", lambda d: bool(spectra(d)), _draw_spectra),
     "loss": ("Distillation loss", lambda d: bool(loss_curve(d)), _draw_loss),
     "verify": ("Verification error per layer", lambda d: bool(verify_errors(d)),

@@ -16,10 +16,16 @@ from registry.adapters.quality import EvaluatedSet, Quality
 from registry.jobs.params import BitDeltaParams, parse_params
 from registry.tables import CompressMethod
 
-# What the adapter page says gain kept is, in one line.
-GAIN_KEPT_MEANING = ("Gain kept = (base loss − compressed loss) / (base loss − fine-tune "
-                     "loss): the share of the fine-tune's improvement over its base that the "
-                     "compressed adapter keeps (1.000 keeps all of it, 0 none).")
+# What the adapter page says gain kept is: docs/architecture.md ("Gain kept") at length.
+GAIN_KEPT_MEANING = (
+    "Gain kept = (base loss − compressed loss) / (base loss − fine-tune loss): the share of "
+    "the fine-tune's change in loss that the compressed adapter keeps, that is how much it "
+    "keeps the fine-tune's behaviour (1.000 all of it, 0 none: it behaves as the base). "
+    "Each data set says which way the fine-tune moved the loss: where it improved, higher "
+    "is better; where it regressed (e.g. off its domain), higher keeps more of the "
+    "regression and 0 recovers the base. Where it changed the loss by under 0.001 nats per "
+    "token the figure is undefined (–). The headline, which listings rank by, is the first "
+    "data set's, and only when the fine-tune improved it.")
 MAX_ROWS = 64  # a report names at most 8 data sets; a pushed one may claim more
 
 
@@ -28,6 +34,12 @@ def evaluation(quality: Quality | None) -> list[EvaluatedSet]:
     if quality is None or quality.evaluation is None:
         return []
     return list(quality.evaluation.datasets[:MAX_ROWS])
+
+
+def evaluation_bound(quality: Quality | None) -> str:
+    """What the evaluation's data sets were cut to (the token budget), in words."""
+    found = quality.evaluation if quality is not None else None
+    return found.bound() if found is not None else ""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from registry.adapters.quality import finite
+from registry.adapters.quality import ERROR_QUANTITIES, finite
 from registry.errors import APIError
 from registry.ui.serving import serving_rows
 from registry.ui.sessions import CSRF_FIELD, Viewer
@@ -106,6 +106,7 @@ def _environment() -> Environment:
                            {k: v for k, v in d.items() if v not in (None, "")}))
     env.globals["CSRF_FIELD"] = CSRF_FIELD
     env.globals["serving_rows"] = serving_rows  # adapter.html: where it can be served
+    env.globals["ERROR_QUANTITIES"] = ERROR_QUANTITIES  # each error's one name and formula
     return env
 
 

@@ -39,6 +39,7 @@ SAMPLES: dict[str, Any] = {
     "distill.batch_size": 2, "distill.seq_len": 64, "distill.seed": 3,
     "evaluate.datasets": ["held-out", "second"], "evaluate.batch_size": 2,
     "evaluate.seq_len": 64, "evaluate.max_batches": 5, "base": "tiny-base-nf4",
+    "evaluate.max_tokens": 4096,
 }
 
 # Flags whose name is not the field's.

@@ -34,10 +34,16 @@ def test_evaluate_prints_the_table_and_writes_json(finetune_pair: FinetunePair,
     python, prose = report["datasets"]
     assert (python["name"], python["rows"], prose["rows"]) == ("python_heldout.txt", 16, 16)
     rows = table_rows(result.stdout)
+    improved = "improved"
     assert ["python_heldout.txt", "base", f"{python['base']['loss']:.4g}",
-            f"{python['base']['perplexity']:.4g}", "0"] in rows
+            f"{python['base']['perplexity']:.4g}", improved, "0"] in rows
     assert ["python_heldout.txt", "bitdelta", f"{python['compressed']['loss']:.4g}",
-            f"{python['compressed']['perplexity']:.4g}", f"{python['gain_kept']:.4g}"] in rows
+            f"{python['compressed']['perplexity']:.4g}", improved,
+            f"{python['gain_kept']:.4g}"] in rows
+    # Off its domain the fine-tune regressed: the table says so beside the figure.
+    assert prose["finetune_change"] == "regressed"
+    assert [r[4] for r in rows if len(r) > 4 and r[1]] == ["improved"] * 3 + ["regressed"] * 3
+    assert "higher keeps more of the regression" in " ".join(result.stdout.split())
     assert "one model of" in result.stdout
 
 

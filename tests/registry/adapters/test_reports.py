@@ -70,7 +70,10 @@ def test_an_extracted_lora_keeps_its_report_pictures_and_source(
     quality = adapter["quality"]
     assert quality["source"] == "report.json pushed with the adapter"
     assert quality["format"] == "deltahub-lora-report"
-    assert quality["weight_rel_error_max"] == report["summary"]["max_error"]
+    assert quality["delta_rel_error_max"] == report["summary"]["max_error"]
+    weight = report["summary"]["weight_rel_error_max"]
+    assert quality["weight_rel_error_max"] == weight
+    assert 0 < weight < report["summary"]["max_error"]  # relative to W_ft, not to ΔW
     assert quality["summary"] == report["summary"]
     assert "modules" not in quality  # per-module detail stays in the file
     assert quality["pictures"] == [SPECTRA_FILE]
@@ -80,7 +83,7 @@ def test_an_extracted_lora_keeps_its_report_pictures_and_source(
     listed = client.get("/adapters", params={"base": BASE}, headers=tokens.read).json()
     [item] = listed["items"]
     assert item["source_model"] == FINETUNE
-    assert item["quality"]["weight_rel_error_max"] == report["summary"]["max_error"]
+    assert item["quality"]["delta_rel_error_max"] == report["summary"]["max_error"]
 
 
 def test_a_bitdelta_push_keeps_its_pictures(client: TestClient, tokens: Tokens, models: None,

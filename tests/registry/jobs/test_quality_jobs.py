@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from registry.jobs.params import BitDeltaParams, DistillStage, EvaluateStage, PinnedDataset
 from registry.jobs.runner import _stage_spans
+from registry.jobs.schemas import EVALUATE_MAX_TOKENS
 from registry.tables import CompressMethod, Job
 from tests.conftest import Tokens
 from tests.finetune import FinetunePair
@@ -108,6 +109,26 @@ def test_a_lora_job_is_evaluated_too(app: FastAPI, client: TestClient, tokens: T
     assert all(1 <= len(m["singular_values"]) <= 64 for m in modules)
 
 
+def test_a_job_scores_its_data_sets_whole_within_a_stated_budget(
+        app: FastAPI, client: TestClient, tokens: Tokens, registered: None) -> None:
+    """Issue 27: no silent 4 × 50 rows. Without max_batches every row is scored up to the
+    token budget, which the job's params and the evaluation state, with what each set used."""
+    job = _compress(client, tokens, "lora", rank=4,
+                    evaluate={"datasets": ["py-heldout"], "seq_len": 64})
+    assert (job["params"]["evaluate"]["max_batches"],
+            job["params"]["evaluate"]["max_tokens"]) == (None, EVALUATE_MAX_TOKENS)
+    assert run_all(app) == 1
+    quality = _finished(client, tokens, job["id"])["quality"]
+    evaluation = quality["evaluation"]
+    assert (evaluation["max_tokens"], evaluation["max_batches"]) == (EVALUATE_MAX_TOKENS, None)
+    [used] = evaluation["datasets"]
+    assert used["truncated"] is False
+    assert used["tokens"] == used["rows"] * (used["seq_len"] - 1)
+    # Both weight errors, each under its one name (issue 27, item 2).
+    assert 0 < quality["weight_rel_error_max"] < quality["delta_rel_error_max"] < 1
+    assert all(0 < m["weight_rel_error"] < m["error"] for m in quality["modules"])
+
+
 BAD = [
     ("lora", {"rank": 4, "distill": {"dataset": "py-train"}}, 422, "InvalidJobParameters"),
     ("bitdelta", {"distill": {"dataset": "nope"}}, 404, None),
@@ -117,6 +138,7 @@ BAD = [
     ("bitdelta", {"distill": {"dataset": "py-train", "steps": 0}}, 422, None),
     ("bitdelta", {"distill": {"dataset": "py-train", "lr": -1}}, 422, None),
     ("bitdelta", {"distill": {"dataset": "../x"}}, 422, None),
+    ("bitdelta", {"evaluate": {"datasets": ["py-heldout"], "max_tokens": 0}}, 422, None),
 ]
 
 

@@ -136,7 +136,8 @@ def test_data_sets_and_claimed_evaluations_render_as_text(
     rows = re.findall(r'<tr data-dataset="([^"]*)">(.*?)</tr>', page.text, re.S)
     assert [html.unescape(name) for name, _ in rows] == [PAYLOAD, ATTRIBUTE]
     cells = re.findall(r"<td[^>]*>(.*?)</td>", rows[0][1], re.S)
-    assert [c.strip() for c in cells[1:]] == ["–", "–", "3.000", "–", "–", "1.250", "–", "–"]
+    assert [c.strip() for c in cells[1:]] == ["– tokens", "–", "3.000", "–", "–", "1.250", "–",
+                                             "–", "–"]
     assert "<tr><th>Loss</th><td>– → 1.000</td></tr>" in page.text  # junk initial loss
     png = client.get(f"/ui/adapters/{adapter['id']}/plots/loss.png")
     assert png.status_code == 200

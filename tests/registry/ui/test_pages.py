@@ -60,6 +60,10 @@ def test_lineage_groups_adapters_under_their_fine_tune(client: TestClient, token
     assert "latest" in html
     assert "× smaller" in html
     assert "weight error ≤" in html  # the pushed report's headline error
+    # Issue 27: a LoRA states both weight errors, each under its one name, not its
+    # delta-relative error as "weight error".
+    assert 'data-error="delta_rel_error"' in html
+    assert 'data-error="weight_rel_error"' in html
 
 
 def test_lineage_filters_by_kind_and_alias_and_pages(client: TestClient, tokens: Tokens,

@@ -9,6 +9,7 @@ the drawing slots a request gets a 503 rather than a place in a queue.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import shutil
 import threading
@@ -93,7 +94,8 @@ def test_a_stored_report_with_huge_numbers_renders_what_is_valid(
     assert page.status_code == 200
     [(name, cells)] = evaluation_rows(page.text)
     assert (name, cells[1:]) == ("held-out",
-                                 ["–", "2.000", "–", "1.000", "–", "–", "–", "–"])
+                                 ["– tokens", "2.000", "–", "1.000", "–", "–", "–",
+                                  "improved by 1.000", "–"])
     assert "<tr><th>Loss</th><td>– → 1.000</td></tr>" in page.text
     assert client.get(f"/ui/models/{BASE}").status_code == 200  # the lineage's gain kept
     assert client.get(f"/ui/models/{FINETUNE}").status_code == 200
@@ -144,7 +146,7 @@ def test_a_figure_of_long_names_has_bounded_labels() -> None:
         {"module": n, "error": 0.1, "singular_values": [2.0]} for n in names]})
     for kind, drawn in (("errors", plots.MAX_BARS), ("spectra", plots.MAX_CURVES)):
         figure = plots.PLOTS[kind][2](document)
-        [axes] = figure.axes
+        axes = figure.axes[0]  # the errors plot: its first panel names the layers
         texts = ([t.get_text() for t in axes.get_yticklabels()] if kind == "errors"
                  else [t.get_text() for t in axes.get_legend().get_texts()])
         assert len(texts) == drawn, kind
@@ -260,3 +262,25 @@ def test_past_the_drawing_slots_a_picture_is_refused_for_now(
             gate.release.set()
         assert slow.result(timeout=WAIT_S).status_code == 200
     assert client.get(fast_url).status_code == 200  # a slot is free again
+
+
+@SQLITE
+def test_a_regressing_set_says_so_beside_its_gain_kept(
+        client: TestClient, tokens: Tokens, seeded: Seeded, engine: Engine,
+        store: LocalBlobStore) -> None:
+    """Issue 27: off its domain the fine-tune got worse (1.283 → 1.503); 0.985 there keeps
+    that regression, and the page must say so rather than call it an improvement kept."""
+    adapter_id = seeded.lora["id"]
+    quality = {**seeded.lora["quality"], "gain_kept": 0.985, "evaluation": {"datasets": [
+        {"name": "english", "tokens": 1000, "base": {"loss": 1.283},
+         "finetune": {"loss": 1.503}, "compressed": {"loss": 1.4997}, "gain_kept": 0.985},
+        {"name": "flat", "tokens": 1000, "base": {"loss": 2.0}, "finetune": {"loss": 2.0004},
+         "compressed": {"loss": 1.0}, "gain_kept": -2500.0}]}}
+    _store_directly(engine, store, adapter_id, quality, {})
+    sign_in(client, tokens.read)
+    page = client.get(f"/ui/adapters/{adapter_id}").text
+    (_, english), (_, flat) = evaluation_rows(page)
+    assert english[-2:] == ["regressed by 0.220", "0.985 (of a regression: lower is better)"]
+    assert flat[-2:] == ["no meaningful change", "–"]  # never −2500
+    assert "keeps the fine-tune's behaviour" in html.unescape(page)
+    assert "where it regressed" in html.unescape(page)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from registry.adapters.quality import JOB_SOURCE, Quality
 from registry.ui import plots
 
 PNG = b"\x89PNG"
@@ -48,3 +49,32 @@ def test_what_is_drawn_is_within_the_drawable_magnitude() -> None:
         {"module": "b", "error": -1e101}]})
     assert plots.layer_errors(document) == [("a", plots.MAX_DRAWN)]
     assert plots.spectra(document) == [("a", [2.0], None)]
+
+
+def test_both_codecs_draw_the_same_two_named_weight_errors_side_by_side() -> None:
+    """Issue 27: the LoRA plot said ‖W−Ŵ‖/‖W‖ over ‖ΔW−BA‖/‖ΔW‖. Each panel is now one
+    quantity, named and labelled with its formula, for either codec."""
+    lora = plots.Figures.of(None, {"modules": [
+        {"module": "m", "error": 0.30, "weight_rel_error": 0.046}]})
+    bitdelta = plots.Figures.of(None, {"tensors": [
+        {"name": "t", "kind": "bitdelta", "delta_rel_error": 0.7, "weight_rel_error": 0.095}]})
+    for document, (delta, weight) in ((lora, (0.30, 0.046)), (bitdelta, (0.7, 0.095))):
+        assert plots.layer_errors(document, "delta_rel_error")[0][1] == delta
+        assert plots.layer_errors(document, "weight_rel_error")[0][1] == weight
+        figure = plots.PLOTS["errors"][2](document)
+        labels = [(ax.get_title().split("\n")[0], ax.get_xlabel()) for ax in figure.axes]
+        assert labels == [("delta_rel_error", "‖ΔW − ΔŴ‖ / ‖ΔW‖"),
+                          ("weight_rel_error", "‖W_ft − Ŵ_ft‖ / ‖W_ft‖")]
+    old = plots.Figures.of(None, {"modules": [{"module": "m", "error": 0.3}]})
+    figure = plots.PLOTS["errors"][2](old)
+    assert figure.axes[1].get_title() == "weight_rel_error: not in this report"
+
+
+def test_a_distilled_jobs_weight_errors_are_titled_as_predating_distillation() -> None:
+    rows = {"tensors": [{"name": "t", "kind": "bitdelta", "weight_rel_error": 0.1,
+                         "delta_rel_error": 0.7}]}
+    distilled = plots.Figures.of(Quality.parse({"source": JOB_SOURCE, "distilled": True,
+                                                **rows}), None)
+    plain = plots.Figures.of(Quality.parse({"source": JOB_SOURCE, **rows}), None)
+    assert "before scale distillation" in plots.PLOTS["errors"][2](distilled).get_suptitle()
+    assert "before" not in plots.PLOTS["errors"][2](plain).get_suptitle()
