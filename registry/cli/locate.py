@@ -11,15 +11,18 @@ migrated, and otherwise says where it looked and how to create it. Only
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from registry.cli.failures import EXIT_NO_DATABASE, CommandFailure
-from registry.infra.engines import make_engine
+from registry.infra.engines import make_engine, make_session_factory
 from registry.infra.migrate import current_revision, head_revision
 from registry.settings import Settings
 
@@ -73,3 +76,23 @@ def migrated_engine(settings: Settings) -> Engine:
                              f"{state}, not {head}; run `deltahub db upgrade`",
                              EXIT_NO_DATABASE)
     return engine
+
+
+@contextlib.contextmanager
+def migrated_sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the migrated database; its engine's connections closed at the end
+    (a command run in-process, as the tests run it, must not leave them to the GC)."""
+    engine = migrated_engine(settings)
+    try:
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+def revision_of(url: str) -> str | None:
+    """The database's schema revision, on an engine closed again at once."""
+    engine = make_engine(url)
+    try:
+        return current_revision(engine)
+    finally:
+        engine.dispose()

@@ -13,12 +13,12 @@ import typer
 
 from registry.auth import service as tokens
 from registry.cli.console import console, print_json, print_table, stdout
-from registry.cli.locate import migrated_engine, shown, sqlite_path
+from registry.cli.locate import migrated_engine, migrated_sessions, revision_of, shown, sqlite_path
 from registry.cli.remote import Json
 from registry.gc.collect import collect_garbage
 from registry.gc.stale_drafts import remove_stale_drafts
-from registry.infra.engines import make_engine, make_session_factory, unit_of_work
-from registry.infra.migrate import current_revision, head_revision, upgrade
+from registry.infra.engines import make_session_factory, unit_of_work
+from registry.infra.migrate import head_revision, upgrade
 from registry.settings import Settings
 from registry.storage.factory import make_blob_store
 
@@ -68,7 +68,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     url = Settings().DATABASE_URL
     upgrade(url, revision)
     path = sqlite_path(url)
-    console.print(f"database {path or shown(url)} at {current_revision(make_engine(url))}",
+    console.print(f"database {path or shown(url)} at {revision_of(url)}",
                   highlight=False)
 
 
@@ -79,8 +79,8 @@ def db_current() -> None:
     url = settings.DATABASE_URL
     path = sqlite_path(url)
     if path is not None and not path.is_file():
-        migrated_engine(settings)  # says where it looked and how to create one
-    stdout.print(f"current {current_revision(make_engine(url))}, head {head_revision(url)}")
+        migrated_engine(settings).dispose()  # says where it looked and how to create one
+    stdout.print(f"current {revision_of(url)}, head {head_revision(url)}")
 
 
 @token_app.command("create")
@@ -89,8 +89,7 @@ def token_create(
     name: Annotated[str, typer.Option(help="a label to tell tokens apart")] = "cli",
 ) -> None:
     """Create a token and print it (only the token, so scripts can capture it)."""
-    factory = make_session_factory(migrated_engine(Settings()))
-    with unit_of_work(factory) as session:
+    with migrated_sessions(Settings()) as factory, unit_of_work(factory) as session:
         issued = tokens.create_token(session, name, scopes.split(","))
     stdout.print(issued.secret, highlight=False)
 
@@ -98,8 +97,7 @@ def token_create(
 @token_app.command("list")
 def token_list(json: Json = False) -> None:
     """List tokens (never their secrets)."""
-    factory = make_session_factory(migrated_engine(Settings()))
-    with unit_of_work(factory) as session:
+    with migrated_sessions(Settings()) as factory, unit_of_work(factory) as session:
         found = [(t.id, t.name, t.prefix, sorted(t.scopes), t.revoked_at is not None)
                  for t in tokens.list_tokens(session)]
     if json:
@@ -114,8 +112,7 @@ def token_list(json: Json = False) -> None:
 @token_app.command("revoke")
 def token_revoke(token_id: Annotated[int, typer.Argument(help="id from `token list`")]) -> None:
     """Revoke a token; requests with it get 401 from now on."""
-    factory = make_session_factory(migrated_engine(Settings()))
-    with unit_of_work(factory) as session:
+    with migrated_sessions(Settings()) as factory, unit_of_work(factory) as session:
         tokens.revoke_token(session, token_id)
     console.print(f"token {token_id} revoked")
 
