@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from registry.adapters import service
 from registry.adapters.schemas import AdapterCreate, AdapterOut
-from registry.adapters.views import adapter_out, adapter_outs
-from registry.infra.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
+from registry.adapters.views import adapter_out, row_outs
+from registry.infra.deps import DatabaseDep, PushToken, Reader, SettingsDep, StoreDep
 from registry.infra.downloads import StoredFile, file_response, find_file
 from registry.infra.schemas import FileOut, PageOut, created_or_existing
 from registry.models import quantized
@@ -45,9 +45,9 @@ async def create_adapter(body: AdapterCreate, db: DatabaseDep, settings: Setting
     return created_or_existing(out, created)
 
 
-@router.get("")
+@router.get("", response_model=PageOut[AdapterOut])
 async def list_adapters(
-    db: DatabaseDep, settings: SettingsDep, _: ReadToken,
+    settings: SettingsDep, reader: Reader,
     base: str | None = None, kind: Literal["lora", "bitdelta", "peft"] | None = None,
     peft_type: Annotated[str | None, Query(
         max_length=64, description="adapter_config.json's peft_type (LORA, IA3, ...)")] = None,
@@ -62,8 +62,11 @@ async def list_adapters(
         description="with `base`: also the adapters registered against the base it was "
                     "quantized from, or against its 4-bit bases (each item's "
                     "`compatible_via` says which)")] = False,
-) -> PageOut[AdapterOut]:
-    """Each item's `quality` is a summary; the adapter's own route has it all."""
+) -> Response:
+    """Each item's `quality` is a summary; the adapter's own route has it all.
+
+    The `ETag` changes with every registry change that writes an event; send it back as
+    `If-None-Match` to get a 304 for the cost of the token check."""
     def page(session: Session) -> PageOut[AdapterOut]:
         found = service.list_adapters(session, settings, base=base,
                                       kind=AdapterKind(kind) if kind else None, name=name,
@@ -72,16 +75,16 @@ async def list_adapters(
                                       peft_type=peft_type)
         relations = (quantized.family(session, model_id(session, base))
                      if compatible and base is not None else None)
-        return PageOut(items=adapter_outs(session, found.items, summary=True,
-                                          relations=relations),
+        return PageOut(items=row_outs(found.items, summary=True, relations=relations),
                        next_page_token=found.next_page_token)
 
-    return await db.read(page)
+    return await reader.json_of_changes(page)
 
 
-@router.get("/{ref}")
-async def get_adapter(ref: str, db: DatabaseDep, _: ReadToken) -> AdapterOut:
-    return await db.read(lambda session: adapter_out(session, service.get_adapter(session, ref)))
+@router.get("/{ref}", response_model=AdapterOut)
+async def get_adapter(ref: str, reader: Reader) -> Response:
+    return await reader.json(
+        lambda session: adapter_out(session, service.get_adapter(session, ref)))
 
 
 @router.put("/{ref}/files/{filename:path}", status_code=status.HTTP_201_CREATED)
@@ -112,13 +115,13 @@ async def finalize_adapter(ref: str, db: DatabaseDep, store: StoreDep, settings:
 
 
 @router.get("/{ref}/files/{filename:path}")
-async def download_adapter_file(ref: str, filename: str, db: DatabaseDep, store: StoreDep,
-                                _: ReadToken) -> StreamingResponse:
+async def download_adapter_file(ref: str, filename: str, store: StoreDep,
+                                reader: Reader) -> StreamingResponse:
     def locate(session: Session) -> StoredFile:
         adapter = service.get_adapter(session, ref)
         return find_file(adapter.files, filename, f"adapter {adapter.name}@{adapter.version}")
 
-    return await file_response(store, await db.read(locate))
+    return await file_response(store, await reader.read(locate))
 
 
 @router.put("/{ref}/aliases/{alias}")

@@ -3,12 +3,23 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, text
+from sqlalchemy import (
+    ColumnElement,
+    ScalarSelect,
+    Select,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
-from registry.infra.listing import newest_first
+from registry.adapters.rows import AdapterRow, load_rows, row_select
+from registry.infra.listing import newest_first_query
 from registry.models.repository import candidate_names
 from registry.tables import Adapter, AdapterAlias, AdapterFile, AdapterKind, Status, utcnow
 
@@ -126,14 +137,17 @@ class AdapterRepository:
             set_={"adapter_id": adapter_id, "updated_at": now}))
         self.session.expire_all()  # loaded aliases lists are stale now
 
-    def page(self, *, base_id: int | None, kind: AdapterKind | None, name: str | None,
-             alias: str | None, after_id: int | None, limit: int, peft_type: str | None = None,
-             by_gain: bool = False, after_gain: float | None = None,
-             base_ids: Collection[int] | None = None) -> list[Adapter]:
+    def page(self, *, base_id: int | ScalarSelect[int] | None, kind: AdapterKind | None,
+             name: str | None, alias: str | None, after_id: int | None, limit: int,
+             peft_type: str | None = None, by_gain: bool = False,
+             after_gain: float | None = None,
+             base_ids: Collection[int] | None = None) -> list[AdapterRow]:
         """A page newest first, or (`by_gain`) by gain kept, highest first, versions
         without one last, ties newest first; after the row (`after_gain`, `after_id`).
-        `base_ids`: on any of these bases (a compatible listing)."""
-        query = self._query().where(Adapter.status == Status.READY)
+        `base_id`: an id, or a subquery that finds it (no statement of its own).
+        `base_ids`: on any of these bases (a compatible listing). Plain rows, in three
+        statements (registry/adapters/rows.py)."""
+        query = row_select().where(Adapter.status == Status.READY)
         if base_ids is not None:
             query = query.where(Adapter.base_id.in_(sorted(base_ids)))
         if alias is not None:
@@ -142,15 +156,15 @@ class AdapterRepository:
         equal = {Adapter.base_id: base_id, Adapter.kind: kind, Adapter.name: name,
                  Adapter.peft_type: peft_type}
         if not by_gain:
-            return newest_first(self.session, query, Adapter.id, equal=equal,
-                                after_id=after_id, limit=limit)
+            return load_rows(self.session, newest_first_query(
+                query, Adapter.id, equal=equal, after_id=after_id, limit=limit))
         for column, value in equal.items():
             if value is not None:
                 query = query.where(column == value)
         if after_id is not None:
             query = query.where(_after_by_gain(after_gain, after_id))
-        return list(self.session.scalars(query.order_by(
-            Adapter.gain_kept.desc().nulls_last(), Adapter.id.desc()).limit(limit)))
+        return load_rows(self.session, query.order_by(
+            Adapter.gain_kept.desc().nulls_last(), Adapter.id.desc()).limit(limit))
 
 
 def _after_by_gain(gain: float | None, adapter_id: int) -> ColumnElement[bool]:

@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
 from registry.adapters.quality import JSONObject, Quality
+from registry.adapters.rows import AdapterRow
 from registry.adapters.serving import adapter_serving, peft_record
 from registry.infra.schemas import FileOut, Schema, UTCDateTime
 from registry.models.schemas import DECLARED_FILES_DESCRIPTION, Sha256Hex
@@ -84,18 +85,18 @@ class AdapterOut(Schema):
                                           "loads the adapter as is, and what to do otherwise")
 
     @classmethod
-    def of(cls, adapter: Adapter, model_names: dict[int, str],
+    def of(cls, adapter: Adapter | AdapterRow, base: str, source_model: str | None,
            summary: bool = False) -> AdapterOut:
-        """`summary`: quality cut to its top-level figures, as listings show it."""
-        source = adapter.source_model_id
+        """`base`, `source_model`: those models' names. `summary`: quality cut to its
+        top-level figures, as listings show it."""
         quality = Quality.parse_optional(adapter.quality)
         if summary and quality is not None:
             quality = quality.summary(_SUMMARY_STRING_CHARS)
         return cls(
             id=adapter.id, name=adapter.name, version=adapter.version, kind=adapter.kind.value,
-            status=adapter.status.value, base=model_names[adapter.base_id],
-            source_model=model_names.get(source) if source else None, params=adapter.params,
-            size_bytes=adapter.size_bytes, compression_ratio=adapter.compression_ratio,
+            status=adapter.status.value, base=base, source_model=source_model,
+            params=adapter.params, size_bytes=adapter.size_bytes,
+            compression_ratio=adapter.compression_ratio,
             quality=quality, content_digest=adapter.content_digest,
             aliases=[a.alias for a in adapter.aliases],
             files=[FileOut(filename=f.filename, sha256=f.sha256, size=f.size)

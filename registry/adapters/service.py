@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from sqlalchemy import ScalarSelect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from compress.tensorio import Manifest
 from registry.adapters.contents import content_digest, inspect_adapter
 from registry.adapters.repository import AdapterRepository
+from registry.adapters.rows import AdapterRow
 from registry.errors import (
     AdapterNotFound,
     AliasNotFound,
@@ -24,7 +26,7 @@ from registry.events.payloads import adapter_data, alias_data
 from registry.events.schemas import EventType
 from registry.infra.pagination import Page, page_request
 from registry.models import quantized
-from registry.models.repository import ModelRepository
+from registry.models.repository import ModelRepository, id_query
 from registry.models.service import model_by_id, model_id, model_names, not_found
 from registry.names import check_filename, check_name, close_matches, did_you_mean, is_id, parse_id
 from registry.settings import Settings
@@ -323,11 +325,20 @@ def delete_adapter(session: Session, ident: int, scopes: Iterable[str]) -> None:
         _alias_event(session, name, alias, base_id, newest, version)
 
 
+def _base_filter(base: str) -> int | ScalarSelect[int]:
+    """The base filter as a subquery, so a listing spends no statement on it; a name is
+    checked first, as `model_id` would."""
+    if not is_id(base):
+        check_name(base, "model name")
+    query = id_query(base)
+    return 0 if query is None else query.scalar_subquery()  # 0: no model has it
+
+
 def list_adapters(session: Session, settings: Settings, *, base: str | None,
                   kind: AdapterKind | None, name: str | None, alias: str | None,
                   limit: int | None, page_token: str | None,
                   sort: str = "newest", compatible: bool = False,
-                  peft_type: str | None = None) -> Page[Adapter]:
+                  peft_type: str | None = None) -> Page[AdapterRow]:
     """Ready versions newest first, or with `sort="gain_kept"` by measured gain kept.
 
     `compatible`: on `base` or any base of its 4-bit family (`quantized.family`)."""
@@ -343,14 +354,18 @@ def list_adapters(session: Session, settings: Settings, *, base: str | None,
                             "compatible": True if compatible else None,
                             # only when given: cursors issued before the filter stay valid
                             **({"peft_type": peft_type} if peft_type is not None else {})})
-    base_id = model_id(session, base) if base is not None else None  # unknown: 404
+    base_id: int | ScalarSelect[int] | None = None
     base_ids = None
-    if compatible and base_id is not None:
-        base_ids, base_id = set(quantized.family(session, base_id)), None
+    if compatible and base is not None:
+        base_ids = set(quantized.family(session, model_id(session, base)))
+    elif base is not None:
+        base_id = _base_filter(base)
     rows = AdapterRepository(session).page(base_id=base_id, kind=kind, name=name, alias=alias,
                                            peft_type=peft_type,
                                            after_id=request.after_id, limit=request.fetch,
                                            by_gain=by_gain, after_gain=request.after_rank,
                                            base_ids=base_ids)
+    if not rows and base is not None:
+        model_id(session, base)  # an empty page, or an unknown base: 404
     return request.page(rows, key=lambda a: a.id,
                         rank=(lambda a: a.gain_kept) if by_gain else None)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from compress.peft import servability
+from registry.adapters.rows import AdapterRow
 from registry.tables import Adapter, AdapterKind, Status
 
 PEFT_KEY = "peft"  # where the record lives in the adapter's params
 
 
-def peft_record(adapter: Adapter) -> dict[str, Any] | None:
+def peft_record(adapter: Adapter | AdapterRow) -> dict[str, Any] | None:
     """The PEFT record kept at finalize; LoRA adapters finalized before records existed
     get the one their params imply (peft_type LORA)."""
     if adapter.kind is AdapterKind.BITDELTA or adapter.status is not Status.READY:
@@ -26,7 +27,7 @@ def peft_record(adapter: Adapter) -> dict[str, Any] | None:
             "saved_tensors": params.get("saved_tensors") or []}
 
 
-def adapter_serving(adapter: Adapter) -> dict[str, Any]:
+def adapter_serving(adapter: Adapter | AdapterRow) -> dict[str, Any]:
     if adapter.status is not Status.READY:
         return {}
     return servability(adapter.kind.value, peft_record(adapter))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Response, status
 from sqlalchemy.orm import Session
 
 from registry.auth import service
 from registry.auth.schemas import IssuedTokenOut, TokenCreate, TokenOut
-from registry.infra.deps import AdminToken, DatabaseDep
+from registry.infra.deps import AdminReader, AdminToken, DatabaseDep
 from registry.names import MAX_ID
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
@@ -24,9 +24,9 @@ async def create_token(body: TokenCreate, db: DatabaseDep, _: AdminToken) -> Iss
     return await db.write(create)
 
 
-@router.get("")
-async def list_tokens(db: DatabaseDep, _: AdminToken) -> list[TokenOut]:
-    return await db.read(lambda session: [TokenOut.of(t) for t in service.list_tokens(session)])
+@router.get("", response_model=list[TokenOut])
+async def list_tokens(reader: AdminReader) -> Response:
+    return await reader.json(lambda session: [TokenOut.of(t) for t in service.list_tokens(session)])
 
 
 @router.delete("/{token_id}")

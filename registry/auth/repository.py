@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ScalarSelect, delete, func, select
 from sqlalchemy.orm import Session
 
 from registry.tables import PageSession, Token
@@ -19,6 +20,15 @@ class TokenRepository:
 
     def by_hash(self, token_hash: str) -> Token | None:
         return self.session.scalars(select(Token).where(Token.token_hash == token_hash)).first()
+
+    def by_hash_with(self, token_hash: str,
+                     column: ScalarSelect[Any]) -> tuple[Token | None, Any]:
+        """`by_hash`, and `column` read in the same statement (None without a token)."""
+        found = self.session.execute(
+            select(Token, column).where(Token.token_hash == token_hash)).first()
+        if found is None:
+            return None, None
+        return found[0], found[1]
 
     def by_id(self, token_id: int) -> Token | None:
         return self.session.get(Token, token_id)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from registry.datasets import service
 from registry.datasets.schemas import DatasetCreate, DatasetOut
-from registry.infra.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
+from registry.infra.deps import DatabaseDep, PushToken, Reader, SettingsDep, StoreDep
 from registry.infra.downloads import StoredFile, file_response, find_file
 from registry.infra.schemas import FileOut, PageOut, created_or_existing
 from registry.models.schemas import FinalizeRequest
@@ -44,26 +44,26 @@ async def create_dataset(body: DatasetCreate, db: DatabaseDep, settings: Setting
     return created_or_existing(out, created)
 
 
-@router.get("")
+@router.get("", response_model=PageOut[DatasetOut])
 async def list_datasets(
-    db: DatabaseDep, settings: SettingsDep, _: ReadToken,
+    settings: SettingsDep, reader: Reader,
     state: Annotated[Literal["pending", "ready"] | None, Query(
         alias="status", description="only drafts (pending) or finalized (ready)")] = None,
     limit: Annotated[int | None, Query(description="page size (capped)")] = None,
     page_token: str | None = None,
-) -> PageOut[DatasetOut]:
+) -> Response:
     def page(session: Session) -> PageOut[DatasetOut]:
         found = service.list_datasets(session, settings, Status(state) if state else None,
                                       limit, page_token)
         return PageOut(items=[_out(d) for d in found.items],
                        next_page_token=found.next_page_token)
 
-    return await db.read(page)
+    return await reader.json(page)
 
 
-@router.get("/{name}")
-async def get_dataset(name: str, db: DatabaseDep, _: ReadToken) -> DatasetOut:
-    return await db.read(lambda session: _out(service.get_dataset(session, name)))
+@router.get("/{name}", response_model=DatasetOut)
+async def get_dataset(name: str, reader: Reader) -> Response:
+    return await reader.json(lambda session: _out(service.get_dataset(session, name)))
 
 
 @router.put("/{name}/files/{filename:path}", status_code=status.HTTP_201_CREATED,
@@ -99,10 +99,10 @@ async def delete_dataset(name: str, db: DatabaseDep, token: PushToken) -> Respon
 
 
 @router.get("/{name}/files/{filename:path}")
-async def download_dataset_file(name: str, filename: str, db: DatabaseDep, store: StoreDep,
-                                _: ReadToken) -> StreamingResponse:
+async def download_dataset_file(name: str, filename: str, store: StoreDep,
+                                reader: Reader) -> StreamingResponse:
     def locate(session: Session) -> StoredFile:
         found = service.get_dataset(session, name)
         return find_file(found.files, filename, f"data set {found.name!r}")
 
-    return await file_response(store, await db.read(locate))
+    return await file_response(store, await reader.read(locate))

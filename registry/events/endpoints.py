@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from registry.events import service
 from registry.events.feed import EventFeed
 from registry.events.schemas import TYPES_PATTERN, EventsPage
-from registry.infra.deps import DatabaseDep, ReadToken, SettingsDep
+from registry.infra.conditional import json_answer
+from registry.infra.deps import Reader, SettingsDep
 from registry.names import MAX_ID
 
 router = APIRouter(tags=["events"])
 
 
-@router.get("/events")
+@router.get("/events", response_model=EventsPage)
 async def list_events(
-    request: Request, db: DatabaseDep, settings: SettingsDep, _: ReadToken,
+    request: Request, settings: SettingsDep, reader: Reader,
     after: Annotated[int, Query(ge=0, le=MAX_ID, description=(
         "the `cursor` of the last answer; 0 (the default) starts at the oldest event "
         "kept"))] = 0,
@@ -34,12 +35,14 @@ async def list_events(
         "seconds (at most `DELTAHUB_EVENTS_MAX_WAIT_SECONDS`, 30 by default) to wait for "
         "a matching event when none is there yet; the answer comes as soon as one "
         "commits"))] = 0,
-) -> EventsPage:
+) -> Response:
     """Events after `after`, oldest first, with the `cursor` to pass next (the same
     `after` when none came). 410 (`CursorExpired`) when events after `after` were pruned
     by retention: resynchronise, then follow from the cursor the error names."""
     query = service.feed_query(settings, after, types, base, name, limit, wait)
     feed: EventFeed = request.app.state.event_feed
-    return await feed.follow(
-        lambda: db.read(lambda session: service.read_page_checked(session, query)),
+    # Each read checks the token again: a long-poll outliving a revocation ends with 401.
+    page = await feed.follow(
+        lambda: reader.read(lambda session: service.read_page_checked(session, query)),
         lambda page: bool(page.items), wait, request.is_disconnected, query.matcher())
+    return json_answer(request, page)

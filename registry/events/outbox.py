@@ -20,11 +20,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from sqlalchemy import event, text
+from sqlalchemy import ScalarSelect, event, func, select, text
 from sqlalchemy.orm import Session, SessionTransaction
 
 from registry.events.schemas import EVENT_DATA, EventType, Payload
-from registry.tables import Event, utcnow
+from registry.tables import Event, EventHorizon, utcnow
 
 NOTIFY_CHANNEL = "deltahub_events"
 # The advisory lock that orders event commits (any fixed 64-bit key of our own).
@@ -47,6 +47,16 @@ def remove_commit_listener(listener: Callable[[], None]) -> None:
     with _on_commit_lock:
         if listener in _on_commit:
             _on_commit.remove(listener)
+
+
+def newest_change() -> ScalarSelect[int]:
+    """The newest event id (or, all events pruned, the highest pruned one): it grows with
+    every committed change that writes an event, and never goes back, so it names a
+    version of everything events record (registry/infra/conditional.py)."""
+    return select(func.coalesce(
+        select(func.max(Event.id)).scalar_subquery(),
+        select(EventHorizon.pruned_through).where(EventHorizon.id == 1).scalar_subquery(),
+        0)).scalar_subquery()
 
 
 def record_event(session: Session, type: EventType, data: Payload) -> None:

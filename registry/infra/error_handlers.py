@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from compress.errors import CodecError
 from registry.errors import APIError, DatabaseBusy, StorageUnavailable, from_codec_error
 from registry.infra.database import translate_db_error
+from registry.infra.deps import UNCHECKED_ACCESS
 from registry.settings import Settings
 from registry.storage.base import StorageError
 
@@ -65,7 +66,13 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
         return _api_error(from_codec_error(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        access = getattr(request.state, UNCHECKED_ACCESS, None)
+        if access is not None:
+            try:
+                await access.check()
+            except APIError as refused:
+                return _api_error(refused)
         parts = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()))

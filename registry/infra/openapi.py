@@ -29,7 +29,7 @@ from registry.adapters.schemas import AdapterCreate
 from registry.auth.schemas import TokenCreate
 from registry.auth.tokens import TOKEN_PREFIX, Scope
 from registry.datasets.schemas import DatasetCreate
-from registry.infra.deps import RequireScope
+from registry.infra.deps import ReadAccess, RequireScope
 from registry.infra.openapi_errors import NOT_FOUND, SERVICE_ERRORS
 from registry.infra.openapi_rules import (
     ADAPTER_FILE_RULE,
@@ -159,7 +159,7 @@ def _route_facts(app: FastAPI) -> Iterator[tuple[RouteFacts, str]]:
 
 def _scope(dependant: Dependant) -> Scope | None:
     for dependency in dependant.dependencies:
-        if isinstance(dependency.call, RequireScope):
+        if isinstance(dependency.call, RequireScope | ReadAccess):
             return dependency.call.scope
         if (inner := _scope(dependency)) is not None:
             return inner

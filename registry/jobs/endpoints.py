@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from registry.auth.tokens import Scope
-from registry.infra.deps import DatabaseDep, ReadToken, RequireScope, SettingsDep, StoreDep
+from registry.infra.deps import DatabaseDep, Reader, RequireScope, SettingsDep, StoreDep
 from registry.infra.schemas import PageOut
 from registry.jobs import service
 from registry.jobs.schemas import IDEMPOTENCY_KEY_PATTERN, CompressRequest, JobOut
@@ -54,19 +54,19 @@ async def compress_model(
                         headers={"Location": f"/jobs/{body.id}"})
 
 
-@router.get("/jobs/{job_id}")
-async def get_job(job_id: JobId, db: DatabaseDep, _: ReadToken) -> JobOut:
-    return await db.read(lambda session: _view(session, job_id))
+@router.get("/jobs/{job_id}", response_model=JobOut)
+async def get_job(job_id: JobId, reader: Reader) -> Response:
+    return await reader.json(lambda session: _view(session, job_id))
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=PageOut[JobOut])
 async def list_jobs(
-    db: DatabaseDep, settings: SettingsDep, _: ReadToken,
+    settings: SettingsDep, reader: Reader,
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     model: str | None = None, method: Literal["bitdelta", "lora"] | None = None,
     limit: Annotated[int | None, Query(description="page size (capped)")] = None,
     page_token: str | None = None,
-) -> PageOut[JobOut]:
+) -> Response:
     """Newest first."""
     def page(session: Session) -> PageOut[JobOut]:
         found = service.list_jobs(
@@ -76,7 +76,7 @@ async def list_jobs(
         return PageOut(items=job_views(session, found.items),
                        next_page_token=found.next_page_token)
 
-    return await db.read(page)
+    return await reader.json(page)
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
-from registry.infra.deps import DatabaseDep, PushToken, ReadToken, SettingsDep, StoreDep
+from registry.infra.deps import DatabaseDep, PushToken, Reader, SettingsDep, StoreDep
 from registry.infra.downloads import StoredFile, file_response, find_file
 from registry.infra.schemas import FileOut, PageOut, created_or_existing
 from registry.models import service
@@ -40,25 +40,26 @@ async def create_model(body: ModelCreate, db: DatabaseDep, settings: SettingsDep
     return created_or_existing(out, created)
 
 
-@router.get("")
+@router.get("", response_model=PageOut[ModelOut])
 async def list_models(
-    db: DatabaseDep, settings: SettingsDep, _: ReadToken,
+    settings: SettingsDep, reader: Reader,
     kind: Literal["base", "finetune"] | None = None, base: str | None = None,
     limit: Annotated[int | None, Query(description="page size (capped)")] = None,
     page_token: str | None = None,
-) -> PageOut[ModelOut]:
+) -> Response:
     def page(session: Session) -> PageOut[ModelOut]:
         found = service.list_models(session, settings, ModelKind(kind) if kind else None,
                                     base, limit, page_token)
         return PageOut(items=model_outs(session, found.items),
                        next_page_token=found.next_page_token)
 
-    return await db.read(page)
+    return await reader.json(page)
 
 
-@router.get("/{model}")
-async def get_model(model: str, db: DatabaseDep, _: ReadToken) -> ModelOut:
-    return await db.read(lambda session: model_out(session, service.get_model(session, model)))
+@router.get("/{model}", response_model=ModelOut)
+async def get_model(model: str, reader: Reader) -> Response:
+    return await reader.json(
+        lambda session: model_out(session, service.get_model(session, model)))
 
 
 @router.put("/{model}/files/{filename:path}", status_code=status.HTTP_201_CREATED,
@@ -93,10 +94,10 @@ async def delete_model(model: str, db: DatabaseDep, token: PushToken) -> Respons
 
 
 @router.get("/{model}/files/{filename:path}")
-async def download_model_file(model: str, filename: str, db: DatabaseDep, store: StoreDep,
-                              _: ReadToken) -> StreamingResponse:
+async def download_model_file(model: str, filename: str, store: StoreDep,
+                              reader: Reader) -> StreamingResponse:
     def locate(session: Session) -> StoredFile:
         found = service.get_model(session, model)
         return find_file(found.files, filename, f"model {found.name!r}")
 
-    return await file_response(store, await db.read(locate))
+    return await file_response(store, await reader.read(locate))

@@ -70,11 +70,7 @@ class ModelRepository:
 
     def id_of(self, ref: str) -> int | None:
         """Just the id of the model an id or name refers to (for filters)."""
-        if is_id(ref):
-            model_id = parse_id(ref)
-            query = select(Model.id).where(Model.id == model_id) if model_id else None
-        else:
-            query = select(Model.id).where(Model.name == ref)
+        query = id_query(ref)
         return None if query is None else self.session.scalar(query)
 
     def by_id(self, model_id: int, lock: bool = False, full: bool = False) -> Model | None:
@@ -145,3 +141,12 @@ class ModelRepository:
     def delete(self, model: Model) -> None:
         self.session.delete(model)
         self.session.flush()
+
+
+def id_query(ref: str) -> Select[int] | None:
+    """The statement that finds the id of the model an id or name refers to; None for an
+    id that cannot exist."""
+    if is_id(ref):
+        model_id = parse_id(ref)
+        return select(Model.id).where(Model.id == model_id) if model_id else None
+    return select(Model.id).where(Model.name == ref)

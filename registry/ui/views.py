@@ -62,10 +62,13 @@ class Lineage:
 
 def adapter_outs(session: Session, found: list[Adapter], summary: bool = True
                  ) -> list[AdapterOut]:
+    return bounded(adapter_views.adapter_outs(session, found, summary=summary))
+
+
+def bounded(outs: list[AdapterOut]) -> list[AdapterOut]:
     # A row stored before reports were checked may hold a number no float holds (a
     # 400-digit integer): pages show it as missing rather than fail on it.
-    return [out.model_copy(update={"quality": _bounded(out.quality)})
-            for out in adapter_views.adapter_outs(session, found, summary=summary)]
+    return [out.model_copy(update={"quality": _bounded(out.quality)}) for out in outs]
 
 
 def _bounded(quality: Quality | None) -> Quality | None:
@@ -111,7 +114,7 @@ def lineage(session: Session, settings: Settings, base_ref: str, kind: AdapterKi
     finetunes, truncated = _finetunes(session, settings, model.name)
     found = adapters.list_adapters(session, settings, base=model.name, kind=kind, name=None,
                                    alias=alias, limit=None, page_token=page_token)
-    outs = adapter_outs(session, found.items)
+    outs = bounded(adapter_views.row_outs(found.items, summary=True))
     branches = {f.name: Branch(f) for f in finetunes}
     direct = []
     for out in outs:
