@@ -43,6 +43,7 @@ async def list_events(
     feed: EventFeed = request.app.state.event_feed
     # Each read checks the token again: a long-poll outliving a revocation ends with 401.
     page = await feed.follow(
-        lambda: reader.read(lambda session: service.read_page_checked(session, query)),
+        lambda: reader.read_at_change(
+            lambda session, newest: service.read_page_checked(session, query, newest)),
         lambda page: bool(page.items), wait, request.is_disconnected, query.matcher())
     return json_answer(request, page)

@@ -87,11 +87,11 @@ def read_page(session: Session, query: FeedQuery) -> EventsPage:
                       cursor=rows[-1].id if rows else query.after)
 
 
-def read_page_checked(session: Session, query: FeedQuery) -> tuple[EventsPage, int]:
-    """`read_page`, and the newest event id it took into account: every event up to it
-    was visible to the page's read (ids commit in order), so a long-poll that found
-    nothing need only look at events after it."""
-    newest = EventRepository(session).last_id()  # first: the page's read sees all up to it
+def read_page_checked(session: Session, query: FeedQuery,
+                      newest: int) -> tuple[EventsPage, int]:
+    """`read_page`, and `newest`, the newest event id read before it (`newest_change`):
+    every event up to it was visible to the page's read (ids commit in order), so a
+    long-poll that found nothing need only look at events after it."""
     return read_page(session, query), newest
 
 

@@ -95,6 +95,15 @@ class Authorized:
 
         return await self._database.read(checked)
 
+    async def read_at_change(self, work: Callable[[Session, int], T]) -> T:
+        """`read`, with the registry's newest change id (the newest event id) read with the
+        token, in the same statement, as `work`'s second argument."""
+        def checked(session: Session) -> T:
+            _, version = authenticate_at_change(session, self._authorization, self._scope)
+            return work(session, version)
+
+        return await self._database.read(checked)
+
     async def json(self, work: Callable[[Session], BaseModel | Sequence[BaseModel]]
                    ) -> Response:
         """`work`'s answer as JSON tagged by its digest; 304 when the client has it."""
@@ -104,12 +113,11 @@ class Authorized:
         """For an answer that only changes with a change that writes an event: tagged by
         the newest event id, read with the token in one statement, so a 304 costs that
         statement and nothing else (registry/infra/conditional.py)."""
-        def checked(session: Session) -> tuple[str, BaseModel | None]:
-            _, version = authenticate_at_change(session, self._authorization, self._scope)
+        def tagged(session: Session, version: int) -> tuple[str, BaseModel | None]:
             etag = changes_etag(self.request, version)
             return etag, None if matches(self.request, etag) else work(session)
 
-        etag, answer = await self._database.read(checked)
+        etag, answer = await self.read_at_change(tagged)
         if answer is None:
             return not_modified(etag)
         return json_answer(self.request, answer, etag)
