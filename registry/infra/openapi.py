@@ -190,6 +190,8 @@ def _describe_operation(operation: JsonObject, facts: RouteFacts, settings: Sett
         _describe_upload(operation, settings)
     if facts.file_download:
         responses["200"] = _download_response()
+    elif facts.method == "get" and facts.scope is not None:
+        _describe_conditional(responses)
     if facts.path == _READYZ:
         responses["200"] = {"description": "Ready", "content": _READINESS}
         responses["503"] = {"description": "Not ready: `checks` says which dependency failed",
@@ -198,6 +200,19 @@ def _describe_operation(operation: JsonObject, facts: RouteFacts, settings: Sett
     for code, description in sorted(_error_statuses(facts, settings).items()):
         responses[str(code)] = _error_response(code, description)
     _add_malformed_http(responses)
+
+
+def _describe_conditional(responses: JsonObject) -> None:
+    """JSON GETs are tagged and answer `If-None-Match` (registry/infra/conditional.py)."""
+    responses["200"].setdefault("headers", {}).update({
+        "ETag": {"description": "a strong tag of this answer: send it back as "
+                                "`If-None-Match` to get a 304 while it is current",
+                 "schema": {"type": "string"}},
+        "Cache-Control": {"description": "`no-cache`: revalidate before every use",
+                          "schema": {"type": "string"}}})
+    responses["304"] = {"description": "Not Modified: the `If-None-Match` tag is the "
+                                       "current one; no body",
+                        "headers": {"ETag": {"schema": {"type": "string"}}}}
 
 
 def _add_malformed_http(responses: JsonObject) -> None:
