@@ -4,6 +4,7 @@ of the suite's two (moto and s3rver)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from tests.conftest import Tokens
 from tests.malformed import nan_safetensors
 from tests.registry.api import push_adapter, register_model
 from tests.registry.conftest import TinyModels
+from tests.registry.downloads import check_conditional_and_ranged_gets, push_one_of_each
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.s3
@@ -100,3 +102,16 @@ def test_unreachable_storage_is_503_and_stores_nothing(
         assert response.json()["error"] == "StorageUnavailable"
         assert client.get("/models/m", headers=tokens.read).json()["files"] == []
         assert client.get("/readyz").status_code == 503
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_downloads_from_s3_are_conditional_and_ranged(s3_client: TestClient, tokens: Tokens,
+                                                      tiny_models: TinyModels,
+                                                      tmp_path: Path) -> None:
+    # A range is a ranged GetObject: s3rver, which sends more than `bytes=0-0` asks for,
+    # included (registry/storage/s3/reads.py).
+    files = push_one_of_each(s3_client, tokens.push, tiny_models, tmp_path)
+    for url, data in files.items():
+        check_conditional_and_ranged_gets(s3_client, tokens.read, url, data)
+    first = s3_client.get(next(iter(files)), headers={**tokens.read, "Range": "bytes=0-0"})
+    assert (first.status_code, first.content) == (206, next(iter(files.values()))[:1])
