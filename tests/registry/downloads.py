@@ -19,6 +19,7 @@ def push_one_of_each(client: TestClient, headers: dict[str, str], models: TinyMo
     """A base model, a LoRA on it and a data set; a file of each: URL → its bytes."""
     register_model(client, headers, "tiny-base", models.base)
     assert push_adapter(client, headers, "bot", "tiny-base", models.lora).status_code == 201
+    tmp_path.mkdir(parents=True, exist_ok=True)
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(CORPUS)
     push_dataset(client, headers, "calib", corpus)
