@@ -4,6 +4,7 @@ store: tests/registry/storage/test_s3_api.py)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,3 +52,17 @@ def test_a_missing_file_is_still_a_404_whatever_the_headers(client: TestClient,
     missing = client.get("/adapters/bot@1/files/nope.safetensors",
                          headers={**tokens.read, "If-None-Match": "*", "Range": "bytes=0-1"})
     assert missing.status_code == 404
+
+
+def test_a_blob_gone_from_the_store_is_a_json_503_not_a_broken_stream(
+        client: TestClient, tokens: Tokens, tiny_models: TinyModels, tmp_path: Path,
+        store: LocalBlobStore) -> None:
+    # The blob is opened when the response is sent, past the endpoint: its failure must
+    # still reach the error handlers before any byte goes out.
+    files = push_one_of_each(client, tokens.push, tiny_models, tmp_path)
+    url, data = next(iter(files.items()))
+    store.delete(hashlib.sha256(data).hexdigest())
+    for headers in ({}, {"Range": "bytes=0-9"}):
+        gone = client.get(url, headers={**tokens.read, **headers})
+        assert gone.status_code == 503
+        assert gone.json()["error"] == "StorageUnavailable"
