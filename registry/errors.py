@@ -296,3 +296,16 @@ class WebhookTargetRefused(Unprocessable):
 
 class DeliveryNotFound(NotFound):
     pass
+
+
+class RangeNotSatisfiable(APIError):
+    """A download's `Range` starts past the end of the file (RFC 9110 §15.5.17)."""
+
+    status_code = 416
+
+    def __init__(self, detail: str, *, size: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.size = size
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}  # the size, for the next try

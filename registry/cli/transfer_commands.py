@@ -29,6 +29,7 @@ from registry.cli.console import console, stdout, transfer_progress
 from registry.cli.failures import EXIT_FAILED, CommandFailure
 from registry.cli.remote import DEFAULT_URL, Token, Url, connected
 from registry.client import DeltahubClient, sha256_of
+from registry.client.files import holds
 from registry.client.push import Push
 
 
@@ -220,14 +221,15 @@ def pull(
 ) -> None:
     """Download an adapter's (or, with --model, a model's) files, checked against their sha256.
 
-    Files already in the output directory with the right sha256 are kept, so an
-    interrupted pull resumes.
+    Files already in the output directory with the right sha256 are kept, and a file
+    that an interrupted pull left half-way continues from where it stopped, so pulling
+    again moves only what is missing.
     """
     with connected(url, token) as client:
         found = client.get_model(ref) if model else client.get_adapter(ref)
         owner = f"/models/{found['name']}" if model else f"/adapters/{found['id']}"
         output.mkdir(parents=True, exist_ok=True)
-        todo = [f for f in found["files"] if not _have(output / f["filename"], f["sha256"])]
+        todo = [f for f in found["files"] if not holds(output / f["filename"], f["sha256"])]
         with transfer_progress() as progress:
             task = progress.add_task("downloading", total=sum(f["size"] for f in todo),
                                      item="")
@@ -239,10 +241,6 @@ def pull(
     label = found["name"] if model else f"{found['name']}@{found['version']}"
     stdout.print(f"{label} -> {output} ({len(found['files'])} files, "
                  f"{len(found['files']) - len(todo)} already there)", highlight=False)
-
-
-def _have(path: Path, sha256: str) -> bool:
-    return path.is_file() and sha256_of(path) == sha256
 
 
 def register(app: typer.Typer) -> None:

@@ -10,9 +10,11 @@ from urllib.parse import quote
 
 import httpx
 
-from registry.client.files import CHUNK_BYTES, Advance, read_chunks, write_checked
+from registry.client.errors import ClientError
+from registry.client.files import CHUNK_BYTES, Advance, holds, read_chunks, write_checked
+from registry.client.partial import PartFile
 from registry.client.retry import RetryPolicy
-from registry.client.transport import BrokenStream, Transport
+from registry.client.transport import BrokenStream, Transport, body_chunks
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_SECONDS = 60.0  # waiting for an answer; uploads and downloads have none
@@ -224,18 +226,88 @@ class DeltahubClient:
                                    headers=headers, timeout=None)
 
     def download(self, owner: str, filename: str, dest: Path, sha256: str,
-                 advance: Advance | None = None, restart: Advance | None = None) -> None:
+                 advance: Advance | None = None, restart: Advance | None = None) -> bool:
         """GET a file into `dest`, checking its sha256; `dest` appears only when it is whole.
 
-        A connection that breaks mid-file starts that file again (a GET is safe to
-        repeat); `restart` is told how many bytes were thrown away.
+        A `dest` that already holds these bytes is kept: nothing is sent (False). The bytes
+        collect in a part file beside `dest` (partial.py): a connection that breaks
+        mid-file, or a run that is stopped, continues from where it was with `Range` and
+        `If-Range`, so only the missing bytes travel. When the server sends the whole
+        file instead (another version, or no range support) the part starts again and
+        `restart` is told how many bytes were thrown away; `advance` is told of the bytes
+        a part already held.
         """
+        if holds(dest, sha256):
+            return False
         path = f"{owner}/files/{_seg(filename)}"
+        url = str(self.http.base_url.join(path))
+        with PartFile.open(dest, sha256) as part:
+            if part is None:  # another download of this file is under way: do without
+                self._download_whole(path, dest, sha256, url, advance, restart)
+                return True
+            if part.size and advance:
+                advance(part.size)
+            for attempt in range(1, self.transport.retry.attempts + 1):
+                try:
+                    self._continue(part, path, sha256, advance, restart)
+                    break
+                except BrokenStream:
+                    if attempt == self.transport.retry.attempts:
+                        raise
+                    self.transport.retry.wait(attempt)  # the part keeps what came
+            part.finish(dest, sha256, url)
+        return True
+
+    def _continue(self, part: PartFile, path: str, sha256: str, advance: Advance | None,
+                  restart: Advance | None) -> None:
+        """Bring `part` to the end of the file: the missing bytes, or all of them."""
+        if part.size and part.hexdigest() == sha256:
+            return  # an earlier try got every byte and stopped before renaming
+        headers = {"Range": f"bytes={part.size}-", "If-Range": f'"{sha256}"'} if part.size \
+            else {}
+        try:
+            response = self.transport.open_stream(path, headers)
+        except ClientError as exc:
+            if exc.status != 416 or not part.size:
+                raise
+            # The part is as long as the file or longer, yet not it: start again.
+            response = self._from_the_start(part, path, restart)
+        if part.size and (response.status_code != 206 or _range_start(response) != part.size):
+            # The whole file is coming (another version, or a server without ranges),
+            # or a range other than the one asked for: take it all, from the start.
+            if response.status_code == 206:
+                response.close()
+                response = self._from_the_start(part, path, restart)
+            else:
+                self._drop(part, restart)
+        try:
+            # As they arrive (no chunk size): a break keeps every byte that came.
+            for chunk in body_chunks(response, None):
+                part.write(chunk)
+                if advance:
+                    advance(len(chunk))
+        finally:
+            response.close()
+
+    def _from_the_start(self, part: PartFile, path: str, restart: Advance | None
+                        ) -> httpx.Response:
+        self._drop(part, restart)
+        return self.transport.open_stream(path)
+
+    @staticmethod
+    def _drop(part: PartFile, restart: Advance | None) -> None:
+        dropped = part.restart()
+        if dropped and restart:
+            restart(dropped)
+
+    def _download_whole(self, path: str, dest: Path, sha256: str, url: str,
+                        advance: Advance | None, restart: Advance | None) -> None:
+        """The file from its first byte, into a private temporary file (no resuming)."""
         for attempt in range(1, self.transport.retry.attempts + 1):
             moved = _Tally(advance)
             try:
                 write_checked(dest, self.transport.stream_bytes(path, CHUNK_BYTES), sha256,
-                              str(self.http.base_url.join(path)), moved)
+                              url, moved)
                 return
             except BrokenStream:
                 if attempt == self.transport.retry.attempts:
@@ -253,6 +325,13 @@ class DeltahubClient:
             if not page["next_page_token"]:
                 return
             params["page_token"] = page["next_page_token"]
+
+
+def _range_start(response: httpx.Response) -> int | None:
+    """The first byte a 206 answer carries, from its `Content-Range: bytes a-b/size`."""
+    unit, _, spec = response.headers.get("Content-Range", "").partition(" ")
+    first = spec.partition("-")[0]
+    return int(first) if unit.lower() == "bytes" and first.isdigit() else None
 
 
 class _Tally:

@@ -25,6 +25,11 @@ def sha256_of(path: Path, advance: Advance | None = None) -> str:
     return digest.hexdigest()
 
 
+def holds(path: Path, sha256: str) -> bool:
+    """Whether `path` is a file whose bytes hash to `sha256` (then there is nothing to get)."""
+    return path.is_file() and sha256_of(path) == sha256
+
+
 def read_chunks(path: Path, advance: Advance | None = None) -> Iterator[bytes]:
     with path.open("rb") as f:
         while chunk := f.read(CHUNK_BYTES):

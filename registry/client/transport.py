@@ -76,22 +76,33 @@ class Transport:
 
     def stream_bytes(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
         """A GET's body, chunk by chunk; a stream that breaks raises `BrokenStream`."""
-        response = self.send("GET", path, stream=True, timeout=None)
+        response = self.open_stream(path)
         try:
-            yield from response.iter_bytes(chunk_bytes)
-        except BROKEN_ERRORS as exc:
-            raise BrokenStream("GET", str(response.request.url), _reason(exc)) from exc
-        except httpx.TimeoutException as exc:
-            raise ServerUnreachable("GET", str(response.request.url), _timeout_reason(exc),
-                                    timed_out=True) from exc
+            yield from body_chunks(response, chunk_bytes)
         finally:
             response.close()
+
+    def open_stream(self, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        """A GET's answer (below 400) with its body still to read: close it when done."""
+        return self.send("GET", path, stream=True, timeout=None, headers=headers)
 
     def _read_error_body(self, response: httpx.Response, request: httpx.Request) -> None:
         try:
             response.read()
         except httpx.TransportError as exc:
             raise ServerUnreachable(request.method, str(request.url), _reason(exc)) from exc
+
+
+def body_chunks(response: httpx.Response, chunk_bytes: int | None) -> Iterator[bytes]:
+    """An open answer's body, chunk by chunk (of `chunk_bytes`, or as they arrive); a
+    stream that breaks raises `BrokenStream`."""
+    try:
+        yield from response.iter_bytes(chunk_bytes)
+    except BROKEN_ERRORS as exc:
+        raise BrokenStream("GET", str(response.request.url), _reason(exc)) from exc
+    except httpx.TimeoutException as exc:
+        raise ServerUnreachable("GET", str(response.request.url), _timeout_reason(exc),
+                                timed_out=True) from exc
 
 
 def _timeout_reason(exc: httpx.TimeoutException) -> str:

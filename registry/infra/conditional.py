@@ -16,12 +16,14 @@ docs/architecture.md, "Conditional GETs", says why the two.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
 from fastapi import Request, Response, status
 from pydantic import BaseModel, TypeAdapter
+
+from registry.infra.preconditions import none_match
 
 
 def _release() -> str:
@@ -49,19 +51,10 @@ def body_etag(body: bytes) -> str:
     return f'"b{hashlib.sha256(body).hexdigest()[:_TAG_HEX]}"'
 
 
-def _listed_tags(header: str) -> Iterable[str]:
-    for part in header.split(","):
-        tag = part.strip()
-        # If-None-Match compares weakly (RFC 9110, 13.1.2): W/"x" matches "x".
-        yield tag[2:] if tag.startswith("W/") else tag
-
-
 def matches(request: Request, etag: str) -> bool:
     """Whether the request's `If-None-Match` names `etag` (or is `*`)."""
     header = request.headers.get("if-none-match")
-    if not header:
-        return False
-    return any(tag == "*" or tag == etag for tag in _listed_tags(header))
+    return header is not None and none_match(header, etag)
 
 
 def not_modified(etag: str) -> Response:

@@ -190,6 +190,7 @@ def _describe_operation(operation: JsonObject, facts: RouteFacts, settings: Sett
         _describe_upload(operation, settings)
     if facts.file_download:
         responses["200"] = _download_response()
+        responses.update(_partial_download_responses())
     elif facts.method == "get" and facts.scope is not None:
         _describe_conditional(responses)
     if facts.path == _READYZ:
@@ -323,6 +324,27 @@ def _download_response() -> JsonObject:
                      "schema": {"type": "string"}},
         },
         "content": {_OCTETS: {"schema": _BINARY}},
+    }
+
+
+def _partial_download_responses() -> JsonObject:
+    """What `If-None-Match`, `Range` and `If-Range` bring (registry/infra/downloads.py)."""
+    etag = {"description": "the sha256, quoted", "required": True,
+            "schema": {"type": "string"}}
+    return {
+        "206": {"description": "The bytes one `Range` asked for (`If-Range`, if sent, "
+                               "names this file's ETag); several ranges get a 200",
+                "headers": {"Content-Range": {"required": True, "schema": {
+                    "type": "string", "pattern": "^bytes [0-9]+-[0-9]+/[0-9]+$"}},
+                            "ETag": etag},
+                "content": {_OCTETS: {"schema": _BINARY}}},
+        "304": {"description": "`If-None-Match` matches the ETag: the copy held is current",
+                "headers": {"ETag": etag}},
+        "416": {"description": "The `Range` starts past the end of the file; "
+                               "`Content-Range: bytes */<size>` gives the size",
+                "headers": {"Content-Range": {"required": True, "schema": {
+                    "type": "string", "pattern": "^bytes \\*/[0-9]+$"}}},
+                "content": {_JSON: {"schema": _ERROR_REF}}},
     }
 
 

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,13 +111,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def serve(database_url: str, workdir: Path, env: Mapping[str, str] | None = None
-          ) -> Iterator[ServerProcess]:
+def serve(database_url: str, workdir: Path, env: Mapping[str, str] | None = None,
+          args: Sequence[str] = ()) -> Iterator[ServerProcess]:
     """Run `deltahub serve` on a migrated database until the block ends.
 
     Blobs go to `workdir/blobs` and the server's output to `workdir/server.log`. The
     server runs with `workdir` as its current directory, so no `.env` file of the
-    checkout is read. `env` adds or overrides settings (`DELTAHUB_DB_LOCK_TIMEOUT_SECONDS`).
+    checkout is read. `env` adds or overrides settings (`DELTAHUB_DB_LOCK_TIMEOUT_SECONDS`);
+    `args` are added to `deltahub serve`'s command line.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "blobs"
@@ -127,7 +128,7 @@ def serve(database_url: str, workdir: Path, env: Mapping[str, str] | None = None
         port = free_port()
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                _command(), cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                [*_command(), *args], cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
                 env=_environment(database_url, storage, port, env or {}))
         server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

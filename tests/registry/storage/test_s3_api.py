@@ -3,7 +3,9 @@ of the suite's two (moto and s3rver)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from safetensors.torch import save
 from sqlalchemy import Engine
 
 from registry.app import create_app
+from registry.client import DeltahubClient
+from registry.client.partial import part_path
 from registry.settings import Settings
 from registry.storage.base import BLOB_PREFIX, STAGING_PREFIX
 from registry.storage.factory import make_blob_store
@@ -20,6 +24,7 @@ from tests.conftest import Tokens
 from tests.malformed import nan_safetensors
 from tests.registry.api import push_adapter, register_model
 from tests.registry.conftest import TinyModels
+from tests.registry.downloads import check_conditional_and_ranged_gets, push_one_of_each
 from tests.s3server import S3Server
 
 pytestmark = pytest.mark.s3
@@ -100,3 +105,34 @@ def test_unreachable_storage_is_503_and_stores_nothing(
         assert response.json()["error"] == "StorageUnavailable"
         assert client.get("/models/m", headers=tokens.read).json()["files"] == []
         assert client.get("/readyz").status_code == 503
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_downloads_from_s3_are_conditional_and_ranged(s3_client: TestClient, tokens: Tokens,
+                                                      tiny_models: TinyModels,
+                                                      tmp_path: Path) -> None:
+    # A range is a ranged GetObject: s3rver, which sends more than `bytes=0-0` asks for,
+    # included (registry/storage/s3/reads.py).
+    files = push_one_of_each(s3_client, tokens.push, tiny_models, tmp_path)
+    for url, data in files.items():
+        check_conditional_and_ranged_gets(s3_client, tokens.read, url, data)
+    first = s3_client.get(next(iter(files)), headers={**tokens.read, "Range": "bytes=0-0"})
+    assert (first.status_code, first.content) == (206, next(iter(files.values()))[:1])
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_pull_from_s3_continues_a_part_with_a_ranged_read(
+        s3_client: TestClient, tokens: Tokens, tiny_models: TinyModels,
+        tmp_path: Path) -> None:
+    files = push_one_of_each(s3_client, tokens.push, tiny_models, tmp_path / "pushed")
+    url, data = next(iter(files.items()))
+    owner, _, filename = url.partition("/files/")
+    sha = hashlib.sha256(data).hexdigest()
+    dest = tmp_path / filename
+    part_path(dest, sha).write_bytes(data[:100])  # what an interrupted pull left
+    s3_client.headers.update(tokens.read)
+    statuses: list[int] = []
+    s3_client.event_hooks["response"].append(lambda r: statuses.append(r.status_code))
+    assert DeltahubClient(http=s3_client).download(owner, filename, dest, sha) is True
+    assert dest.read_bytes() == data
+    assert statuses == [206]
