@@ -7,6 +7,8 @@ not escape.
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -30,10 +32,18 @@ def _reason(exc: httpx.TransportError) -> str:
     return f"the connection broke ({text})"
 
 
+# How many GET answers a client keeps to revalidate: a poller asks for a few URLs again
+# and again (a listing, an alias); a long-lived one must not grow without bound.
+_VALIDATED_ANSWERS = 64
+
+
 class Transport:
     def __init__(self, http: httpx.Client, retry: RetryPolicy) -> None:
         self.http = http
         self.retry = retry
+        # URL -> (ETag, the JSON it tagged): a GET asked again sends `If-None-Match`, and
+        # a 304 (a token check's cost on the server, no body) returns the kept answer.
+        self._validated: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()
 
     def send(self, method: str, path: str, *, body: Body | None = None, stream: bool = False,
              **kwargs: Any) -> httpx.Response:
@@ -64,7 +74,27 @@ class Transport:
             return response
 
     def json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        if method != "GET":
+            return self._parsed(self.send(method, path, **kwargs), method)
+        key = str(self.http.build_request(method, path, params=kwargs.get("params")).url)
+        kept = self._validated.get(key)
+        if kept is not None:
+            kwargs["headers"] = {**kwargs.get("headers", {}), "If-None-Match": kept[0]}
         response = self.send(method, path, **kwargs)
+        if response.status_code == 304 and kept is not None:
+            self._validated.move_to_end(key)
+            return copy.deepcopy(kept[1])  # callers may change what they get
+        result = self._parsed(response, method)
+        etag = response.headers.get("etag")
+        if etag:
+            self._validated[key] = (etag, copy.deepcopy(result))
+            self._validated.move_to_end(key)
+            while len(self._validated) > _VALIDATED_ANSWERS:
+                self._validated.popitem(last=False)
+        return result
+
+    @staticmethod
+    def _parsed(response: httpx.Response, method: str) -> dict[str, Any]:
         try:
             result: dict[str, Any] = response.json()
         except ValueError as exc:
