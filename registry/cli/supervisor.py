@@ -105,31 +105,30 @@ class Supervisor:
             self.children.append(Child("jobs", _jobs_main, ()))
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        console.print(f"deltahub serve: {self.workers} API processes on "
-                      f"http://{self.host}:{self.port}"
-                      + (f", {self.settings.EMBEDDED_WORKERS} job thread(s) in a job process"
-                         if self.settings.EMBEDDED_WORKERS else ", no jobs (EMBEDDED_WORKERS=0)")
-                      + f"; supervisor pid {os.getpid()}", highlight=False)
+        jobs = (f"{self.settings.EMBEDDED_WORKERS} job thread(s) in a job process"
+                if self.settings.EMBEDDED_WORKERS else "no jobs (EMBEDDED_WORKERS=0)")
+        _say(f"deltahub serve: {self.workers} API processes on http://{self.host}:{self.port}, "
+             f"{jobs}; supervisor pid {os.getpid()}")
         for child in self.children:
             child.start()
         failure = self._watch()
         sock.close()  # the processes hold their own copies until they stop listening
         failure = self._stop_all() or failure
         if failure:
-            console.print(f"deltahub serve: {failure}", style="bold red", highlight=False)
+            _say(f"deltahub serve: {failure}", style="bold red")
             return 1
-        console.print("deltahub serve: stopped", highlight=False)
+        _say("deltahub serve: stopped")
         return 0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping is None:
             self.stopping = signal.Signals(signum).name
-            console.print(f"deltahub serve: {self.stopping}: stopping; requests in flight get "
-                          f"{self.settings.SHUTDOWN_TIMEOUT_SECONDS:g} s", highlight=False)
+            _say(f"deltahub serve: {self.stopping}: stopping; requests in flight get "
+                 f"{self.settings.SHUTDOWN_TIMEOUT_SECONDS:g} s")
             for child in self.children:
                 child.signal(signal.SIGTERM)
         elif signum == signal.SIGINT:
-            console.print("deltahub serve: second SIGINT: stopping now", highlight=False)
+            _say("deltahub serve: second SIGINT: stopping now")
             for child in self.children:
                 child.signal(signal.SIGINT)  # uvicorn: a second one cuts everything
 
@@ -150,9 +149,8 @@ class Supervisor:
                     return (f"processes died {len(self.deaths)} times within "
                             f"{CRASH_WINDOW_SECONDS:g} s (last: {child.role}, {_status(code)}); "
                             "see their errors above. Stopping")
-                console.print(f"deltahub serve: {child.role} (pid {child.process.pid}) "
-                              f"ended ({_status(code)}); starting another", style="yellow",
-                              highlight=False)
+                _say(f"deltahub serve: {child.role} (pid {child.process.pid}) "
+                     f"ended ({_status(code)}); starting another", style="yellow")
                 child.start()
         return None
 
@@ -175,6 +173,11 @@ class Supervisor:
                 # served anything; any later SIGTERM is a graceful stop ending in 0.
                 failed.append(f"{child.role} ended with {_status(child.process.exitcode)}")
         return "; ".join(failed) or None
+
+
+def _say(message: str, style: str | None = None) -> None:
+    # One line each, whatever the terminal's width: these are the server's log.
+    console.print(message, style=style, highlight=False, soft_wrap=True)
 
 
 def _status(code: int | None) -> str:

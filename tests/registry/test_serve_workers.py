@@ -4,8 +4,9 @@ A keep-alive connection stays with the process that accepted it, so `/healthz`'s
 connection names the process that answers everything else sent on it: the tests hold one
 connection to each process and check that what one process did (a revocation, a sign-in)
 holds in the other on the very next request. Then: 200 clients listing at once get no
-5xx, and a SIGTERM with an upload in flight lets it finish (or cuts it, past
-SHUTDOWN_TIMEOUT_SECONDS), leaves no staging object, exits 0, and the draft resumes.
+5xx; a process killed is replaced; a SIGTERM with an upload in flight lets it finish (or
+cuts it, past SHUTDOWN_TIMEOUT_SECONDS), leaves no staging object, exits 0, and the
+draft resumes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import re
 import signal
 import socket
@@ -29,7 +31,13 @@ import pytest
 from tests.registry.api import register_model
 from tests.registry.conftest import TinyModels
 from tests.registry.loadclients import BASE, REQUEST_TIMEOUT_SECONDS, Recorder, seed
-from tests.registry.serverproc import STOP_TIMEOUT_SECONDS, ServerProcess, issue_admin_token, serve
+from tests.registry.serverproc import (
+    STARTED_LINE,
+    STOP_TIMEOUT_SECONDS,
+    ServerProcess,
+    issue_admin_token,
+    serve,
+)
 
 pytestmark = pytest.mark.slow  # each test starts `deltahub serve` (two processes) for real
 
@@ -192,6 +200,23 @@ def test_two_hundred_clients_listing_get_no_5xx(
     assert not any(server_errors.values()), f"{server_errors}\n--- server log ---\n{log}"
     assert answers == CLIENTS * LISTINGS_PER_CLIENT
     assert len(pids) == WORKERS, f"only process(es) {sorted(pids)} took connections"
+
+
+def test_a_process_that_dies_is_replaced_and_the_stop_still_exits_0(
+        database_url: str, tmp_path: Path) -> None:
+    with serve(database_url, tmp_path / "server", workers=WORKERS) as server:
+        with one_connection_per_process(server) as by_pid:
+            victim = min(by_pid)
+        os.kill(victim, signal.SIGKILL)
+        wait_for_log(server, "starting another", 1)
+        wait_for_log(server, STARTED_LINE, WORKERS + 1)
+        with one_connection_per_process(server) as by_pid:
+            assert victim not in by_pid
+            assert all(parent_of(pid) == server.process.pid for pid in by_pid), by_pid
+        server.process.send_signal(signal.SIGTERM)
+        status = server.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        log = server.log_tail()
+    assert status == 0, f"exit status {status}\n--- server log ---\n{log}"
 
 
 def wait_for_log(server: ServerProcess, line: str, count: int) -> None:
