@@ -39,7 +39,7 @@ def serve(
     SIGTERM or Ctrl-C: requests in flight get DELTAHUB_SHUTDOWN_TIMEOUT_SECONDS to finish.
     """
     from registry.cli.api_process import process_settings, run_api
-    from registry.cli.supervisor import Supervisor, default_workers
+    from registry.cli.supervisor import Supervisor, bind, default_workers
     from registry.infra.session_key import SessionKeyError, key_path
 
     settings = Settings()
@@ -67,9 +67,10 @@ def serve(
         run_api(single, host, port)
         return
     try:
-        status = Supervisor(settings, host, port, processes).run()
+        sock = bind(host, port)
     except OSError as exc:  # the address is taken, or not ours to bind
         raise CommandFailure(f"listening on {host}:{port}", str(exc), EXIT_FAILED) from exc
+    status = Supervisor(settings, host, port, processes).run(sock)
     if status != 0:
         raise typer.Exit(status)
 

@@ -97,8 +97,8 @@ class Supervisor:
     stopping: str | None = None  # the signal's name once one came
     deaths: deque[float] = field(default_factory=deque)
 
-    def run(self) -> int:
-        sock = bind(self.host, self.port)
+    def run(self, sock: socket.socket) -> int:
+        """Serve on `sock` (from `bind`) until a signal; the exit status."""
         self.children = [Child(f"api {i}", _api_main, (sock, self.host, self.port))
                          for i in range(self.workers)]
         if self.settings.EMBEDDED_WORKERS > 0:
