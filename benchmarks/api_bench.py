@@ -318,15 +318,15 @@ def start_target(kind: str, source: Source, args: argparse.Namespace,
     with fresh_database(kind, source, args.postgres_url, workdir) as url:
         token = in_source(source, "from tests.registry.serverproc import issue_admin_token; "
                                   f"print(issue_admin_token({url!r}, 'bench-admin'))").strip()
-        serve_args: list[str] = []
+        processes: int | None = None  # a checkout without --workers runs one process
         workers = "1 process"
-        if args.workers is not None:
-            if supports_workers(source):
-                serve_args, workers = ["--workers", str(args.workers)], f"--workers {args.workers}"
-            else:
-                workers = f"1 process (no --workers in {source.label})"
+        if supports_workers(source):
+            processes = args.workers or 1
+            workers = f"--workers {processes}"
+        elif args.workers is not None:
+            workers = f"1 process (no --workers in {source.label})"
         with serve(url, workdir / "server", {"PYTHONPATH": str(source.path)},
-                   serve_args) as server:
+                   workers=processes) as server:
             auth = {"Authorization": f"Bearer {token}"}
             with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_SECONDS,
                               headers=auth) as client:

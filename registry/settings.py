@@ -158,6 +158,15 @@ class Settings(BaseSettings):
     # After a secret rotation, deliveries carry both signatures this long.
     WEBHOOK_SECRET_GRACE_SECONDS: float = Field(default=24 * 3600.0, ge=0)
 
+    # `deltahub serve` (registry/cli/supervisor.py). API server processes, sharing one
+    # listening socket; unset: one per CPU core this process may run on. With more than
+    # one, a supervisor process starts them (and one job process for EMBEDDED_WORKERS),
+    # restarts one that dies, and stops them all on SIGTERM or SIGINT.
+    WORKERS: int | None = Field(default=None, gt=0)
+    # On SIGTERM/SIGINT, requests in flight (uploads included) get this long to finish;
+    # then they are cut (an upload's staging object is removed) and the server exits.
+    SHUTDOWN_TIMEOUT_SECONDS: int = Field(default=30, gt=0)
+
     @property
     def webhook_retry_schedule(self) -> list[float]:
         return [float(x) for x in self.WEBHOOK_RETRY_SCHEDULE.split(",")]

@@ -6,18 +6,18 @@ way the server finds them; none creates a database but `db upgrade` (registry/cl
 
 from __future__ import annotations
 
-from types import FrameType
 from typing import Annotated
 
 import typer
 
 from registry.auth import service as tokens
 from registry.cli.console import console, print_json, print_table, stdout
+from registry.cli.failures import EXIT_FAILED, CommandFailure
 from registry.cli.locate import migrated_engine, migrated_sessions, revision_of, shown, sqlite_path
 from registry.cli.remote import Json
 from registry.gc.collect import collect_garbage
 from registry.gc.stale_drafts import remove_stale_drafts
-from registry.infra.engines import make_session_factory, unit_of_work
+from registry.infra.engines import is_sqlite, make_session_factory, unit_of_work
 from registry.infra.migrate import head_revision, upgrade
 from registry.settings import Settings
 from registry.storage.factory import make_blob_store
@@ -29,12 +29,18 @@ token_app = typer.Typer(help="API tokens, straight in the database.", no_args_is
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address [DELTAHUB_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="port [DELTAHUB_PORT]")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="API processes [DELTAHUB_WORKERS; default: one per CPU core]")] = None,
 ) -> None:
-    """Run the API server (the database must be migrated: `deltahub db upgrade`)."""
-    # Here, not at the top: `token` and `gc` need neither the web stack nor the app.
-    import uvicorn
+    """Run the API server (the database must be migrated: `deltahub db upgrade`).
 
-    from registry.app import create_app
+    With more than one worker, a supervisor runs that many API processes on one socket and
+    the embedded job threads (DELTAHUB_EMBEDDED_WORKERS) in one job process of their own.
+    SIGTERM or Ctrl-C: requests in flight get DELTAHUB_SHUTDOWN_TIMEOUT_SECONDS to finish.
+    """
+    from registry.cli.api_process import process_settings, run_api
+    from registry.cli.supervisor import Supervisor, bind, default_workers
+    from registry.infra.session_key import SessionKeyError, key_path
 
     settings = Settings()
     engine = migrated_engine(settings)
@@ -46,20 +52,27 @@ def serve(
                       "once; store it now:[/bold yellow]")
         console.print(f"  [bold]{issued.secret}[/bold]")
         console.print("Create narrower tokens with `deltahub token create --scopes read,push`.")
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host=host or settings.HOST,
-                                           port=port or settings.PORT, log_level="info",
-                                           timeout_keep_alive=settings.KEEP_ALIVE_SECONDS))
-    signalled = server.handle_exit
-
-    def handle_exit(sig: int, frame: FrameType | None) -> None:
-        # Uvicorn waits for requests in flight before the lifespan's shutdown: answer
-        # the feed's long-polls first, or Ctrl-C would wait out their `wait`.
-        signalled(sig, frame)
-        app.state.event_feed.close()
-
-    server.handle_exit = handle_exit  # type: ignore[method-assign]
-    server.run()
+    try:
+        # Drawn here, once, before any process starts: they all read the same file.
+        single = process_settings(settings, embedded_workers=True)
+    except (SessionKeyError, OSError) as exc:
+        raise CommandFailure("the web pages' session key", str(exc), EXIT_FAILED) from exc
+    if not settings.SESSION_SECRET and not is_sqlite(settings.DATABASE_URL):
+        console.print(f"Web sign-ins are signed with {key_path(settings)}, this machine's; "
+                      "API replicas on other machines need one DELTAHUB_SESSION_SECRET.",
+                      highlight=False)
+    processes = workers or settings.WORKERS or default_workers()
+    host, port = host or settings.HOST, port or settings.PORT
+    if processes == 1:
+        run_api(single, host, port)
+        return
+    try:
+        sock = bind(host, port)
+    except OSError as exc:  # the address is taken, or not ours to bind
+        raise CommandFailure(f"listening on {host}:{port}", str(exc), EXIT_FAILED) from exc
+    status = Supervisor(settings, host, port, processes).run(sock)
+    if status != 0:
+        raise typer.Exit(status)
 
 
 @db_app.command("upgrade")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -18,9 +19,9 @@ PROBE_TIMEOUT_SECONDS = 5.0
 
 def add_health(app: FastAPI) -> None:
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
+    def healthz() -> dict[str, str | int]:
+        """The process is up; `pid` names it (`deltahub serve --workers N` runs several)."""
+        return {"status": "ok", "pid": os.getpid()}
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:

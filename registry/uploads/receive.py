@@ -7,7 +7,9 @@ the idle timeout is dropped (408) and its staging object removed.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 from fastapi import Request
@@ -21,6 +23,8 @@ from registry.uploads.pipeline import UploadPipeline, UploadResult
 # Hand the worker thread about a megabyte at a time: small enough to keep memory low,
 # large enough that the thread hand-off costs nothing next to hashing the bytes.
 _BATCH_BYTES = 1024 * 1024
+# Aborts of failed uploads: a file unlink, or one S3 call bounded by its own timeouts.
+_ABORTS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload-abort")
 
 
 def check_declared_length(request: Request, max_bytes: int, filename: str) -> None:
@@ -60,15 +64,32 @@ async def receive_upload(chunks: AsyncGenerator[bytes, None], pipeline: UploadPi
     except BaseException:
         # Covers a client that disconnects midway (ClientDisconnect), one that stalls
         # (RequestTimeout), a cancelled request and every validation error: the staging
-        # object is removed. Shielded, because inside a cancelled scope every await is
-        # cancelled too, and the abort would never start.
-        with anyio.CancelScope(shield=True):
-            await run_in_threadpool(pipeline.abort)
+        # object is removed.
+        await _abort(pipeline)
         raise
     finally:
         # A validation error leaves the body generator suspended mid-stream; close it
         # now rather than whenever the garbage collector finalizes it.
         await chunks.aclose()
+
+
+async def _abort(pipeline: UploadPipeline) -> None:
+    """`pipeline.abort()` in a thread, seen through to its end even if we are cancelled.
+
+    Shielded, because inside a cancelled scope every await is cancelled too, and the abort
+    would never start. anyio's shield holds off anyio's cancel scopes but not a bare
+    asyncio cancel, which is how uvicorn ends the requests still running when a graceful
+    shutdown runs out of time (SHUTDOWN_TIMEOUT_SECONDS): then the event loop waits here
+    for the abort already under way, rather than let the process exit with the staging
+    object still in place.
+    """
+    running = _ABORTS.submit(pipeline.abort)
+    try:
+        with anyio.CancelScope(shield=True):
+            await asyncio.wrap_future(running)
+    except asyncio.CancelledError:
+        running.result()  # blocks the loop, on the way out only
+        raise
 
 
 async def _next_chunk(chunks: AsyncIterator[bytes], idle_timeout_s: float | None,

@@ -27,7 +27,8 @@ from tests.s3server import free_port
 
 START_TIMEOUT_SECONDS = 60.0  # importing torch and the app takes ~5 s on an idle 2-core box
 START_ATTEMPTS = 3  # a free port can be taken between choosing it and the server binding
-STOP_TIMEOUT_SECONDS = 15.0
+STARTED_LINE = "Application startup complete."
+STOP_TIMEOUT_SECONDS = 45.0  # with --workers: SHUTDOWN_TIMEOUT_SECONDS is 30 s; idle, ~5 s
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,37 @@ class ServerProcess:
             return f"(no server log: {exc})"
         return text[-chars:]
 
+    def started_processes(self) -> int:
+        """How many API processes have said their start-up is complete (uvicorn's line)."""
+        try:
+            return self.log_path.read_text(errors="replace").count(STARTED_LINE)
+        except OSError:
+            return 0
+
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # After the ")" that ends the command name: state is field 3, utime 14, stime 15.
-        ticks = int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time the server has used so far: its process and, with
+        `--workers`, the processes it started (Linux /proc)."""
+        return sum(_cpu_ticks(pid) for pid in _process_tree(self.process.pid)
+                   ) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0  # ended since it was listed
+    # After the ")" that ends the command name: state is field 3, utime 14, stime 15.
+    return int(fields[11]) + int(fields[12])
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from each thread's /proc children list."""
+    found = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(FileNotFoundError):
+            for child in children.read_text().split():
+                found += _process_tree(int(child))
+    return found
 
 
 def issue_admin_token(database_url: str, name: str = "load-admin") -> str:
@@ -62,13 +88,14 @@ def issue_admin_token(database_url: str, name: str = "load-admin") -> str:
         engine.dispose()
 
 
-def _command() -> list[str]:
+def _command(workers: int | None) -> list[str]:
     # The console script installed beside this interpreter is what `make run` starts;
     # without one (a bare checkout on PYTHONPATH), run the same entry point.
     script = Path(sys.executable).with_name("deltahub")
+    serve = ["serve"] if workers is None else ["serve", "--workers", str(workers)]
     if script.exists():
-        return [str(script), "serve"]
-    return [sys.executable, "-c", "from registry.cli.app import main; main()", "serve"]
+        return [str(script), *serve]
+    return [sys.executable, "-c", "from registry.cli.app import main; main()", *serve]
 
 
 def _environment(database_url: str, storage_dir: Path, port: int,
@@ -112,13 +139,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def serve(database_url: str, workdir: Path, env: Mapping[str, str] | None = None,
-          args: Sequence[str] = ()) -> Iterator[ServerProcess]:
-    """Run `deltahub serve` on a migrated database until the block ends.
+          workers: int | None = 1) -> Iterator[ServerProcess]:
+    """Run `deltahub serve --workers N` on a migrated database until the block ends.
 
     Blobs go to `workdir/blobs` and the server's output to `workdir/server.log`. The
     server runs with `workdir` as its current directory, so no `.env` file of the
-    checkout is read. `env` adds or overrides settings (`DELTAHUB_DB_LOCK_TIMEOUT_SECONDS`);
-    `args` are added to `deltahub serve`'s command line.
+    checkout is read. `env` adds or overrides settings (`DELTAHUB_DB_LOCK_TIMEOUT_SECONDS`).
+    One API process unless `workers` says more (serve's own default is one per core; None
+    passes no `--workers`, for a checkout from before the option, as benchmarks run). The
+    block may stop the server itself (`process.send_signal`) and read its exit status.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "blobs"
@@ -128,12 +157,12 @@ def serve(database_url: str, workdir: Path, env: Mapping[str, str] | None = None
         port = free_port()
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [*_command(), *args], cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+                _command(workers), cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
                 env=_environment(database_url, storage, port, env or {}))
         server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while process.poll() is None and time.monotonic() < deadline:
-            if _answers(port):
+            if _answers(port) and server.started_processes() >= workers:
                 try:
                     yield server
                 finally:
