@@ -84,7 +84,7 @@ async def list_adapters(
 @router.get("/{ref}", response_model=AdapterOut)
 async def get_adapter(ref: str, reader: Reader) -> Response:
     return await reader.json(
-        lambda session: adapter_out(session, service.get_adapter(session, ref)))
+        lambda session: row_outs([service.get_adapter_row(session, ref)])[0])
 
 
 @router.put("/{ref}/files/{filename:path}", status_code=status.HTTP_201_CREATED)

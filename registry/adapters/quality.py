@@ -222,11 +222,7 @@ class Quality:
 
     def summary(self, max_string_chars: int) -> Quality:
         """The top-level figures only, strings past `max_string_chars` left out."""
-        kept = {k: v for k, v in self.figures()
-                if not isinstance(v, str) or len(v) <= max_string_chars}
-        if "gain_kept" in kept:  # as ranked: the evaluation, left out here, may void it
-            kept["gain_kept"] = self.gain_kept
-        return Quality.parse(kept)
+        return summary_of(self.document, self.gain_kept, max_string_chars)
 
 
 def _worst(stated: float | None, values: list[float | None]) -> float | None:
@@ -315,3 +311,16 @@ def from_report(report: Mapping[str, object], *, source: str, lora: bool,
     if pictures:
         document["pictures"] = list(pictures)
     return Quality.parse(document)
+
+
+def summary_of(document: Mapping[str, object], headline_gain: float | None,
+               max_string_chars: int) -> Quality:
+    """`Quality.parse(document).summary(...)` without parsing the nested tables (a
+    listing's cost per item): `headline_gain` is the document's headline gain kept, as
+    `Quality.gain_kept` gives it and the adapters' `gain_kept` column keeps it."""
+    kept = {k: v for k, v in document.items()
+            if v is None or (isinstance(v, bool | int | float) or
+                             (isinstance(v, str) and len(v) <= max_string_chars))}
+    if "gain_kept" in kept:  # as ranked: the evaluation, left out here, may void it
+        kept["gain_kept"] = headline_gain
+    return Quality.parse(kept)

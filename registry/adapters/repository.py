@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -52,6 +53,28 @@ class AdapterRepository:
         return self.session.scalars(self._query().join(
             AdapterAlias, AdapterAlias.adapter_id == Adapter.id).where(
             AdapterAlias.adapter_name == name, AdapterAlias.alias == alias)).first()
+
+    # -- plain rows (registry/adapters/rows.py), for reads that show an adapter ------
+    def row_by_id(self, adapter_id: int) -> AdapterRow | None:
+        return self._one_row(row_select().where(Adapter.id == adapter_id))
+
+    def row_by_version(self, name: str, version: int) -> AdapterRow | None:
+        return self._one_row(row_select().where(Adapter.name == name,
+                                                Adapter.version == version))
+
+    def row_by_alias(self, name: str, alias: str) -> AdapterRow | None:
+        return self._one_row(row_select().join(
+            AdapterAlias, AdapterAlias.adapter_id == Adapter.id).where(
+            AdapterAlias.adapter_name == name, AdapterAlias.alias == alias))
+
+    def row_latest(self, name: str) -> AdapterRow | None:
+        return self._one_row(row_select().where(
+            Adapter.name == name, Adapter.status == Status.READY).order_by(
+            Adapter.version.desc()))
+
+    def _one_row(self, query: Select[Any]) -> AdapterRow | None:
+        rows = load_rows(self.session, query.limit(1))
+        return rows[0] if rows else None
 
     def delete_alias(self, name: str, alias: str) -> bool:
         """Remove one alias of the adapter name; whether it existed."""

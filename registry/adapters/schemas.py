@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
-from registry.adapters.quality import JSONObject, Quality
+from registry.adapters.quality import JSONObject, Quality, summary_of
 from registry.adapters.rows import AdapterRow
 from registry.adapters.serving import adapter_serving, peft_record
 from registry.infra.schemas import FileOut, Schema, UTCDateTime
@@ -89,9 +89,10 @@ class AdapterOut(Schema):
            summary: bool = False) -> AdapterOut:
         """`base`, `source_model`: those models' names. `summary`: quality cut to its
         top-level figures, as listings show it."""
-        quality = Quality.parse_optional(adapter.quality)
-        if summary and quality is not None:
-            quality = quality.summary(_SUMMARY_STRING_CHARS)
+        quality = (Quality.parse_optional(adapter.quality) if not summary
+                   else None if adapter.quality is None
+                   else summary_of(adapter.quality, adapter.gain_kept, _SUMMARY_STRING_CHARS))
+        peft = peft_record(adapter)
         return cls(
             id=adapter.id, name=adapter.name, version=adapter.version, kind=adapter.kind.value,
             status=adapter.status.value, base=base, source_model=source_model,
@@ -102,5 +103,5 @@ class AdapterOut(Schema):
             files=[FileOut(filename=f.filename, sha256=f.sha256, size=f.size)
                    for f in adapter.files],
             created_at=adapter.created_at, finalized_at=adapter.finalized_at,
-            peft=peft_record(adapter), serving=adapter_serving(adapter),
+            peft=peft, serving=adapter_serving(adapter, peft),
         )

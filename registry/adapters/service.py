@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from sqlalchemy import ScalarSelect
 from sqlalchemy.exc import IntegrityError
@@ -37,6 +38,7 @@ from registry.uploads.flow import UploadTarget
 from registry.uploads.rules import adapter_file_rule
 
 LATEST = "latest"
+T = TypeVar("T")
 # fullmatch; ASCII digits only (see registry/names.py)
 _VERSION_REF = re.compile(r"(?P<name>[^@:]+)@(?P<version>[0-9]+)")
 _ALIAS_REF = re.compile(r"(?P<name>[^@:]+):(?P<alias>[^@:]+)")
@@ -50,25 +52,42 @@ def get_adapter(session: Session, ref: str, lock: bool = False, full: bool = Fal
     `full` loads the files' safetensors headers too (for finalize).
     """
     repo = AdapterRepository(session)
-    adapter: Adapter | None = None
-    if is_id(ref):
-        if (adapter_id := parse_id(ref)) is not None:
-            adapter = repo.by_id(adapter_id, lock=lock, full=full)
-    elif match := _VERSION_REF.fullmatch(ref):
-        name = check_name(match["name"], "adapter name")
-        if (version := parse_id(match["version"])) is not None:
-            adapter = repo.by_version(name, version)
-    elif match := _ALIAS_REF.fullmatch(ref):
-        adapter = repo.by_alias(check_name(match["name"], "adapter name"),
-                                check_name(match["alias"], "alias"))
-    else:
-        # A bare name means <name>:latest, so the two never differ. `latest` moves to each
-        # new version by itself, and only a deliberate PUT of the alias pins it elsewhere.
-        name = check_name(ref, "adapter name")
-        adapter = repo.by_alias(name, LATEST) or repo.latest(name)
-    if adapter is None:
+    found = _resolve(ref, lambda ident: repo.by_id(ident, lock=lock, full=full),
+                     repo.by_version, repo.by_alias, repo.latest)
+    if found is None:
         raise _not_found(session, ref)
-    return adapter
+    return found
+
+
+def get_adapter_row(session: Session, ref: str) -> AdapterRow:
+    """`get_adapter` as a plain row (registry/adapters/rows.py), for answers that show it:
+    the same references, and the same 404."""
+    repo = AdapterRepository(session)
+    found = _resolve(ref, repo.row_by_id, repo.row_by_version, repo.row_by_alias,
+                     repo.row_latest)
+    if found is None:
+        raise _not_found(session, ref)
+    return found
+
+
+def _resolve(ref: str, by_id: Callable[[int], T | None], by_version: Callable[[str, int], T | None],
+             by_alias: Callable[[str, str], T | None], latest: Callable[[str], T | None]
+             ) -> T | None:
+    """What `ref` names, found with the lookups given (objects or rows)."""
+    if is_id(ref):
+        ident = parse_id(ref)
+        return None if ident is None else by_id(ident)
+    if match := _VERSION_REF.fullmatch(ref):
+        name = check_name(match["name"], "adapter name")
+        version = parse_id(match["version"])
+        return None if version is None else by_version(name, version)
+    if match := _ALIAS_REF.fullmatch(ref):
+        return by_alias(check_name(match["name"], "adapter name"),
+                        check_name(match["alias"], "alias"))
+    # A bare name means <name>:latest, so the two never differ. `latest` moves to each new
+    # version by itself, and only a deliberate PUT of the alias pins it elsewhere.
+    name = check_name(ref, "adapter name")
+    return by_alias(name, LATEST) or latest(name)
 
 
 def adapter_by_id(session: Session, ident: int, lock: bool = False,

@@ -27,7 +27,9 @@ def peft_record(adapter: Adapter | AdapterRow) -> dict[str, Any] | None:
             "saved_tensors": params.get("saved_tensors") or []}
 
 
-def adapter_serving(adapter: Adapter | AdapterRow) -> dict[str, Any]:
+def adapter_serving(adapter: Adapter | AdapterRow,
+                    record: dict[str, Any] | None) -> dict[str, Any]:
+    """`record`: the adapter's `peft_record`."""
     if adapter.status is not Status.READY:
         return {}
-    return servability(adapter.kind.value, peft_record(adapter))
+    return servability(adapter.kind.value, record)
