@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from registry.adapters.quality import DETAIL_KEYS, ERROR_QUANTITIES, JOB_SOURCE, Quality
 from registry.jobs.params import BitDeltaParams, EvaluateStage, JobParams, LoraParams
+from registry.ui.plots import distillation_loss_unit
 
 MAX_LIST_ITEMS = 12  # a longer list reads as its first items and "… (N in all)"
 # Words for keys that documents share; any other key reads as itself, spaced.
@@ -177,11 +178,11 @@ FIGURES: dict[str, _Spec] = {
     "codec.delta_rel_error": _error("delta_rel_error", "all layers together", _weights),
     "codec.weight_rel_error": _error("weight_rel_error", "all layers together", _weights),
     "distill_loss_initial": _Spec("Distillation loss before training the scales",
-                                  "KL divergence to the fine-tune, nats per token",
-                                  "lower; 0 matches the fine-tune", _calibration),
+                                  "(the distillation's)", "lower; 0 matches the fine-tune",
+                                  _calibration),
     "distill_loss_final": _Spec("Distillation loss after training the scales",
-                                "KL divergence to the fine-tune, nats per token",
-                                "lower; 0 matches the fine-tune", _calibration),
+                                "(the distillation's)", "lower; 0 matches the fine-tune",
+                                _calibration),
     "codec.ratio": _Spec("Compression ratio", "× (target tensors' bytes / delta's bytes)",
                          "higher", _everything, lambda v: f"{v:.3g}×"),
     "codec.bytes_in": _Spec("Target tensors' size, uncompressed", "bytes", "–", _everything,
@@ -221,8 +222,9 @@ def figures(quality: Quality | None) -> list[Figure]:
                 not math.isfinite(value):
             continue
         shown = spec.show(float(value))
-        found.append(Figure(key, spec.what, shown, spec.unit, spec.measured_on(quality),
-                            spec.good))
+        unit = distillation_loss_unit(quality.document) if key.startswith("distill_loss") \
+            else spec.unit
+        found.append(Figure(key, spec.what, shown, unit, spec.measured_on(quality), spec.good))
     return found
 
 

@@ -133,12 +133,12 @@ def test_a_job_from_the_form_shows_its_evaluation_and_distillation(
     # A job-made adapter keeps its per-layer figures: weight errors, verification per
     # layer, and the distillation's loss curve, each drawn.
     for kind in ("loss", "errors", "verify"):
-        url = f"/ui/adapters/{adapter_id}/plots/{kind}.png"
+        url = f"/ui/adapters/{adapter_id}/plots/{kind}.svg"
         assert f'src="{url}"' in page
-        png = client.get(url)
-        assert png.status_code == 200
-        assert png.headers["content-type"] == "image/png"
-        assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+        svg = client.get(url)
+        assert svg.status_code == 200
+        assert svg.headers["content-type"] == "image/svg+xml"
+        assert svg.content.startswith(b"<?xml")
 
     lineage = client.get(f"/ui/models/{PAIR_BASE}").text
     assert f"gain kept {100 * quality['gain_kept']:.1f} %" in _adapter_row(lineage,
