@@ -189,6 +189,8 @@ def _formula(quantity: str) -> str:
 
 
 def _bars(title: str, xlabel: str, data: list[tuple[str, float]]) -> Any:
+    from matplotlib.ticker import MaxNLocator
+
     fig = _new_figure(1.3 + ROW_IN * len(data))
     ax = fig.subplots()
     ax.barh(range(len(data)), [v for _, v in data], color="#3b6ea5")
@@ -196,6 +198,7 @@ def _bars(title: str, xlabel: str, data: list[tuple[str, float]]) -> Any:
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
     ax.set_title(title)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
     ax.grid(True, axis="x", alpha=0.3)
     return fig
 
@@ -206,6 +209,8 @@ _WEIGHT_ERRORS = ("delta_rel_error", "weight_rel_error")
 
 def _draw_errors(figures: Figures) -> Any:
     """delta_rel_error and weight_rel_error per layer, side by side, on shared rows."""
+    from matplotlib.ticker import MaxNLocator
+
     series = {q: dict(layer_errors(figures, q)) for q in _WEIGHT_ERRORS}
     names = list(dict.fromkeys(n for q in _WEIGHT_ERRORS for n in series[q]))[:MAX_BARS]
     fig = _new_figure(1.6 + ROW_IN * len(names))
@@ -214,6 +219,7 @@ def _draw_errors(figures: Figures) -> Any:
         values = [series[quantity].get(n) for n in names]
         ax.barh(range(len(names)), [v or 0.0 for v in values], color="#3b6ea5")
         ax.set_xlabel(_formula(quantity))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # 13 px ticks that never touch
         ax.set_title(quantity if any(v is not None for v in values)
                      else f"{quantity}: not in this report")
         ax.grid(True, axis="x", alpha=0.3)
