@@ -47,8 +47,10 @@ def _kept(rank: object) -> int:
 
 
 def verify_layers(report: Mapping[str, object]) -> list[JSONObject]:
-    """Each verified layer's output error against the fine-tune, and the kernel's."""
-    return [_pick(row, ("module", "compression_rel_error", "kernel_max_rel_error"))
+    """Each verified layer's output error against the fine-tune, the kernel's, and the
+    verified delta's weight errors (after distillation, when the job distilled)."""
+    return [_pick(row, ("module", "compression_rel_error", "kernel_max_rel_error",
+                        "delta_rel_error", "weight_rel_error"))
             for row in _rows(report.get("layers"))]
 
 

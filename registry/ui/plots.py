@@ -92,6 +92,15 @@ def layer_errors(figures: Figures, quantity: str = "delta_rel_error"
     return [(name, value) for name, value in found if value is not None][:MAX_BARS]
 
 
+def verified_weight_errors(figures: Figures, quantity: str) -> list[tuple[str, float]]:
+    """Per-layer `quantity` as verification measured it on the delta a job uploaded:
+    the distilled one's, drawn beside the codec's (before distillation)."""
+    delta = quantity == "delta_rel_error"
+    found = [(layer.module, _drawable(layer.delta_error if delta else layer.weight_error))
+             for layer in figures.quality.verify_layers or ()]
+    return [(name, value) for name, value in found if value is not None][:MAX_BARS]
+
+
 def _has_errors(figures: Figures) -> bool:
     return any(layer_errors(figures, q) for q in _WEIGHT_ERRORS)
 
@@ -208,27 +217,48 @@ _WEIGHT_ERRORS = ("delta_rel_error", "weight_rel_error")
 
 
 def _draw_errors(figures: Figures) -> Any:
-    """delta_rel_error and weight_rel_error per layer, side by side, on shared rows."""
+    """delta_rel_error and weight_rel_error per layer, side by side, on shared rows; for a
+    distilled delta whose verification measured them again, before and after distillation
+    as two bars per layer."""
     from matplotlib.ticker import MaxNLocator
 
     series = {q: dict(layer_errors(figures, q)) for q in _WEIGHT_ERRORS}
+    after = {q: {_tensor_module(n): v for n, v in verified_weight_errors(figures, q)}
+             for q in _WEIGHT_ERRORS} if figures.quality.remeasured_after_distillation else {}
     names = list(dict.fromkeys(n for q in _WEIGHT_ERRORS for n in series[q]))[:MAX_BARS]
-    fig = _new_figure(1.6 + ROW_IN * len(names))
+    both = any(after.get(q) for q in _WEIGHT_ERRORS)
+    fig = _new_figure(1.6 + ROW_IN * len(names) * (1.6 if both else 1))
     axes = fig.subplots(1, 2, sharey=True)
+    rows = [i * (1.6 if both else 1) for i in range(len(names))]
     for ax, quantity in zip(axes, _WEIGHT_ERRORS, strict=True):
         values = [series[quantity].get(n) for n in names]
-        ax.barh(range(len(names)), [v or 0.0 for v in values], color="#3b6ea5")
+        if both:
+            later = [after[quantity].get(_tensor_module(n)) for n in names]
+            ax.barh([r - 0.35 for r in rows], [v or 0.0 for v in values], height=0.7,
+                    color="#b9c9dc", label="before distillation (the codec's)")
+            ax.barh([r + 0.35 for r in rows], [v or 0.0 for v in later], height=0.7,
+                    color="#3b6ea5", label="after distillation (verified)")
+        else:
+            ax.barh(rows, [v or 0.0 for v in values], color="#3b6ea5")
         ax.set_xlabel(_formula(quantity))
         ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # 13 px ticks that never touch
         ax.set_title(quantity if any(v is not None for v in values)
                      else f"{quantity}: not in this report")
         ax.grid(True, axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(names)), [label(n) for n in names])
+    axes[0].set_yticks(rows, [label(n) for n in names])
     axes[0].invert_yaxis()
+    if both:
+        handles, words = axes[0].get_legend_handles_labels()
+        fig.legend(handles, words, loc="outside lower center", ncols=2, frameon=False)
     fig.suptitle("Weight errors per layer (lower is better)" + (
         "\nmeasured before scale distillation changed α"
         if figures.quality.weight_errors_predate_distillation else ""))
     return fig
+
+
+def _tensor_module(name: str) -> str:
+    """A tensor's module (verification names modules, the codec their weights)."""
+    return name.removesuffix(".weight")
 
 
 def _draw_verify(figures: Figures) -> Any:

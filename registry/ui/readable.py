@@ -12,7 +12,14 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from registry.adapters.quality import DETAIL_KEYS, ERROR_QUANTITIES, JOB_SOURCE, Quality
+from registry.adapters.quality import (
+    DELTA_BEFORE,
+    DETAIL_KEYS,
+    ERROR_QUANTITIES,
+    JOB_SOURCE,
+    WEIGHT_BEFORE,
+    Quality,
+)
 from registry.jobs.params import BitDeltaParams, EvaluateStage, JobParams, LoraParams
 from registry.ui.plots import distillation_loss_unit
 
@@ -139,8 +146,19 @@ _LOWER = "lower; 0 is exact"
 
 def _weights(quality: Quality) -> str:
     when = " (before distillation changed α)" if quality.weight_errors_predate_distillation \
-        else ""
+        else " (after distillation, verified)" if quality.remeasured_after_distillation else ""
     return f"the weights of each compressed layer, no data{when}"
+
+
+def _weights_before(_: Quality) -> str:
+    return "the weights of each compressed layer, no data (before distillation changed α)"
+
+
+def _codec_weights(quality: Quality) -> str:
+    """The codec's own figures: a distilled delta's predate its distillation."""
+    distilled = quality.weight_errors_predate_distillation or \
+        quality.remeasured_after_distillation
+    return _weights_before(quality) if distilled else _weights(quality)
 
 
 def _outputs(quality: Quality) -> str:
@@ -175,8 +193,12 @@ FIGURES: dict[str, _Spec] = {
     "delta_rel_error_mean": _error("delta_rel_error", "mean over layers", _weights),
     "weight_rel_error_max": _error("weight_rel_error", "worst layer", _weights),
     "weight_rel_error_mean": _error("weight_rel_error", "mean over layers", _weights),
-    "codec.delta_rel_error": _error("delta_rel_error", "all layers together", _weights),
-    "codec.weight_rel_error": _error("weight_rel_error", "all layers together", _weights),
+    DELTA_BEFORE: _error("delta_rel_error", "worst layer before distillation", _weights_before),
+    WEIGHT_BEFORE: _error("weight_rel_error", "worst layer before distillation",
+                          _weights_before),
+    "codec.delta_rel_error": _error("delta_rel_error", "all layers together", _codec_weights),
+    "codec.weight_rel_error": _error("weight_rel_error", "all layers together",
+                                     _codec_weights),
     "distill_loss_initial": _Spec("Distillation loss before training the scales",
                                   "(the distillation's)", "lower; 0 matches the fine-tune",
                                   _calibration),

@@ -120,9 +120,11 @@ def test_a_job_from_the_form_shows_its_evaluation_and_distillation(
     assert "headline" in rows[0][1][0]
     assert quality["gain_kept"] == expected[0]["gain_kept"]
     assert "the share of the fine-tune's change in loss" in html.unescape(page)
-    # Distilled: the codec's weight errors predate α's training, and the page says so.
+    # Distilled: verification measured the distilled delta's weight errors; the codec's,
+    # which predate α's training, are shown beside them, and the page says which is which.
     assert "weight error ≤" in page
-    assert "(before distillation)" in page
+    assert "(after distillation)" in page
+    assert "before distillation changed α" in page
 
     distill = quality["distillation"]
     assert _facts(page, "Loss") == (f"{distill['initial_loss']:.3f} → "

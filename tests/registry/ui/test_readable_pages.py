@@ -58,8 +58,9 @@ def _job(client: TestClient, tokens: Tokens, method: str, body: dict[str, Any]) 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("calib")
 def test_adapter_and_job_pages_read_as_words(app: FastAPI, client: TestClient, tokens: Tokens,
-                                             seeded: Seeded, calib: None) -> None:
+                                             seeded: Seeded) -> None:
     distilled = _job(client, tokens, "bitdelta", {
         "name": "distilled", "distill": {"dataset": "calib", "steps": 3, "seq_len": 16},
         "evaluate": {"datasets": ["calib"], "seq_len": 16}})
@@ -87,12 +88,30 @@ def test_adapter_and_job_pages_read_as_words(app: FastAPI, client: TestClient, t
     assert _settings(text["pushed"], "params")["Rank"] == "4"
     assert _settings(text["pushed"], "made-with")["Only the target modules"] == "no"
 
-    what, value, unit, measured_on, good = _figure(text["distilled"], "output_rel_error_max")
+    what, _, unit, measured_on, good = _figure(text["distilled"], "output_rel_error_max")
     assert what.startswith("output_rel_error, worst layer: ‖y − y_ft‖ / ‖y_ft‖")
     assert (unit, good) == ("relative (a ratio of norms)", "lower; 0 is exact")
     assert measured_on.endswith("(after distillation)")
-    assert "before distillation" in _figure(text["distilled"], "weight_rel_error_max")[3]
+    # Item 3: verification measures the uploaded (distilled) delta's weight errors too; the
+    # codec's, from before distillation changed α, stay beside them, each labelled.
+    after = _figure(text["distilled"], "weight_rel_error_max")
+    before = _figure(text["distilled"], "weight_rel_error_max_before_distillation")
+    assert after[3].endswith("(after distillation, verified)")
+    assert before[0].startswith("weight_rel_error, worst layer before distillation")
+    assert before[3].endswith("(before distillation changed α)")
+    assert "weight error ≤" in text["distilled"] and "(after distillation)" in text["distilled"]
+    picture = client.get(f"{pages['distilled']}/plots/errors.svg").text
+    assert "before distillation (the codec's)" in picture
+    assert "after distillation (verified)" in picture
     assert "distillation" not in _figure(text["plain"], "weight_rel_error_max")[3]
+    # Undistilled, verification's weight errors are the codec's: one quantity, one value.
+    plain_id = pages["plain"].rsplit("/", 1)[1]
+    quality = client.get(f"/adapters/{plain_id}", headers=tokens.read).json()["quality"]
+    codec = {t["name"].removesuffix(".weight"): t for t in quality["tensors"]}
+    for layer in quality["verify"]["layers"]:
+        for quantity in ("delta_rel_error", "weight_rel_error"):
+            assert layer[quantity] == pytest.approx(codec[layer["module"]][quantity],
+                                                    rel=1e-4), (layer["module"], quantity)
     assert _figure(text["distilled"], "distill_loss_final")[2] == \
         "KL divergence to the fine-tune (nats per token)"
     assert _figure(text["pushed"], "delta_rel_error_max")[1] == \
