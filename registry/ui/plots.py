@@ -165,10 +165,10 @@ WIDTH_IN = 7.5
 FONT_PT = 10
 TITLE_PT = 11
 ROW_IN = 0.24  # a bar's row: room for a FONT_PT label
-_SVG_SETTINGS = {"svg.fonttype": "none", "svg.hashsalt": "deltahub", "font.size": FONT_PT,
-                 "axes.titlesize": TITLE_PT, "axes.labelsize": FONT_PT,
-                 "xtick.labelsize": FONT_PT, "ytick.labelsize": FONT_PT,
-                 "legend.fontsize": FONT_PT, "figure.titlesize": TITLE_PT}
+_SVG_SETTINGS: dict[str, Any] = {
+    "svg.fonttype": "none", "svg.hashsalt": "deltahub", "font.size": FONT_PT,
+    "axes.titlesize": TITLE_PT, "axes.labelsize": FONT_PT, "xtick.labelsize": FONT_PT,
+    "ytick.labelsize": FONT_PT, "legend.fontsize": FONT_PT, "figure.titlesize": TITLE_PT}
 _settings_applied = threading.Lock()
 _settings_done = False
 

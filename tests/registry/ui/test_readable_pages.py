@@ -99,7 +99,8 @@ def test_adapter_and_job_pages_read_as_words(app: FastAPI, client: TestClient, t
     assert after[3].endswith("(after distillation, verified)")
     assert before[0].startswith("weight_rel_error, worst layer before distillation")
     assert before[3].endswith("(before distillation changed α)")
-    assert "weight error ≤" in text["distilled"] and "(after distillation)" in text["distilled"]
+    assert "weight error ≤" in text["distilled"]
+    assert "(after distillation)" in text["distilled"]
     picture = client.get(f"{pages['distilled']}/plots/errors.svg").text
     assert "before distillation (the codec's)" in picture
     assert "after distillation (verified)" in picture
