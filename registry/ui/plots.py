@@ -31,10 +31,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.adapters.quality import ERROR_QUANTITIES, ModuleFigures, Quality, TensorFigures
 from registry.errors import PlotsBusy
+
+if TYPE_CHECKING:  # matplotlib is imported when the first picture is drawn
+    from matplotlib.typing import RcKeyType
 
 # Labels and sizes. Plots stay small: one picture per figure, at most this many bars.
 MAX_BARS = 64
@@ -165,7 +168,7 @@ WIDTH_IN = 7.5
 FONT_PT = 10
 TITLE_PT = 11
 ROW_IN = 0.24  # a bar's row: room for a FONT_PT label
-_SVG_SETTINGS: dict[str, Any] = {
+_SVG_SETTINGS: dict[RcKeyType, Any] = {
     "svg.fonttype": "none", "svg.hashsalt": "deltahub", "font.size": FONT_PT,
     "axes.titlesize": TITLE_PT, "axes.labelsize": FONT_PT, "xtick.labelsize": FONT_PT,
     "ytick.labelsize": FONT_PT, "legend.fontsize": FONT_PT, "figure.titlesize": TITLE_PT}

@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from safetensors.torch import save_file
 
 from registry.settings import Settings
 from registry.ui.render import human_bytes
@@ -26,7 +24,15 @@ from tests.conftest import Tokens
 from tests.finetune import FinetunePair
 from tests.registry.api import push_dataset, register_finetune_pair
 from tests.registry.jobs.drive import run_all
-from tests.registry.ui.conftest import FINETUNE, Seeded, cell_texts, evaluation_rows, sign_in
+from tests.registry.ui.conftest import (
+    FINETUNE,
+    Seeded,
+    cell_texts,
+    evaluation_rows,
+    sign_in,
+    text_file,
+    token_file,
+)
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 PAIR_BASE, PAIR_FT = "pair-base", "pair-ft"
@@ -36,20 +42,6 @@ PAGE_SIZE = 2
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"DEFAULT_PAGE_SIZE": PAGE_SIZE})
-
-
-def token_file(folder: Path, name: str = "calib.safetensors", rows: int = 4) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    save_file({"input_ids": torch.randint(0, 32, (rows, 16), dtype=torch.int64)}, path)
-    return path
-
-
-def text_file(folder: Path, name: str = "notes.txt") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text("def f(x):\n    return x + 1\n" * 20)
-    return path
 
 
 def _facts(page: str, title: str) -> str:
@@ -145,13 +137,6 @@ def test_a_job_from_the_form_shows_its_evaluation_and_distillation(
     lineage = client.get(f"/ui/models/{PAIR_BASE}").text
     assert f"gain kept {100 * quality['gain_kept']:.1f} %" in _adapter_row(lineage,
                                                                            "from-form@1")
-
-
-@pytest.fixture
-def calib(client: TestClient, tokens: Tokens, seeded: Seeded, tmp_path: Path) -> None:
-    """Data sets the seeded tiny fine-tune (no tokenizer.json) may and may not read."""
-    push_dataset(client, tokens.push, "calib", token_file(tmp_path / "calib"))
-    push_dataset(client, tokens.push, "notes", text_file(tmp_path / "notes"))
 
 
 def test_the_advanced_json_is_merged_under_the_fields(client: TestClient, tokens: Tokens,

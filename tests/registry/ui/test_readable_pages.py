@@ -20,7 +20,6 @@ from fastapi.testclient import TestClient
 from tests.conftest import Tokens
 from tests.registry.jobs.drive import run_all
 from tests.registry.ui.conftest import FINETUNE, Seeded, sign_in
-from tests.registry.ui.test_quality_pages import calib  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 PYTHON_VALUES = re.compile(r"\bNone\b|\bFalse\b|\bTrue\b|\{'|\[\{|\['")
