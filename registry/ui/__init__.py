@@ -20,7 +20,7 @@ from registry.ui.auth_pages import router as auth_router
 from registry.ui.dataset_pages import router as dataset_router
 from registry.ui.job_pages import router as job_router
 from registry.ui.model_pages import router as model_router
-from registry.ui.plots import PlotCache
+from registry.ui.plot_cache import PlotCache
 from registry.ui.render import STATIC_DIR, PageError, SignInRequired, error_page, redirect
 from registry.ui.sessions import SessionKeys
 from registry.ui.webhook_pages import router as webhook_router

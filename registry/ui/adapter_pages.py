@@ -19,6 +19,7 @@ from registry.errors import PlotsBusy
 from registry.names import MAX_ID
 from registry.ui import plots, quality, readable
 from registry.ui.access import AdminAction, PushAction, ViewerDep, read, write
+from registry.ui.plot_cache import PlotCache
 from registry.ui.render import PageError, json_document, page, redirect
 from registry.ui.usage import snippets
 from registry.ui.views import adapter_outs
@@ -98,7 +99,7 @@ async def plot(request: Request, adapter_id: AdapterId, kind: str,
                "X-Content-Type-Options": "nosniff"}
     if request.headers.get("if-none-match") == f'"{key}"':
         return Response(status_code=304, headers=headers)
-    cache: plots.PlotCache = request.app.state.plot_cache
+    cache: PlotCache = request.app.state.plot_cache
 
     async def draw() -> bytes:
         figures = await _figures(request, source)

@@ -32,6 +32,7 @@ from registry.infra.engines import make_session_factory, unit_of_work
 from registry.storage.local import LocalBlobStore
 from registry.tables import Blob
 from registry.ui import plots
+from registry.ui.plot_cache import PlotCache
 from tests.conftest import Tokens
 from tests.registry.ui.conftest import (
     BASE,
@@ -208,7 +209,7 @@ def test_concurrent_requests_of_a_picture_share_one_drawing(
         app: FastAPI, client: TestClient, tokens: Tokens, seeded: Seeded,
         gate: Gate) -> None:
     sign_in(client, tokens.read)
-    cache: plots.PlotCache = app.state.plot_cache
+    cache: PlotCache = app.state.plot_cache
     url = f"/ui/adapters/{seeded.lora['id']}/plots/errors.svg"
     with ThreadPoolExecutor(4) as pool:
         answers = [pool.submit(client.get, url) for _ in range(4)]
@@ -255,7 +256,7 @@ def test_a_slow_drawing_does_not_hold_up_another_adapters(
 def test_past_the_drawing_slots_a_picture_is_refused_for_now(
         app: FastAPI, client: TestClient, tokens: Tokens, seeded: Seeded,
         fast_adapter: dict[str, Any], gate: Gate) -> None:
-    app.state.plot_cache = plots.PlotCache(renders=1, retry_after_seconds=3)
+    app.state.plot_cache = PlotCache(renders=1, retry_after_seconds=3)
     sign_in(client, tokens.read)
     fast_url = f"/ui/adapters/{fast_adapter['id']}/plots/errors.svg"
     with ThreadPoolExecutor(1) as pool:

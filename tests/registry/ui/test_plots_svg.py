@@ -14,6 +14,7 @@ from pathlib import Path
 
 from registry.jobs.layer_rows import codec_layers
 from registry.ui import plots
+from registry.ui.plot_cache import PlotCache
 
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RANKS = (16, 64, 96, 126)  # one per layer
@@ -108,8 +109,8 @@ def test_drawn_plots_outlive_the_process_on_disk(tmp_path: Path) -> None:
         return b"<svg/>"
 
     async def twice() -> tuple[bytes, bytes]:
-        first = await plots.PlotCache(folder=tmp_path).picture("a" * 64, draw)
-        again = await plots.PlotCache(folder=tmp_path).picture("a" * 64, draw)  # restarted
+        first = await PlotCache(folder=tmp_path).picture("a" * 64, draw)
+        again = await PlotCache(folder=tmp_path).picture("a" * 64, draw)  # restarted
         return first, again
 
     assert asyncio.run(twice()) == (b"<svg/>", b"<svg/>")
