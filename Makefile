@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run migrate test lint typecheck bench clean s3rver vllm-env
+.PHONY: install run migrate test lint typecheck bench clean s3rver vllm-env gallery
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ bench: install
 	$(BIN)/python benchmarks/bitdelta_bench.py
 	$(BIN)/python benchmarks/lora_bench.py
 	$(BIN)/python benchmarks/kernel_bench.py
+
+# gallery: the README's screenshots, every page at 1280 and 390 px, from the browser tests.
+gallery: install
+	DELTAHUB_ARTIFACTS=build/screenshots $(BIN)/python -m pytest -q tests/registry/ui/test_browser.py
+	$(BIN)/python docs/screenshots/gallery.py build/screenshots
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .mypy_cache .ruff_cache .pytest_cache .s3rver

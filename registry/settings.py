@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     WEBHOOK_POLL_SECONDS: float = Field(default=0.5, gt=0)
     # After a secret rotation, deliveries carry both signatures this long.
     WEBHOOK_SECRET_GRACE_SECONDS: float = Field(default=24 * 3600.0, ge=0)
+    # Keep drawn plots under WORK_DIR/plots by content key too, so a restart (or another
+    # process on this host) does not draw them again; false: in memory only.
+    PLOT_CACHE_ON_DISK: bool = True
 
     # `deltahub serve` (registry/cli/supervisor.py). API server processes, sharing one
     # listening socket; unset: one per CPU core this process may run on. With more than

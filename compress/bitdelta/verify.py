@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 
+from compress.bitdelta.codec import decompress_delta, relative_error
 from compress.bitdelta.format import CompressedSpec, bits_key, inspect_bitdelta, scale_key
 from compress.bitdelta.merge import CompressedWeight, read_compressed
 from compress.bitdelta.report import json_float
@@ -60,9 +61,14 @@ class LayerResult:
     compression_rel_error: float  # ‖y − y_ft‖_F / ‖y_ft‖_F
     worst_row_rel_error: float  # max over rows of ‖y_r − y_ft,r‖ / ‖y_ft,r‖
     effect_rel_error: float  # ‖y − y_ft‖_F / ‖y_ft − y_base‖_F
+    # The weight errors of the delta as verified (after a distillation changed α, unlike
+    # the codec report's): ‖ΔW − ΔŴ‖ / ‖ΔW‖ and ‖W_ft − Ŵ_ft‖ / ‖W_ft‖, Ŵ_ft in float32.
+    delta_rel_error: float = math.nan
+    weight_rel_error: float = math.nan
 
     @classmethod
-    def from_checks(cls, module: str, shape: tuple[int, int], checks: list[LayerCheck]
+    def from_checks(cls, module: str, shape: tuple[int, int], checks: list[LayerCheck],
+                    weight_errors: tuple[float, float] = (math.nan, math.nan)
                     ) -> LayerResult:
         """`checks[0]` ran on every row (it gives the errors); the rest on fewer rows."""
         batch = checks[0]
@@ -75,6 +81,7 @@ class LayerResult:
             compression_rel_error=batch.compression_rel_frobenius,
             worst_row_rel_error=batch.compression_worst_row_rel,
             effect_rel_error=batch.effect_rel_frobenius,
+            delta_rel_error=weight_errors[0], weight_rel_error=weight_errors[1],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,7 +91,9 @@ class LayerResult:
                 "kernel_tolerance": self.kernel_tolerance, "kernel_agrees": self.kernel_agrees,
                 "compression_rel_error": json_float(self.compression_rel_error),
                 "worst_row_rel_error": json_float(self.worst_row_rel_error),
-                "effect_rel_error": json_float(self.effect_rel_error)}
+                "effect_rel_error": json_float(self.effect_rel_error),
+                "delta_rel_error": json_float(self.delta_rel_error),
+                "weight_rel_error": json_float(self.weight_rel_error)}
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,9 @@ class VerifyReport:
             "compression_worst_layer": self.worst_compression_layer,
             "worst_row_rel_error_max": json_float(self.max_worst_row_error),
             "effect_rel_error_mean": json_float(self.mean_effect_error),
+            "delta_rel_error_max": json_float(_worst(r.delta_rel_error for r in self.layers)),
+            "weight_rel_error_max": json_float(_worst(r.weight_rel_error
+                                                      for r in self.layers)),
             "means": "unweighted over layers",
             "device": self.device, "backend": self.backend,
             "dtype": str(self.dtype).removeprefix("torch."), "rows": self.rows,
@@ -225,7 +237,23 @@ def _verify_one(spec: CompressedSpec, tensors: TensorPair, weight: CompressedWei
     checks = [verify_layer(x, w_base, w_ft, bits, scale, backend=backend)]
     checks += [verify_layer(x[:m], w_base, w_ft, bits, scale, backend=backend)
                for m in batches if m != rows]
-    return LayerResult.from_checks(spec.module, spec.shape, checks)
+    return LayerResult.from_checks(spec.module, spec.shape, checks,
+                                   _weight_errors(tensors, weight, device))
+
+
+def _weight_errors(tensors: TensorPair, weight: CompressedWeight, device: torch.device
+                   ) -> tuple[float, float]:
+    """(delta_rel_error, weight_rel_error) of the stored bits and α, as the codec states
+    them (ErrorSums: float32 elements, float64 sums); a few passes over one weight, next
+    to the matmuls of the checks."""
+    finetune = tensors.finetune.to(device, torch.float32)
+    delta = finetune - tensors.base.to(device, torch.float32)
+    delta_sq = float(torch.sum(delta * delta, dtype=torch.float64))
+    delta -= decompress_delta(weight.bits.to(device), weight.scale.to(device),
+                              weight.spec.shape[1])
+    error_sq = float(torch.sum(delta * delta, dtype=torch.float64))
+    finetune_sq = float(torch.sum(finetune * finetune, dtype=torch.float64))
+    return relative_error(error_sq, delta_sq), relative_error(error_sq, finetune_sq)
 
 
 def _read_layers(pair: ModelPair, delta: Checkpoint, specs: list[CompressedSpec]

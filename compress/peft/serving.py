@@ -30,7 +30,8 @@ def vllm_refusals(peft: dict[str, Any], max_lora_rank: int = VLLM_DEFAULT_MAX_LO
     reasons = []
     unsupported = [m for m in peft.get("modules_to_save") or [] if m not in _VLLM_SAVED_OK]
     if unsupported:
-        reasons.append(f"modules_to_save {unsupported} (vLLM takes only classifier/score)")
+        reasons.append(f"modules_to_save {', '.join(unsupported)} "
+                       "(vLLM takes only classifier/score)")
     for flag, what in (("use_dora", "DoRA"), ("lora_bias", "LoRA bias (lora_bias)"),
                        ("alora_invocation_tokens", "Activated LoRA (aLoRA)"),
                        ("layer_replication", "layer_replication"), ("use_qalora", "QALoRA"),

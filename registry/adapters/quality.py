@@ -49,6 +49,11 @@ ERROR_QUANTITIES = {
 LORA_FACTORS_AS_STORED = "factor errors measured as stored"
 # Set on a distilled job's quality: its per-layer weight errors are the undistilled delta's.
 BEFORE_DISTILLATION = "weight_errors_before_distillation"
+# A distilled job's quality whose verification measured the weight errors of the delta it
+# uploads: those are its `*_rel_error_max`, and the codec's (before distillation changed
+# α) are kept under these names.
+DELTA_BEFORE = "delta_rel_error_max_before_distillation"
+WEIGHT_BEFORE = "weight_rel_error_max_before_distillation"
 
 
 @dataclass(frozen=True)
@@ -96,10 +101,13 @@ def _curve(distill: JSONObject) -> tuple[tuple[float | None, float | None], ...]
 
 @dataclass(frozen=True)
 class LayerError:
-    """A layer's relative output error against the fine-tune (verification)."""
+    """A layer's relative output error against the fine-tune (verification), and the
+    verified delta's weight errors when verification measured them."""
 
     module: str
     error: float | None
+    delta_error: float | None = None  # delta_rel_error
+    weight_error: float | None = None  # weight_rel_error
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,9 @@ class TensorFigures:
 
 def _layers(rows: list[JSONObject] | None) -> tuple[LayerError, ...] | None:
     return None if rows is None else tuple(
-        LayerError(str(r.get("module")), finite(r.get("compression_rel_error"))) for r in rows)
+        LayerError(str(r.get("module")), finite(r.get("compression_rel_error")),
+                   finite(r.get("delta_rel_error")), finite(r.get("weight_rel_error")))
+        for r in rows)
 
 
 def _modules(rows: list[JSONObject] | None) -> tuple[ModuleFigures, ...] | None:
@@ -199,7 +209,14 @@ class Quality:
         """Whether the weight errors are the codec's, measured before scale distillation
         changed α (a job's verification, run after it, is of the distilled delta)."""
         return self.document.get(BEFORE_DISTILLATION) is True or (
-            self.document.get("distilled") is True and self.source == JOB_SOURCE)
+            self.document.get("distilled") is True and self.source == JOB_SOURCE
+            and not self.remeasured_after_distillation)
+
+    @property
+    def remeasured_after_distillation(self) -> bool:
+        """Whether the top-level weight errors are the distilled delta's (verification
+        measured them), the codec's earlier ones kept under DELTA_BEFORE / WEIGHT_BEFORE."""
+        return WEIGHT_BEFORE in self.document or DELTA_BEFORE in self.document
 
     def error_maxima(self) -> dict[str, float | None]:
         """The worst of each quantity of ERROR_QUANTITIES, stated or from the layers."""
@@ -284,7 +301,14 @@ def from_job(job: int, method: str, codec: Mapping[str, object],
         worst = Quality.parse(dict(layers)).error_maxima()
         headline.update(delta_rel_error_max=worst["delta_rel_error"],
                         weight_rel_error_max=worst["weight_rel_error"])
-        if distilled is not None:  # the codec measured them; distillation then moved α
+        after = {k: finite(verified.get(k)) for k in ("delta_rel_error_max",
+                                                      "weight_rel_error_max")} \
+            if verified is not None else {}
+        if distilled is not None and None not in after.values() and after:
+            # Verification measured the delta it uploads: the distilled one.
+            headline.update({DELTA_BEFORE: worst["delta_rel_error"],
+                             WEIGHT_BEFORE: worst["weight_rel_error"], **after})
+        elif distilled is not None:  # the codec measured them; distillation then moved α
             headline[BEFORE_DISTILLATION] = True
     details = {k: v for k, v in codec.items() if k not in DETAIL_KEYS}
     return Quality.parse({**headline, "codec": details, "distillation": distilled,

@@ -14,8 +14,12 @@ from collections.abc import Mapping
 
 from registry.adapters.quality import JSONObject
 
-# Singular values kept per LoRA module: enough to see the decay past any useful rank.
-MAX_SINGULAR_VALUES = 64
+# Singular values kept per LoRA module: every one up to the rank it keeps and a few past
+# it (the decay the rank was cut at), at least MIN_SINGULAR_VALUES; never more than
+# MAX_SINGULAR_VALUES (a module's row stays small). Issue 27: a cut at 64 hid ranks 64–126.
+MIN_SINGULAR_VALUES = 64
+PAST_RANK = 8
+MAX_SINGULAR_VALUES = 1024
 
 
 def codec_layers(codec: Mapping[str, object]) -> dict[str, list[JSONObject]]:
@@ -30,16 +34,23 @@ def codec_layers(codec: Mapping[str, object]) -> dict[str, list[JSONObject]]:
         module = _pick(row, ("module", "rank", "error", "weight_rel_error"))
         values = row.get("singular_values")
         if isinstance(values, list):
-            module["singular_values"] = values[:MAX_SINGULAR_VALUES]
+            module["singular_values"] = values[:_kept(row.get("rank"))]
         modules.append(module)
     if modules:
         kept["modules"] = modules
     return kept
 
 
+def _kept(rank: object) -> int:
+    past = rank + PAST_RANK if isinstance(rank, int) and not isinstance(rank, bool) else 0
+    return min(max(MIN_SINGULAR_VALUES, past), MAX_SINGULAR_VALUES)
+
+
 def verify_layers(report: Mapping[str, object]) -> list[JSONObject]:
-    """Each verified layer's output error against the fine-tune, and the kernel's."""
-    return [_pick(row, ("module", "compression_rel_error", "kernel_max_rel_error"))
+    """Each verified layer's output error against the fine-tune, the kernel's, and the
+    verified delta's weight errors (after distillation, when the job distilled)."""
+    return [_pick(row, ("module", "compression_rel_error", "kernel_max_rel_error",
+                        "delta_rel_error", "weight_rel_error"))
             for row in _rows(report.get("layers"))]
 
 

@@ -8,6 +8,7 @@ docs/architecture.md, "Web pages", describes sessions, CSRF and the plot cache.
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -19,7 +20,7 @@ from registry.ui.auth_pages import router as auth_router
 from registry.ui.dataset_pages import router as dataset_router
 from registry.ui.job_pages import router as job_router
 from registry.ui.model_pages import router as model_router
-from registry.ui.plots import PlotCache
+from registry.ui.plot_cache import PlotCache
 from registry.ui.render import STATIC_DIR, PageError, SignInRequired, error_page, redirect
 from registry.ui.sessions import SessionKeys
 from registry.ui.webhook_pages import router as webhook_router
@@ -28,8 +29,9 @@ from registry.ui.webhook_pages import router as webhook_router
 def install_ui(app: FastAPI) -> None:
     app.state.ui_keys = SessionKeys(app.state.settings)
     settings = app.state.settings
-    app.state.plot_cache = PlotCache(renders=settings.MAX_PLOT_RENDERS,
-                                     retry_after_seconds=settings.RETRY_AFTER_SECONDS)
+    app.state.plot_cache = PlotCache(
+        renders=settings.MAX_PLOT_RENDERS, retry_after_seconds=settings.RETRY_AFTER_SECONDS,
+        folder=Path(settings.WORK_DIR) / "plots" if settings.PLOT_CACHE_ON_DISK else None)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
     for router in (auth_router, model_router, adapter_router, job_router, dataset_router,
                    webhook_router):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Path, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -17,9 +17,10 @@ from registry.adapters import service as adapters
 from registry.adapters.schemas import AdapterOut
 from registry.errors import PlotsBusy
 from registry.names import MAX_ID
-from registry.ui import plots, quality
+from registry.ui import plots, quality, readable
 from registry.ui.access import AdminAction, PushAction, ViewerDep, read, write
-from registry.ui.render import PageError, page, redirect
+from registry.ui.plot_cache import PlotCache
+from registry.ui.render import PageError, json_document, page, redirect
 from registry.ui.usage import snippets
 from registry.ui.views import adapter_outs
 
@@ -64,7 +65,12 @@ async def adapter_page(request: Request, adapter_id: AdapterId,
     figures = await _figures(request, source)
     server = str(request.base_url).rstrip("/")
     found = source.adapter.quality
+    job = quality.job_params(source.adapter.kind, source.adapter.params)
     return page(request, "adapter.html", viewer, adapter=source.adapter,
+                settings=readable.adapter_settings(source.adapter.params),
+                job_id=source.adapter.params.get("job"),
+                job_settings=readable.job_settings(job) if job else [],
+                figures=readable.figures(found), made_with=readable.made_with(found),
                 plots=plots.available(figures), snippets=snippets(source.adapter, server),
                 quality=found, evaluation=quality.evaluation(found),
                 distillation=quality.distillation(found, source.adapter.kind,
@@ -73,7 +79,16 @@ async def adapter_page(request: Request, adapter_id: AdapterId,
                 evaluation_bound=quality.evaluation_bound(found))
 
 
-@router.get("/{adapter_id}/plots/{kind}.png")
+@router.get("/{adapter_id}/adapter.json")
+async def adapter_json(request: Request, adapter_id: AdapterId,
+                       viewer: ViewerDep) -> JSONResponse:
+    """The adapter as `GET /adapters/{id}` answers, for the page's "JSON" link (the API
+    takes a token, a page's link has the session)."""
+    source = await read(request, lambda s: _source(s, adapter_id))
+    return json_document(source.adapter.model_dump(mode="json"))
+
+
+@router.get("/{adapter_id}/plots/{kind}.svg")
 async def plot(request: Request, adapter_id: AdapterId, kind: str,
                viewer: ViewerDep) -> Response:
     if kind not in plots.PLOTS:
@@ -84,20 +99,22 @@ async def plot(request: Request, adapter_id: AdapterId, kind: str,
                "X-Content-Type-Options": "nosniff"}
     if request.headers.get("if-none-match") == f'"{key}"':
         return Response(status_code=304, headers=headers)
-    cache: plots.PlotCache = request.app.state.plot_cache
+    cache: PlotCache = request.app.state.plot_cache
 
     async def draw() -> bytes:
         figures = await _figures(request, source)
         if kind not in dict(plots.available(figures)):
             raise PageError(404, "NotFound", f"this adapter's report has no data for {kind!r}")
         return await run_in_threadpool(cache.bounded,
-                                       lambda: plots.render_png(kind, figures))
+                                       lambda: plots.render_svg(kind, figures))
 
     try:
-        png = await cache.picture(key, draw)
+        svg = await cache.picture(key, draw)
     except PlotsBusy as exc:
         raise PageError.of(exc) from exc
-    return Response(png, media_type="image/png", headers=headers)
+    # Opened on its own, the picture runs nothing and loads nothing (it holds neither).
+    headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    return Response(svg, media_type=plots.MEDIA_TYPE, headers=headers)
 
 
 @router.post("/{adapter_id}/aliases")

@@ -16,9 +16,9 @@ from registry.jobs.schemas import JobOut
 from registry.jobs.views import job_views
 from registry.names import MAX_ID
 from registry.tables import JobStatus
-from registry.ui import views
+from registry.ui import readable, views
 from registry.ui.access import CompressAction, ScriptViewerDep, ViewerDep, read, write
-from registry.ui.render import page, redirect
+from registry.ui.render import json_document, page, redirect, when
 
 router = APIRouter(prefix="/ui/jobs", include_in_schema=False)
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -27,7 +27,7 @@ _JOB_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit takes "²
 
 
 def _when(moment: datetime | None) -> str | None:
-    return None if moment is None else str(moment)  # as the page prints it
+    return None if moment is None else when(moment)  # as the page prints it
 
 
 def progress_of(job: JobOut) -> dict[str, Any]:
@@ -91,7 +91,15 @@ async def job_list(request: Request, viewer: ViewerDep,
 async def job_detail(request: Request, job_id: JobId, viewer: ViewerDep) -> HTMLResponse:
     found = await read(request, lambda s: job_views(s, [jobs.get_job(s, job_id)]))
     return page(request, "job.html", viewer, job=found[0],
+                settings=readable.job_settings(found[0].params),
                 terminal=[s.value for s in jobs.TERMINAL])
+
+
+@router.get("/{job_id}/job.json")
+async def job_json(request: Request, job_id: JobId, viewer: ViewerDep) -> JSONResponse:
+    """The job as `GET /jobs/{id}` answers, for the page's "JSON" link."""
+    found = await read(request, lambda s: job_views(s, [jobs.get_job(s, job_id)]))
+    return json_document(found[0].model_dump(mode="json"))
 
 
 @router.post("/{job_id}/cancel")

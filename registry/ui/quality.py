@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from registry.adapters.quality import EvaluatedSet, Quality
-from registry.jobs.params import BitDeltaParams, parse_params
+from registry.jobs.params import BitDeltaParams, JobParams, parse_params
 from registry.tables import CompressMethod
 
 # What the adapter page says gain kept is: docs/architecture.md ("Gain kept") at length.
@@ -62,14 +62,19 @@ def distillation(quality: Quality | None, kind: str,
                         _pinned(kind, params), list(found.calibration[:MAX_ROWS]))
 
 
-def _pinned(kind: str, params: Mapping[str, object]) -> str | None:
-    """The data set a job distilled on: a job's adapter records the job's options under
-    params.codec (registry/jobs/queue.py)."""
+def job_params(kind: str, params: Mapping[str, object]) -> JobParams | None:
+    """The options of the job that made the adapter: a job's adapter records them under
+    params.codec (registry/jobs/queue.py). None for a pushed adapter."""
     codec = params.get("codec")
-    if kind != CompressMethod.BITDELTA.value or not isinstance(codec, dict):
+    if not isinstance(codec, dict):
         return None
     try:
-        job = parse_params(CompressMethod.BITDELTA, codec)
-    except ValidationError:
+        return parse_params(CompressMethod(kind), codec)
+    except (ValidationError, ValueError):
         return None  # a page shows what it can
+
+
+def _pinned(kind: str, params: Mapping[str, object]) -> str | None:
+    """The data set a job distilled on."""
+    job = job_params(kind, params) if kind == CompressMethod.BITDELTA.value else None
     return job.distill.dataset.name if isinstance(job, BitDeltaParams) and job.distill else None

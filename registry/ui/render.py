@@ -6,13 +6,15 @@ Jinja2 autoescapes everything: a name, a report field or a job's error detail ho
 
 from __future__ import annotations
 
+import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
@@ -97,12 +99,33 @@ def percent(value: Any) -> str:
     return "–" if number is None else f"{100 * number:.1f} %"
 
 
+def when(moment: datetime | None) -> str:
+    """A moment to the second, in UTC, saying so (a naive one is the database's UTC)."""
+    if moment is None:
+        return "–"
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class PrettyJSON(JSONResponse):
+    """JSON indented for a person who follows a page's "JSON" link."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, indent=2, ensure_ascii=False, allow_nan=False).encode()
+
+
+def json_document(document: object) -> JSONResponse:
+    """A raw document as a page links it: pretty-printed, never cached, never sniffed."""
+    return PrettyJSON(document, headers={"Cache-Control": "no-store",
+                                         "X-Content-Type-Options": "nosniff"})
+
+
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR),
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
     env.filters.update(bytes=human_bytes, count=human_count, number=number, fixed=fixed,
-                       percent=percent, query=lambda d: urlencode(
+                       percent=percent, when=when, query=lambda d: urlencode(
                            {k: v for k, v in d.items() if v not in (None, "")}))
     env.globals["CSRF_FIELD"] = CSRF_FIELD
     env.globals["serving_rows"] = serving_rows  # adapter.html: where it can be served

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from compress.lora import extract_lora
 from tests.conftest import Tokens
 from tests.models import TINY_LLAMA, make_finetune
-from tests.registry.api import register_model
+from tests.registry.api import push_dataset, register_model
 
 BASE, FINETUNE = "tiny-base", "tiny-ft"
 LORA, DIRECT = "ft-lora", "direct-lora"
@@ -145,3 +145,24 @@ def evaluation_rows(page: str) -> list[tuple[str, list[str]]]:
     assert table is not None, "the page has no evaluation table"
     return [(html.unescape(name), cell_texts(row)) for name, row in
             re.findall(r'<tr data-dataset="([^"]*)">(.*?)</tr>', table.group(1), re.S)]
+
+
+def token_file(folder: Path, name: str = "calib.safetensors", rows: int = 4) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    save_file({"input_ids": torch.randint(0, 32, (rows, 16), dtype=torch.int64)}, path)
+    return path
+
+
+def text_file(folder: Path, name: str = "notes.txt") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("def f(x):\n    return x + 1\n" * 20)
+    return path
+
+
+@pytest.fixture
+def calib(client: TestClient, tokens: Tokens, seeded: Seeded, tmp_path: Path) -> None:
+    """Data sets the seeded tiny fine-tune (no tokenizer.json) may and may not read."""
+    push_dataset(client, tokens.push, "calib", token_file(tmp_path / "calib"))
+    push_dataset(client, tokens.push, "notes", text_file(tmp_path / "notes"))

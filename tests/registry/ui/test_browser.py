@@ -183,10 +183,10 @@ def test_a_user_browses_compresses_and_cancels(browser: Any, site: Site,
     for i in range(images.count()):
         expect(images.nth(i)).to_have_js_property("complete", True)
         assert images.nth(i).evaluate("i => i.naturalWidth") > 0  # decoded, not broken
-    assert {r.url.rsplit("/", 1)[1] for r in pictures} == {"errors.png", "spectra.png"}
+    assert {r.url.rsplit("/", 1)[1] for r in pictures} == {"errors.svg", "spectra.svg"}
     for response in pictures:
         assert response.status == 200
-        assert response.headers["content-type"] == "image/png"
+        assert response.headers["content-type"] == "image/svg+xml"
     assert page.locator("#alias-form").count() == 1
     _shot(page, artifacts, "adapter")
 
@@ -299,20 +299,46 @@ def _failing_webhook(site: Site) -> int:
 
 
 WIDTHS = (1280, 390)  # a desktop, and a phone (iPhone 12–15 CSS pixels)
-FITS = """() => ({width: document.documentElement.scrollWidth, viewport: window.innerWidth})"""
+FITS = """() => ({width: document.documentElement.scrollWidth, viewport: window.innerWidth,
+                 height: document.documentElement.scrollHeight})"""
+# Pages of one small adapter or job, in words and tables (issue 27: 5,000–8,000 px when
+# they dumped documents); at a phone's width text wraps, so taller.
+MAX_HEIGHT = {1280: 5000, 390: 9000}
+PICTURES = """imgs => imgs.map(i => ({src: i.currentSrc, complete: i.complete,
+    natural: i.naturalWidth, shown: i.getBoundingClientRect().width}))"""
+
+
+def _plots_readable(page: Any, width: int) -> list[str]:
+    """Each plot is SVG shown at no less than its own size (its labels as drawn)."""
+    images = page.locator("img[data-plot]")
+    for i in range(images.count()):
+        images.nth(i).scroll_into_view_if_needed()  # they load lazily
+        expect(images.nth(i)).to_have_js_property("complete", True)
+    page.evaluate("window.scrollTo(0, 0)")
+    problems = []
+    for found in images.evaluate_all(PICTURES):
+        if not found["src"].endswith(".svg") or found["natural"] <= 0:
+            problems.append(f"at {width} px: {found['src']} is not a drawn SVG ({found})")
+        elif found["shown"] + 0.5 < found["natural"]:
+            problems.append(f"at {width} px: {found['src']} is shrunk to {found['shown']} px "
+                            f"of {found['natural']}")
+    return problems
 
 
 def _fits(page: Any, width: int, route: str, signed_in: bool, artifacts: Path) -> list[str]:
-    """What is wrong with `route` at `width`: a page wider than the window, a hidden
-    Sign out. Prints the page's width, and shoots it (`<route>-<width>.png`)."""
+    """What is wrong with `route` at `width`: a page wider than the window or too tall, a
+    plot shrunk below its size, a hidden Sign out. Prints the page's size, and shoots it
+    (`<route>-<width>.png`, the README's gallery)."""
     page.goto(route)
+    problems = _plots_readable(page, width)  # once loaded: the page's height is final
     measured = page.evaluate(FITS)
     path = route.split("/ui/", 1)[1]
-    print(f"width {width}: /ui/{path} is {measured['width']} px wide")
-    _shot(page, artifacts, f"{path.replace('/', '-')}-{width}")
-    problems = []
+    print(f"width {width}: /ui/{path} is {measured['width']} × {measured['height']} px")
     if measured["width"] > measured["viewport"]:
         problems.append(f"{route} at {width} px is {measured['width']} px wide")
+    if measured["height"] > MAX_HEIGHT[width]:
+        problems.append(f"{route} at {width} px is {measured['height']} px tall")
+    _shot(page, artifacts, f"{path.replace('/', '-')}-{width}")  # the plots loaded
     if signed_in:
         signout = page.locator("#signout")
         box = signout.bounding_box()

@@ -82,9 +82,9 @@ def test_every_user_field_renders_as_text(client: TestClient, tokens: Tokens, se
         _assert_inert(answer.text, where)
     # The pictures draw the hostile labels as pixels.
     for kind in ("errors", "spectra", "loss"):
-        png = client.get(f"/ui/adapters/{adapter['id']}/plots/{kind}.png")
-        assert png.status_code == 200, kind
-        assert png.content.startswith(b"\x89PNG"), kind
+        svg = client.get(f"/ui/adapters/{adapter['id']}/plots/{kind}.svg")
+        assert svg.status_code == 200, kind
+        assert svg.content.startswith(b"<?xml"), kind
     # The progress poll is JSON, and its script writes it with textContent.
     polled = client.get(f"/ui/jobs/progress?ids={job['id']}")
     assert polled.headers["content-type"] == "application/json"
@@ -139,9 +139,9 @@ def test_data_sets_and_claimed_evaluations_render_as_text(
     assert [c.strip() for c in cells[1:]] == ["– tokens", "–", "3.000", "–", "–", "1.250", "–",
                                              "–", "–"]
     assert "<tr><th>Loss</th><td>– → 1.000</td></tr>" in page.text  # junk initial loss
-    png = client.get(f"/ui/adapters/{adapter['id']}/plots/loss.png")
-    assert png.status_code == 200
-    assert png.content.startswith(b"\x89PNG")
+    svg = client.get(f"/ui/adapters/{adapter['id']}/plots/loss.svg")
+    assert svg.status_code == 200
+    assert svg.content.startswith(b"<?xml")
     # The fine-tune's compress form offers the data set by its (checked) name only.
     form = client.get(f"/ui/models/{FINETUNE}").text
     assert 'name="evaluate" value="hostile-data"' in form

@@ -92,7 +92,7 @@ def test_adapter_page_shows_files_plots_and_usage(client: TestClient, tokens: To
     for f in seeded.lora["files"]:
         assert f["filename"] in html
         assert f["sha256"] in html
-    plots = re.findall(rf'src="/ui/adapters/{adapter_id}/plots/(\w+)\.png"', html)
+    plots = re.findall(rf'src="/ui/adapters/{adapter_id}/plots/(\w+)\.svg"', html)
     assert plots == ["errors", "spectra"]
     assert f"deltahub pull {LORA}@1 -o ./{LORA}-v1" in html
     # extract-lora keeps changed norms through modules_to_save, which vLLM does not load:
@@ -109,14 +109,14 @@ def test_adapter_page_shows_files_plots_and_usage(client: TestClient, tokens: To
     assert "No per-layer data" in bare
 
 
-def test_plots_are_png_cached_by_content(app: FastAPI, client: TestClient, tokens: Tokens,
+def test_plots_are_svg_cached_by_content(app: FastAPI, client: TestClient, tokens: Tokens,
                                          seeded: Seeded) -> None:
     sign_in(client, tokens.read)
-    url = f"/ui/adapters/{seeded.lora['id']}/plots/spectra.png"
+    url = f"/ui/adapters/{seeded.lora['id']}/plots/spectra.svg"
     first = client.get(url)
     assert first.status_code == 200
-    assert first.headers["content-type"] == "image/png"
-    assert first.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert first.headers["content-type"] == "image/svg+xml"
+    assert first.content.startswith(b"<?xml")
     cache = app.state.plot_cache
     misses = cache.misses
     again = client.get(url)
@@ -125,8 +125,8 @@ def test_plots_are_png_cached_by_content(app: FastAPI, client: TestClient, token
     assert cache.hits >= 1
     etag = first.headers["etag"]
     assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
-    assert client.get(f"/ui/adapters/{seeded.direct['id']}/plots/spectra.png").status_code == 404
-    assert client.get(f"/ui/adapters/{seeded.lora['id']}/plots/nope.png").status_code == 404
+    assert client.get(f"/ui/adapters/{seeded.direct['id']}/plots/spectra.svg").status_code == 404
+    assert client.get(f"/ui/adapters/{seeded.lora['id']}/plots/nope.svg").status_code == 404
     client.cookies.clear()
     assert client.get(url, follow_redirects=False).status_code == 303  # pictures need read
 

@@ -32,6 +32,7 @@ from registry.infra.engines import make_session_factory, unit_of_work
 from registry.storage.local import LocalBlobStore
 from registry.tables import Blob
 from registry.ui import plots
+from registry.ui.plot_cache import PlotCache
 from tests.conftest import Tokens
 from tests.registry.ui.conftest import (
     BASE,
@@ -100,8 +101,8 @@ def test_a_stored_report_with_huge_numbers_renders_what_is_valid(
     assert client.get(f"/ui/models/{BASE}").status_code == 200  # the lineage's gain kept
     assert client.get(f"/ui/models/{FINETUNE}").status_code == 200
     for kind in ("errors", "spectra", "loss"):
-        png = client.get(f"/ui/adapters/{adapter_id}/plots/{kind}.png")
-        assert (png.status_code, png.content[:4]) == (200, b"\x89PNG"), kind
+        svg = client.get(f"/ui/adapters/{adapter_id}/plots/{kind}.svg")
+        assert (svg.status_code, svg.content[:5]) == (200, b"<?xml"), kind
 
 
 def _report_with(ui_models: UiModels, folder: Path, names: list[str]) -> Path:
@@ -125,8 +126,8 @@ def test_math_text_in_names_is_drawn_literally(client: TestClient, tokens: Token
         ui_models, tmp_path / "math", MATH_TEXT), source=FINETUNE)
     sign_in(client, tokens.read)
     for kind in ("errors", "spectra", "verify"):
-        png = client.get(f"/ui/adapters/{adapter['id']}/plots/{kind}.png")
-        assert (png.status_code, png.content[:4]) == (200, b"\x89PNG"), kind
+        svg = client.get(f"/ui/adapters/{adapter['id']}/plots/{kind}.svg")
+        assert (svg.status_code, svg.content[:5]) == (200, b"<?xml"), kind
 
 
 def test_labels_are_short_literal_single_lines() -> None:
@@ -144,13 +145,21 @@ def test_a_figure_of_long_names_has_bounded_labels() -> None:
     names = [f"model.layers.{i}." + "x" * 5000 for i in range(plots.MAX_BARS)]
     document = plots.Figures.of(None, {"modules": [
         {"module": n, "error": 0.1, "singular_values": [2.0]} for n in names]})
-    for kind, drawn in (("errors", plots.MAX_BARS), ("spectra", plots.MAX_CURVES)):
-        figure = plots.PLOTS[kind][2](document)
-        axes = figure.axes[0]  # the errors plot: its first panel names the layers
-        texts = ([t.get_text() for t in axes.get_yticklabels()] if kind == "errors"
-                 else [t.get_text() for t in axes.get_legend().get_texts()])
-        assert len(texts) == drawn, kind
-        assert max(map(len, texts)) <= plots.MAX_LABEL_CHARS, kind
+    figure = plots.PLOTS["errors"][2](document)
+    texts = [t.get_text() for t in figure.axes[0].get_yticklabels()]  # names the layers
+    assert len(texts) == plots.MAX_BARS
+    assert max(map(len, texts)) <= plots.MAX_LABEL_CHARS
+    # The spectra: a panel per module kind (a name's last part), titled with it, bounded.
+    figure = plots.PLOTS["spectra"][2](document)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert len(titles) == 1  # every name ends in the same cut "xxx…"
+    assert len(titles[0]) <= plots.MAX_LABEL_CHARS + len("\n64 modules")
+    many = plots.Figures.of(None, {"modules": [
+        {"module": f"layers.0.kind{i}", "rank": 1, "singular_values": [2.0, 1.0]}
+        for i in range(40)]})
+    panels = [ax.get_title() for ax in plots.PLOTS["spectra"][2](many).axes if ax.get_title()]
+    assert len(panels) == plots.MAX_PANELS
+    assert panels[-1].startswith(f"{plots.OTHER_KINDS}\n29 modules")
     long_loss = plots.Figures.of(Quality.parse({"distillation": {"losses": [1.0] * 100_001}}),
                                  None)
     curve = plots.loss_curve(long_loss)
@@ -200,8 +209,8 @@ def test_concurrent_requests_of_a_picture_share_one_drawing(
         app: FastAPI, client: TestClient, tokens: Tokens, seeded: Seeded,
         gate: Gate) -> None:
     sign_in(client, tokens.read)
-    cache: plots.PlotCache = app.state.plot_cache
-    url = f"/ui/adapters/{seeded.lora['id']}/plots/errors.png"
+    cache: PlotCache = app.state.plot_cache
+    url = f"/ui/adapters/{seeded.lora['id']}/plots/errors.svg"
     with ThreadPoolExecutor(4) as pool:
         answers = [pool.submit(client.get, url) for _ in range(4)]
         try:
@@ -230,13 +239,13 @@ def test_a_slow_drawing_does_not_hold_up_another_adapters(
         gate: Gate) -> None:
     sign_in(client, tokens.read)
     with ThreadPoolExecutor(2) as pool:
-        slow = pool.submit(client.get, f"/ui/adapters/{seeded.lora['id']}/plots/errors.png")
+        slow = pool.submit(client.get, f"/ui/adapters/{seeded.lora['id']}/plots/errors.svg")
         try:
             assert gate.started.wait(WAIT_S)
             fast = pool.submit(client.get,
-                               f"/ui/adapters/{fast_adapter['id']}/plots/errors.png")
+                               f"/ui/adapters/{fast_adapter['id']}/plots/errors.svg")
             answer = fast.result(timeout=WAIT_S)
-            assert (answer.status_code, answer.content[:4]) == (200, b"\x89PNG")
+            assert (answer.status_code, answer.content[:5]) == (200, b"<?xml")
             assert not slow.done()
         finally:
             gate.release.set()
@@ -247,11 +256,11 @@ def test_a_slow_drawing_does_not_hold_up_another_adapters(
 def test_past_the_drawing_slots_a_picture_is_refused_for_now(
         app: FastAPI, client: TestClient, tokens: Tokens, seeded: Seeded,
         fast_adapter: dict[str, Any], gate: Gate) -> None:
-    app.state.plot_cache = plots.PlotCache(renders=1, retry_after_seconds=3)
+    app.state.plot_cache = PlotCache(renders=1, retry_after_seconds=3)
     sign_in(client, tokens.read)
-    fast_url = f"/ui/adapters/{fast_adapter['id']}/plots/errors.png"
+    fast_url = f"/ui/adapters/{fast_adapter['id']}/plots/errors.svg"
     with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(client.get, f"/ui/adapters/{seeded.lora['id']}/plots/errors.png")
+        slow = pool.submit(client.get, f"/ui/adapters/{seeded.lora['id']}/plots/errors.svg")
         try:
             assert gate.started.wait(WAIT_S)
             busy = client.get(fast_url)

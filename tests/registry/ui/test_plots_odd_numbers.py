@@ -13,7 +13,7 @@ import pytest
 from registry.adapters.quality import JOB_SOURCE, Quality
 from registry.ui import plots
 
-PNG = b"\x89PNG"
+SVG = b"<?xml"
 
 
 def test_a_verify_report_whose_layers_are_not_a_list_has_no_verify_plot() -> None:
@@ -40,7 +40,7 @@ def test_numbers_too_large_to_draw_are_left_out_of_the_picture(
         kind: str, report: dict[str, Any]) -> None:
     document = plots.Figures.of(None, report)
     assert kind in dict(plots.available(document))  # the sane point is still drawn
-    assert plots.render_png(kind, document)[:4] == PNG
+    assert plots.render_svg(kind, document)[:5] == SVG
 
 
 def test_what_is_drawn_is_within_the_drawable_magnitude() -> None:

@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from safetensors.torch import save_file
 
 from registry.settings import Settings
 from registry.ui.render import human_bytes
@@ -26,7 +24,15 @@ from tests.conftest import Tokens
 from tests.finetune import FinetunePair
 from tests.registry.api import push_dataset, register_finetune_pair
 from tests.registry.jobs.drive import run_all
-from tests.registry.ui.conftest import FINETUNE, Seeded, cell_texts, evaluation_rows, sign_in
+from tests.registry.ui.conftest import (
+    FINETUNE,
+    Seeded,
+    cell_texts,
+    evaluation_rows,
+    sign_in,
+    text_file,
+    token_file,
+)
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 PAIR_BASE, PAIR_FT = "pair-base", "pair-ft"
@@ -36,20 +42,6 @@ PAGE_SIZE = 2
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"DEFAULT_PAGE_SIZE": PAGE_SIZE})
-
-
-def token_file(folder: Path, name: str = "calib.safetensors", rows: int = 4) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    save_file({"input_ids": torch.randint(0, 32, (rows, 16), dtype=torch.int64)}, path)
-    return path
-
-
-def text_file(folder: Path, name: str = "notes.txt") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text("def f(x):\n    return x + 1\n" * 20)
-    return path
 
 
 def _facts(page: str, title: str) -> str:
@@ -120,9 +112,11 @@ def test_a_job_from_the_form_shows_its_evaluation_and_distillation(
     assert "headline" in rows[0][1][0]
     assert quality["gain_kept"] == expected[0]["gain_kept"]
     assert "the share of the fine-tune's change in loss" in html.unescape(page)
-    # Distilled: the codec's weight errors predate α's training, and the page says so.
+    # Distilled: verification measured the distilled delta's weight errors; the codec's,
+    # which predate α's training, are shown beside them, and the page says which is which.
     assert "weight error ≤" in page
-    assert "(before distillation)" in page
+    assert "(after distillation)" in page
+    assert "before distillation changed α" in page
 
     distill = quality["distillation"]
     assert _facts(page, "Loss") == (f"{distill['initial_loss']:.3f} → "
@@ -133,23 +127,16 @@ def test_a_job_from_the_form_shows_its_evaluation_and_distillation(
     # A job-made adapter keeps its per-layer figures: weight errors, verification per
     # layer, and the distillation's loss curve, each drawn.
     for kind in ("loss", "errors", "verify"):
-        url = f"/ui/adapters/{adapter_id}/plots/{kind}.png"
+        url = f"/ui/adapters/{adapter_id}/plots/{kind}.svg"
         assert f'src="{url}"' in page
-        png = client.get(url)
-        assert png.status_code == 200
-        assert png.headers["content-type"] == "image/png"
-        assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+        svg = client.get(url)
+        assert svg.status_code == 200
+        assert svg.headers["content-type"] == "image/svg+xml"
+        assert svg.content.startswith(b"<?xml")
 
     lineage = client.get(f"/ui/models/{PAIR_BASE}").text
     assert f"gain kept {100 * quality['gain_kept']:.1f} %" in _adapter_row(lineage,
                                                                            "from-form@1")
-
-
-@pytest.fixture
-def calib(client: TestClient, tokens: Tokens, seeded: Seeded, tmp_path: Path) -> None:
-    """Data sets the seeded tiny fine-tune (no tokenizer.json) may and may not read."""
-    push_dataset(client, tokens.push, "calib", token_file(tmp_path / "calib"))
-    push_dataset(client, tokens.push, "notes", text_file(tmp_path / "notes"))
 
 
 def test_the_advanced_json_is_merged_under_the_fields(client: TestClient, tokens: Tokens,
