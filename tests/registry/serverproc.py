@@ -162,7 +162,7 @@ def serve(database_url: str, workdir: Path, env: Mapping[str, str] | None = None
         server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while process.poll() is None and time.monotonic() < deadline:
-            if _answers(port) and server.started_processes() >= workers:
+            if _answers(port) and server.started_processes() >= (workers or 1):
                 try:
                     yield server
                 finally:
