@@ -50,8 +50,8 @@ def _admin(viewer: Viewer) -> None:
 
 def _refusal(exc: ValidationError) -> PageError:
     """A body the API would answer 422 to, said as a person reads it."""
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}"
-                         for e in exc.errors())
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}, "
+                         f"got {e['input']!r}" for e in exc.errors())
     return PageError(422, "InvalidRequest", problems)
 
 
