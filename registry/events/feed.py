@@ -3,11 +3,14 @@
 A waiting request holds no database connection and no thread: it reads once, and when
 nothing matched it awaits a wake-up on the event loop. One watcher per server process
 (per event loop) reads each new event's key (id, type, base, name) once and wakes every
-waiter: on PostgreSQL when the outbox's NOTIFY (registry/events/outbox.py) arrives on its
-one LISTEN connection, on SQLite by a shared look every EVENTS_POLL_SECONDS. A waiter
-reads the database again only when a new key matches its query, so followers of events
-that do not come cost nothing per commit. The watcher starts with the first waiter and
-stops after a quiet minute. `close()` (server shutdown) answers every waiter at once.
+waiter whose query one of them matches: on PostgreSQL when the outbox's NOTIFY
+(registry/events/outbox.py) arrives on its one LISTEN connection, on SQLite by a shared
+look every EVENTS_POLL_SECONDS. A waiter is woken, and reads the database again, only when
+a new key matches its query: followers of events that do not come cost one in-memory
+match per commit, no wake-up (each woken coroutine costs a task switch and a timer; at
+100 followers and 10 commits a second that was most of their CPU). The watcher starts
+with the first waiter and stops after a quiet minute. `close()` (server shutdown) answers
+every waiter at once.
 """
 
 from __future__ import annotations
@@ -46,8 +49,27 @@ _KEY_LOG = 4096
 _KEY_BATCH = 1000
 
 
+Matcher = Callable[[EventKey], bool]
+
+
+class _Waiter:
+    """One long-poll asleep: what it asks for (None: anything), and its wake-up."""
+
+    __slots__ = ("matches", "woken")
+
+    def __init__(self, matches: Matcher | None) -> None:
+        self.matches = matches
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(self) -> None:
+        if not self.woken.done():
+            self.woken.set_result(None)
+
+
 class _LoopWatch:
-    """The wake-ups of one event loop: a generation counter and its watcher task."""
+    """The wake-ups of one event loop: a generation counter (moved by every new event,
+    so a waiter can tell that something committed between its read and its sleep), the
+    sleeping waiters, and the watcher task."""
 
     def __init__(self, feed: EventFeed) -> None:
         self.feed = feed
@@ -55,7 +77,7 @@ class _LoopWatch:
         self.waiting = 0
         self.listening = False  # PostgreSQL: whether a LISTEN is in place right now
         self.closed = False
-        self._changed = asyncio.Event()
+        self._asleep: set[_Waiter] = set()
         self._task: asyncio.Task[None] | None = None
         # Every event with logged_from < id <= seen_through has its key in `keys`
         # (None: not tracking, e.g. the LISTEN connection is down).
@@ -64,9 +86,17 @@ class _LoopWatch:
         self.seen_through = 0
 
     def bump(self) -> None:
+        """Wake every waiter (the feed closed, the key log restarted or broke)."""
         self.generation += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
+        for waiter in self._asleep:
+            waiter.wake()
+
+    def arrived(self, keys: list[EventKey]) -> None:
+        """New events: wake the waiters that one of them matches."""
+        self.generation += 1
+        for waiter in self._asleep:
+            if waiter.matches is None or any(waiter.matches(key) for key in keys):
+                waiter.wake()
 
     def close(self) -> None:
         self.closed = True
@@ -84,26 +114,37 @@ class _LoopWatch:
         finally:
             self.waiting -= 1
 
-    async def changed_since(self, generation: int, timeout_s: float) -> bool:
-        """Wait up to `timeout_s`; whether to read again: the generation moved past
-        `generation`, the feed closed, or (LISTEN down) a fallback interval passed."""
+    async def changed_since(self, generation: int, timeout_s: float,
+                            matches: Matcher | None) -> bool:
+        """Wait up to `timeout_s`; whether to look again: the generation had moved past
+        `generation`, an event that `matches` arrived, the feed closed, or (LISTEN down)
+        a fallback interval passed."""
         if self.generation != generation or self.closed:
             return True
         fallback = not self.feed.sqlite and not self.listening
         if fallback:
             timeout_s = min(timeout_s, _FALLBACK_POLL_SECONDS)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+        waiter = _Waiter(matches)
+        self._asleep.add(waiter)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter.woken
             return True
-        return fallback
+        except TimeoutError:
+            return fallback
+        finally:
+            self._asleep.discard(waiter)
 
-    def nothing_for(self, checked: int, matches: Callable[[EventKey], bool]) -> int | None:
+    def nothing_for(self, checked: int, matches: Matcher) -> int | None:
         """For a waiter whose read took events up to `checked` into account: the id it
         may move `checked` to when no new event matches, else None (read again)."""
         if self.logged_from is None or self.logged_from > checked:
             return None
-        if any(key.id > checked and matches(key) for key in self.keys):
-            return None
+        for key in reversed(self.keys):  # newest first: only those after `checked`
+            if key.id <= checked:
+                break
+            if matches(key):
+                return None
         return max(checked, self.seen_through)
 
     async def _start_log(self) -> None:
@@ -111,9 +152,9 @@ class _LoopWatch:
         self.keys.clear()
         self.logged_from = self.seen_through = last
 
-    async def _catch_up(self) -> bool:
-        """Read the keys of events committed since the last look; whether there were any."""
-        added = False
+    async def _catch_up(self) -> list[EventKey]:
+        """Read the keys of events committed since the last look; those keys."""
+        added: list[EventKey] = []
         while True:
             keys = await self.feed.database.read(
                 functools.partial(_keys_after, after=self.seen_through))
@@ -122,7 +163,7 @@ class _LoopWatch:
                     self.logged_from = self.keys[0].id  # the oldest falls out
                 self.keys.append(key)
                 self.seen_through = key.id
-            added = added or bool(keys)
+            added += keys
             if len(keys) < _KEY_BATCH:
                 return added
 
@@ -143,8 +184,8 @@ class _LoopWatch:
         while idle < _IDLE_STOP_SECONDS:
             await asyncio.sleep(self.feed.poll_s)
             idle = 0.0 if self.waiting else idle + self.feed.poll_s
-            if self.waiting and await self._catch_up():
-                self.bump()
+            if self.waiting and (keys := await self._catch_up()):
+                self.arrived(keys)
 
     async def _listen(self) -> None:
         while not self.closed:
@@ -171,8 +212,8 @@ class _LoopWatch:
             idle = 0.0
             while idle < _IDLE_STOP_SECONDS:
                 async for _ in conn.notifies(timeout=_IDLE_CHECK_SECONDS):
-                    if await self._catch_up():
-                        self.bump()  # at once: each waiter whose query matches answers
+                    if keys := await self._catch_up():
+                        self.arrived(keys)  # at once: each waiter whose query matches
                 idle = 0.0 if self.waiting else idle + _IDLE_CHECK_SECONDS
         return True
 
@@ -204,7 +245,7 @@ class EventFeed:
     async def follow(self, read: Callable[[], Awaitable[tuple[T, int]]],
                      found: Callable[[T], bool], wait_s: float,
                      gone: Callable[[], Awaitable[bool]] | None = None,
-                     matches: Callable[[EventKey], bool] | None = None) -> T:
+                     matches: Matcher | None = None) -> T:
         """`read()` until `found` says it found something, for up to `wait_s`; its last
         answer. `read` also gives the newest event id it took into account; after a
         wake-up, a waiter with `matches` reads again only if a newer event matches (None:
@@ -226,7 +267,8 @@ class EventFeed:
                     if remaining <= 0:
                         return page
                     if await watch.changed_since(generation,
-                                                 min(remaining, _GONE_CHECK_SECONDS)):
+                                                 min(remaining, _GONE_CHECK_SECONDS),
+                                                 matches):
                         # No await from here to the check: the log is as of `now`.
                         now = watch.generation
                         moved = (watch.nothing_for(checked, matches)
