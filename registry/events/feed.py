@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import threading
 import weakref
@@ -158,14 +159,26 @@ class _LoopWatch:
         while True:
             keys = await self.feed.database.read(
                 functools.partial(_keys_after, after=self.seen_through))
-            for key in keys:
-                if len(self.keys) == self.keys.maxlen:
-                    self.logged_from = self.keys[0].id  # the oldest falls out
-                self.keys.append(key)
-                self.seen_through = key.id
-            added += keys
+            added += self._log(keys)
             if len(keys) < _KEY_BATCH:
                 return added
+
+    def _log(self, keys: list[EventKey]) -> list[EventKey]:
+        """Add the keys after `seen_through` (in id order) to the log; those added."""
+        new = [key for key in keys if key.id > self.seen_through]
+        for key in new:
+            if len(self.keys) == self.keys.maxlen:
+                self.logged_from = self.keys[0].id  # the oldest falls out
+            self.keys.append(key)
+            self.seen_through = key.id
+        return new
+
+    async def _notified(self, payload: str) -> list[EventKey]:
+        """The new keys a NOTIFY brings: from its payload when it carries them (no read:
+        every event-writing commit since the LISTEN sends one, in commit order, which is
+        id order), else read from the database."""
+        keys = _keys_in(payload)
+        return self._log(keys) if keys is not None else await self._catch_up()
 
     async def _watch(self) -> None:
         try:
@@ -211,8 +224,8 @@ class _LoopWatch:
             self.bump()  # an event may have committed before the LISTEN took hold
             idle = 0.0
             while idle < _IDLE_STOP_SECONDS:
-                async for _ in conn.notifies(timeout=_IDLE_CHECK_SECONDS):
-                    if keys := await self._catch_up():
+                async for note in conn.notifies(timeout=_IDLE_CHECK_SECONDS):
+                    if keys := await self._notified(note.payload):
                         self.arrived(keys)  # at once: each waiter whose query matches
                 idle = 0.0 if self.waiting else idle + _IDLE_CHECK_SECONDS
         return True
@@ -220,6 +233,17 @@ class _LoopWatch:
 
 def _keys_after(session: Session, after: int) -> list[EventKey]:
     return EventRepository(session).keys_after(after, _KEY_BATCH)
+
+
+def _keys_in(payload: str) -> list[EventKey] | None:
+    """The keys in a NOTIFY's payload (registry/events/outbox.py `notify_payload`); None
+    when it carries only an id, or is not ours."""
+    if not payload.startswith("["):
+        return None
+    try:
+        return [EventKey(int(i), str(t), b, n) for i, t, b, n in json.loads(payload)]
+    except (ValueError, TypeError):
+        return None
 
 
 class EventFeed:

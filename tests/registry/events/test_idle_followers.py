@@ -10,12 +10,13 @@ from fastapi import FastAPI
 
 from registry.events import feed as feed_module
 from registry.events.feed import EventFeed
-from registry.events.outbox import record_event
+from registry.events.outbox import notify_payload, record_event
 from registry.events.payloads import AliasData, TokenData
-from registry.events.repository import EventRepository
+from registry.events.repository import EventKey, EventRepository
 from registry.events.schemas import EventsPage, EventType
 from registry.events.service import FeedQuery, read_page_checked
 from registry.infra.database import Database
+from registry.tables import Event
 
 
 def _revoke(database: Database, count: int) -> int:
@@ -82,3 +83,15 @@ def test_a_follower_sleeps_through_events_it_does_not_follow(
     page = asyncio.run(scenario())
     assert [e.type for e in page.items] == ["alias.set"]
     assert len(wakes) == 1  # woken once, by the event it follows
+
+
+def test_a_notify_carries_the_keys_or_the_newest_id_when_they_do_not_fit() -> None:
+    rows = [Event(id=7, type="alias.set", base="b", name="a"),
+            Event(id=8, type="token.revoked", base=None, name="t")]
+    assert feed_module._keys_in(notify_payload(rows)) == [
+        EventKey(7, "alias.set", "b", "a"), EventKey(8, "token.revoked", None, "t")]
+    many = [Event(id=i, type="alias.set", base="b" * 128, name="n" * 128)
+            for i in range(1, 60)]
+    assert notify_payload(many) == "59"  # over PostgreSQL's limit: the watcher reads
+    assert feed_module._keys_in("59") is None
+    assert feed_module._keys_in("[not json") is None
