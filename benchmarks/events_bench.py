@@ -11,8 +11,8 @@ process. A pusher revokes tokens (each revocation commits one `token.revoked` ev
   issue's aims on PostgreSQL at 10 events/s: p50 ≤ 100 ms, p99 ≤ 1 s;
 - followers' cost: server CPU per request answered (listings from --listers closed-loop
   clients, pushes at --rate, follower answers) with no follower, with --followers that
-  wait for a type that never comes (every commit is matched against them), and with
-  --followers that get every event. The issue's aim: followers add ≤ 5 % to the API's CPU per request.
+  wait for a type never emitted (every commit is matched against them), and with ones
+  that get every event. The issue's aim: followers add ≤ 5 % to the API's CPU per request.
 
     python benchmarks/events_bench.py                        # both databases, 20 s each
     python benchmarks/events_bench.py --db sqlite --seconds 5 --cpu-seconds 3  # smoke
