@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -81,4 +85,18 @@ def test_gc_waits_for_another_creating_the_horizon(app: FastAPI, database_url: s
                 "the second gc to wait on the first one's row")
     second.join()
     assert errors == []
+    assert _horizon(app) == [newest]
+
+
+def test_two_gc_commands_at_once(app: FastAPI, database_url: str, tmp_path: Path) -> None:
+    """`deltahub gc` twice at the same time, as two cron jobs would: both succeed."""
+    newest = _old_events(app, 3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELTAHUB_")}
+    env.update({"DELTAHUB_DATABASE_URL": database_url, "DELTAHUB_EVENT_RETENTION_DAYS": "7",
+                "DELTAHUB_STORAGE_URL": f"file://{tmp_path / 'blobs'}", "COLUMNS": "200"})
+    command = [sys.executable, "-c", "from registry.cli.app import main; main()", "gc"]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
     assert _horizon(app) == [newest]
