@@ -455,3 +455,33 @@ class WebhookDelivery(Base, Timestamped):
     response_excerpt: Mapped[str | None] = mapped_column(Text)
     attempted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDeliveryAttempt(Base):
+    """One try at sending a delivery, written in the transaction that records its outcome
+    (registry/webhooks/queue.py `record`): the delivery log keeps every attempt, while
+    `webhook_deliveries` keeps only where the retries stand. `webhook_id` and `event_id`
+    are copied from the delivery so the log pages and filters without a join, and
+    retention (registry/gc/deliveries.py) finds a pruned event's attempts."""
+
+    __tablename__ = "webhook_delivery_attempts"
+    __table_args__ = (
+        # The log: a webhook's attempts, newest first, keyset-paged by id.
+        Index("ix_webhook_delivery_attempts_webhook_id", "webhook_id", "id"),
+        Index("ix_webhook_delivery_attempts_event", "webhook_id", "event_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    event_id: Mapped[int | None] = mapped_column(BigInteger)  # null: a test ping
+    attempt: Mapped[int] = mapped_column(Integer)  # 1 for the first try
+    # What this attempt led to: delivered, retrying (another attempt is scheduled) or
+    # failed (no more: not retryable, 410, or the schedule ran out).
+    outcome: Mapped[str] = mapped_column(String(16))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -78,21 +78,33 @@ def webhooks_test(webhook_id: Annotated[int, typer.Argument(help="webhook id")],
 @webhooks_app.command("deliveries")
 def webhooks_deliveries(
     webhook_id: Annotated[int, typer.Argument(help="webhook id")],
-    status: Annotated[str | None, typer.Option(help="pending, delivered or failed")] = None,
+    event: Annotated[int | None, typer.Option(help="only attempts at this event")] = None,
+    outcome: Annotated[str | None, typer.Option(
+        help="only attempts that led to: delivered, retrying or failed")] = None,
+    status: Annotated[str | None, typer.Option(
+        help="only attempts at deliveries now: pending, delivered or failed")] = None,
+    limit: Annotated[int | None, typer.Option(help="attempts per page")] = None,
+    page_token: Annotated[str | None, typer.Option(
+        help="the next page, as the previous one printed it")] = None,
     json: Json = False, url: Url = DEFAULT_URL, token: Token = None,
 ) -> None:
-    """A webhook's newest deliveries and their last attempts."""
+    """A webhook's delivery log: every attempt, newest first."""
     with connected(url, token) as client:
-        log = client.webhook_deliveries(webhook_id, status)
+        page = client.webhook_deliveries(webhook_id, status, event=event, outcome=outcome,
+                                         limit=limit, page_token=page_token)
     if json:
-        print_json(log)
+        print_json(page["items"])
         return
-    rows = [[d["event_id"] if d["event_id"] is not None else "test", d["event_type"],
-             d["status"], d["attempt"], d["status_code"] or "",
-             "" if d["latency_ms"] is None else f"{d['latency_ms']:.0f}", d["error"] or ""]
-            for d in log]
-    print_table(f"webhook {webhook_id} deliveries",
-                ["event", "type", "status", "attempts", "code", "ms", "error"], rows)
+    rows = [[d["attempted_at"], d["event_id"] if d["event_id"] is not None else "test",
+             d["event_type"], d["attempt"], d["outcome"], d["status_code"] or "",
+             "" if d["latency_ms"] is None else f"{d['latency_ms']:.0f}", d["error"] or "",
+             (d["response_excerpt"] or "")[:60]]
+            for d in page["items"]]
+    print_table(f"webhook {webhook_id} delivery attempts (newest first)",
+                ["when", "event", "type", "attempt", "outcome", "HTTP", "latency ms",
+                 "error", "answer"], rows)
+    if page["next_page_token"]:
+        stdout.print(f"older: --page-token {page['next_page_token']}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

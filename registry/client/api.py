@@ -196,12 +196,17 @@ class DeltahubClient:
     def test_webhook(self, webhook_id: int) -> dict[str, Any]:
         return self.transport.json("POST", f"/webhooks/{webhook_id}/test")
 
-    def webhook_deliveries(self, webhook_id: int,
-                           status: str | None = None) -> list[dict[str, Any]]:
-        params = {"status": status} if status else None
-        items: list[dict[str, Any]] = self.transport.json(
-            "GET", f"/webhooks/{webhook_id}/deliveries", params=params)["items"]
-        return items
+    def webhook_deliveries(self, webhook_id: int, status: str | None = None, *,
+                           event: int | None = None, outcome: str | None = None,
+                           limit: int | None = None,
+                           page_token: str | None = None) -> dict[str, Any]:
+        """A page of the delivery log: {"items": attempts newest first, "next_page_token"}."""
+        params = {k: v for k, v in (("status", status), ("event", event),
+                                    ("outcome", outcome), ("limit", limit),
+                                    ("page_token", page_token)) if v is not None}
+        page: dict[str, Any] = self.transport.json(
+            "GET", f"/webhooks/{webhook_id}/deliveries", params=params or None)
+        return page
 
     # -- files --------------------------------------------------------------------------
     def upload(self, owner: str, path: Path, sha256: str,

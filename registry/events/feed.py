@@ -3,11 +3,14 @@
 A waiting request holds no database connection and no thread: it reads once, and when
 nothing matched it awaits a wake-up on the event loop. One watcher per server process
 (per event loop) reads each new event's key (id, type, base, name) once and wakes every
-waiter: on PostgreSQL when the outbox's NOTIFY (registry/events/outbox.py) arrives on its
-one LISTEN connection, on SQLite by a shared look every EVENTS_POLL_SECONDS. A waiter
-reads the database again only when a new key matches its query, so followers of events
-that do not come cost nothing per commit. The watcher starts with the first waiter and
-stops after a quiet minute. `close()` (server shutdown) answers every waiter at once.
+waiter whose query one of them matches: on PostgreSQL when the outbox's NOTIFY
+(registry/events/outbox.py) arrives on its one LISTEN connection, on SQLite by a shared
+look every EVENTS_POLL_SECONDS. A waiter is woken, and reads the database again, only when
+a new key matches its query: followers of events that do not come cost one in-memory
+match per commit, no wake-up (each woken coroutine costs a task switch and a timer; at
+100 followers and 10 commits a second that was most of their CPU). The watcher starts
+with the first waiter and stops after a quiet minute. `close()` (server shutdown) answers
+every waiter at once.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import threading
 import weakref
@@ -46,8 +50,27 @@ _KEY_LOG = 4096
 _KEY_BATCH = 1000
 
 
+Matcher = Callable[[EventKey], bool]
+
+
+class _Waiter:
+    """One long-poll asleep: what it asks for (None: anything), and its wake-up."""
+
+    __slots__ = ("matches", "woken")
+
+    def __init__(self, matches: Matcher | None) -> None:
+        self.matches = matches
+        self.woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(self) -> None:
+        if not self.woken.done():
+            self.woken.set_result(None)
+
+
 class _LoopWatch:
-    """The wake-ups of one event loop: a generation counter and its watcher task."""
+    """The wake-ups of one event loop: a generation counter (moved by every new event,
+    so a waiter can tell that something committed between its read and its sleep), the
+    sleeping waiters, and the watcher task."""
 
     def __init__(self, feed: EventFeed) -> None:
         self.feed = feed
@@ -55,7 +78,7 @@ class _LoopWatch:
         self.waiting = 0
         self.listening = False  # PostgreSQL: whether a LISTEN is in place right now
         self.closed = False
-        self._changed = asyncio.Event()
+        self._asleep: set[_Waiter] = set()
         self._task: asyncio.Task[None] | None = None
         # Every event with logged_from < id <= seen_through has its key in `keys`
         # (None: not tracking, e.g. the LISTEN connection is down).
@@ -64,9 +87,17 @@ class _LoopWatch:
         self.seen_through = 0
 
     def bump(self) -> None:
+        """Wake every waiter (the feed closed, the key log restarted or broke)."""
         self.generation += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
+        for waiter in self._asleep:
+            waiter.wake()
+
+    def arrived(self, keys: list[EventKey]) -> None:
+        """New events: wake the waiters that one of them matches."""
+        self.generation += 1
+        for waiter in self._asleep:
+            if waiter.matches is None or any(waiter.matches(key) for key in keys):
+                waiter.wake()
 
     def close(self) -> None:
         self.closed = True
@@ -84,26 +115,37 @@ class _LoopWatch:
         finally:
             self.waiting -= 1
 
-    async def changed_since(self, generation: int, timeout_s: float) -> bool:
-        """Wait up to `timeout_s`; whether to read again: the generation moved past
-        `generation`, the feed closed, or (LISTEN down) a fallback interval passed."""
+    async def changed_since(self, generation: int, timeout_s: float,
+                            matches: Matcher | None) -> bool:
+        """Wait up to `timeout_s`; whether to look again: the generation had moved past
+        `generation`, an event that `matches` arrived, the feed closed, or (LISTEN down)
+        a fallback interval passed."""
         if self.generation != generation or self.closed:
             return True
         fallback = not self.feed.sqlite and not self.listening
         if fallback:
             timeout_s = min(timeout_s, _FALLBACK_POLL_SECONDS)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+        waiter = _Waiter(matches)
+        self._asleep.add(waiter)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter.woken
             return True
-        return fallback
+        except TimeoutError:
+            return fallback
+        finally:
+            self._asleep.discard(waiter)
 
-    def nothing_for(self, checked: int, matches: Callable[[EventKey], bool]) -> int | None:
+    def nothing_for(self, checked: int, matches: Matcher) -> int | None:
         """For a waiter whose read took events up to `checked` into account: the id it
         may move `checked` to when no new event matches, else None (read again)."""
         if self.logged_from is None or self.logged_from > checked:
             return None
-        if any(key.id > checked and matches(key) for key in self.keys):
-            return None
+        for key in reversed(self.keys):  # newest first: only those after `checked`
+            if key.id <= checked:
+                break
+            if matches(key):
+                return None
         return max(checked, self.seen_through)
 
     async def _start_log(self) -> None:
@@ -111,20 +153,32 @@ class _LoopWatch:
         self.keys.clear()
         self.logged_from = self.seen_through = last
 
-    async def _catch_up(self) -> bool:
-        """Read the keys of events committed since the last look; whether there were any."""
-        added = False
+    async def _catch_up(self) -> list[EventKey]:
+        """Read the keys of events committed since the last look; those keys."""
+        added: list[EventKey] = []
         while True:
             keys = await self.feed.database.read(
                 functools.partial(_keys_after, after=self.seen_through))
-            for key in keys:
-                if len(self.keys) == self.keys.maxlen:
-                    self.logged_from = self.keys[0].id  # the oldest falls out
-                self.keys.append(key)
-                self.seen_through = key.id
-            added = added or bool(keys)
+            added += self._log(keys)
             if len(keys) < _KEY_BATCH:
                 return added
+
+    def _log(self, keys: list[EventKey]) -> list[EventKey]:
+        """Add the keys after `seen_through` (in id order) to the log; those added."""
+        new = [key for key in keys if key.id > self.seen_through]
+        for key in new:
+            if len(self.keys) == self.keys.maxlen:
+                self.logged_from = self.keys[0].id  # the oldest falls out
+            self.keys.append(key)
+            self.seen_through = key.id
+        return new
+
+    async def _notified(self, payload: str) -> list[EventKey]:
+        """The new keys a NOTIFY brings: from its payload when it carries them (no read:
+        every event-writing commit since the LISTEN sends one, in commit order, which is
+        id order), else read from the database."""
+        keys = _keys_in(payload)
+        return self._log(keys) if keys is not None else await self._catch_up()
 
     async def _watch(self) -> None:
         try:
@@ -143,8 +197,8 @@ class _LoopWatch:
         while idle < _IDLE_STOP_SECONDS:
             await asyncio.sleep(self.feed.poll_s)
             idle = 0.0 if self.waiting else idle + self.feed.poll_s
-            if self.waiting and await self._catch_up():
-                self.bump()
+            if self.waiting and (keys := await self._catch_up()):
+                self.arrived(keys)
 
     async def _listen(self) -> None:
         while not self.closed:
@@ -170,15 +224,26 @@ class _LoopWatch:
             self.bump()  # an event may have committed before the LISTEN took hold
             idle = 0.0
             while idle < _IDLE_STOP_SECONDS:
-                async for _ in conn.notifies(timeout=_IDLE_CHECK_SECONDS):
-                    if await self._catch_up():
-                        self.bump()  # at once: each waiter whose query matches answers
+                async for note in conn.notifies(timeout=_IDLE_CHECK_SECONDS):
+                    if keys := await self._notified(note.payload):
+                        self.arrived(keys)  # at once: each waiter whose query matches
                 idle = 0.0 if self.waiting else idle + _IDLE_CHECK_SECONDS
         return True
 
 
 def _keys_after(session: Session, after: int) -> list[EventKey]:
     return EventRepository(session).keys_after(after, _KEY_BATCH)
+
+
+def _keys_in(payload: str) -> list[EventKey] | None:
+    """The keys in a NOTIFY's payload (registry/events/outbox.py `notify_payload`); None
+    when it carries only an id, or is not ours."""
+    if not payload.startswith("["):
+        return None
+    try:
+        return [EventKey(int(i), str(t), b, n) for i, t, b, n in json.loads(payload)]
+    except (ValueError, TypeError):
+        return None
 
 
 class EventFeed:
@@ -204,7 +269,7 @@ class EventFeed:
     async def follow(self, read: Callable[[], Awaitable[tuple[T, int]]],
                      found: Callable[[T], bool], wait_s: float,
                      gone: Callable[[], Awaitable[bool]] | None = None,
-                     matches: Callable[[EventKey], bool] | None = None) -> T:
+                     matches: Matcher | None = None) -> T:
         """`read()` until `found` says it found something, for up to `wait_s`; its last
         answer. `read` also gives the newest event id it took into account; after a
         wake-up, a waiter with `matches` reads again only if a newer event matches (None:
@@ -226,7 +291,8 @@ class EventFeed:
                     if remaining <= 0:
                         return page
                     if await watch.changed_since(generation,
-                                                 min(remaining, _GONE_CHECK_SECONDS)):
+                                                 min(remaining, _GONE_CHECK_SECONDS),
+                                                 matches):
                         # No await from here to the check: the log is as of `now`.
                         now = watch.generation
                         moved = (watch.nothing_for(checked, matches)

@@ -12,13 +12,17 @@ advisory lock first and holds it to commit: event-writing commits take turns, fo
 instant between their last statement and their commit (the hook runs after everything
 else the transaction did, so it never waits on a row lock while holding this one).
 SQLite has one writer at a time, so its ids commit in order already. The same
-transaction sends a NOTIFY, delivered at commit, that wakes long-polls (feed.py).
+transaction sends a NOTIFY, delivered at commit, that wakes long-polls (feed.py). Its
+payload carries the new events' keys (id, type, base, name), so the feed's watcher
+learns them without reading the database once per commit; when they do not fit in a
+NOTIFY, the newest id alone (the watcher then reads them).
 """
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import ScalarSelect, event, func, select, text
 from sqlalchemy.orm import Session, SessionTransaction
@@ -30,6 +34,8 @@ NOTIFY_CHANNEL = "deltahub_events"
 # The advisory lock that orders event commits (any fixed 64-bit key of our own).
 ORDER_LOCK_KEY = 0x64656C7461687562  # "deltahub"
 _PENDING = "deltahub.events.pending"
+# PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; keys past this go unsaid.
+_NOTIFY_MAX_BYTES = 7000
 _WROTE = "deltahub.events.wrote"
 # Called (in the committing thread) after a transaction that wrote events commits: this
 # process's webhook dispatchers wake at once instead of at their next poll.
@@ -89,10 +95,16 @@ def _write_pending(session: Session) -> None:
     session.add_all(pending)
     session.flush()
     session.info[_WROTE] = True
-    if postgres:  # the payload is the newest id, as text (NOTIFY carries strings)
-        newest = pending[-1].id
-        session.execute(text("SELECT pg_notify(:channel, :last)"),
-                        {"channel": NOTIFY_CHANNEL, "last": f"{newest}"})
+    if postgres:
+        session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": NOTIFY_CHANNEL, "payload": notify_payload(pending)})
+
+
+def notify_payload(rows: Sequence[Event]) -> str:
+    """The NOTIFY's text: `[[id, type, base, name], ...]` in id order, or the newest id
+    alone when that would not fit (feed.py reads the keys then)."""
+    keys = json.dumps([[r.id, r.type, r.base, r.name] for r in rows], separators=(",", ":"))
+    return keys if len(keys.encode()) <= _NOTIFY_MAX_BYTES else str(rows[-1].id)
 
 
 @event.listens_for(Session, "after_commit")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from registry.tables import Event, EventHorizon
@@ -64,11 +66,23 @@ class EventRepository:
             through = min(through, at_most)
         if through is None or through <= 0:
             return 0
+        row = self._locked_horizon()
         deleted = self.session.execute(delete(Event).where(Event.id <= through))
-        row = self.session.get(EventHorizon, _HORIZON_ROW, with_for_update=True)
-        if row is None:
-            self.session.add(EventHorizon(id=_HORIZON_ROW, pruned_through=through))
-        else:
-            row.pruned_through = max(row.pruned_through, through)
+        row.pruned_through = max(row.pruned_through, through)
         self.session.flush()
         return int(getattr(deleted, "rowcount", 0) or 0)
+
+    def _locked_horizon(self) -> EventHorizon:
+        """The horizon's one row, locked for this transaction. The migration creates it;
+        a database made from the models may lack it, and two gc runs creating it at once
+        must not collide (a plain INSERT: one IntegrityError), so: insert it unless there,
+        then lock whichever row won. On PostgreSQL the second INSERT waits for the first
+        one's transaction, then does nothing; SQLite has one writer at a time."""
+        dialect = self.session.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        self.session.execute(insert(EventHorizon).values(id=_HORIZON_ROW, pruned_through=0)
+                             .on_conflict_do_nothing(index_elements=["id"]))
+        row = self.session.get(EventHorizon, _HORIZON_ROW, with_for_update=True,
+                               populate_existing=True)
+        assert row is not None  # inserted above, or by a transaction that committed
+        return row

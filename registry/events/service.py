@@ -102,8 +102,15 @@ def event_out(row: Event) -> EventOut:
 
 def prune_events(session: Session, settings: Settings, now: datetime | None = None) -> int:
     """Delete events older than the retention period; how many. Events an enabled webhook
-    has yet to fan out or deliver are kept, however old."""
-    from registry.webhooks.queue import undelivered_floor  # webhooks build on the feed
+    has yet to fan out or deliver are kept, however old. Then the webhook deliveries of
+    the pruned events, in batches (registry/gc/deliveries.py): this commits, so call it
+    in a transaction of its own (as `deltahub gc` does)."""
+    from registry.gc.deliveries import prune_deliveries  # webhooks build on the feed
+    from registry.webhooks.queue import undelivered_floor
 
     cutoff = (now or datetime.now(UTC)) - timedelta(days=settings.EVENT_RETENTION_DAYS)
-    return EventRepository(session).prune(cutoff, undelivered_floor(session))
+    repo = EventRepository(session)
+    pruned = repo.prune(cutoff, undelivered_floor(session))
+    session.commit()  # the events and the horizon, before the log's batches
+    prune_deliveries(session, repo.pruned_through(), cutoff)
+    return pruned

@@ -8,11 +8,12 @@ import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Response, status
 
 from registry.infra.deps import AdminToken, DatabaseDep, SettingsDep
+from registry.infra.pagination import MAX_PAGE_TOKEN_CHARS
 from registry.names import MAX_ID
 from registry.settings import Settings
 from registry.webhooks import service
 from registry.webhooks.schemas import (
-    DeliveryList,
+    AttemptList,
     DeliveryOut,
     SecretRotated,
     WebhookCreated,
@@ -84,15 +85,25 @@ async def rotate_secret(webhook_id: WebhookId, db: DatabaseDep, settings: Settin
 
 @router.get("/{webhook_id}/deliveries")
 async def list_deliveries(
-    webhook_id: WebhookId, db: DatabaseDep, _: AdminToken,
+    webhook_id: WebhookId, db: DatabaseDep, settings: SettingsDep, _: AdminToken,
+    event: Annotated[int | None, Query(ge=1, le=MAX_ID, description=(
+        "only the attempts at this event's delivery"))] = None,
+    outcome: Annotated[Literal["delivered", "retrying", "failed"] | None, Query(description=(
+        "only attempts that led to this"))] = None,
     delivery_status: Annotated[Literal["pending", "delivered", "failed"] | None,
-                               Query(alias="status")] = None,
-) -> DeliveryList:
-    """The newest 100 deliveries: each one's last attempt (status code, latency, error,
-    the start of the answer) and how many attempts it took."""
-    return DeliveryList(items=await db.read(lambda session: [
-        service.delivery_out(row)
-        for row in service.deliveries(session, webhook_id, delivery_status)]))
+                               Query(alias="status", description=(
+                                   "only attempts at deliveries in this state now"))] = None,
+    limit: Annotated[int | None, Query(description="attempts per page")] = None,
+    page_token: Annotated[str | None, Query(max_length=MAX_PAGE_TOKEN_CHARS)] = None,
+) -> AttemptList:
+    """The delivery log: every attempt (status code, latency, error, the start of the
+    answer, what it led to), newest first, with where its delivery stands now. A delivery
+    not yet attempted has no line here; its event is pending in the metrics."""
+    filters = service.AttemptFilters(event, outcome, delivery_status)
+    found = await db.read(lambda session: service.attempts(
+        session, settings, webhook_id, filters, limit, page_token))
+    return AttemptList(items=[service.attempt_out(row) for row in found.items],
+                       next_page_token=found.next_page_token)
 
 
 @router.post("/{webhook_id}/deliveries/{event_id}/redeliver",

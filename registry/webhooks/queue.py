@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from registry.events.repository import EventRepository
 from registry.settings import Settings
-from registry.tables import Event, Webhook, WebhookDelivery, utcnow
+from registry.tables import Event, Webhook, WebhookDelivery, WebhookDeliveryAttempt, utcnow
 from registry.webhooks.sender import Outcome
 from registry.webhooks.service import new_delivery
 
@@ -177,6 +177,13 @@ def record(session: Session, claimed: ClaimedWebhook, due_: Due, outcome: Outcom
         go_on = False
     else:
         row.status = "failed"  # a 3xx, another 4xx, or a refused target: not retried
+    # The log's line for this attempt, in the transaction that records its outcome: a
+    # dispatcher that dies before this commit leaves neither (and the delivery pending).
+    session.add(WebhookDeliveryAttempt(
+        delivery_id=row.id, webhook_id=row.webhook_id, event_id=row.event_id,
+        attempt=row.attempt, outcome="retrying" if row.status == "pending" else row.status,
+        status_code=outcome.status_code, latency_ms=outcome.latency_ms, error=outcome.error,
+        response_excerpt=outcome.excerpt, attempted_at=now))
     session.flush()
     return go_on and webhook.enabled  # disabled by hand meanwhile: stop there
 

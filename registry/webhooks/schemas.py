@@ -96,5 +96,31 @@ class DeliveryOut(BaseModel):
     created_at: UTCDateTime
 
 
-class DeliveryList(BaseModel):
-    items: list[DeliveryOut]
+class AttemptOut(BaseModel):
+    """One attempt at a delivery, and where that delivery stands now."""
+
+    id: int = Field(description="the attempt's id (the log pages by it, newest first)")
+    delivery_id: int
+    event_id: int | None = Field(description="null for a test ping")
+    event_type: str
+    message_id: str = Field(description="the webhook-id header, the same on every attempt")
+    attempt: int = Field(description="1 for the first try of this delivery, 2 for the "
+                                     "first retry, ...; a redelivery starts again at 1")
+    outcome: str = Field(description="what this attempt led to: delivered, retrying "
+                                     "(another attempt is scheduled) or failed (no more)")
+    status_code: int | None = Field(description="the receiver's HTTP status; null when "
+                                                "none came (network error, timeout, refused)")
+    latency_ms: float | None = Field(description="milliseconds from connecting to the "
+                                                 "answer's status line")
+    error: str | None
+    response_excerpt: str | None = Field(description="the start of the receiver's answer")
+    attempted_at: UTCDateTime
+    status: str = Field(description="the delivery's state now: pending, delivered or failed")
+    next_attempt_at: UTCDateTime | None = Field(description="the delivery's next try, "
+                                                            "when pending")
+
+
+class AttemptList(BaseModel):
+    items: list[AttemptOut]
+    next_page_token: str | None = Field(description="pass as page_token for older "
+                                                    "attempts; null on the last page")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -11,12 +12,14 @@ from sqlalchemy.orm import Session
 from registry.errors import DeliveryNotFound, WebhookNotFound, WebhookTargetRefused
 from registry.events.repository import EventRepository
 from registry.events.service import event_out
+from registry.infra.pagination import Page, page_request
 from registry.names import check_name
 from registry.settings import Settings
-from registry.tables import Event, Webhook, WebhookDelivery, utcnow
+from registry.tables import Event, Webhook, WebhookDelivery, WebhookDeliveryAttempt, utcnow
 from registry.webhooks import signing
 from registry.webhooks.schemas import (
     TEST_EVENT,
+    AttemptOut,
     DeliveryOut,
     WebhookFilters,
     WebhookIn,
@@ -24,8 +27,6 @@ from registry.webhooks.schemas import (
     WebhookPatch,
 )
 from registry.webhooks.target import TargetRefused, check_target
-
-_LOG_LIMIT = 100
 
 
 def check_url(url: str, settings: Settings) -> None:
@@ -105,12 +106,48 @@ def rotate_secret(session: Session, webhook_id: int, settings: Settings) -> Webh
     return webhook
 
 
-def deliveries(session: Session, webhook_id: int, status: str | None) -> list[WebhookDelivery]:
+@dataclass(frozen=True)
+class AttemptFilters:
+    event_id: int | None = None
+    outcome: str | None = None  # delivered, retrying, failed
+    status: str | None = None  # the delivery's state now: pending, delivered, failed
+
+
+Attempted = tuple[WebhookDeliveryAttempt, WebhookDelivery]
+
+
+def attempts(session: Session, settings: Settings, webhook_id: int, filters: AttemptFilters,
+             limit: int | None, page_token: str | None) -> Page[Attempted]:
+    """The webhook's delivery log: every attempt, newest first, keyset-paged by id."""
     get(session, webhook_id)
-    query = select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
-    if status is not None:
-        query = query.where(WebhookDelivery.status == status)
-    return list(session.scalars(query.order_by(WebhookDelivery.id.desc()).limit(_LOG_LIMIT)))
+    request = page_request(settings, limit, page_token, {
+        "event": filters.event_id, "outcome": filters.outcome, "status": filters.status})
+    query = (select(WebhookDeliveryAttempt, WebhookDelivery)
+             .join(WebhookDelivery, WebhookDelivery.id == WebhookDeliveryAttempt.delivery_id)
+             .where(WebhookDeliveryAttempt.webhook_id == webhook_id))
+    if filters.event_id is not None:
+        query = query.where(WebhookDeliveryAttempt.event_id == filters.event_id)
+    if filters.outcome is not None:
+        query = query.where(WebhookDeliveryAttempt.outcome == filters.outcome)
+    if filters.status is not None:
+        query = query.where(WebhookDelivery.status == filters.status)
+    if request.after_id is not None:
+        query = query.where(WebhookDeliveryAttempt.id < request.after_id)
+    rows = [(a, d) for a, d in session.execute(
+        query.order_by(WebhookDeliveryAttempt.id.desc()).limit(request.fetch))]
+    return request.page(rows, key=lambda row: row[0].id)
+
+
+def attempt_out(row: Attempted) -> AttemptOut:
+    attempt, delivery = row
+    return AttemptOut(
+        id=attempt.id, delivery_id=delivery.id, event_id=attempt.event_id,
+        event_type=delivery.event_type, message_id=delivery.message_id,
+        attempt=attempt.attempt, outcome=attempt.outcome, status_code=attempt.status_code,
+        latency_ms=attempt.latency_ms, error=attempt.error,
+        response_excerpt=attempt.response_excerpt, attempted_at=attempt.attempted_at,
+        status=delivery.status,
+        next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None)
 
 
 def redeliver(session: Session, webhook_id: int, event_id: int) -> WebhookDelivery:

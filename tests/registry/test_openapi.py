@@ -329,7 +329,7 @@ def test_page_tokens_have_the_form_the_server_takes(document: dict[str, Any],
                                                     tokens: Tokens) -> None:
     schemas = [p["schema"] for _, _, operation in operations(document)
                for p in operation.get("parameters", []) if p["name"] == "page_token"]
-    assert len(schemas) == 4  # models, adapters, jobs, data sets
+    assert len(schemas) == 5  # models, adapters, jobs, data sets, webhook deliveries
     for schema in schemas:
         assert (schema["pattern"], schema["maxLength"]) == ("^[A-Za-z0-9_-]*$", 256)
     # What the pattern refuses the server refuses, even where it would decode to a cursor

@@ -293,8 +293,8 @@ def _failing_webhook(site: Site) -> int:
     assert made.status_code == 201, made.text
     hook_id: int = made.json()["id"]
     assert site.api.post(f"/webhooks/{hook_id}/test").status_code in (200, 201, 202)
-    poll_until(lambda: site.api.get(f"/webhooks/{hook_id}/deliveries").json()["items"][0][
-        "attempt"] >= 1, 30, "the test delivery to be attempted")
+    poll_until(lambda: bool(site.api.get(f"/webhooks/{hook_id}/deliveries").json()["items"]),
+               30, "the test delivery to be attempted")
     return hook_id
 
 

@@ -88,8 +88,11 @@ def test_test_ping_and_redeliver(client: TestClient, app: FastAPI, tokens: Token
     drain(app, lambda: len(receiver.received) == 3)
     assert receiver.received[2].headers["webhook-id"] == receiver.received[1].headers[
         "webhook-id"]
-    log = deliveries(client, tokens, hook["id"])
-    assert [d["status"] for d in log] == ["delivered", "delivered"]
+    log = deliveries(client, tokens, hook["id"])  # every attempt: the ping, the event twice
+    assert [(d["event_id"], d["outcome"]) for d in log] == [
+        (event_id, "delivered"), (event_id, "delivered"), (None, "delivered")]
+    assert deliveries(client, tokens, hook["id"], event=event_id) == log[:2]
+    assert log[0]["message_id"] == log[1]["message_id"]
     assert log[0]["status_code"] == 204
     assert log[0]["latency_ms"] >= 0
     missing = client.post(f"/webhooks/{hook['id']}/deliveries/999/redeliver",

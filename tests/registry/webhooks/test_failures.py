@@ -33,9 +33,23 @@ def test_down_then_up_retried_then_delivered_with_one_id(
     emit(app.state.database)
     drain(app, lambda: len(receiver.received) == 1)
     assert receiver.requests == 3
-    [log] = deliveries(client, tokens, hook["id"])
-    assert (log["status"], log["attempt"], log["status_code"]) == ("delivered", 3, 200)
-    assert log["response_excerpt"] == "ok"
+    log = deliveries(client, tokens, hook["id"])  # every attempt, newest first
+    assert [(a["attempt"], a["outcome"], a["status_code"]) for a in log] == [
+        (3, "delivered", 200), (2, "retrying", 500), (1, "retrying", None)]
+    assert {a["status"] for a in log} == {"delivered"}  # where the delivery stands now
+    assert [a["response_excerpt"] for a in log[:2]] == ["ok", "busy"]
+    assert log[2]["error"]  # the dropped connection says what happened
+    assert len({a["message_id"] for a in log}) == 1
+    # Keyset pages, one attempt each, walk the same log.
+    walked, token = [], None
+    while True:
+        page = client.get(f"/webhooks/{hook['id']}/deliveries", headers=tokens.admin,
+                          params={"limit": 1, **({"page_token": token} if token else {})})
+        walked += page.json()["items"]
+        token = page.json()["next_page_token"]
+        if token is None:
+            break
+    assert walked == log
 
 
 def test_429_retry_after_is_honoured(client: TestClient, app: FastAPI, tokens: Tokens,
@@ -62,8 +76,9 @@ def test_410_disables_the_endpoint(client: TestClient, app: FastAPI, tokens: Tok
     drain(app, lambda: True)
     assert receiver.requests == 1  # nothing more after the 410
     assert "410" in str(_hook(client, tokens, hook["id"])["disabled_reason"])
-    assert [d["status"] for d in deliveries(client, tokens, hook["id"])] == [
-        "pending", "failed"]
+    # One attempt (the second event's delivery waits, never tried, for re-enabling).
+    assert [(a["outcome"], a["status_code"]) for a in deliveries(client, tokens, hook["id"])
+            ] == [("failed", 410)]
     # Re-enabled, the pending one goes out.
     receiver.behaviour = None
     client.patch(f"/webhooks/{hook['id']}", json={"enabled": True}, headers=tokens.admin)
@@ -80,8 +95,11 @@ def test_failing_for_the_whole_schedule_disables(client: TestClient, app: FastAP
     reason = str(_hook(client, tokens, hook["id"])["disabled_reason"])
     assert "3 times" in reason
     assert "HTTP 503" in reason
-    [log] = deliveries(client, tokens, hook["id"])
-    assert (log["status"], log["attempt"]) == ("failed", 3)
+    log = deliveries(client, tokens, hook["id"])
+    assert [(a["attempt"], a["outcome"], a["status_code"]) for a in log] == [
+        (3, "failed", 503), (2, "retrying", 503), (1, "retrying", 503)]
+    assert [a["outcome"] for a in deliveries(client, tokens, hook["id"], outcome="failed")
+            ] == ["failed"]
 
 
 def test_huge_answer_is_not_read(client: TestClient, app: FastAPI, tokens: Tokens,
@@ -115,7 +133,7 @@ def test_hanging_receiver_times_out_and_blocks_no_one(
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert hostile.requests >= 1  # it was being tried meanwhile
-        while not deliveries(client, tokens, bad["id"])[-1]["error"]:
+        while not deliveries(client, tokens, bad["id"]):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
@@ -171,7 +189,7 @@ def test_nothing_listening_then_a_receiver(client: TestClient, app: FastAPI, tok
     receiver = make_receiver(port)
     receiver.secrets.append(created["secret"])
     drain(app, lambda: len(receiver.received) == 1)
-    [log] = deliveries(client, tokens, created["id"])
-    assert log["status"] == "delivered"
+    log = deliveries(client, tokens, created["id"])[0]
+    assert (log["status"], log["outcome"]) == ("delivered", "delivered")
     assert log["attempt"] >= 3
     assert receiver.ids() == [f"msg_{receiver.received[0].payload['id']}_{created['id']}"]

@@ -13,7 +13,7 @@ from tests.registry.webhooks.conftest import Receiver, deliveries, drain, emit, 
 
 
 def _rows(html: str) -> dict[str, str]:
-    return dict(re.findall(r'<tr data-delivery="(\d+)">(.*?)</tr>', html, re.S))
+    return dict(re.findall(r'<tr data-attempt="(\d+)">(.*?)</tr>', html, re.S))
 
 
 def test_admin_sees_webhooks_and_each_ones_delivery_log(
@@ -38,16 +38,16 @@ def test_admin_sees_webhooks_and_each_ones_delivery_log(
     log = client.get(f"/ui/webhooks/{hook['id']}")
     assert log.status_code == 200
     rows = _rows(log.text)
-    assert len(rows) == 2
+    assert len(rows) == 4  # every attempt: one delivered, three at the failing one
     assert '<div class="scroll"><table class="list deliveries">' in log.text
-    failed = next(row for row in rows.values() if "failed" in row)
+    failed = next(row for row in rows.values() if "<td>failed</td>" in row)
     assert "500" in failed
     assert "receiver &lt;b&gt;broke&lt;/b&gt;" in failed  # the receiver's answer, escaped
-    delivered = next(row for row in rows.values() if "delivered" in row)
-    assert "204" in delivered
+    delivered = next(row for row in rows.values() if "<td>204</td>" in row)
+    assert "<td>delivered</td>" in delivered
     assert "msg_" in delivered  # the webhook-id, for matching the receiver's own logs
 
-    only_failed = client.get(f"/ui/webhooks/{hook['id']}", params={"status": "failed"})
+    only_failed = client.get(f"/ui/webhooks/{hook['id']}", params={"outcome": "failed"})
     assert list(_rows(only_failed.text).values()) == [failed]
 
 
