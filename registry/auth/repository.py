@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ScalarSelect, delete, func, select
+from sqlalchemy import Row, ScalarSelect, Select, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from registry.tables import PageSession, Token
@@ -21,14 +22,11 @@ class TokenRepository:
     def by_hash(self, token_hash: str) -> Token | None:
         return self.session.scalars(select(Token).where(Token.token_hash == token_hash)).first()
 
-    def by_hash_with(self, token_hash: str,
-                     column: ScalarSelect[Any]) -> tuple[Token | None, Any]:
-        """`by_hash`, and `column` read in the same statement (None without a token)."""
-        found = self.session.execute(
-            select(Token, column).where(Token.token_hash == token_hash)).first()
-        if found is None:
-            return None, None
-        return found[0], found[1]
+    def grant_with(self, token_hash: str, column: ScalarSelect[Any]) -> Row[Any] | None:
+        """The token's `id`, `scopes` and `revoked_at` as a plain row (no ORM object: a
+        read route's check only looks), and `column` read in the same statement as
+        `value`. The statement is built once per `column`."""
+        return self.session.execute(_grant_with(column), {"token_hash": token_hash}).first()
 
     def by_id(self, token_id: int) -> Token | None:
         return self.session.get(Token, token_id)
@@ -68,3 +66,9 @@ class PageSessionRepository:
 
     def delete_created_before(self, cutoff: datetime) -> None:
         self.session.execute(delete(PageSession).where(PageSession.created_at < cutoff))
+
+
+@functools.cache
+def _grant_with(column: ScalarSelect[Any]) -> Select[Any]:
+    return select(Token.id, Token.scopes, Token.revoked_at, column.label("value")).where(
+        Token.token_hash == bindparam("token_hash"))

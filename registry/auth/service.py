@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -28,6 +29,8 @@ from registry.events.payloads import token_data
 from registry.events.schemas import EventType
 from registry.names import check_name
 from registry.tables import Token, utcnow
+
+T = TypeVar("T", bound=Any)
 
 
 @dataclass(frozen=True)
@@ -61,12 +64,14 @@ def authenticate(session: Session, authorization: str | None, needed: Scope) -> 
 
 
 def authenticate_at_change(session: Session, authorization: str | None,
-                           needed: Scope) -> tuple[Token, int]:
-    """`authenticate`, and the registry's newest change id read in the same statement:
-    a conditional GET's token check and its version cost one round trip."""
-    token, version = TokenRepository(session).by_hash_with(_secret_hash(authorization),
-                                                           newest_change())
-    return _checked(token, needed), int(version or 0)
+                           needed: Scope) -> int:
+    """`authenticate` for a read route, and the registry's newest change id, read in the
+    same statement: a conditional GET's token check and its version cost one round
+    trip."""
+    grant = TokenRepository(session).grant_with(_secret_hash(authorization), newest_change())
+    _checked(grant, needed)
+    assert grant is not None  # _checked refuses a missing token
+    return int(grant.value or 0)
 
 
 def _secret_hash(authorization: str | None) -> str:
@@ -81,7 +86,7 @@ def _secret_hash(authorization: str | None) -> str:
     return hash_secret(secret.strip())
 
 
-def _checked(token: Token | None, needed: Scope) -> Token:
+def _checked(token: T | None, needed: Scope) -> T:  # a Token, or a row of its columns
     if token is None or token.revoked_at is not None:
         raise Unauthorized("invalid or revoked token; ask an admin for a new one")
     if not grants(token.scopes, needed):

@@ -20,6 +20,7 @@ NOTIFY, the newest id alone (the watcher then reads them).
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -55,6 +56,7 @@ def remove_commit_listener(listener: Callable[[], None]) -> None:
             _on_commit.remove(listener)
 
 
+@functools.cache  # built once: a statement that holds it is then cached by SQLAlchemy
 def newest_change() -> ScalarSelect[int]:
     """The newest event id (or, all events pruned, the highest pruned one): it grows with
     every committed change that writes an event, and never goes back, so it names a

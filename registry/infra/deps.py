@@ -99,8 +99,8 @@ class Authorized:
         """`read`, with the registry's newest change id (the newest event id) read with the
         token, in the same statement, as `work`'s second argument."""
         def checked(session: Session) -> T:
-            _, version = authenticate_at_change(session, self._authorization, self._scope)
-            return work(session, version)
+            return work(session, authenticate_at_change(session, self._authorization,
+                                                        self._scope))
 
         return await self._database.read(checked)
 
