@@ -88,10 +88,13 @@ def read_page(session: Session, query: FeedQuery) -> EventsPage:
 
 
 def read_page_checked(session: Session, query: FeedQuery,
-                      newest: int) -> tuple[EventsPage, int]:
-    """`read_page`, and `newest`, the newest event id read before it (`newest_change`):
-    every event up to it was visible to the page's read (ids commit in order), so a
-    long-poll that found nothing need only look at events after it."""
+                      newest: int | None = None) -> tuple[EventsPage, int]:
+    """`read_page`, and the newest event id read before it (`newest`, when the caller
+    read it already, with the token: `newest_change`): every event up to it was visible
+    to the page's read (ids commit in order), so a long-poll that found nothing need only
+    look at events after it."""
+    if newest is None:
+        newest = EventRepository(session).last_id()  # first: the page sees all up to it
     return read_page(session, query), newest
 
 
