@@ -161,7 +161,9 @@ def gc(
         ["unfinished multipart uploads aborted", report.uploads_aborted, 0],
         ["blobs removed", report.blobs_deleted, report.blob_bytes_freed],
         ["blob rows removed", rows, 0],
-        [f"events pruned (older than {settings.EVENT_RETENTION_DAYS:g} days)", pruned, 0],
+        [f"events pruned (older than {settings.EVENT_RETENTION_DAYS:g} days)", pruned.events,
+         0],
+        ["webhook deliveries pruned (of pruned events)", pruned.deliveries, 0],
         ["kept (young or referenced)", report.kept_young + report.kept_referenced, 0],
     ])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
@@ -103,8 +104,13 @@ def event_out(row: Event) -> EventOut:
                                    "created_at": row.created_at, "data": row.data})
 
 
-def prune_events(session: Session, settings: Settings, now: datetime | None = None) -> int:
-    """Delete events older than the retention period; how many. Events an enabled webhook
+class Pruned(NamedTuple):
+    events: int
+    deliveries: int  # webhook deliveries (with their attempts) of the pruned events
+
+
+def prune_events(session: Session, settings: Settings, now: datetime | None = None) -> Pruned:
+    """Delete events older than the retention period. Events an enabled webhook
     has yet to fan out or deliver are kept, however old. Then the webhook deliveries of
     the pruned events, in batches (registry/gc/deliveries.py): this commits, so call it
     in a transaction of its own (as `deltahub gc` does)."""
@@ -115,5 +121,4 @@ def prune_events(session: Session, settings: Settings, now: datetime | None = No
     repo = EventRepository(session)
     pruned = repo.prune(cutoff, undelivered_floor(session))
     session.commit()  # the events and the horizon, before the log's batches
-    prune_deliveries(session, repo.pruned_through(), cutoff)
-    return pruned
+    return Pruned(pruned, prune_deliveries(session, repo.pruned_through(), cutoff))

@@ -75,10 +75,10 @@ def test_a_cursor_older_than_retention_is_410(app: FastAPI, client: TestClient,
     _revoke_tokens(app, 3)
     ids = [e["id"] for e in feed()]
     with app.state.database.writing() as session:  # nothing is old enough yet
-        assert prune_events(session, app.state.settings) == 0
+        assert prune_events(session, app.state.settings).events == 0
     later = datetime.now(UTC) + timedelta(days=app.state.settings.EVENT_RETENTION_DAYS + 1)
     with app.state.database.writing() as session:
-        assert prune_events(session, app.state.settings, now=later) == 3
+        assert prune_events(session, app.state.settings, now=later).events == 3
     gone = client.get("/events?after=0", headers=tokens.read)
     assert gone.status_code == 410
     assert gone.json()["error"] == "CursorExpired"

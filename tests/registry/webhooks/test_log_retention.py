@@ -42,7 +42,7 @@ def test_gc_prunes_deliveries_of_pruned_events_in_batches(
     kept_event = receiver.received[-1].payload["id"]
 
     with app.state.database.writing() as session:
-        assert prune_events(session, app.state.settings) == 3
+        assert prune_events(session, app.state.settings).events == 3
 
     assert _count(app, WebhookDelivery) == 1
     log = deliveries(client, tokens, hook["id"])
@@ -68,7 +68,7 @@ def test_pending_deliveries_are_not_pruned(client: TestClient, app: FastAPI, tok
     drain(app, lambda: True)
     with app.state.database.writing() as session:
         session.execute(update(Event).values(created_at=utcnow() - timedelta(days=30)))
-        assert prune_events(session, app.state.settings) == 2  # its webhook is disabled
+        assert prune_events(session, app.state.settings).events == 2  # its webhook is disabled
     with app.state.database.reading() as session:
         left = session.scalars(select(WebhookDelivery.status)).all()
     assert left == ["pending"]  # the failed one went; the pending one drives its retries

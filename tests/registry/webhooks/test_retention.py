@@ -21,7 +21,7 @@ def _age_all(app: FastAPI) -> None:
 
 def _prune(app: FastAPI) -> int:
     with app.state.database.writing() as session:
-        return prune_events(session, app.state.settings)
+        return prune_events(session, app.state.settings).events
 
 
 def _left(app: FastAPI) -> int:
