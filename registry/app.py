@@ -14,6 +14,7 @@ from registry.datasets.endpoints import router as datasets_router
 from registry.events.endpoints import router as events_router
 from registry.events.feed import EventFeed
 from registry.infra.bodylimit import BodyLimitMiddleware
+from registry.infra.conditional import AnswerCache
 from registry.infra.control_chars import PathNameMiddleware
 from registry.infra.database import Database
 from registry.infra.error_handlers import add_error_handlers
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, store: BlobStore | None = None,
     app.state.database = database or Database.from_settings(settings)
     app.state.store = store or make_blob_store(settings)
     app.state.event_feed = EventFeed(app.state.database, settings.EVENTS_POLL_SECONDS)
+    app.state.answers = AnswerCache(settings.ANSWER_CACHE_BYTES)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_REQUEST_BYTES)
     app.add_middleware(PathNameMiddleware)  # before routing: see registry/infra/control_chars.py
     for router in (models_router, adapters_router, jobs_router, tokens_router,

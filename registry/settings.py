@@ -169,6 +169,10 @@ class Settings(BaseSettings):
     # On SIGTERM/SIGINT, requests in flight (uploads included) get this long to finish;
     # then they are cut (an upload's staging object is removed) and the server exits.
     SHUTDOWN_TIMEOUT_SECONDS: int = Field(default=30, gt=0)
+    # Bytes of change-tagged answers (adapter listings) each API process keeps, so that
+    # pollers repeating a listing between two changes cost a token check
+    # (registry/infra/conditional.py); 0 keeps none.
+    ANSWER_CACHE_BYTES: int = Field(default=16 * 1024 * 1024, ge=0)
 
     @property
     def webhook_retry_schedule(self) -> list[float]:

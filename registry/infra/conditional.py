@@ -16,6 +16,8 @@ docs/architecture.md, "Conditional GETs", says why the two.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
@@ -66,14 +68,58 @@ def not_modified(etag: str) -> Response:
 _ANY: TypeAdapter[Any] = TypeAdapter(Any)
 
 
+def serialized(body: BaseModel | Sequence[BaseModel]) -> bytes:
+    """Serialized once: FastAPI would first validate what the route built against the
+    route's model again."""
+    return (body.model_dump_json(by_alias=True).encode() if isinstance(body, BaseModel)
+            else _ANY.dump_json(body, by_alias=True))
+
+
 def json_answer(request: Request, body: BaseModel | Sequence[BaseModel],
                 etag: str | None = None) -> Response:
-    """`body` serialized once (FastAPI would validate it against the route's model again
-    first), tagged (by `etag`, or its digest), or 304 when the client holds it already."""
-    content = (body.model_dump_json(by_alias=True).encode() if isinstance(body, BaseModel)
-               else _ANY.dump_json(body, by_alias=True))
+    """`body` tagged (by `etag`, or its digest), or 304 when the client holds it already."""
+    content = serialized(body)
     tag = etag or body_etag(content)
     if matches(request, tag):
         return not_modified(tag)
+    return tagged_json(request, content, tag)
+
+
+def tagged_json(request: Request, content: bytes, etag: str) -> Response:
     return Response(content, media_type="application/json",
-                    headers={"ETag": tag, "Cache-Control": _CACHE_CONTROL})
+                    headers={"ETag": etag, "Cache-Control": _CACHE_CONTROL})
+
+
+class AnswerCache:
+    """Bodies of change-tagged answers (`changes_etag`), by tag, in this process.
+
+    A change-tagged body is a function of its tag (that is what lets a 304 skip the
+    work), so a poller that does not send `If-None-Match` can be answered from here too:
+    every serving replica asking for the same listing between two changes costs one
+    token check, not a page read and its serialization. Bounded in bytes, oldest out.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._bodies: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # apps are served by more than one event loop (tests)
+
+    def get(self, etag: str) -> bytes | None:
+        with self._lock:
+            body = self._bodies.get(etag)
+            if body is not None:
+                self._bodies.move_to_end(etag)
+            return body
+
+    def put(self, etag: str, body: bytes) -> None:
+        if len(body) > self.max_bytes // 8:
+            return  # one huge page must not push out everything else
+        with self._lock:
+            if etag in self._bodies:
+                return
+            self._bodies[etag] = body
+            self._bytes += len(body)
+            while self._bytes > self.max_bytes:
+                _, dropped = self._bodies.popitem(last=False)
+                self._bytes -= len(dropped)

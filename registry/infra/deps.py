@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session
 
 from registry.auth.service import authenticate, authenticate_at_change
 from registry.auth.tokens import Scope
-from registry.infra.conditional import changes_etag, json_answer, matches, not_modified
+from registry.infra.conditional import (
+    AnswerCache,
+    changes_etag,
+    json_answer,
+    matches,
+    not_modified,
+    serialized,
+    tagged_json,
+)
 from registry.infra.database import Database
 from registry.settings import Settings
 from registry.storage.base import BlobStore
@@ -113,14 +121,19 @@ class Authorized:
         """For an answer that only changes with a change that writes an event: tagged by
         the newest event id, read with the token in one statement, so a 304 costs that
         statement and nothing else (registry/infra/conditional.py)."""
-        def tagged(session: Session, version: int) -> tuple[str, BaseModel | None]:
-            etag = changes_etag(self.request, version)
-            return etag, None if matches(self.request, etag) else work(session)
+        answers: AnswerCache = self.request.app.state.answers
 
-        etag, answer = await self.read_at_change(tagged)
-        if answer is None:
+        def tagged(session: Session, version: int) -> tuple[str, bytes | None]:
+            etag = changes_etag(self.request, version)
+            if matches(self.request, etag):
+                return etag, None
+            return etag, answers.get(etag) or serialized(work(session))
+
+        etag, content = await self.read_at_change(tagged)
+        if content is None:
             return not_modified(etag)
-        return json_answer(self.request, answer, etag)
+        answers.put(etag, content)
+        return tagged_json(self.request, content, etag)
 
 
 class ReadAccess:

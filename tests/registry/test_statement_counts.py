@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
+from registry.infra.conditional import AnswerCache
 from tests.conftest import Tokens
 from tests.registry.api import push_adapter, register_model
 from tests.registry.conftest import TinyModels
@@ -61,7 +62,9 @@ def many(client: TestClient, tokens: Tokens, tiny_models: TinyModels) -> None:
 
 
 def test_a_listing_takes_three_statements_at_any_page_size(
-        client: TestClient, tokens: Tokens, statements: Statements, many: None) -> None:
+        app: FastAPI, client: TestClient, tokens: Tokens, statements: Statements,
+        many: None) -> None:
+    app.state.answers = AnswerCache(0)  # every listing read afresh
     one = statements.during(client, "/adapters?base=tiny-base&limit=1", tokens.read)
     five = statements.during(client, "/adapters?base=tiny-base&limit=5", tokens.read)
     # the token with the newest change id; the page with its models' names; its files
@@ -70,6 +73,21 @@ def test_a_listing_takes_three_statements_at_any_page_size(
     filtered = statements.during(client, "/adapters?base=tiny-base&alias=prod&kind=lora",
                                  tokens.read)
     assert filtered == 3, statements.seen
+
+
+def test_a_repeated_listing_is_answered_from_the_answer_cache(
+        client: TestClient, tokens: Tokens, statements: Statements, many: None) -> None:
+    url = "/adapters?base=tiny-base"
+    first = client.get(url, headers=tokens.read)
+    assert statements.during(client, url, tokens.read) == 1  # the token check
+    again = client.get(url, headers=tokens.read)
+    assert again.content == first.content
+    assert again.headers["etag"] == first.headers["etag"]
+    assert client.put("/adapters/bot-0@1/aliases/prod", headers=tokens.push).status_code == 200
+    moved = client.get(url, headers=tokens.read)  # a change: read afresh, and shown
+    assert moved.headers["etag"] != first.headers["etag"]
+    assert [a["aliases"] for a in moved.json()["items"] if a["name"] == "bot-0"] == [
+        ["latest", "prod"]]
 
 
 def test_a_304_takes_one_statement(client: TestClient, tokens: Tokens,
