@@ -14,11 +14,11 @@ def test_it_keeps_the_newest_within_its_bytes() -> None:
 
 
 def test_a_use_keeps_an_answer_longer() -> None:
-    cache = AnswerCache(max_bytes=30)
-    for name in ("a", "b", "c"):
+    cache = AnswerCache(max_bytes=80)
+    for name in "abcdefgh":  # full
         cache.put(name, bytes(10))
     assert cache.get("a") is not None  # now the newest used
-    cache.put("d", bytes(10))
+    cache.put("i", bytes(10))
     assert cache.get("b") is None
     assert cache.get("a") is not None
 
