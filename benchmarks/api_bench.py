@@ -15,9 +15,12 @@ process (asyncio + httpx, one keep-alive connection each) call each route at eac
   listener with the same request sent in-process through httpx.ASGITransport to the app
   built on the same database (benchmarks/api_statements.py).
 
-Routes: `GET /adapters?base=` (a 20-item page), one `GET /adapters/{name}@{version}`, the
-same listing with `If-None-Match` of its ETag (a 304; "n/a" when the server sends no
-ETag), `/healthz`, `/models`, `/jobs`, `/events`.
+Routes: `GET /adapters?base=` (a 20-item page) asked again and again (what pollers do:
+answered from the server's cache of change-tagged answers where it has one), the same
+listing with a new, ignored `probe` query value each time (no cached answer: the page is
+read and built), one `GET /adapters/{name}@{version}`, the listing with `If-None-Match` of
+its ETag (a 304; "n/a" when the server sends no ETag), `/healthz`, `/models`, `/jobs`,
+`/events`.
 
 --src runs the server from other checkouts, interleaved cell by cell in one run, so a
 before/after comparison shares the machine's state; each source gets its own database,
@@ -38,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -176,11 +180,16 @@ class Route:
     path: str
     expect: int = 200
     conditional: bool = False  # sends If-None-Match with the ETag `path` answered
+    # adds `&probe=<n>`, new for each request: a query no earlier one asked, so no
+    # cached answer (ANSWER_CACHE_BYTES) serves it and the page is read and built
+    distinct: bool = False
 
 
 def routes(single: str) -> list[Route]:
     listing = f"/adapters?base={BASE}&limit={PAGE_ITEMS}"
-    return [Route(f"GET /adapters?base= ({PAGE_ITEMS} items)", listing),
+    return [Route(f"GET /adapters?base= ({PAGE_ITEMS} items), the same again", listing),
+            Route(f"GET /adapters?base= ({PAGE_ITEMS} items), a new query each", listing,
+                  distinct=True),
             Route("GET /adapters/{name}@{version}", f"/adapters/{single}"),
             Route("listing + If-None-Match (304)", listing, 304, conditional=True),
             Route("GET /healthz", "/healthz"),
@@ -346,7 +355,7 @@ def start_target(kind: str, source: Source, args: argparse.Namespace,
 
 def count_statements(source: Source, url: str, blobs: Path, all_routes: list[Route],
                      auth: dict[str, str], etag: str | None) -> dict[str, Any]:
-    requests = [{"label": route.label, "path": route.path,
+    requests = [{"label": route.label, "path": route.path, "distinct": route.distinct,
                  "headers": {**auth, **({"If-None-Match": etag} if route.conditional else {})}}
                 for route in all_routes if etag is not None or not route.conditional]
     out = in_source(source, "", {"DELTAHUB_DATABASE_URL": url,
@@ -356,11 +365,15 @@ def count_statements(source: Source, url: str, blobs: Path, all_routes: list[Rou
     return counted
 
 
+_PROBES = itertools.count()  # distinct routes' query values, never repeated in a run
+
+
 def requester(route: Route, etag: str | None) -> OneRequest:
     headers = {"If-None-Match": etag} if route.conditional and etag else {}
 
     async def one(client: httpx.AsyncClient, _index: int) -> tuple[int | str, int]:
-        response = await client.get(route.path, headers=headers)
+        path = f"{route.path}&probe={next(_PROBES)}" if route.distinct else route.path
+        response = await client.get(path, headers=headers)
         return response.status_code, 1
 
     return one
