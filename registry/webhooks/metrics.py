@@ -5,7 +5,8 @@ counters would see them all.
 - `deltahub_webhook_deliveries_total{outcome}`: deliveries by outcome, delivered or
   failed (a counter: it only falls when a webhook and its log are deleted); pending as
   `deltahub_webhook_deliveries_pending`.
-- `deltahub_webhook_delivery_latency_seconds`: each delivery's last attempt.
+- `deltahub_webhook_delivery_latency_seconds`: every delivery attempt that got an answer
+  or timed out (retries included), from the delivery log.
 - `deltahub_webhook_oldest_undelivered_event_age_seconds`: how far behind the slowest
   enabled webhook is (0 when none is).
 """
@@ -25,7 +26,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from registry.infra.database import Database
-from registry.tables import Event, WebhookDelivery, utcnow
+from registry.tables import Event, WebhookDelivery, WebhookDeliveryAttempt, utcnow
 from registry.webhooks.queue import undelivered_floor
 
 # Seconds: a receiver on the same network answers in milliseconds; the timeout is 15 s.
@@ -56,7 +57,7 @@ class WebhooksCollector(Collector):
                                 value=float(counts.get("pending", 0)))
         histogram = HistogramMetricFamily(
             "deltahub_webhook_delivery_latency_seconds",
-            "Latency of each webhook delivery's last attempt")
+            "Latency of each webhook delivery attempt")
         histogram.add_metric([], [*[(repr(b), float(n)) for b, n in zip(BUCKETS, buckets,
                                                                           strict=True)],
                                   ("+Inf", float(total))], sum_value=seconds)
@@ -68,7 +69,7 @@ class WebhooksCollector(Collector):
 
 def _latency(session: Session) -> tuple[list[int], int, float]:
     """Cumulative counts per bucket, the count, and the sum in seconds."""
-    ms = WebhookDelivery.latency_ms
+    ms = WebhookDeliveryAttempt.latency_ms
     columns = [func.sum(case((ms <= b * 1000, 1), else_=0)) for b in BUCKETS]
     row = session.execute(select(*columns, func.count(ms), func.sum(ms))
                           .where(ms.is_not(None))).one()
