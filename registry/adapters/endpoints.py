@@ -22,7 +22,7 @@ from registry.models import quantized
 from registry.models.schemas import FinalizeRequest
 from registry.models.service import model_id
 from registry.names import check_name
-from registry.tables import AdapterKind
+from registry.tables import AdapterKind, Status
 from registry.uploads.flow import store_request
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
@@ -83,8 +83,11 @@ async def list_adapters(
 
 @router.get("/{ref}", response_model=AdapterOut)
 async def get_adapter(ref: str, reader: Reader) -> Response:
-    return await reader.json(
-        lambda session: row_outs([service.get_adapter_row(session, ref)])[0])
+    """The `ETag` of a finalized version changes with every registry change that writes
+    an event (as a listing's); a draft's with its content."""
+    return await reader.json_of_changes(
+        lambda session: row_outs([service.get_adapter_row(session, ref)])[0],
+        keyed=lambda out: out.status == Status.READY)
 
 
 @router.put("/{ref}/files/{filename:path}", status_code=status.HTTP_201_CREATED)

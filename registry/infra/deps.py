@@ -13,6 +13,7 @@ from registry.auth.service import authenticate, authenticate_at_change
 from registry.auth.tokens import Scope
 from registry.infra.conditional import (
     AnswerCache,
+    body_etag,
     changes_etag,
     json_answer,
     matches,
@@ -26,6 +27,7 @@ from registry.storage.base import BlobStore
 from registry.tables import Token
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 UNCHECKED_ACCESS = "unchecked_access"  # request.state's `Authorized`, see ReadAccess
 
 # `async def`: FastAPI runs a plain `def` dependency in the thread pool, a hand-off per
@@ -117,22 +119,36 @@ class Authorized:
         """`work`'s answer as JSON tagged by its digest; 304 when the client has it."""
         return json_answer(self.request, await self.read(work))
 
-    async def json_of_changes(self, work: Callable[[Session], BaseModel]) -> Response:
+    async def json_of_changes(self, work: Callable[[Session], M],
+                              keyed: Callable[[M], bool] | None = None) -> Response:
         """For an answer that only changes with a change that writes an event: tagged by
         the newest event id, read with the token in one statement, so a 304 costs that
-        statement and nothing else (registry/infra/conditional.py)."""
+        statement and nothing else, and a repeat is served from the answer cache
+        (registry/infra/conditional.py).
+
+        `keyed`: whether a given answer is such an answer (a finalized adapter is, a
+        draft is not); one that is not is tagged by its digest, and neither kept nor
+        answered 304 by the change tag, which it was never given."""
         answers: AnswerCache = self.request.app.state.answers
 
         def tagged(session: Session, version: int) -> tuple[str, bytes | None]:
             etag = changes_etag(self.request, version)
             if matches(self.request, etag):
                 return etag, None
-            return etag, answers.get(etag) or serialized(work(session))
+            if (kept := answers.get(etag)) is not None:
+                return etag, kept
+            answer = work(session)
+            content = serialized(answer)
+            if keyed is not None and not keyed(answer):
+                return body_etag(content), content
+            answers.put(etag, content)
+            return etag, content
 
         etag, content = await self.read_at_change(tagged)
         if content is None:
             return not_modified(etag)
-        answers.put(etag, content)
+        if matches(self.request, etag):  # a digest-tagged answer the client holds
+            return not_modified(etag)
         return tagged_json(self.request, content, etag)
 
 

@@ -160,3 +160,22 @@ def test_a_job_tag_follows_its_progress(client: TestClient, tokens: Tokens,
     after = _get(client, url, tokens.read, tag)
     assert after.status_code == 200
     assert after.json()["status"] == "cancelled"
+
+
+def test_a_draft_is_tagged_by_its_content(client: TestClient, tokens: Tokens,
+                                          seeded: Seeded, tiny_models: TinyModels) -> None:
+    """A draft's uploads write no event: its tag must follow its files, not the registry's
+    newest change (and it is never answered from the cache of finalized answers)."""
+    draft = client.post("/adapters", json={"name": "wip", "base": "tiny-base",
+                                           "kind": "lora"}, headers=tokens.push)
+    assert draft.status_code == 201, draft.text
+    url = f"/adapters/{draft.json()['id']}"
+    before = _get(client, url, tokens.read)
+    assert before.json()["status"] == "pending"
+    config = (tiny_models.lora / "adapter_config.json").read_bytes()
+    put = client.put(f"{url}/files/adapter_config.json", content=config, headers=tokens.push)
+    assert put.status_code == 201, put.text
+    after = _get(client, url, tokens.read, before.headers["etag"])
+    assert after.status_code == 200
+    assert [f["filename"] for f in after.json()["files"]] == ["adapter_config.json"]
+    assert _get(client, url, tokens.read, after.headers["etag"]).status_code == 304
