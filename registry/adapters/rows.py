@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BindParameter, Select, bindparam, literal, null, select, union_all
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Select,
+    bindparam,
+    literal,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session, aliased
 
 from registry.tables import Adapter, AdapterAlias, AdapterFile, AdapterKind, Model, Status
@@ -74,18 +83,22 @@ def row_select() -> Select[Any]:
 
 
 def load_rows(session: Session, query: Select[Any]) -> list[AdapterRow]:
-    """`query` (a `row_select`) read, with each row's files and aliases: two statements."""
-    rows = [AdapterRow(**row._mapping) for row in session.execute(query)]
-    _attach_files_and_aliases(session, rows)
+    """`query` (a `row_select`) read, with each row's files and aliases: two statements.
+
+    Run on the session's connection, as Core: the ORM's execution path (its compile
+    step and result processing for entities) cost more than the rows themselves."""
+    connection = session.connection()
+    rows = [AdapterRow(**row._mapping) for row in connection.execute(query)]
+    _attach_files_and_aliases(connection, rows)
     return rows
 
 
-def _attach_files_and_aliases(session: Session, rows: Sequence[AdapterRow]) -> None:
+def _attach_files_and_aliases(connection: Connection, rows: Sequence[AdapterRow]) -> None:
     if not rows:
         return
     by_id = {row.id: row for row in rows}
-    for owner, label, sha256, size, part in session.execute(_files_and_aliases(),
-                                                             {"ids": sorted(by_id)}):
+    for owner, label, sha256, size, part in connection.execute(_files_and_aliases(),
+                                                                {"ids": sorted(by_id)}):
         row = by_id[owner]
         if part == 0:
             row.files.append(FileRow(label, sha256, size))
