@@ -309,3 +309,13 @@ class RangeNotSatisfiable(APIError):
 
     def headers(self) -> dict[str, str]:
         return {"Content-Range": f"bytes */{self.size}"}  # the size, for the next try
+
+
+# Issue 29's review.
+class ServerStopping(Unavailable):
+    """The server is shutting down: a long-poll is answered at once, and told to come back
+    (to another process, or this one restarted) rather than ask again at once."""
+
+
+class CursorAhead(Conflict):
+    """A feed cursor past the newest event: from another database, or one reset since."""

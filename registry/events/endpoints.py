@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from registry.errors import ServerStopping
 from registry.events import service
 from registry.events.feed import EventFeed
 from registry.events.schemas import TYPES_PATTERN, EventsPage
@@ -46,4 +47,9 @@ async def list_events(
         lambda: reader.read_at_change(
             lambda session, newest: service.read_page_checked(session, query, newest)),
         lambda page: bool(page.items), wait, request.is_disconnected, query.matcher())
+    if feed.closed and not page.items and wait > 0:
+        # An empty answer now would send a follower straight back (in a loop, for the
+        # whole grace period): a 503 makes it wait Retry-After seconds first.
+        raise ServerStopping("the server is shutting down; follow again after "
+                             "Retry-After seconds (from the same cursor)")
     return json_answer(request, page)

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
-from registry.errors import CursorExpired, InvalidRequest
+from registry.errors import CursorAhead, CursorExpired, InvalidRequest
 from registry.events.repository import EventKey, EventRepository
 from registry.events.schemas import EventOut, EventsPage, EventType
 from registry.infra.pagination import check_limit
@@ -96,6 +96,14 @@ def read_page_checked(session: Session, query: FeedQuery,
     look at events after it."""
     if newest is None:
         newest = EventRepository(session).last_id()  # first: the page sees all up to it
+    if query.after > newest:
+        # Ids are never reused and a cursor is an id this feed gave out, so one past the
+        # newest comes from another database (or one reset since): following it would
+        # skip every event up to it, silently.
+        raise CursorAhead(
+            f"after={query.after} is past the newest event ({newest}): that cursor is not "
+            f"from this registry's feed (a reset or another database?); resynchronise "
+            f"(list what you follow) and continue with after={newest}")
     return read_page(session, query), newest
 
 

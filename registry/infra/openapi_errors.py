@@ -94,10 +94,14 @@ SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("post", "/jobs/{job_id}/cancel"): {
         409: "The job has already ended (`JobFinished`)."},
     ("get", "/events"): {
+        409: "`after` is past the newest event: a cursor from another database or one "
+             "reset since (`CursorAhead`); resynchronise from the newest the detail names.",
         410: "Events after `after` were pruned by retention (`CursorExpired`): "
              "resynchronise, then follow from the cursor the detail names.",
         422: "`types` names an unknown event type, or `wait` is over its bound "
-             "(`InvalidRequest`, `ValidationError`)."},
+             "(`InvalidRequest`, `ValidationError`).",
+        503: "Or the server is shutting down (`ServerStopping`): follow again after "
+             "`Retry-After` seconds, from the same cursor."},
     ("post", "/webhooks"): {
         422: "The URL is not http(s), does not resolve, or resolves to a loopback, "
              "private, link-local or metadata address (`WebhookTargetRefused`), or a "

@@ -34,6 +34,7 @@ FEED_TYPES = ["alias.set", "alias.removed", "adapter.deleted"]
 # Under the registry's cap on a long-poll (DELTAHUB_EVENTS_MAX_WAIT_SECONDS, 30 s).
 FEED_WAIT_SECONDS = 25.0
 _CURSOR_EXPIRED = 410
+_CURSOR_AHEAD = 409  # a registry reset since the cursor was given: start afresh too
 
 # Unbinds a name in the engine; returns False when the engine does not know it.
 Unload = Callable[[str], bool]
@@ -116,7 +117,7 @@ class Follower:
                     self.check_all()  # what moved while the feed was not followed
                 cursor = self.follow_once(cursor)
             except ClientError as exc:
-                if exc.status == _CURSOR_EXPIRED:  # pruned past the cursor: start afresh
+                if exc.status in (_CURSOR_EXPIRED, _CURSOR_AHEAD):  # pruned or reset: afresh
                     cursor = None
                     continue
                 cursor, feed_down = None, self._fell_back(exc, every_seconds, feed_down)

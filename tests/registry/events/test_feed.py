@@ -184,7 +184,10 @@ def test_closing_the_feed_answers_waiters_at_once(app: FastAPI, live_server: Liv
     app.state.event_feed.close()  # what server shutdown does
     thread.join(timeout=30)
     assert time.monotonic() - started < 25
-    assert answers[0].json() == {"items": [], "cursor": 0}
+    # told to come back later rather than given an empty page to ask again at once
+    assert answers[0].status_code == 503
+    assert answers[0].json()["error"] == "ServerStopping"
+    assert int(answers[0].headers["retry-after"]) > 0
 
 
 def test_the_document_has_a_schema_per_event_type(client: TestClient) -> None:
