@@ -319,3 +319,11 @@ class ServerStopping(Unavailable):
 
 class CursorAhead(Conflict):
     """A feed cursor past the newest event: from another database, or one reset since."""
+
+
+class WebhookDisabled(Conflict):
+    """A test or a redelivery asked of a disabled webhook (nothing would be sent)."""
+
+
+class EventNotSubscribed(Conflict):
+    """A redelivery of an event the webhook's types or filters leave out."""

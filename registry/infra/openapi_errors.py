@@ -110,5 +110,9 @@ SERVICE_ERRORS: dict[tuple[str, str], dict[int, str]] = {
         422: "As at creation (`WebhookTargetRefused`, `InvalidName`)."},
     ("post", "/webhooks/{webhook_id}/deliveries/{event_id}/redeliver"): {
         404: "No such webhook, or it never had that event and the feed no longer has it "
-             "(`WebhookNotFound`, `DeliveryNotFound`)."},
+             "(`WebhookNotFound`, `DeliveryNotFound`).",
+        409: "The webhook is disabled (`WebhookDisabled`), or its event types or filters "
+             "leave that event out (`EventNotSubscribed`)."},
+    ("post", "/webhooks/{webhook_id}/test"): {
+        409: "The webhook is disabled: nothing would be sent (`WebhookDisabled`)."},
 }

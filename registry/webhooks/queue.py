@@ -25,6 +25,7 @@ from registry.settings import Settings
 from registry.tables import Event, Webhook, WebhookDelivery, WebhookDeliveryAttempt, utcnow
 from registry.webhooks.sender import Outcome
 from registry.webhooks.service import new_delivery
+from registry.webhooks.subscription import matches
 
 _CANDIDATES = 8
 _FAN_OUT_BATCH = 1000
@@ -98,16 +99,6 @@ def claim(session: Session, owner: str, settings: Settings) -> ClaimedWebhook | 
 
 def _aware(when: datetime) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # SQLite
-
-
-def matches(webhook: Webhook, event: Event) -> bool:
-    if webhook.events and event.type not in webhook.events:
-        return False
-    if webhook.filter_base is not None and event.base != webhook.filter_base:
-        return False
-    if webhook.filter_name is not None and event.name != webhook.filter_name:
-        return False
-    return webhook.filter_alias is None or event.data.get("alias") == webhook.filter_alias
 
 
 def fan_out(session: Session, webhook: Webhook) -> int:

@@ -9,7 +9,13 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.errors import DeliveryNotFound, WebhookNotFound, WebhookTargetRefused
+from registry.errors import (
+    DeliveryNotFound,
+    EventNotSubscribed,
+    WebhookDisabled,
+    WebhookNotFound,
+    WebhookTargetRefused,
+)
 from registry.events.repository import EventRepository
 from registry.events.service import event_out
 from registry.infra.pagination import Page, page_request
@@ -26,6 +32,7 @@ from registry.webhooks.schemas import (
     WebhookOut,
     WebhookPatch,
 )
+from registry.webhooks.subscription import matches
 from registry.webhooks.target import TargetRefused, check_target
 
 
@@ -153,7 +160,7 @@ def attempt_out(row: Attempted) -> AttemptOut:
 def redeliver(session: Session, webhook_id: int, event_id: int) -> WebhookDelivery:
     """Send an event again, with its webhook-id: its delivery row, back to pending; or a
     new one for an event the webhook's filters had passed over."""
-    webhook = get(session, webhook_id, lock=True)
+    webhook = _enabled(get(session, webhook_id, lock=True), "redeliver to it")
     row = session.scalar(select(WebhookDelivery).where(
         WebhookDelivery.webhook_id == webhook_id, WebhookDelivery.event_id == event_id))
     if row is None:
@@ -162,6 +169,11 @@ def redeliver(session: Session, webhook_id: int, event_id: int) -> WebhookDelive
             raise DeliveryNotFound(
                 f"webhook {webhook_id} has no delivery of event {event_id}, and the feed no "
                 "longer has (or has not yet fanned out) that event")
+        if not matches(webhook, event):
+            raise EventNotSubscribed(
+                f"webhook {webhook_id} does not subscribe to event {event_id} (a "
+                f"{event.type} event{f' of {event.name}' if event.name else ''}): its event "
+                "types or filters leave it out, so its receiver never asked for it")
         row = new_delivery(webhook.id, event)
         session.add(row)
     row.status, row.attempt, row.next_attempt_at = "pending", 0, utcnow()
@@ -171,7 +183,7 @@ def redeliver(session: Session, webhook_id: int, event_id: int) -> WebhookDelive
 
 def ping(session: Session, webhook_id: int) -> WebhookDelivery:
     """Queue a `webhook.test` delivery."""
-    webhook = get(session, webhook_id)
+    webhook = _enabled(get(session, webhook_id), "test it")
     now = utcnow()
     message_id = f"msg_test_{uuid.uuid4().hex}"
     row = WebhookDelivery(webhook_id=webhook.id, event_id=None, event_type=TEST_EVENT,
@@ -182,6 +194,16 @@ def ping(session: Session, webhook_id: int) -> WebhookDelivery:
     session.add(row)
     session.flush()
     return row
+
+
+def _enabled(webhook: Webhook, to: str) -> Webhook:
+    """The webhook, if deliveries to it are made: nothing is sent to a disabled one."""
+    if not webhook.enabled:
+        reason = f" ({webhook.disabled_reason})" if webhook.disabled_reason else ""
+        raise WebhookDisabled(
+            f"webhook {webhook.id} is disabled{reason}, so nothing would be sent; enable it "
+            f"first (PATCH /webhooks/{webhook.id} with {{\"enabled\": true}}), then {to}")
+    return webhook
 
 
 def new_delivery(webhook_id: int, event: Event) -> WebhookDelivery:
