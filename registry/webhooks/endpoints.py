@@ -6,8 +6,9 @@ from typing import Annotated, Literal
 
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Response, status
+from sqlalchemy.orm import Session
 
-from registry.infra.deps import AdminToken, DatabaseDep, SettingsDep
+from registry.infra.deps import AdminReader, AdminToken, DatabaseDep, SettingsDep
 from registry.infra.pagination import MAX_PAGE_TOKEN_CHARS
 from registry.names import MAX_ID
 from registry.settings import Settings
@@ -43,15 +44,16 @@ async def create_webhook(body: WebhookIn, db: DatabaseDep, settings: SettingsDep
     return WebhookCreated(**service.webhook_out(webhook).model_dump(), secret=secret)
 
 
-@router.get("")
-async def list_webhooks(db: DatabaseDep, _: AdminToken) -> WebhookList:
-    return WebhookList(items=await db.read(
-        lambda session: [service.webhook_out(w) for w in service.list_all(session)]))
+@router.get("", response_model=WebhookList)
+async def list_webhooks(reader: AdminReader) -> Response:
+    return await reader.json(lambda session: WebhookList(
+        items=[service.webhook_out(w) for w in service.list_all(session)]))
 
 
-@router.get("/{webhook_id}")
-async def get_webhook(webhook_id: WebhookId, db: DatabaseDep, _: AdminToken) -> WebhookOut:
-    return await db.read(lambda session: service.webhook_out(service.get(session, webhook_id)))
+@router.get("/{webhook_id}", response_model=WebhookOut)
+async def get_webhook(webhook_id: WebhookId, reader: AdminReader) -> Response:
+    return await reader.json(
+        lambda session: service.webhook_out(service.get(session, webhook_id)))
 
 
 @router.patch("/{webhook_id}")
@@ -83,9 +85,9 @@ async def rotate_secret(webhook_id: WebhookId, db: DatabaseDep, settings: Settin
                          previous_secret_valid_until=webhook.previous_secret_until)
 
 
-@router.get("/{webhook_id}/deliveries")
+@router.get("/{webhook_id}/deliveries", response_model=AttemptList)
 async def list_deliveries(
-    webhook_id: WebhookId, db: DatabaseDep, settings: SettingsDep, _: AdminToken,
+    webhook_id: WebhookId, settings: SettingsDep, reader: AdminReader,
     event: Annotated[int | None, Query(ge=1, le=MAX_ID, description=(
         "only the attempts at this event's delivery"))] = None,
     outcome: Annotated[Literal["delivered", "retrying", "failed"] | None, Query(description=(
@@ -95,15 +97,18 @@ async def list_deliveries(
                                    "only attempts at deliveries in this state now"))] = None,
     limit: Annotated[int | None, Query(description="attempts per page")] = None,
     page_token: Annotated[str | None, Query(max_length=MAX_PAGE_TOKEN_CHARS)] = None,
-) -> AttemptList:
+) -> Response:
     """The delivery log: every attempt (status code, latency, error, the start of the
     answer, what it led to), newest first, with where its delivery stands now. A delivery
     not yet attempted has no line here; its event is pending in the metrics."""
     filters = service.AttemptFilters(event, outcome, delivery_status)
-    found = await db.read(lambda session: service.attempts(
-        session, settings, webhook_id, filters, limit, page_token))
-    return AttemptList(items=[service.attempt_out(row) for row in found.items],
-                       next_page_token=found.next_page_token)
+
+    def page(session: Session) -> AttemptList:
+        found = service.attempts(session, settings, webhook_id, filters, limit, page_token)
+        return AttemptList(items=[service.attempt_out(row) for row in found.items],
+                           next_page_token=found.next_page_token)
+
+    return await reader.json(page)
 
 
 @router.post("/{webhook_id}/deliveries/{event_id}/redeliver",
