@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     QUEUE_FULL_RETRY_AFTER_SECONDS: int = Field(default=60, gt=0)  # sent with its 429
 
     HOST: str = "127.0.0.1"
-    PORT: int = 8000
+    PORT: int = Field(default=8000, ge=1, le=65535)
     # How long an idle keep-alive connection stays open. Longer than the idle expiry of
     # common client pools (httpx 5 s, aiohttp 15 s) and load balancers (60 s): whichever
     # side closes first must be the client, or a request sent as the server closes is lost

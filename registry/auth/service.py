@@ -91,7 +91,7 @@ def _checked(token: T | None, needed: Scope) -> T:  # a Token, or a row of its c
         raise Unauthorized("invalid or revoked token; ask an admin for a new one")
     if not grants(token.scopes, needed):
         raise Forbidden(
-            f"this token has scopes {sorted(token.scopes)} but this action needs "
+            f"this token has scopes {', '.join(sorted(token.scopes))} but this action needs "
             f"{needed.value!r}; use a token with that scope"
         )
     return token

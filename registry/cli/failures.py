@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import traceback
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
@@ -72,6 +72,23 @@ def describe(exc: BaseException) -> tuple[str, str, int] | None:
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return type(exc).__name__, f"{exc.strerror or exc}{where}", EXIT_FAILED
+    return _server_side(exc)
+
+
+def _server_side(exc: BaseException) -> tuple[str, str, int] | None:
+    """The server's own refusals and settings errors, met by `db`, `token`, `gc`, `serve`
+    (which run the server's code in this process). Looked up by module, not imported:
+    a client-only install has neither pydantic-settings nor the server's errors."""
+    module = type(exc).__module__
+    if module == "registry.errors":
+        status = getattr(exc, "status_code", 400)
+        code = {404: EXIT_NOT_FOUND, 401: EXIT_AUTH, 403: EXIT_AUTH}.get(status, EXIT_FAILED)
+        return getattr(exc, "name", type(exc).__name__), getattr(exc, "detail", str(exc)), code
+    if module.startswith("pydantic") and type(exc).__name__ == "ValidationError":
+        errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
+        parts = [f"DELTAHUB_{'.'.join(str(p) for p in e.get('loc', ())).upper()}: "
+                 f"{e.get('msg', 'invalid')}" for e in errors]
+        return "InvalidSettings", "; ".join(parts) or str(exc), EXIT_USAGE
     return None
 
 

@@ -53,7 +53,8 @@ def feed_query(settings: Settings, after: int, types: str | None, base: str | No
         raise InvalidRequest(f"wait: at most {settings.EVENTS_MAX_WAIT_SECONDS:g} seconds, "
                              f"got {wait_s:g}; ask again when the answer comes")
     return FeedQuery(after, parse_types(types), base, name,
-                     check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE))
+                     check_limit(limit, settings.DEFAULT_PAGE_SIZE, settings.MAX_PAGE_SIZE,
+                                 "pass the answer's cursor as `after` for the next page"))
 
 
 def parse_types(text: str | None) -> tuple[str, ...]:

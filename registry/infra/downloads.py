@@ -38,8 +38,8 @@ def find_file(files: Sequence[ModelFile | AdapterFile | DatasetFile], filename: 
     check_filename(filename)
     file = next((f for f in files if f.filename == filename), None)
     if file is None:
-        raise FileNotFound(f"{owner} has no file {filename!r}; it has "
-                           f"{[f.filename for f in files]}")
+        names = ", ".join(f.filename for f in files) or "no files"
+        raise FileNotFound(f"{owner} has no file {filename!r}; it has: {names}")
     return StoredFile(file.filename, file.sha256, file.size)
 
 

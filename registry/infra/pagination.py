@@ -113,10 +113,11 @@ def page_request(settings: Settings, limit: int | None, page_token: str | None,
     return PageRequest(size, after, filters, rank)
 
 
-def check_limit(limit: int | None, default: int, cap: int) -> int:
+def check_limit(limit: int | None, default: int, cap: int,
+                further: str = "use page_token to fetch further pages") -> int:
+    """`further`: how this listing's next page is asked for."""
     if limit is None:
         return default
     if limit < 1 or limit > cap:
-        raise InvalidRequest(f"limit must be between 1 and {cap}, got {limit}; "
-                             "use page_token to fetch further pages")
+        raise InvalidRequest(f"limit must be between 1 and {cap}, got {limit}; {further}")
     return limit
