@@ -118,7 +118,11 @@ def print_fitted_table(title: str, columns: Sequence[str], rows: Sequence[Sequen
     widths = [max([cell_len(name), *(cell_len(row[i]) for row in cells)])
               for i, name in enumerate(columns)]
     keep = list(range(len(columns)))
-    for i in sorted(keep, key=lambda i: priority[i], reverse=True):
+    # A column with nothing in it gives way first, whatever its priority: it tells nothing.
+    empty = [bool(cells) and all(row[i] in _EMPTY_CELLS for row in cells)
+             for i in range(len(columns))]
+    for i in sorted(keep, key=lambda i: (priority[i] != 0 and empty[i], priority[i]),
+                    reverse=True):
         if priority[i] == 0 or _table_width([widths[k] for k in keep]) <= stdout.width:
             break
         keep.remove(i)
@@ -128,6 +132,9 @@ def print_fitted_table(title: str, columns: Sequence[str], rows: Sequence[Sequen
     if dropped and rows:
         console.print(f"(not shown at this width: {', '.join(dropped)}; --json has every "
                       "field)", style="dim", highlight=False)
+
+
+_EMPTY_CELLS = ("", "–", "-")
 
 
 def _table_width(widths: Sequence[int]) -> int:

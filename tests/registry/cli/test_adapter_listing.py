@@ -76,3 +76,23 @@ def test_a_name_wider_than_the_terminal_wraps_whole() -> None:
     assert result.exit_code == 0, result.output
     assert NAME in "".join(line.strip("│ ") for line in result.stdout.splitlines())
     assert "…" not in result.stdout
+
+
+def test_a_column_with_nothing_in_it_gives_way_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    unmeasured = {**ADAPTER, "quality": None}
+
+    class Unmeasured(ListingClient):
+        def list_adapters(self, **_: Any) -> Iterator[dict[str, Any]]:
+            return iter([unmeasured, {**unmeasured, "id": 11, "name": "bot"}])
+
+    @contextlib.contextmanager
+    def connected(url: str, token: str | None) -> Iterator[ListingClient]:
+        yield Unmeasured()
+
+    monkeypatch.setattr(catalog_commands, "connected", connected)
+    result = runner.invoke(app, ["ls", "adapters", "--token", "t"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    shown = header(result.stdout)
+    assert "gain kept" not in shown
+    assert "data set" not in shown
+    assert "aliases" in shown  # prod is visible
