@@ -92,15 +92,23 @@ class Authorized:
         self._authorization = authorization
         self._scope = scope
         self._database: Database = request.app.state.database
+        # Whether the token passed a check in this request; an error raised before any
+        # (the route's own 4xx about its parameters) checks it first (ReadAccess).
+        self.checked = False
 
     async def check(self) -> None:
-        """The token check alone (a request that fails validation, see ReadAccess)."""
+        """The token check alone (a request refused before its work, see ReadAccess)."""
         await self._database.read(
-            lambda session: authenticate(session, self._authorization, self._scope))
+            lambda session: self._authenticated(authenticate(session, self._authorization,
+                                                             self._scope)))
+
+    def _authenticated(self, value: T) -> T:
+        self.checked = True
+        return value
 
     async def read(self, work: Callable[[Session], T]) -> T:
         def checked(session: Session) -> T:
-            authenticate(session, self._authorization, self._scope)
+            self._authenticated(authenticate(session, self._authorization, self._scope))
             return work(session)
 
         return await self._database.read(checked)
@@ -109,8 +117,8 @@ class Authorized:
         """`read`, with the registry's newest change id (the newest event id) read with the
         token, in the same statement, as `work`'s second argument."""
         def checked(session: Session) -> T:
-            return work(session, authenticate_at_change(session, self._authorization,
-                                                        self._scope))
+            return work(session, self._authenticated(authenticate_at_change(
+                session, self._authorization, self._scope)))
 
         return await self._database.read(checked)
 

@@ -58,7 +58,15 @@ def add_error_handlers(app: FastAPI, settings: Settings) -> None:
     retry_after = settings.RETRY_AFTER_SECONDS
 
     @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        # A read route's own refusal of its parameters, raised before its token was
+        # checked (in the route's transaction): the token first, as every route does.
+        access = getattr(request.state, UNCHECKED_ACCESS, None)
+        if access is not None and not access.checked and exc.status_code not in (401, 403):
+            try:
+                await access.check()
+            except APIError as refused:
+                return _api_error(refused)
         return _api_error(exc)
 
     @app.exception_handler(CodecError)

@@ -189,3 +189,12 @@ def test_a_draft_is_tagged_by_its_content(client: TestClient, tokens: Tokens,
     assert after.status_code == 200
     assert [f["filename"] for f in after.json()["files"]] == ["adapter_config.json"]
     assert _get(client, url, tokens.read, after.headers["etag"]).status_code == 304
+
+
+def test_a_route_refusing_its_parameters_checks_the_token_first(client: TestClient,
+                                                                tokens: Tokens) -> None:
+    """The feed checks `types` before its read (and its token check): without a token, a
+    401 all the same, and nothing about the parameters."""
+    refused = client.get("/events?types=no.such.type")
+    assert refused.status_code == 401, refused.text
+    assert client.get("/events?types=no.such.type", headers=tokens.read).status_code == 422
