@@ -46,9 +46,12 @@ def _client_venv(workdir: Path) -> Path:
     base_python = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=120)
     # The dependencies come from the package index, as for a user: the client's own only.
+    # Without PYTHONPATH: a checkout on it (as in a developer's shell) would make pip see
+    # this project as installed already, and skip it.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet",
                     "--disable-pip-version-check", str(_client_wheel(workdir))],
-                   check=True, timeout=INSTALL_TIMEOUT_SECONDS)
+                   check=True, timeout=INSTALL_TIMEOUT_SECONDS, env=clean)
     return venv
 
 
@@ -60,7 +63,7 @@ def test_the_client_alone_pushes_lists_and_pulls_a_peft_adapter(
     python, deltahub = venv / "bin" / "python", venv / "bin" / "deltahub"
     for heavy in ("torch", "fastapi", "sqlalchemy", "numpy", "safetensors"):
         probe = subprocess.run([str(python), "-c", f"import {heavy}"], capture_output=True,
-                               timeout=60)
+                               timeout=60, env={"PATH": "/usr/bin:/bin"})
         assert probe.returncode != 0, f"{heavy} is installed with the client alone"
 
     workdir = tmp_path / "ci-job"  # not the checkout: nothing of it is importable here
