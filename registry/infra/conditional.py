@@ -75,17 +75,16 @@ def serialized(body: BaseModel | Sequence[BaseModel]) -> bytes:
             else _ANY.dump_json(body, by_alias=True))
 
 
-def json_answer(request: Request, body: BaseModel | Sequence[BaseModel],
-                etag: str | None = None) -> Response:
-    """`body` tagged (by `etag`, or its digest), or 304 when the client holds it already."""
+def json_answer(request: Request, body: BaseModel | Sequence[BaseModel]) -> Response:
+    """`body` tagged by its digest, or 304 when the client holds it already."""
     content = serialized(body)
-    tag = etag or body_etag(content)
-    if matches(request, tag):
-        return not_modified(tag)
-    return tagged_json(request, content, tag)
+    return tagged_json(request, content, body_etag(content))
 
 
 def tagged_json(request: Request, content: bytes, etag: str) -> Response:
+    """JSON `content` tagged `etag`, or 304 when the request names that tag."""
+    if matches(request, etag):
+        return not_modified(etag)
     return Response(content, media_type="application/json",
                     headers={"ETag": etag, "Cache-Control": _CACHE_CONTROL})
 
